@@ -1,0 +1,36 @@
+# icl: `make demo` runs the smoke study end to end, `make test` runs the tests (CI: .ci/run).
+SHELL := /bin/bash
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+# torch is installed only when none is importable, so an existing (e.g. CUDA) build is kept.
+# Here the pinned CPU wheel comes from the local wheel index; on a GPU box use TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test figures clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv (if PY is not given), install torch if missing, then icl[dev]
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	@mkdir -p $(VENV) && touch $@
+
+demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/
+	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
+	$(MAKE) figures PY=$(PY)
+
+test: install ## run the whole test suite (pass ARGS="-m 'not slow'" for the quick part)
+	$(PY) -m pytest $(ARGS)
+
+figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
+	$(PY) -m icl.figures $(ARGS)
+
+clean: ## remove generated figures/ (outputs/ and multirun/ hold results: delete them by hand)
+	rm -rf figures

@@ -1,0 +1,79 @@
+"""ICLModule: the LightningModule that trains an ``ICLTransformer`` on one task.
+
+Built from plain hyper-parameters (task, model and optimiser as dicts, attention as a name), so
+``ICLModule.load_from_checkpoint(path)`` rebuilds it without Hydra or the config files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from icl.tasks import Task, build_task
+from icl.transformer import ICLTransformer, TransformerConfig
+
+MODEL_KEYS = ("n_positions", "n_embd", "n_layer", "n_head", "dropout")
+
+
+class ICLModule(L.LightningModule):
+    """Loss = the task's objective over every prediction position (MSE, or cross-entropy for classification).
+
+    Logs ``train/loss``, ``train/loss_rel_zero`` (loss divided by the zero estimator's loss on the same
+    batch, Garg et al.'s normalisation, 1 = no better than predicting 0) and the curriculum state.
+    """
+
+    def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: str = "softmax",
+                 optim: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task: Task = build_task(task["name"], task["n_dims"], task.get("params"))
+        config = TransformerConfig(n_dims=task["n_dims"], attn=attn,
+                                   **{k: model[k] for k in MODEL_KEYS if k in model})
+        self.model = ICLTransformer(config)
+        self.optim = {"lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, **(optim or {})}
+        self.loss_rel_zero = MeanMetric()
+
+    def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
+        return self.model(xs, ys)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        xs, ys = batch["xs"], batch["ys"]
+        loss = self.task.loss(self(xs, ys), ys)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr or add "
+                "trainer.gradient_clip_val (finished checkpoints are kept)")
+        self.loss_rel_zero(loss.detach() / self.task.zero_loss(ys).to(loss))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss_rel_zero", self.loss_rel_zero, prog_bar=True)
+        self.log("curriculum/n_dims", float(batch["n_dims"]))
+        self.log("curriculum/n_points", float(xs.shape[1]))
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = torch.optim.Adam(self.parameters(), lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
+        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 1))
+        schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier on the base lr: linear warm-up, then constant or cosine decay to 0 at ``total``."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got '{schedule}'")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

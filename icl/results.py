@@ -1,0 +1,215 @@
+"""Collect finished training jobs into tidy tables.
+
+Every job folder is self-describing (`.hydra/config.yaml`, `eval.csv`,
+`status.json`), so this module never parses folder names: the settings of a
+job always come from its resolved config. That keeps figures correct when
+Hydra's directory layout or a sweep's override names change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+STATUS_FILE = "status.json"
+EVAL_COLUMNS: list[str] = [
+    "task", "attn", "quant", "model", "seed", "strategy", "scale", "k",
+    "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
+    "n_dims", "n_prompts",
+]
+# eval.csv column -> config key it must agree with; used to fill a CSV that lacks one.
+IDENTITY_KEYS: dict[str, str] = {
+    "task": "task.name", "n_dims": "task.n_dims", "model": "model.name",
+    "attn": "attn.name", "quant": "quant.name", "seed": "seed",
+}
+JOB_COLUMNS: list[str] = [
+    "run_dir", "status", "error", "task", "model", "attn", "quant", "seed",
+    "experiment", "n_dims",
+]
+SKIP_STATUSES = frozenset({"failed", "running"})
+# Config keys that differ between replicates or runs without defining a variant.
+_NUISANCE_SUFFIXES = ("seed", "dir", "path", "root", "ckpt", "checkpoint")
+
+
+def find_jobs(roots: Iterable[str | Path]) -> list[Path]:
+    """Every folder under `roots` holding `.hydra/config.yaml`, sorted.
+
+    Searched recursively because single runs and multirun jobs nest at
+    different depths; missing roots are skipped so `inputs=[outputs, multirun]`
+    works when only one of them exists.
+    """
+    jobs: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for cfg_file in root.rglob("config.yaml"):
+            if cfg_file.parent.name == ".hydra":
+                jobs.add(cfg_file.parent.parent.resolve())
+    return sorted(jobs)
+
+
+def load_config(job: str | Path) -> DictConfig:
+    """The job's resolved config, the single source of truth for its settings."""
+    cfg = OmegaConf.load(Path(job) / CONFIG_FILE)
+    assert isinstance(cfg, DictConfig), f"{job}: config is not a mapping"
+    return cfg
+
+
+def _to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Plain dict, resolving interpolations when possible (hydra: resolvers are gone offline)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - an unresolvable key must not hide the job
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def _flatten(node: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, f"{name}.", out)
+        elif isinstance(value, (list, tuple)):
+            out[name] = str(list(value))
+        else:
+            out[name] = value
+
+
+def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys (`task.n_dims`, `trainer.max_steps`) so configs fit DataFrame columns.
+
+    Lists become strings so every value is hashable and comparable across jobs.
+    """
+    container = _to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    out: dict[str, Any] = {}
+    _flatten(container, "", out)
+    return out
+
+
+def read_status(job: str | Path) -> dict[str, Any]:
+    """`status.json` of a job; older jobs lack it and count as done once eval.csv exists."""
+    job = Path(job)
+    path = job / STATUS_FILE
+    if not path.exists():
+        done = (job / "eval.csv").exists()
+        return {"status": "done" if done else "incomplete", "error": None}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return {"status": "unknown", "error": f"unreadable {STATUS_FILE}: {exc}"}
+    return {"status": data.get("status", "unknown"), "error": data.get("error")}
+
+
+def _empty_results() -> pd.DataFrame:
+    return pd.DataFrame(columns=[*EVAL_COLUMNS, "run_dir", "status"])
+
+
+def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
+    """One job's CSV annotated with its config, or None (with a warning) if unusable."""
+    status = read_status(job)
+    if status["status"] in SKIP_STATUSES:
+        log.warning("skipping %s: status is %s", job, status["status"])
+        return None
+    path = job / filename
+    if not path.exists():
+        log.warning("skipping %s: no %s", job, filename)
+        return None
+    frame = pd.read_csv(path)
+    flat = flatten_config(load_config(job))
+    for column, key in IDENTITY_KEYS.items():
+        if key in flat and (column not in frame or frame[column].isna().all()):
+            frame[column] = flat[key]
+    frame["run_dir"] = str(job)
+    frame["status"] = status["status"]
+    cfg_columns = pd.DataFrame({f"cfg.{k}": [v] * len(frame) for k, v in flat.items()}, index=frame.index)
+    return pd.concat([frame, cfg_columns], axis=1)
+
+
+def load_results(roots: Iterable[str | Path], filename: str = "eval.csv") -> pd.DataFrame:
+    """All jobs' `filename` rows with `run_dir`, `status` and `cfg.*` columns added.
+
+    Failed or still-running jobs are skipped (with a warning) so a half-finished
+    sweep can still be plotted.
+    """
+    frames = [f for job in find_jobs(roots) if (f := _load_job(job, filename)) is not None]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return _empty_results()
+    return pd.concat(frames, ignore_index=True)
+
+
+def _is_nuisance(key: str) -> bool:
+    """Keys that vary between replicates (seeds, output paths) rather than between variants."""
+    leaf = key.rsplit(".", 1)[-1].lower()
+    return key.startswith("cfg.hydra.") or leaf.endswith(_NUISANCE_SUFFIXES)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "None" if math.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+def _differing_keys(jobs: pd.DataFrame) -> list[str]:
+    """cfg.* keys that take more than one value among `jobs` (one row per run)."""
+    keys = []
+    for column in jobs.columns:
+        if column.startswith("cfg.") and not _is_nuisance(column):
+            if jobs[column].map(_fmt).nunique() > 1:
+                keys.append(column)
+    return keys
+
+
+def variant_label(df: pd.DataFrame) -> pd.Series:
+    """Legend label per row: `model · attn · quant` plus any config keys that tell variants apart.
+
+    Jobs sharing task/n_dims/model/attn/quant but differing in, say, `module.lr`
+    get `module.lr=0.001` appended so they get distinct hues; seeds never enter
+    the label because several seeds are replicates of one variant. Baseline rows
+    are labelled with their predictor name.
+    """
+    base = df["model"].astype(str) + " · " + df["attn"].astype(str) + " · " + df["quant"].astype(str)
+    labels = base.copy()
+    if "run_dir" in df and len(df):
+        group_cols = [c for c in ("task", "n_dims", "model", "attn", "quant") if c in df]
+        runs = df.assign(_base=base).drop_duplicates("run_dir")
+        suffix: dict[str, str] = {}
+        for _, group in runs.groupby(group_cols, dropna=False):
+            keys = _differing_keys(group)
+            for _, row in group.iterrows():
+                parts = [f"{k.removeprefix('cfg.')}={_fmt(row[k])}" for k in keys]
+                suffix[row["run_dir"]] = "".join(f" · {p}" for p in parts)
+        labels = base + df["run_dir"].map(suffix).fillna("")
+    if "kind" in df:
+        is_baseline = df["kind"] == "baseline"
+        labels = labels.where(~is_baseline, df["predictor"].astype(str))
+    return labels.rename("variant")
+
+
+def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per job (any status) so a sweep's progress and failures are visible at a glance."""
+    rows = []
+    for job in find_jobs(roots):
+        flat = flatten_config(load_config(job))
+        rows.append({
+            "run_dir": str(job),
+            **read_status(job),
+            "task": flat.get("task.name"),
+            "model": flat.get("model.name"),
+            "attn": flat.get("attn.name"),
+            "quant": flat.get("quant.name"),
+            "seed": flat.get("seed"),
+            "experiment": flat.get("experiment"),
+            "n_dims": flat.get("task.n_dims"),
+        })
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)

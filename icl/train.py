@@ -1,0 +1,109 @@
+"""Train one job, evaluate it, write eval.csv: ``python -m icl.train [overrides] [-m]``.
+
+``train(cfg)`` is the testable core; ``main`` is the Hydra entry point. A job folder ends up with
+``.hydra/config.yaml``, ``checkpoints/`` (last.ckpt + periodic), ``metrics.csv``, ``eval.csv`` and
+``status.json`` (running → done | failed, with the error line). Re-running into the same folder
+(``hydra.run.dir=<job>``) resumes from ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from icl.data import PromptDataModule
+from icl.evaluate import EvalConfig, evaluate_job, summary_line
+from icl.module import ICLModule
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
+    """Data and model from the config; every impossible setting fails here, before any training."""
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    n_points = max(task["curriculum"]["points"]["end"], cfg.eval.n_points or 0)
+    if n_points > model["n_positions"]:
+        raise ValueError(f"prompts reach {n_points} points but model.n_positions is {model['n_positions']}: "
+                         "raise model.n_positions or lower task.curriculum.points.end / eval.n_points")
+    datamodule = PromptDataModule(task, seed=int(cfg.seed), **cfg.data)
+    module = ICLModule(task=task, model=model, attn=cfg.attn.name,
+                       optim=OmegaConf.to_container(cfg.optim, resolve=True))
+    return datamodule, module
+
+
+def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """An explicit ``ckpt_path`` (must exist) or this job's own last.ckpt if an earlier run left one."""
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist: fix the path or drop ckpt_path")
+        return str(cfg.ckpt_path)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def write_status(out_dir: Path, status: str, **extra: Any) -> None:
+    (out_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=1) + "\n")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then evaluate; returns the final training metrics and the transformer's error at k = 2d."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule, module = build(cfg)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` wins over the callback
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ckpt = resume_path(cfg, out_dir)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    write_status(out_dir, "running")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    train_s = time.perf_counter() - start
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training interrupted; rerun with hydra.run.dir=<this job> to resume")
+    start = time.perf_counter()
+    df = evaluate_job(cfg, module, out_dir)
+    log.info(summary_line(df))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    d = int(cfg.task.n_dims)
+    rows = df[(df.predictor == "transformer") & (df.k == min(2 * d, df.k.max()))]
+    metrics.update(error_at_2d=float(rows.error.iloc[0]), train_seconds=train_s,
+                   eval_seconds=time.perf_counter() - start)
+    write_status(out_dir, "done", metrics=metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point. Errors become one line + status.json 'failed'; a multirun goes on to the next job."""
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        return train(cfg)["error_at_2d"]
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - reported, recorded, then re-raised or skipped
+        message = f"{type(err).__name__}: {err}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_status(out_dir, "failed", error=message)
+        log.error("job failed: %s (details in %s)", message, out_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(err, KeyboardInterrupt):
+            return None
+        raise SystemExit(f"error: {message}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Shared helpers: compose the real configs (configs/) with overrides, as the CLI would."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# A job small enough for seconds on 2 CPU cores: linear d = 3, 6 points, 1-layer tiny model.
+TINY = [
+    "task.n_dims=3", "task.curriculum.dims.start=3", "task.curriculum.points.start=6",
+    "task.curriculum.points.end=6", "model.n_layer=1", "data.batch_size=32", "optim.lr=3e-3",
+    "eval=quick", "eval.n_prompts=64", "eval.bootstrap=50", "eval.baselines=[zero,least_squares]",
+    "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+]
+
+
+def compose_train(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
+    """The composed ``train`` config with ``paths.output_dir`` pointed at ``out_dir``."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        extra = [f"paths.output_dir={out_dir}"] if out_dir else []
+        return compose("train", overrides=[*overrides, *extra])
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)

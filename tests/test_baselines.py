@@ -1,0 +1,189 @@
+"""Tests for icl.baselines: closed-form error curves, prefix-only, robustness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from icl import baselines as bl
+
+ALL = sorted(bl.BASELINES)
+
+
+def linear_prompts(B: int, n: int, d: int, seed: int = 0, sparsity: int | None = None):
+    """Noiseless isotropic linear prompts y = w.x, x ~ N(0, I), w ~ N(0, I) (optionally sparse)."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(B, n, d, generator=g)
+    w = torch.randn(B, d, generator=g)
+    if sparsity is not None:
+        keep = torch.rand(B, d, generator=g).argsort(dim=1)[:, :sparsity]
+        w = w * torch.zeros(B, d).scatter_(1, keep, 1.0)
+    return xs, torch.einsum("bnd,bd->bn", xs, w)
+
+
+def sq_err(name: str, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    return (bl.predict(name, xs, ys).double() - ys.double()) ** 2  # (B, n)
+
+
+@pytest.fixture(scope="module")
+def iso():
+    return linear_prompts(B=4000, n=11, d=5, seed=1)
+
+
+def test_least_squares_matches_projection_error(iso):
+    """Min-norm LS at k < d examples leaves error E||w - P_k w||^2 = d - k, so (d-k)/d normalised."""
+    xs, ys = iso
+    d = xs.shape[-1]
+    err = sq_err("least_squares", xs, ys)
+    zero = ys.double() ** 2
+    B = xs.shape[0]
+    for k in range(xs.shape[1]):
+        ratio = (err[:, k].mean() / zero[:, k].mean()).item()
+        if k < d:
+            expected = (d - k) / d
+            # delta-method standard error of a ratio of means (err and zero are correlated)
+            se = ((err[:, k] - ratio * zero[:, k]).std() / zero[:, k].mean()).item() / B**0.5
+            assert se < 0.02, se  # the tolerance must stay informative
+            assert abs(ratio - expected) < 4 * se + 1e-6, (k, ratio, expected, se)
+        else:
+            assert ratio < 1e-6, (k, ratio)
+
+
+def test_least_squares_is_min_norm():
+    """With k < d the solution must be the pinv one (min-norm), not any interpolant."""
+    xs, ys = linear_prompts(B=5, n=4, d=6, seed=2)
+    preds = bl.predict("least_squares", xs, ys).double()
+    for b in range(5):
+        for i in range(1, 4):
+            X, y = xs[b, :i].double().numpy(), ys[b, :i].double().numpy()
+            w = np.linalg.pinv(X) @ y
+            assert preds[b, i].item() == pytest.approx(float(xs[b, i].double().numpy() @ w), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["averaging", "knn_3"])
+def test_worse_than_least_squares_beyond_d(iso, name):
+    xs, ys = iso
+    d = xs.shape[-1]
+    ls, other = sq_err("least_squares", xs, ys).mean(0), sq_err(name, xs, ys).mean(0)
+    for k in range(d, xs.shape[1]):
+        assert other[k] > ls[k] + 1e-3, (name, k, other[k].item(), ls[k].item())
+
+
+def test_ridge_matches_numpy_and_sits_between(iso):
+    xs, ys = iso
+    d = xs.shape[-1]
+    preds = bl.predict("ridge", xs[:4], ys[:4]).double()
+    for b in range(4):
+        for i in range(1, xs.shape[1]):
+            X, y = xs[b, :i].double().numpy(), ys[b, :i].double().numpy()
+            w = np.linalg.solve(X.T @ X + bl.RIDGE_ALPHA * np.eye(d), X.T @ y)
+            assert preds[b, i].item() == pytest.approx(float(xs[b, i].double().numpy() @ w), rel=1e-4, abs=1e-4)
+    ridge, ls = sq_err("ridge", xs, ys).mean(0), sq_err("least_squares", xs, ys).mean(0)
+    zero = (ys.double() ** 2).mean(0)
+    for k in range(d, xs.shape[1]):
+        assert ls[k] < ridge[k] < zero[k], k
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shape_dtype_and_zero_start(name):
+    xs, ys = linear_prompts(B=3, n=6, d=3, seed=3)
+    preds = bl.predict(name, xs, ys)
+    assert preds.shape == (3, 6) and preds.dtype == torch.float32 and preds.device.type == "cpu"
+    assert torch.all(preds[:, 0] == 0)
+    assert torch.isfinite(preds).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_prefix_only(name):
+    """Changing ys[:, i:] and xs[:, i+1:] must leave preds[:, :i+1] unchanged."""
+    xs, ys = linear_prompts(B=3, n=6, d=3, seed=4)
+    base = bl.predict(name, xs, ys)
+    g = torch.Generator().manual_seed(5)
+    for i in range(6):
+        xs2, ys2 = xs.clone(), ys.clone()
+        ys2[:, i:] = torch.randn(3, 6 - i, generator=g) * 10
+        xs2[:, i + 1 :] = torch.randn(3, 5 - i, 3, generator=g) * 10
+        torch.testing.assert_close(bl.predict(name, xs2, ys2)[:, : i + 1], base[:, : i + 1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lasso_0.1", "tree_depth4", "xgboost", "least_squares", "knn_3"])
+def test_bad_prompt_gives_nan_not_exception(name):
+    xs, ys = linear_prompts(B=3, n=6, d=3, seed=6)
+    xs[1, 2, 0] = float("nan")
+    xs[1, 3, 1] = float("inf")
+    preds = bl.predict(name, xs, ys)
+    assert torch.isnan(preds[1, 3:]).all()  # every fit that sees the bad rows (as data or query)
+    assert torch.isfinite(preds[[0, 2]]).all()
+
+
+def test_failing_or_warning_fit_gives_nan_and_continues():
+    """A fit that raises writes NaN at that prompt/position only; warnings do not escape."""
+    import warnings
+
+    class Flaky:
+        def fit(self, X, y):
+            if np.any(y == 999.0):
+                raise RuntimeError("boom")
+            warnings.warn("noisy fit", UserWarning)
+            self.mean = float(np.mean(y))
+            return self
+
+        def predict(self, X):
+            return np.full(len(X), self.mean)
+
+    xs, ys = linear_prompts(B=3, n=5, d=2, seed=11)
+    ys[1, 2] = 999.0  # prompt 1 fails from position 3 on
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preds = bl._prefix_fit(xs, ys, Flaky)
+    assert torch.isnan(preds[1, 3:]).all() and torch.isfinite(preds[1, :3]).all()
+    assert torch.isfinite(preds[[0, 2]]).all()
+    assert preds[0, 2].item() == pytest.approx(ys[0, :2].mean().item(), abs=1e-6)
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="least_squares"):
+        bl.predict("nope", torch.zeros(1, 2, 3), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="known"):
+        bl.is_slow("nope")
+
+
+def test_is_slow():
+    assert not any(bl.is_slow(n) for n in ["zero", "least_squares", "ridge", "averaging", "knn_3"])
+    assert all(bl.is_slow(n) for n in ["lasso_0.01", "tree_depth4", "tree_unbounded", "xgboost", "gd_2nn"])
+
+
+def test_lasso_beats_least_squares_on_sparse():
+    """3-sparse w in d=10 from k=8 < d examples: L1 recovers what min-norm LS cannot."""
+    xs, ys = linear_prompts(B=150, n=9, d=10, seed=7, sparsity=3)
+    k = 8
+    lasso, ls = sq_err("lasso_0.01", xs, ys)[:, k].mean(), sq_err("least_squares", xs, ys)[:, k].mean()
+    assert lasso < 0.5 * ls, (lasso.item(), ls.item())
+
+
+def test_tree_fits_step_function():
+    g = torch.Generator().manual_seed(8)
+    xs = torch.randn(40, 41, 3, generator=g)
+    ys = torch.where(xs[..., 0] > 0, 1.0, -1.0)
+    preds = bl.predict("tree_depth4", xs, ys)
+    exact = (preds[:, -1] == ys[:, -1]).float().mean()
+    assert exact > 0.85, exact  # misses only when x_i falls between the training points around 0
+
+
+def test_gd_2nn_deterministic_and_learns():
+    xs, ys = linear_prompts(B=8, n=21, d=3, seed=9)
+    state = torch.random.get_rng_state()
+    a, b = bl.predict("gd_2nn", xs, ys), bl.predict("gd_2nn", xs, ys)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # Beyond a few examples the net must beat predicting zero on this easy task.
+    err = ((a - ys) ** 2)[:, 10:].mean()
+    assert err < 0.5 * (ys[:, 10:] ** 2).mean(), err
+
+
+def test_gd_2nn_under_inference_mode():
+    xs, ys = linear_prompts(B=2, n=4, d=3, seed=10)
+    with torch.inference_mode():
+        preds = bl.predict("gd_2nn", xs, ys)
+    assert torch.isfinite(preds).all()

@@ -1,0 +1,59 @@
+"""Every shipped YAML composes and builds against the code that consumes it."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from icl.tasks import seeded
+from icl.train import build
+from tests.conftest import CONFIGS, compose_train
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("task", options("task"))
+def test_every_task_builds(task, tmp_path):
+    cfg = compose_train([f"task={task}", "task.n_dims=6"], tmp_path)
+    datamodule, module = build(cfg)
+    xs, ys = datamodule.sampler.sample(2, 5, 5, seeded(0))
+    assert xs.shape == (2, 5, 6) and module(xs, ys).shape == (2, 5)
+    assert module.task.name == task
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_model_sizes(model, tmp_path):
+    cfg = compose_train([f"model={model}"], tmp_path)
+    _, module = build(cfg)
+    c = module.model.config
+    assert (c.n_embd, c.n_layer, c.n_head) == {"tiny": (64, 3, 2), "small": (128, 6, 4), "standard": (256, 12, 8)}[model]
+    assert c.n_positions == cfg.task.curriculum.points.end
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_compose(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert cfg.experiment == experiment
+    OmegaConf.resolve(cfg)
+    build(cfg)
+
+
+@pytest.mark.parametrize("group", ["trainer", "logger", "eval", "attn", "quant", "callbacks"])
+def test_other_groups_compose(group, tmp_path):
+    for option in options(group):
+        cfg = compose_train([f"{group}={option}"], tmp_path)
+        OmegaConf.resolve(cfg)
+
+
+def test_garg_settings(tmp_path):
+    cfg = compose_train(["experiment=garg_decision_tree"], tmp_path)
+    assert cfg.trainer.max_steps == 500_000 and cfg.model.name == "standard" and cfg.optim.lr == 1e-4
+    assert OmegaConf.to_container(cfg.task.curriculum, resolve=True) == {
+        "dims": {"start": 5, "end": 20, "inc": 1, "interval": 2000},
+        "points": {"start": 26, "end": 101, "inc": 5, "interval": 2000}}
+
+
+def test_impossible_points_rejected(tmp_path):
+    cfg = compose_train(["model.n_positions=20"], tmp_path)
+    with pytest.raises(ValueError, match="model.n_positions"):
+        build(cfg)

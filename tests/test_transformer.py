@@ -1,0 +1,52 @@
+"""The decoder: shapes, x/y interleaving, strict causality, clear errors."""
+
+import pytest
+import torch
+
+from icl.transformer import ICLTransformer, TransformerConfig, interleave
+
+
+def test_interleave_layout():
+    xs = torch.arange(2 * 3 * 4, dtype=torch.float).reshape(2, 3, 4)
+    ys = torch.tensor([[10.0, 11, 12], [20, 21, 22]])
+    z = interleave(xs, ys)
+    assert z.shape == (2, 6, 4)
+    torch.testing.assert_close(z[:, 0::2], xs)
+    torch.testing.assert_close(z[:, 1::2, 0], ys)
+    assert torch.all(z[:, 1::2, 1:] == 0)
+
+
+@pytest.mark.parametrize("size", [(64, 3, 2), (128, 2, 4)])
+def test_shapes(size):
+    n_embd, n_layer, n_head = size
+    model = ICLTransformer(TransformerConfig(n_dims=5, n_positions=11, n_embd=n_embd, n_layer=n_layer, n_head=n_head))
+    assert model(torch.randn(3, 11, 5), torch.randn(3, 11)).shape == (3, 11)
+    assert model(torch.randn(2, 4, 5), torch.randn(2, 4)).shape == (2, 4)  # shorter prompts are fine
+
+
+def test_prediction_i_ignores_later_tokens():
+    """Perturbing y_i, and every x_j, y_j with j > i, leaves predictions at positions <= i unchanged."""
+    torch.manual_seed(0)
+    model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=10)).eval()
+    xs, ys = torch.randn(2, 10, 4), torch.randn(2, 10)
+    base = model(xs, ys)
+    for i in range(10):
+        xs2, ys2 = xs.clone(), ys.clone()
+        ys2[:, i:] += torch.randn(2, 10 - i) * 5
+        xs2[:, i + 1:] += torch.randn(2, 9 - i, 4) * 5
+        out = model(xs2, ys2)
+        torch.testing.assert_close(out[:, : i + 1], base[:, : i + 1])
+        if i < 9:
+            assert not torch.allclose(out[:, i + 1:], base[:, i + 1:])  # later positions do see them
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        ICLTransformer(TransformerConfig(n_dims=4, n_embd=64, n_head=3))
+    with pytest.raises(ValueError, match="unknown attention 'nope'"):
+        ICLTransformer(TransformerConfig(n_dims=4, attn="nope"))
+    model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=5))
+    with pytest.raises(ValueError, match="n_positions"):
+        model(torch.randn(1, 6, 4), torch.randn(1, 6))
+    with pytest.raises(ValueError, match="3 dims"):
+        model(torch.randn(1, 2, 3), torch.randn(1, 2))
