@@ -14,11 +14,10 @@ Run alone on a finished job: ``python -m icl.evaluate run_dir=outputs/…`` (wri
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import hydra
 import numpy as np
@@ -157,7 +156,11 @@ def load_job(run_dir: Path, ckpt: str = "last") -> tuple[DictConfig, "ICLModule"
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir)
-    job_cfg, module = load_job(run_dir, cfg.ckpt)
+    try:
+        job_cfg, module = load_job(run_dir, cfg.ckpt)
+    except FileNotFoundError as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
     if cfg.get("eval"):
         job_cfg.eval = OmegaConf.merge(job_cfg.eval, cfg.eval)
     df = evaluate_job(job_cfg, module, Path(cfg.out_dir or run_dir))

@@ -65,6 +65,10 @@ class Task:
             if not hasattr(self, key):
                 known = ", ".join(sorted(k for k in vars(type(self)) if not k.startswith("_")))
                 raise ValueError(f"task '{self.name}' has no parameter '{key}' (known: {known})")
+            default = getattr(self, key)
+            if isinstance(default, (int, float)) and not isinstance(value, (int, float)) or (
+                    isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float)):
+                raise ValueError(f"task parameter '{key}' must be of type {type(default).__name__}, got {value!r}")
             setattr(self, key, value)
 
     def sample_params(self, batch: int, n_active: int, gen: torch.Generator) -> Params:

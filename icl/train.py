@@ -102,7 +102,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error("job failed: %s (details in %s)", message, out_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(err, KeyboardInterrupt):
             return None
-        raise SystemExit(f"error: {message}") from None
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ def test_bad_input_gives_clear_errors():
         build_task("lineer", D)
     with pytest.raises(ValueError, match="has no parameter 'sparsty'"):
         build_task("sparse_linear", D, {"sparsty": 2})
+    with pytest.raises(ValueError, match="'sparsity' must be of type int"):
+        build_task("sparse_linear", D, {"sparsity": 2.5})
+    with pytest.raises(ValueError, match="'scale' must be of type float"):
+        build_task("linear", D, {"scale": "big"})
     with pytest.raises(ValueError, match="n_dims must be >= 1"):
         build_task("linear", 0)
     with pytest.raises(ValueError, match="active dims"):

@@ -1,0 +1,88 @@
+"""The CLI end to end in a temporary folder: a single run, a 2-job multirun, re-evaluation,
+`make figures` on what they produced, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+FAST = [*TINY, "trainer.max_steps=30", "callbacks.model_checkpoint.every_n_train_steps=30"]
+
+
+def run(args, cwd, check=True):
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def jobs(root):
+    return sorted(p.parent.parent for p in root.glob("**/.hydra/config.yaml"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One single run and one 2-job multirun, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("cli")
+    run(["-m", "icl.train", *FAST], tmp)
+    run(["-m", "icl.train", "-m", "task=linear,sparse_linear", *FAST], tmp)
+    return tmp
+
+
+def test_single_run_writes_a_self_describing_job(workdir):
+    (job,) = jobs(workdir / "outputs")
+    assert json.loads((job / "status.json").read_text())["status"] == "done"
+    assert (job / "checkpoints" / "last.ckpt").is_file() and (job / "metrics.csv").is_file()
+    df = pd.read_csv(job / "eval.csv")
+    assert set(df.task) == {"linear"} and df.n_prompts.max() == 64
+
+
+def test_multirun_gives_one_folder_per_job(workdir):
+    found = jobs(workdir / "multirun")
+    assert len(found) == 2
+    tasks = {pd.read_csv(j / "eval.csv").task.iloc[0] for j in found}
+    assert tasks == {"linear", "sparse_linear"}
+
+
+def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
+    (job,) = jobs(workdir / "outputs")
+    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path}", "eval.n_prompts=40"], workdir)
+    df = pd.read_csv(tmp_path / "eval.csv")
+    assert df.n_prompts.max() == 40 and "transformer" in set(df.predictor)
+    assert not (workdir / "outputs" / "evaluate").exists()
+
+
+def test_make_figures_on_the_produced_folders(workdir):
+    proc = subprocess.run(["make", "-f", str(REPO / "Makefile"), "figures", f"PY={sys.executable}"],
+                          cwd=workdir, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for task in ("linear", "sparse_linear"):
+        for ext in ("png", "pdf"):
+            assert (workdir / "figures" / f"error_vs_k_{task}.{ext}").stat().st_size > 1000
+    summary = pd.read_csv(workdir / "figures" / "summary.csv")
+    assert {"linear", "sparse_linear"} <= set(summary.task)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["task=lineer"], "Could not find 'task/lineer'"),
+    (["task.n_dims=3", "task.curriculum.dims.end=8"], "set task.curriculum.dims.end <= task.n_dims"),
+    (["eval.n_points=500"], "raise model.n_positions"),
+    (["ckpt_path=missing.ckpt"], "ckpt_path=missing.ckpt does not exist"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, args, expected):
+    proc = run(["-m", "icl.train", *TINY, "trainer.max_steps=2", *args], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_without_checkpoint(tmp_path):
+    proc = run(["-m", "icl.evaluate", f"run_dir={tmp_path}"], tmp_path, check=False)
+    assert proc.returncode != 0 and "no job config" in proc.stderr + proc.stdout

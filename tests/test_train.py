@@ -1,0 +1,64 @@
+"""Training in-process through the real configs: loss goes down, resume is exact, errors are clear."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from icl.evaluate import COLUMNS
+from icl.train import train
+from tests.conftest import compose_train
+
+
+def _weights(ckpt):
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_short_training_lowers_loss_and_writes_job(tmp_path, tiny_overrides):
+    # One fixed function (a pool of 1) makes "the loss goes down" quick and certain; learning *in context*
+    # is the smoke study's job (README, measured).
+    cfg = compose_train([*tiny_overrides, "task.num_tasks=1", "trainer.max_steps=300", "callbacks.model_checkpoint.every_n_train_steps=100"],
+                        tmp_path)
+    metrics = train(cfg)
+    log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["train/loss_rel_zero"])
+    first, last = log["train/loss_rel_zero"].iloc[:5].mean(), log["train/loss_rel_zero"].iloc[-5:].mean()
+    assert last < 0.8 * first, (first, last)
+    assert {"curriculum/n_dims", "curriculum/n_points", "train/loss"} <= set(log.columns)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "last.ckpt", "step=100.ckpt", "step=200.ckpt", "step=300.ckpt"]
+    df = pd.read_csv(tmp_path / "eval.csv")
+    assert list(df.columns) == COLUMNS
+    assert set(df.predictor) == {"transformer", "zero", "least_squares"}
+    assert sorted(df.k.unique()) == list(range(6))
+    assert (df[df.predictor == "zero"].error == 1).all()
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "done"
+    assert metrics["error_at_2d"] >= 0 and metrics["train_seconds"] > 0
+
+
+def test_resume_continues_exactly(tmp_path, tiny_overrides):
+    """20 steps straight == 10 steps, stop, resume to 20: same weights (data stream keyed by step)."""
+    every = "callbacks.model_checkpoint.every_n_train_steps=10"
+    straight = tmp_path / "straight"
+    train(compose_train([*tiny_overrides, "trainer.max_steps=20", every], straight))
+    split = tmp_path / "split"
+    train(compose_train([*tiny_overrides, "trainer.max_steps=10", every], split))
+    train(compose_train([*tiny_overrides, "trainer.max_steps=20", every], split))  # finds last.ckpt
+    a, b = _weights(straight / "checkpoints" / "last.ckpt"), _weights(split / "checkpoints" / "last.ckpt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    state = torch.load(split / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 20
+    assert state["PromptDataModule"]["curriculum"]["step"] == 20
+
+
+def test_nan_loss_fails_with_a_clear_line(tmp_path, tiny_overrides):
+    cfg = compose_train([*tiny_overrides, "task.params.scale=nan", "trainer.max_steps=5"], tmp_path)
+    with pytest.raises(FloatingPointError, match="lower optim.lr"):
+        train(cfg)
+
+
+def test_missing_checkpoint_is_reported(tmp_path, tiny_overrides):
+    cfg = compose_train([*tiny_overrides, f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
+        train(cfg)
