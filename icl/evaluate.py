@@ -161,8 +161,8 @@ def main(cfg: DictConfig) -> None:
     except FileNotFoundError as err:
         log.error("%s", err)
         raise SystemExit(1) from None
-    if cfg.get("eval"):
-        job_cfg.eval = OmegaConf.merge(job_cfg.eval, cfg.eval)
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.eval).items() if v is not None}
+    job_cfg.eval = OmegaConf.merge(job_cfg.eval, overrides)
     df = evaluate_job(job_cfg, module, Path(cfg.out_dir or run_dir))
     print(summary_line(df))
 
