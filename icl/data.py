@@ -1,7 +1,7 @@
 """Streams of training prompts for Lightning.
 
 The batch for global step s is a pure function of (seed, rank, s): each batch gets its own
-generator ``seeded(seed, rank, s)`` and the curriculum value at s. Resuming therefore needs only the
+generator ``seeded(TRAIN_STREAM, seed, rank, s)`` and the curriculum value at s. Resuming therefore needs only the
 step (saved through ``PromptDataModule.state_dict``), prefetching cannot skew the stream, and
 DataLoader workers split the steps round-robin without sharing RNG state.
 """
@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from icl.curriculum import Curriculum
-from icl.tasks import PromptSampler, build_task, seeded
+from icl.tasks import TRAIN_STREAM, PromptSampler, build_task, seeded
 
 
 class PromptStream(IterableDataset):
@@ -28,7 +28,7 @@ class PromptStream(IterableDataset):
 
     def batch_at(self, step: int) -> dict[str, Any]:
         schedule = Curriculum(self.curriculum.dims, self.curriculum.points, step)
-        gen = seeded(self.seed, self.rank, step)
+        gen = seeded(TRAIN_STREAM, self.seed, self.rank, step)
         xs, ys = self.sampler.sample(self.batch_size, schedule.n_points, schedule.n_dims, gen)
         return {"xs": xs, "ys": ys, "n_dims": schedule.n_dims, "step": step}
 

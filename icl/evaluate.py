@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from icl import baselines
-from icl.tasks import PromptSampler, Task, build_task, seeded
+from icl.tasks import EVAL_STREAM, PromptSampler, Task, build_task, seeded
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown eval option(s) {unknown}; known: {sorted(known)}")
         out = cls(**{**cfg, "baselines": tuple(cfg.get("baselines") or ())})
+        for name in out.baselines:
+            baselines.is_slow(name)  # unknown names fail here, before any training
         if out.n_prompts < 2:
             raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
         return out
@@ -62,7 +64,7 @@ class EvalConfig:
 
 def sample_eval_prompts(task: Task, n_prompts: int, n_points: int, seed: int) -> tuple[Tensor, Tensor]:
     """Fresh functions and inputs over all d dims (no curriculum, no finite pools)."""
-    return PromptSampler(task).sample(n_prompts, n_points, task.n_dims, seeded(seed, 2**16))
+    return PromptSampler(task).sample(n_prompts, n_points, task.n_dims, seeded(EVAL_STREAM, seed, 0, 0))
 
 
 @torch.inference_mode()
@@ -88,7 +90,7 @@ def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, se
         boots = (counts @ e) / (counts @ r)
     alpha = (1 - ci) / 2
     low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n_boot else (point, point)
-    raw = e.sum(0) / np.maximum(valid.sum(0), 1)
+    raw = np.where(valid.any(0), e.sum(0) / np.maximum(valid.sum(0), 1), np.nan)
     return point, low, high, raw, valid.sum(0)
 
 
@@ -129,7 +131,7 @@ def job_labels(cfg: DictConfig) -> dict[str, Any]:
 def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, out_dir: Path) -> pd.DataFrame:
     """Evaluate a job's model with its config's ``eval`` settings and write ``out_dir/eval.csv``."""
     eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-    task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}))
+    task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}, resolve=True))
     n_points = eval_cfg.n_points or int(cfg.task.curriculum.points.end)
     df = evaluate(module.model if module is not None else None, task, eval_cfg, n_points, job_labels(cfg))
     path = Path(out_dir) / "eval.csv"

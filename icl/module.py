@@ -44,7 +44,8 @@ class ICLModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         xs, ys = batch["xs"], batch["ys"]
         loss = self.task.loss(self(xs, ys), ys)
-        if not torch.isfinite(loss):
+        # Checked on logging steps only: the check syncs with the device (costly on a GPU every step).
+        if self.global_step % self.trainer.log_every_n_steps == 0 and not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr or add "
                 "trainer.gradient_clip_val (finished checkpoints are kept)")
@@ -57,8 +58,10 @@ class ICLModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = torch.optim.Adam(self.parameters(), lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
-        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 1))
-        schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), total)
+        total = int(self.trainer.max_steps)
+        if self.optim["schedule"] == "cosine" and total <= 0:
+            raise ValueError("optim.schedule=cosine needs trainer.max_steps > 0 (it decays to 0 at max_steps)")
+        schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), max(total, 1))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

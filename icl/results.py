@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
+RESOLVED_CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
 EVAL_COLUMNS: list[str] = [
     "task", "attn", "quant", "model", "seed", "strategy", "scale", "k",
@@ -60,8 +61,14 @@ def find_jobs(roots: Iterable[str | Path]) -> list[Path]:
 
 
 def load_config(job: str | Path) -> DictConfig:
-    """The job's resolved config, the single source of truth for its settings."""
-    cfg = OmegaConf.load(Path(job) / CONFIG_FILE)
+    """The job's config, the single source of truth for its settings.
+
+    Prefers the resolved copy ``icl.train`` writes beside the job (``config.yaml``): Hydra's own
+    ``.hydra/config.yaml`` keeps interpolations such as ``${hydra:runtime.output_dir}`` that
+    cannot be resolved outside the run.
+    """
+    resolved = Path(job) / RESOLVED_CONFIG_FILE
+    cfg = OmegaConf.load(resolved if resolved.is_file() else Path(job) / CONFIG_FILE)
     assert isinstance(cfg, DictConfig), f"{job}: config is not a mapping"
     return cfg
 

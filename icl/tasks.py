@@ -38,6 +38,11 @@ def register(name: str) -> Callable[[type["Task"]], type["Task"]]:
     return wrap
 
 
+# Key spaces: the first key of every generator says what it is for, so streams never share seeds.
+# (Use four keys everywhere: numpy's SeedSequence treats trailing zeros as absent.)
+TRAIN_STREAM, EVAL_STREAM, POOL_FUNCTIONS, POOL_INPUTS = 1, 2, 3, 4
+
+
 def seeded(*keys: int) -> torch.Generator:
     """A CPU generator seeded from a tuple of ints (well mixed, so neighbouring keys are unrelated)."""
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
@@ -61,21 +66,32 @@ class Task:
         if n_dims < 1:
             raise ValueError(f"task.n_dims must be >= 1, got {n_dims}")
         self.n_dims = n_dims
+        known = self.param_names()
         for key, value in params.items():
-            if not hasattr(self, key):
-                known = ", ".join(sorted(k for k in vars(type(self)) if not k.startswith("_")))
-                raise ValueError(f"task '{self.name}' has no parameter '{key}' (known: {known})")
+            if key not in known:
+                raise ValueError(f"task '{self.name}' has no parameter '{key}' (known: {', '.join(known) or 'none'})")
             default = getattr(self, key)
             if isinstance(default, (int, float)) and not isinstance(value, (int, float)) or (
                     isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float)):
                 raise ValueError(f"task parameter '{key}' must be of type {type(default).__name__}, got {value!r}")
             setattr(self, key, value)
 
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The configurable parameters: annotated class attributes (not ClassVars) up the class chain."""
+        names = {k for c in cls.__mro__ for k, v in vars(c).get("__annotations__", {}).items()
+                 if "ClassVar" not in str(v)}
+        return sorted(names)
+
     def sample_params(self, batch: int, n_active: int, gen: torch.Generator) -> Params:
         raise NotImplementedError
 
     def evaluate(self, params: Params, xs: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def add_noise(self, ys: Tensor, gen: torch.Generator) -> Tensor:
+        """Observation noise, drawn from the batch's generator (so pooled functions still get fresh noise)."""
+        return ys
 
     # --- objective -------------------------------------------------------------------------
     def loss(self, preds: Tensor, ys: Tensor) -> Tensor:
@@ -129,15 +145,8 @@ class NoisyLinear(Linear):
     noise_std: float = 1.0
     renormalize: bool = False
 
-    def sample_params(self, batch: int, n_active: int, gen: torch.Generator) -> Params:
-        params = super().sample_params(batch, n_active, gen)
-        params["noise_seed"] = torch.randint(0, 2**62, (1,), generator=gen)
-        return params
-
-    def evaluate(self, params: Params, xs: Tensor) -> Tensor:
-        ys = super().evaluate(params, xs)
-        noise_gen = torch.Generator().manual_seed(int(params["noise_seed"][0]))
-        ys = ys + self.noise_std * torch.randn(ys.shape, generator=noise_gen)
+    def add_noise(self, ys: Tensor, gen: torch.Generator) -> Tensor:
+        ys = ys + self.noise_std * torch.randn(ys.shape, generator=gen)
         if self.renormalize:
             ys = ys * math.sqrt(self.n_dims) / ys.std()
         return ys
@@ -264,7 +273,7 @@ class PromptSampler:
     """Draws batches of prompts (xs, ys) for a task, optionally from finite pools.
 
     ``num_tasks``: functions come from a fixed pool of that many, function i regenerated from
-    ``seeded(pool_seed, 0, i)``; ``num_training_examples``: input prompts likewise from a fixed pool.
+    ``seeded(POOL_FUNCTIONS, pool_seed, 0, i)``; ``num_training_examples``: input prompts likewise from a fixed pool.
     """
 
     def __init__(
@@ -294,12 +303,12 @@ class PromptSampler:
         else:
             ids = torch.randint(0, self.num_training_examples, (batch,), generator=gen).tolist()
             width = max(n_points, self.max_points)  # fixed width so a prompt's prefix never changes
-            xs = torch.cat([sample_xs(1, width, d, n_active, seeded(self.pool_seed, 1, i)) for i in ids])
+            xs = torch.cat([sample_xs(1, width, d, n_active, seeded(POOL_INPUTS, self.pool_seed, 0, i)) for i in ids])
             xs = xs[:, :n_points]
         if self.num_tasks is None:
             params = task.sample_params(batch, n_active, gen)
         else:
             ids = torch.randint(0, self.num_tasks, (batch,), generator=gen).tolist()
-            pool = [task.sample_params(1, n_active, seeded(self.pool_seed, 0, i)) for i in ids]
+            pool = [task.sample_params(1, n_active, seeded(POOL_FUNCTIONS, self.pool_seed, 0, i)) for i in ids]
             params = {key: torch.cat([p[key] for p in pool]) for key in pool[0]}
-        return xs, task.evaluate(params, xs)
+        return xs, task.add_noise(task.evaluate(params, xs), gen)

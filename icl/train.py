@@ -37,6 +37,9 @@ def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
     if n_points > model["n_positions"]:
         raise ValueError(f"prompts reach {n_points} points but model.n_positions is {model['n_positions']}: "
                          "raise model.n_positions or lower task.curriculum.points.end / eval.n_points")
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
+                         "raise data.batch_size instead")
     datamodule = PromptDataModule(task, seed=int(cfg.seed), **cfg.data)
     module = ICLModule(task=task, model=model, attn=cfg.attn.name,
                        optim=OmegaConf.to_container(cfg.optim, resolve=True))
@@ -51,6 +54,13 @@ def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
         return str(cfg.ckpt_path)
     last = out_dir / "checkpoints" / "last.ckpt"
     return str(last) if last.is_file() else None
+
+
+def save_last(trainer: L.Trainer) -> None:
+    """Make last.ckpt the final model: ModelCheckpoint only writes it every n steps."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.save_last and callback.dirpath:
+        trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
 
 
 def write_status(out_dir: Path, status: str, **extra: Any) -> None:
@@ -72,13 +82,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt:
         log.info("resuming from %s", ckpt)
     write_status(out_dir, "running")
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # resolved, for aggregation
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     train_s = time.perf_counter() - start
-    if trainer.interrupted:
-        raise KeyboardInterrupt("training interrupted; rerun with hydra.run.dir=<this job> to resume")
+    save_last(trainer)
     start = time.perf_counter()
-    df = evaluate_job(cfg, module, out_dir)
+    df = evaluate_job(cfg, module.to(trainer.strategy.root_device), out_dir)
     log.info(summary_line(df))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     d = int(cfg.task.n_dims)
@@ -95,12 +105,15 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     try:
         return train(cfg)["error_at_2d"]
-    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - reported, recorded, then re-raised or skipped
-        message = f"{type(err).__name__}: {err}"
+    except BaseException as err:  # noqa: BLE001 - recorded, then skipped (multirun) or re-raised as exit 1
+        # Lightning turns Ctrl-C into SystemExit(1): record it too, so status.json never stays 'running'.
+        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+        message = "interrupted: rerun with hydra.run.dir=<this job> to resume" if interrupted else \
+            f"{type(err).__name__}: {err}"
         out_dir.mkdir(parents=True, exist_ok=True)
         write_status(out_dir, "failed", error=message)
         log.error("job failed: %s (details in %s)", message, out_dir)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(err, KeyboardInterrupt):
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not interrupted:
             return None
         raise SystemExit(1) from None
 

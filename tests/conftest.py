@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from lightning.pytorch import Callback
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -28,3 +29,14 @@ def compose_train(overrides: list[str], out_dir: Path | None = None) -> DictConf
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+class CrashAt(Callback):
+    """Raise at a given step, like a pre-empted or crashed job (used through the callbacks config)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+        if trainer.global_step >= self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")

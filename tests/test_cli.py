@@ -83,6 +83,13 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, expected):
     assert "Traceback" not in proc.stderr
 
 
+def test_multirun_goes_on_after_a_failed_job(tmp_path):
+    proc = run(["-m", "icl.train", "-m", "task.params.scale=nan,1.0", *FAST], tmp_path, check=False)
+    statuses = {json.loads((j / "status.json").read_text())["status"] for j in jobs(tmp_path / "multirun")}
+    assert statuses == {"failed", "done"}, proc.stderr[-2000:]
+    assert "FloatingPointError" in proc.stderr + proc.stdout
+
+
 def test_evaluate_without_checkpoint(tmp_path):
     proc = run(["-m", "icl.evaluate", f"run_dir={tmp_path}"], tmp_path, check=False)
     assert proc.returncode != 0 and "no job config" in proc.stderr + proc.stdout

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from icl.tasks import TASKS, PromptSampler, build_task, seeded
+from icl.tasks import POOL_FUNCTIONS, TASKS, PromptSampler, build_task, seeded
 
 D = 8
 
@@ -82,12 +82,15 @@ def test_linear_classification_labels_and_metric():
     assert task.loss(torch.zeros_like(ys), ys).item() == pytest.approx(math.log(2))
 
 
-def test_noisy_linear_adds_noise_of_given_std():
+def test_noisy_linear_adds_fresh_noise_of_given_std():
     noisy = build_task("noisy_linear", D, {"noise_std": 0.5})
-    params = noisy.sample_params(2000, D, seeded(0))
-    xs = torch.randn(2000, 3, D, generator=seeded(1))
-    clean = build_task("linear", D).evaluate(params, xs)
-    assert (noisy.evaluate(params, xs) - clean).std().item() == pytest.approx(0.5, rel=0.05)
+    xs, ys = PromptSampler(noisy, num_tasks=1).sample(2000, 3, D, seeded(0))
+    w = build_task("linear", D).sample_params(1, D, seeded(POOL_FUNCTIONS, 0, 0, 0))["w"]
+    residual = ys - torch.einsum("bnd,d->bn", xs, w[0])
+    assert residual.std().item() == pytest.approx(0.5, rel=0.05)
+    xs2, ys2 = PromptSampler(noisy, num_tasks=1).sample(2000, 3, D, seeded(1))
+    residual2 = ys2 - torch.einsum("bnd,d->bn", xs2, w[0])
+    assert not torch.allclose(residual[0], residual2[0])  # fresh noise per batch, even from a pool of one
 
 
 def test_finite_pools_repeat_functions_and_inputs():
@@ -104,7 +107,9 @@ def test_finite_pools_repeat_functions_and_inputs():
 def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="unknown task 'lineer'.*linear"):
         build_task("lineer", D)
-    with pytest.raises(ValueError, match="has no parameter 'sparsty'"):
+    with pytest.raises(ValueError, match="has no parameter 'evaluate'"):
+        build_task("linear", D, {"evaluate": 1})
+    with pytest.raises(ValueError, match=r"has no parameter 'sparsty' \(known: scale, sparsity\)"):
         build_task("sparse_linear", D, {"sparsty": 2})
     with pytest.raises(ValueError, match="'sparsity' must be of type int"):
         build_task("sparse_linear", D, {"sparsity": 2.5})

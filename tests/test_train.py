@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from icl.evaluate import COLUMNS
+from icl.loggers import load_metrics
 from icl.train import train
 from tests.conftest import compose_train
 
@@ -37,24 +38,45 @@ def test_short_training_lowers_loss_and_writes_job(tmp_path, tiny_overrides):
 
 
 def test_resume_continues_exactly(tmp_path, tiny_overrides):
-    """20 steps straight == 10 steps, stop, resume to 20: same weights (data stream keyed by step)."""
-    every = "callbacks.model_checkpoint.every_n_train_steps=10"
-    straight = tmp_path / "straight"
-    train(compose_train([*tiny_overrides, "trainer.max_steps=20", every], straight))
-    split = tmp_path / "split"
-    train(compose_train([*tiny_overrides, "trainer.max_steps=10", every], split))
-    train(compose_train([*tiny_overrides, "trainer.max_steps=20", every], split))  # finds last.ckpt
+    """20 steps straight == crash after step 14, resume from last.ckpt (step 12) to 20: same weights, curriculum, lr and metrics.
+
+    The curriculum grows every 5 steps and the lr follows a cosine, so a resume that lost either
+    (or replayed the data stream from step 0) would end with different weights.
+    """
+    moving = [*tiny_overrides, "task.n_dims=5", "task.curriculum.dims.start=2", "task.curriculum.dims.interval=5",
+              "task.curriculum.points.start=3", "task.curriculum.points.inc=1", "task.curriculum.points.interval=5",
+              "optim.schedule=cosine", "optim.warmup_steps=3", "trainer.log_every_n_steps=1",
+              "callbacks.model_checkpoint.every_n_train_steps=4"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(compose_train([*moving, "trainer.max_steps=20"], straight))
+    crash = "+callbacks.crash={_target_: tests.conftest.CrashAt, step: 14}"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_train([*moving, "trainer.max_steps=20", crash], split))  # last.ckpt at step 12
+    assert json.loads((split / "status.json").read_text())["status"] == "running"  # main() marks it failed
+    train(compose_train([*moving, "trainer.max_steps=20"], split))  # finds split/checkpoints/last.ckpt
     a, b = _weights(straight / "checkpoints" / "last.ckpt"), _weights(split / "checkpoints" / "last.ckpt")
     for key in a:
         torch.testing.assert_close(a[key], b[key])
     state = torch.load(split / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 20
-    assert state["PromptDataModule"]["curriculum"]["step"] == 20
+    assert state["PromptDataModule"]["curriculum"] == {**state["PromptDataModule"]["curriculum"], "step": 20,
+                                                       "n_dims": 5, "n_points": 6}
+    m_straight = load_metrics(straight / "metrics.csv")
+    m_split = load_metrics(split / "metrics.csv")  # the first run's rows survive the resume
+    assert list(m_split.step) == list(m_straight.step)
+    torch.testing.assert_close(torch.tensor(m_split["train/loss"].to_numpy()),
+                               torch.tensor(m_straight["train/loss"].to_numpy()))
 
 
 def test_nan_loss_fails_with_a_clear_line(tmp_path, tiny_overrides):
     cfg = compose_train([*tiny_overrides, "task.params.scale=nan", "trainer.max_steps=5"], tmp_path)
     with pytest.raises(FloatingPointError, match="lower optim.lr"):
+        train(cfg)
+
+
+def test_gradient_accumulation_is_refused(tmp_path, tiny_overrides):
+    cfg = compose_train([*tiny_overrides, "+trainer.accumulate_grad_batches=2"], tmp_path)
+    with pytest.raises(ValueError, match="accumulate_grad_batches must be 1"):
         train(cfg)
 
 
