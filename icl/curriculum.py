@@ -39,7 +39,13 @@ class Curriculum:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "Curriculum":
-        return cls(dims=Stage(**cfg["dims"]), points=Stage(**cfg["points"]))
+        stages = {}
+        for name in ("dims", "points"):
+            try:
+                stages[name] = Stage(**cfg[name])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"task.curriculum.{name}: {err}") from None
+        return cls(**stages)
 
     @property
     def n_dims(self) -> int:

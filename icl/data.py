@@ -59,20 +59,21 @@ class PromptDataModule(L.LightningDataModule):
         self.sampler = PromptSampler(self.task, task.get("num_tasks"), task.get("num_training_examples"),
                                      pool_seed=seed, max_points=self.curriculum.points.end)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.start_step = 0
+
+    @property
+    def step(self) -> int:
+        """Where the stream starts: the trainer's step (restored before the dataloader is built on resume)."""
+        return self.trainer.global_step if self.trainer is not None else self.curriculum.step
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        step = self.trainer.global_step if self.trainer is not None else self.start_step
-        stream = PromptStream(self.sampler, self.curriculum, self.batch_size, self.seed, rank, step)
+        stream = PromptStream(self.sampler, self.curriculum, self.batch_size, self.seed, rank, self.step)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def state_dict(self) -> dict[str, Any]:
-        step = self.trainer.global_step if self.trainer is not None else self.start_step
-        self.curriculum.step = step
+        self.curriculum.step = self.step
         return {"curriculum": self.curriculum.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.curriculum.load_state_dict(state["curriculum"])
-        self.start_step = self.curriculum.step

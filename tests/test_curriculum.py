@@ -33,6 +33,10 @@ def test_state_dict_round_trip():
 def test_bad_stage():
     with pytest.raises(ValueError, match="start <= end"):
         Stage(start=10, end=5)
+    with pytest.raises(ValueError, match=r"task.curriculum.dims: .*start=5, end=4"):
+        Curriculum.from_config({"dims": {"start": 5, "end": 4}, "points": {"start": 1, "end": 2}})
+    with pytest.raises(ValueError, match="task.curriculum.points: .*unexpected keyword argument 'stop'"):
+        Curriculum.from_config({"dims": {"start": 1, "end": 4}, "points": {"start": 1, "stop": 2}})
 
 
 def _stream(start=0):
@@ -62,4 +66,5 @@ def test_datamodule_checks_dims_and_saves_curriculum():
         PromptDataModule(bad)
     dm = PromptDataModule(TASK)
     dm.load_state_dict({"curriculum": {"step": 6000}})
-    assert dm.start_step == 6000 and dm.state_dict()["curriculum"]["n_points"] == 17
+    assert dm.step == 6000 and dm.state_dict()["curriculum"]["n_points"] == 17
+    assert next(iter(dm.train_dataloader()))["step"] == 6000

@@ -84,3 +84,22 @@ def test_missing_checkpoint_is_reported(tmp_path, tiny_overrides):
     cfg = compose_train([*tiny_overrides, f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
         train(cfg)
+
+
+@pytest.mark.parametrize("task", ["sparse_linear", "noisy_linear", "quadratic", "linear_classification",
+                                  "decision_tree", "random_forest", "relu_2nn", "relu_3nn"])
+def test_every_task_trains_and_evaluates_with_its_baselines(task, tmp_path):
+    """A few steps per task through the real configs, evaluated with the task's own baseline list."""
+    cfg = compose_train([f"task={task}", "task.n_dims=5", "task.curriculum.points.end=8",
+                         "task.curriculum.points.start=5", "model.n_layer=1", "data.batch_size=8",
+                         "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+                         "eval.n_prompts=12", "eval.bootstrap=20", "eval.slow_baseline_prompts=2"], tmp_path)
+    train(cfg)
+    df = pd.read_csv(tmp_path / "eval.csv")
+    assert set(df.predictor) == {"transformer", *cfg.task.baselines}
+    assert df[df.predictor == "transformer"].error.notna().all()
+    if task != "linear_classification":  # there the zero estimator is a coin flip, ≈ 1 only on average
+        assert (df[df.predictor == "zero"].error == 1).all()
+    slow = df[df.predictor.isin(["xgboost", "gd_2nn", "tree_depth4", "lasso_0.1"])]
+    assert (slow.n_prompts <= 2).all()
+    assert set(df.metric) == {"error_rate" if task == "linear_classification" else "squared_error"}
