@@ -9,6 +9,7 @@ by ``load_metrics``, which keeps the last row per step).
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,9 @@ class ResumableCSVLogger(CSVLogger):
             return self._experiment
         path = Path(self.log_dir) / "metrics.csv"
         previous = path.read_text() if path.is_file() else None
-        writer = super().experiment  # this deletes metrics.csv ...
+        with warnings.catch_warnings():  # its "previous log files will be deleted" is not true here
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = super().experiment  # this deletes metrics.csv ...
         if previous:  # ... so put it back and continue with its columns
             path.write_text(previous)
             header = next(csv.reader(previous.splitlines()))
