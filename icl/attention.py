@@ -30,7 +30,10 @@ def build_attention(name: str, **kwargs: object) -> nn.Module:
     """Instantiate an attention kernel by name, with a one-line error listing the known names."""
     if name not in ATTENTION:
         raise ValueError(f"unknown attention '{name}'; choose one of: {', '.join(sorted(ATTENTION))}")
-    return ATTENTION[name](**kwargs)
+    try:
+        return ATTENTION[name](**kwargs)
+    except TypeError as err:  # an unknown or missing parameter in configs/attn/<name>.yaml
+        raise ValueError(f"attention '{name}': {err} (check configs/attn/{name}.yaml)") from None
 
 
 @register("softmax")

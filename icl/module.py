@@ -27,12 +27,14 @@ class ICLModule(L.LightningModule):
     batch, Garg et al.'s normalisation, 1 = no better than predicting 0) and the curriculum state.
     """
 
-    def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: str = "softmax",
+    def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: dict[str, Any] | str | None = None,
                  optim: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task: Task = build_task(task["name"], task["n_dims"], task.get("params"))
-        config = TransformerConfig(n_dims=task["n_dims"], attn=attn,
+        # The attn config node: its name plus the variant's own settings (a bare name also works).
+        attn_params = {"name": attn} if isinstance(attn, str) else dict(attn or {"name": "softmax"})
+        config = TransformerConfig(n_dims=task["n_dims"], attn=attn_params.pop("name"), attn_params=attn_params,
                                    **{k: model[k] for k in MODEL_KEYS if k in model})
         self.model = ICLTransformer(config)
         self.optim = {"lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, **(optim or {})}

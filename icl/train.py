@@ -41,7 +41,7 @@ def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
         raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
                          "raise data.batch_size instead")
     datamodule = PromptDataModule(task, seed=int(cfg.seed), **cfg.data)
-    module = ICLModule(task=task, model=model, attn=cfg.attn.name,
+    module = ICLModule(task=task, model=model, attn=OmegaConf.to_container(cfg.attn, resolve=True),
                        optim=OmegaConf.to_container(cfg.optim, resolve=True))
     return datamodule, module
 

@@ -9,7 +9,8 @@ T = 2n tokens, C width, nh heads, hs = C / nh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,14 +29,14 @@ def interleave(xs: Tensor, ys: Tensor) -> Tensor:
 class SelfAttention(nn.Module):
     """Multi-head projections around a pluggable attention kernel (``icl.attention``)."""
 
-    def __init__(self, n_embd: int, n_head: int, attn: str) -> None:
+    def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None = None) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
         self.n_head = n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
-        self.kernel = build_attention(attn)
+        self.kernel = build_attention(attn, **(attn_params or {}))
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
@@ -58,10 +59,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, n_embd: int, n_head: int, attn: str, dropout: float) -> None:
+    def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None,
+                 dropout: float) -> None:
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-        self.attn = SelfAttention(n_embd, n_head, attn)
+        self.attn = SelfAttention(n_embd, n_head, attn, attn_params)
         self.mlp = MLP(n_embd, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -80,6 +82,7 @@ class TransformerConfig:
     n_layer: int = 3
     n_head: int = 2
     attn: str = "softmax"
+    attn_params: dict[str, Any] = field(default_factory=dict)  # the variant's own settings (configs/attn/*.yaml)
     dropout: float = 0.0
 
 
@@ -92,7 +95,7 @@ class ICLTransformer(nn.Module):
         self.read_in = nn.Linear(c.n_dims, c.n_embd)
         self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.dropout) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
         self.read_out = nn.Linear(c.n_embd, 1)
         self.apply(self._init_weights)

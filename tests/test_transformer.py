@@ -45,6 +45,8 @@ def test_clear_errors():
         ICLTransformer(TransformerConfig(n_dims=4, n_embd=64, n_head=3))
     with pytest.raises(ValueError, match="unknown attention 'nope'"):
         ICLTransformer(TransformerConfig(n_dims=4, attn="nope"))
+    with pytest.raises(ValueError, match="attention 'softmax': .*'window'"):
+        ICLTransformer(TransformerConfig(n_dims=4, attn_params={"window": 3}))
     model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=5))
     with pytest.raises(ValueError, match="n_positions"):
         model(torch.randn(1, 6, 4), torch.randn(1, 6))
