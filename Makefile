@@ -13,13 +13,16 @@ ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv (if PY is not given), install torch if missing, then icl[dev]
+# One stamp per interpreter, so `make install PY=python` and the default .venv do not mistake each other.
+STAMP := .make/installed$(subst /,_,$(abspath $(PY)))
 
-$(VENV)/.installed: pyproject.toml
+install: $(STAMP) ## create .venv (if PY is not given), install torch if missing, then icl[dev]
+
+$(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || python3 -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[dev]"
-	@mkdir -p $(VENV) && touch $@
+	@mkdir -p $(@D) && touch $@
 
 demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)

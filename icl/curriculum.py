@@ -44,7 +44,8 @@ class Curriculum:
             try:
                 stages[name] = Stage(**cfg[name])
             except (TypeError, ValueError) as err:
-                raise ValueError(f"task.curriculum.{name}: {err}") from None
+                hint = " (with a small task.n_dims, lower task.curriculum.dims.start too)" if name == "dims" else ""
+                raise ValueError(f"task.curriculum.{name}: {err}{hint}") from None
         return cls(**stages)
 
     @property

@@ -157,6 +157,9 @@ def load_job(run_dir: Path, ckpt: str = "last") -> tuple[DictConfig, "ICLModule"
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    if not cfg.run_dir:
+        log.error("pass the job folder to evaluate: python -m icl.evaluate run_dir=outputs/<date>/<time>")
+        raise SystemExit(1)
     run_dir = Path(cfg.run_dir)
     try:
         job_cfg, module = load_job(run_dir, cfg.ckpt)

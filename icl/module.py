@@ -37,7 +37,11 @@ class ICLModule(L.LightningModule):
         config = TransformerConfig(n_dims=task["n_dims"], attn=attn_params.pop("name"), attn_params=attn_params,
                                    **{k: model[k] for k in MODEL_KEYS if k in model})
         self.model = ICLTransformer(config)
-        self.optim = {"lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0, **(optim or {})}
+        defaults = {"lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0}
+        unknown = sorted(set(optim or {}) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown optim option(s) {unknown}; known: {sorted(defaults)}")
+        self.optim = {**defaults, **(optim or {})}
         self.loss_rel_zero = MeanMetric()
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
@@ -46,8 +50,8 @@ class ICLModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         xs, ys = batch["xs"], batch["ys"]
         loss = self.task.loss(self(xs, ys), ys)
-        # Checked on logging steps only: the check syncs with the device (costly on a GPU every step).
-        if self.global_step % self.trainer.log_every_n_steps == 0 and not torch.isfinite(loss):
+        # Checked every step (a device sync on GPU, but a NaN must stop the run before a checkpoint keeps it).
+        if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr or add "
                 "trainer.gradient_clip_val (finished checkpoints are kept)")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -16,7 +17,9 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +40,11 @@ def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
     if n_points > model["n_positions"]:
         raise ValueError(f"prompts reach {n_points} points but model.n_positions is {model['n_positions']}: "
                          "raise model.n_positions or lower task.curriculum.points.end / eval.n_points")
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        raise ValueError("trainer=gpu but torch sees no CUDA GPU here: use trainer=cpu (or a CUDA build of torch)")
+    if "tensorboard" in (cfg.get("logger") or {}) and not any(
+            importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ValueError("logger=tensorboard needs TensorBoard: pip install -e '.[tensorboard]' (or use logger=csv)")
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
                          "raise data.batch_size instead")
@@ -97,6 +105,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
                    eval_seconds=time.perf_counter() - start)
     write_status(out_dir, "done", metrics=metrics)
     return metrics
+
+
+class FailOnFailedJobs(Callback):
+    """Hydra callback: after a multirun, list the jobs whose status.json says failed and exit 1.
+
+    Hydra's basic launcher goes on after a failed job (what we want: the other cells still run) but
+    then exits 0; this makes a sweep with failures visible to scripts and CI.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = []
+        for path in sorted(Path(config.hydra.sweep.dir).glob("**/status.json")):
+            status = json.loads(path.read_text())
+            if status.get("status") == "failed":
+                failed.append(f"{path.parent}: {status.get('error')}")
+        if failed:
+            log.error("%d job(s) failed:\n  %s", len(failed), "\n  ".join(failed))
+            raise SystemExit(1)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

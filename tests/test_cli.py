@@ -88,8 +88,12 @@ def test_multirun_goes_on_after_a_failed_job(tmp_path):
     statuses = {json.loads((j / "status.json").read_text())["status"] for j in jobs(tmp_path / "multirun")}
     assert statuses == {"failed", "done"}, proc.stderr[-2000:]
     assert "FloatingPointError" in proc.stderr + proc.stdout
+    assert proc.returncode == 1 and "1 job(s) failed" in proc.stderr + proc.stdout
 
 
 def test_evaluate_without_checkpoint(tmp_path):
     proc = run(["-m", "icl.evaluate", f"run_dir={tmp_path}"], tmp_path, check=False)
     assert proc.returncode != 0 and "no job config" in proc.stderr + proc.stdout
+    proc = run(["-m", "icl.evaluate"], tmp_path, check=False)
+    assert proc.returncode != 0 and "pass the job folder" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("*.log"))

@@ -1,6 +1,9 @@
 """Every shipped YAML composes and builds against the code that consumes it."""
 
+import importlib.util
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from icl.tasks import seeded
@@ -57,3 +60,25 @@ def test_impossible_points_rejected(tmp_path):
     cfg = compose_train(["model.n_positions=20"], tmp_path)
     with pytest.raises(ValueError, match="model.n_positions"):
         build(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_gpu_trainer_without_gpu_is_one_clear_line(tmp_path):
+    with pytest.raises(ValueError, match="use trainer=cpu"):
+        build(compose_train(["trainer=gpu"], tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_tensorboard_logger_without_tensorboard_says_how_to_install(tmp_path):
+    with pytest.raises(ValueError, match=r"pip install -e '.\[tensorboard\]'"):
+        build(compose_train(["logger=tensorboard"], tmp_path))
+
+
+def test_unknown_optim_option(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown optim option\(s\) \['lrr'\]"):
+        build(compose_train(["+optim.lrr=1e-3"], tmp_path))
+
+
+def test_small_dims_hint(tmp_path):
+    with pytest.raises(ValueError, match="lower task.curriculum.dims.start"):
+        build(compose_train(["task.n_dims=3"], tmp_path))

@@ -27,7 +27,7 @@ def test_short_training_lowers_loss_and_writes_job(tmp_path, tiny_overrides):
     assert last < 0.8 * first, (first, last)
     assert {"curriculum/n_dims", "curriculum/n_points", "train/loss"} <= set(log.columns)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "last.ckpt", "step=100.ckpt", "step=200.ckpt", "step=300.ckpt"]
+        "last.ckpt", "step_100.ckpt", "step_200.ckpt", "step_300.ckpt"]
     df = pd.read_csv(tmp_path / "eval.csv")
     assert list(df.columns) == COLUMNS
     assert set(df.predictor) == {"transformer", "zero", "least_squares"}
