@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from icl import baselines
+from icl.configs import check_yaml
 from icl.tasks import EVAL_STREAM, PromptSampler, Task, build_task, seeded
 
 log = logging.getLogger(__name__)
@@ -181,4 +182,5 @@ def summary_line(df: pd.DataFrame) -> str:
 
 
 if __name__ == "__main__":
+    check_yaml()
     main()

@@ -23,6 +23,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from icl.configs import check_yaml  # noqa: E402
 from icl.results import jobs_table, load_results, variant_label  # noqa: E402
 
 
@@ -205,4 +206,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_yaml()
     main()

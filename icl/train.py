@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from icl.configs import check_yaml
 from icl.data import PromptDataModule
 from icl.evaluate import EvalConfig, evaluate_job, summary_line
 from icl.module import ICLModule
@@ -145,4 +146,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_yaml()
     main()

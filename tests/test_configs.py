@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from icl.configs import check_yaml
 from icl.tasks import seeded
 from icl.train import build
 from tests.conftest import CONFIGS, compose_train
@@ -82,3 +83,11 @@ def test_unknown_optim_option(tmp_path):
 def test_small_dims_hint(tmp_path):
     with pytest.raises(ValueError, match="lower task.curriculum.dims.start"):
         build(compose_train(["task.n_dims=3"], tmp_path))
+
+
+def test_shipped_yaml_parses_and_broken_yaml_is_one_line(tmp_path):
+    check_yaml()  # every shipped file
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tiny.yaml").write_text("name: tiny\nn_embd: 64\n  n_layer: 3\n")
+    with pytest.raises(SystemExit, match=r"broken YAML at .*model/tiny.yaml:3:10: .*\(fix that file\)"):
+        check_yaml(tmp_path)
