@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import Callback
 from hydra import compose, initialize_config_dir
+from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
+from icl.configs import CONFIG_DIR as CONFIGS
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 
 # A job small enough for seconds on 2 CPU cores: linear d = 3, 6 points, 1-layer tiny model.
 TINY = [
