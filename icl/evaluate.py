@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -29,6 +29,9 @@ from torch import Tensor
 from icl import baselines
 from icl.configs import check_yaml
 from icl.tasks import EVAL_STREAM, PromptSampler, Task, build_task, seeded
+
+if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
+    from icl.module import ICLModule
 
 log = logging.getLogger(__name__)
 
