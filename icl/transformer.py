@@ -36,7 +36,7 @@ class SelfAttention(nn.Module):
         self.n_head = n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
-        self.kernel = build_attention(attn, **(attn_params or {}))
+        self.kernel = build_attention(attn, head_dim=n_embd // n_head, **(attn_params or {}))
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
