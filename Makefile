@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test figures clean
+.PHONY: help install demo test figures bench-attn clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: install ## run the whole test suite (pass ARGS="-m 'not slow'" for the qui
 figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
 	$(PY) -m icl.figures $(ARGS)
+
+bench-attn: install ## time every attention kernel alone at T = 128…8192 (outputs/bench_attn/, ~10 min on CPU)
+	$(PY) -m icl.bench_attn $(ARGS)
 
 clean: ## remove generated figures/ (outputs/ and multirun/ hold results: delete them by hand)
 	rm -rf figures

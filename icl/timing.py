@@ -1,0 +1,47 @@
+"""How to time torch code honestly: warm-up, device synchronisation, robust statistics.
+
+Shared by the benchmarks (``icl.bench_attn``). CUDA work is asynchronous, so a host clock read
+without ``torch.cuda.synchronize()`` measures kernel launches, not compute (the seed study's ~5 µs
+per sequence). Timings are summarised by order statistics, which a few slow outliers (another
+process, a page fault) do not drag.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait until all queued work on ``device`` is done (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call of ``fn``, with the device drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def summarise(seconds: np.ndarray | list[float]) -> dict[str, float]:
+    """Median, quartiles, IQR and the seed study's trimmed mean (runs above Q3 + 1.5·IQR dropped)."""
+    t = np.asarray(seconds, dtype=float)
+    q1, median, q3 = np.quantile(t, [0.25, 0.5, 0.75])
+    kept = t[t <= q3 + 1.5 * (q3 - q1)]
+    return {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1, "trimmed_mean": kept.mean(),
+            "n": len(t), "n_kept": len(kept)}
+
+
+def loglog_slope(sizes: np.ndarray | list[float], seconds: np.ndarray | list[float]) -> float:
+    """Least-squares slope of log(time) against log(size): 1 for linear cost, 2 for quadratic."""
+    x, y = np.log(np.asarray(sizes, dtype=float)), np.log(np.asarray(seconds, dtype=float))
+    if len(x) < 2:
+        return float("nan")
+    return float(np.polyfit(x, y, 1)[0])
