@@ -233,3 +233,14 @@ def test_every_variant_trains_and_evaluates(name, tmp_path, tiny_overrides):
     assert set(df.attn) == {name}
     assert df[df.predictor == "transformer"].error.notna().all()
     assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.parametrize("name", ["relu", "softmax"])
+def test_extended_context_evaluates_beyond_the_training_length(name, tmp_path, tiny_overrides):
+    """Trained on 6-point prompts, evaluated on 12 (the model's position limit), as the seed study's Fig. 9."""
+    cfg = compose_train([*tiny_overrides, f"attn={name}", "trainer.max_steps=20", "model.n_positions=12",
+                         "eval.n_points=12"], tmp_path)
+    train(cfg)
+    df = pd.read_csv(tmp_path / "eval.csv")
+    transformer = df[df.predictor == "transformer"]
+    assert sorted(transformer.k) == list(range(12)) and transformer.error.notna().all()
