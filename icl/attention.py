@@ -94,17 +94,35 @@ class SoftmaxAttention(Kernel):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def causal_weighted_sum(q: Tensor, k: Tensor, v: Tensor, weight: Callable[[Tensor], Tensor],
+                        chunk: int = 256) -> Tensor:
+    """Σ_{j≤i} weight(s·q_i·k_j) v_j for every i, one block of ``chunk`` queries at a time.
+
+    ``weight`` is elementwise with weight(−inf) = 0 (ReLU, sigmoid), so the causal mask is a −inf fill of
+    the diagonal block only. Blocks skip the keys after them (half the work of the full masked matrix)
+    and keep the (chunk × T) intermediates small. Cost O(T²·hs) time, O(chunk·T) memory per block.
+    """
+    T = q.shape[-2]
+    outs = []
+    for start in range(0, T, chunk):
+        stop = min(start + chunk, T)
+        logits = scores(q[..., start:stop, :], k[..., :stop, :])  # (B, nh, c, stop)
+        diagonal = torch.ones(stop - start, stop - start, dtype=torch.bool, device=q.device).tril()
+        logits[..., start:].masked_fill_(~diagonal, float("-inf"))  # fresh tensor: safe to fill in place
+        outs.append(weight(logits) @ v[..., :stop, :])
+    return torch.cat(outs, dim=-2)
+
+
 @register("relu")
 class ReLUAttention(Kernel):
     """ReLU(s·QKᵀ) / L, causal mask, L = number of tokens of the whole sequence (Wortsman et al. 2023).
 
     L is the length of the sequence actually fed in: a model trained on short prompts and evaluated on
-    longer ones sees every row divided by the longer L (no renormalisation). Cost O(T²·hs), memory O(T²).
+    longer ones sees every row divided by the longer L (no renormalisation). Cost O(T²·hs).
     """
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        weights = torch.relu(scores(q, k)).tril() / q.shape[-2]
-        return weights @ v
+        return causal_weighted_sum(q, k, v, torch.relu) / q.shape[-2]
 
 
 @register("relu_causal")
@@ -112,19 +130,19 @@ class CausalReLUAttention(Kernel):
     """ReLU(s·QKᵀ) with row i divided by i + 1, the number of tokens it can see (0-based i).
 
     The seed study's "causal" variant divided by i + 2; this one averages over exactly the visible
-    tokens, so its scale does not depend on the sequence length. Cost O(T²·hs), memory O(T²).
+    tokens, so its scale does not depend on the sequence length. Cost O(T²·hs).
     """
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         seen = torch.arange(1, q.shape[-2] + 1, device=q.device, dtype=q.dtype)[:, None]
-        return (torch.relu(scores(q, k)).tril() / seen) @ v
+        return causal_weighted_sum(q, k, v, torch.relu) / seen
 
 
 @register("sigmoid")
 class SigmoidAttention(Kernel):
     """sigmoid(s·QKᵀ + b), causal mask, b = −log(L) by default (Ramapuram et al. 2024, "sigmoid attention").
 
-    ``bias`` fixes b; null uses −log of the sequence length fed in. Cost O(T²·hs), memory O(T²).
+    ``bias`` fixes b; null uses −log of the sequence length fed in. Cost O(T²·hs).
     """
 
     def __init__(self, head_dim: int, bias: float | None = None) -> None:
@@ -133,7 +151,7 @@ class SigmoidAttention(Kernel):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         b = -math.log(q.shape[-2]) if self.bias is None else self.bias
-        return torch.sigmoid(scores(q, k) + b).tril() @ v
+        return causal_weighted_sum(q, k, v, lambda logits: torch.sigmoid(logits + b))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -244,3 +244,12 @@ def test_extended_context_evaluates_beyond_the_training_length(name, tmp_path, t
     df = pd.read_csv(tmp_path / "eval.csv")
     transformer = df[df.predictor == "transformer"]
     assert sorted(transformer.k) == list(range(12)) and transformer.error.notna().all()
+
+
+@pytest.mark.parametrize("T,chunk", [(13, 1), (13, 4), (40, 16), (40, 64)])
+def test_blocked_quadratic_kernels_match_the_full_masked_matrix(T, chunk):
+    from icl.attention import causal_weighted_sum
+    q, k, v = qkv(T, 1.5, dtype=torch.float64)
+    full = (q @ k.transpose(-2, -1)) / math.sqrt(HS)
+    for weight in (torch.relu, lambda x: torch.sigmoid(x - 1.0)):
+        torch.testing.assert_close(causal_weighted_sum(q, k, v, weight, chunk), weight(full).tril() @ v)
