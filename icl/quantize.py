@@ -31,6 +31,8 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -108,18 +110,26 @@ def training_part(node: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"name": spec.name, "layers": list(spec.layers), **spec.params} if spec.mode.stage == "qat" else None
 
 
-def torchao() -> Any:
-    """Import torchao quietly: it warns about optional CUDA extensions a CPU build cannot load."""
-    names = ("torchao", "torch.utils._pytree")
-    levels = [logging.getLogger(n).level for n in names]
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
+@contextmanager
+def quiet() -> Iterator[None]:
+    """torchao's (lazy) imports warn about CUDA extensions a CPU build cannot load and about torch.compile
+    registrations: noise in a job's log, so silenced while torchao works."""
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def torchao() -> Any:
+    """The torchao package, imported quietly."""
+    with quiet():
         import torchao as ao
         import torchao.quantization.qat  # noqa: F401
-    finally:
-        for n, level in zip(names, levels):
-            logging.getLogger(n).setLevel(level)
     return ao
 
 
@@ -131,8 +141,9 @@ def _qat_base() -> Any:
 
 def prepare_qat(model: nn.Module, spec: QuantSpec) -> None:
     """Swap the chosen linears for torchao's fake-quantised ones, in place (before the optimiser is built)."""
-    qat = torchao().quantization.qat
-    torchao().quantization.quantize_(model, qat.QATConfig(_qat_base(), step="prepare"), filter_fn=spec.selects)
+    q = torchao().quantization
+    with quiet():
+        q.quantize_(model, q.qat.QATConfig(_qat_base(), step="prepare"), filter_fn=spec.selects)
 
 
 def _cast_in(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -173,9 +184,10 @@ def float_model(model: nn.Module) -> nn.Module:
     """The float model a quantised one is compared with: for QAT, the trained weights without fake quantisation."""
     if not is_fake_quantized(model):
         return model
-    ao = torchao()
+    q = torchao().quantization
     plain = copy.deepcopy(model)
-    ao.quantization.quantize_(plain, ao.quantization.qat.QATConfig(step="convert"), filter_fn=None)
+    with quiet():
+        q.quantize_(plain, q.qat.QATConfig(step="convert"), filter_fn=None)
     return plain
 
 
@@ -184,8 +196,13 @@ def quantize(model: nn.Module, spec: QuantSpec) -> nn.Module:
     stage = spec.mode.stage
     if stage == "none":
         return model
+    with quiet():
+        return _quantized_copy(model, spec).eval()
+
+
+def _quantized_copy(model: nn.Module, spec: QuantSpec) -> nn.Module:
     out = copy.deepcopy(model)
-    if stage == "qat":
+    if spec.mode.stage == "qat":
         if not is_fake_quantized(model):
             raise ValueError("quant=qat_int8 needs a model trained with fake quantisation (its checkpoint has none)")
         ao = torchao()
@@ -196,7 +213,7 @@ def quantize(model: nn.Module, spec: QuantSpec) -> nn.Module:
         if spec.name == "int4_weight":  # tinygemm int4 works on bfloat16 weights and activations
             _to_bf16(out, spec)
         torchao().quantization.quantize_(out, _ptq_config(spec), filter_fn=spec.selects)
-    return out.eval()
+    return out
 
 
 def storage_dtype(weight: Tensor) -> str:
