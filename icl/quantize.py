@@ -302,6 +302,12 @@ def quantize_job(cfg: Any, model: nn.Module, out_dir: Path) -> nn.Module:
 
 def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
     """Fail in one line, before training, when the mode cannot run here: apply it to the untrained model and run it."""
+    if spec.name == "int4_weight":
+        group = int(spec.params.get("group_size", 32))
+        bad = {n: m.in_features for n, m in linears(model).items() if spec.selects(m, n) and m.in_features % group}
+        if bad:  # torchao would silently leave these layers in float
+            raise ValueError(f"quant.group_size={group} does not divide the input width of {sorted(bad)} "
+                             f"({sorted(set(bad.values()))}): pick a group size that does, or drop them from quant.layers")
     if spec.mode.cuda_only and not (on_gpu and torch.cuda.is_available()):
         raise ValueError(f"quant={spec.name} needs a CUDA GPU (torchao's int4 kernels are CUDA-only) and this job runs "
                          "on the CPU: use quant=int8_weight here, or trainer=gpu on a machine with a CUDA GPU")
