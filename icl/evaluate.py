@@ -147,7 +147,7 @@ def job_prompts(cfg: DictConfig, n_prompts: int) -> tuple[Tensor, Tensor]:
 
 
 def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, out_dir: Path) -> pd.DataFrame:
-    """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised) and write ``out_dir/eval.csv``."""
+    """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised); write ``out_dir/eval.csv``."""
     task, eval_cfg, n_points = job_task(cfg)
     df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg))
     path = Path(out_dir) / "eval.csv"

@@ -1,16 +1,9 @@
 """Quantisation modes (``quant=NAME``) through torchao, and the proof that a model really is quantised.
 
-| mode           | when          | what (torchao)                                                                       |
-|----------------|---------------|--------------------------------------------------------------------------------------|
-| `none`         | —             | float32                                                                              |
-| `int8_weight`  | post-training | int8 weights per output channel, float activations (``Int8WeightOnlyConfig``)         |
-| `int8_dynamic` | post-training | int8 weights + activations quantised per token at run time                            |
-|                |               | (``Int8DynamicActivationInt8WeightConfig``)                                           |
-| `qat_int8`     | training      | fake-quantised int8 weights (per channel) and activations (per token) while training  |
-|                |               | (``QATConfig(base, step="prepare")``), real int8 afterwards (``step="convert"``);     |
-|                |               | base = ``Int8DynamicActivationIntxWeightConfig(int8, PerAxis(0))``                     |
-| `bf16`         | post-training | bfloat16 weights and matmuls (a dtype cast, no torchao needed)                        |
-| `int4_weight`  | post-training | int4 weights in groups (``Int4WeightOnlyConfig``, tinygemm layout); CUDA GPU only     |
+Modes (README "Quantization" has the table): ``none``; post-training ``int8_weight`` (Int8WeightOnlyConfig),
+``int8_dynamic`` (Int8DynamicActivationInt8WeightConfig), ``bf16`` (a dtype cast) and ``int4_weight``
+(Int4WeightOnlyConfig, CUDA only); and ``qat_int8``: torchao's QATConfig fake-quantises during training
+(``prepare_qat``, called by ICLModule so a reload or resume rebuilds it) and converts to real int8 afterwards.
 
 Only linear layers are quantised; ``quant.layers`` picks which of ``read_in``, ``attn`` (qkv and output
 projections), ``mlp`` and ``read_out``. The default ``[attn, mlp]`` holds > 98 % of the linear weights; the
@@ -35,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +85,8 @@ class QuantSpec:
         allowed = {"int4_weight": {"group_size", "packing"}}.get(name, set())
         extra = sorted(set(node) - allowed)
         if extra:
-            raise ValueError(f"unknown quant option(s) {extra} for quant={name}; known: {sorted(allowed | {'name', 'layers'})}")
+            known = sorted(allowed | {"name", "layers"})
+            raise ValueError(f"unknown quant option(s) {extra} for quant={name}; known: {known}")
         return cls(name, layers, node)
 
     @property
@@ -134,7 +128,8 @@ def torchao() -> Any:
 
 
 def _qat_base() -> Any:
-    """The PTQ config QAT imitates while training and applies at conversion: int8 per-channel weights, int8 per-token activations."""
+    """The PTQ config QAT imitates while training and applies at conversion:
+    int8 per-channel weights, int8 per-token (asymmetric) activations."""
     q = torchao().quantization
     return q.Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=q.PerAxis(0))
 
@@ -156,7 +151,8 @@ def _cast_out(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tenso
 
 
 def _to_bf16(model: nn.Module, spec: QuantSpec) -> None:
-    """bfloat16 weights and matmuls in the chosen linears; float32 in and out, so LayerNorms and the residual stay float32."""
+    """bfloat16 weights and matmuls in the chosen linears; float32 in and out, so LayerNorms and the residual
+    stream stay float32."""
     for name, module in model.named_modules():
         if spec.selects(module, name):
             module.to(torch.bfloat16)
@@ -249,6 +245,10 @@ def relative_difference(reference: nn.Module, other: nn.Module, xs: Tensor, ys: 
     return (out - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)
 
 
+def _weight_bytes(state: dict[str, Any], layers: list[str]) -> int:
+    return serialized_bytes({f"{n}.weight": state[f"{n}.weight"] for n in layers}) if layers else 0
+
+
 def proof(reference: nn.Module, quantized: nn.Module, spec: QuantSpec, xs: Tensor, ys: Tensor) -> dict[str, Any]:
     """The evidence that ``quantized`` is quantised: sizes, stored dtypes and how far its outputs move."""
     chosen = [name for name, m in linears(reference).items() if spec.selects(m, name)] if spec.name != "none" else []
@@ -264,8 +264,8 @@ def proof(reference: nn.Module, quantized: nn.Module, spec: QuantSpec, xs: Tenso
         "weight_dtypes": stored,
         "bytes_float": serialized_bytes(ref_state),
         "bytes": serialized_bytes(q_state),
-        "layer_bytes_float": serialized_bytes({f"{n}.weight": ref_state[f"{n}.weight"] for n in chosen}) if chosen else 0,
-        "layer_bytes": serialized_bytes({f"{n}.weight": q_state[f"{n}.weight"] for n in chosen}) if chosen else 0,
+        "layer_bytes_float": _weight_bytes(ref_state, chosen),
+        "layer_bytes": _weight_bytes(q_state, chosen),
         "proof_prompts": len(xs),
         "rel_diff_max": float(diff.max()),
         "rel_diff_mean": float(diff.mean()),
@@ -307,7 +307,8 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
         bad = {n: m.in_features for n, m in linears(model).items() if spec.selects(m, n) and m.in_features % group}
         if bad:  # torchao would silently leave these layers in float
             raise ValueError(f"quant.group_size={group} does not divide the input width of {sorted(bad)} "
-                             f"({sorted(set(bad.values()))}): pick a group size that does, or drop them from quant.layers")
+                             f"({sorted(set(bad.values()))}): pick a group size that does, or drop them from "
+                             "quant.layers")
     if spec.mode.cuda_only and not (on_gpu and torch.cuda.is_available()):
         raise ValueError(f"quant={spec.name} needs a CUDA GPU (torchao's int4 kernels are CUDA-only) and this job runs "
                          "on the CPU: use quant=int8_weight here, or trainer=gpu on a machine with a CUDA GPU")
