@@ -184,6 +184,19 @@ def test_qat_job_checkpoint_reloads_fake_quantised_and_reports_int8(tmp_path, ti
     assert set(pd.read_csv(tmp_path / "eval.csv").quant) == {"qat_int8"}
 
 
+def test_qat_resume_continues_exactly(tmp_path, tiny_overrides):
+    """A crashed QAT run resumes into the fake-quantised model and ends where an uninterrupted one does."""
+    qat = [*tiny_overrides, "quant=qat_int8", "trainer.max_steps=12", "callbacks.model_checkpoint.every_n_train_steps=4"]
+    train(compose_train(qat, tmp_path / "straight"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_train([*qat, "+callbacks.crash={_target_: tests.conftest.CrashAt, step: 10}"], tmp_path / "split"))
+    train(compose_train(qat, tmp_path / "split"))  # resumes from last.ckpt (step 8)
+    a, b = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False) for run in ("straight", "split"))
+    assert b["global_step"] == 12 and a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_int4_on_cpu_fails_before_training_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="quant=int4_weight needs a CUDA GPU") as err:
