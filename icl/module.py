@@ -1,6 +1,7 @@
 """ICLModule: the LightningModule that trains an ``ICLTransformer`` on one task.
 
-Built from plain hyper-parameters (task, model and optimiser as dicts, attention as a name), so
+Built from plain hyper-parameters (task, model and optimiser as dicts, attention as a name, ``quant`` only for
+quantisation-aware training, whose fake quantisers it then builds), so
 ``ICLModule.load_from_checkpoint(path)`` rebuilds it without Hydra or the config files.
 """
 
