@@ -320,8 +320,8 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
         if spec.mode.stage == "qat" and not is_fake_quantized(trial):
             prepare_qat(trial, spec)
         n_dims = trial.config.n_dims
-        trial = quantize(trial, spec)
-        trial(torch.zeros(1, 2, n_dims, device=device), torch.zeros(1, 2, device=device))
+        with torch.no_grad():  # quantize() returns an eval-mode model: no dropout, the global RNG is untouched
+            quantize(trial, spec)(torch.zeros(1, 2, n_dims, device=device), torch.zeros(1, 2, device=device))
     except Exception as err:  # noqa: BLE001 - any failure here is a setting that cannot work: one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"quant={spec.name} does not run on this model here ({type(err).__name__}: {first}): "

@@ -88,7 +88,7 @@ def write_status(out_dir: Path, status: str, **extra: Any) -> None:
     (out_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=1) + "\n")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (or reuse the shared trained model), quantise, evaluate; returns the final training metrics and the
     transformer's error at k = 2d."""
     out_dir = Path(cfg.paths.output_dir)
