@@ -14,6 +14,7 @@ Run alone on a finished job: ``python -m icl.evaluate run_dir=outputs/…`` (wri
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +133,23 @@ def job_labels(cfg: DictConfig) -> dict[str, Any]:
             "seed": int(cfg.seed)}
 
 
-def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, out_dir: Path) -> pd.DataFrame:
-    """Evaluate a job's model with its config's ``eval`` settings and write ``out_dir/eval.csv``."""
+def job_task(cfg: DictConfig) -> tuple[Task, EvalConfig, int]:
+    """A job's task, eval settings and number of points per evaluation prompt."""
     eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
     task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}, resolve=True))
-    n_points = eval_cfg.n_points or int(cfg.task.curriculum.points.end)
-    df = evaluate(module.model if module is not None else None, task, eval_cfg, n_points, job_labels(cfg))
+    return task, eval_cfg, eval_cfg.n_points or int(cfg.task.curriculum.points.end)
+
+
+def job_prompts(cfg: DictConfig, n_prompts: int) -> tuple[Tensor, Tensor]:
+    """The first ``n_prompts`` of the job's evaluation prompts (a fixed batch, the same for every job of a study)."""
+    task, eval_cfg, n_points = job_task(cfg)
+    return sample_eval_prompts(task, n_prompts, n_points, eval_cfg.seed)
+
+
+def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, out_dir: Path) -> pd.DataFrame:
+    """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised); write ``out_dir/eval.csv``."""
+    task, eval_cfg, n_points = job_task(cfg)
+    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg))
     path = Path(out_dir) / "eval.csv"
     tmp = path.with_suffix(".csv.tmp")
     df.to_csv(tmp, index=False)
@@ -154,6 +166,9 @@ def load_job(run_dir: Path, ckpt: str = "last") -> tuple[DictConfig, "ICLModule"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no job config at {cfg_path}: run_dir must be a folder written by icl.train")
     path = run_dir / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(ckpt)
+    if ckpt == "last" and not path.is_file() and (run_dir / "status.json").is_file():
+        # a job that reused a shared trained model (icl.store) records where it is
+        path = Path(json.loads((run_dir / "status.json").read_text()).get("metrics", {}).get("model") or path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: train first, or pass ckpt=<path to a .ckpt>")
     return OmegaConf.load(cfg_path), ICLModule.load_from_checkpoint(path, map_location="cpu")
@@ -172,7 +187,11 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(1) from None
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.eval).items() if v is not None}
     job_cfg.eval = OmegaConf.merge(job_cfg.eval, overrides)
-    df = evaluate_job(job_cfg, module, Path(cfg.out_dir or run_dir))
+    from icl.quantize import quantize_job
+
+    out_dir = Path(cfg.out_dir or run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out_dir), out_dir)
     print(summary_line(df))
 
 

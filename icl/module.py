@@ -1,6 +1,7 @@
 """ICLModule: the LightningModule that trains an ``ICLTransformer`` on one task.
 
-Built from plain hyper-parameters (task, model and optimiser as dicts, attention as a name), so
+Built from plain hyper-parameters (task, model and optimiser as dicts, attention as a name, ``quant`` only for
+quantisation-aware training, whose fake quantisers it then builds), so
 ``ICLModule.load_from_checkpoint(path)`` rebuilds it without Hydra or the config files.
 """
 
@@ -28,7 +29,7 @@ class ICLModule(L.LightningModule):
     """
 
     def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: dict[str, Any] | str | None = None,
-                 optim: dict[str, Any] | None = None) -> None:
+                 optim: dict[str, Any] | None = None, quant: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task: Task = build_task(task["name"], task["n_dims"], task.get("params"))
@@ -37,6 +38,10 @@ class ICLModule(L.LightningModule):
         config = TransformerConfig(n_dims=task["n_dims"], attn=attn_params.pop("name"), attn_params=attn_params,
                                    **{k: model[k] for k in MODEL_KEYS if k in model})
         self.model = ICLTransformer(config)
+        if quant:  # quantisation-aware training: fake-quantised layers from the start (and on reload/resume)
+            from icl.quantize import QuantSpec, prepare_qat
+
+            prepare_qat(self.model, QuantSpec.from_config(quant))
         defaults = {"lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0}
         unknown = sorted(set(optim or {}) - set(defaults))
         if unknown:

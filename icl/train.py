@@ -1,9 +1,13 @@
 """Train one job, evaluate it, write eval.csv: ``python -m icl.train [overrides] [-m]``.
 
 ``train(cfg)`` is the testable core; ``main`` is the Hydra entry point. A job folder ends up with
-``.hydra/config.yaml``, ``checkpoints/`` (last.ckpt + periodic), ``metrics.csv``, ``eval.csv`` and
+``.hydra/config.yaml``, ``checkpoints/`` (last.ckpt + periodic), ``metrics.csv``, ``quant.json``, ``eval.csv`` and
 ``status.json`` (running → done | failed, with the error line). Re-running into the same folder
 (``hydra.run.dir=<job>``) resumes from ``checkpoints/last.ckpt``.
+
+Jobs with the same training config share one trained model (``icl.store``, under ``paths.store``): the first
+trains and publishes it, the others (e.g. post-training ``quant`` modes of one sweep) load it instead of training,
+and then hold no checkpoints/ or metrics.csv of their own (status.json names the model and the job that trained it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import importlib.util
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,9 @@ from icl.configs import check_yaml
 from icl.data import PromptDataModule
 from icl.evaluate import EvalConfig, evaluate_job, summary_line
 from icl.module import ICLModule
+from icl.quantize import QuantSpec, quantize_job, training_part
+from icl.quantize import check as quant_check
+from icl.store import Entry, claim, fingerprint, training_identity
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +58,12 @@ def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
                          "raise data.batch_size instead")
+    quant = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
     datamodule = PromptDataModule(task, seed=int(cfg.seed), **cfg.data)
     module = ICLModule(task=task, model=model, attn=OmegaConf.to_container(cfg.attn, resolve=True),
-                       optim=OmegaConf.to_container(cfg.optim, resolve=True))
+                       optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                       quant=training_part(OmegaConf.to_container(cfg.quant, resolve=True)))
+    quant_check(quant, module.model, on_gpu=cfg.trainer.accelerator in ("gpu", "cuda"))
     return datamodule, module
 
 
@@ -76,8 +88,9 @@ def write_status(out_dir: Path, status: str, **extra: Any) -> None:
     (out_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=1) + "\n")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then evaluate; returns the final training metrics and the transformer's error at k = 2d."""
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (or reuse the shared trained model), quantise, evaluate; returns the final training metrics and the
+    transformer's error at k = 2d."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -88,24 +101,55 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     ckpt = resume_path(cfg, out_dir)
-    if ckpt:
-        log.info("resuming from %s", ckpt)
     write_status(out_dir, "running")
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # resolved, for aggregation
+    with shared_model(cfg, out_dir) as entry:
+        if entry is not None and entry.done:  # trained already by a job with the same training config
+            log.info("reusing the model trained by %s: %s", entry.meta().get("trained_by"), entry.ckpt)
+            module = ICLModule.load_from_checkpoint(entry.ckpt, map_location="cpu")
+            metrics = {**entry.meta().get("metrics", {}), "train_seconds": 0.0}
+        else:
+            metrics = fit(trainer, module, datamodule, ckpt)
+            if entry is not None:
+                entry.publish(lambda path: trainer.save_checkpoint(path, weights_only=True),
+                              {"trained_by": str(out_dir), "metrics": metrics, **training_identity(cfg)})
+    if entry is not None:
+        metrics.update(fingerprint=entry.dir.name, model=str(entry.ckpt), trained_by=entry.meta()["trained_by"])
+    start = time.perf_counter()
+    model = quantize_job(cfg, module.model.to(trainer.strategy.root_device), out_dir)
+    df = evaluate_job(cfg, model, out_dir)
+    log.info(summary_line(df))
+    d = int(cfg.task.n_dims)
+    rows = df[(df.predictor == "transformer") & (df.k == min(2 * d, df.k.max()))]
+    metrics.update(error_at_2d=float(rows.error.iloc[0]), eval_seconds=time.perf_counter() - start)
+    write_status(out_dir, "done", metrics=metrics)
+    return metrics
+
+
+def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckpt: str | None) -> dict[str, Any]:
+    """Train (resuming from ``ckpt`` if given), leave last.ckpt as the final model; the final training metrics."""
+    if ckpt:
+        log.info("resuming from %s", ckpt)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     train_s = time.perf_counter() - start
     save_last(trainer)
-    start = time.perf_counter()
-    df = evaluate_job(cfg, module.to(trainer.strategy.root_device), out_dir)
-    log.info(summary_line(df))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    d = int(cfg.task.n_dims)
-    rows = df[(df.predictor == "transformer") & (df.k == min(2 * d, df.k.max()))]
-    metrics.update(error_at_2d=float(rows.error.iloc[0]), train_seconds=train_s,
-                   eval_seconds=time.perf_counter() - start)
-    write_status(out_dir, "done", metrics=metrics)
-    return metrics
+    return {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": train_s}
+
+
+@contextmanager
+def shared_model(cfg: DictConfig, out_dir: Path) -> Iterator[Entry | None]:
+    """The trained-model store entry for this job's training config (held exclusively), or None without a store.
+
+    ``paths.store=null`` turns sharing off; so does an explicit ``ckpt_path`` (training may then start from weights
+    the config does not describe).
+    """
+    store = cfg.paths.get("store")
+    if not store or cfg.ckpt_path:
+        yield None
+        return
+    with claim(Path(store), fingerprint(cfg), out_dir) as entry:
+        yield entry
 
 
 class FailOnFailedJobs(Callback):

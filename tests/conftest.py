@@ -21,10 +21,15 @@ TINY = [
 
 
 def compose_train(overrides: list[str], out_dir: Path | None = None) -> DictConfig:
-    """The composed ``train`` config with ``paths.output_dir`` pointed at ``out_dir``."""
+    """The composed ``train`` config with ``paths.output_dir`` pointed at ``out_dir``.
+
+    The trained-model store defaults to ``out_dir/store`` (an override in ``overrides`` wins), so tests never
+    share trained models through the repository's outputs/.
+    """
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        store = [f"paths.store={out_dir / 'store'}"] if out_dir else []
         extra = [f"paths.output_dir={out_dir}"] if out_dir else []
-        return compose("train", overrides=[*overrides, *extra])
+        return compose("train", overrides=[*store, *overrides, *extra])
 
 
 @pytest.fixture
