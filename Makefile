@@ -35,7 +35,7 @@ figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
 	$(PY) -m icl.figures $(ARGS)
 
-bench-attn: install ## time every attention kernel alone at T = 128…8192 (outputs/bench_attn/, ~10 min on CPU)
+bench-attn: install ## time every attention kernel alone at T = 128…8192 (outputs/bench_attn/, ~3 min on 2 CPU cores)
 	$(PY) -m icl.bench_attn $(ARGS)
 
 clean: ## remove generated figures/ (outputs/ and multirun/ hold results: delete them by hand)
