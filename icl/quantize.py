@@ -121,9 +121,12 @@ def quiet() -> Iterator[None]:
 
 def torchao() -> Any:
     """The torchao package, imported quietly."""
-    with quiet():
-        import torchao as ao
-        import torchao.quantization.qat  # noqa: F401
+    try:
+        with quiet():
+            import torchao as ao
+            import torchao.quantization.qat  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"quant modes need torchao>=0.18 ({err}): pip install -e . (or pip install torchao)") from None
     return ao
 
 
@@ -322,6 +325,8 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
         n_dims = trial.config.n_dims
         with torch.no_grad():  # quantize() returns an eval-mode model: no dropout, the global RNG is untouched
             quantize(trial, spec)(torch.zeros(1, 2, n_dims, device=device), torch.zeros(1, 2, device=device))
+    except ImportError as err:
+        raise ValueError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - any failure here is a setting that cannot work: one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"quant={spec.name} does not run on this model here ({type(err).__name__}: {first}): "
