@@ -45,12 +45,13 @@ def pick_device(name: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model with the intra-op thread count the timings ran with."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{models[0] if models else platform.processor()} ({torch.get_num_threads()} threads)"
 
 
 def make_call(kernel: torch.nn.Module, mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from icl import baselines
 from icl.configs import check_yaml
+from icl.files import atomic_write
 from icl.tasks import EVAL_STREAM, PromptSampler, Task, build_task, seeded
 
 if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
@@ -151,9 +152,7 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, out_dir: Path)
     task, eval_cfg, n_points = job_task(cfg)
     df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg))
     path = Path(out_dir) / "eval.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)  # never leave a half-written eval.csv behind
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     log.info("wrote %s (%d rows)", path, len(df))
     return df
 

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from icl.files import write_json
+
 log = logging.getLogger(__name__)
 
 LAYER_GROUPS: dict[str, str] = {  # layer group -> module names it covers (regex, full match)
@@ -295,10 +297,7 @@ def quantize_job(cfg: Any, model: nn.Module, out_dir: Path) -> nn.Module:
     quantized = quantize(model, spec)
     xs, ys = job_prompts(cfg, PROOF_PROMPTS)
     report = proof(reference, quantized, spec, xs, ys)
-    path = Path(out_dir) / "quant.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(Path(out_dir) / "quant.json", report)
     log.info(summary(report))
     return quantized
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from icl.files import atomic_write, write_json
+
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -107,12 +109,8 @@ class Entry:
         """``save(path)`` writes the checkpoint; both files appear atomically, meta.json last."""
         if self.done:
             return  # never overwrite a published model
-        tmp = self.dir / "model.ckpt.tmp"
-        save(tmp)
-        tmp.replace(self.ckpt)
-        tmp_meta = self.dir / "meta.json.tmp"
-        tmp_meta.write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        tmp_meta.replace(self.meta_path)
+        atomic_write(self.ckpt, save)
+        write_json(self.meta_path, meta)
         log.info("published the trained model as %s", self.ckpt)
 
 

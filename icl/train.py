@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from icl.configs import check_yaml
 from icl.data import PromptDataModule
 from icl.evaluate import EvalConfig, evaluate_job, summary_line
+from icl.files import write_json
 from icl.module import ICLModule
 from icl.quantize import QuantSpec, quantize_job, training_part
 from icl.quantize import check as quant_check
@@ -85,7 +86,7 @@ def save_last(trainer: L.Trainer) -> None:
 
 
 def write_status(out_dir: Path, status: str, **extra: Any) -> None:
-    (out_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=1) + "\n")
+    write_json(out_dir / "status.json", {"status": status, **extra})
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
