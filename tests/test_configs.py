@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from icl.configs import check_yaml
+from icl.schema import validate
 from icl.tasks import seeded
 from icl.train import build
 from tests.conftest import CONFIGS, compose_train
@@ -42,10 +43,11 @@ def test_experiments_compose(experiment, tmp_path):
     build(cfg)
 
 
-@pytest.mark.parametrize("group", ["trainer", "logger", "eval", "attn", "quant", "callbacks"])
+@pytest.mark.parametrize("group", ["trainer", "logger", "eval", "attn", "quant", "callbacks", "paths"])
 def test_other_groups_compose(group, tmp_path):
     for option in options(group):
         cfg = compose_train([f"{group}={option}"], tmp_path)
+        validate(cfg)  # the schema accepts every shipped option
         OmegaConf.resolve(cfg)
 
 
@@ -76,7 +78,7 @@ def test_tensorboard_logger_without_tensorboard_says_how_to_install(tmp_path):
 
 
 def test_unknown_optim_option(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown optim option\(s\) \['lrr'\]"):
+    with pytest.raises(ValueError, match=r"unknown config key 'optim.lrr'"):
         build(compose_train(["+optim.lrr=1e-3"], tmp_path))
 
 
