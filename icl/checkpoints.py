@@ -49,7 +49,14 @@ def check_finite(checkpoint: dict[str, Any]) -> None:
 
 
 class RngState(L.Callback):
-    """Saves the global RNG states with every checkpoint and restores them on resume (rank 0's, on every rank)."""
+    """Saves the global RNG states with every checkpoint and restores them on resume (rank 0's, on every rank).
+
+    Restored at the first training batch, not when the checkpoint is read: building the data-loader iterator
+    in between draws from the global RNG, which an uninterrupted run did before step 0.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         states = _collect_rng_states(include_cuda=torch.cuda.is_available())
@@ -59,8 +66,12 @@ class RngState(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-            numpy_state = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
-            _set_rng_states({**state_dict, "numpy": numpy_state})
+            self.pending = {**state_dict, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)}
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        if self.pending is not None:
+            _set_rng_states(self.pending)
+            self.pending = None
 
 
 class CheckpointOnSigterm(L.Callback):
