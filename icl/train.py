@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,23 +96,27 @@ def write_status(out_dir: Path, status: str, **extra: Any) -> None:
     write_json(out_dir / "status.json", {"status": status, **extra})
 
 
-def launcher_jobs() -> int | None:
-    """How many jobs the Hydra launcher runs at once on this machine (joblib's ``n_jobs``), or None."""
+def launcher_threads() -> int | None:
+    """Threads per job the Hydra launcher leaves room for: cores // joblib's ``n_jobs``, or submitit's
+    ``cpus_per_task``; None for a single run or the basic launcher (one job at a time)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    launcher, cores = HydraConfig.get().launcher, os.cpu_count() or 1
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    n_jobs = launcher.get("n_jobs")
     if not n_jobs:
         return None
-    cores = os.cpu_count() or 1
-    return min(cores, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
+    n_jobs = min(cores, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
+    return max(1, cores // n_jobs)
 
 
 def set_threads(cfg: DictConfig) -> int:
-    """torch threads for this job: ``threads``, else cores / parallel jobs (so a joblib sweep does not
-    oversubscribe: two jobs of 2 threads on 2 cores run several times slower than 1 thread each)."""
+    """torch threads for this job: ``threads``, else what the launcher leaves each job (so a joblib sweep does
+    not oversubscribe: two jobs of 2 threads on 2 cores run several times slower than 1 thread each)."""
     threads = cfg.get("threads")
-    if threads is None and (jobs := launcher_jobs()):
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+    if threads is None:
+        threads = launcher_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
@@ -242,5 +247,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # configs/hydra/launcher/*.yaml deliberately share the plugins' names (hydra/launcher=joblib keeps working)
+    # and are validated against the plugins' schemas; Hydra 1.3 still does that but warns it is deprecated.
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     check_yaml()
     main()
