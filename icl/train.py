@@ -122,6 +122,17 @@ def set_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse a local multirun with ``strategy=ddp``: Lightning starts each extra rank by re-running the command
+    line, which for ``-m`` is the whole sweep. Under SLURM (srun starts the ranks) it is fine."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy") or "")
+    if strategy.startswith("ddp") and strategy not in ("ddp_spawn", "ddp_notebook") and "SLURM_NTASKS" not in os.environ:
+        raise ValueError(f"trainer.strategy={strategy} in a local multirun (-m) would re-run the whole sweep per rank: "
+                         "run DDP jobs one per command, or use hydra/launcher=submitit_slurm, or trainer.strategy=ddp_spawn")
+
+
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning trainer of the config, with atomic checkpoints, RNG state in them and a save on SIGTERM."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -146,6 +157,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (or reuse the shared trained model), quantise, evaluate; returns the final training metrics and the
     transformer's error at k = 2d."""
     out_dir = Path(cfg.paths.output_dir)
+    check_launch(cfg)
     threads = set_threads(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule, module = build(cfg)
