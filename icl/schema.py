@@ -1,9 +1,9 @@
 """The training config's schema: a typo'd key or an impossible value fails before any compute, in one line.
 
 ``validate(cfg)`` merges the composed config into the structured schema below (``OmegaConf.structured``), so
-an unknown key anywhere in a fixed-shape group (top level, ``data``, ``optim``, ``model``, ``paths``,
-``task``'s own keys, ``task.curriculum``) is rejected with its full dotted name, and a wrongly typed value
-names its key. ``trainer`` keys are checked against ``lightning.Trainer``'s signature. Free-form groups are
+an unknown key anywhere in a fixed-shape group (top level, ``data``, ``optim``, ``paths``, ``task``'s own keys,
+``task.curriculum``) is rejected with its full dotted name, and a wrongly typed value names its key. ``trainer``
+keys are checked against ``lightning.Trainer``'s signature, ``model`` keys against ``icl.module.MODEL_KEYS``. Free-form groups are
 checked by the code that reads them: ``attn`` (the kernel's constructor), ``quant`` (``QuantSpec``), ``eval``
 (``EvalConfig``), ``task.params`` (the task class), ``callbacks``/``logger`` (instantiated by Hydra).
 Then the values no type can express: learning rate > 0, at least one layer, sparsity <= d, …
@@ -46,16 +46,6 @@ class TaskSchema:
 
 
 @dataclass
-class ModelSchema:
-    name: str = MISSING
-    n_positions: int = MISSING
-    n_embd: int = MISSING
-    n_layer: int = MISSING
-    n_head: int = MISSING
-    dropout: float = 0.0
-
-
-@dataclass
 class DataSchema:
     batch_size: int = 64
     num_workers: int = 0
@@ -81,7 +71,7 @@ class TrainSchema:
     """``configs/train.yaml`` and its groups."""
 
     task: TaskSchema = field(default_factory=TaskSchema)
-    model: ModelSchema = field(default_factory=ModelSchema)
+    model: Any = None  # keys checked against icl.module.MODEL_KEYS (one list for the code and the schema)
     data: DataSchema = field(default_factory=DataSchema)
     optim: OptimSchema = field(default_factory=OptimSchema)
     paths: PathsSchema = field(default_factory=PathsSchema)
@@ -112,6 +102,16 @@ def check_keys(cfg: DictConfig) -> None:
     except OmegaConfBaseException as err:
         raise ValueError(_one_line(err)) from None
     check_trainer_keys(cfg.get("trainer") or {})
+    check_model_keys(cfg.get("model") or {})
+
+
+def check_model_keys(model: DictConfig | dict) -> None:
+    from icl.module import MODEL_KEYS
+
+    unknown = sorted(set(model) - {"name", *MODEL_KEYS})
+    if unknown:
+        raise ValueError(f"unknown config key 'model.{unknown[0]}': known model keys are "
+                         f"{', '.join(['name', *MODEL_KEYS])}")
 
 
 def check_trainer_keys(trainer: DictConfig | dict) -> None:
@@ -136,10 +136,11 @@ def check_values(cfg: dict[str, Any]) -> None:
     _require(optim["weight_decay"] >= 0, "optim.weight_decay", "must be >= 0", optim["weight_decay"])
     _require(optim["warmup_steps"] >= 0, "optim.warmup_steps", "must be >= 0", optim["warmup_steps"])
     for key in ("n_layer", "n_head", "n_embd", "n_positions"):
-        _require(model[key] >= 1, f"model.{key}", "must be >= 1", model[key])
+        value = model.get(key)
+        _require(isinstance(value, int) and value >= 1, f"model.{key}", "must be an integer >= 1", value)
     _require(model["n_embd"] % model["n_head"] == 0, "model.n_embd",
              f"must be a multiple of model.n_head={model['n_head']}", model["n_embd"])
-    _require(0 <= model["dropout"] < 1, "model.dropout", "must be in [0, 1)", model["dropout"])
+    _require(0 <= model.get("dropout", 0.0) < 1, "model.dropout", "must be in [0, 1)", model["dropout"])
     _require(data["batch_size"] >= 1, "data.batch_size", "must be >= 1", data["batch_size"])
     _require(data["num_workers"] >= 0, "data.num_workers", "must be >= 0", data["num_workers"])
     _require(cfg.get("threads") is None or cfg["threads"] >= 1, "threads", "must be >= 1 or null", cfg.get("threads"))

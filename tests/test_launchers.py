@@ -62,3 +62,11 @@ def test_submitit_local_sweep_survives_a_broken_job(tmp_path):
     assert failed["error"].startswith("FloatingPointError: training loss is nan at step 0")
     assert list((tmp_path / "multirun" / ".submitit").iterdir())  # submitit's own job folders and logs
     assert_figures_for_the_rest(tmp_path, failed=1)
+
+
+def test_local_multirun_with_ddp_is_refused_in_one_line(tmp_path):
+    """Lightning would start each extra rank by re-running the command line: with -m, the whole sweep."""
+    proc, jobs = sweep(tmp_path, "basic", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert proc.returncode == 1 and list(jobs.values()) == [{"status": "failed", "error": (
+        "ValueError: trainer.strategy=ddp in a local multirun (-m) would re-run the whole sweep per rank: run DDP "
+        "jobs one per command, or use hydra/launcher=submitit_slurm, or trainer.strategy=ddp_spawn")}]

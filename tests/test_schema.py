@@ -13,7 +13,9 @@ from tests.conftest import CONFIGS, compose_train
 @pytest.mark.parametrize("override, expected", [
     ("optim.lr=0", "optim.lr=0 is not allowed: the learning rate must be > 0"),
     ("optim.lr=-1e-3", "optim.lr=-0.001 is not allowed"),
-    ("model.n_layer=0", "model.n_layer=0 is not allowed: must be >= 1"),
+    ("model.n_layer=0", "model.n_layer=0 is not allowed: must be an integer >= 1"),
+    ("model.n_layer=two", "model.n_layer=two is not allowed: must be an integer >= 1"),
+    ("+model.n_layr=2", "unknown config key 'model.n_layr': known model keys are name, n_positions"),
     ("model.n_head=3", "model.n_embd=64 is not allowed: must be a multiple of model.n_head=3"),
     ("data.batch_size=0", "data.batch_size=0 is not allowed"),
     ("threads=0", "threads=0 is not allowed: must be >= 1 or null"),
