@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from icl.configs import check_yaml
@@ -93,3 +94,15 @@ def test_shipped_yaml_parses_and_broken_yaml_is_one_line(tmp_path):
     (tmp_path / "model" / "tiny.yaml").write_text("name: tiny\nn_embd: 64\n  n_layer: 3\n")
     with pytest.raises(SystemExit, match=r"broken YAML at .*model/tiny.yaml:3:10: .*\(fix that file\)"):
         check_yaml(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema")  # see icl/train.py __main__
+@pytest.mark.parametrize("launcher, target", [("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher"),
+                                              ("submitit_local", "LocalLauncher")])
+def test_launcher_configs_extend_the_plugins(launcher, target):
+    """Our hydra/launcher/*.yaml are merged onto the plugins' schemas: defaults applied, typos would be rejected."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert {"joblib": ("n_jobs", 2), "submitit_slurm": ("max_num_timeout", 3),
+            "submitit_local": ("cpus_per_task", 1)}[launcher] in cfg.hydra.launcher.items()
