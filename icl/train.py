@@ -37,7 +37,7 @@ from icl.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState
 from icl.configs import check_yaml
 from icl.data import PromptDataModule
 from icl.evaluate import EvalConfig, evaluate_job, summary_line
-from icl.files import write_json
+from icl.files import atomic_write, write_json
 from icl.module import ICLModule
 from icl.quantize import QuantSpec, quantize_job, training_part
 from icl.quantize import check as quant_check
@@ -168,7 +168,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_status(out_dir, "running")
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # resolved, for aggregation
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)  # for aggregation
+    atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(resolved))
     write_versions(out_dir / "versions.json", seed=int(cfg.seed), threads=threads, world_size=trainer.world_size)
     with shared_model(cfg, out_dir, trainer.world_size) as entry:
         if entry is not None and entry.done:  # trained already by a job with the same training config
