@@ -1,6 +1,7 @@
 """Every shipped YAML composes and builds against the code that consumes it."""
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -106,3 +107,29 @@ def test_launcher_configs_extend_the_plugins(launcher, target):
     assert cfg.hydra.launcher._target_.endswith(target)
     assert {"joblib": ("n_jobs", 2), "submitit_slurm": ("max_num_timeout", 3),
             "submitit_local": ("cpus_per_task", 1)}[launcher] in cfg.hydra.launcher.items()
+
+
+@pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema")
+def test_submitit_slurm_config_gives_the_sbatch_script(tmp_path, monkeypatch):
+    """Pointing at a cluster: our submitit_slurm defaults + partition/account on the command line become these
+    #SBATCH lines, built by submitit exactly as the plugin does (a stand-in `srun` only satisfies its check)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                                          "hydra.launcher.account=proj", f"hydra.sweep.dir={tmp_path}",
+                                          "hydra.job.name=train"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    params.pop("_target_")
+    executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster="slurm",
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python -m icl.train", "uid")
+    for line in ("--partition=gpu", "--account=proj", "--gpus-per-node=1", "--time=720", "--mem=32GB",
+                 "--cpus-per-task=8", "--ntasks-per-node=1", "--nodes=1"):
+        assert f"#SBATCH {line}\n" in script
