@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
 @dataclass
@@ -90,7 +90,7 @@ class TrainSchema:
 def _one_line(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None) or "?"
     message = str(err).splitlines()[0]
-    if "not in struct" in message or "Key '" in message and "not in" in message:
+    if isinstance(err, ConfigKeyError):
         return f"unknown config key '{key}': check its spelling (see configs/ and icl/schema.py for the known keys)"
     return f"config key '{key}': {message}"
 
