@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,22 +30,27 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from icl.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState
 from icl.configs import check_yaml
 from icl.data import PromptDataModule
 from icl.evaluate import EvalConfig, evaluate_job, summary_line
-from icl.files import write_json
+from icl.files import atomic_write, write_json
 from icl.module import ICLModule
 from icl.quantize import QuantSpec, quantize_job, training_part
 from icl.quantize import check as quant_check
+from icl.schema import validate
 from icl.store import Entry, claim, fingerprint, training_identity
+from icl.versions import write_versions
 
 log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
     """Data and model from the config; every impossible setting fails here, before any training."""
+    validate(cfg)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
@@ -89,22 +96,82 @@ def write_status(out_dir: Path, status: str, **extra: Any) -> None:
     write_json(out_dir / "status.json", {"status": status, **extra})
 
 
+def launcher_threads() -> int | None:
+    """Threads per job the Hydra launcher leaves room for: cores // joblib's ``n_jobs``, or submitit's
+    ``cpus_per_task``; None for a single run or the basic launcher (one job at a time)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    launcher, cores = HydraConfig.get().launcher, os.cpu_count() or 1
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    n_jobs = launcher.get("n_jobs")
+    if not n_jobs:
+        return None
+    n_jobs = min(cores, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
+    return max(1, cores // n_jobs)
+
+
+def set_threads(cfg: DictConfig) -> int:
+    """torch threads for this job: ``threads``, else what the launcher leaves each job (so a joblib sweep does
+    not oversubscribe: two jobs of 2 threads on 2 cores run several times slower than 1 thread each)."""
+    threads = cfg.get("threads")
+    if threads is None:
+        threads = launcher_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse a local multirun with ``strategy=ddp``: Lightning starts each extra rank by re-running the command
+    line, which for ``-m`` is the whole sweep. Under SLURM (srun starts the ranks) it is fine."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy") or "")
+    if strategy.startswith("ddp") and strategy not in ("ddp_spawn", "ddp_notebook") and "SLURM_NTASKS" not in os.environ:
+        raise ValueError(f"trainer.strategy={strategy} in a local multirun (-m) would re-run the whole sweep per rank: "
+                         "run DDP jobs one per command, or use hydra/launcher=submitit_slurm, or trainer.strategy=ddp_spawn")
+
+
+def make_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning trainer of the config, with atomic checkpoints, RNG state in them and a save on SIGTERM."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` wins over the callback
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    callbacks += [RngState(), CheckpointOnSigterm()]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                   plugins=[AtomicCheckpointIO()])
+
+
+def is_main_process(trainer: L.Trainer) -> bool:
+    """Rank 0 of a multi-process run (or the only process): the one that writes the job folder and evaluates.
+
+    ``rank_zero_only.rank`` comes from the environment (LOCAL_RANK set by Lightning's launcher for the extra
+    ranks it starts, SLURM_PROCID under srun), ``trainer.global_rank`` from the cluster environment.
+    """
+    return rank_zero_only.rank == 0 and trainer.global_rank == 0
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (or reuse the shared trained model), quantise, evaluate; returns the final training metrics and the
     transformer's error at k = 2d."""
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_launch(cfg)
+    threads = set_threads(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule, module = build(cfg)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` wins over the callback
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = make_trainer(cfg)
     ckpt = resume_path(cfg, out_dir)
+    if not is_main_process(trainer):  # an extra DDP rank: train alongside rank 0, which writes and evaluates
+        fit(trainer, module, datamodule, ckpt)
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_status(out_dir, "running")
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # resolved, for aggregation
-    with shared_model(cfg, out_dir) as entry:
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)  # for aggregation
+    atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(resolved))
+    write_versions(out_dir / "versions.json", seed=int(cfg.seed), threads=threads, world_size=trainer.world_size)
+    with shared_model(cfg, out_dir, trainer.world_size) as entry:
         if entry is not None and entry.done:  # trained already by a job with the same training config
             log.info("reusing the model trained by %s: %s", entry.meta().get("trained_by"), entry.ckpt)
             module = ICLModule.load_from_checkpoint(entry.ckpt, map_location="cpu")
@@ -139,14 +206,15 @@ def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckp
 
 
 @contextmanager
-def shared_model(cfg: DictConfig, out_dir: Path) -> Iterator[Entry | None]:
+def shared_model(cfg: DictConfig, out_dir: Path, world_size: int = 1) -> Iterator[Entry | None]:
     """The trained-model store entry for this job's training config (held exclusively), or None without a store.
 
     ``paths.store=null`` turns sharing off; so does an explicit ``ckpt_path`` (training may then start from weights
-    the config does not describe).
+    the config does not describe), and so does multi-process training (the other ranks cannot know whether rank 0
+    found the model trained, so each such job trains its own).
     """
     store = cfg.paths.get("store")
-    if not store or cfg.ckpt_path:
+    if not store or cfg.ckpt_path or world_size > 1:
         yield None
         return
     with claim(Path(store), fingerprint(cfg), out_dir) as entry:
@@ -176,14 +244,15 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point. Errors become one line + status.json 'failed'; a multirun goes on to the next job."""
     out_dir = Path(cfg.paths.output_dir)
     try:
-        return train(cfg)["error_at_2d"]
+        return train(cfg).get("error_at_2d")
     except BaseException as err:  # noqa: BLE001 - recorded, then skipped (multirun) or re-raised as exit 1
         # Lightning turns Ctrl-C into SystemExit(1): record it too, so status.json never stays 'running'.
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         message = "interrupted: rerun with hydra.run.dir=<this job> to resume" if interrupted else \
             f"{type(err).__name__}: {err}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_status(out_dir, "failed", error=message)
+        if rank_zero_only.rank == 0:  # an extra DDP rank leaves the job folder to rank 0
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_status(out_dir, "failed", error=message)
         log.error("job failed: %s (details in %s)", message, out_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN and not interrupted:
             return None
@@ -191,5 +260,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # configs/hydra/launcher/*.yaml deliberately share the plugins' names (hydra/launcher=joblib keeps working)
+    # and are validated against the plugins' schemas; Hydra 1.3 still does that but warns it is deprecated.
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     check_yaml()
     main()

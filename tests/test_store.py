@@ -21,7 +21,7 @@ def fp(tmp_path, *overrides):
 @pytest.mark.parametrize("same", [
     "quant=int8_weight", "quant=int8_dynamic", "quant=bf16", "quant=int4_weight", "eval=quick", "eval.n_prompts=10",
     "data.num_workers=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "logger=tensorboard",
-    "callbacks.model_checkpoint.every_n_train_steps=7", "paths.root_dir=/elsewhere"])
+    "callbacks.model_checkpoint.every_n_train_steps=7", "paths.root_dir=/elsewhere", "threads=3"])
 def test_what_cannot_change_the_weights_keeps_the_fingerprint(tmp_path, same):
     assert fp(tmp_path, same) == fp(tmp_path)
 

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from icl.evaluate import COLUMNS
 from icl.loggers import load_metrics
@@ -103,3 +104,39 @@ def test_every_task_trains_and_evaluates_with_its_baselines(task, tmp_path):
     slow = df[df.predictor.isin(["xgboost", "gd_2nn", "tree_depth4", "lasso_0.1"])]
     assert (slow.n_prompts <= 2).all()
     assert set(df.metric) == {"error_rate" if task == "linear_classification" else "squared_error"}
+
+
+class PoisonWeightsAt(Callback):
+    """Make one weight NaN after the optimiser step of ``step`` (as a diverging update would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.read_out.weight[0, 0] = float("nan")
+
+
+def test_nan_weights_stop_training_and_keep_the_last_good_checkpoint(tmp_path, tiny_overrides):
+    """The weights go NaN at step 6: that step's checkpoint is refused, last.ckpt stays the finite step-3 one."""
+    poison = "+callbacks.poison={_target_: tests.test_train.PoisonWeightsAt, step: 6}"
+    cfg = compose_train([*tiny_overrides, "trainer.max_steps=20", "callbacks.model_checkpoint.every_n_train_steps=3",
+                         poison], tmp_path)
+    with pytest.raises(FloatingPointError, match=r"weight model.read_out.weight is not finite at step 6"):
+        train(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values() if w.is_floating_point())
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_same_config_and_seed_give_identical_eval_csv(tmp_path, tiny_overrides):
+    """Two runs of one tiny job (own store each, so both train): byte-identical eval.csv; versions recorded."""
+    for name in ("a", "b"):
+        train(compose_train([*tiny_overrides, "seed=3", "trainer.max_steps=15", "data.num_workers=0"], tmp_path / name))
+    assert (tmp_path / "a" / "eval.csv").read_bytes() == (tmp_path / "b" / "eval.csv").read_bytes()
+    recorded = json.loads((tmp_path / "a" / "versions.json").read_text())
+    assert recorded["seed"] == 3 and recorded["versions"]["torch"] == torch.__version__
+    assert {"python", "lightning", "hydra-core", "numpy", "torchao"} <= set(recorded["versions"])
+    assert "git_commit" in recorded and recorded["threads"] == torch.get_num_threads()
