@@ -39,7 +39,6 @@ bench-attn: install ## time every attention kernel alone at T = 128…8192 (outp
 	$(PY) -m icl.bench_attn $(ARGS)
 
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
-	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m icl.bench $(ARGS)
 
 clean: ## remove generated figures/ (outputs/ and multirun/ hold results: delete them by hand)
