@@ -124,7 +124,7 @@ def peaks(device: torch.device, size: int) -> dict[str, float]:
     out = {"float32": matmul_peak(device, torch.float32, size), "bfloat16": matmul_peak(device, torch.bfloat16, size)}
     try:
         out["int8"] = matmul_peak(device, torch.int8, size) if hasattr(torch, "_int_mm") else float("nan")
-    except RuntimeError:
+    except (RuntimeError, NotImplementedError):
         out["int8"] = float("nan")
     return out
 

@@ -46,14 +46,15 @@ def train_flops(config: TransformerConfig, n_points: int) -> int:
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of the fastest of ``repeats`` (size × size) @ (size × size) products (after one warm-up): the rate
-    no model FLOP count may beat."""
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    no model FLOP count may beat. int8 goes through ``torch._int_mm`` (int32 accumulation), as int8 kernels do."""
+    mm = torch._int_mm if dtype == torch.int8 else torch.matmul
+    a, b = (torch.randn(size, size, device=device).mul(20).to(dtype) for _ in range(2))
     best = float("inf")
     for i in range(repeats + 1):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        a @ b
+        mm(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i:
