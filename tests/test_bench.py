@@ -118,3 +118,24 @@ def test_bad_settings_are_one_clear_line(tmp_path):
         run(bench_cfg(tmp_path, "parts=[speed]"))
     with pytest.raises(ValueError, match=r"add throughput.repeats.small=N"):
         run(bench_cfg(tmp_path, "throughput.models=[small]", "~throughput.repeats.small"))
+
+
+def test_quick_preset_composes_and_passes_the_checks(tmp_path):
+    from icl.bench import check
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=["bench=quick"])
+    assert cfg.latency.model == "tiny" and max(cfg.latency.ks) <= 100 and list(cfg.throughput.models) == ["tiny"]
+    check(cfg)
+
+
+@pytest.mark.slow
+def test_cli_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "icl.bench", f"out_dir={tmp_path}", "latency.variants=[nope]"],
+                          capture_output=True, text=True, cwd=CONFIG_DIR.parent, timeout=300)
+    assert proc.returncode == 1
+    assert "unknown attention variant(s) ['nope']" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
