@@ -145,7 +145,7 @@ def write_job(checkpoint: Path, out_dir: Path, overrides: list[str]) -> Path:
         raise FileNotFoundError(f"checkpoint={checkpoint} does not exist: pass the path of their state.pt")
     state = model_state(torch.load(checkpoint, map_location="cpu", weights_only=True))
     size = sizes(state)
-    fixed = [f"model.n_positions={size['n_positions']}", "+model.activation=gelu_tanh", "paths.store=null",
+    fixed = [f"model.n_positions={size['n_positions']}", "++model.activation=gelu_tanh", "paths.store=null",
              f"paths.output_dir={out_dir}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, *fixed])
