@@ -86,6 +86,9 @@ def test_latency_grid_and_reference_comparison(tmp_path):
     timed = lat[lat.quant != "int4_weight"]
     assert (timed.n == 3).all() and (timed.median_ci_low_ms <= timed.median_ci_high_ms).all()
     assert (timed.flops_per_prompt > 0).all() and (timed.frac_of_peak > 0).all()
+    np.testing.assert_allclose(timed.frac_of_peak, timed.achieved_gflops / timed.peak_gflops)
+    float_peak = timed[timed["quant"] == "none"].peak_gflops
+    assert float_peak.nunique() == 1 and (timed.peak_gflops >= float_peak.iloc[0]).all()  # one bound per run
     ref = timed[(timed.attn == "softmax") & (timed["quant"] == "none")]
     assert (ref.ratio == 1).all() and (ref.p_value == 1).all()
     assert timed.ratio.notna().all() and (timed.ratio_ci_low <= timed.ratio_ci_high).all()
