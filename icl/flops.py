@@ -16,11 +16,17 @@ from icl.attention import ATTENTION
 from icl.transformer import TransformerConfig
 
 
-def dense_flops(config: TransformerConfig, n_points: int) -> int:
-    """Linear layers of one prompt: read-in 2·T·d·C, per layer 24·T·C² (qkv 6, proj 2, MLP 16), read-out 2·n·C
-    (at the x positions only)."""
-    T, C = 2 * n_points, config.n_embd
-    return 2 * T * config.n_dims * C + config.n_layer * 24 * T * C * C + 2 * n_points * C
+def dense_flops(config: TransformerConfig, n_points: int, every_token: bool = False) -> int:
+    """Linear layers of one prompt: read-in 2·T·d·C, per layer 24·T·C² (qkv 6, proj 2, MLP 16) except the last,
+    whose projection and MLP run at the n x positions only (6·T·C² + 18·n·C²), read-out 2·n·C.
+
+    ``every_token``: the count for a model that runs the last block and the read-out at every token (the reference).
+    """
+    T, C, L = 2 * n_points, config.n_embd, config.n_layer
+    if every_token:
+        return 2 * T * config.n_dims * C + L * 24 * T * C * C + 2 * T * C
+    last = 6 * T * C * C + 18 * n_points * C * C if L else 0
+    return 2 * T * config.n_dims * C + max(L - 1, 0) * 24 * T * C * C + last + 2 * n_points * C
 
 
 def attention_pairs(T: int, causal: bool = True) -> int:
@@ -28,7 +34,7 @@ def attention_pairs(T: int, causal: bool = True) -> int:
     return T * (T + 1) // 2 if causal else T * T
 
 
-def forward_flops(config: TransformerConfig, n_points: int, causal: bool = True) -> int:
+def forward_flops(config: TransformerConfig, n_points: int, causal: bool = True, every_token: bool = False) -> int:
     """Matmul FLOPs of one prompt's forward pass: dense layers + 4·C per scored pair and layer (QKᵀ and AV) for the
     pairwise kernels (softmax, relu, relu_causal, sigmoid); the linear-cost kernels' own FLOPs are not counted.
 
@@ -36,12 +42,12 @@ def forward_flops(config: TransformerConfig, n_points: int, causal: bool = True)
     """
     pairwise = getattr(ATTENTION[config.attn], "pairwise", False)
     attn = 4 * config.n_embd * attention_pairs(2 * n_points, causal) * config.n_layer if pairwise else 0
-    return dense_flops(config, n_points) + attn
+    return dense_flops(config, n_points, every_token) + attn
 
 
-def train_flops(config: TransformerConfig, n_points: int) -> int:
+def train_flops(config: TransformerConfig, n_points: int, every_token: bool = False) -> int:
     """One prompt's forward + backward: 3× the forward (the backward computes two matmuls per forward one)."""
-    return 3 * forward_flops(config, n_points)
+    return 3 * forward_flops(config, n_points, every_token=every_token)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5) -> float:

@@ -38,12 +38,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd)
         self.kernel = build_attention(attn, head_dim=n_embd // n_head, **(attn_params or {}))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
+        """(B, T, C) → (B, T, C), or (B, T/2, C) at the x positions (even tokens) only with ``x_only``."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = self.kernel(q, k, v)  # (B, nh, T, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        if x_only:
+            y = y[:, :, ::2]  # (B, nh, T/2, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, y.shape[2], C))
 
 
 # model.activation -> the GELU it builds: exact erf (ours) or GPT-2's tanh approximation ("gelu_new"), which
@@ -74,8 +77,11 @@ class Block(nn.Module):
         self.mlp = MLP(n_embd, dropout, activation)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x)))
+    def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
+        """``x_only``: return the x positions only, skipping the output projection and MLP at the y positions (the
+        last block: nothing reads them)."""
+        a = self.drop(self.attn(self.ln_1(x), x_only))
+        x = (x[:, ::2] if x_only else x) + a
         return x + self.mlp(self.ln_2(x))
 
 
@@ -127,7 +133,11 @@ class ICLTransformer(nn.Module):
         tokens = interleave(xs, ys)  # (B, T, d)
         pos = torch.arange(2 * n, device=xs.device)
         h = self.drop(self.read_in(tokens) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            h = block(h)
-        # LayerNorm and read-out act per token: apply them to the x positions only (half the tokens)
-        return self.read_out(self.ln_f(h[:, ::2]))[..., 0]  # predictions at x positions: (B, n)
+        # Only the x positions are read out, and after the last attention every op is per token: the last block
+        # returns the x positions only, and LayerNorm and read-out run on those (half the tokens).
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            h = block(h, x_only=i == last)  # (B, T, C); (B, n, C) after the last block
+        if last < 0:
+            h = h[:, ::2]
+        return self.read_out(self.ln_f(h))[..., 0]  # predictions at x positions: (B, n)

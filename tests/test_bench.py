@@ -53,6 +53,18 @@ def test_flop_count_matches_torch_flop_counter(attn):
     assert train_flops(config, 11) == 3 * forward_flops(config, 11)
 
 
+def test_reference_flop_count_matches_torch_flop_counter():
+    """Garg et al.'s model runs every block and its read-out at every token: ``every_token=True`` counts it."""
+    from icl.garg import GargTransformer
+
+    config = TransformerConfig(n_dims=5, n_positions=11, n_embd=64, n_layer=2, n_head=2)
+    ref = GargTransformer(n_dims=5, n_positions=11, n_embd=64, n_layer=2, n_head=2).eval()
+    xs, ys = torch.randn(2, 11, 5), torch.randn(2, 11)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        ref(xs, ys)
+    assert counter.get_total_flops() / 2 == forward_flops(config, 11, causal=False, every_token=True)
+
+
 def test_dense_flops_match_the_linear_layers():
     """Kernels without pairwise scores count only the linear layers (a lower bound): exactly torch's addmm count."""
     config = TransformerConfig(n_dims=5, n_positions=11, n_embd=32, n_layer=3, n_head=2, attn="linear")
