@@ -318,6 +318,9 @@ def versus_reference(cfg: DictConfig, model_name: str, device: torch.device, pea
             calls = {"ours": forward_call(ours.eval(), xs, ys, device, amp),
                      "reference": forward_call(ref.eval(), xs, ys, device, None)}
         times, failed = interleaved(calls, device, int(cfg.warmup), int(cfg.repeats[model_name]), peak)
+        if cfg.get("profile_dir"):
+            for impl, call in calls.items():
+                write_profile(call, Path(cfg.profile_dir) / f"profile_{part}_{model_name}_{impl}.txt")
         for impl in ("ours", "reference"):
             seconds = times[impl]
             row = {"part": part, "impl": impl, "model": model_name, "attn": "softmax", "quant": "none",
@@ -332,6 +335,18 @@ def versus_reference(cfg: DictConfig, model_name: str, device: torch.device, pea
                 row.update(compare(times["reference"], seconds, int(cfg.n_boot), float(cfg.ci)))
             rows.append(row)
     return rows
+
+
+def write_profile(call: Callable[[], None], path: Path) -> None:
+    """Where one call's time goes: ``torch.profiler``'s table of operators by self time (one call, after timing)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        call()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20) + "\n")
+    log.info("wrote %s", path)
 
 
 def ours_config(model: nn.Module) -> TransformerConfig:
@@ -461,6 +476,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
             rows += latency_at(lat, int(k), device, peak)
     if "throughput" in cfg.parts:
         thr = with_common(cfg, cfg.throughput)
+        thr.profile_dir = str(Path(cfg.out_dir)) if cfg.throughput.profile else None
         for name in thr.models:
             log.info("ours vs reference, model=%s ...", name)
             rows += versus_reference(thr, name, device, peak)

@@ -90,7 +90,9 @@ def test_batch_is_reduced_and_says_why(tmp_path):
 
 
 def test_latency_grid_and_reference_comparison(tmp_path):
-    df = run(bench_cfg(tmp_path, "latency.variants=[softmax,linear]", "latency.quant=[none,int8_weight,int4_weight]"))
+    df = run(bench_cfg(tmp_path, "latency.variants=[softmax,linear]", "latency.quant=[none,int8_weight,int4_weight]",
+                       "throughput.profile=true"))
+    assert "aten::" in (tmp_path / "profile_train_tiny_reference.txt").read_text()
     lat = df[df.part == "latency"]
     assert len(lat) == 2 * 3 * 2 and set(lat.k) == {2, 5} and set(lat.tokens) == {6, 12}
     skipped = lat[lat.quant == "int4_weight"]
