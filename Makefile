@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test figures bench-attn clean
+.PHONY: help install demo test figures bench-attn bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 
 bench-attn: install ## time every attention kernel alone at T = 128…8192 (outputs/bench_attn/, ~3 min on 2 CPU cores)
 	$(PY) -m icl.bench_attn $(ARGS)
+
+bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
+	$(PY) -m icl.bench $(ARGS)
 
 clean: ## remove generated figures/ (outputs/ and multirun/ hold results: delete them by hand)
 	rm -rf figures

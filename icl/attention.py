@@ -69,7 +69,13 @@ def positive(name: str, value: object) -> int:
 
 
 class Kernel(nn.Module):
-    """Base: remembers the head size (feature maps need it at construction)."""
+    """Base: remembers the head size (feature maps need it at construction).
+
+    ``pairwise``: the kernel computes a score for every causal pair j <= i (the quadratic ones), so its FLOPs
+    include 4·hs per pair and head (``icl.flops``); the others' kernel FLOPs are not counted (a lower bound).
+    """
+
+    pairwise = False
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
@@ -89,6 +95,8 @@ class SoftmaxAttention(Kernel):
 
     Cost O(T²·hs) time; O(T) extra memory with the fused CPU/flash kernels. Vaswani et al. 2017.
     """
+
+    pairwise = True
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -121,6 +129,8 @@ class ReLUAttention(Kernel):
     longer ones sees every row divided by the longer L (no renormalisation). Cost O(T²·hs).
     """
 
+    pairwise = True
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return causal_weighted_sum(q, k, v, torch.relu) / q.shape[-2]
 
@@ -133,6 +143,8 @@ class CausalReLUAttention(Kernel):
     tokens, so its scale does not depend on the sequence length. Cost O(T²·hs).
     """
 
+    pairwise = True
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         seen = torch.arange(1, q.shape[-2] + 1, device=q.device, dtype=q.dtype)[:, None]
         return causal_weighted_sum(q, k, v, torch.relu) / seen
@@ -144,6 +156,8 @@ class SigmoidAttention(Kernel):
 
     ``bias`` fixes b; null uses −log of the sequence length fed in. Cost O(T²·hs).
     """
+
+    pairwise = True
 
     def __init__(self, head_dim: int, bias: float | None = None) -> None:
         super().__init__(head_dim)

@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from icl.tasks import Task, build_task
 from icl.transformer import ICLTransformer, TransformerConfig
 
-MODEL_KEYS = ("n_positions", "n_embd", "n_layer", "n_head", "dropout")
+MODEL_KEYS = ("n_positions", "n_embd", "n_layer", "n_head", "dropout", "activation")
 
 
 class ICLModule(L.LightningModule):

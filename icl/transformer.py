@@ -38,19 +38,29 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd)
         self.kernel = build_attention(attn, head_dim=n_embd // n_head, **(attn_params or {}))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
+        """(B, T, C) → (B, T, C), or (B, T/2, C) at the x positions (even tokens) only with ``x_only``."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = self.kernel(q, k, v)  # (B, nh, T, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        if x_only:
+            y = y[:, :, ::2]  # (B, nh, T/2, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, y.shape[2], C))
+
+
+# model.activation -> the GELU it builds: exact erf (ours) or GPT-2's tanh approximation ("gelu_new"), which
+# Garg et al.'s checkpoints were trained with (icl.garg converts them).
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int, dropout: float) -> None:
+    def __init__(self, n_embd: int, dropout: float, activation: str = "gelu") -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd),
-                                 nn.Dropout(dropout))
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown model.activation '{activation}'; choose from: {', '.join(ACTIVATIONS)}")
+        self.net = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(approximate=ACTIVATIONS[activation]),
+                                 nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -60,15 +70,18 @@ class Block(nn.Module):
     """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None,
-                 dropout: float) -> None:
+                 dropout: float, activation: str = "gelu") -> None:
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
         self.attn = SelfAttention(n_embd, n_head, attn, attn_params)
-        self.mlp = MLP(n_embd, dropout)
+        self.mlp = MLP(n_embd, dropout, activation)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x)))
+    def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
+        """``x_only``: return the x positions only, skipping the output projection and MLP at the y positions (the
+        last block: nothing reads them)."""
+        a = self.drop(self.attn(self.ln_1(x), x_only))
+        x = (x[:, ::2] if x_only else x) + a
         return x + self.mlp(self.ln_2(x))
 
 
@@ -84,6 +97,7 @@ class TransformerConfig:
     attn: str = "softmax"
     attn_params: dict[str, Any] = field(default_factory=dict)  # the variant's own settings (configs/attn/*.yaml)
     dropout: float = 0.0
+    activation: str = "gelu"  # gelu (exact erf) | gelu_tanh (GPT-2's, for converted Garg et al. checkpoints)
 
 
 class ICLTransformer(nn.Module):
@@ -95,7 +109,8 @@ class ICLTransformer(nn.Module):
         self.read_in = nn.Linear(c.n_dims, c.n_embd)
         self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout, c.activation)
+                                    for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
         self.read_out = nn.Linear(c.n_embd, 1)
         self.apply(self._init_weights)
@@ -118,7 +133,11 @@ class ICLTransformer(nn.Module):
         tokens = interleave(xs, ys)  # (B, T, d)
         pos = torch.arange(2 * n, device=xs.device)
         h = self.drop(self.read_in(tokens) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            h = block(h)
-        out = self.read_out(self.ln_f(h))  # (B, T, 1)
-        return out[:, ::2, 0]  # predictions at x positions: (B, n)
+        # Only the x positions are read out, and after the last attention every op is per token: the last block
+        # returns the x positions only, and LayerNorm and read-out run on those (half the tokens).
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            h = block(h, x_only=i == last)  # (B, T, C); (B, n, C) after the last block
+        if last < 0:
+            h = h[:, ::2]
+        return self.read_out(self.ln_f(h))[..., 0]  # predictions at x positions: (B, n)

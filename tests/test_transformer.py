@@ -52,3 +52,18 @@ def test_clear_errors():
         model(torch.randn(1, 6, 4), torch.randn(1, 6))
     with pytest.raises(ValueError, match="3 dims"):
         model(torch.randn(1, 2, 3), torch.randn(1, 2))
+    with pytest.raises(ValueError, match="unknown model.activation 'relu'; choose from: gelu, gelu_tanh"):
+        ICLTransformer(TransformerConfig(n_dims=4, activation="relu"))
+
+
+def test_read_out_at_x_positions_equals_reading_every_token():
+    """LayerNorm and read-out run on the x positions only: the same as running them on all tokens and slicing."""
+    torch.manual_seed(0)
+    model = ICLTransformer(TransformerConfig(n_dims=3, n_positions=7, n_embd=32, n_layer=2, n_head=2)).eval()
+    xs, ys = torch.randn(4, 7, 3), torch.randn(4, 7)
+    with torch.no_grad():
+        h = model.read_in(interleave(xs, ys)) + model.wpe(torch.arange(14))
+        for block in model.blocks:
+            h = block(h)
+        full = model.read_out(model.ln_f(h))[:, ::2, 0]
+        torch.testing.assert_close(model(xs, ys), full)
