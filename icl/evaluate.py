@@ -146,8 +146,8 @@ def predict_queries(model: torch.nn.Module, p: prompts.Prompts, batch_size: int)
 
 
 def param_key(param: Any) -> str:
-    """A parameter as written in keys and tables: '' for none, else the number (%g-free, exact)."""
-    return "" if param is None else repr(float(param)) if not isinstance(param, int) else str(param)
+    """A parameter as written in errors.npz keys: '' for none, else repr of the float (exact: 2 and 2.0 agree)."""
+    return "" if param is None else repr(float(param))
 
 
 def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int | None) -> list[tuple[str, Any, int]]:
@@ -186,7 +186,7 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
             preds = predict_model(model, p.xs, p.ys, cfg.batch_size) if p.queries is None else \
                 predict_queries(model, p, cfg.batch_size)
             rows.append(("transformer", "transformer", preds, p.targets))
-        key = {**task_id, "strategy": strategy, "param": param, "seed": cfg.seed, "n_points": n}
+        key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n}
         for name in cfg.baselines:
             slow = baselines.is_slow(name)
             if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
