@@ -182,7 +182,9 @@ def read_eval_csv(path: Path) -> pd.DataFrame | None:
         return None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame]
     k = pd.to_numeric(frame["k"], errors="coerce") if "k" in frame else None
-    if missing or k.isna().any() or pd.to_numeric(frame["error"], errors="coerce").isna().all():
+    # a row cut short leaves its trailing fields empty: the last column (n_prompts) is never empty otherwise
+    truncated = not missing and (k.isna().any() or frame.iloc[:, -1].isna().any())
+    if missing or truncated or pd.to_numeric(frame["error"], errors="coerce").isna().all():
         what = f"missing columns {missing}" if missing else "truncated or non-numeric rows"
         log.warning("skipping %s: unreadable CSV (%s)", path, what)
         return None
