@@ -309,7 +309,9 @@ def report_jobs(jobs: pd.DataFrame) -> None:
     """Print the jobs that were not aggregated (failed, running, no eval.csv, unreadable) and why."""
     skipped = jobs[~jobs["aggregated"]]
     for _, row in skipped.iterrows():
-        why = row["status"] if row["status"] != "done" else "done, but its eval.csv is unreadable"
+        csv = Path(row["run_dir"]) / "eval.csv"
+        why = row["status"] if row["status"] != "done" else \
+            f"done, but its eval.csv is {'unreadable' if csv.exists() else 'missing'}"
         error = f": {row['error']}" if isinstance(row.get("error"), str) and row["error"] else ""
         print(f"not aggregated: {row['run_dir']} ({why}{error})")
     print(f"{len(jobs) - len(skipped)} of {len(jobs)} jobs aggregated" + (", the others listed above" if len(skipped) else ""))
