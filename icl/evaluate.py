@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,14 @@ def predict_model(model: torch.nn.Module, xs: Tensor, ys: Tensor, batch_size: in
     return torch.cat(out)
 
 
+@lru_cache(maxsize=4)
+def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) multinomial resampling counts, shared by every predictor and strategy scored on n prompts."""
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)
+    counts.flags.writeable = False
+    return counts
+
+
 def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, seed: int) -> tuple[np.ndarray, ...]:
     """Mean of ``err`` over ``mean`` of ``ref`` per column (position), with a percentile bootstrap CI.
 
@@ -109,7 +118,7 @@ def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, se
     e, r = np.where(valid, err, 0.0), np.where(valid, ref, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         point = e.sum(0) / r.sum(0)
-        counts = np.random.default_rng(seed).multinomial(len(err), np.full(len(err), 1 / len(err)), size=n_boot)
+        counts = resample_counts(len(err), n_boot, seed)
         boots = (counts @ e) / (counts @ r)
     alpha = (1 - ci) / 2
     low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n_boot else (point, point)
