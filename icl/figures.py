@@ -37,6 +37,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from icl.configs import check_yaml  # noqa: E402
+from icl.files import atomic_write  # noqa: E402
 from icl.results import (  # noqa: E402
     DEFAULT_REFERENCE, jobs_table, load_results, paired_differences, variant_label,
 )
@@ -282,9 +283,7 @@ def markdown(summary: pd.DataFrame, reference: dict[str, str]) -> str:
 
 
 def _atomic(path: Path, write: Any) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    atomic_write(path, write)
     return path
 
 

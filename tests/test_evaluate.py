@@ -16,8 +16,9 @@ from icl.tasks import build_task
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.conftest import TINY, compose_train
 
-# eval=quick (TINY) has standard, scale_x [0.5, 2] and orthogonal_query; Hydra adds/removes keys with +/~
-STRATEGIES = ["eval.strategies.scale_x=[0.5,2]", "+eval.strategies.long_context=[null]"]
+# eval=quick (TINY) has standard only; Hydra adds/removes keys with +/~
+STRATEGIES = ["+eval.strategies.scale_x=[0.5,2]", "+eval.strategies.orthogonal_query=[null]",
+              "+eval.strategies.long_context=[null]"]
 
 
 def tiny_model(n_positions: int = 12) -> ICLTransformer:
@@ -94,8 +95,7 @@ def test_baselines_computed_once_and_reused(tmp_path, monkeypatch):
 
 def test_classification_skips_regression_only_strategies(tmp_path, caplog):
     cfg = compose_train([*TINY, "task=linear_classification", "task.n_dims=3", "eval.cache=null",
-                         "~eval.strategies.scale_x",
-                         "~eval.strategies.orthogonal_query", "+eval.strategies.scale_y=[2]", "+eval.strategies.noisy_y=[0.5]"], tmp_path)
+                         "+eval.strategies.scale_y=[2]", "+eval.strategies.noisy_y=[0.5]"], tmp_path)
     with caplog.at_level(logging.INFO, logger="icl.evaluate"):
         df = evaluate_job(cfg, None, tmp_path)
     assert set(df.strategy) == {"standard"} and set(df.metric) == {"error_rate"}
