@@ -246,10 +246,10 @@ def skip_reason(name: str, task: Task, n_points: int, n_positions: int | None, p
     if name == "long_context":
         n = points_for(name, param, n_points, n_positions)
         if n <= n_points:
-            return (f"long_context: {n} points is not beyond the evaluation length {n_points} "
+            return (f"{n} points is not beyond the evaluation length {n_points} "
                     "(train with a larger model.n_positions)")
         if n_positions is not None and n > n_positions:
-            return f"long_context: {n} points exceed model.n_positions = {n_positions}"
+            return f"{n} points exceed model.n_positions = {n_positions}"
     return None
 
 
