@@ -5,7 +5,9 @@ predictions (B, n), float32 on CPU. ``preds[:, i]`` is the prediction for
 ``xs[:, i]`` from the in-context examples ``(xs[:, :i], ys[:, :i])`` only: no
 baseline ever reads ``ys[:, i:]`` (or ``xs[:, i+1:]``) for position i, so it is
 compared with the transformer on equal terms. With no examples (i = 0) every
-baseline predicts 0.
+baseline predicts 0. ``queries`` (B, n, d), optional, replaces the query of
+position i by ``queries[:, i]`` (the prefix stays ``xs[:, :i]``): the query
+strategies of ``icl.prompts`` (orthogonal, overlapping, opposite-orthant).
 
 Cheap, batched in torch (float64 inside):
   zero           0 everywhere; its error is the normaliser (E[y^2]).
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-Predictor = Callable[[Tensor, Tensor], Tensor]
+Predictor = Callable[..., Tensor]  # (xs, ys[, queries]) -> preds
 
 RIDGE_ALPHA = 1.0
 LASSO_ALPHAS = ("1", "0.1", "0.01", "0.001", "0.0001")
@@ -64,25 +66,40 @@ def _prep(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
     return xs.detach().to("cpu", torch.float64), ys.detach().to("cpu", torch.float64)
 
 
-def _nonfinite_positions(xs: Tensor, ys: Tensor) -> Tensor:
-    """(B, n) mask: position i sees a non-finite value in xs[:, :i+1] or ys[:, :i].
+def _nonfinite_positions(xs: Tensor, ys: Tensor, queries: Tensor) -> Tensor:
+    """(B, n) mask: position i sees a non-finite value in xs[:, :i], ys[:, :i] or its query.
 
     The batched baselines return NaN there, as a library fit on that data would,
     instead of letting one bad prompt raise (pinv) or silently skew others.
     """
-    bad_x = ~torch.isfinite(xs).all(-1)
-    bad_y = torch.cat([torch.zeros_like(bad_x[:, :1]), ~torch.isfinite(ys[:, :-1])], dim=1)
-    return (bad_x | bad_y).cummax(dim=1).values
+    def shifted(bad: Tensor) -> Tensor:
+        return torch.cat([torch.zeros_like(bad[:, :1]), bad[:, :-1]], dim=1)
+
+    prefix = (shifted(~torch.isfinite(xs).all(-1)) | shifted(~torch.isfinite(ys))).cummax(dim=1).values
+    return prefix | ~torch.isfinite(queries).all(-1)
 
 
-def _batched(predictor: Callable[[Tensor, Tensor], Tensor]) -> Predictor:
+def _prep_queries(xs: Tensor, queries: Tensor | None) -> Tensor:
+    """The query of each position as float64: ``xs`` itself unless given."""
+    if queries is None:
+        return xs
+    if queries.shape != xs.shape:
+        raise ValueError(f"queries must have the shape of xs {tuple(xs.shape)}, got {tuple(queries.shape)}")
+    return queries.detach().to("cpu", torch.float64)
+
+
+def _clean(t: Tensor) -> Tensor:
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _batched(predictor: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Predictor:
     """Wrap a float64 batched predictor: clean non-finite inputs, then NaN the affected positions."""
 
-    def wrapped(xs: Tensor, ys: Tensor) -> Tensor:
+    def wrapped(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
         xs, ys = _prep(xs, ys)
-        bad = _nonfinite_positions(xs, ys)
-        preds = predictor(torch.nan_to_num(xs, nan=0.0, posinf=0.0, neginf=0.0),
-                          torch.nan_to_num(ys, nan=0.0, posinf=0.0, neginf=0.0))
+        qs = _prep_queries(xs, queries)
+        bad = _nonfinite_positions(xs, ys, qs)
+        preds = predictor(_clean(xs), _clean(ys), _clean(qs))
         preds = preds.masked_fill(bad, math.nan)
         preds[:, 0] = 0.0
         return preds.float()
@@ -97,16 +114,16 @@ def _batched_prefix(fit_predict: Callable[[Tensor, Tensor, Tensor], Tensor]) -> 
     prefix-only guarantee structural rather than a matter of masking.
     """
 
-    def predictor(xs: Tensor, ys: Tensor) -> Tensor:
+    def predictor(xs: Tensor, ys: Tensor, qs: Tensor) -> Tensor:
         preds = torch.zeros(ys.shape, dtype=torch.float64)
         for i in range(1, xs.shape[1]):
-            preds[:, i] = fit_predict(xs[:, :i], ys[:, :i], xs[:, i])
+            preds[:, i] = fit_predict(xs[:, :i], ys[:, :i], qs[:, i])
         return preds
 
     return _batched(predictor)
 
 
-def _zero(xs: Tensor, ys: Tensor) -> Tensor:
+def _zero(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
     return torch.zeros(ys.shape, dtype=torch.float32)
 
 
@@ -132,9 +149,9 @@ def _averaging(X: Tensor, y: Tensor, xq: Tensor) -> Tensor:
 def _knn(k: int) -> Predictor:
     """k-nearest-neighbour mean over the prefix, all positions at once via a causal mask."""
 
-    def predictor(xs: Tensor, ys: Tensor) -> Tensor:
+    def predictor(xs: Tensor, ys: Tensor, qs: Tensor) -> Tensor:
         n = xs.shape[1]
-        dist = torch.cdist(xs, xs)  # (B, n, n): query i vs example j
+        dist = torch.cdist(qs, xs)  # (B, n, n): query i vs example j
         future = torch.ones(n, n, dtype=torch.bool).triu()  # j >= i is not in the prefix of i
         dist = dist.masked_fill(future, math.inf)
         kk = min(k, n)
@@ -148,15 +165,16 @@ def _knn(k: int) -> Predictor:
     return _batched(predictor)
 
 
-def _prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any]) -> Tensor:
+def _prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any], queries: Tensor | None = None) -> Tensor:
     """Fit a fresh sklearn-style model per prompt and prefix; NaN where a fit fails.
 
     The one loop shared by all library baselines: position i is fitted on
-    (xs[b, :i], ys[b, :i]) and predicts xs[b, i].
+    (xs[b, :i], ys[b, :i]) and predicts its query (xs[b, i] unless ``queries``).
     """
     xs64, ys64 = _prep(xs, ys)
-    bad = _nonfinite_positions(xs64, ys64).numpy()
-    xs_np, ys_np = xs64.numpy(), ys64.numpy()
+    qs64 = _prep_queries(xs64, queries)
+    bad = _nonfinite_positions(xs64, ys64, qs64).numpy()
+    xs_np, ys_np, qs_np = xs64.numpy(), ys64.numpy(), qs64.numpy()
     B, n, _ = xs_np.shape
     preds = np.zeros((B, n), dtype=np.float64)
     with warnings.catch_warnings():
@@ -169,7 +187,7 @@ def _prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any]) -> Tensor
                 try:
                     model = make_model()
                     model.fit(xs_np[b, :i], ys_np[b, :i])
-                    preds[b, i] = float(np.asarray(model.predict(xs_np[b, i : i + 1])).reshape(-1)[0])
+                    preds[b, i] = float(np.asarray(model.predict(qs_np[b, i : i + 1])).reshape(-1)[0])
                 except Exception:  # noqa: BLE001 - any failed fit is recorded, not raised
                     preds[b, i] = np.nan
     return torch.from_numpy(preds).float()
@@ -181,7 +199,7 @@ def _lasso(alpha: float) -> Predictor:
 
         return Lasso(alpha=alpha, fit_intercept=False, max_iter=10_000)
 
-    return lambda xs, ys: _prefix_fit(xs, ys, make)
+    return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
 
 
 def _tree(max_depth: int | None) -> Predictor:
@@ -190,10 +208,10 @@ def _tree(max_depth: int | None) -> Predictor:
 
         return DecisionTreeRegressor(max_depth=max_depth, random_state=0)
 
-    return lambda xs, ys: _prefix_fit(xs, ys, make)
+    return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
 
 
-def _xgboost(xs: Tensor, ys: Tensor) -> Tensor:
+def _xgboost(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
     def make() -> Any:
         import xgboost
 
@@ -203,7 +221,7 @@ def _xgboost(xs: Tensor, ys: Tensor) -> Tensor:
             n_jobs=1, verbosity=0, random_state=0,
         )
 
-    return _prefix_fit(xs, ys, make)
+    return _prefix_fit(xs, ys, make, queries)
 
 
 @contextlib.contextmanager
@@ -222,7 +240,7 @@ def _single_thread() -> Iterator[None]:
 
 
 def _gd_2nn(
-    xs: Tensor, ys: Tensor, hidden: int = 100, lr: float = 5e-3, steps: int = 100,
+    xs: Tensor, ys: Tensor, queries: Tensor | None = None, hidden: int = 100, lr: float = 5e-3, steps: int = 100,
     batch_size: int = 100, seed: int = 0,
 ) -> Tensor:
     """Train one 2-layer ReLU net per prompt and prefix, batched over prompts.
@@ -234,7 +252,8 @@ def _gd_2nn(
     """
     # Leave inference/no-grad mode the caller may be in; inference tensors cannot be saved for backward.
     with _single_thread(), torch.inference_mode(False), torch.enable_grad():
-        xs32, ys32 = (t.float().clone() for t in _prep(xs, ys))
+        xs64, ys64 = _prep(xs, ys)
+        xs32, ys32, qs32 = (t.float().clone() for t in (xs64, ys64, _prep_queries(xs64, queries)))
         B, n, d = xs32.shape
         gen = torch.Generator(device="cpu").manual_seed(seed)
         preds = torch.zeros(B, n)
@@ -261,7 +280,7 @@ def _gd_2nn(
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                xq = xs32[:, i : i + 1]
+                xq = qs32[:, i : i + 1]
                 preds[:, i] = (torch.relu(xq @ w1 + b1) @ w2 + b2).reshape(B)
     return preds.detach()
 
@@ -293,7 +312,8 @@ def is_slow(name: str) -> bool:
     return name in _SLOW
 
 
-def predict(name: str, xs: Tensor, ys: Tensor) -> Tensor:
-    """Predictions (B, n) float32 on CPU of baseline ``name``; position i sees only the prefix < i."""
+def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+    """Predictions (B, n) float32 on CPU of baseline ``name``; position i sees only the prefix < i
+    and its query (``queries[:, i]`` when given, else ``xs[:, i]``)."""
     _check(name)
-    return BASELINES[name](xs, ys)
+    return BASELINES[name](xs, ys) if queries is None else BASELINES[name](xs, ys, queries)

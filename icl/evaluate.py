@@ -1,13 +1,21 @@
 """Evaluation: the transformer and the task's baselines on the same fresh prompts → tidy ``eval.csv``.
 
-One row per (predictor, strategy, scale, k), k = number of in-context examples before the query
-(0 … n_points − 1). ``error`` is normalised so the zero estimator scores 1: for regression it is the
-mean squared error at k divided by the zero estimator's mean squared error (mean y²) on the same
-prompts — a ratio of means, ≈ squared error / d on isotropic linear prompts, as Garg et al. plot it;
-for classification it is the error rate divided by 0.5 (chance). ``ci_low``/``ci_high`` are a
-percentile bootstrap over prompts (the ratio recomputed on every resample). ``error_raw`` keeps the
-un-normalised mean. Prompts come from ``eval.seed``, not the training seed, so every job of a study
-is scored on the very same prompts.
+One row per (strategy, param, predictor, k), k = number of in-context examples before the query
+(0 … n_points − 1); strategies and their parameters come from ``eval.strategies`` (``icl.prompts``;
+``param`` is empty for strategies without one). ``error`` is normalised so the zero estimator scores
+1: for regression it is the mean squared error at k divided by the zero estimator's mean squared
+error (mean of the target²) on the same prompts — a ratio of means, ≈ squared error / d on isotropic
+linear prompts; for classification it is the error rate divided by 0.5 (chance). ``ci_low``/``ci_high``
+are a percentile bootstrap over prompts (the ratio recomputed on every resample). ``error_raw`` keeps
+the un-normalised mean and ``error_per_dim`` = ``error_raw`` / d is Garg et al.'s normalisation (the
+two agree on standard isotropic prompts, not under scale_x/scale_y, where only ``error`` stays
+comparable). Prompts come from ``eval.seed``, not the training seed, so every job of a study is
+scored on the very same prompts.
+
+Beside ``eval.csv`` a job writes ``errors.npz``: the transformer's and the zero estimator's per-prompt
+errors (float32, (P, n), key ``<strategy>/<param>/<predictor>``), from which ``icl.results`` computes
+paired differences between jobs scored on the same prompts. Baseline predictions are cached across
+jobs (``eval.cache``, ``icl.cache``).
 
 Run alone on a finished job: ``python -m icl.evaluate run_dir=outputs/…`` (writes ``eval.csv`` there).
 """
@@ -16,7 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +36,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from icl import baselines
-from icl.configs import check_yaml
+from icl import baselines, prompts
+from icl.cache import BaselineCache
+from icl.configs import CONFIG_DIR, check_yaml
 from icl.files import atomic_write
 from icl.tasks import EVAL_STREAM, PromptSampler, Task, build_task, seeded
 
@@ -37,8 +47,9 @@ if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "attn", "quant", "model", "seed", "strategy", "scale", "k", "predictor", "kind", "metric",
-           "error", "ci_low", "ci_high", "error_raw", "n_dims", "n_prompts"]
+COLUMNS = ["task", "attn", "quant", "model", "seed", "strategy", "param", "k", "predictor", "kind", "metric",
+           "error", "ci_low", "ci_high", "error_raw", "error_per_dim", "n_dims", "n_prompts"]
+ERRORS_FILE = "errors.npz"
 
 
 @dataclass
@@ -53,6 +64,9 @@ class EvalConfig:
     ci: float = 0.95
     baselines: tuple[str, ...] = ()
     slow_baseline_prompts: int = 128  # per-prompt sklearn/xgboost/GD fits are capped to this many prompts
+    slow_baseline_strategies: tuple[str, ...] | None = None  # strategies the slow baselines run on (None: all)
+    strategies: dict[str, list[Any]] = field(default_factory=lambda: {"standard": [None]})
+    cache: str | None = None  # folder of cached baseline predictions (icl.cache); None: no cache
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "EvalConfig":
@@ -60,9 +74,13 @@ class EvalConfig:
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"unknown eval option(s) {unknown}; known: {sorted(known)}")
-        out = cls(**{**cfg, "baselines": tuple(cfg.get("baselines") or ())})
+        slow_on = cfg.get("slow_baseline_strategies")
+        out = cls(**{**cfg, "baselines": tuple(cfg.get("baselines") or ()),
+                     "slow_baseline_strategies": None if slow_on is None else tuple(slow_on),
+                     "strategies": dict(cfg.get("strategies") or {"standard": [None]})})
         for name in out.baselines:
             baselines.is_slow(name)  # unknown names fail here, before any training
+        prompts.check(out.strategies)
         if out.n_prompts < 2:
             raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
         return out
@@ -82,6 +100,14 @@ def predict_model(model: torch.nn.Module, xs: Tensor, ys: Tensor, batch_size: in
     return torch.cat(out)
 
 
+@lru_cache(maxsize=4)
+def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) multinomial resampling counts, shared by every predictor and strategy scored on n prompts."""
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)
+    counts.flags.writeable = False
+    return counts
+
+
 def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, seed: int) -> tuple[np.ndarray, ...]:
     """Mean of ``err`` over ``mean`` of ``ref`` per column (position), with a percentile bootstrap CI.
 
@@ -92,7 +118,7 @@ def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, se
     e, r = np.where(valid, err, 0.0), np.where(valid, ref, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         point = e.sum(0) / r.sum(0)
-        counts = np.random.default_rng(seed).multinomial(len(err), np.full(len(err), 1 / len(err)), size=n_boot)
+        counts = resample_counts(len(err), n_boot, seed)
         boots = (counts @ e) / (counts @ r)
     alpha = (1 - ci) / 2
     low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n_boot else (point, point)
@@ -100,31 +126,94 @@ def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, se
     return point, low, high, raw, valid.sum(0)
 
 
-def score(task: Task, preds: Tensor, ys: Tensor, cfg: EvalConfig) -> pd.DataFrame:
-    """Per-k normalised error, CI, raw error and prompt count for one predictor's predictions."""
-    err, ref = task.errors(preds, ys)
+def prompt_errors(task: Task, preds: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-(prompt, k) error of ``preds`` (NaN where the prediction is) and of the zero estimator, float64."""
+    err, ref = task.errors(preds, targets)
     err = err.numpy().astype(np.float64)
     err[np.isnan(preds.numpy())] = np.nan
-    point, low, high, raw, n = bootstrap_ratio(err, ref.numpy().astype(np.float64), cfg.bootstrap, cfg.ci, cfg.seed)
+    return err, ref.numpy().astype(np.float64)
+
+
+def score(task: Task, preds: Tensor, ys: Tensor, cfg: EvalConfig) -> pd.DataFrame:
+    """Per-k normalised error, CI, raw error and prompt count for one predictor's predictions."""
+    err, ref = prompt_errors(task, preds, ys)
+    point, low, high, raw, n = bootstrap_ratio(err, ref, cfg.bootstrap, cfg.ci, cfg.seed)
     return pd.DataFrame({"k": np.arange(err.shape[1]), "error": point, "ci_low": low, "ci_high": high,
                          "error_raw": raw, "n_prompts": n})
 
 
+@torch.inference_mode()
+def predict_queries(model: torch.nn.Module, p: prompts.Prompts, batch_size: int) -> Tensor:
+    """Model predictions when each position has its own query: one forward pass per position i on
+    (x_0, y_0, …, x_{i−1}, y_{i−1}, q_i), keeping the last prediction."""
+    out = torch.empty(p.ys.shape)
+    for i in range(p.xs.shape[1]):
+        xs = torch.cat([p.xs[:, :i], p.queries[:, i : i + 1]], dim=1)
+        ys = torch.cat([p.ys[:, :i], torch.zeros_like(p.ys[:, :1])], dim=1)  # y_i is never seen by prediction i
+        out[:, i] = predict_model(model, xs, ys, batch_size)[:, -1]
+    return out
+
+
+def param_key(param: Any) -> str:
+    """A parameter as written in errors.npz keys: '' for none, else repr of the float (exact: 2 and 2.0 agree)."""
+    return "" if param is None else repr(float(param))
+
+
+def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int | None) -> list[tuple[str, Any, int]]:
+    """(strategy, param, points) to evaluate; strategies that do not apply are logged and skipped."""
+    runs = []
+    for name, params in cfg.strategies.items():
+        for param in params:
+            reason = prompts.skip_reason(name, task, n_points, n_positions, param)
+            if reason:
+                log.info("skipping strategy %s: %s", name, reason)
+                continue
+            runs.append((name, param, prompts.points_for(name, param, n_points, n_positions)))
+    return runs
+
+
+def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any]) -> Tensor:
+    queries = None if p.queries is None else p.queries[:n]
+    return cache.get({**key, "baseline": name, "n_prompts": n},
+                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries))
+
+
 def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_points: int,
-             labels: dict[str, Any]) -> pd.DataFrame:
-    """Score the model (if any) and ``cfg.baselines`` on ``cfg.n_prompts`` shared prompts."""
-    xs, ys = sample_eval_prompts(task, cfg.n_prompts, n_points, cfg.seed)
+             labels: dict[str, Any], n_positions: int | None = None,
+             errors: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Score the model (if any) and ``cfg.baselines`` on shared prompts of every strategy × parameter.
+
+    ``errors``, if given, receives the transformer's and the zero estimator's per-prompt errors (``ERRORS_FILE``).
+    """
+    cache = BaselineCache(cfg.cache)
+    task_id = {"task": task.name, "n_dims": task.n_dims, "params": {k: getattr(task, k) for k in task.param_names()}}
     frames = []
-    if model is not None:
-        frames.append(score(task, predict_model(model, xs, ys, cfg.batch_size), ys, cfg).assign(
-            predictor="transformer", kind="transformer"))
-    for name in cfg.baselines:
-        n = min(cfg.n_prompts, cfg.slow_baseline_prompts) if baselines.is_slow(name) else cfg.n_prompts
-        log.info("baseline %s on %d prompts", name, n)
-        preds = baselines.predict(name, xs[:n], ys[:n])
-        frames.append(score(task, preds, ys[:n], cfg).assign(predictor=name, kind="baseline"))
+    for strategy, param, n in strategy_runs(task, cfg, n_points, n_positions):
+        p = prompts.make_prompts(strategy, task, cfg.n_prompts, n, cfg.seed, param)
+        rows = []
+        if model is not None:
+            preds = predict_model(model, p.xs, p.ys, cfg.batch_size) if p.queries is None else \
+                predict_queries(model, p, cfg.batch_size)
+            rows.append(("transformer", "transformer", preds, p.targets))
+        key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n}
+        for name in cfg.baselines:
+            slow = baselines.is_slow(name)
+            if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
+                continue
+            count = min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts
+            log.debug("baseline %s on %d prompts (%s %s)", name, count, strategy, param)
+            rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key), p.targets[:count]))
+        for name, kind, preds, targets in rows:
+            frames.append(score(task, preds, targets, cfg).assign(predictor=name, kind=kind, strategy=strategy,
+                                                                  param=param))
+            if errors is not None and kind == "transformer":
+                err, ref = prompt_errors(task, preds, targets)
+                errors[f"{strategy}/{param_key(param)}/transformer"] = err.astype(np.float32)
+                errors[f"{strategy}/{param_key(param)}/zero"] = ref.astype(np.float32)
+    if cache.root is not None:
+        log.info("baseline cache %s: %d reused, %d computed", cache.root, cache.hits, cache.misses)
     df = pd.concat(frames, ignore_index=True)
-    df = df.assign(strategy="standard", scale=1.0, metric=task.metric, n_dims=task.n_dims, **labels)
+    df = df.assign(metric=task.metric, n_dims=task.n_dims, error_per_dim=df["error_raw"] / task.n_dims, **labels)
     return df[COLUMNS]
 
 
@@ -150,11 +239,20 @@ def job_prompts(cfg: DictConfig, n_prompts: int) -> tuple[Tensor, Tensor]:
 def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, out_dir: Path) -> pd.DataFrame:
     """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised); write ``out_dir/eval.csv``."""
     task, eval_cfg, n_points = job_task(cfg)
-    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg))
+    n_positions = OmegaConf.select(cfg, "model.n_positions")
+    errors: dict[str, np.ndarray] = {}
+    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg),
+                  n_positions=None if n_positions is None else int(n_positions), errors=errors)
     path = Path(out_dir) / "eval.csv"
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
-    log.info("wrote %s (%d rows)", path, len(df))
+    atomic_write(Path(out_dir) / ERRORS_FILE, lambda tmp: _save_npz(tmp, errors))
+    log.info("wrote %s (%d rows) and %s", path, len(df), ERRORS_FILE)
     return df
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to the tmp name
+        np.savez_compressed(f, **arrays)
 
 
 def load_job(run_dir: Path, ckpt: str = "last") -> tuple[DictConfig, "ICLModule"]:
@@ -185,7 +283,12 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", err)
         raise SystemExit(1) from None
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.eval).items() if v is not None}
+    strategies = overrides.pop("strategies", None)
+    if cfg.get("strategies_from"):  # e.g. `default`: an older job evaluated on today's full strategy grid
+        strategies = OmegaConf.load(CONFIG_DIR / "eval" / f"{cfg.strategies_from}.yaml").strategies
     job_cfg.eval = OmegaConf.merge(job_cfg.eval, overrides)
+    if strategies is not None:  # replaced, not merged key by key
+        job_cfg.eval.strategies = strategies
     from icl.quantize import quantize_job
 
     out_dir = Path(cfg.out_dir or run_dir)
@@ -196,7 +299,7 @@ def main(cfg: DictConfig) -> None:
 
 def summary_line(df: pd.DataFrame) -> str:
     """One line: the transformer's normalised error at k = d and k = 2d (where present)."""
-    t = df[df.predictor == "transformer"].set_index("k")["error"]
+    t = df[(df.predictor == "transformer") & (df.strategy == "standard")].set_index("k")["error"]
     d = int(df.n_dims.iloc[0])
     parts = [f"k={k}: {t[k]:.3f}" for k in (d, 2 * d) if k in t.index]
     return "transformer normalised error " + (", ".join(parts) if parts else "(no transformer rows)")

@@ -342,7 +342,7 @@ def table(jobs: list[Path]) -> "Any":
             continue
         report = json.loads((job / "quant.json").read_text())
         df = pd.read_csv(job / "eval.csv")
-        tf = df[df.predictor == "transformer"].set_index("k")
+        tf = df[(df.predictor == "transformer") & (df.get("strategy", "standard") == "standard")].set_index("k")
         d = int(tf.n_dims.iloc[0])
         rows.append({"quant": report["quant"], "bytes": report["bytes"], "bytes_float": report["bytes_float"],
                      "quantized_linears": f"{report['quantized_linears']}/{report['linear_layers']}",

@@ -4,6 +4,18 @@ Every job folder is self-describing (`.hydra/config.yaml`, `eval.csv`,
 `status.json`), so this module never parses folder names: the settings of a
 job always come from its resolved config. That keeps figures correct when
 Hydra's directory layout or a sweep's override names change.
+
+Jobs that cannot be used — failed, still running, without `eval.csv`, or with an
+unreadable (corrupt, half-written) CSV or config — are skipped with one warning
+line each, never a crash. Older `eval.csv` files (a `scale` column instead of
+`param`, no `error_per_dim`) are read into the current columns.
+
+Paired differences (`paired_differences`): for every job with `errors.npz`, the
+mean difference of its transformer's per-prompt errors to those of a reference
+job (default attn softmax, quant none) with the same task, d, model and seed,
+on the very same prompts (checked: the zero estimator's errors must be equal),
+normalised like `error` (÷ the zero estimator's mean error), with a paired
+percentile bootstrap over prompts. Negative: better than the reference.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,10 +37,17 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 RESOLVED_CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
 EVAL_COLUMNS: list[str] = [
-    "task", "attn", "quant", "model", "seed", "strategy", "scale", "k",
+    "task", "attn", "quant", "model", "seed", "strategy", "param", "k",
     "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
-    "n_dims", "n_prompts",
+    "error_per_dim", "n_dims", "n_prompts",
 ]
+REQUIRED_COLUMNS = ("k", "predictor", "kind", "error")
+ERRORS_FILE = "errors.npz"  # per-prompt errors written by icl.evaluate
+PAIRED_COLUMNS: list[str] = [
+    "task", "n_dims", "model", "seed", "attn", "quant", "strategy", "param", "k", "diff", "diff_low", "diff_high",
+    "n_prompts", "reference_attn", "reference_quant", "run_dir", "reference_run",
+]
+DEFAULT_REFERENCE: dict[str, str] = {"attn": "softmax", "quant": "none"}
 # eval.csv column -> config key it must agree with; used to fill a CSV that lacks one.
 IDENTITY_KEYS: dict[str, str] = {
     "task": "task.name", "n_dims": "task.n_dims", "model": "model.name",
@@ -131,8 +151,14 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     if not path.exists():
         log.warning("skipping %s: no %s", job, filename)
         return None
-    frame = pd.read_csv(path)
-    flat = flatten_config(load_config(job))
+    frame = read_eval_csv(path)
+    if frame is None:
+        return None
+    try:
+        flat = flatten_config(load_config(job))
+    except Exception as err:  # noqa: BLE001 - a broken config hides one job, never the sweep
+        log.warning("skipping %s: unreadable config (%s)", job, _first_line(err))
+        return None
     for column, key in IDENTITY_KEYS.items():
         if key in flat and (column not in frame or frame[column].isna().all()):
             frame[column] = flat[key]
@@ -140,6 +166,42 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     frame["status"] = status["status"]
     cfg_columns = pd.DataFrame({f"cfg.{k}": [v] * len(frame) for k, v in flat.items()}, index=frame.index)
     return pd.concat([frame, cfg_columns], axis=1)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def read_eval_csv(path: Path) -> pd.DataFrame | None:
+    """An eval.csv in today's columns, or None with one warning line if it is corrupt or half-written."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        log.warning("skipping %s: unreadable CSV (%s)", path, _first_line(err))
+        return None
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame]
+    k = pd.to_numeric(frame["k"], errors="coerce") if "k" in frame else None
+    # a row cut short leaves its trailing fields empty: the last column (n_prompts) is never empty otherwise
+    truncated = not missing and (k.isna().any() or frame.iloc[:, -1].isna().any())
+    if missing or truncated or pd.to_numeric(frame["error"], errors="coerce").isna().all():
+        what = f"missing columns {missing}" if missing else "truncated or non-numeric rows"
+        log.warning("skipping %s: unreadable CSV (%s)", path, what)
+        return None
+    return upgrade_columns(frame)
+
+
+def upgrade_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Older eval.csv files: `scale` (1 for standard) becomes `param`; `error_per_dim` is derived."""
+    if "strategy" not in frame:
+        frame["strategy"] = "standard"
+    if "param" not in frame:
+        scale = pd.to_numeric(frame["scale"], errors="coerce") if "scale" in frame else np.nan
+        frame["param"] = pd.Series(scale, index=frame.index).where(frame["strategy"] != "standard")
+    frame = frame.drop(columns=["scale"], errors="ignore")
+    if "error_per_dim" not in frame and {"error_raw", "n_dims"} <= set(frame):
+        frame["error_per_dim"] = frame["error_raw"] / frame["n_dims"]
+    return frame
 
 
 def load_results(roots: Iterable[str | Path], filename: str = "eval.csv") -> pd.DataFrame:
@@ -207,7 +269,11 @@ def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
     """One row per job (any status) so a sweep's progress and failures are visible at a glance."""
     rows = []
     for job in find_jobs(roots):
-        flat = flatten_config(load_config(job))
+        try:
+            flat = flatten_config(load_config(job))
+        except Exception as err:  # noqa: BLE001 - listed as broken rather than crashing the table
+            rows.append({"run_dir": str(job), "status": "unknown", "error": f"unreadable config: {_first_line(err)}"})
+            continue
         rows.append({
             "run_dir": str(job),
             **read_status(job),
@@ -220,3 +286,70 @@ def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
             "n_dims": flat.get("task.n_dims"),
         })
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def _param_value(key: str) -> float:
+    return np.nan if key in ("", "None") else float(key)
+
+
+def load_errors(job: str | Path) -> dict[str, np.ndarray] | None:
+    """A job's per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None if absent/unreadable."""
+    path = Path(job) / ERRORS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    except Exception as err:  # noqa: BLE001 - a corrupt file costs its paired rows only
+        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, ERRORS_FILE, _first_line(err))
+        return None
+
+
+def paired_bootstrap(err: np.ndarray, ref: np.ndarray, zero: np.ndarray, n_boot: int, ci: float,
+                     seed: int) -> tuple[np.ndarray, ...]:
+    """Per column: (Σ err − Σ ref) / Σ zero over prompts valid in both, with a paired percentile bootstrap CI."""
+    valid = ~(np.isnan(err) | np.isnan(ref))
+    delta = np.where(valid, err.astype(np.float64) - ref, 0.0)
+    z = np.where(valid, zero.astype(np.float64), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = delta.sum(0) / z.sum(0)
+        counts = np.random.default_rng(seed).multinomial(len(err), np.full(len(err), 1 / len(err)), size=n_boot)
+        boots = (counts @ delta) / (counts @ z)
+    alpha = (1 - ci) / 2
+    low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n_boot else (point, point)
+    return point, low, high, valid.sum(0)
+
+
+def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | None = None, n_boot: int = 1000,
+                       ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Each non-reference job's transformer minus the reference job's, per strategy × param × k (see module doc)."""
+    reference = dict(reference or DEFAULT_REFERENCE)
+    if results.empty or "run_dir" not in results:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    keys = ["task", "n_dims", "model", "seed"]
+    jobs = results.drop_duplicates("run_dir")[["run_dir", "attn", "quant", *keys]]
+    is_ref = np.logical_and.reduce([jobs[c].astype(str) == str(v) for c, v in reference.items()])
+    refs = {tuple(r[keys]): r["run_dir"] for _, r in jobs[is_ref].iterrows()}
+    rows: list[pd.DataFrame] = []
+    for _, job in jobs[~is_ref].iterrows():
+        ref_dir = refs.get(tuple(job[keys]))
+        if ref_dir is None:
+            continue
+        mine, theirs = load_errors(job["run_dir"]), load_errors(ref_dir)
+        if mine is None or theirs is None:
+            continue
+        for key in sorted(mine):
+            strategy, param, predictor = key.rsplit("/", 2)
+            zero_key = f"{strategy}/{param}/zero"
+            if predictor != "transformer" or key not in theirs or zero_key not in mine or zero_key not in theirs:
+                continue
+            if mine[zero_key].shape != theirs[zero_key].shape or not np.array_equal(mine[zero_key], theirs[zero_key]):
+                log.warning("no paired difference %s vs %s for %s: not the same prompts", job["run_dir"], ref_dir, key)
+                continue
+            diff, low, high, n = paired_bootstrap(mine[key], theirs[key], mine[zero_key], n_boot, ci, seed)
+            rows.append(pd.DataFrame({
+                **{c: job[c] for c in keys}, "attn": job["attn"], "quant": job["quant"], "strategy": strategy,
+                "param": _param_value(param), "k": np.arange(len(diff)), "diff": diff, "diff_low": low,
+                "diff_high": high, "n_prompts": n, "reference_attn": reference.get("attn"),
+                "reference_quant": reference.get("quant"), "run_dir": job["run_dir"], "reference_run": ref_dir}))
+    return pd.concat(rows, ignore_index=True)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)

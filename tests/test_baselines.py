@@ -187,3 +187,62 @@ def test_gd_2nn_under_inference_mode():
     with torch.inference_mode():
         preds = bl.predict("gd_2nn", xs, ys)
     assert torch.isfinite(preds).all()
+
+
+# --- theory on the out-of-distribution prompts of icl.prompts (the very prompts the transformer sees) ---------
+from icl import prompts as strategies  # noqa: E402
+from icl.tasks import build_task  # noqa: E402
+
+
+def strategy_ratio(name: str, strategy: str, param=None, n_points: int = 11, d: int = 5, P: int = 400):
+    """Normalised error per k of baseline ``name`` on a strategy's noiseless linear prompts."""
+    p = strategies.make_prompts(strategy, build_task("linear", d), P, n_points, seed=0, param=param)
+    preds = bl.predict(name, p.xs, p.ys, p.queries).double()
+    err = (preds - p.targets.double()) ** 2
+    return (err.mean(0) / (p.targets.double() ** 2).mean(0)).numpy(), preds
+
+
+@pytest.mark.parametrize("strategy, param", [("scale_x", 0.125), ("scale_x", 8.0), ("scale_y", 8.0),
+                                             ("shift_x", 4.0), ("skewed", None), ("opposite_quadrants", None)])
+def test_least_squares_exact_from_k_equals_d_on_any_linear_strategy(strategy, param):
+    ratio, _ = strategy_ratio("least_squares", strategy, param)
+    assert (ratio[5:] < 1e-6).all(), ratio
+    assert (ratio[1:4] > 0.05).all(), ratio  # and not before: the test can fail
+
+
+def test_least_squares_exact_from_half_d_in_the_half_subspace():
+    ratio, _ = strategy_ratio("least_squares", "half_subspace", d=6)
+    assert (ratio[3:] < 1e-6).all() and ratio[2] > 0.05, ratio
+
+
+def test_least_squares_predicts_zero_on_orthogonal_queries():
+    """Min-norm w lies in the span of the prefix, so w·q = 0: normalised error exactly 1 for every k < d."""
+    ratio, preds = strategy_ratio("least_squares", "orthogonal_query")
+    assert preds.abs().max() < 1e-4
+    np.testing.assert_allclose(ratio, 1.0, atol=1e-6)
+
+
+def test_least_squares_and_1nn_exact_when_the_query_repeats_an_example():
+    ratio, _ = strategy_ratio("least_squares", "overlapping_query")
+    assert (ratio[1:] < 1e-6).all(), ratio
+    ratio_knn, _ = strategy_ratio("knn_3", "overlapping_query")
+    assert ratio_knn[1] < 1e-6 and ratio_knn[6] > 0.05  # k = 1: the one neighbour is the query itself
+
+
+def test_ridge_beats_least_squares_with_label_noise_at_k_equals_d():
+    """With noise std 1, ridge (alpha 1) is the posterior mean; min-norm LS interpolates the noise."""
+    ls, _ = strategy_ratio("least_squares", "noisy_y", 1.0, P=1000)
+    ridge, _ = strategy_ratio("ridge", "noisy_y", 1.0, P=1000)
+    assert ridge[5] < 0.7 * ls[5], (ridge[5], ls[5])
+    clean, _ = strategy_ratio("least_squares", "standard")
+    assert ls[8] > clean[8] + 0.01  # the noise costs something
+
+
+def test_library_baselines_use_the_queries():
+    xs, ys = linear_prompts(B=3, n=6, d=2, seed=4)
+    queries = xs.flip(1)
+    for name in ["knn_3", "least_squares", "tree_depth4", "zero", "gd_2nn"]:
+        with_q = bl.predict(name, xs, ys, queries)
+        for i in range(1, 6):
+            ref = bl.predict(name, torch.cat([xs[:, :i], queries[:, i:i + 1]], 1), ys[:, :i + 1])[:, -1]
+            torch.testing.assert_close(with_q[:, i], ref, rtol=1e-4, atol=1e-4, msg=f"{name} at {i}")

@@ -13,59 +13,134 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from icl.figures import make_figures
+from icl.figures import ATTN_COLORS, _variant_styles, attn_color, make_figures
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_job(folder: Path, task: str, n_dims: int, seed: int = 0, metric: str = "squared_error") -> Path:
-    """A finished job following the contract: .hydra/config.yaml, eval.csv, status.json."""
-    cfg = {"task": {"name": task, "n_dims": n_dims}, "model": {"name": "tiny"}, "attn": {"name": "softmax"},
-           "quant": {"name": "none"}, "seed": seed, "experiment": None, "trainer": {"max_steps": 10}}
+def make_job(folder: Path, task: str, n_dims: int, seed: int = 0, metric: str = "squared_error",
+             attn: str = "softmax", quant: str = "none", strategies: bool = False, old: bool = False) -> Path:
+    """A finished job following the contract: .hydra/config.yaml, eval.csv (+ errors.npz), status.json."""
+    cfg = {"task": {"name": task, "n_dims": n_dims}, "model": {"name": "tiny"}, "attn": {"name": attn},
+           "quant": {"name": quant}, "seed": seed, "experiment": None, "trainer": {"max_steps": 10}}
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
     ks = np.arange(0, 2 * n_dims + 3)
-    frames = []
-    for predictor, kind, err in [("transformer", "transformer", np.exp(-ks / n_dims) + 0.02 * seed),
-                                 ("zero", "baseline", np.ones(len(ks))),
-                                 ("least_squares", "baseline", np.where(ks < n_dims, np.nan, 0.05)),
-                                 ("averaging", "baseline", 1 / (1 + 0.2 * ks))]:
-        frames.append(pd.DataFrame({
-            "task": task, "attn": "softmax", "quant": "none", "model": "tiny", "seed": seed,
-            "strategy": "standard", "scale": 1.0, "k": ks, "predictor": predictor, "kind": kind, "metric": metric,
-            "error": err, "ci_low": err * 0.9, "ci_high": err * 1.1, "error_raw": err, "n_dims": n_dims,
-            "n_prompts": 32}))
-    ood = frames[0].assign(strategy="scaled_x", scale=2.0, error=5.0)  # must not enter error-vs-k
-    pd.concat([*frames, ood]).to_csv(folder / "eval.csv", index=False)
+    worse = 0.1 if attn != "softmax" else 0.0
+    runs = [("standard", np.nan)]
+    if strategies:
+        runs += [("scale_x", c) for c in (0.5, 1.0, 2.0)] + [("shift_x", r) for r in (0.0, 1.0)]
+        runs += [("orthogonal_query", np.nan)]
+    frames, arrays = [], {}
+    for strategy, param in runs:
+        bump = 0.0 if np.isnan(param) else abs(np.log2(param + 1e-9 if strategy == "scale_x" else 2 ** param)) * 0.1
+        for predictor, kind, err in [("transformer", "transformer", np.exp(-ks / n_dims) + 0.02 * seed + worse + bump),
+                                     ("zero", "baseline", np.ones(len(ks))),
+                                     ("least_squares", "baseline", np.where(ks < n_dims, np.nan, 0.05)),
+                                     ("averaging", "baseline", 1 / (1 + 0.2 * ks))]:
+            frames.append(pd.DataFrame({
+                "task": task, "attn": attn, "quant": quant, "model": "tiny", "seed": seed,
+                "strategy": strategy, "param": param, "k": ks, "predictor": predictor, "kind": kind,
+                "metric": metric, "error": err, "ci_low": err * 0.9, "ci_high": err * 1.1, "error_raw": err,
+                "error_per_dim": err / n_dims, "n_dims": n_dims, "n_prompts": 32}))
+        key = f"{strategy}/{'' if np.isnan(param) else repr(float(param))}"
+        zero = np.linspace(0.5, 1.5, 32 * len(ks)).reshape(32, len(ks)).astype(np.float32)
+        arrays[f"{key}/zero"] = zero
+        arrays[f"{key}/transformer"] = (zero * (np.exp(-ks / n_dims) + worse)).astype(np.float32)
+    df = pd.concat(frames)
+    if old:  # the eval.csv of jobs before strategies existed
+        df = df.drop(columns=["param", "error_per_dim"]).assign(scale=1.0)
+    df.to_csv(folder / "eval.csv", index=False)
+    with open(folder / "errors.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
     (folder / "status.json").write_text(json.dumps({"status": "done", "error": None}))
     return folder
 
 
 @pytest.fixture()
 def jobs(tmp_path: Path) -> Path:
-    make_job(tmp_path / "outputs" / "2026-11-23" / "10-00-00", "linear", 3, seed=0)
-    make_job(tmp_path / "outputs" / "2026-11-23" / "10-05-00", "linear", 3, seed=1)
-    make_job(tmp_path / "outputs" / "2026-11-23" / "10-09-00", "linear", 5, seed=0)
+    make_job(tmp_path / "outputs" / "2026-11-23" / "10-00-00", "linear", 3, seed=0, strategies=True)
+    make_job(tmp_path / "outputs" / "2026-11-23" / "10-05-00", "linear", 3, seed=1, strategies=True)
+    make_job(tmp_path / "outputs" / "2026-11-23" / "10-07-00", "linear", 3, seed=0, attn="relu", strategies=True)
+    make_job(tmp_path / "outputs" / "2026-11-23" / "10-08-00", "linear", 3, seed=0, quant="int8_weight")
+    make_job(tmp_path / "outputs" / "2026-11-23" / "10-09-00", "linear", 5, seed=0, old=True)
     make_job(tmp_path / "outputs" / "2026-11-24" / "x" / "0", "sign", 4, metric="error_rate")
     return tmp_path
 
 
-def test_make_figures_writes_files_and_summary(jobs: Path) -> None:
+def test_make_figures_writes_every_figure_and_table(jobs: Path) -> None:
     out = jobs / "figs"
-    written = make_figures([jobs / "outputs", jobs / "multirun"], out)
-    for task in ("linear", "sign"):
+    written = make_figures([jobs / "outputs", jobs / "multirun"], out, scale_ks=(2, 4, 99))
+    stems = ["error_vs_k_linear", "error_vs_k_sign", "error_vs_k_linear_scale_x", "error_vs_k_linear_shift_x",
+             "error_vs_k_linear_orthogonal_query", "error_vs_scale_linear_scale_x", "error_vs_scale_linear_shift_x"]
+    for stem in stems:
         for fmt in ("png", "pdf"):
-            path = out / f"error_vs_k_{task}.{fmt}"
-            assert path in written and path.stat().st_size > 1000
+            path = out / f"{stem}.{fmt}"
+            assert path in written and path.stat().st_size > 1000, path
+    assert sorted(p.name for p in out.glob("*.tmp")) == []
+    for table in ("summary.csv", "summary.md", "paired.csv", "jobs.csv"):
+        assert out / table in written
+    assert len(pd.read_csv(out / "jobs.csv")) == 6
+
+
+def test_summary_errors_cis_and_paired_differences(jobs: Path) -> None:
+    out = jobs / "figs"
+    make_figures([jobs / "outputs"], out, formats=("png",))
     summary = pd.read_csv(out / "summary.csv")
-    # linear d=3, linear d=5, sign d=4; each with transformer + 3 baselines
-    assert len(summary) == 3 * 4
-    tf = summary[(summary["task"] == "linear") & (summary["n_dims"] == 3) & (summary["kind"] == "transformer")]
-    assert len(tf) == 1 and tf["n_runs"].iat[0] == 2
-    assert tf["k_d"].iat[0] == 3 and tf["k_2d"].iat[0] == 6 and tf["k_last"].iat[0] == 8
-    assert tf["error_at_d"].iat[0] == pytest.approx(np.exp(-1) + 0.01)  # mean over the two seeds
-    assert (summary["error_at_last"] < 5).all()  # OOD rows filtered out
-    assert len(pd.read_csv(out / "jobs.csv")) == 4
+    # linear d=3: softmax (2 seeds), relu, int8_weight; linear d=5; sign d=4; each + 3 baselines
+    assert len(summary[summary.kind == "transformer"]) == 5 and len(summary[summary.kind == "baseline"]) == 9
+    soft = summary[(summary.task == "linear") & (summary.n_dims == 3) & (summary.attn == "softmax")
+                   & (summary.quant == "none") & (summary.kind == "transformer")].iloc[0]
+    assert soft.n_runs == 2 and (soft.k_half, soft.k_d, soft.k_2d, soft.k_last) == (1, 3, 6, 8)
+    assert soft.error_at_d == pytest.approx(np.exp(-1) + 0.01)  # mean over the two seeds
+    assert soft.ci_low_at_d == pytest.approx(0.9 * soft.error_at_d) and np.isnan(soft.diff_at_d)
+    relu = summary[(summary.attn == "relu") & (summary.kind == "transformer")].iloc[0]
+    assert relu.diff_at_d == pytest.approx(0.1, rel=1e-4)  # paired to softmax seed 0 through errors.npz
+    paired = pd.read_csv(out / "paired.csv")
+    assert set(zip(paired.attn, paired.quant)) == {("relu", "none"), ("softmax", "int8_weight")}
+    assert {"standard", "scale_x", "shift_x"} <= set(paired[paired.attn == "relu"].strategy)
+    assert (summary["error_at_last"] < 5).all()
+    md = (out / "summary.md").read_text()
+    assert "| linear | 3 | tiny · relu · none |" in md and "Δ +0.100" in md
+
+
+def test_broken_and_unfinished_jobs_are_listed_and_skipped(jobs: Path, capsys) -> None:
+    out = jobs / "figs"
+    make_figures([jobs / "outputs"], out, formats=("png",))
+    before = (out / "error_vs_k_linear.png").read_bytes()
+    root = jobs / "outputs" / "2026-11-25"
+    failed = make_job(root / "failed", "linear", 3, seed=5)
+    (failed / "status.json").write_text(json.dumps({"status": "failed", "error": "FloatingPointError: NaN loss"}))
+    running = make_job(root / "running", "linear", 3, seed=6)
+    (running / "status.json").write_text(json.dumps({"status": "running"}))
+    (make_job(root / "missing", "linear", 3, seed=7) / "eval.csv").unlink()
+    (make_job(root / "missing" / "x", "linear", 3, seed=7) / "status.json").unlink()
+    (root / "missing" / "x" / "eval.csv").unlink()
+    corrupt = make_job(root / "corrupt", "linear", 3, seed=8)
+    (corrupt / "eval.csv").write_text((corrupt / "eval.csv").read_text()[:300])
+    capsys.readouterr()
+    make_figures([jobs / "outputs"], out, formats=("png",))
+    text = capsys.readouterr().out
+    assert f"not aggregated: {failed.resolve()} (failed: FloatingPointError: NaN loss)" in text
+    assert f"{running.resolve()} (running)" in text and "incomplete" in text
+    assert f"{corrupt.resolve()} (done, but its eval.csv is unreadable)" in text
+    assert "6 of 11 jobs aggregated" in text
+    assert (out / "error_vs_k_linear.png").read_bytes() == before  # the same jobs went in
+
+
+def test_one_colour_per_attention_and_style_per_quant_in_every_figure() -> None:
+    a = pd.DataFrame({"variant": ["tiny · softmax · none", "tiny · relu · int8_weight"], "attn": ["softmax", "relu"],
+                      "quant": ["none", "int8_weight"]})
+    b = pd.DataFrame({"variant": ["tiny · relu · none", "small · softmax · none", "tiny · softmax · none"],
+                      "attn": ["relu", "softmax", "softmax"], "quant": ["none", "none", "none"]})
+    sa, sb = _variant_styles(a), _variant_styles(b)
+    assert sa["tiny · softmax · none"]["color"] == sb["tiny · softmax · none"]["color"] == attn_color("softmax")
+    assert sa["tiny · relu · int8_weight"]["color"] == sb["tiny · relu · none"]["color"]
+    assert sa["tiny · relu · int8_weight"]["dashes"] != sb["tiny · relu · none"]["dashes"]
+    assert sb["small · softmax · none"]["marker"] != sb["tiny · softmax · none"]["marker"]  # told apart
+    colours = [attn_color(n) for n in ATTN_COLORS] + [attn_color("my_new_kernel")]
+    assert len(set(colours)) == len(colours)
+    assert all(not np.allclose(c, c[0]) for c in colours)  # no greys: those are the baselines'
 
 
 def test_no_results_raises_helpful_systemexit(tmp_path: Path) -> None:

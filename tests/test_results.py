@@ -110,3 +110,68 @@ def test_variant_label_experiment_differs(tmp_path: Path) -> None:
     df = load_results([tmp_path])
     labels = set(variant_label(df[df["kind"] == "transformer"]))
     assert labels == {"tiny · softmax · none · experiment=None", "tiny · softmax · none · experiment=long"}
+
+
+# --- unreadable CSVs, older columns, paired differences ---------------------------------------------------------
+from icl.results import paired_bootstrap, paired_differences, read_eval_csv  # noqa: E402
+
+
+def test_unreadable_csvs_are_one_warning_each_and_skipped(tmp_path: Path, caplog) -> None:
+    make_job(tmp_path / "ok")
+    half = make_job(tmp_path / "half")
+    text = (half / "eval.csv").read_text()
+    (half / "eval.csv").write_text(text[: len(text) // 3] + "\nlinear,softmax,no")  # cut mid-row
+    binary = make_job(tmp_path / "binary")
+    (binary / "eval.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage\xff\xfe")
+    empty = make_job(tmp_path / "empty")
+    (empty / "eval.csv").write_text("")
+    with caplog.at_level(logging.WARNING, logger="icl.results"):
+        df = load_results([tmp_path])
+    assert {Path(p).name for p in df["run_dir"]} == {"ok"}
+    for name in ("half", "binary", "empty"):
+        lines = [r.getMessage() for r in caplog.records if f"{name}/eval.csv" in r.getMessage()]
+        assert len(lines) == 1 and "unreadable CSV" in lines[0] and "\n" not in lines[0], (name, lines)
+
+
+def test_old_eval_csv_scale_column_becomes_param(tmp_path: Path) -> None:
+    job = make_job(tmp_path / "old")  # written with the older `scale` column
+    frame = pd.read_csv(job / "eval.csv")
+    assert "scale" in frame and "param" not in frame
+    frame = read_eval_csv(job / "eval.csv")
+    assert "scale" not in frame and frame["param"].isna().all()  # standard rows have no parameter
+    np.testing.assert_allclose(frame["error_per_dim"], frame["error_raw"] / 3)
+
+
+def write_errors(job: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(job / "errors.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def test_paired_difference_to_the_reference_on_the_same_prompts(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(0)
+    zero = rng.exponential(size=(400, 4)).astype(np.float32) + 0.5
+    shared = rng.exponential(size=(400, 4)).astype(np.float32)  # prompt-level difficulty both models share
+    ref, other, unrelated = (make_job(tmp_path / n) for n in ("ref", "other", "unrelated"))
+    write_errors(ref, {"standard//transformer": shared, "standard//zero": zero})
+    write_errors(other, {"standard//transformer": shared + 0.1 * zero, "standard//zero": zero,
+                         "scale_x/2.0/transformer": shared, "scale_x/2.0/zero": zero})
+    write_errors(unrelated, {"standard//transformer": shared, "standard//zero": zero + 1})  # other prompts
+    for job, attn in ((other, "relu"), (unrelated, "linear")):
+        frame = pd.read_csv(job / "eval.csv").assign(attn=attn)
+        frame.to_csv(job / "eval.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="icl.results"):
+        paired = paired_differences(load_results([tmp_path]), n_boot=200)
+    assert set(paired["attn"]) == {"relu"} and set(paired["strategy"]) == {"standard"}
+    np.testing.assert_allclose(paired["diff"], 0.1, rtol=1e-5)  # Σ 0.1·zero / Σ zero
+    assert (paired["diff_low"] <= paired["diff"] + 1e-9).all() and (paired["diff"] <= paired["diff_high"] + 1e-9).all()
+    assert (paired["diff_high"] - paired["diff_low"] < 1e-4).all()  # the shared part cancels: pairing is exact here
+    assert "not the same prompts" in caplog.text and "unrelated" in caplog.text
+
+
+def test_paired_bootstrap_ci_covers_a_noisy_difference() -> None:
+    rng = np.random.default_rng(1)
+    zero = np.ones((2000, 1))
+    a, b = rng.normal(1.0, 1.0, (2000, 1)), rng.normal(1.0, 1.0, (2000, 1))
+    diff, low, high, n = paired_bootstrap(a, b, zero, 500, 0.95, 0)
+    assert low[0] < 0 < high[0] and n[0] == 2000  # no real difference: the CI straddles 0
+    assert 0.1 < high[0] - low[0] < 0.2  # ≈ 2 · 1.96 · √2 / √2000 = 0.124

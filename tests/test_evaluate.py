@@ -1,0 +1,110 @@
+"""icl.evaluate: strategies × parameters in eval.csv, errors.npz consistent with it, the baseline cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from icl import baselines, prompts
+from icl.evaluate import COLUMNS, ERRORS_FILE, EvalConfig, evaluate_job, job_task, predict_model, predict_queries
+from icl.tasks import build_task
+from icl.transformer import ICLTransformer, TransformerConfig
+from tests.conftest import TINY, compose_train
+
+# eval=quick (TINY) has standard only; Hydra adds/removes keys with +/~
+STRATEGIES = ["+eval.strategies.scale_x=[0.5,2]", "+eval.strategies.orthogonal_query=[null]",
+              "+eval.strategies.long_context=[null]"]
+
+
+def tiny_model(n_positions: int = 12) -> ICLTransformer:
+    torch.manual_seed(0)
+    return ICLTransformer(TransformerConfig(n_dims=3, n_positions=n_positions, n_embd=16, n_layer=1))
+
+
+@pytest.fixture
+def job(tmp_path: Path):
+    cfg = compose_train([*TINY, *STRATEGIES, "model.n_positions=12", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
+    df = evaluate_job(cfg, tiny_model(), tmp_path)
+    return cfg, df, tmp_path
+
+
+def test_eval_csv_rows_per_strategy_param_and_k(job):
+    _, df, out = job
+    assert list(df.columns) == COLUMNS and list(pd.read_csv(out / "eval.csv").columns) == COLUMNS
+    ks = df.groupby(["strategy", "param"], dropna=False)["k"].max().to_dict()
+    got = {(s, None if pd.isna(p) else p): k for (s, p), k in ks.items()}
+    assert got == {("standard", None): 5, ("scale_x", 0.5): 5, ("scale_x", 2.0): 5,
+                   ("orthogonal_query", None): 2,  # k < d = 3 only
+                   ("long_context", None): 11}  # up to model.n_positions = 12 points
+    assert set(df.predictor) == {"transformer", "zero", "least_squares"}
+    np.testing.assert_allclose(df.error_per_dim, df.error_raw / 3)
+    assert np.allclose(df.loc[df.predictor == "zero", "error"], 1.0)
+    ls = df[(df.predictor == "least_squares") & (df.k >= 3) & df.strategy.isin(["standard", "scale_x"])]
+    assert (ls.error < 1e-6).all()
+
+
+def test_errors_npz_reproduces_the_transformer_rows(job):
+    _, df, out = job
+    with np.load(out / ERRORS_FILE) as data:
+        arrays = {k: data[k] for k in data.files}
+    assert set(arrays) == {f"{s}/{p}/{w}" for s, p in [("standard", ""), ("scale_x", "0.5"), ("scale_x", "2.0"),
+                                                         ("orthogonal_query", ""), ("long_context", "")]
+                           for w in ("transformer", "zero")}
+    for (strategy, param), rows in df[df.predictor == "transformer"].groupby(["strategy", "param"], dropna=False):
+        key = f"{strategy}/{'' if pd.isna(param) else repr(float(param))}"
+        err, zero = arrays[f"{key}/transformer"].astype(np.float64), arrays[f"{key}/zero"].astype(np.float64)
+        assert err.shape == (64, rows.k.max() + 1)
+        np.testing.assert_allclose(err.sum(0) / zero.sum(0), rows.sort_values("k").error, rtol=1e-4)
+
+
+def test_query_predictions_equal_one_pass_when_the_query_is_the_input():
+    """predict_queries feeds (prefix, q_i) per position; with q_i = x_i it must match the causal full pass."""
+    model = tiny_model()
+    p = prompts.make_prompts("standard", build_task("linear", 3), 16, 8, seed=0)
+    full = predict_model(model, p.xs, p.ys, 8)
+    per_position = predict_queries(model, prompts.Prompts(p.xs, p.ys, p.targets, p.xs.clone()), 8)
+    torch.testing.assert_close(per_position, full, rtol=1e-4, atol=1e-5)
+
+
+def test_baselines_computed_once_and_reused(tmp_path, monkeypatch):
+    calls = []
+    real = baselines.predict
+    monkeypatch.setattr(baselines, "predict", lambda name, *a: calls.append(name) or real(name, *a))
+    cfg = compose_train([*TINY, *STRATEGIES, "model.n_positions=12", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
+    for sub in "abcd":
+        (tmp_path / sub).mkdir()
+    first = evaluate_job(cfg, tiny_model(), tmp_path / "a")
+    n_first = len(calls)
+    assert n_first == 2 * 5  # two baselines × five (strategy, param)
+    second = evaluate_job(cfg, tiny_model(), tmp_path / "b")
+    assert len(calls) == n_first  # every baseline curve came from the cache
+    pd.testing.assert_frame_equal(first, second)
+    cfg.eval.seed = 1  # other prompts: recomputed
+    evaluate_job(cfg, tiny_model(), tmp_path / "c")
+    assert len(calls) == 2 * n_first
+    cfg.eval.cache = None  # off: nothing read or written
+    before = sorted((tmp_path / "cache").iterdir())
+    evaluate_job(cfg, tiny_model(), tmp_path / "d")
+    assert len(calls) == 3 * n_first and sorted((tmp_path / "cache").iterdir()) == before
+
+
+def test_classification_skips_regression_only_strategies(tmp_path, caplog):
+    cfg = compose_train([*TINY, "task=linear_classification", "task.n_dims=3", "eval.cache=null",
+                         "+eval.strategies.scale_y=[2]", "+eval.strategies.noisy_y=[0.5]"], tmp_path)
+    with caplog.at_level(logging.INFO, logger="icl.evaluate"):
+        df = evaluate_job(cfg, None, tmp_path)
+    assert set(df.strategy) == {"standard"} and set(df.metric) == {"error_rate"}
+    assert "skipping strategy scale_y" in caplog.text and "skipping strategy noisy_y" in caplog.text
+
+
+def test_unknown_strategy_fails_before_anything_runs(tmp_path):
+    cfg = compose_train([*TINY, "+eval.strategies.scale_q=[1]"], tmp_path)
+    with pytest.raises(ValueError, match="unknown eval strategy 'scale_q'"):
+        job_task(cfg)
+    with pytest.raises(ValueError, match="unknown eval option"):
+        EvalConfig.from_config({"strategy": {}})
