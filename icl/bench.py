@@ -417,9 +417,9 @@ def plot_latency(df: pd.DataFrame, path: Path) -> Path | None:
 def bench_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """For ``make figures``: a latency figure per ``bench.csv`` found under ``inputs`` (named by its folder)."""
     written = []
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     for csv in sorted({p for root in inputs for p in Path(root).rglob("bench.csv")}):
         df = pd.read_csv(csv)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)  # only when there is something to draw
         for fmt in formats:
             path = plot_latency(df, Path(out_dir) / f"bench_latency_{csv.parent.name}.{fmt}")
             if path:

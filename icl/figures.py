@@ -331,10 +331,15 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     jobs = jobs_table(inputs)
     jobs["aggregated"] = jobs["run_dir"].isin(set(df["run_dir"]))
     report_jobs(jobs)
+    out = Path(out_dir)
+    from icl.bench import bench_figures  # lazy: it imports torch and torchao, which the plots need not
+
+    bench = bench_figures(inputs, out, tuple(formats))  # latency vs length from any `make bench` output found
     if df.empty:
+        if bench:
+            return _report(bench, out, "no eval.csv; benchmark figures only")
         where = ", ".join(str(p) for p in inputs)
         raise SystemExit(f"No finished eval.csv found under {where}: run `make demo` or `python -m icl.train` first.")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = df[df["error"].notna()].assign(variant=variant_label(df), strategy=df["strategy"].fillna("standard"))
     df["param"] = pd.to_numeric(df["param"], errors="coerce")
@@ -352,9 +357,13 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     paired = paired_differences(df, reference, bootstrap, ci)
     curves = pd.concat([tf.assign(kind="transformer"), bl.assign(kind="baseline")], ignore_index=True)
     written += _write_tables(summarize(curves, paired), paired, jobs, out, reference)
+    return _report(written + bench, out, f"{df['run_dir'].nunique()} jobs, {df['task'].nunique()} tasks")
+
+
+def _report(written: list[Path], out: Path, what: str) -> list[Path]:
     for path in written:
         print(f"wrote {path}")
-    print(f"{df['run_dir'].nunique()} jobs, {df['task'].nunique()} tasks -> {len(written)} files in {out}")
+    print(f"{what} -> {len(written)} files in {out}")
     return written
 
 

@@ -27,7 +27,7 @@ def compose_train(overrides: list[str], out_dir: Path | None = None) -> DictConf
     share trained models through the repository's outputs/.
     """
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        store = [f"paths.store={out_dir / 'store'}"] if out_dir else []
+        store = [f"paths.store={out_dir / 'store'}", f"eval.cache={out_dir / 'eval_cache'}"] if out_dir else []
         extra = [f"paths.output_dir={out_dir}"] if out_dir else []
         return compose("train", overrides=[*store, *overrides, *extra])
 

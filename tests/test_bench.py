@@ -115,6 +115,9 @@ def test_latency_grid_and_reference_comparison(tmp_path):
     assert (tmp_path / "bench_latency.png").stat().st_size > 0
     figs = bench_figures([tmp_path], tmp_path / "figs", ("png", "pdf"))
     assert [p.name for p in figs] == [f"bench_latency_{tmp_path.name}.png", f"bench_latency_{tmp_path.name}.pdf"]
+    from icl.figures import make_figures  # `make figures` picks the benchmark up, even with no eval.csv around
+
+    assert {p.name for p in make_figures([tmp_path], tmp_path / "all", ("png",))} == {f"bench_latency_{tmp_path.name}.png"}
 
 
 def test_every_variant_and_cpu_quant_mode_runs(tmp_path):
