@@ -195,7 +195,9 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
             preds = predict_model(model, p.xs, p.ys, cfg.batch_size) if p.queries is None else \
                 predict_queries(model, p, cfg.batch_size)
             rows.append(("transformer", "transformer", preds, p.targets))
-        key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n}
+        # `drawn`: the first prompts of a draw depend on its size (functions are sampled after all inputs)
+        key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n,
+               "drawn": cfg.n_prompts}
         for name in cfg.baselines:
             slow = baselines.is_slow(name)
             if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
