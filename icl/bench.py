@@ -36,7 +36,8 @@ from icl.bench_attn import device_name, pick_device, variant_params
 from icl.configs import CONFIG_DIR, check_yaml
 from icl.flops import forward_flops, matmul_peak, train_flops
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
-from icl.timing import bootstrap_median_ci, mann_whitney_p, ratio_ci, summarise, time_call
+from icl.timing import bootstrap_median_ci, mann_whitney_p, ratio_ci, summarise
+from icl.timing import interleaved as timed_rounds
 from icl.transformer import ICLTransformer, TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -181,21 +182,7 @@ def interleaved(calls: dict[Any, Callable[[], object]], device: torch.device, wa
                 peak: Peak | None = None) -> tuple[dict[Any, list[float]], dict[Any, str]]:
     """Time every call ``repeats`` times after ``warmup`` untimed rounds, rotating who goes first each round (with
     ``peak``'s matmuls among them, recorded into it)."""
-    calls = {**calls, **(peak.calls() if peak else {})}
-    keys = list(calls)
-    times: dict[Any, list[float]] = {key: [] for key in keys}
-    failed: dict[Any, str] = {}
-    for r in range(warmup + repeats):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            if key in failed:
-                continue
-            try:
-                seconds = time_call(calls[key], device)
-            except torch.OutOfMemoryError:
-                failed[key] = "out of memory"
-                continue
-            if r >= warmup:
-                times[key].append(seconds)
+    times, failed = timed_rounds({**calls, **(peak.calls() if peak else {})}, device, warmup, repeats)
     if peak:
         peak.record(times)
     return times, failed

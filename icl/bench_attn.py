@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from icl.attention import ATTENTION, build_attention
 from icl.configs import CONFIG_DIR, check_yaml
-from icl.timing import loglog_slope, summarise, time_call
+from icl.timing import interleaved, loglog_slope, summarise
 
 log = logging.getLogger(__name__)
 MODES = ("forward", "forward_backward")
@@ -82,20 +82,7 @@ def bench_length(cfg: DictConfig, names: list[str], T: int, device: torch.device
         kernel = build_attention(name, head_dim=cfg.head_dim, **variant_params(name)).to(device, dtype)
         for mode in cfg.modes:
             calls[(name, mode)] = make_call(kernel, mode, q, k, v, grad)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
-    failed: dict[tuple[str, str], str] = {}
-    keys = list(calls)
-    for repeat in range(cfg.warmup + cfg.repeats):
-        for key in keys[repeat % len(keys):] + keys[: repeat % len(keys)]:  # rotate who goes first
-            if key in failed:
-                continue
-            try:
-                seconds = time_call(calls[key], device)
-            except torch.OutOfMemoryError:
-                failed[key] = "out of memory"
-                continue
-            if repeat >= cfg.warmup:
-                times[key].append(seconds)
+    times, failed = interleaved(calls, device, cfg.warmup, cfg.repeats)
     rows = []
     for (name, mode), seconds in times.items():
         stats = summarise(seconds) if seconds else {}

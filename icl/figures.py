@@ -198,13 +198,18 @@ def plot_error_vs_k(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataFrame
         ax.axvline(d, color="0.85", linewidth=0.8, zorder=0)
         ax.set_title(f"{task}, d = {d}: {_param_text(strategy, param)}", fontsize=9)
         ax.set_xlabel("in-context examples k")
+    return _finish(fig, axes, metric, tf, bl, styles, greys)
+
+
+def _finish(fig: plt.Figure, axes: np.ndarray, metric: str, tf: pd.DataFrame, bl: pd.DataFrame, styles: dict,
+            greys: dict) -> plt.Figure:
+    """What every error figure ends with: y labels on the first column, shared limits, the legend, the layout."""
     for ax in axes[:, 0]:
         ax.set_ylabel(YLABELS.get(metric, f"{metric} (normalised, zero = 1)"), fontsize=8)
     _ylim(axes, tf, bl)
     _legend(fig, tf, styles, greys)
     fig.tight_layout()
     return fig
-
 
 def plot_error_vs_scale(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataFrame, metric: str,
                         ks: Sequence[int]) -> plt.Figure | None:
@@ -223,12 +228,7 @@ def plot_error_vs_scale(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataF
             ax.axvline(1.0, color="0.85", linewidth=0.8, zorder=0)
         ax.set_title(f"{task}, d = {d}: {strategy}, k = {k}", fontsize=9)
         ax.set_xlabel(PARAM_NAMES[strategy] + (" (log scale)" if strategy != "shift_x" else ""))
-    for ax in axes[:, 0]:
-        ax.set_ylabel(YLABELS.get(metric, f"{metric} (normalised, zero = 1)"), fontsize=8)
-    _ylim(axes, tf, bl)
-    _legend(fig, tf, styles, greys)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, metric, tf, bl, styles, greys)
 
 
 def _nearest(curve: pd.DataFrame, target: float) -> pd.Series:

@@ -9,7 +9,7 @@ process, a page fault) do not drag.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,30 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def interleaved(calls: dict[Any, Callable[[], object]], device: torch.device, warmup: int,
+                repeats: int) -> tuple[dict[Any, list[float]], dict[Any, str]]:
+    """Seconds per call for every entry of ``calls``, ``repeats`` times after ``warmup`` untimed rounds.
+
+    Every round runs each call once, rotating who goes first, so a drift of a shared machine hits all alike.
+    A call that runs out of memory is dropped and reported in the second dict instead of stopping the others.
+    """
+    keys = list(calls)
+    times: dict[Any, list[float]] = {key: [] for key in keys}
+    failed: dict[Any, str] = {}
+    for r in range(warmup + repeats):
+        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            if key in failed:
+                continue
+            try:
+                seconds = time_call(calls[key], device)
+            except torch.OutOfMemoryError:
+                failed[key] = "out of memory"
+                continue
+            if r >= warmup:
+                times[key].append(seconds)
+    return times, failed
 
 
 def summarise(seconds: np.ndarray | list[float]) -> dict[str, float]:
