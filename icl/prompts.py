@@ -52,6 +52,8 @@ STRATEGIES: dict[str, Strategy] = {}
 REGRESSION_ONLY = frozenset({"scale_y", "noisy_y"})  # labels ±1 cannot be scaled or made Gaussian-noisy
 QUERY_STRATEGIES = frozenset({"orthogonal_query", "overlapping_query", "opposite_quadrants"})
 SKEW_POWER = 2.0  # skewed eigenvalues λ_i ∝ i^-2
+# strategies with a numeric parameter -> whether it must be > 0 (scale factors) rather than >= 0 (distance, noise)
+NUMERIC_PARAMS = {"scale_x": True, "scale_y": True, "shift_x": False, "noisy_y": False}
 
 
 def register(name: str) -> Callable[[Strategy], Strategy]:
@@ -231,10 +233,14 @@ def check(strategies: dict[str, list[Any]]) -> None:
             raise ValueError(f"unknown eval strategy {name!r}; known: {', '.join(STRATEGIES)}")
         if not isinstance(params, (list, tuple)) or not params:
             raise ValueError(f"eval.strategies.{name} must be a non-empty list of parameters, e.g. [null]")
-        if name == "long_context":
-            for p in params:
+        for p in params:  # every value checked here, before training, not when the strategy first runs
+            if name == "long_context":
                 if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 2):
                     raise ValueError(f"eval.strategies.long_context takes point counts >= 2 or null, got {p!r}")
+            elif name in NUMERIC_PARAMS:
+                _check_param(name, p, positive=NUMERIC_PARAMS[name])
+            else:
+                _no_param(name, p)
 
 
 def skip_reason(name: str, task: Task, n_points: int, n_positions: int | None, param: Any = None) -> str | None:

@@ -120,3 +120,11 @@ def test_cached_slow_baselines_belong_to_the_prompts_drawn(tmp_path):
     cached = evaluate_job(cfg, None, tmp_path)
     cfg.eval.cache = None
     pd.testing.assert_frame_equal(cached, evaluate_job(cfg, None, tmp_path))
+
+
+def test_non_positive_scale_fails_before_training(tmp_path):
+    from icl.train import build
+
+    cfg = compose_train([*TINY, "+eval.strategies.scale_x=[0.5,0]"], tmp_path)
+    with pytest.raises(ValueError, match="scale_x values must be > 0"):
+        build(cfg)

@@ -135,6 +135,11 @@ def test_long_context_skipped_unless_beyond_training_length():
     ({"scale_z": [1]}, "unknown eval strategy 'scale_z'"),
     ({"scale_x": []}, "non-empty list"),
     ({"long_context": [1.5]}, "point counts"),
+    ({"scale_x": [0.5, 0]}, "scale_x values must be > 0"),
+    ({"scale_y": [-2]}, "scale_y values must be > 0"),
+    ({"shift_x": [-1]}, "shift_x values must be >= 0"),
+    ({"noisy_y": ["a"]}, "noisy_y takes numbers"),
+    ({"skewed": [2]}, "takes no parameter"),
 ])
 def test_bad_strategy_config_is_one_line(strategies, message):
     with pytest.raises(ValueError, match=message):
