@@ -12,6 +12,11 @@ two agree on standard isotropic prompts, not under scale_x/scale_y, where only `
 comparable). Prompts come from ``eval.seed``, not the training seed, so every job of a study is
 scored on the very same prompts.
 
+Baseline rows carry ``diff_transformer`` [``diff_low``, ``diff_high``]: the baseline's error minus this job's
+transformer's on the same prompts, in units of ``error`` (Σ err_baseline − Σ err_transformer over Σ err_zero),
+with a paired percentile bootstrap CI (negative: the baseline is better). Differences between jobs (a variant vs
+the softmax/float reference) are paired at aggregation (``icl.results.paired_differences``).
+
 Beside ``eval.csv`` a job writes ``errors.npz``: the transformer's and the zero estimator's per-prompt
 errors (float32, (P, n), key ``<strategy>/<param>/<predictor>``), from which ``icl.results`` computes
 paired differences between jobs scored on the same prompts. Baseline predictions are cached across
@@ -40,6 +45,7 @@ from icl import baselines, prompts
 from icl.cache import BaselineCache
 from icl.configs import CONFIG_DIR, check_yaml
 from icl.files import atomic_write
+from icl.results import paired_bootstrap
 from icl.tasks import EVAL_STREAM, PromptSampler, Task, build_task, seeded
 
 if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
@@ -48,7 +54,8 @@ if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
 log = logging.getLogger(__name__)
 
 COLUMNS = ["task", "attn", "quant", "model", "seed", "strategy", "param", "k", "predictor", "kind", "metric",
-           "error", "ci_low", "ci_high", "error_raw", "error_per_dim", "n_dims", "n_prompts"]
+           "error", "ci_low", "ci_high", "error_raw", "error_per_dim", "diff_transformer", "diff_low", "diff_high",
+           "n_dims", "n_prompts"]  # n_prompts last: never empty, so a cut-short row shows (icl.results)
 ERRORS_FILE = "errors.npz"
 
 
@@ -205,18 +212,25 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
             count = min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts
             log.debug("baseline %s on %d prompts (%s %s)", name, count, strategy, param)
             rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key), p.targets[:count]))
+        mine = None  # the transformer's per-prompt errors and the zero estimator's, for the paired differences
         for name, kind, preds, targets in rows:
-            frames.append(score(task, preds, targets, cfg).assign(predictor=name, kind=kind, strategy=strategy,
-                                                                  param=param))
-            if errors is not None and kind == "transformer":
-                err, ref = prompt_errors(task, preds, targets)
-                errors[f"{strategy}/{param_key(param)}/transformer"] = err.astype(np.float32)
-                errors[f"{strategy}/{param_key(param)}/zero"] = ref.astype(np.float32)
+            frame = score(task, preds, targets, cfg).assign(predictor=name, kind=kind, strategy=strategy, param=param)
+            err, ref = prompt_errors(task, preds, targets)
+            if kind == "transformer":
+                mine = err, ref
+                if errors is not None:
+                    errors[f"{strategy}/{param_key(param)}/transformer"] = err.astype(np.float32)
+                    errors[f"{strategy}/{param_key(param)}/zero"] = ref.astype(np.float32)
+            elif mine is not None:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
+                diff, low, high, _ = paired_bootstrap(err, mine[0][: len(err)], mine[1][: len(err)], cfg.bootstrap,
+                                                      cfg.ci, cfg.seed)
+                frame = frame.assign(diff_transformer=diff, diff_low=low, diff_high=high)
+            frames.append(frame)
     if cache.root is not None:
         log.info("baseline cache %s: %d reused, %d computed", cache.root, cache.hits, cache.misses)
     df = pd.concat(frames, ignore_index=True)
     df = df.assign(metric=task.metric, n_dims=task.n_dims, error_per_dim=df["error_raw"] / task.n_dims, **labels)
-    return df[COLUMNS]
+    return df.reindex(columns=COLUMNS)  # diff_* stay NaN on transformer rows (and without a model)
 
 
 def job_labels(cfg: DictConfig) -> dict[str, Any]:

@@ -247,8 +247,11 @@ def summarize(curves: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
         attn, quant = curve["attn"].iat[0], curve["quant"].iat[0]
         row = {"task": task, "n_dims": d, "kind": kind, "variant": name, "attn": attn, "quant": quant,
                "n_runs": int(curve["n_runs"].max())}
-        mine = paired[(paired["task"] == task) & (paired["n_dims"] == d) & (paired["attn"] == attn)
-                      & (paired["quant"] == quant)] if kind == "transformer" else paired.iloc[:0]
+        same = paired[(paired["task"] == task) & (paired["n_dims"] == d)]
+        if kind == "transformer":  # this variant's transformer minus the reference job's
+            mine = same[(same["predictor"] == "transformer") & (same["attn"] == attn) & (same["quant"] == quant)]
+        else:  # this baseline minus the reference job's transformer, on the same prompts
+            mine = same[same["predictor"] == name]
         for tag, target in (("half", d / 2), ("d", d), ("2d", 2 * d)):
             at = _nearest(curve, target)
             row.update({f"k_{tag}": int(at["k"]), f"error_at_{tag}": at["error"],
@@ -273,8 +276,9 @@ def markdown(summary: pd.DataFrame, reference: dict[str, str]) -> str:
         return text
 
     ref = ", ".join(f"{k} {v}" for k, v in reference.items())
-    lines = [f"Normalised error [95% CI] on standard prompts; Δ = paired difference to the reference ({ref}), "
-             "same task, d, model, seed and prompts (negative: better).", "",
+    lines = [f"Normalised error [95% CI] on standard prompts; Δ = paired difference to the reference job's transformer "
+             f"({ref}) on the same prompts (a variant: same task, d, model and seed; a baseline: scored in the "
+             "reference job), negative: better.", "",
              "| task | d | predictor | k = d/2 | k = d | k = 2d |", "|---|---|---|---|---|---|"]
     for _, row in summary.sort_values(["task", "n_dims", "kind", "variant"], ascending=[True, True, False, True]).iterrows():
         ks = [f"({row[f'k_{t}']}) {cell(row, t)}" for t in ("half", "d", "2d")]

@@ -39,13 +39,13 @@ STATUS_FILE = "status.json"
 EVAL_COLUMNS: list[str] = [
     "task", "attn", "quant", "model", "seed", "strategy", "param", "k",
     "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
-    "error_per_dim", "n_dims", "n_prompts",
+    "error_per_dim", "diff_transformer", "diff_low", "diff_high", "n_dims", "n_prompts",
 ]
 REQUIRED_COLUMNS = ("k", "predictor", "kind", "error")
 ERRORS_FILE = "errors.npz"  # per-prompt errors written by icl.evaluate
 PAIRED_COLUMNS: list[str] = [
-    "task", "n_dims", "model", "seed", "attn", "quant", "strategy", "param", "k", "diff", "diff_low", "diff_high",
-    "n_prompts", "reference_attn", "reference_quant", "run_dir", "reference_run",
+    "task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k", "diff", "diff_low",
+    "diff_high", "n_prompts", "reference_attn", "reference_quant", "run_dir", "reference_run",
 ]
 DEFAULT_REFERENCE: dict[str, str] = {"attn": "softmax", "quant": "none"}
 # eval.csv column -> config key it must agree with; used to fill a CSV that lacks one.
@@ -348,8 +348,26 @@ def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | Non
                 continue
             diff, low, high, n = paired_bootstrap(mine[key], theirs[key], mine[zero_key], n_boot, ci, seed)
             rows.append(pd.DataFrame({
-                **{c: job[c] for c in keys}, "attn": job["attn"], "quant": job["quant"], "strategy": strategy,
-                "param": _param_value(param), "k": np.arange(len(diff)), "diff": diff, "diff_low": low,
+                **{c: job[c] for c in keys}, "attn": job["attn"], "quant": job["quant"], "predictor": "transformer",
+                "strategy": strategy, "param": _param_value(param), "k": np.arange(len(diff)), "diff": diff, "diff_low": low,
                 "diff_high": high, "n_prompts": n, "reference_attn": reference.get("attn"),
                 "reference_quant": reference.get("quant"), "run_dir": job["run_dir"], "reference_run": ref_dir}))
-    return pd.concat(rows, ignore_index=True)[PAIRED_COLUMNS] if rows else pd.DataFrame(columns=PAIRED_COLUMNS)
+    rows += baseline_differences(results, set(refs.values()), reference)
+    return pd.concat(rows, ignore_index=True).reindex(columns=PAIRED_COLUMNS) if rows else \
+        pd.DataFrame(columns=PAIRED_COLUMNS)
+
+
+def baseline_differences(results: pd.DataFrame, ref_dirs: set[str], reference: Mapping[str, str]) -> list[pd.DataFrame]:
+    """Each baseline minus the reference job's transformer: the reference job's own eval.csv carries it
+    (``diff_transformer``, paired on the same prompts when the job was evaluated)."""
+    if "diff_transformer" not in results:
+        return []
+    rows = results[results["run_dir"].isin(ref_dirs) & (results["kind"] == "baseline")
+                   & results["diff_transformer"].notna()]
+    if rows.empty:
+        return []
+    out = rows[["task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k",
+                "diff_transformer", "diff_low", "diff_high", "n_prompts", "run_dir"]]
+    out = out.rename(columns={"diff_transformer": "diff"}).assign(
+        reference_attn=reference.get("attn"), reference_quant=reference.get("quant"), reference_run=out["run_dir"])
+    return [out]

@@ -128,3 +128,29 @@ def test_non_positive_scale_fails_before_training(tmp_path):
     cfg = compose_train([*TINY, "+eval.strategies.scale_x=[0.5,0]"], tmp_path)
     with pytest.raises(ValueError, match="scale_x values must be > 0"):
         build(cfg)
+
+
+def test_baseline_rows_carry_the_paired_difference_to_the_transformer(job):
+    _, df, _ = job
+    std = df[df.strategy == "standard"].set_index(["predictor", "k"])
+    assert std.loc["transformer", ["diff_transformer", "diff_low", "diff_high"]].isna().all().all()
+    ls, tf = std.loc["least_squares"], std.loc["transformer"]
+    # all prompts on both sides and one denominator (the zero estimator's), so Δ is the difference of the errors
+    np.testing.assert_allclose(ls.diff_transformer, ls.error - tf.error, atol=1e-9)
+    assert (ls.diff_low <= ls.diff_transformer + 1e-12).all() and (ls.diff_transformer <= ls.diff_high + 1e-12).all()
+    assert (ls.diff_high.loc[3:] < 0).all()  # least squares is exact from k = d: significantly better than this model
+
+
+def test_paired_csv_has_each_baseline_minus_the_reference_transformer(job):
+    from omegaconf import OmegaConf
+
+    from icl.results import load_results, paired_differences
+
+    cfg, df, out = job
+    (out / ".hydra").mkdir()
+    (out / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    paired = paired_differences(load_results([out]), n_boot=50)
+    ls = paired[(paired.predictor == "least_squares") & (paired.strategy == "standard")].set_index("k")
+    mine = df[(df.predictor == "least_squares") & (df.strategy == "standard")].set_index("k")
+    np.testing.assert_allclose(ls["diff"], mine.diff_transformer)
+    assert (ls.reference_run == str(out)).all() and "transformer" not in set(paired.predictor)
