@@ -390,8 +390,13 @@ def plot_latency(df: pd.DataFrame, path: Path) -> Path | None:
     lat = df[(df.part == "latency")].dropna(subset=["median_ms"]) if "median_ms" in df else df.iloc[:0]
     if lat.empty:
         return None
+    from icl.figures import attn_color, quant_style  # the colours and line styles of every other figure
+
+    attns, quants = sorted(lat["attn"].unique()), sorted(lat["quant"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    sns.lineplot(lat, x="k", y="median_ms", hue="attn", style="quant", markers=True, ax=ax)
+    sns.lineplot(lat, x="k", y="median_ms", hue="attn", style="quant", ax=ax,
+                 palette={a: attn_color(a) for a in attns}, dashes={q: quant_style(q)[0] or "" for q in quants},
+                 markers={q: quant_style(q)[1] for q in quants})
     ax.set(xscale="log", yscale="log", xlabel="in-context examples k (prompt of k + 1 points)",
            ylabel="median latency per prompt (ms)", title=f"inference latency, model={lat.model.iloc[0]}")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
