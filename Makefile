@@ -36,7 +36,7 @@ figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 	$(PY) -m icl.figures $(ARGS)
 
 bench-attn: install ## time every attention kernel alone at T = 128…8192 (outputs/bench_attn/, ~3 min on 2 CPU cores)
-	$(PY) -m icl.bench_attn $(ARGS)
+	$(PY) -m icl.bench.attention $(ARGS)
 
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
 	$(PY) -m icl.bench $(ARGS)

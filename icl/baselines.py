@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from icl.registry import Registry
+
 Predictor = Callable[..., Tensor]  # (xs, ys[, queries]) -> preds
 
 RIDGE_ALPHA = 1.0
@@ -285,35 +287,28 @@ def _gd_2nn(
     return preds.detach()
 
 
-BASELINES: dict[str, Predictor] = {
-    "zero": _zero,
-    "least_squares": _batched_prefix(_least_squares),
-    "ridge": _batched_prefix(_ridge),
-    "averaging": _batched_prefix(_averaging),
-    "knn_3": _knn(3),
-    **{f"lasso_{a}": _lasso(float(a)) for a in LASSO_ALPHAS},
-    "tree_depth4": _tree(4),
-    "tree_unbounded": _tree(None),
-    "xgboost": _xgboost,
-    "gd_2nn": _gd_2nn,
-}
-
-_SLOW = frozenset({*(f"lasso_{a}" for a in LASSO_ALPHAS), "tree_depth4", "tree_unbounded", "xgboost", "gd_2nn"})
-
-
-def _check(name: str) -> None:
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+# slow: per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n; callers cap their prompts.
+BASELINES: Registry[Predictor] = Registry("baseline", "task.baselines")
+BASELINES.add("zero", _zero)
+BASELINES.add("least_squares", _batched_prefix(_least_squares))
+BASELINES.add("ridge", _batched_prefix(_ridge))
+BASELINES.add("averaging", _batched_prefix(_averaging))
+BASELINES.add("knn_3", _knn(3))
+for _alpha in LASSO_ALPHAS:
+    BASELINES.add(f"lasso_{_alpha}", _lasso(float(_alpha)), slow=True)
+BASELINES.add("tree_depth4", _tree(4), slow=True)
+BASELINES.add("tree_unbounded", _tree(None), slow=True)
+BASELINES.add("xgboost", _xgboost, slow=True)
+BASELINES.add("gd_2nn", _gd_2nn, slow=True)
 
 
 def is_slow(name: str) -> bool:
     """True for per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n."""
-    _check(name)
-    return name in _SLOW
+    return bool(BASELINES.meta(name, "slow", False))
 
 
 def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
     """Predictions (B, n) float32 on CPU of baseline ``name``; position i sees only the prefix < i
     and its query (``queries[:, i]`` when given, else ``xs[:, i]``)."""
-    _check(name)
-    return BASELINES[name](xs, ys) if queries is None else BASELINES[name](xs, ys, queries)
+    predictor = BASELINES[name]
+    return predictor(xs, ys) if queries is None else predictor(xs, ys, queries)

@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch import Callback
 
 from icl.data import PromptStream
-from icl.train import build, train
-from tests.conftest import REPO, TINY, compose_train
+from icl.run.train import build, train
+from tests.helpers import REPO, TINY, compose_train
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}

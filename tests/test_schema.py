@@ -5,9 +5,9 @@ import shutil
 import pytest
 from hydra import compose, initialize_config_dir
 
-from icl.schema import validate
-from icl.train import build
-from tests.conftest import CONFIGS, compose_train
+from icl.run.schema import validate
+from icl.run.train import build
+from tests.helpers import CONFIGS, compose_train
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -31,18 +31,18 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from icl.errors import first_line
+from icl.run.job import JobDir
+from icl.stats import paired_bootstrap
+
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = Path(".hydra") / "config.yaml"
-RESOLVED_CONFIG_FILE = "config.yaml"
-STATUS_FILE = "status.json"
 EVAL_COLUMNS: list[str] = [
     "task", "attn", "quant", "model", "seed", "strategy", "param", "k",
     "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
     "error_per_dim", "diff_transformer", "diff_low", "diff_high", "n_dims", "n_prompts",
 ]
 REQUIRED_COLUMNS = ("k", "predictor", "kind", "error")
-ERRORS_FILE = "errors.npz"  # per-prompt errors written by icl.evaluate
 PAIRED_COLUMNS: list[str] = [
     "task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k", "diff", "diff_low",
     "diff_high", "n_prompts", "reference_attn", "reference_quant", "run_dir", "reference_run",
@@ -74,23 +74,15 @@ def find_jobs(roots: Iterable[str | Path]) -> list[Path]:
         root = Path(root)
         if not root.is_dir():
             continue
-        for cfg_file in root.rglob("config.yaml"):
-            if cfg_file.parent.name == ".hydra":
+        for cfg_file in root.rglob(Path(JobDir.HYDRA_CONFIG).name):
+            if JobDir(cfg_file.parent.parent).is_job():
                 jobs.add(cfg_file.parent.parent.resolve())
     return sorted(jobs)
 
 
 def load_config(job: str | Path) -> DictConfig:
-    """The job's config, the single source of truth for its settings.
-
-    Prefers the resolved copy ``icl.train`` writes beside the job (``config.yaml``): Hydra's own
-    ``.hydra/config.yaml`` keeps interpolations such as ``${hydra:runtime.output_dir}`` that
-    cannot be resolved outside the run.
-    """
-    resolved = Path(job) / RESOLVED_CONFIG_FILE
-    cfg = OmegaConf.load(resolved if resolved.is_file() else Path(job) / CONFIG_FILE)
-    assert isinstance(cfg, DictConfig), f"{job}: config is not a mapping"
-    return cfg
+    """The job's config, the single source of truth for its settings (``JobDir.load_config``)."""
+    return JobDir(job).load_config()
 
 
 def _to_container(cfg: DictConfig) -> dict[str, Any]:
@@ -124,17 +116,9 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_status(job: str | Path) -> dict[str, Any]:
-    """`status.json` of a job; older jobs lack it and count as done once eval.csv exists."""
-    job = Path(job)
-    path = job / STATUS_FILE
-    if not path.exists():
-        done = (job / "eval.csv").exists()
-        return {"status": "done" if done else "incomplete", "error": None}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return {"status": "unknown", "error": f"unreadable {STATUS_FILE}: {exc}"}
-    return {"status": data.get("status", "unknown"), "error": data.get("error")}
+    """`status` and `error` of a job's status.json (``JobDir.status``)."""
+    status = JobDir(job).status()
+    return {"status": status["status"], "error": status["error"]}
 
 
 def _empty_results() -> pd.DataFrame:
@@ -157,7 +141,7 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     try:
         flat = flatten_config(load_config(job))
     except Exception as err:  # noqa: BLE001 - a broken config hides one job, never the sweep
-        log.warning("skipping %s: unreadable config (%s)", job, _first_line(err))
+        log.warning("skipping %s: unreadable config (%s)", job, first_line(err))
         return None
     for column, key in IDENTITY_KEYS.items():
         if key in flat and (column not in frame or frame[column].isna().all()):
@@ -168,17 +152,12 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     return pd.concat([frame, cfg_columns], axis=1)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def read_eval_csv(path: Path) -> pd.DataFrame | None:
     """An eval.csv in today's columns, or None with one warning line if it is corrupt or half-written."""
     try:
         frame = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        log.warning("skipping %s: unreadable CSV (%s)", path, _first_line(err))
+        log.warning("skipping %s: unreadable CSV (%s)", path, first_line(err))
         return None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame]
     k = pd.to_numeric(frame["k"], errors="coerce") if "k" in frame else None
@@ -204,7 +183,7 @@ def upgrade_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_results(roots: Iterable[str | Path], filename: str = "eval.csv") -> pd.DataFrame:
+def load_results(roots: Iterable[str | Path], filename: str = JobDir.EVAL) -> pd.DataFrame:
     """All jobs' `filename` rows with `run_dir`, `status` and `cfg.*` columns added.
 
     Failed or still-running jobs are skipped (with a warning) so a half-finished
@@ -272,7 +251,7 @@ def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
         try:
             flat = flatten_config(load_config(job))
         except Exception as err:  # noqa: BLE001 - listed as broken rather than crashing the table
-            rows.append({"run_dir": str(job), "status": "unknown", "error": f"unreadable config: {_first_line(err)}"})
+            rows.append({"run_dir": str(job), "status": "unknown", "error": f"unreadable config: {first_line(err)}"})
             continue
         rows.append({
             "run_dir": str(job),
@@ -294,30 +273,11 @@ def _param_value(key: str) -> float:
 
 def load_errors(job: str | Path) -> dict[str, np.ndarray] | None:
     """A job's per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None if absent/unreadable."""
-    path = Path(job) / ERRORS_FILE
-    if not path.is_file():
-        return None
     try:
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+        return JobDir(job).read_errors()
     except Exception as err:  # noqa: BLE001 - a corrupt file costs its paired rows only
-        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, ERRORS_FILE, _first_line(err))
+        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, JobDir.ERRORS, first_line(err))
         return None
-
-
-def paired_bootstrap(err: np.ndarray, ref: np.ndarray, zero: np.ndarray, n_boot: int, ci: float,
-                     seed: int) -> tuple[np.ndarray, ...]:
-    """Per column: (Σ err − Σ ref) / Σ zero over prompts valid in both, with a paired percentile bootstrap CI."""
-    valid = ~(np.isnan(err) | np.isnan(ref))
-    delta = np.where(valid, err.astype(np.float64) - ref, 0.0)
-    z = np.where(valid, zero.astype(np.float64), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        point = delta.sum(0) / z.sum(0)
-        counts = np.random.default_rng(seed).multinomial(len(err), np.full(len(err), 1 / len(err)), size=n_boot)
-        boots = (counts @ delta) / (counts @ z)
-    alpha = (1 - ci) / 2
-    low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n_boot else (point, point)
-    return point, low, high, valid.sum(0)
 
 
 def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | None = None, n_boot: int = 1000,
