@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test figures bench-attn bench clean
+.PHONY: help install demo test test-fast lint figures bench-attn bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,14 @@ demo: install ## train + evaluate the smoke study (outputs/demo), then draw figu
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
 	$(MAKE) figures PY=$(PY)
 
-test: install ## run the whole test suite (pass ARGS="-m 'not slow'" for the quick part)
+test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)
+
+test-fast: install ## the tests without the slow end-to-end ones (CLI, launchers, DDP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: install ## ruff check (configured in pyproject.toml)
+	$(PY) -m ruff check .
 
 figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }

@@ -59,7 +59,7 @@ class ICLModule(L.LightningModule):
 
         from icl.quantize import training_part
 
-        node = lambda key: OmegaConf.to_container(cfg[key], resolve=True)  # noqa: E731
+        node = lambda key: OmegaConf.to_container(cfg[key], resolve=True)
         return cls(task=node("task"), model=node("model"), attn=node("attn"), optim=node("optim"),
                    quant=training_part(node("quant")))
 

@@ -123,7 +123,7 @@ def torchao() -> Any:
     try:
         with quiet():
             import torchao as ao
-            import torchao.quantization.qat  # noqa: F401
+            import torchao.quantization.qat
     except ImportError as err:
         raise ImportError(f"quant modes need torchao>=0.18 ({err}): pip install -e . (or pip install torchao)") from None
     return ao

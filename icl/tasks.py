@@ -15,7 +15,8 @@ prompts, each one regenerated from its own index so the pool never has to sit in
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch

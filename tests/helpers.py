@@ -57,7 +57,7 @@ class CrashAt(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step >= self.step:
             raise RuntimeError(f"simulated crash at step {self.step}")
 
@@ -68,7 +68,7 @@ class PoisonWeightsAt(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         if trainer.global_step == self.step:
             with torch.no_grad():
                 pl_module.model.read_out.weight[0, 0] = float("nan")

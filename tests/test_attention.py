@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icl.attention import (ATTENTION, Kernel, build_attention, causal_linear_attention, causal_weighted_sum,
-                           quadratic_linear_attention)
+from icl.attention import (
+    ATTENTION,
+    Kernel,
+    build_attention,
+    causal_linear_attention,
+    causal_weighted_sum,
+    quadratic_linear_attention,
+)
 from icl.run.configs import CONFIG_DIR
 from icl.run.train import train
 from icl.transformer import ICLTransformer, TransformerConfig

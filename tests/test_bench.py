@@ -8,11 +8,11 @@ from hydra import compose, initialize_config_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from icl.attention import ATTENTION
 from icl.analysis.bench_figures import bench_figures
+from icl.attention import ATTENTION
+from icl.bench.flops import dense_flops, forward_flops, train_flops
 from icl.bench.latency import latency_batch, run, sanity
 from icl.run.configs import CONFIG_DIR
-from icl.bench.flops import dense_flops, forward_flops, train_flops
 from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 

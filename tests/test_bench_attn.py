@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_dir
 
 from icl.attention import ATTENTION
 from icl.bench.attention import run
-from icl.run.configs import CONFIG_DIR
 from icl.bench.timing import loglog_slope, summarise
+from icl.run.configs import CONFIG_DIR
 
 
 def bench_cfg(tmp_path, *overrides):

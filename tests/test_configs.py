@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from icl.run.configs import check_yaml
 from icl.run.schema import validate
-from icl.tasks import seeded
 from icl.run.train import build
+from icl.tasks import seeded
 from tests.helpers import CONFIGS, compose_train
 
 

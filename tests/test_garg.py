@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from icl.evaluation import predict_model
-from icl.run.evaluate import load_job
-from icl.run.job import JobDir
-from icl.run.garg import GargTransformer, convert, main, write_job
 from icl.module import ICLModule
+from icl.run.evaluate import load_job
+from icl.run.garg import GargTransformer, convert, main, write_job
+from icl.run.job import JobDir
 
 SIZE = dict(n_dims=5, n_positions=11, n_embd=64, n_layer=3, n_head=2)  # the tiny model
 

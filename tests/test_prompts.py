@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icl import prompts
-from icl.tasks import TASKS, EVAL_STREAM, PromptSampler, build_task, seeded
+from icl.tasks import EVAL_STREAM, TASKS, PromptSampler, build_task, seeded
 
 P, N, D = 64, 12, 6
 

@@ -11,8 +11,19 @@ import torch
 from torch import nn
 
 from icl.module import ICLModule
-from icl.quantize import (LAYER_GROUPS, QuantSpec, check, float_model, linears, prepare_qat, proof, quantize,
-                          serialized_bytes, storage_dtype, torchao)
+from icl.quantize import (
+    LAYER_GROUPS,
+    QuantSpec,
+    check,
+    float_model,
+    linears,
+    prepare_qat,
+    proof,
+    quantize,
+    serialized_bytes,
+    storage_dtype,
+    torchao,
+)
 from icl.run.train import build, train
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import CrashAt, compose_train

@@ -19,8 +19,8 @@ def _weights(ckpt):
 def test_short_training_lowers_loss_and_writes_job(tmp_path, tiny_overrides):
     # One fixed function (a pool of 1) makes "the loss goes down" quick and certain; learning *in context*
     # is the smoke study's job (README, measured).
-    cfg = compose_train([*tiny_overrides, "task.num_tasks=1", "trainer.max_steps=300", "callbacks.model_checkpoint.every_n_train_steps=100"],
-                        tmp_path)
+    cfg = compose_train([*tiny_overrides, "task.num_tasks=1", "trainer.max_steps=300",
+                         "callbacks.model_checkpoint.every_n_train_steps=100"], tmp_path)
     metrics = train(cfg)
     log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["train/loss_rel_zero"])
     first, last = log["train/loss_rel_zero"].iloc[:5].mean(), log["train/loss_rel_zero"].iloc[-5:].mean()

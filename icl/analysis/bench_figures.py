@@ -12,11 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; never open a window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-from icl.analysis.styles import attn_color, quant_style  # noqa: E402
+from icl.analysis.styles import attn_color, quant_style
 
 
 def plot_latency(df: pd.DataFrame, path: Path) -> Path | None:

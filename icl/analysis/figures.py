@@ -28,22 +28,25 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; never open a window
 
-import hydra  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from omegaconf import DictConfig, OmegaConf
 
-from icl.analysis.bench_figures import bench_figures  # noqa: E402
-from icl.analysis.results import (  # noqa: E402
-    DEFAULT_REFERENCE, jobs_table, load_results, paired_differences, variant_label,
+from icl.analysis.bench_figures import bench_figures
+from icl.analysis.results import (
+    DEFAULT_REFERENCE,
+    jobs_table,
+    load_results,
+    paired_differences,
+    variant_label,
 )
-from icl.analysis.styles import attn_color, quant_style  # noqa: E402
-from icl.files import atomic_write  # noqa: E402
-from icl.run.configs import HYDRA_CONFIGS, run_cli  # noqa: E402
-from icl.run.job import JobDir  # noqa: E402
+from icl.analysis.styles import attn_color, quant_style
+from icl.files import atomic_write
+from icl.run.configs import HYDRA_CONFIGS, run_cli
+from icl.run.job import JobDir
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +176,7 @@ def plot_error_vs_k(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataFrame
     styles, greys = _variant_styles(tf), _baseline_styles(sorted(bl["variant"].unique()))
     fig, axes = _grid(len(panels))
     for ax, (d, param) in zip(axes.flat, panels):
-        sel = lambda f: f[(f["n_dims"] == d) & ((f["param"] == param) | (pd.isna(param) & f["param"].isna()))]  # noqa: E731
+        sel = lambda f, d=d, param=param: f[(f["n_dims"] == d) & ((f["param"] == param) | (pd.isna(param) & f["param"].isna()))]
         _draw(ax, sel(tf), sel(bl), "k", styles, greys)
         ax.axvline(d, color="0.85", linewidth=0.8, zorder=0)
         ax.set_title(f"{task}, d = {d}: {_param_text(strategy, param)}", fontsize=9)
@@ -201,7 +204,7 @@ def plot_error_vs_scale(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataF
     styles, greys = _variant_styles(tf), _baseline_styles(sorted(bl["variant"].unique()))
     fig, axes = _grid(len(panels))
     for ax, (d, k) in zip(axes.flat, panels):
-        sel = lambda f: f[(f["n_dims"] == d) & (f["k"] == k)]  # noqa: E731
+        sel = lambda f, d=d, k=k: f[(f["n_dims"] == d) & (f["k"] == k)]
         _draw(ax, sel(tf), sel(bl), "param", styles, greys)
         if strategy != "shift_x":
             ax.set_xscale("log", base=2)

@@ -20,7 +20,6 @@ percentile bootstrap over prompts. Negative: better than the reference.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import numpy as np
@@ -22,8 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from icl.attention import ATTENTION, build_attention
-from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.bench.timing import interleaved, loglog_slope, summarise
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 
 log = logging.getLogger(__name__)
 MODES = ("forward", "forward_backward")

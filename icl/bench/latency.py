@@ -21,8 +21,9 @@ from __future__ import annotations
 import copy
 import logging
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import numpy as np
@@ -31,15 +32,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from icl.analysis.bench_figures import plot_latency
 from icl.attention import ATTENTION
 from icl.bench.attention import device_name, pick_device, variant_params
-from icl.analysis.bench_figures import plot_latency
-from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.bench.flops import forward_flops, matmul_peak, train_flops
-from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
-from icl.bench.timing import summarise
-from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.bench.timing import interleaved as timed_rounds
+from icl.bench.timing import summarise
+from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
+from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,11 @@ process, a page fault) do not drag.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-
-
 
 
 def sync(device: torch.device) -> None:

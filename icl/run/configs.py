@@ -16,7 +16,6 @@ from pathlib import Path
 import yaml
 
 
-
 def _config_dir() -> Path:
     """``configs/`` beside the imported ``icl`` package when run from a source checkout (also one put first on
     PYTHONPATH), else the installed package data."""

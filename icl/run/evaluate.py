@@ -8,7 +8,6 @@ keys given on the command line replace the job's saved settings.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra

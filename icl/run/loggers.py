@@ -24,7 +24,7 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self):  # noqa: ANN201 - Lightning's ExperimentWriter
+    def experiment(self):
         if self._experiment is not None:
             return self._experiment
         path = JobDir(self.log_dir).metrics_csv
