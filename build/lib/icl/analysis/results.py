@@ -1,0 +1,332 @@
+"""Collect finished training jobs into tidy tables.
+
+Every job folder is self-describing (`.hydra/config.yaml`, `eval.csv`,
+`status.json`), so this module never parses folder names: the settings of a
+job always come from its resolved config. That keeps figures correct when
+Hydra's directory layout or a sweep's override names change.
+
+Jobs that cannot be used — failed, still running, without `eval.csv`, or with an
+unreadable (corrupt, half-written) CSV or config — are skipped with one warning
+line each, never a crash. Older `eval.csv` files (a `scale` column instead of
+`param`, no `error_per_dim`) are read into the current columns.
+
+Paired differences (`paired_differences`): for every job with `errors.npz`, the
+mean difference of its transformer's per-prompt errors to those of a reference
+job (default attn softmax, quant none) with the same task, d, model and seed,
+on the very same prompts (checked: the zero estimator's errors must be equal),
+normalised like `error` (÷ the zero estimator's mean error), with a paired
+percentile bootstrap over prompts. Negative: better than the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from icl.errors import first_line
+from icl.run.job import JobDir
+from icl.stats import paired_bootstrap
+
+log = logging.getLogger(__name__)
+
+EVAL_COLUMNS: list[str] = [
+    "task", "attn", "quant", "model", "seed", "strategy", "param", "k",
+    "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
+    "error_per_dim", "diff_transformer", "diff_low", "diff_high", "n_dims", "n_prompts",
+]
+REQUIRED_COLUMNS = ("k", "predictor", "kind", "error")
+PAIRED_COLUMNS: list[str] = [
+    "task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k", "diff", "diff_low",
+    "diff_high", "n_prompts", "reference_attn", "reference_quant", "run_dir", "reference_run",
+]
+DEFAULT_REFERENCE: dict[str, str] = {"attn": "softmax", "quant": "none"}
+# eval.csv column -> config key it must agree with; used to fill a CSV that lacks one.
+IDENTITY_KEYS: dict[str, str] = {
+    "task": "task.name", "n_dims": "task.n_dims", "model": "model.name",
+    "attn": "attn.name", "quant": "quant.name", "seed": "seed",
+}
+JOB_COLUMNS: list[str] = [
+    "run_dir", "status", "error", "task", "model", "attn", "quant", "seed",
+    "experiment", "n_dims",
+]
+SKIP_STATUSES = frozenset({"failed", "running"})
+# Config keys that differ between replicates or runs without defining a variant.
+_NUISANCE_SUFFIXES = ("seed", "dir", "path", "root", "ckpt", "checkpoint")
+
+
+def find_jobs(roots: Iterable[str | Path]) -> list[Path]:
+    """Every folder under `roots` holding `.hydra/config.yaml`, sorted.
+
+    Searched recursively because single runs and multirun jobs nest at
+    different depths; missing roots are skipped so `inputs=[outputs, multirun]`
+    works when only one of them exists.
+    """
+    jobs: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for cfg_file in root.rglob(Path(JobDir.HYDRA_CONFIG).name):
+            if JobDir(cfg_file.parent.parent).is_job():
+                jobs.add(cfg_file.parent.parent.resolve())
+    return sorted(jobs)
+
+
+def load_config(job: str | Path) -> DictConfig:
+    """The job's config, the single source of truth for its settings (``JobDir.load_config``)."""
+    return JobDir(job).load_config()
+
+
+def _to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Plain dict, resolving interpolations when possible (hydra: resolvers are gone offline)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - an unresolvable key must not hide the job
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def _flatten(node: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, f"{name}.", out)
+        elif isinstance(value, (list, tuple)):
+            out[name] = str(list(value))
+        else:
+            out[name] = value
+
+
+def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys (`task.n_dims`, `trainer.max_steps`) so configs fit DataFrame columns.
+
+    Lists become strings so every value is hashable and comparable across jobs.
+    """
+    container = _to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    out: dict[str, Any] = {}
+    _flatten(container, "", out)
+    return out
+
+
+def read_status(job: str | Path) -> dict[str, Any]:
+    """`status` and `error` of a job's status.json (``JobDir.status``)."""
+    status = JobDir(job).status()
+    return {"status": status["status"], "error": status["error"]}
+
+
+def _empty_results() -> pd.DataFrame:
+    return pd.DataFrame(columns=[*EVAL_COLUMNS, "run_dir", "status"])
+
+
+def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
+    """One job's CSV annotated with its config, or None (with a warning) if unusable."""
+    status = read_status(job)
+    if status["status"] in SKIP_STATUSES:
+        log.warning("skipping %s: status is %s", job, status["status"])
+        return None
+    path = job / filename
+    if not path.exists():
+        log.warning("skipping %s: no %s", job, filename)
+        return None
+    frame = read_eval_csv(path)
+    if frame is None:
+        return None
+    try:
+        flat = flatten_config(load_config(job))
+    except Exception as err:  # noqa: BLE001 - a broken config hides one job, never the sweep
+        log.warning("skipping %s: unreadable config (%s)", job, first_line(err))
+        return None
+    for column, key in IDENTITY_KEYS.items():
+        if key in flat and (column not in frame or frame[column].isna().all()):
+            frame[column] = flat[key]
+    frame["run_dir"] = str(job)
+    frame["status"] = status["status"]
+    cfg_columns = pd.DataFrame({f"cfg.{k}": [v] * len(frame) for k, v in flat.items()}, index=frame.index)
+    return pd.concat([frame, cfg_columns], axis=1)
+
+
+def read_eval_csv(path: Path) -> pd.DataFrame | None:
+    """An eval.csv in today's columns, or None with one warning line if it is corrupt or half-written."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        log.warning("skipping %s: unreadable CSV (%s)", path, first_line(err))
+        return None
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame]
+    k = pd.to_numeric(frame["k"], errors="coerce") if "k" in frame else None
+    # a row cut short leaves its trailing fields empty: the last column (n_prompts) is never empty otherwise
+    truncated = not missing and (k.isna().any() or frame.iloc[:, -1].isna().any())
+    if missing or truncated or pd.to_numeric(frame["error"], errors="coerce").isna().all():
+        what = f"missing columns {missing}" if missing else "truncated or non-numeric rows"
+        log.warning("skipping %s: unreadable CSV (%s)", path, what)
+        return None
+    return upgrade_columns(frame)
+
+
+def upgrade_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Older eval.csv files: `scale` (1 for standard) becomes `param`; `error_per_dim` is derived."""
+    if "strategy" not in frame:
+        frame["strategy"] = "standard"
+    if "param" not in frame:
+        scale = pd.to_numeric(frame["scale"], errors="coerce") if "scale" in frame else np.nan
+        frame["param"] = pd.Series(scale, index=frame.index).where(frame["strategy"] != "standard")
+    frame = frame.drop(columns=["scale"], errors="ignore")
+    if "error_per_dim" not in frame and {"error_raw", "n_dims"} <= set(frame):
+        frame["error_per_dim"] = frame["error_raw"] / frame["n_dims"]
+    return frame
+
+
+def load_results(roots: Iterable[str | Path], filename: str = JobDir.EVAL) -> pd.DataFrame:
+    """All jobs' `filename` rows with `run_dir`, `status` and `cfg.*` columns added.
+
+    Failed or still-running jobs are skipped (with a warning) so a half-finished
+    sweep can still be plotted.
+    """
+    frames = [f for job in find_jobs(roots) if (f := _load_job(job, filename)) is not None]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return _empty_results()
+    return pd.concat(frames, ignore_index=True)
+
+
+def _is_nuisance(key: str) -> bool:
+    """Keys that vary between replicates (seeds, output paths) rather than between variants."""
+    leaf = key.rsplit(".", 1)[-1].lower()
+    return key.startswith("cfg.hydra.") or leaf.endswith(_NUISANCE_SUFFIXES)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "None" if math.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+def _differing_keys(jobs: pd.DataFrame) -> list[str]:
+    """cfg.* keys that take more than one value among `jobs` (one row per run)."""
+    keys = []
+    for column in jobs.columns:
+        if column.startswith("cfg.") and not _is_nuisance(column):
+            if jobs[column].map(_fmt).nunique() > 1:
+                keys.append(column)
+    return keys
+
+
+def variant_label(df: pd.DataFrame) -> pd.Series:
+    """Legend label per row: `model · attn · quant` plus any config keys that tell variants apart.
+
+    Jobs sharing task/n_dims/model/attn/quant but differing in, say, `module.lr`
+    get `module.lr=0.001` appended so they get distinct hues; seeds never enter
+    the label because several seeds are replicates of one variant. Baseline rows
+    are labelled with their predictor name.
+    """
+    base = df["model"].astype(str) + " · " + df["attn"].astype(str) + " · " + df["quant"].astype(str)
+    labels = base.copy()
+    if "run_dir" in df and len(df):
+        group_cols = [c for c in ("task", "n_dims", "model", "attn", "quant") if c in df]
+        runs = df.assign(_base=base).drop_duplicates("run_dir")
+        suffix: dict[str, str] = {}
+        for _, group in runs.groupby(group_cols, dropna=False):
+            keys = _differing_keys(group)
+            for _, row in group.iterrows():
+                parts = [f"{k.removeprefix('cfg.')}={_fmt(row[k])}" for k in keys]
+                suffix[row["run_dir"]] = "".join(f" · {p}" for p in parts)
+        labels = base + df["run_dir"].map(suffix).fillna("")
+    if "kind" in df:
+        is_baseline = df["kind"] == "baseline"
+        labels = labels.where(~is_baseline, df["predictor"].astype(str))
+    return labels.rename("variant")
+
+
+def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per job (any status) so a sweep's progress and failures are visible at a glance."""
+    rows = []
+    for job in find_jobs(roots):
+        try:
+            flat = flatten_config(load_config(job))
+        except Exception as err:  # noqa: BLE001 - listed as broken rather than crashing the table
+            rows.append({"run_dir": str(job), "status": "unknown", "error": f"unreadable config: {first_line(err)}"})
+            continue
+        rows.append({
+            "run_dir": str(job),
+            **read_status(job),
+            "task": flat.get("task.name"),
+            "model": flat.get("model.name"),
+            "attn": flat.get("attn.name"),
+            "quant": flat.get("quant.name"),
+            "seed": flat.get("seed"),
+            "experiment": flat.get("experiment"),
+            "n_dims": flat.get("task.n_dims"),
+        })
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def _param_value(key: str) -> float:
+    return np.nan if key in ("", "None") else float(key)
+
+
+def load_errors(job: str | Path) -> dict[str, np.ndarray] | None:
+    """A job's per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None if absent/unreadable."""
+    try:
+        return JobDir(job).read_errors()
+    except Exception as err:  # noqa: BLE001 - a corrupt file costs its paired rows only
+        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, JobDir.ERRORS, first_line(err))
+        return None
+
+
+def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | None = None, n_boot: int = 1000,
+                       ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Each non-reference job's transformer minus the reference job's, per strategy × param × k (see module doc)."""
+    reference = dict(reference or DEFAULT_REFERENCE)
+    if results.empty or "run_dir" not in results:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    keys = ["task", "n_dims", "model", "seed"]
+    jobs = results.drop_duplicates("run_dir")[["run_dir", "attn", "quant", *keys]]
+    is_ref = np.logical_and.reduce([jobs[c].astype(str) == str(v) for c, v in reference.items()])
+    refs = {tuple(r[keys]): r["run_dir"] for _, r in jobs[is_ref].iterrows()}
+    rows: list[pd.DataFrame] = []
+    for _, job in jobs[~is_ref].iterrows():
+        ref_dir = refs.get(tuple(job[keys]))
+        if ref_dir is None:
+            continue
+        mine, theirs = load_errors(job["run_dir"]), load_errors(ref_dir)
+        if mine is None or theirs is None:
+            continue
+        for key in sorted(mine):
+            strategy, param, predictor = key.rsplit("/", 2)
+            zero_key = f"{strategy}/{param}/zero"
+            if predictor != "transformer" or key not in theirs or zero_key not in mine or zero_key not in theirs:
+                continue
+            if mine[zero_key].shape != theirs[zero_key].shape or not np.array_equal(mine[zero_key], theirs[zero_key]):
+                log.warning("no paired difference %s vs %s for %s: not the same prompts", job["run_dir"], ref_dir, key)
+                continue
+            diff, low, high, n = paired_bootstrap(mine[key], theirs[key], mine[zero_key], n_boot, ci, seed)
+            rows.append(pd.DataFrame({
+                **{c: job[c] for c in keys}, "attn": job["attn"], "quant": job["quant"], "predictor": "transformer",
+                "strategy": strategy, "param": _param_value(param), "k": np.arange(len(diff)), "diff": diff, "diff_low": low,
+                "diff_high": high, "n_prompts": n, "reference_attn": reference.get("attn"),
+                "reference_quant": reference.get("quant"), "run_dir": job["run_dir"], "reference_run": ref_dir}))
+    rows += baseline_differences(results, set(refs.values()), reference)
+    return pd.concat(rows, ignore_index=True).reindex(columns=PAIRED_COLUMNS) if rows else \
+        pd.DataFrame(columns=PAIRED_COLUMNS)
+
+
+def baseline_differences(results: pd.DataFrame, ref_dirs: set[str], reference: Mapping[str, str]) -> list[pd.DataFrame]:
+    """Each baseline minus the reference job's transformer: the reference job's own eval.csv carries it
+    (``diff_transformer``, paired on the same prompts when the job was evaluated)."""
+    if "diff_transformer" not in results:
+        return []
+    rows = results[results["run_dir"].isin(ref_dirs) & (results["kind"] == "baseline")
+                   & results["diff_transformer"].notna()]
+    if rows.empty:
+        return []
+    out = rows[["task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k",
+                "diff_transformer", "diff_low", "diff_high", "n_prompts", "run_dir"]]
+    out = out.rename(columns={"diff_transformer": "diff"}).assign(
+        reference_attn=reference.get("attn"), reference_quant=reference.get("quant"), reference_run=out["run_dir"])
+    return [out]

@@ -1,0 +1,314 @@
+"""Baseline predictors, scored on the same prompts as the transformer.
+
+Every baseline maps a batch of prompts ``xs`` (B, n, d) and ``ys`` (B, n) to
+predictions (B, n), float32 on CPU. ``preds[:, i]`` is the prediction for
+``xs[:, i]`` from the in-context examples ``(xs[:, :i], ys[:, :i])`` only: no
+baseline ever reads ``ys[:, i:]`` (or ``xs[:, i+1:]``) for position i, so it is
+compared with the transformer on equal terms. With no examples (i = 0) every
+baseline predicts 0. ``queries`` (B, n, d), optional, replaces the query of
+position i by ``queries[:, i]`` (the prefix stays ``xs[:, :i]``): the query
+strategies of ``icl.prompts`` (orthogonal, overlapping, opposite-orthant).
+
+Cheap, batched in torch (float64 inside):
+  zero           0 everywhere; its error is the normaliser (E[y^2]).
+  least_squares  minimum-norm least squares w = pinv(X) y. With k < d examples
+                 this is the projection of w onto their span, the optimal
+                 estimator for noiseless isotropic linear regression.
+  ridge          w = (X^T X + alpha I)^-1 X^T y, alpha = 1.0: the posterior mean
+                 for w ~ N(0, I) and noise std 1.
+  averaging      w = (1/k) sum_j y_j x_j, prediction w . x_i (one step of GD
+                 from zero, roughly).
+  knn_3          mean y of the 3 nearest prefix points (Euclidean); with fewer
+                 than 3 examples, the mean of all of them (Garg et al.).
+
+Per prompt and position library fits (slow; ``is_slow`` is True, callers cap
+the number of prompts):
+  lasso_<alpha>  sklearn Lasso(alpha, fit_intercept=False, max_iter=10_000),
+                 alpha in {1, 0.1, 0.01, 0.001, 0.0001}.
+  tree_depth4, tree_unbounded
+                 sklearn DecisionTreeRegressor(max_depth=4 / None, random_state=0).
+  xgboost        XGBRegressor(n_estimators=50, max_depth=4, learning_rate=0.3,
+                 tree_method="hist", n_jobs=1, random_state=0); ~10 ms a fit.
+  gd_2nn         a 2-layer ReLU net (hidden 100, PyTorch default init) trained
+                 from scratch on each prefix with Adam (lr 5e-3, 100 steps,
+                 minibatch of 100 prefix points, i.e. the whole prefix when
+                 i <= 100), as in Garg et al.; batched over prompts with bmm,
+                 run single-threaded (see _single_thread).
+
+Failure policy: a library fit that raises on one prompt/position writes NaN
+there and the rest carry on; library warnings (e.g. ConvergenceWarning) are
+silenced. The batched baselines likewise give NaN at positions whose prefix or
+query holds a non-finite value. Callers average with NaN-aware reductions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from icl.registry import Registry
+
+Predictor = Callable[..., Tensor]  # (xs, ys[, queries]) -> preds
+
+RIDGE_ALPHA = 1.0
+LASSO_ALPHAS = ("1", "0.1", "0.01", "0.001", "0.0001")
+
+
+def _prep(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+    """Detached float64 CPU copies (float64 so pinv/solve are stable at k ~ d)."""
+    if xs.ndim != 3 or ys.shape != xs.shape[:2]:
+        raise ValueError(f"expected xs (B, n, d) and ys (B, n), got {tuple(xs.shape)} and {tuple(ys.shape)}")
+    return xs.detach().to("cpu", torch.float64), ys.detach().to("cpu", torch.float64)
+
+
+def _nonfinite_positions(xs: Tensor, ys: Tensor, queries: Tensor) -> Tensor:
+    """(B, n) mask: position i sees a non-finite value in xs[:, :i], ys[:, :i] or its query.
+
+    The batched baselines return NaN there, as a library fit on that data would,
+    instead of letting one bad prompt raise (pinv) or silently skew others.
+    """
+    def shifted(bad: Tensor) -> Tensor:
+        return torch.cat([torch.zeros_like(bad[:, :1]), bad[:, :-1]], dim=1)
+
+    prefix = (shifted(~torch.isfinite(xs).all(-1)) | shifted(~torch.isfinite(ys))).cummax(dim=1).values
+    return prefix | ~torch.isfinite(queries).all(-1)
+
+
+def _prep_queries(xs: Tensor, queries: Tensor | None) -> Tensor:
+    """The query of each position as float64: ``xs`` itself unless given."""
+    if queries is None:
+        return xs
+    if queries.shape != xs.shape:
+        raise ValueError(f"queries must have the shape of xs {tuple(xs.shape)}, got {tuple(queries.shape)}")
+    return queries.detach().to("cpu", torch.float64)
+
+
+def _clean(t: Tensor) -> Tensor:
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _batched(predictor: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Predictor:
+    """Wrap a float64 batched predictor: clean non-finite inputs, then NaN the affected positions."""
+
+    def wrapped(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+        xs, ys = _prep(xs, ys)
+        qs = _prep_queries(xs, queries)
+        bad = _nonfinite_positions(xs, ys, qs)
+        preds = predictor(_clean(xs), _clean(ys), _clean(qs))
+        preds = preds.masked_fill(bad, math.nan)
+        preds[:, 0] = 0.0
+        return preds.float()
+
+    return wrapped
+
+
+def _batched_prefix(fit_predict: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Predictor:
+    """Turn ``fit_predict(X (B,i,d), y (B,i), x_query (B,d)) -> (B,)`` into a predictor.
+
+    The loop over positions hands each fit only the prefix, which makes the
+    prefix-only guarantee structural rather than a matter of masking.
+    """
+
+    def predictor(xs: Tensor, ys: Tensor, qs: Tensor) -> Tensor:
+        preds = torch.zeros(ys.shape, dtype=torch.float64)
+        for i in range(1, xs.shape[1]):
+            preds[:, i] = fit_predict(xs[:, :i], ys[:, :i], qs[:, i])
+        return preds
+
+    return _batched(predictor)
+
+
+def _zero(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+    return torch.zeros(ys.shape, dtype=torch.float32)
+
+
+def _least_squares(X: Tensor, y: Tensor, xq: Tensor) -> Tensor:
+    # pinv (SVD) gives the minimum-norm solution when k < d; lstsq's result
+    # there depends on the LAPACK driver, so we do not rely on it.
+    w = torch.linalg.pinv(X) @ y.unsqueeze(-1)  # (B, d, 1)
+    return (xq.unsqueeze(1) @ w).squeeze(-1).squeeze(-1)
+
+
+def _ridge(X: Tensor, y: Tensor, xq: Tensor) -> Tensor:
+    eye = torch.eye(X.shape[-1], dtype=X.dtype)
+    gram = X.transpose(1, 2) @ X + RIDGE_ALPHA * eye
+    w = torch.linalg.solve(gram, X.transpose(1, 2) @ y.unsqueeze(-1))
+    return (xq.unsqueeze(1) @ w).squeeze(-1).squeeze(-1)
+
+
+def _averaging(X: Tensor, y: Tensor, xq: Tensor) -> Tensor:
+    w = (y.unsqueeze(-1) * X).mean(dim=1)  # (B, d)
+    return (w * xq).sum(-1)
+
+
+def _knn(k: int) -> Predictor:
+    """k-nearest-neighbour mean over the prefix, all positions at once via a causal mask."""
+
+    def predictor(xs: Tensor, ys: Tensor, qs: Tensor) -> Tensor:
+        n = xs.shape[1]
+        dist = torch.cdist(qs, xs)  # (B, n, n): query i vs example j
+        future = torch.ones(n, n, dtype=torch.bool).triu()  # j >= i is not in the prefix of i
+        dist = dist.masked_fill(future, math.inf)
+        kk = min(k, n)
+        d_near, idx = dist.topk(kk, dim=-1, largest=False)  # (B, n, kk)
+        valid = torch.isfinite(d_near)  # fewer than k examples -> fewer valid neighbours
+        y_near = torch.gather(ys.unsqueeze(1).expand(-1, n, -1), 2, idx)
+        total = (y_near * valid).sum(-1)
+        count = valid.sum(-1)
+        return torch.where(count > 0, total / count.clamp(min=1), 0.0)
+
+    return _batched(predictor)
+
+
+def _prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any], queries: Tensor | None = None) -> Tensor:
+    """Fit a fresh sklearn-style model per prompt and prefix; NaN where a fit fails.
+
+    The one loop shared by all library baselines: position i is fitted on
+    (xs[b, :i], ys[b, :i]) and predicts its query (xs[b, i] unless ``queries``).
+    """
+    xs64, ys64 = _prep(xs, ys)
+    qs64 = _prep_queries(xs64, queries)
+    bad = _nonfinite_positions(xs64, ys64, qs64).numpy()
+    xs_np, ys_np, qs_np = xs64.numpy(), ys64.numpy(), qs64.numpy()
+    B, n, _ = xs_np.shape
+    preds = np.zeros((B, n), dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b in range(B):
+            for i in range(1, n):
+                if bad[b, i]:  # same policy as the batched baselines (xgboost would read NaN as "missing")
+                    preds[b, i] = np.nan
+                    continue
+                try:
+                    model = make_model()
+                    model.fit(xs_np[b, :i], ys_np[b, :i])
+                    preds[b, i] = float(np.asarray(model.predict(qs_np[b, i : i + 1])).reshape(-1)[0])
+                except Exception:  # noqa: BLE001 - any failed fit is recorded, not raised
+                    preds[b, i] = np.nan
+    return torch.from_numpy(preds).float()
+
+
+def _lasso(alpha: float) -> Predictor:
+    def make() -> Any:
+        from sklearn.linear_model import Lasso
+
+        return Lasso(alpha=alpha, fit_intercept=False, max_iter=10_000)
+
+    return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
+
+
+def _tree(max_depth: int | None) -> Predictor:
+    def make() -> Any:
+        from sklearn.tree import DecisionTreeRegressor
+
+        return DecisionTreeRegressor(max_depth=max_depth, random_state=0)
+
+    return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
+
+
+def _xgboost(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+    def make() -> Any:
+        import xgboost
+
+        # Modest and fast: ~10 ms a fit on 2 CPU cores; more trees buy little on <= 100 points.
+        return xgboost.XGBRegressor(
+            n_estimators=50, max_depth=4, learning_rate=0.3, tree_method="hist",
+            n_jobs=1, verbosity=0, random_state=0,
+        )
+
+    return _prefix_fit(xs, ys, make, queries)
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """Run torch single-threaded for a while (process-global; restored on exit).
+
+    gd_2nn is thousands of tiny ops; with intra-op threads, a busy second core
+    made it ~50x slower (OpenMP workers spin-waiting), measured on 2 cores.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _gd_2nn(
+    xs: Tensor, ys: Tensor, queries: Tensor | None = None, hidden: int = 100, lr: float = 5e-3, steps: int = 100,
+    batch_size: int = 100, seed: int = 0,
+) -> Tensor:
+    """Train one 2-layer ReLU net per prompt and prefix, batched over prompts.
+
+    Weights are (B, ...) tensors and Adam is elementwise, so each prompt's net is
+    trained independently of the others. Each position gets a fresh init from a
+    local generator drawn in position order, so results do not depend on the data
+    of later positions and the global RNG is untouched.
+    """
+    # Leave inference/no-grad mode the caller may be in; inference tensors cannot be saved for backward.
+    with _single_thread(), torch.inference_mode(False), torch.enable_grad():
+        xs64, ys64 = _prep(xs, ys)
+        xs32, ys32, qs32 = (t.float().clone() for t in (xs64, ys64, _prep_queries(xs64, queries)))
+        B, n, d = xs32.shape
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        preds = torch.zeros(B, n)
+
+        def uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:
+            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default init
+            return ((torch.rand(shape, generator=gen) * 2 - 1) * bound).requires_grad_()
+
+        for i in range(1, n):
+            params = [uniform((B, d, hidden), d), uniform((B, 1, hidden), d),
+                      uniform((B, hidden, 1), hidden), uniform((B, 1, 1), hidden)]
+            w1, b1, w2, b2 = params
+            opt = torch.optim.Adam(params, lr=lr)
+            for _ in range(steps):
+                if i <= batch_size:
+                    X, y = xs32[:, :i], ys32[:, :i]
+                else:
+                    sel = torch.randperm(i, generator=gen)[:batch_size]
+                    X, y = xs32[:, sel], ys32[:, sel]
+                out = (torch.relu(X @ w1 + b1) @ w2 + b2).squeeze(-1)
+                # Sum of per-prompt means: each prompt's gradient is its own MSE gradient.
+                loss = ((out - y) ** 2).mean(dim=1).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                xq = qs32[:, i : i + 1]
+                preds[:, i] = (torch.relu(xq @ w1 + b1) @ w2 + b2).reshape(B)
+    return preds.detach()
+
+
+# slow: per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n; callers cap their prompts.
+BASELINES: Registry[Predictor] = Registry("baseline", "task.baselines")
+BASELINES.add("zero", _zero)
+BASELINES.add("least_squares", _batched_prefix(_least_squares))
+BASELINES.add("ridge", _batched_prefix(_ridge))
+BASELINES.add("averaging", _batched_prefix(_averaging))
+BASELINES.add("knn_3", _knn(3))
+for _alpha in LASSO_ALPHAS:
+    BASELINES.add(f"lasso_{_alpha}", _lasso(float(_alpha)), slow=True)
+BASELINES.add("tree_depth4", _tree(4), slow=True)
+BASELINES.add("tree_unbounded", _tree(None), slow=True)
+BASELINES.add("xgboost", _xgboost, slow=True)
+BASELINES.add("gd_2nn", _gd_2nn, slow=True)
+
+
+def is_slow(name: str) -> bool:
+    """True for per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n."""
+    return bool(BASELINES.meta(name, "slow", False))
+
+
+def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+    """Predictions (B, n) float32 on CPU of baseline ``name``; position i sees only the prefix < i
+    and its query (``queries[:, i]`` when given, else ``xs[:, i]``)."""
+    predictor = BASELINES[name]
+    return predictor(xs, ys) if queries is None else predictor(xs, ys, queries)

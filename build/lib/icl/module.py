@@ -1,0 +1,109 @@
+"""ICLModule: the LightningModule that trains an ``ICLTransformer`` on one task.
+
+Built from plain hyper-parameters (task, model and optimiser as dicts, attention as a name, ``quant`` only for
+quantisation-aware training, whose fake quantisers it then builds), so
+``ICLModule.load_from_checkpoint(path)`` rebuilds it without Hydra or the config files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from icl.tasks import Task, build_task
+from icl.transformer import ICLTransformer, TransformerConfig
+
+# The model config keys: TransformerConfig's fields but those the job fills in from other groups (task, attn).
+MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in ("n_dims", "attn", "attn_params"))
+OPTIM_KEYS = ("lr", "weight_decay", "schedule", "warmup_steps")  # their defaults: configs/train.yaml only
+
+
+class ICLModule(L.LightningModule):
+    """Loss = the task's objective over every prediction position (MSE, or cross-entropy for classification).
+
+    Logs ``train/loss``, ``train/loss_rel_zero`` (loss divided by the zero estimator's loss on the same
+    batch, Garg et al.'s normalisation, 1 = no better than predicting 0) and the curriculum state.
+    """
+
+    def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: dict[str, Any] | str | None = None,
+                 optim: dict[str, Any] | None = None, quant: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task: Task = build_task(task["name"], task["n_dims"], task.get("params"))
+        # The attn config node: its name plus the variant's own settings (a bare name also works).
+        attn_params = {"name": attn} if isinstance(attn, str) else dict(attn or {"name": "softmax"})
+        config = TransformerConfig(n_dims=task["n_dims"], attn=attn_params.pop("name"), attn_params=attn_params,
+                                   **{k: model[k] for k in MODEL_KEYS if k in model})
+        self.model = ICLTransformer(config)
+        if quant:  # quantisation-aware training: fake-quantised layers from the start (and on reload/resume)
+            from icl.quantize import QuantSpec, prepare_qat
+
+            prepare_qat(self.model, QuantSpec.from_config(quant))
+        if optim is not None:  # None: a module for inference only (configure_optimizers refuses)
+            unknown, missing = sorted(set(optim) - set(OPTIM_KEYS)), sorted(set(OPTIM_KEYS) - set(optim))
+            if unknown or missing:
+                raise ValueError(f"optim options: unknown {unknown}, missing {missing}; known: {list(OPTIM_KEYS)}")
+        self.optim = optim
+        self.loss_rel_zero = MeanMetric()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ICLModule":
+        """The module of a composed job config (task, model, attn, optim; quant only for QAT)."""
+        from omegaconf import OmegaConf
+
+        from icl.quantize import training_part
+
+        node = lambda key: OmegaConf.to_container(cfg[key], resolve=True)
+        return cls(task=node("task"), model=node("model"), attn=node("attn"), optim=node("optim"),
+                   quant=training_part(node("quant")))
+
+    def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
+        return self.model(xs, ys)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        xs, ys = batch["xs"], batch["ys"]
+        loss = self.task.loss(self(xs, ys), ys)
+        # Checked every step (a device sync on GPU, but a NaN must stop the run before a checkpoint keeps it).
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr or add "
+                "trainer.gradient_clip_val (finished checkpoints are kept)")
+        self.loss_rel_zero(loss.detach() / self.task.zero_loss(ys).to(loss))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss_rel_zero", self.loss_rel_zero, prog_bar=True)
+        self.log("curriculum/n_dims", float(batch["n_dims"]))
+        self.log("curriculum/n_points", float(xs.shape[1]))
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optim is None:
+            raise ValueError("this ICLModule was built without optim settings (inference only): pass optim=…")
+        opt = torch.optim.Adam(self.parameters(), lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
+        total = int(self.trainer.max_steps)
+        if self.optim["schedule"] == "cosine" and total <= 0:
+            raise ValueError("optim.schedule=cosine needs trainer.max_steps > 0 (it decays to 0 at max_steps)")
+        schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), max(total, 1))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier on the base lr: linear warm-up, then constant or cosine decay to 0 at ``total``."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got '{schedule}'")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,140 @@
+"""Trained models shared between jobs: jobs whose training-relevant config is identical train once.
+
+``fingerprint(cfg)`` hashes what decides the trained weights: the resolved config without the parts that
+cannot change them (where results go, evaluation, logging, callbacks, post-training quantisation, the
+number of data-loader workers, progress-bar and log cadence), plus the torch/Lightning versions and the
+source of the modules that define training (tasks, curriculum, data, attention, transformer, module;
+icl/quantize.py and torchao too for QAT). Changing the code therefore retrains rather than reusing a model
+the current code would not reproduce.
+
+A job claims ``<paths.store>/<fingerprint>/`` with an exclusive ``fcntl.flock`` on its ``lock`` file. The
+operating system drops the lock when its holder exits or dies, so a crashed trainer never blocks the others.
+The holder trains in its own job folder exactly as before (resume included) and publishes a weights-only
+``model.ckpt`` and then ``meta.json`` (written last, so a half-published entry is never taken for a finished
+one). A job that finds the entry published loads it instead of training; one that finds the lock held waits
+for it, then loads. Published entries are never overwritten.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from icl.files import atomic_write, source_hash, write_json
+
+log = logging.getLogger(__name__)
+
+TRAINING_SOURCES = ("icl.tasks", "icl.curriculum", "icl.data", "icl.attention", "icl.transformer", "icl.module")
+IGNORED = {  # config keys that cannot change the trained weights
+    "": {"paths", "eval", "callbacks", "logger", "hydra", "experiment", "ckpt_path", "quant", "threads"},
+    "trainer": {"enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"},
+    "data": {"num_workers"},  # each step's batch is seeded by the step, whoever samples it
+}
+
+
+def _versions(qat: bool) -> dict[str, str]:
+    import lightning
+    import torch
+
+    out = {"torch": torch.__version__, "lightning": lightning.__version__}
+    if qat:
+        from icl.quantize import torchao
+
+        out["torchao"] = torchao().__version__
+    return out
+
+
+def _source_hash(qat: bool) -> str:
+    return source_hash((*TRAINING_SOURCES, *(("icl.quantize",) if qat else ())))
+
+
+def training_identity(cfg: DictConfig) -> dict[str, Any]:
+    """Everything the fingerprint hashes, as a plain dict (recorded in meta.json)."""
+    from icl.quantize import training_part
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    config = {k: v for k, v in container.items() if k not in IGNORED[""]}
+    for group, keys in IGNORED.items():
+        if group and isinstance(config.get(group), dict):
+            config[group] = {k: v for k, v in config[group].items() if k not in keys}
+    config["quant"] = training_part(container.get("quant"))
+    qat = config["quant"] is not None
+    return {"config": config, "versions": _versions(qat), "source": _source_hash(qat)}
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """16 hex digits naming the trained model this config produces."""
+    identity = json.dumps(training_identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Entry:
+    """One trained model in the store: ``<store>/<fingerprint>/{model.ckpt, meta.json}``."""
+
+    dir: Path
+
+    @property
+    def ckpt(self) -> Path:
+        return self.dir / "model.ckpt"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "meta.json"
+
+    @property
+    def done(self) -> bool:
+        return self.meta_path.is_file() and self.ckpt.is_file()
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads(self.meta_path.read_text())
+
+    def publish(self, save: Callable[[Path], None], meta: dict[str, Any]) -> None:
+        """``save(path)`` writes the checkpoint; both files appear atomically, meta.json last."""
+        if self.done:
+            return  # never overwrite a published model
+        atomic_write(self.ckpt, save)
+        write_json(self.meta_path, meta)
+        log.info("published the trained model as %s", self.ckpt)
+
+
+def _holder(entry_dir: Path) -> str:
+    try:
+        info = json.loads((entry_dir / "holder.json").read_text())
+        return f"{info['job']} (pid {info['pid']} on {info['host']})"
+    except (OSError, ValueError, KeyError):
+        return "another job"
+
+
+@contextmanager
+def claim(store: Path, key: str, job: Path) -> Iterator[Entry]:
+    """Hold ``<store>/<key>`` exclusively (waiting while another job holds it) and yield its entry."""
+    entry = Entry(Path(store) / key)
+    entry.dir.mkdir(parents=True, exist_ok=True)
+    with open(entry.dir / "lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s, which is training this model (%s)", _holder(entry.dir), entry.dir)
+            start = time.monotonic()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            log.info("done waiting (%.0f s)", time.monotonic() - start)
+        try:
+            if not entry.done:
+                holder = {"job": str(job), "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+                (entry.dir / "holder.json").write_text(json.dumps(holder) + "\n")
+            yield entry
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,143 @@
+"""A GPT-2-style decoder for in-context regression, as in Garg et al. (2022).
+
+Reads top to bottom: interleaving → attention block → MLP → block → config → model.
+A prompt (x1, y1, …, xn, yn) becomes 2n tokens: x's as they are, each y as (y, 0, …, 0); a linear
+read-in maps tokens to the model width, a linear read-out maps the hidden state at every x
+position to a scalar prediction of that x's y. Notation: B batch, n points, d input dims,
+T = 2n tokens, C width, nh heads, hs = C / nh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from icl.attention import build_attention
+
+
+def interleave(xs: Tensor, ys: Tensor) -> Tensor:
+    """(B, n, d), (B, n) → (B, 2n, d) tokens x1, y1, x2, y2, … with y zero-padded to d."""
+    batch, n, d = xs.shape
+    y_tokens = torch.zeros_like(xs)
+    y_tokens[..., 0] = ys
+    return torch.stack((xs, y_tokens), dim=2).reshape(batch, 2 * n, d)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head projections around a pluggable attention kernel (``icl.attention``)."""
+
+    def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.kernel = build_attention(attn, head_dim=n_embd // n_head, **(attn_params or {}))
+
+    def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
+        """(B, T, C) → (B, T, C), or (B, T/2, C) at the x positions (even tokens) only with ``x_only``."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = self.kernel(q, k, v)  # (B, nh, T, hs)
+        if x_only:
+            y = y[:, :, ::2]  # (B, nh, T/2, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, y.shape[2], C))
+
+
+# model.activation -> the GELU it builds: exact erf (ours) or GPT-2's tanh approximation ("gelu_new"), which
+# Garg et al.'s checkpoints were trained with (icl.run.garg converts them).
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, activation: str = "gelu") -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown model.activation '{activation}'; choose from: {', '.join(ACTIVATIONS)}")
+        self.net = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(approximate=ACTIVATIONS[activation]),
+                                 nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None,
+                 dropout: float, activation: str = "gelu") -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        self.attn = SelfAttention(n_embd, n_head, attn, attn_params)
+        self.mlp = MLP(n_embd, dropout, activation)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
+        """``x_only``: return the x positions only, skipping the output projection and MLP at the y positions (the
+        last block: nothing reads them)."""
+        a = self.drop(self.attn(self.ln_1(x), x_only))
+        x = (x[:, ::2] if x_only else x) + a
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes as names and numbers only, so a checkpoint reloads without Hydra."""
+
+    n_dims: int
+    n_positions: int = 101  # max points per prompt; the model holds 2 · n_positions token positions
+    n_embd: int = 64
+    n_layer: int = 3
+    n_head: int = 2
+    attn: str = "softmax"
+    attn_params: dict[str, Any] = field(default_factory=dict)  # the variant's own settings (configs/attn/*.yaml)
+    dropout: float = 0.0
+    activation: str = "gelu"  # gelu (exact erf) | gelu_tanh (GPT-2's, for converted Garg et al. checkpoints)
+
+
+class ICLTransformer(nn.Module):
+    """read-in → blocks → LayerNorm → read-out; predicts y_i at every x_i from tokens before it."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.read_in = nn.Linear(c.n_dims, c.n_embd)
+        self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout, c.activation)
+                                    for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.read_out = nn.Linear(c.n_embd, 1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-2's N(0, 0.02) init: small weights keep early residual streams near the identity.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """xs (B, n, d), ys (B, n) → predictions (B, n) read at the x positions."""
+        B, n, d = xs.shape
+        if d != self.config.n_dims:
+            raise ValueError(f"prompts have {d} dims but the model was built for {self.config.n_dims}")
+        if n > self.config.n_positions:
+            raise ValueError(f"prompts have {n} points but model.n_positions is {self.config.n_positions}")
+        tokens = interleave(xs, ys)  # (B, T, d)
+        pos = torch.arange(2 * n, device=xs.device)
+        h = self.drop(self.read_in(tokens) + self.wpe(pos))  # (B, T, C)
+        # Only the x positions are read out, and after the last attention every op is per token: the last block
+        # returns the x positions only, and LayerNorm and read-out run on those (half the tokens).
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            h = block(h, x_only=i == last)  # (B, T, C); (B, n, C) after the last block
+        if last < 0:
+            h = h[:, ::2]
+        return self.read_out(self.ln_f(h))[..., 0]  # predictions at x positions: (B, n)
