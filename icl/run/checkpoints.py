@@ -8,11 +8,16 @@
   prompt stream is keyed by step and needs none; dropout and anything else drawing from the global RNG does).
 - ``CheckpointOnSigterm``: on SIGTERM (pre-emption) Lightning stops after the current step; this saves
   ``last.ckpt`` at that step first, so a pre-empted job redoes nothing.
+- ``choose_resume``: which checkpoint a rerun resumes from. ``last.ckpt``, or — when it is unreadable (a copy cut
+  short, a file-system hiccup) — the newest readable ``step_<N>.ckpt``, with one warning line; none readable is one
+  error line naming what to delete. Never a silent restart from step 0 over existing checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,9 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from icl.errors import first_line
 from icl.files import atomic_write
+from icl.run.job import JobDir
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +90,79 @@ class CheckpointOnSigterm(L.Callback):
             path = Path(callback.dirpath) / "last.ckpt"
             trainer.save_checkpoint(path)
             log.info("SIGTERM: saved %s at step %d", path, trainer.global_step)
+
+
+LAST = JobDir.LAST_CKPT
+UNREADABLE = ".unreadable"  # suffix an unreadable checkpoint is renamed with when an older one is resumed from
+_STEP_NAME = re.compile(r"step_(\d+)(?:-v\d+)?\.ckpt$")  # configs/callbacks/default.yaml: filename step_{step}
+
+
+class CheckpointsUnreadable(RuntimeError):
+    """A job folder has checkpoints but none can be read: resuming is impossible and restarting would discard them."""
+
+
+def probe(path: Path) -> tuple[int | None, str | None]:
+    """(global_step, None) for a checkpoint that loads, else (None, why not — one line).
+
+    Loaded the way Lightning's resume loads it (``weights_only``, on the CPU) but memory-mapped, so probing a large
+    checkpoint reads its zip directory rather than all of its tensors.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - whatever the zip reader or unpickler says, the file cannot be resumed
+        return None, first_line(err)
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return None, "not a Lightning training checkpoint (no global_step)"
+    return state["global_step"], None
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """The periodic ``step_<N>.ckpt`` files of ``folder``, newest (highest N) first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.ckpt") if (m := _STEP_NAME.match(p.name))]
+    return [p for _, p in sorted(found, key=lambda item: (-item[0], item[1].name))]
+
+
+def choose_resume(folder: Path, logged_step: int | None = None, main: bool = True,
+                  afresh: Sequence[Path] = ()) -> Path | None:
+    """The checkpoint a rerun into this job resumes from: ``last.ckpt``, else the newest readable ``step_<N>.ckpt``.
+
+    None only when ``folder`` holds no checkpoint at all (a fresh job). Unreadable files newer than the one chosen
+    are renamed ``<name>.unreadable`` by the main process (``main``; other DDP ranks only choose): Lightning would
+    otherwise write ``-v1`` copies beside them when the resumed run reaches their step again. ``logged_step`` (the
+    last step in metrics.csv) says how many steps are redone. Raises ``CheckpointsUnreadable`` when none can be read,
+naming ``folder`` and ``afresh`` (e.g. metrics.csv) as what to delete to start afresh.
+    """
+    last = folder / LAST
+    candidates = ([last] if last.is_file() else []) + step_checkpoints(folder)
+    bad: list[tuple[Path, str]] = []
+    for path in candidates:
+        step, reason = probe(path)
+        if reason is None:
+            break
+        bad.append((path, reason))
+    else:
+        if bad:
+            raise CheckpointsUnreadable(_none_readable(folder, bad, afresh))
+        return None
+    if main and (bad or path != last):
+        log.warning(_fallback_line(folder, path, int(step or 0), bad, logged_step))
+        for unreadable, _ in bad:
+            unreadable.replace(unreadable.with_name(unreadable.name + UNREADABLE))
+    return path
+
+
+def _fallback_line(folder: Path, path: Path, step: int, bad: list[tuple[Path, str]], logged: int | None) -> str:
+    why = f"{bad[0][0].name} is unreadable ({bad[0][1]})" if bad else f"no {LAST}"
+    if len(bad) > 1:
+        why += f", and so are {', '.join(p.name for p, _ in bad[1:])}"
+    redone = f"about {logged - step} steps are redone (metrics.csv reached step {logged})" \
+        if logged is not None and logged > step else f"steps after {step} are redone"
+    kept = f"; kept as *{UNREADABLE}" if bad else ""
+    return f"{folder}: {why}: resuming from {path.name} (step {step}); {redone}{kept}"
+
+
+def _none_readable(folder: Path, bad: list[tuple[Path, str]], afresh: Sequence[Path]) -> str:
+    names = ", ".join(p.name for p, _ in bad)
+    delete = " ".join(str(p) for p in (folder, *afresh))
+    return (f"no readable checkpoint in {folder} ({names}; {bad[0][0].name}: {bad[0][1]}): to start this job afresh "
+            f"delete them (rm -r {delete}), or pass ckpt_path=<a readable .ckpt>")

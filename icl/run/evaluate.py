@@ -8,6 +8,8 @@ keys given on the command line replace the job's saved settings.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import hydra
@@ -21,7 +23,7 @@ from icl import prompts
 from icl.evaluation import EvalConfig, evaluate
 from icl.quantize import PROOF_PROMPTS, QuantSpec, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
-from icl.run.job import JobDir
+from icl.run.job import JobDir, JobLocked
 from icl.stats import error_at
 from icl.tasks import Task, build_task
 
@@ -104,14 +106,35 @@ def eval_overrides(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    """Re-evaluate a job, holding its folder's lock (and ``out_dir``'s): a job still training is refused in one
+    line naming its process, rather than read mid-write."""
     if not cfg.run_dir:
         log.error("pass the job folder to evaluate: python -m icl.evaluate run_dir=outputs/<date>/<time>")
         raise SystemExit(1)
+    run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
+    if run.is_job():
+        out.path.mkdir(parents=True, exist_ok=True)  # so that a new out_dir is locked as well
     try:
-        job_cfg, module = load_job(JobDir(cfg.run_dir), cfg.ckpt)
-    except (FileNotFoundError, ValueError) as err:
+        with locked(run, out):
+            reevaluate(cfg)
+    except (FileNotFoundError, ValueError, JobLocked) as err:
         log.error("%s", err)
         raise SystemExit(1) from None
+
+
+@contextmanager
+def locked(*jobs: JobDir) -> Iterator[None]:
+    """Hold the lock of every distinct existing folder in ``jobs`` (never waits: ``JobLocked`` if one is held;
+    a folder that does not exist is left uncreated, for the caller's own error)."""
+    with ExitStack() as stack:
+        for path in dict.fromkeys(job.path.resolve() for job in jobs if job.path.is_dir()):
+            stack.enter_context(JobDir(path).lock("re-evaluation (icl.evaluate)"))
+        yield
+
+
+def reevaluate(cfg: DictConfig) -> None:
+    """Score ``run_dir``'s model with its saved settings (``eval.*`` on the command line replacing them)."""
+    job_cfg, module = load_job(JobDir(cfg.run_dir), cfg.ckpt)
     overrides = eval_overrides(cfg)
     strategies = overrides.pop("strategies", None)
     if cfg.get("strategies_from"):  # e.g. `default`: an older job evaluated on today's full strategy grid

@@ -11,6 +11,10 @@ A job folder is self-describing; aggregation needs nothing else::
     <job>/quant.json           the proof of quantisation (icl.quantize.proof)
     <job>/eval.csv             tidy evaluation rows (icl.evaluation.COLUMNS)
     <job>/errors.npz           per-prompt errors for paired differences
+    <job>/.lock                held (``fcntl.flock``) by the one process working in the folder; its holder's pid/host
+
+One writer per folder: ``JobDir.lock`` is held for a job's whole life (train → quantise → evaluate) and by
+``icl.evaluate``; a second process finds it held and stops before doing anything (``JobLocked``).
 
 Every write is atomic (``icl.files``): a reader racing a writer sees the old file or the new one, never half of
 one. No torch here: the analysis layer reads job folders through this class too.
@@ -18,12 +22,16 @@ one. No torch here: the analysis layer reads job folders through this class too.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +41,10 @@ from icl.files import atomic_write, write_json
 from icl.run.versions import write_versions
 
 INTERRUPTED = "interrupted: rerun with hydra.run.dir=<this job> to resume"
+
+
+class JobLocked(RuntimeError):
+    """Another live process holds the job folder's lock: nothing was done (the message names it and says what to do)."""
 
 
 def failure_message(err: BaseException) -> str:
@@ -58,6 +70,7 @@ class JobDir:
     QUANT = "quant.json"
     EVAL = "eval.csv"
     ERRORS = "errors.npz"
+    LOCK = ".lock"
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
@@ -101,6 +114,10 @@ class JobDir:
     @property
     def errors_npz(self) -> Path:
         return self.path / self.ERRORS
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / self.LOCK
 
     def is_job(self) -> bool:
         """A folder written by a job: it has Hydra's config (what ``find_jobs`` looks for)."""
@@ -151,7 +168,9 @@ class JobDir:
     def lifecycle(self, write: bool = True) -> Iterator[dict[str, Any]]:
         """status.json says ``running`` while the body runs, then ``done`` with the metrics the body put into the
         yielded dict, or ``failed`` with the error line if it raised (Ctrl-C included), so it never stays
-        ``running``. ``write=False`` (an extra DDP rank) leaves the folder alone."""
+        ``running``. ``write=False`` (an extra DDP rank) leaves the folder alone. A ``failures`` list the body puts
+        into the dict (evaluation cells that failed, ``icl.evaluation.failures``) goes to status.json's top level:
+        the job is still ``done``, with what it could not compute said beside it."""
         metrics: dict[str, Any] = {}
         if write:
             self.write_status("running")
@@ -162,7 +181,48 @@ class JobDir:
                 self.write_status("failed", error=failure_message(err))
             raise
         if write:
-            self.write_status("done", metrics=metrics)
+            failures = metrics.pop("failures", None)
+            self.write_status("done", metrics=metrics, **({"failures": failures} if failures else {}))
+
+    # -- one writer -----------------------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, purpose: str) -> Iterator[None]:
+        """Hold ``<job>/.lock`` for the body, or raise ``JobLocked`` at once (never wait) if a live process holds it.
+
+        ``fcntl.flock`` belongs to the open file, so the OS drops it when its holder exits or dies (SIGKILL, OOM,
+        a SLURM timeout): a requeued or rerun job takes it again, and a stale ``.lock`` file means nothing. While
+        held the file names the holder (pid, host, ``purpose``, since when) for the refusal message; it is emptied
+        on release. Not re-entrant: a second ``lock`` of the same folder in one process is refused too. Forked
+        children (data-loader workers) share the lock while they live.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JobLocked(self._locked_message(f)) from None
+            try:
+                holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "since": time.time()}
+                f.truncate(0)
+                f.write(json.dumps(holder) + "\n")
+                f.flush()
+                yield
+            finally:
+                f.truncate(0)
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _locked_message(self, f: IO[str]) -> str:
+        """One line: who holds the folder and what to do."""
+        f.seek(0)
+        try:
+            info = json.loads(f.read())
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(info["since"])))
+            who = f"{info['purpose']} (pid {info['pid']} on {info['host']}, since {since})"
+            stop = f"stop it (kill {info['pid']} on {info['host']})"
+        except (ValueError, KeyError, TypeError):  # taken an instant ago, not yet written
+            who, stop = "another process (just started)", "stop it"
+        return (f"job folder {self.path} is in use by {who}: wait for it to finish or {stop}, then rerun "
+                f"to resume; to run another job at the same time, give it its own folder (hydra.run.dir=…)")
 
     # -- model ---------------------------------------------------------------------------------------------------
     def model_ckpt(self, ckpt: str = "last") -> Path:

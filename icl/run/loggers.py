@@ -43,3 +43,12 @@ def load_metrics(path: str | Path) -> pd.DataFrame:
     """A job's training metrics, one row per logged step (the latest write wins after a resume)."""
     df = pd.read_csv(path)
     return df.groupby("step", as_index=False).last() if "step" in df else df
+
+
+def last_logged_step(path: str | Path) -> int | None:
+    """The highest step in a metrics.csv, or None without a readable one (it only informs a resume message)."""
+    try:
+        steps = pd.read_csv(path, usecols=["step"])["step"]
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    return int(steps.max()) if steps.notna().any() else None

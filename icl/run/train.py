@@ -3,7 +3,10 @@
 ``train(cfg)`` is the testable core; ``main`` is the Hydra entry point. A job folder ends up with
 ``.hydra/config.yaml``, ``checkpoints/`` (last.ckpt + periodic), ``metrics.csv``, ``quant.json``, ``eval.csv`` and
 ``status.json`` (running → done | failed, with the error line). Re-running into the same folder
-(``hydra.run.dir=<job>``) resumes from ``checkpoints/last.ckpt``.
+(``hydra.run.dir=<job>``) resumes from ``checkpoints/last.ckpt`` (or, if that is unreadable, the newest readable
+periodic checkpoint: ``icl.run.checkpoints.choose_resume``). One process at a time works in a job folder: rank 0
+holds its lock (``JobDir.lock``) from before anything is written to the end of evaluation; a second process into
+the same folder stops at once with one line naming the holder.
 
 Jobs with the same training config share one trained model (``icl.run.store``, under ``paths.store``): the first
 trains and publishes it, the others (e.g. post-training ``quant`` modes of one sweep) load it instead of training,
@@ -17,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +39,11 @@ from icl.evaluation import EvalConfig
 from icl.module import ICLModule
 from icl.quantize import QuantSpec
 from icl.quantize import check as quant_check
-from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState
+from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.evaluate import evaluate_job, quantize_job, summary_line
-from icl.run.job import INTERRUPTED, JobDir, failure_message
+from icl.run.job import INTERRUPTED, JobDir, JobLocked, failure_message
+from icl.run.loggers import last_logged_step
 from icl.run.schema import validate
 from icl.run.store import Entry, claim, fingerprint, training_identity
 from icl.stats import error_at
@@ -77,13 +81,20 @@ def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
     return datamodule, module
 
 
-def resume_path(cfg: DictConfig, job: JobDir) -> str | None:
-    """An explicit ``ckpt_path`` (must exist) or this job's own last.ckpt if an earlier run left one."""
+def resume_path(cfg: DictConfig, job: JobDir, main: bool = True) -> str | None:
+    """An explicit ``ckpt_path`` (must exist and load), or the checkpoint an earlier run of this job left:
+    last.ckpt, falling back to the newest readable step_*.ckpt (``choose_resume``; ``main``: this process may
+    rename unreadable files aside). None for a fresh job."""
     if cfg.ckpt_path:
-        if not Path(cfg.ckpt_path).is_file():
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist: fix the path or drop ckpt_path")
-        return str(cfg.ckpt_path)
-    return str(job.last_ckpt) if job.last_ckpt.is_file() else None
+        _, reason = probe(path)
+        if reason is not None:
+            raise ValueError(f"ckpt_path={cfg.ckpt_path} is unreadable ({reason}): fix the path or drop ckpt_path")
+        return str(path)
+    chosen = choose_resume(job.checkpoints, last_logged_step(job.metrics_csv), main, afresh=(job.metrics_csv,))
+    return None if chosen is None else str(chosen)
 
 
 def save_last(trainer: L.Trainer) -> None:
@@ -156,9 +167,16 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     transformer's error at k = 2d. status.json goes running → done | failed around all of it (``JobDir.lifecycle``);
     ``callbacks`` are added to the config's (e.g. a test's fault injection)."""
     job = JobDir(cfg.paths.output_dir)
-    with job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
+    with job_lock(job), job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
         metrics.update(_train(cfg, job, callbacks))
     return metrics
+
+
+def job_lock(job: JobDir) -> AbstractContextManager[None]:
+    """The job folder's lock for rank 0 (or the only process); nothing for the extra DDP ranks, which Lightning
+    starts with the same command in the same folder while rank 0 holds it (``rank_zero_only.rank`` is read from
+    the environment those ranks get: LOCAL_RANK, or SLURM_PROCID under srun)."""
+    return job.lock("training") if rank_zero_only.rank == 0 else nullcontext()
 
 
 def _train(cfg: DictConfig, job: JobDir, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
@@ -167,7 +185,7 @@ def _train(cfg: DictConfig, job: JobDir, callbacks: Sequence[L.Callback]) -> dic
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule, module = build(cfg)
     trainer = make_trainer(cfg, callbacks)
-    ckpt = resume_path(cfg, job)
+    ckpt = resume_path(cfg, job, main=is_main_process(trainer))
     if not is_main_process(trainer):  # an extra DDP rank: train alongside rank 0, which writes and evaluates
         fit(trainer, module, datamodule, ckpt)
         return {}
@@ -245,6 +263,11 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point. Errors become one line (status.json says failed); a multirun goes on to the next job."""
     try:
         return train(cfg).get("error_at_2d")
+    except JobLocked as err:  # nothing was done, and the folder's status belongs to the holder
+        log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None
+        raise SystemExit(1) from None
     except BaseException as err:  # noqa: BLE001 - recorded by train(), then skipped (multirun) or exit 1
         message = failure_message(err)
         log.error("job failed: %s (details in %s)", message, cfg.paths.output_dir)
