@@ -15,7 +15,8 @@ Cheap, batched in torch (float64 inside):
                  this is the projection of w onto their span, the optimal
                  estimator for noiseless isotropic linear regression.
   ridge          w = (X^T X + alpha I)^-1 X^T y, alpha = 1.0: the posterior mean
-                 for w ~ N(0, I) and noise std 1.
+                 for w ~ N(0, I) and noise std 1 (pinv where X^T X + alpha I is
+                 numerically singular, e.g. inputs scaled by 1e9: never raises).
   averaging      w = (1/k) sum_j y_j x_j, prediction w . x_i (one step of GD
                  from zero, roughly).
   knn_3          mean y of the 3 nearest prefix points (Euclidean); with fewer
@@ -139,8 +140,18 @@ def _least_squares(X: Tensor, y: Tensor, xq: Tensor) -> Tensor:
 def _ridge(X: Tensor, y: Tensor, xq: Tensor) -> Tensor:
     eye = torch.eye(X.shape[-1], dtype=X.dtype)
     gram = X.transpose(1, 2) @ X + RIDGE_ALPHA * eye
-    w = torch.linalg.solve(gram, X.transpose(1, 2) @ y.unsqueeze(-1))
+    w = _solve(gram, X.transpose(1, 2) @ y.unsqueeze(-1))
     return (xq.unsqueeze(1) @ w).squeeze(-1).squeeze(-1)
+
+
+def _solve(a: Tensor, b: Tensor) -> Tensor:
+    """a⁻¹ b per batch element, never raising: where ``a`` is singular to working precision (inputs scaled by
+    1e9 make X^T X + αI numerically singular) the minimum-norm pinv solution replaces ``solve``'s."""
+    x, info = torch.linalg.solve_ex(a, b)
+    singular = info != 0
+    if singular.any():
+        x[singular] = torch.linalg.pinv(a[singular], hermitian=True) @ b[singular]
+    return x
 
 
 def _averaging(X: Tensor, y: Tensor, xq: Tensor) -> Tensor:

@@ -17,6 +17,11 @@ transformer's on the same prompts, in units of ``error`` (Σ err_baseline − Σ
 with a paired percentile bootstrap CI (negative: the baseline is better). Differences between jobs (a variant vs
 the softmax/float reference) are paired at aggregation (``icl.analysis.results.paired_differences``).
 
+One failing cell never sinks the evaluation: an exception while drawing a strategy's prompts, predicting with the
+transformer or a baseline, or scoring, is caught at that cell and logged in one line; the cell's rows are NaN with
+the error line in ``failure`` (empty everywhere else), and every other cell is scored and written as usual
+(``failures(df)`` lists them, for status.json).
+
 Beside ``eval.csv`` a job writes ``errors.npz``: the transformer's and the zero estimator's per-prompt
 errors (float32, (P, n), key ``<strategy>/<param>/<predictor>``), from which ``icl.analysis.results`` computes
 paired differences between jobs scored on the same prompts. Baseline predictions are cached across
@@ -29,6 +34,7 @@ This is the library part (no Hydra, no job folder): ``icl.run.evaluate`` evaluat
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -39,6 +45,7 @@ from torch import Tensor
 
 from icl import baselines, prompts
 from icl.cache import BaselineCache
+from icl.errors import first_line
 from icl.stats import bootstrap_ratio, paired_bootstrap
 from icl.tasks import Task
 
@@ -46,7 +53,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["task", "attn", "quant", "model", "seed", "strategy", "param", "k", "predictor", "kind", "metric",
            "error", "ci_low", "ci_high", "error_raw", "error_per_dim", "diff_transformer", "diff_low", "diff_high",
-           "n_dims", "n_prompts"]  # n_prompts last: never empty, so a cut-short row shows (icl.analysis.results)
+           "n_dims", "failure", "n_prompts"]  # n_prompts last: never empty, so a cut-short row shows (icl.analysis.results)
 
 
 @dataclass
@@ -110,8 +117,10 @@ def score(task: Task, preds: Tensor, ys: Tensor, cfg: EvalConfig) -> pd.DataFram
     """Per-k normalised error, CI, raw error and prompt count for one predictor's predictions."""
     err, ref = prompt_errors(task, preds, ys)
     point, low, high, raw, n = bootstrap_ratio(err, ref, cfg.bootstrap, cfg.ci, cfg.seed)
-    return pd.DataFrame({"k": np.arange(err.shape[1]), "error": point, "ci_low": low, "ci_high": high,
-                         "error_raw": raw, "n_prompts": n})
+    frame = pd.DataFrame({"k": np.arange(err.shape[1]), "error": point, "ci_low": low, "ci_high": high,
+                          "error_raw": raw})
+    # an overflow (inputs scaled by 1e30, say) is no number to compare: NaN, like a failed prediction
+    return frame.where(np.isfinite(frame)).assign(n_prompts=n)
 
 
 @torch.inference_mode()
@@ -156,41 +165,13 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
     """Score the model (if any) and ``cfg.baselines`` on shared prompts of every strategy × parameter.
 
     ``errors``, if given, receives the transformer's and the zero estimator's per-prompt errors (errors.npz).
+    A cell that raises becomes NaN rows with the error in ``failure`` (module doc); the others are unaffected.
     """
     cache = BaselineCache(cfg.cache)
     task_id = {"task": task.name, "n_dims": task.n_dims, "params": {k: getattr(task, k) for k in task.param_names()}}
     frames = []
     for strategy, param, n in strategy_runs(task, cfg, n_points, n_positions):
-        p = prompts.make_prompts(strategy, task, cfg.n_prompts, n, cfg.seed, param)
-        rows = []
-        if model is not None:
-            preds = predict_model(model, p.xs, p.ys, cfg.batch_size) if p.queries is None else \
-                predict_queries(model, p, cfg.batch_size)
-            rows.append(("transformer", "transformer", preds, p.targets))
-        # `drawn`: the first prompts of a draw depend on its size (functions are sampled after all inputs)
-        key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n,
-               "drawn": cfg.n_prompts}
-        for name in cfg.baselines:
-            slow = baselines.is_slow(name)
-            if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
-                continue
-            count = min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts
-            log.debug("baseline %s on %d prompts (%s %s)", name, count, strategy, param)
-            rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key), p.targets[:count]))
-        mine = None  # the transformer's per-prompt errors and the zero estimator's, for the paired differences
-        for name, kind, preds, targets in rows:
-            frame = score(task, preds, targets, cfg).assign(predictor=name, kind=kind, strategy=strategy, param=param)
-            err, ref = prompt_errors(task, preds, targets)
-            if kind == "transformer":
-                mine = err, ref
-                if errors is not None:
-                    errors[f"{strategy}/{param_key(param)}/transformer"] = err.astype(np.float32)
-                    errors[f"{strategy}/{param_key(param)}/zero"] = ref.astype(np.float32)
-            elif mine is not None:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
-                diff, low, high, _ = paired_bootstrap(err, mine[0][: len(err)], mine[1][: len(err)], cfg.bootstrap,
-                                                      cfg.ci, cfg.seed)
-                frame = frame.assign(diff_transformer=diff, diff_low=low, diff_high=high)
-            frames.append(frame)
+        frames += _evaluate_strategy(model, task, cfg, strategy, param, n, cache, task_id, errors)
     if cache.root is not None:
         log.info("baseline cache %s: %d reused, %d computed", cache.root, cache.hits, cache.misses)
     df = pd.concat(frames, ignore_index=True)
@@ -198,3 +179,100 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
     return df.reindex(columns=COLUMNS)  # diff_* stay NaN on transformer rows (and without a model)
 
 
+def _predictors(model: torch.nn.Module | None, cfg: EvalConfig, strategy: str) -> list[tuple[str, str, int]]:
+    """(name, kind, prompts scored) of every predictor of a strategy: the transformer first, then the baselines
+    (slow ones capped to ``slow_baseline_prompts`` and to ``slow_baseline_strategies``)."""
+    out = [("transformer", "transformer", cfg.n_prompts)] if model is not None else []
+    for name in cfg.baselines:
+        slow = baselines.is_slow(name)
+        if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
+            continue
+        out.append((name, "baseline", min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts))
+    return out
+
+
+def _evaluate_strategy(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, strategy: str, param: Any,
+                       n: int, cache: BaselineCache, task_id: dict[str, Any],
+                       errors: dict[str, np.ndarray] | None) -> list[pd.DataFrame]:
+    """Every predictor's rows on one strategy × parameter, each predictor a cell of its own (``_guarded``)."""
+    cell = {"strategy": strategy, "param": param}
+    predictors = _predictors(model, cfg, strategy)
+    try:
+        p = prompts.make_prompts(strategy, task, cfg.n_prompts, n, cfg.seed, param)
+    except Exception as err:  # noqa: BLE001 - no prompts: every predictor of this strategy fails with the same line
+        _log_failure("prompts", strategy, param, err)
+        return [failed_rows(name, kind, n, count, first_line(err), cell) for name, kind, count in predictors]
+    # `drawn`: the first prompts of a draw depend on its size (functions are sampled after all inputs)
+    key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n,
+           "drawn": cfg.n_prompts}
+    mine: list[tuple[np.ndarray, np.ndarray]] = []  # the transformer's per-prompt errors and the zero estimator's
+    frames = []
+    for name, kind, count in predictors:
+        if kind == "transformer":
+            def compute() -> pd.DataFrame:
+                return _transformer_frame(model, task, cfg, p, cell, errors, mine)
+        else:
+            def compute(name: str = name, count: int = count) -> pd.DataFrame:
+                preds = _baseline_preds(name, p, count, cache, key)
+                return _baseline_frame(name, task, cfg, preds, p.targets[:count], cell, mine)
+        frames.append(_guarded(name, kind, n, count, cell, compute))
+    return frames
+
+
+def _transformer_frame(model: torch.nn.Module, task: Task, cfg: EvalConfig, p: prompts.Prompts, cell: dict[str, Any],
+                       errors: dict[str, np.ndarray] | None, mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """The transformer's rows; its per-prompt errors go into ``mine`` (paired differences) and ``errors``."""
+    preds = predict_model(model, p.xs, p.ys, cfg.batch_size) if p.queries is None else \
+        predict_queries(model, p, cfg.batch_size)
+    frame = score(task, preds, p.targets, cfg).assign(predictor="transformer", kind="transformer", **cell)
+    err, ref = prompt_errors(task, preds, p.targets)
+    mine.append((err, ref))
+    if errors is not None:
+        prefix = f"{cell['strategy']}/{param_key(cell['param'])}"
+        errors[f"{prefix}/transformer"] = err.astype(np.float32)
+        errors[f"{prefix}/zero"] = ref.astype(np.float32)
+    return frame
+
+
+def _baseline_frame(name: str, task: Task, cfg: EvalConfig, preds: Tensor, targets: Tensor, cell: dict[str, Any],
+                    mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """A baseline's rows, with its paired difference to the transformer when the transformer was scored."""
+    frame = score(task, preds, targets, cfg).assign(predictor=name, kind="baseline", **cell)
+    if mine:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
+        err, _ = prompt_errors(task, preds, targets)
+        theirs, zero = mine[0]
+        diff, low, high, _ = paired_bootstrap(err, theirs[: len(err)], zero[: len(err)], cfg.bootstrap, cfg.ci,
+                                              cfg.seed)
+        frame = frame.assign(diff_transformer=diff, diff_low=low, diff_high=high)
+    return frame
+
+
+def _guarded(name: str, kind: str, n: int, count: int, cell: dict[str, Any],
+             compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``compute()``, or — if it raises — the cell's NaN rows with the error line, logged once."""
+    try:
+        return compute()
+    except Exception as err:  # noqa: BLE001 - one cell's failure is recorded; the other cells are still scored
+        _log_failure(f"{kind} {name}" if kind == "baseline" else name, cell["strategy"], cell["param"], err)
+        return failed_rows(name, kind, n, count, first_line(err), cell)
+
+
+def _log_failure(what: str, strategy: str, param: Any, err: BaseException) -> None:
+    at = strategy if param is None else f"{strategy}={param}"
+    log.error("evaluation: %s on %s failed (%s); its rows are NaN with the reason in eval.csv's failure column",
+              what, at, first_line(err))
+
+
+def failed_rows(name: str, kind: str, n: int, count: int, reason: str, cell: dict[str, Any]) -> pd.DataFrame:
+    """The rows of a cell that could not be computed: every k, NaN numbers, ``failure`` = the error line."""
+    return pd.DataFrame({"k": np.arange(n), "error": np.nan, "n_prompts": count, "failure": reason,
+                         "predictor": name, "kind": kind, **cell})
+
+
+def failures(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """One entry per failed cell of an evaluation (what status.json records): strategy, param, predictor, error."""
+    if "failure" not in df:
+        return []
+    rows = df[df["failure"].notna()].drop_duplicates(["strategy", "param", "predictor"])
+    return [{"strategy": r.strategy, "param": None if pd.isna(r.param) else r.param, "predictor": r.predictor,
+             "error": r.failure} for r in rows.itertuples()]

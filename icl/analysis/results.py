@@ -8,7 +8,8 @@ Hydra's directory layout or a sweep's override names change.
 Jobs that cannot be used — failed, still running, without `eval.csv`, or with an
 unreadable (corrupt, half-written) CSV or config — are skipped with one warning
 line each, never a crash. Older `eval.csv` files (a `scale` column instead of
-`param`, no `error_per_dim`) are read into the current columns.
+`param`, no `error_per_dim`, no `failure`) are read into the current columns. Rows of a failed evaluation cell
+(NaN numbers, the error line in `failure`) are kept: figures skip NaN, tables show the gap.
 
 Paired differences (`paired_differences`): for every job with `errors.npz`, the
 mean difference of its transformer's per-prompt errors to those of a reference
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 EVAL_COLUMNS: list[str] = [
     "task", "attn", "quant", "model", "seed", "strategy", "param", "k",
     "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
-    "error_per_dim", "diff_transformer", "diff_low", "diff_high", "n_dims", "n_prompts",
-]
+    "error_per_dim", "diff_transformer", "diff_low", "diff_high", "n_dims", "failure", "n_prompts",
+]  # icl.evaluation.COLUMNS (which this layer cannot import: torch)
 REQUIRED_COLUMNS = ("k", "predictor", "kind", "error")
 PAIRED_COLUMNS: list[str] = [
     "task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k", "diff", "diff_low",
@@ -179,6 +180,8 @@ def upgrade_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.drop(columns=["scale"], errors="ignore")
     if "error_per_dim" not in frame and {"error_raw", "n_dims"} <= set(frame):
         frame["error_per_dim"] = frame["error_raw"] / frame["n_dims"]
+    if "failure" not in frame:  # files written before failed cells were recorded had none
+        frame["failure"] = np.nan
     return frame
 
 

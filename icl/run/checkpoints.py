@@ -110,7 +110,7 @@ def probe(path: Path) -> tuple[int | None, str | None]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - whatever the zip reader or unpickler says, the file cannot be resumed
-        return None, first_line(err)
+        return None, first_line(err).split(". ")[0][:160]  # torch's zip reader goes on for five sentences
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         return None, "not a Lightning training checkpoint (no global_step)"
     return state["global_step"], None
@@ -155,9 +155,10 @@ def _fallback_line(folder: Path, path: Path, step: int, bad: list[tuple[Path, st
     why = f"{bad[0][0].name} is unreadable ({bad[0][1]})" if bad else f"no {LAST}"
     if len(bad) > 1:
         why += f", and so are {', '.join(p.name for p, _ in bad[1:])}"
-    redone = f"about {logged - step} steps are redone (metrics.csv reached step {logged})" \
-        if logged is not None and logged > step else f"steps after {step} are redone"
-    kept = f"; kept as *{UNREADABLE}" if bad else ""
+    lost = None if logged is None else logged + 1 - step  # metrics.csv's step counts from 0: step s is batch s + 1
+    redone = f"about {lost} step{'s' if lost > 1 else ''} redone (metrics.csv reached step {logged})" \
+        if lost is not None and lost > 0 else f"the steps after {step} are redone"
+    kept = f"; moved aside as {', '.join(p.name + UNREADABLE for p, _ in bad)}" if bad else ""
     return f"{folder}: {why}: resuming from {path.name} (step {step}); {redone}{kept}"
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from icl import prompts
-from icl.evaluation import EvalConfig, evaluate
+from icl.evaluation import EvalConfig, evaluate, failures
 from icl.quantize import PROOF_PROMPTS, QuantSpec, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir, JobLocked
@@ -74,6 +74,9 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
                   n_positions=None if n_positions is None else int(n_positions), errors=errors)
     job.write_eval(df, errors)
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
+    if failed := failures(df):
+        log.warning("%d evaluation cell(s) failed (NaN rows, reason in the failure column): %s", len(failed),
+                    "; ".join(f"{f['predictor']} on {f['strategy']}" for f in failed))
     return df
 
 

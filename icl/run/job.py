@@ -181,8 +181,9 @@ class JobDir:
                 self.write_status("failed", error=failure_message(err))
             raise
         if write:
-            failures = metrics.pop("failures", None)
-            self.write_status("done", metrics=metrics, **({"failures": failures} if failures else {}))
+            failures = metrics.get("failures")
+            rest = {k: v for k, v in metrics.items() if k != "failures"}
+            self.write_status("done", metrics=rest, **({"failures": failures} if failures else {}))
 
     # -- one writer -----------------------------------------------------------------------------------------------
     @contextmanager

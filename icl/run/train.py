@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from icl.data import PromptDataModule
-from icl.evaluation import EvalConfig
+from icl.evaluation import EvalConfig, failures
 from icl.module import ICLModule
 from icl.quantize import QuantSpec
 from icl.quantize import check as quant_check
@@ -210,6 +210,8 @@ def _train(cfg: DictConfig, job: JobDir, callbacks: Sequence[L.Callback]) -> dic
     d = int(cfg.task.n_dims)
     at = error_at(df, (min(2 * d, int(df.k.max())),))
     metrics.update(error_at_2d=next(iter(at.values()), float("nan")), eval_seconds=time.perf_counter() - start)
+    if failed := failures(df):  # the job is still done: status.json lists what could not be computed
+        metrics["failures"] = failed
     return metrics
 
 
