@@ -119,8 +119,13 @@ def score(task: Task, preds: Tensor, ys: Tensor, cfg: EvalConfig) -> pd.DataFram
     point, low, high, raw, n = bootstrap_ratio(err, ref, cfg.bootstrap, cfg.ci, cfg.seed)
     frame = pd.DataFrame({"k": np.arange(err.shape[1]), "error": point, "ci_low": low, "ci_high": high,
                           "error_raw": raw})
-    # an overflow (inputs scaled by 1e30, say) is no number to compare: NaN, like a failed prediction
-    return frame.where(np.isfinite(frame)).assign(n_prompts=n)
+    return finite(frame).assign(n_prompts=n)
+
+
+def finite(frame: pd.DataFrame) -> pd.DataFrame:
+    """±inf → NaN: an overflow (inputs scaled by 1e9 and beyond, squared in float32) is no number to compare, and
+    is reported like a failed prediction."""
+    return frame.where(np.isfinite(frame))
 
 
 @torch.inference_mode()
@@ -243,7 +248,8 @@ def _baseline_frame(name: str, task: Task, cfg: EvalConfig, preds: Tensor, targe
         theirs, zero = mine[0]
         diff, low, high, _ = paired_bootstrap(err, theirs[: len(err)], zero[: len(err)], cfg.bootstrap, cfg.ci,
                                               cfg.seed)
-        frame = frame.assign(diff_transformer=diff, diff_low=low, diff_high=high)
+        diffs = finite(pd.DataFrame({"diff_transformer": diff, "diff_low": low, "diff_high": high}))
+        frame = frame.assign(**{c: diffs[c].to_numpy() for c in diffs})
     return frame
 
 

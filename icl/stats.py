@@ -14,6 +14,7 @@ predictor, strategy and job scored on P prompts; this never materialises n_boot 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -33,7 +34,9 @@ def _percentiles(boots: np.ndarray, point: np.ndarray, n_boot: int, ci: float) -
     alpha = (1 - ci) / 2
     if not n_boot:
         return point, point
-    low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0)
+    with warnings.catch_warnings():  # a column with no valid prompt (a failed cell, an overflow) is NaN, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0)
     return low, high
 
 

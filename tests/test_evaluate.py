@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from icl import baselines, prompts
-from icl.evaluation import COLUMNS, EvalConfig, predict_model, predict_queries
+from icl.evaluation import COLUMNS, EvalConfig, failures, predict_model, predict_queries
 from icl.run.evaluate import evaluate_job, job_task
 from icl.run.job import JobDir
 from icl.tasks import build_task
@@ -156,3 +156,70 @@ def test_paired_csv_has_each_baseline_minus_the_reference_transformer(job):
     mine = df[(df.predictor == "least_squares") & (df.strategy == "standard")].set_index("k")
     np.testing.assert_allclose(ls["diff"], mine.diff_transformer)
     assert (ls.reference_run == str(out)).all() and "transformer" not in set(paired.predictor)
+
+
+def _raising(predictor, only: str):
+    """``predictor`` (a baselines.predict or a prompt maker) that raises for ``only``, like a LAPACK failure would."""
+    def wrapped(name, *args, **kwargs):
+        if name == only:
+            raise RuntimeError(f"forced failure of {name}\nsecond line of the traceback text")
+        return predictor(name, *args, **kwargs)
+    return wrapped
+
+
+def test_a_failing_baseline_is_nan_rows_with_the_reason_and_the_rest_is_scored(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(baselines, "predict", _raising(baselines.predict, "least_squares"))
+    cfg = compose_train([*TINY, "+eval.strategies.scale_x=[2]", "eval.cache=null"], tmp_path)
+    with caplog.at_level(logging.ERROR, logger="icl.evaluation"):
+        df = evaluate_job(cfg, tiny_model(), JobDir(tmp_path))
+    written = pd.read_csv(tmp_path / "eval.csv")
+    assert list(written.columns) == COLUMNS and len(written) == len(df) == 3 * 2 * 6  # 3 predictors, 2 cells, 6 k
+    bad, good = written[written.predictor == "least_squares"], written[written.predictor != "least_squares"]
+    assert bad.error.isna().all() and (bad.failure == "RuntimeError: forced failure of least_squares").all()
+    assert (bad.n_prompts == 64).all() and set(bad.strategy) == {"standard", "scale_x"}
+    assert good.failure.isna().all() and good[good.predictor == "transformer"].error.notna().all()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "baseline least_squares on scale_x=2" in lines[1] and "forced failure" in lines[1]
+    assert failures(written) == [
+        {"strategy": "standard", "param": None, "predictor": "least_squares", "error": bad.failure.iloc[0]},
+        {"strategy": "scale_x", "param": 2.0, "predictor": "least_squares", "error": bad.failure.iloc[0]}]
+    from icl.analysis.results import read_eval_csv
+
+    assert read_eval_csv(tmp_path / "eval.csv") is not None  # NaN rows are not taken for a truncated file
+
+
+def test_failing_prompts_or_transformer_cost_only_their_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(prompts, "make_prompts", _raising(prompts.make_prompts, "orthogonal_query"))
+    real = predict_model
+
+    def fails_on_long_prompts(model, xs, ys, batch_size):
+        if xs.shape[1] > 6:
+            raise torch.OutOfMemoryError("forced: out of memory")
+        return real(model, xs, ys, batch_size)
+
+    monkeypatch.setattr("icl.evaluation.predict_model", fails_on_long_prompts)
+    cfg = compose_train([*TINY, *STRATEGIES, "model.n_positions=12", "eval.cache=null"], tmp_path)
+    df = evaluate_job(cfg, tiny_model(), JobDir(tmp_path))
+    cells = df.groupby(["strategy", "predictor"])["failure"].first().dropna().to_dict()
+    assert cells == {("orthogonal_query", "transformer"): "RuntimeError: forced failure of orthogonal_query",
+                     ("orthogonal_query", "zero"): "RuntimeError: forced failure of orthogonal_query",
+                     ("orthogonal_query", "least_squares"): "RuntimeError: forced failure of orthogonal_query",
+                     ("long_context", "transformer"): "OutOfMemoryError: forced: out of memory"}
+    long = df[df.strategy == "long_context"].set_index(["predictor", "k"])
+    assert long.loc["least_squares"].error.notna().all() and long.loc["least_squares"].diff_transformer.isna().all()
+    assert df[df.strategy.isin(["standard", "scale_x"])].error.notna().all()
+
+
+@pytest.mark.parametrize("factor", [1e6, 1e9, 1e30])
+def test_extreme_scale_x_gives_numbers_or_nan_never_a_crash(tmp_path, factor):
+    """Inputs ×1e9 made ridge's X^T X + I singular for torch.linalg.solve; ×1e30 overflows float32 squares."""
+    cfg = compose_train([*TINY, f"+eval.strategies.scale_x=[{factor}]", "eval.cache=null",
+                         "eval.baselines=[zero,least_squares,ridge,averaging,knn_3]"], tmp_path)
+    df = evaluate_job(cfg, tiny_model(), JobDir(tmp_path))
+    assert df.failure.isna().all(), df.failure.dropna().unique()
+    numbers = df[["error", "ci_low", "ci_high", "error_raw", "diff_transformer", "diff_low", "diff_high"]]
+    assert not np.isinf(numbers.to_numpy(dtype=float)).any()
+    scaled = df[df.strategy == "scale_x"].set_index(["predictor", "k"])
+    if factor <= 1e9:  # least squares is scale-free: exact from k = d (float32 predictions at 1e9·x: ≈ 1e-7)
+        assert (scaled.loc["least_squares"].error.loc[3:] < 1e-4).all()
+        assert scaled.loc["ridge"].error.notna().all()

@@ -76,7 +76,8 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
     if failed := failures(df):
         log.warning("%d evaluation cell(s) failed (NaN rows, reason in the failure column): %s", len(failed),
-                    "; ".join(f"{f['predictor']} on {f['strategy']}" for f in failed))
+                    "; ".join(f"{f['predictor']} on {f['strategy']}"
+                              + ("" if f["param"] is None else f"={f['param']:g}") for f in failed))
     return df
 
 
