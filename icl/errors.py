@@ -6,4 +6,5 @@ from __future__ import annotations
 def first_line(err: BaseException) -> str:
     """``Type: first line of the message`` — what a log line or status.json records of an exception."""
     text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    name = type(err).__name__.lstrip("_")  # torch.linalg.LinAlgError is really a class `_LinAlgError`
+    return f"{name}: {text.splitlines()[0] if text else ''}"

@@ -83,3 +83,43 @@ def test_evaluate_without_checkpoint(tmp_path):
     proc = run(["-m", "icl.evaluate"], tmp_path, check=False)
     assert proc.returncode != 0 and "pass the job folder" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr and not list(tmp_path.glob("*.log"))
+
+
+def test_a_second_process_in_a_busy_job_folder_refuses_and_the_first_is_intact(tmp_path):
+    """While a job trains (in this process), the same command into its folder and a re-evaluation of it both stop
+    at once naming this process; the job then finishes as if alone: done, no -v1 files, each step logged once."""
+    import os
+
+    from lightning.pytorch import Callback
+
+    from icl.run.train import train
+    from tests.helpers import compose_train
+
+    job = tmp_path / "job"
+    overrides = [*TINY, "trainer.max_steps=30", "callbacks.model_checkpoint.every_n_train_steps=10",
+                 f"paths.store={tmp_path / 'store'}", f"eval.cache={tmp_path / 'cache'}"]
+    seen = {}
+
+    class SecondProcessesAt(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 15 and not seen:  # holds training here while they run
+                seen["train"] = run(["-m", "icl.train", *overrides, f"hydra.run.dir={job}"], tmp_path, check=False)
+                seen["evaluate"] = run(["-m", "icl.evaluate", f"run_dir={job}"], tmp_path, check=False)
+                seen["status"] = json.loads((job / "status.json").read_text())["status"]
+
+    train(compose_train(overrides, job), callbacks=[SecondProcessesAt()])
+    holder = f"is in use by training (pid {os.getpid()} on "
+    for name in ("train", "evaluate"):
+        proc = seen[name]
+        assert proc.returncode == 1 and holder in proc.stderr + proc.stdout, (name, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and "job failed" not in proc.stderr + proc.stdout
+    assert seen["status"] == "running"  # the refused process left the holder's status alone
+    assert json.loads((job / "status.json").read_text())["status"] == "done"
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [
+        "last.ckpt", "step_10.ckpt", "step_20.ckpt", "step_30.ckpt"]
+    assert not [p for p in job.rglob("*") if "-v1" in p.name]
+    metrics = pd.read_csv(job / "metrics.csv")
+    for column in metrics.columns.drop(["step", "epoch"], errors="ignore"):
+        assert metrics.dropna(subset=[column]).step.is_unique, column
+    df = pd.read_csv(job / "eval.csv")
+    assert df[df.predictor == "transformer"].error.notna().all() and df.failure.isna().all()

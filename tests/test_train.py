@@ -126,3 +126,27 @@ def test_same_config_and_seed_give_identical_eval_csv(tmp_path, tiny_overrides):
     assert recorded["seed"] == 3 and recorded["versions"]["torch"] == torch.__version__
     assert {"python", "lightning", "hydra-core", "numpy", "torchao"} <= set(recorded["versions"])
     assert "git_commit" in recorded and recorded["threads"] == torch.get_num_threads()
+
+
+def test_a_baseline_failing_in_evaluation_leaves_the_job_done_with_the_failure_recorded(tmp_path, tiny_overrides,
+                                                                                        monkeypatch):
+    from icl import baselines
+
+    real = baselines.predict
+
+    def least_squares_fails(name, *args):
+        if name == "least_squares":
+            raise torch.linalg.LinAlgError("forced: the input matrix is singular")
+        return real(name, *args)
+
+    monkeypatch.setattr(baselines, "predict", least_squares_fails)
+    metrics = train(compose_train([*tiny_overrides, "trainer.max_steps=10"], tmp_path))
+    df = pd.read_csv(tmp_path / "eval.csv")
+    assert df[df.predictor == "transformer"].error.notna().all() and df[df.predictor == "zero"].error.notna().all()
+    ls = df[df.predictor == "least_squares"]
+    assert len(ls) == 6 and ls.error.isna().all() and (ls.failure.str.startswith("LinAlgError: forced")).all()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "done" and status["metrics"]["error_at_2d"] >= 0
+    assert status["failures"] == [{"strategy": "standard", "param": None, "predictor": "least_squares",
+                                   "error": "LinAlgError: forced: the input matrix is singular"}]
+    assert metrics["failures"] == status["failures"]

@@ -116,10 +116,10 @@ def main(cfg: DictConfig) -> None:
         log.error("pass the job folder to evaluate: python -m icl.evaluate run_dir=outputs/<date>/<time>")
         raise SystemExit(1)
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
-    if run.is_job():
-        out.path.mkdir(parents=True, exist_ok=True)  # so that a new out_dir is locked as well
+    folders = [run, out] if run.is_job() else []  # not a job: load_job says so, and no .lock is left behind
+    out.path.mkdir(parents=True, exist_ok=True) if folders else None  # a new out_dir is locked as well
     try:
-        with locked(run, out):
+        with locked(*folders):
             reevaluate(cfg)
     except (FileNotFoundError, ValueError, JobLocked) as err:
         log.error("%s", err)
