@@ -13,10 +13,14 @@ from icl.run.job import JobDir, JobLocked
 from tests.helpers import ENV
 
 HOLD = """
-import sys, time
+import os, sys, time
 from icl.run.job import JobDir
 with JobDir(sys.argv[1]).lock("a test holder"):
-    print("locked", flush=True)
+    child = os.fork()  # like a data-loader worker: outlives a SIGKILLed parent for a while
+    if child == 0:
+        time.sleep(120)
+        os._exit(0)
+    print("locked", child, flush=True)
     time.sleep(120)
 """
 
@@ -25,12 +29,17 @@ with JobDir(sys.argv[1]).lock("a test holder"):
 def holder(tmp_path):
     """A subprocess holding ``tmp_path``'s lock (killed at the end, whatever the test did)."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
+    child = None
     try:
-        assert proc.stdout.readline().strip() == "locked"
+        word, child = proc.stdout.readline().split()
+        assert word == "locked"
+        proc.child = int(child)
         yield proc
     finally:
         proc.kill()
         proc.wait(timeout=30)
+        if child:
+            os.kill(int(child), signal.SIGKILL)
 
 
 def test_a_held_folder_is_refused_naming_the_holder(tmp_path, holder):
@@ -46,6 +55,7 @@ def test_a_held_folder_is_refused_naming_the_holder(tmp_path, holder):
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path, holder):
     holder.send_signal(signal.SIGKILL)  # no cleanup runs: the OS drops the flock with the process
     holder.wait(timeout=30)
+    os.kill(holder.child, 0)  # its forked child still lives, and holds no copy of the lock
     with JobDir(tmp_path).lock("training"):
         info = json.loads((tmp_path / JobDir.LOCK).read_text())
         assert info["pid"] == os.getpid() and info["purpose"] == "training"

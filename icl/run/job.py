@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,23 @@ def failure_message(err: BaseException) -> str:
     if isinstance(err, (KeyboardInterrupt, SystemExit)):
         return INTERRUPTED
     return f"{type(err).__name__}: {err}"
+
+
+_HELD: set[int] = set()  # descriptors of the job locks this process holds
+
+
+def _close_in_child() -> None:
+    """After a fork, the child drops its copies of the parent's lock descriptors: the lock stays the parent's and
+    goes when the parent goes, not when its last data-loader worker does."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 @dataclass(frozen=True)
@@ -191,32 +208,35 @@ class JobDir:
         """Hold ``<job>/.lock`` for the body, or raise ``JobLocked`` at once (never wait) if a live process holds it.
 
         ``fcntl.flock`` belongs to the open file, so the OS drops it when its holder exits or dies (SIGKILL, OOM,
-        a SLURM timeout): a requeued or rerun job takes it again, and a stale ``.lock`` file means nothing. While
-        held the file names the holder (pid, host, ``purpose``, since when) for the refusal message; it is emptied
-        on release. Not re-entrant: a second ``lock`` of the same folder in one process is refused too. Forked
-        children (data-loader workers) share the lock while they live.
+        a SLURM timeout): a requeued or rerun job takes it again, and a stale ``.lock`` file means nothing. Forked
+        children (data-loader workers) close their copy at once (``_close_in_child``), so a holder's death frees
+        the folder even while they linger. While held the file names the holder (pid, host, ``purpose``, since
+        when) for the refusal message; it is emptied on release. Not re-entrant: a second ``lock`` of the same
+        folder in one process is refused too.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_file, "a+") as f:
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise JobLocked(self._locked_message(f)) from None
+                raise JobLocked(self._locked_message(os.pread(fd, 4096, 0))) from None
+            _HELD.add(fd)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "since": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
             try:
-                holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "since": time.time()}
-                f.truncate(0)
-                f.write(json.dumps(holder) + "\n")
-                f.flush()
                 yield
             finally:
-                f.truncate(0)
-                fcntl.flock(f, fcntl.LOCK_UN)
+                _HELD.discard(fd)
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the last descriptor of the open file releases the lock
 
-    def _locked_message(self, f: IO[str]) -> str:
+    def _locked_message(self, content: bytes) -> str:
         """One line: who holds the folder and what to do."""
-        f.seek(0)
         try:
-            info = json.loads(f.read())
+            info = json.loads(content)
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(info["since"])))
             who = f"{info['purpose']} (pid {info['pid']} on {info['host']}, since {since})"
             stop = f"stop it (kill {info['pid']} on {info['host']})"
