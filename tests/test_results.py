@@ -175,3 +175,25 @@ def test_paired_bootstrap_ci_covers_a_noisy_difference() -> None:
     diff, low, high, n = paired_bootstrap(a, b, zero, 500, 0.95, 0)
     assert low[0] < 0 < high[0] and n[0] == 2000  # no real difference: the CI straddles 0
     assert 0.1 < high[0] - low[0] < 0.2  # ≈ 2 · 1.96 · √2 / √2000 = 0.124
+
+
+def test_failed_cells_are_read_and_counted_and_old_files_get_the_column(tmp_path: Path) -> None:
+    """eval.csv rows of a failed cell (NaN numbers, the reason in `failure`) load as rows, not as a cut-short file;
+    an older eval.csv without the column gets an empty one; jobs.csv counts status.json's failures."""
+    from icl.analysis.results import read_eval_csv
+
+    old = make_job(tmp_path / "old")
+    assert read_eval_csv(old / "eval.csv")["failure"].isna().all()
+    new = make_job(tmp_path / "new")
+    frame = pd.read_csv(new / "eval.csv").drop(columns="scale").assign(strategy="standard", param=np.nan)
+    failed = frame["predictor"] == "least_squares"
+    frame.loc[failed, ["error", "ci_low", "ci_high", "error_raw"]] = np.nan
+    frame["failure"] = np.where(failed, "LinAlgError: singular", None)
+    columns = [c for c in frame.columns if c not in ("failure", "n_prompts")] + ["failure", "n_prompts"]
+    frame[columns].to_csv(new / "eval.csv", index=False)
+    (new / "status.json").write_text(json.dumps({"status": "done", "failures": [
+        {"strategy": "standard", "param": None, "predictor": "least_squares", "error": "LinAlgError: singular"}]}))
+    df = load_results([new])
+    assert len(df) == len(frame) and set(df.loc[df.failure.notna(), "predictor"]) == {"least_squares"}
+    table = jobs_table([tmp_path]).set_index(jobs_table([tmp_path])["run_dir"].map(lambda p: Path(p).name))
+    assert table.loc["new", "failures"] == 1 and table.loc["old", "failures"] == 0

@@ -54,9 +54,9 @@ IDENTITY_KEYS: dict[str, str] = {
     "attn": "attn.name", "quant": "quant.name", "seed": "seed",
 }
 JOB_COLUMNS: list[str] = [
-    "run_dir", "status", "error", "task", "model", "attn", "quant", "seed",
+    "run_dir", "status", "error", "failures", "task", "model", "attn", "quant", "seed",
     "experiment", "n_dims",
-]
+]  # failures: evaluation cells of a done job that could not be computed (status.json's list; NaN rows in eval.csv)
 SKIP_STATUSES = frozenset({"failed", "running"})
 # Config keys that differ between replicates or runs without defining a variant.
 _NUISANCE_SUFFIXES = ("seed", "dir", "path", "root", "ckpt", "checkpoint")
@@ -258,6 +258,7 @@ def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
         rows.append({
             "run_dir": str(job),
             **read_status(job),
+            "failures": len(JobDir(job).status().get("failures") or []),
             "task": flat.get("task.name"),
             "model": flat.get("model.name"),
             "attn": flat.get("attn.name"),
