@@ -73,20 +73,3 @@ class PoisonWeightsAt(Callback):
             with torch.no_grad():
                 pl_module.model.read_out.weight[0, 0] = float("nan")
 
-
-class PauseAt(Callback):
-    """After step ``step``, touch ``marker`` and sleep: a job caught mid-run, to be killed from outside. Once only:
-    with ``marker`` there already (a rerun of the same command) it does nothing.
-
-    Usable from the command line: ``+callbacks.pause._target_=tests.helpers.PauseAt +callbacks.pause.step=15 …``.
-    """
-
-    def __init__(self, step: int, marker: str, seconds: float = 300.0) -> None:
-        self.step, self.marker, self.seconds = step, Path(marker), seconds
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and not self.marker.exists():
-            import time
-
-            self.marker.touch()
-            time.sleep(self.seconds)

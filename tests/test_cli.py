@@ -124,34 +124,3 @@ def test_a_second_process_in_a_busy_job_folder_refuses_and_the_first_is_intact(t
     df = pd.read_csv(job / "eval.csv")
     assert df[df.predictor == "transformer"].error.notna().all() and df.failure.isna().all()
 
-
-def test_a_killed_job_is_rerun_into_its_folder_like_a_requeue(tmp_path):
-    """The requeue path (SLURM/submitit after a timeout, or a user after a crash): the same command again, in a new
-    process, once the old one died holding the lock. The lock goes with the process; the rerun resumes."""
-    import signal
-    import time
-
-    job, marker = tmp_path / "job", tmp_path / "paused"
-    command = [sys.executable, "-m", "icl.train", *TINY, "trainer.max_steps=30",
-               "callbacks.model_checkpoint.every_n_train_steps=10", f"hydra.run.dir={job}",
-               f"paths.store={tmp_path / 'store'}", f"eval.cache={tmp_path / 'cache'}",
-               "+callbacks.pause._target_=tests.helpers.PauseAt", "+callbacks.pause.step=15",
-               f"+callbacks.pause.marker={marker}"]
-    first = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert marker.exists(), "the first run never reached step 15"  # step_10.ckpt is written
-    finally:
-        first.send_signal(signal.SIGKILL)  # no handler runs: status.json stays `running`, .lock names a dead pid
-        first.wait(timeout=60)
-    assert json.loads((job / "status.json").read_text())["status"] == "running"
-    assert json.loads((job / ".lock").read_text())["pid"] == first.pid
-    proc = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming from" in (job / "train.log").read_text()
-    assert json.loads((job / "status.json").read_text())["status"] == "done"
-    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [
-        "last.ckpt", "step_10.ckpt", "step_20.ckpt", "step_30.ckpt"]
-    assert (job / ".lock").read_text() == ""

@@ -128,8 +128,12 @@ def test_killed_job_resumes_with_the_same_command(tmp_path, sig, straight):
     else:
         assert status(job)["status"] == "running"  # SIGKILL leaves no chance to write: the rerun fixes it
         assert 12 <= saved <= stopped and stopped - saved <= 6
+        # the folder's lock went with the process (a SLURM/submitit requeue is this rerun): its .lock file still
+        # names the dead holder, and means nothing
+        assert json.loads((job / ".lock").read_text())["pid"] == proc.pid
     code, out = finish(cli([*args, record(second)], cwd=tmp_path))
     assert code == 0, out[-3000:]
+    assert (job / ".lock").read_text() == ""  # emptied on release
     assert json.loads((second / "rank0.json").read_text())[0][0] == saved  # continues where the checkpoint is
     assert status(job)["status"] == "done" and (job / "eval.csv").is_file()
     final = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
