@@ -161,12 +161,13 @@ def write_job(checkpoint: Path, out_dir: Path, overrides: list[str]) -> Path:
         raise ValueError(f"Garg et al.'s model uses softmax attention: drop attn={module.model.config.attn}")
     module.model.load_state_dict(convert_state(state, size["n_layer"]))
     job = JobDir(out_dir)
-    job.write_config(cfg, hydra_copy=True)
-    job.checkpoints.mkdir(exist_ok=True)
-    atomic_write(job.last_ckpt, lambda tmp: torch.save(
-        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-         "pytorch-lightning_version": L.__version__, "global_step": 0, "epoch": 0}, tmp))
-    job.write_status("done", metrics={"converted_from": str(checkpoint.resolve()), **size})
+    with job.lock("Garg et al. import (icl.run.garg)"):  # never into a folder a job is working in
+        job.write_config(cfg, hydra_copy=True)
+        job.checkpoints.mkdir(exist_ok=True)
+        atomic_write(job.last_ckpt, lambda tmp: torch.save(
+            {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+             "pytorch-lightning_version": L.__version__, "global_step": 0, "epoch": 0}, tmp))
+        job.write_status("done", metrics={"converted_from": str(checkpoint.resolve()), **size})
     return job.last_ckpt
 
 
