@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from icl.errors import first_line
 from icl.evaluation import predict_model
 from icl.registry import Registry
 
@@ -306,6 +307,5 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
     except ImportError as err:
         raise ValueError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - any failure here is a setting that cannot work: one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(f"quant={spec.name} does not run on this model here ({type(err).__name__}: {first}): "
+        raise ValueError(f"quant={spec.name} does not run on this model here ({first_line(err)}): "
                          "change quant.layers or the quant mode") from None

@@ -38,6 +38,7 @@ from icl.bench.attention import device_name, pick_device, variant_params
 from icl.bench.flops import forward_flops, matmul_peak, train_flops
 from icl.bench.timing import interleaved as timed_rounds
 from icl.bench.timing import summarise
+from icl.errors import first_line
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
@@ -84,7 +85,7 @@ def quantized(model: ICLTransformer, quant: str, device: torch.device) -> tuple[
             prepare_qat(base, spec)
         return quantize(base, spec).eval(), ""
     except Exception as err:  # noqa: BLE001 - recorded in the table instead of stopping the benchmark
-        return None, f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        return None, first_line(err)
 
 
 def prompts(batch: int, n_points: int, n_dims: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from icl.errors import first_line
 from icl.files import atomic_write
 from icl.transformer import ICLTransformer, TransformerConfig
 
@@ -183,7 +184,7 @@ def main(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError, ImportError) as err:
         raise SystemExit(f"error: {err}") from None
     except Exception as err:  # noqa: BLE001 - Hydra override errors (unknown group option, bad key): one line
-        raise SystemExit(f"error: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise SystemExit(f"error: {first_line(err)}") from None
     print(f"wrote {ckpt}; evaluate with: python -m icl.evaluate run_dir={args['out_dir']}")
 
 

@@ -101,7 +101,7 @@ def save_last(trainer: L.Trainer) -> None:
     """Make last.ckpt the final model: ModelCheckpoint only writes it every n steps."""
     callback = trainer.checkpoint_callback
     if callback is not None and callback.save_last and callback.dirpath:
-        trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+        trainer.save_checkpoint(Path(callback.dirpath) / JobDir.LAST_CKPT)
 
 
 def launcher_threads() -> int | None:
