@@ -72,4 +72,3 @@ class PoisonWeightsAt(Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 pl_module.model.read_out.weight[0, 0] = float("nan")
-
