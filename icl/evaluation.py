@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -212,14 +213,9 @@ def _evaluate_strategy(model: torch.nn.Module | None, task: Task, cfg: EvalConfi
            "drawn": cfg.n_prompts}
     mine: list[tuple[np.ndarray, np.ndarray]] = []  # the transformer's per-prompt errors and the zero estimator's
     frames = []
-    for name, kind, count in predictors:
-        if kind == "transformer":
-            def compute() -> pd.DataFrame:
-                return _transformer_frame(model, task, cfg, p, cell, errors, mine)
-        else:
-            def compute(name: str = name, count: int = count) -> pd.DataFrame:
-                preds = _baseline_preds(name, p, count, cache, key)
-                return _baseline_frame(name, task, cfg, preds, p.targets[:count], cell, mine)
+    for name, kind, count in predictors:  # the transformer first: the baselines' paired differences need it
+        compute = partial(_transformer_frame, model, task, cfg, p, cell, errors, mine) if kind == "transformer" \
+            else partial(_baseline_frame, name, task, cfg, p, count, cache, key, cell, mine)
         frames.append(_guarded(name, kind, n, count, cell, compute))
     return frames
 
@@ -239,9 +235,11 @@ def _transformer_frame(model: torch.nn.Module, task: Task, cfg: EvalConfig, p: p
     return frame
 
 
-def _baseline_frame(name: str, task: Task, cfg: EvalConfig, preds: Tensor, targets: Tensor, cell: dict[str, Any],
-                    mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """A baseline's rows, with its paired difference to the transformer when the transformer was scored."""
+def _baseline_frame(name: str, task: Task, cfg: EvalConfig, p: prompts.Prompts, count: int, cache: BaselineCache,
+                    key: dict[str, Any], cell: dict[str, Any], mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """A baseline's rows on the first ``count`` prompts (its predictions cached under ``key``), with its paired
+    difference to the transformer when the transformer was scored."""
+    preds, targets = _baseline_preds(name, p, count, cache, key), p.targets[:count]
     frame = score(task, preds, targets, cfg).assign(predictor=name, kind="baseline", **cell)
     if mine:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
         err, _ = prompt_errors(task, preds, targets)
