@@ -130,7 +130,7 @@ def choose_resume(folder: Path, logged_step: int | None = None, main: bool = Tru
     are renamed ``<name>.unreadable`` by the main process (``main``; other DDP ranks only choose): Lightning would
     otherwise write ``-v1`` copies beside them when the resumed run reaches their step again. ``logged_step`` (the
     last step in metrics.csv) says how many steps are redone. Raises ``CheckpointsUnreadable`` when none can be read,
-naming ``folder`` and ``afresh`` (e.g. metrics.csv) as what to delete to start afresh.
+    naming ``folder`` and ``afresh`` (e.g. metrics.csv) as what to delete to start afresh.
     """
     last = folder / LAST
     candidates = ([last] if last.is_file() else []) + step_checkpoints(folder)
