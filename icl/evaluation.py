@@ -9,8 +9,10 @@ linear prompts; for classification it is the error rate divided by 0.5 (chance).
 are a percentile bootstrap over prompts (the ratio recomputed on every resample). ``error_raw`` keeps
 the un-normalised mean and ``error_per_dim`` = ``error_raw`` / d is Garg et al.'s normalisation (the
 two agree on standard isotropic prompts, not under scale_x/scale_y, where only ``error`` stays
-comparable). Prompts come from ``eval.seed``, not the training seed, so every job of a study is
-scored on the very same prompts.
+comparable). Vector outputs (``task.y_dim`` > 1, the mujoco_* tasks): the squared error and the zero
+estimator's are first averaged over the output coordinates (which the task standardises, so each weighs
+alike), then the same ratio of means; ``error_raw`` is that coordinate mean. Prompts come from ``eval.seed``,
+not the training seed, so every job of a study is scored on the very same prompts.
 
 Baseline rows carry ``diff_transformer`` [``diff_low``, ``diff_high``]: the baseline's error minus this job's
 transformer's on the same prompts, in units of ``error`` (Σ err_baseline − Σ err_transformer over Σ err_zero),
@@ -102,7 +104,8 @@ def prompt_errors(task: Task, preds: Tensor, targets: Tensor) -> tuple[np.ndarra
     """Per-(prompt, k) error of ``preds`` (NaN where the prediction is) and of the zero estimator, float64."""
     err, ref = task.errors(preds, targets)
     err = err.numpy().astype(np.float64)
-    err[np.isnan(preds.numpy())] = np.nan
+    bad = np.isnan(preds.numpy())
+    err[bad.any(-1) if bad.ndim == 3 else bad] = np.nan  # vector outputs: NaN in any coordinate
     return err, ref.numpy().astype(np.float64)
 
 
@@ -144,10 +147,11 @@ def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int |
     return runs
 
 
-def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any]) -> Tensor:
+def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any],
+                    task: Task) -> Tensor:
     queries = None if p.queries is None else p.queries[:n]
     return cache.get({**key, "baseline": name, "n_prompts": n},
-                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries))
+                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task=task))
 
 
 def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_points: int,
@@ -171,12 +175,15 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
         key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n,
                "drawn": cfg.n_prompts}
         for name in cfg.baselines:
+            if reason := baselines.skip_reason(name, task):
+                log.info("skipping baseline %s: %s", name, reason)
+                continue
             slow = baselines.is_slow(name)
             if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
                 continue
             count = min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts
             log.debug("baseline %s on %d prompts (%s %s)", name, count, strategy, param)
-            rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key), p.targets[:count]))
+            rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key, task), p.targets[:count]))
         mine = None  # the transformer's per-prompt errors and the zero estimator's, for the paired differences
         for name, kind, preds, targets in rows:
             frame = score(task, preds, targets, cfg).assign(predictor=name, kind=kind, strategy=strategy, param=param)
