@@ -162,3 +162,23 @@ def test_nominal_baseline_and_the_no_change_predictor():
     np.testing.assert_array_equal(score(task, bl.predict("zero", xs, ys), ys, cfg).error, 1.0)
     err = score(task, nominal, ys, cfg).error
     assert (err > 0).all() and (err < 1).all()
+
+
+def test_short_training_and_evaluation_with_vector_outputs(tmp_path, caplog):
+    """A few steps through the real configs, then every eval strategy: scalar-only baselines are skipped with a
+    log line, the rest (and the nominal model) score vector outputs; zero ("no change") scores 1."""
+    from icl.run.train import train
+    from tests.helpers import compose_train
+
+    cfg = compose_train(["task=mujoco_pendulum", "model.n_layer=1", "data.batch_size=8", "trainer.max_steps=3",
+                         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+                         "eval.n_prompts=12", "eval.bootstrap=20", "eval.slow_baseline_prompts=2",
+                         "eval.baselines=[zero,nominal,least_squares,knn_3,lasso_0.1]"], tmp_path)
+    with caplog.at_level("INFO", logger="icl.evaluation"):
+        metrics = train(cfg)
+    assert "skipping baseline lasso_0.1: it fits one scalar output and task mujoco_pendulum has y_dim = 2" in caplog.text
+    df = pd.read_csv(tmp_path / "eval.csv")
+    assert set(df.predictor) == {"transformer", "zero", "nominal", "least_squares", "knn_3"}
+    assert {"standard", "scale_x", "noisy_y", "orthogonal_query", "opposite_quadrants"} <= set(df.strategy)
+    assert df[df.predictor != "zero"].error.notna().all() and (df[df.predictor == "zero"].error == 1).all()
+    assert math.isfinite(metrics["error_at_2d"])
