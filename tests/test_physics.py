@@ -146,6 +146,20 @@ def test_clear_errors():
         physics.system("hopper")
 
 
+def test_without_mujoco_a_task_fails_in_one_line(monkeypatch):
+    """MuJoCo is an optional extra: icl.tasks imports icl.physics only when a mujoco_* task is built."""
+    import sys
+
+    import icl
+
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # `import mujoco` now fails, as without the package
+    monkeypatch.delitem(sys.modules, "icl.physics")  # so icl.physics is imported afresh, and fails
+    monkeypatch.delattr(icl, "physics")
+    with pytest.raises(ImportError, match=r"task 'mujoco_reacher' needs MuJoCo: pip install -e '.\[mujoco\]'"):
+        build_task("mujoco_reacher", 6)
+    build_task("linear", 3)  # everything else works
+
+
 def test_nominal_baseline_and_the_no_change_predictor():
     """nominal = the simulator at the prior's midpoint, from k = 0; exact when every prompt is that system.
     zero (no change, in delta form) scores exactly 1 by construction."""
