@@ -151,7 +151,7 @@ def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache,
                     task: Task) -> Tensor:
     queries = None if p.queries is None else p.queries[:n]
     return cache.get({**key, "baseline": name, "n_prompts": n},
-                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task=task))
+                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task))
 
 
 def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_points: int,

@@ -13,11 +13,11 @@ import torch
 
 pytest.importorskip("mujoco")
 
-from icl import baselines as bl  # noqa: E402
-from icl import physics  # noqa: E402
-from icl.data import PromptStream  # noqa: E402
-from icl.curriculum import Curriculum  # noqa: E402
-from icl.tasks import TASKS, PromptSampler, build_task, seeded  # noqa: E402
+from icl import baselines as bl
+from icl import physics
+from icl.curriculum import Curriculum
+from icl.data import PromptStream
+from icl.tasks import TASKS, PromptSampler, build_task, seeded
 
 MUJOCO = {"mujoco_pendulum": 3, "mujoco_cartpole": 5, "mujoco_reacher": 6}  # task -> n_dims (state + action)
 
@@ -60,30 +60,30 @@ def test_pendulum_step_is_the_documented_equation():
     rng = np.random.default_rng(1)
     h = 0.01
     for _ in range(20):
-        m, l, b, g, k = 0.5 + rng.random(), 0.5 + rng.random(), 0.2 * rng.random(), 5 + 10 * rng.random(), 2 * rng.random()
+        m, r, b, g, k = 0.5 + rng.random(), 0.5 + rng.random(), 0.2 * rng.random(), 5 + 10 * rng.random(), 2 * rng.random()
         theta, omega, u = rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-1, 1)
-        inertia = m * l * l + physics.POINT_INERTIA
-        omega1 = omega + h * (-m * g * l * math.sin(theta) - b * omega + k * u) / (inertia + h * b)
-        out = physics.direct_step(pendulum(m, l, b, g, k, h), np.array([theta, omega]), np.array([u]), 1)
+        inertia = m * r * r + physics.POINT_INERTIA  # r: the length l
+        omega1 = omega + h * (-m * g * r * math.sin(theta) - b * omega + k * u) / (inertia + h * b)
+        out = physics.direct_step(pendulum(m, r, b, g, k, h), np.array([theta, omega]), np.array([u]), 1)
         np.testing.assert_allclose(out, [theta + h * omega1, omega1], rtol=1e-12, atol=1e-12)
 
 
 def test_small_angle_pendulum_follows_the_closed_form():
     """θ(t) = θ0 cos(Ω t), Ω² = m g l / I, for a small swing without damping (timestep 1e-4, 1 s)."""
-    m, l, g, theta0 = 0.8, 1.2, 9.81, 1e-3
-    model = pendulum(m, l, 0.0, g, 1.0, timestep=1e-4)
+    m, r, g, theta0 = 0.8, 1.2, 9.81, 1e-3
+    model = pendulum(m, r, 0.0, g, 1.0, timestep=1e-4)
     out = physics.direct_step(model, np.array([theta0, 0.0]), np.array([0.0]), 10_000)
-    omega = math.sqrt(m * g * l / (m * l * l + physics.POINT_INERTIA))
+    omega = math.sqrt(m * g * r / (m * r * r + physics.POINT_INERTIA))
     np.testing.assert_allclose(out, [theta0 * math.cos(omega), -theta0 * omega * math.sin(omega)], rtol=0, atol=3e-6)
 
 
 def test_pendulum_energy_is_conserved_without_damping_and_lost_with_it():
     def energies(damping: float) -> np.ndarray:
-        m, l, g = 1.0, 1.0, 9.81
-        model, state, out = pendulum(m, l, damping, g, 1.0, timestep=1e-3), np.array([2.0, 0.0]), []
+        m, r, g = 1.0, 1.0, 9.81
+        model, state, out = pendulum(m, r, damping, g, 1.0, timestep=1e-3), np.array([2.0, 0.0]), []
         for _ in range(200):  # 200 transitions of 10 steps: 2 s, about a period
             state = physics.direct_step(model, state, np.array([0.0]), 10)
-            out.append(0.5 * (m * l * l + physics.POINT_INERTIA) * state[1] ** 2 - m * g * l * math.cos(state[0]))
+            out.append(0.5 * (m * r * r + physics.POINT_INERTIA) * state[1] ** 2 - m * g * r * math.cos(state[0]))
         return np.array(out)
 
     free, damped = energies(0.0), energies(0.2)
