@@ -291,8 +291,8 @@ class MujocoTask(Task):
     """
 
     system_name: ClassVar[str] = ""
-    frame_skip: int = 2  # 2 × 0.025 s: 0.05 s between states (gymnasium's Pendulum's dt) at 2.5 steps' cost less
-    timestep: float = 0.025  # than 5 × 0.01 s (docs/mujoco.md measures both)
+    frame_skip: int = 2  # simulator steps per transition: 2 × 0.025 s = 0.05 s between states (gymnasium Pendulum's dt)
+    timestep: float = 0.025  # 2.5× fewer steps than 5 × 0.01 s for the same 0.05 s (sampling cost: docs/mujoco.md)
     prior_scale: float = 1.0
     _scales: ClassVar[dict[tuple, np.ndarray]] = {}  # y_scale per (system, frame_skip, timestep, prior_scale)
 
@@ -338,11 +338,11 @@ class MujocoTask(Task):
                              f"task.n_dims = {self.n_dims}")
         return (2 * torch.rand(batch, n_points, self.n_dims, generator=gen) - 1) * self._x_range
 
-    def deltas(self, physics: np.ndarray, xs: Tensor) -> np.ndarray:
-        """Raw next state − state (B, n, y_dim), float64, for parameters (B, P) at inputs (B, n, d)."""
+    def deltas(self, phys: np.ndarray, xs: Tensor) -> np.ndarray:
+        """Raw next state − state (B, n, y_dim), float64, for physical parameters (B, P) at inputs (B, n, d)."""
         x = xs.detach().cpu().double().numpy()
         s = self.system.state_dim
-        return self.simulator.step(physics, x[..., :s], x[..., s:], self.frame_skip) - x[..., :s]
+        return self.simulator.step(phys, x[..., :s], x[..., s:], self.frame_skip) - x[..., :s]
 
     def evaluate(self, params: Params, xs: Tensor) -> Tensor:
         return torch.from_numpy(self.deltas(params["physics"].numpy(), xs) / self.y_scale).float()
