@@ -135,6 +135,18 @@ def test_training_stream_is_pure_per_step():
     assert torch.equal(a["xs"], b["xs"]) and torch.equal(a["ys"], b["ys"])
 
 
+def test_a_dataloader_worker_draws_the_same_batches():
+    """num_workers > 0: the task is pickled into the worker, which builds its own simulator."""
+    from icl.data import PromptDataModule
+
+    cfg = {"name": "mujoco_pendulum", "n_dims": 3, "curriculum": {"dims": {"start": 3, "end": 3},
+                                                                "points": {"start": 5, "end": 5}}}
+    inline = PromptDataModule(cfg, batch_size=4, num_workers=0, seed=1)
+    worker = PromptDataModule(cfg, batch_size=4, num_workers=1, seed=1)
+    a, b = next(iter(inline.train_dataloader())), next(iter(worker.train_dataloader()))
+    assert torch.equal(a["xs"], b["xs"]) and torch.equal(a["ys"], b["ys"])
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match=r"task.n_dims must be 3 for mujoco_pendulum \(2 state \+ 1 action"):
         build_task("mujoco_pendulum", 4)
