@@ -36,6 +36,15 @@ the number of prompts):
                  i <= 100), as in Garg et al.; batched over prompts with bmm,
                  run single-threaded (see _single_thread).
 
+Model-based (``task`` metadata; only for tasks that have a ``nominal`` method, the mujoco_* tasks):
+  nominal        the simulator at the prior's midpoint parameters, whatever the context: what a model
+                 that knows the system class but learns nothing in context could use. It predicts at
+                 k = 0 as well (the one exception to "0 with no examples").
+
+Vector outputs (``task.y_dim`` > 1, ys (B, n, m)): baselines marked ``per_output`` (zero, least_squares,
+ridge, averaging, knn_3, gd_2nn) fit each coordinate on its own — coordinate c of prompt b runs as a prompt of
+its own with the same inputs — and return (B, n, m); the others are skipped by the evaluation (``skip_reason``).
+
 Failure policy: a library fit that raises on one prompt/position writes NaN
 there and the rest carry on; library warnings (e.g. ConvergenceWarning) are
 silenced. The batched baselines likewise give NaN at positions whose prefix or
@@ -298,19 +307,26 @@ def _gd_2nn(
     return preds.detach()
 
 
+def _nominal(xs: Tensor, ys: Tensor, queries: Tensor | None = None, task: Any = None) -> Tensor:
+    """The task's nominal model at each query; it reads no context, so it predicts at k = 0 too."""
+    return task.nominal(xs if queries is None else queries).float()
+
+
 # slow: per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n; callers cap their prompts.
+# per_output: fits each output coordinate on its own, so it also serves tasks with vector outputs (task.y_dim > 1).
 BASELINES: Registry[Predictor] = Registry("baseline", "task.baselines")
-BASELINES.add("zero", _zero)
-BASELINES.add("least_squares", _batched_prefix(_least_squares))
-BASELINES.add("ridge", _batched_prefix(_ridge))
-BASELINES.add("averaging", _batched_prefix(_averaging))
-BASELINES.add("knn_3", _knn(3))
+BASELINES.add("zero", _zero, per_output=True)
+BASELINES.add("least_squares", _batched_prefix(_least_squares), per_output=True)
+BASELINES.add("ridge", _batched_prefix(_ridge), per_output=True)
+BASELINES.add("averaging", _batched_prefix(_averaging), per_output=True)
+BASELINES.add("knn_3", _knn(3), per_output=True)
 for _alpha in LASSO_ALPHAS:
     BASELINES.add(f"lasso_{_alpha}", _lasso(float(_alpha)), slow=True)
 BASELINES.add("tree_depth4", _tree(4), slow=True)
 BASELINES.add("tree_unbounded", _tree(None), slow=True)
 BASELINES.add("xgboost", _xgboost, slow=True)
-BASELINES.add("gd_2nn", _gd_2nn, slow=True)
+BASELINES.add("gd_2nn", _gd_2nn, slow=True, per_output=True)
+BASELINES.add("nominal", _nominal, task=True)
 
 
 def is_slow(name: str) -> bool:
@@ -318,8 +334,40 @@ def is_slow(name: str) -> bool:
     return bool(BASELINES.meta(name, "slow", False))
 
 
-def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+def skip_reason(name: str, task: Any) -> str | None:
+    """Why baseline ``name`` cannot score ``task`` (None: it can): scalar-only fits on vector outputs, or a
+    model-based baseline on a task without that model."""
+    if BASELINES.meta(name, "task") and not hasattr(task, "nominal"):
+        return f"task {task.name} has no nominal model"
+    if task.y_dim > 1 and not BASELINES.meta(name, "per_output") and not BASELINES.meta(name, "task"):
+        return f"it fits one scalar output and task {task.name} has y_dim = {task.y_dim}"
+    return None
+
+
+def _per_output(predictor: Predictor, xs: Tensor, ys: Tensor, queries: Tensor | None) -> Tensor:
+    """A scalar predictor on each of the m output coordinates, as m more prompts: (B, n, m) -> (B, n, m).
+
+    Prompt b's coordinate c becomes prompt b * m + c with the same inputs, so each fit sees only its own output."""
+    batch, n, m = ys.shape
+    flat = ys.permute(0, 2, 1).reshape(batch * m, n)
+    rep = lambda t: t.repeat_interleave(m, dim=0)
+    preds = predictor(rep(xs), flat) if queries is None else predictor(rep(xs), flat, rep(queries))
+    return preds.reshape(batch, m, n).permute(0, 2, 1).contiguous()
+
+
+def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None, task: Any = None) -> Tensor:
     """Predictions (B, n) float32 on CPU of baseline ``name``; position i sees only the prefix < i
-    and its query (``queries[:, i]`` when given, else ``xs[:, i]``)."""
+    and its query (``queries[:, i]`` when given, else ``xs[:, i]``).
+
+    Vector outputs ys (B, n, m) give (B, n, m), fitted per coordinate (``per_output`` baselines only);
+    model-based baselines (``nominal``) need the ``task``."""
     predictor = BASELINES[name]
+    if BASELINES.meta(name, "task"):
+        if task is None or not hasattr(task, "nominal"):
+            raise ValueError(f"baseline '{name}' needs a task with a nominal model (the mujoco_* tasks)")
+        return predictor(xs, ys, queries, task=task)
+    if ys.ndim == 3:
+        if not BASELINES.meta(name, "per_output"):
+            raise ValueError(f"baseline '{name}' fits one scalar output; ys {tuple(ys.shape)} are vectors")
+        return _per_output(predictor, xs, ys, queries)
     return predictor(xs, ys) if queries is None else predictor(xs, ys, queries)

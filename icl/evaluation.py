@@ -9,8 +9,10 @@ linear prompts; for classification it is the error rate divided by 0.5 (chance).
 are a percentile bootstrap over prompts (the ratio recomputed on every resample). ``error_raw`` keeps
 the un-normalised mean and ``error_per_dim`` = ``error_raw`` / d is Garg et al.'s normalisation (the
 two agree on standard isotropic prompts, not under scale_x/scale_y, where only ``error`` stays
-comparable). Prompts come from ``eval.seed``, not the training seed, so every job of a study is
-scored on the very same prompts.
+comparable). Vector outputs (``task.y_dim`` > 1, the mujoco_* tasks): the squared error and the zero
+estimator's are first averaged over the output coordinates (which the task standardises, so each weighs
+alike), then the same ratio of means; ``error_raw`` is that coordinate mean. Prompts come from ``eval.seed``,
+not the training seed, so every job of a study is scored on the very same prompts.
 
 Baseline rows carry ``diff_transformer`` [``diff_low``, ``diff_high``]: the baseline's error minus this job's
 transformer's on the same prompts, in units of ``error`` (Σ err_baseline − Σ err_transformer over Σ err_zero),
@@ -110,7 +112,8 @@ def prompt_errors(task: Task, preds: Tensor, targets: Tensor) -> tuple[np.ndarra
     """Per-(prompt, k) error of ``preds`` (NaN where the prediction is) and of the zero estimator, float64."""
     err, ref = task.errors(preds, targets)
     err = err.numpy().astype(np.float64)
-    err[np.isnan(preds.numpy())] = np.nan
+    bad = np.isnan(preds.numpy())
+    err[bad.any(-1) if bad.ndim == 3 else bad] = np.nan  # vector outputs: NaN in any coordinate
     return err, ref.numpy().astype(np.float64)
 
 
@@ -159,10 +162,11 @@ def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int |
     return runs
 
 
-def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any]) -> Tensor:
+def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any],
+                    task: Task) -> Tensor:
     queries = None if p.queries is None else p.queries[:n]
     return cache.get({**key, "baseline": name, "n_prompts": n},
-                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries))
+                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task))
 
 
 def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_points: int,
@@ -185,11 +189,15 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
     return df.reindex(columns=COLUMNS)  # diff_* stay NaN on transformer rows (and without a model)
 
 
-def _predictors(model: torch.nn.Module | None, cfg: EvalConfig, strategy: str) -> list[tuple[str, str, int]]:
+def _predictors(model: torch.nn.Module | None, task: Task, cfg: EvalConfig,
+                strategy: str) -> list[tuple[str, str, int]]:
     """(name, kind, prompts scored) of every predictor of a strategy: the transformer first, then the baselines
-    (slow ones capped to ``slow_baseline_prompts`` and to ``slow_baseline_strategies``)."""
+    that apply to the task (slow ones capped to ``slow_baseline_prompts`` and to ``slow_baseline_strategies``)."""
     out = [("transformer", "transformer", cfg.n_prompts)] if model is not None else []
     for name in cfg.baselines:
+        if reason := baselines.skip_reason(name, task):
+            log.info("skipping baseline %s: %s", name, reason)
+            continue
         slow = baselines.is_slow(name)
         if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
             continue
@@ -202,7 +210,7 @@ def _evaluate_strategy(model: torch.nn.Module | None, task: Task, cfg: EvalConfi
                        errors: dict[str, np.ndarray] | None) -> list[pd.DataFrame]:
     """Every predictor's rows on one strategy × parameter, each predictor a cell of its own (``_guarded``)."""
     cell = {"strategy": strategy, "param": param}
-    predictors = _predictors(model, cfg, strategy)
+    predictors = _predictors(model, task, cfg, strategy)
     try:
         p = prompts.make_prompts(strategy, task, cfg.n_prompts, n, cfg.seed, param)
     except Exception as err:  # noqa: BLE001 - no prompts: every predictor of this strategy fails with the same line
@@ -239,7 +247,7 @@ def _baseline_frame(name: str, task: Task, cfg: EvalConfig, p: prompts.Prompts, 
                     key: dict[str, Any], cell: dict[str, Any], mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """A baseline's rows on the first ``count`` prompts (its predictions cached under ``key``), with its paired
     difference to the transformer when the transformer was scored."""
-    preds, targets = _baseline_preds(name, p, count, cache, key), p.targets[:count]
+    preds, targets = _baseline_preds(name, p, count, cache, key, task), p.targets[:count]
     frame = score(task, preds, targets, cfg).assign(predictor=name, kind="baseline", **cell)
     if mine:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
         err, _ = prompt_errors(task, preds, targets)

@@ -20,7 +20,7 @@ from icl.tasks import Task, build_task
 from icl.transformer import ICLTransformer, TransformerConfig
 
 # The model config keys: TransformerConfig's fields but those the job fills in from other groups (task, attn).
-MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in ("n_dims", "attn", "attn_params"))
+MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in ("n_dims", "attn", "attn_params", "y_dim"))
 OPTIM_KEYS = ("lr", "weight_decay", "schedule", "warmup_steps")  # their defaults: configs/train.yaml only
 
 
@@ -39,7 +39,7 @@ class ICLModule(L.LightningModule):
         # The attn config node: its name plus the variant's own settings (a bare name also works).
         attn_params = {"name": attn} if isinstance(attn, str) else dict(attn or {"name": "softmax"})
         config = TransformerConfig(n_dims=task["n_dims"], attn=attn_params.pop("name"), attn_params=attn_params,
-                                   **{k: model[k] for k in MODEL_KEYS if k in model})
+                                   y_dim=self.task.y_dim, **{k: model[k] for k in MODEL_KEYS if k in model})
         self.model = ICLTransformer(config)
         if quant:  # quantisation-aware training: fake-quantised layers from the start (and on reload/resume)
             from icl.quantize import QuantSpec, prepare_qat

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from icl.registry import Registry
-from icl.tasks import EVAL_STREAM, Params, Task, sample_xs, seeded
+from icl.tasks import EVAL_STREAM, Params, Task, seeded
 
 
 @dataclass
@@ -60,7 +60,7 @@ SKEW_POWER = 2.0  # skewed eigenvalues λ_i ∝ i^-2
 def _base(task: Task, n_prompts: int, n_points: int, seed: int) -> tuple[Tensor, Params, torch.Generator]:
     """The standard draw: inputs, then functions; the returned generator goes on to the task's noise."""
     gen = seeded(EVAL_STREAM, seed, 0, 0)
-    xs = sample_xs(n_prompts, n_points, task.n_dims, task.n_dims, gen)
+    xs = task.sample_xs(n_prompts, n_points, task.n_dims, gen)
     return xs, task.sample_params(n_prompts, task.n_dims, gen), gen
 
 

@@ -63,6 +63,7 @@ class Task:
 
     name: ClassVar[str] = ""
     metric: ClassVar[str] = "squared_error"  # or "error_rate" for classification
+    y_dim: ClassVar[int] = 1  # outputs per point: ys are (B, n) when 1, else (B, n, y_dim) (the MuJoCo tasks)
 
     def __init__(self, n_dims: int, **params: Any) -> None:
         if n_dims < 1:
@@ -88,6 +89,10 @@ class Task:
     def sample_params(self, batch: int, n_active: int, gen: torch.Generator) -> Params:
         raise NotImplementedError
 
+    def sample_xs(self, batch: int, n_points: int, n_active: int, gen: torch.Generator) -> Tensor:
+        """Inputs (B, n, d): N(0, I_d) truncated to ``n_active`` coordinates unless the task has its own."""
+        return sample_xs(batch, n_points, self.n_dims, n_active, gen)
+
     def evaluate(self, params: Params, xs: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -105,8 +110,13 @@ class Task:
         return ys.pow(2).mean()
 
     def errors(self, preds: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-(prompt, position) error of ``preds`` and of the zero estimator, for evaluation."""
-        return (preds - ys).pow(2), ys.pow(2)
+        """Per-(prompt, position) error of ``preds`` and of the zero estimator, for evaluation.
+
+        Vector outputs (B, n, y_dim): the mean over coordinates, which the task standardises so each weighs alike."""
+        err, ref = (preds - ys).pow(2), ys.pow(2)
+        if ys.ndim == 3:
+            return err.mean(-1), ref.mean(-1)
+        return err, ref
 
 
 def _gaussian_w(batch: int, n_dims: int, gen: torch.Generator) -> Tensor:
@@ -264,6 +274,114 @@ class RandomForest(DecisionTree):
         return torch.stack(ys).mean(dim=0)
 
 
+# --- MuJoCo state transitions (icl/physics.py; docs/mujoco.md) ---------------------------------------------------
+SCALE_STREAM = 5  # key space of the fixed reference draw that sets a MuJoCo task's per-coordinate y scale
+SCALE_PROMPTS, SCALE_POINTS = 256, 16
+
+
+class MujocoTask(Task):
+    """f = a MuJoCo system whose physical parameters are drawn per prompt from a box prior (``icl.physics``).
+
+    x = (state, action): each state coordinate uniform on ±its range, each action uniform on [-1, 1];
+    y = (state after ``frame_skip`` steps of ``timestep`` − state) / ``y_scale``, a vector of ``y_dim`` = state
+    coordinates. Delta form: "no change" is the zero estimator, and the delta is small and smooth where the next
+    state is dominated by the state itself. ``y_scale`` (per coordinate) is the delta's root mean square on a
+    fixed reference draw, so every coordinate weighs alike in the loss and the zero estimator scores ≈ 1 on each.
+    ``prior_scale`` shrinks the prior's box around its midpoint (0: every prompt is the nominal system).
+    """
+
+    system_name: ClassVar[str] = ""
+    frame_skip: int = 2  # simulator steps per transition: 2 × 0.025 s = 0.05 s between states (gymnasium Pendulum's dt)
+    timestep: float = 0.025  # 2.5× fewer steps than 5 × 0.01 s for the same 0.05 s (sampling cost: docs/mujoco.md)
+    prior_scale: float = 1.0
+    _scales: ClassVar[dict[tuple, np.ndarray]] = {}  # y_scale per (system, frame_skip, timestep, prior_scale)
+
+    def __init__(self, n_dims: int, **params: Any) -> None:
+        super().__init__(n_dims, **params)
+        try:
+            from icl import physics
+        except ImportError:
+            raise ImportError(f"task '{self.name}' needs MuJoCo: pip install -e '.[mujoco]' (or pip install mujoco)") \
+                from None
+        self.system = physics.system(self.system_name)
+        if n_dims != self.system.x_dim:
+            raise ValueError(f"task.n_dims must be {self.system.x_dim} for {self.name} ({self.system.state_dim} state + "
+                             f"{self.system.n_action} action coordinates), got {n_dims}")
+        if self.frame_skip < 1 or self.timestep <= 0 or not 0 <= self.prior_scale <= 1:
+            raise ValueError(f"task '{self.name}' needs frame_skip >= 1, timestep > 0 and 0 <= prior_scale <= 1, got "
+                             f"{self.frame_skip}, {self.timestep}, {self.prior_scale}")
+        self.y_dim = self.system.state_dim  # type: ignore[misc]  # an instance value: fixed by the system
+        low, high = (np.array([getattr(p, side) for p in self.system.prior]) for side in ("low", "high"))
+        self._mid, self._half = (low + high) / 2, self.prior_scale * (high - low) / 2
+        self._x_range = torch.tensor([*self.system.state_range, *[1.0] * self.system.n_action])
+        self._sim = None
+        self.y_scale = self._reference_scale()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sim": None}  # MjModels stay behind; a DataLoader worker builds its own
+
+    @property
+    def simulator(self) -> Any:
+        if self._sim is None:
+            from icl.physics import Simulator
+
+            self._sim = Simulator(self.system, self.timestep)
+        return self._sim
+
+    def sample_params(self, batch: int, n_active: int, gen: torch.Generator) -> Params:
+        u = torch.rand(batch, len(self._mid), generator=gen, dtype=torch.float64)
+        return {"physics": torch.from_numpy(self._mid) + torch.from_numpy(self._half) * (2 * u - 1)}
+
+    def sample_xs(self, batch: int, n_points: int, n_active: int, gen: torch.Generator) -> Tensor:
+        if n_active != self.n_dims:
+            raise ValueError(f"task '{self.name}' has no dims curriculum: set task.curriculum.dims.start = "
+                             f"task.n_dims = {self.n_dims}")
+        return (2 * torch.rand(batch, n_points, self.n_dims, generator=gen) - 1) * self._x_range
+
+    def deltas(self, phys: np.ndarray, xs: Tensor) -> np.ndarray:
+        """Raw next state − state (B, n, y_dim), float64, for physical parameters (B, P) at inputs (B, n, d)."""
+        x = xs.detach().cpu().double().numpy()
+        s = self.system.state_dim
+        return self.simulator.step(phys, x[..., :s], x[..., s:], self.frame_skip) - x[..., :s]
+
+    def evaluate(self, params: Params, xs: Tensor) -> Tensor:
+        return torch.from_numpy(self.deltas(params["physics"].numpy(), xs) / self.y_scale).float()
+
+    def nominal(self, xs: Tensor) -> Tensor:
+        """The nominal system's (prior midpoint) prediction at xs: what a model ignoring the context could use."""
+        return torch.from_numpy(self.deltas(np.tile(self._mid, (xs.shape[0], 1)), xs) / self.y_scale).float()
+
+    def _reference_scale(self) -> np.ndarray:
+        key = (self.system_name, self.frame_skip, self.timestep, self.prior_scale)
+        if key not in self._scales:
+            gen = seeded(SCALE_STREAM, 0, 0, 0)
+            xs = self.sample_xs(SCALE_PROMPTS, SCALE_POINTS, self.n_dims, gen)
+            delta = self.deltas(self.sample_params(SCALE_PROMPTS, self.n_dims, gen)["physics"].numpy(), xs)
+            self._scales[key] = np.sqrt((delta**2).mean(axis=(0, 1)))
+        return self._scales[key]
+
+
+@register("mujoco_pendulum", simulator="mujoco")
+class MujocoPendulum(MujocoTask):
+    """A torque-driven pendulum: x = (θ, ω, u), y = Δ(θ, ω)."""
+
+    system_name = "pendulum"
+
+
+@register("mujoco_cartpole", simulator="mujoco")
+class MujocoCartpole(MujocoTask):
+    """A force-driven cart with a free pole: x = (x, θ, ẋ, ω, u), y = Δ(x, θ, ẋ, ω)."""
+
+    system_name = "cartpole"
+
+
+@register("mujoco_reacher", simulator="mujoco")
+class MujocoReacher(MujocoTask):
+    """A planar 2-link arm, a motor per joint: x = (θ1, θ2, ω1, ω2, u1, u2), y = Δ(θ1, θ2, ω1, ω2)."""
+
+    system_name = "reacher"
+
+
 def build_task(name: str, n_dims: int, params: dict[str, Any] | None = None) -> Task:
     """Instantiate a task by its config name, with a one-line error listing the known names."""
     return TASKS[name](n_dims, **(params or {}))
@@ -294,16 +412,16 @@ class PromptSampler:
         self.max_points = max_points
 
     def sample(self, batch: int, n_points: int, n_active: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """One batch: xs (B, n, d), ys (B, n)."""
+        """One batch: xs (B, n, d), ys (B, n), or (B, n, y_dim) for a task with vector outputs."""
         task, d = self.task, self.task.n_dims
         if not 1 <= n_active <= d:
             raise ValueError(f"active dims must be in 1..{d} (task.n_dims), got {n_active}")
         if self.num_training_examples is None:
-            xs = sample_xs(batch, n_points, d, n_active, gen)
+            xs = task.sample_xs(batch, n_points, n_active, gen)
         else:
             ids = torch.randint(0, self.num_training_examples, (batch,), generator=gen).tolist()
             width = max(n_points, self.max_points)  # fixed width so a prompt's prefix never changes
-            xs = torch.cat([sample_xs(1, width, d, n_active, seeded(POOL_INPUTS, self.pool_seed, 0, i)) for i in ids])
+            xs = torch.cat([task.sample_xs(1, width, n_active, seeded(POOL_INPUTS, self.pool_seed, 0, i)) for i in ids])
             xs = xs[:, :n_points]
         if self.num_tasks is None:
             params = task.sample_params(batch, n_active, gen)

@@ -19,10 +19,15 @@ from icl.attention import build_attention
 
 
 def interleave(xs: Tensor, ys: Tensor) -> Tensor:
-    """(B, n, d), (B, n) → (B, 2n, d) tokens x1, y1, x2, y2, … with y zero-padded to d."""
+    """(B, n, d), (B, n) → (B, 2n, d) tokens x1, y1, x2, y2, … with y zero-padded to d.
+
+    Vector outputs: ys (B, n, m), m <= d, fill the first m coordinates of each y token."""
     batch, n, d = xs.shape
     y_tokens = torch.zeros_like(xs)
-    y_tokens[..., 0] = ys
+    if ys.ndim == 3:
+        y_tokens[..., : ys.shape[-1]] = ys
+    else:
+        y_tokens[..., 0] = ys
     return torch.stack((xs, y_tokens), dim=2).reshape(batch, 2 * n, d)
 
 
@@ -98,6 +103,7 @@ class TransformerConfig:
     attn_params: dict[str, Any] = field(default_factory=dict)  # the variant's own settings (configs/attn/*.yaml)
     dropout: float = 0.0
     activation: str = "gelu"  # gelu (exact erf) | gelu_tanh (GPT-2's, for converted Garg et al. checkpoints)
+    y_dim: int = 1  # outputs per point, set from the task (1: scalar y, predictions (B, n); else (B, n, y_dim))
 
 
 class ICLTransformer(nn.Module):
@@ -106,13 +112,15 @@ class ICLTransformer(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = c = config
+        if not 1 <= c.y_dim <= c.n_dims:
+            raise ValueError(f"y_dim ({c.y_dim}) must be in 1..n_dims ({c.n_dims}): a y token is as wide as an x token")
         self.read_in = nn.Linear(c.n_dims, c.n_embd)
         self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout, c.activation)
                                     for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
-        self.read_out = nn.Linear(c.n_embd, 1)
+        self.read_out = nn.Linear(c.n_embd, c.y_dim)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -124,12 +132,14 @@ class ICLTransformer(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
-        """xs (B, n, d), ys (B, n) → predictions (B, n) read at the x positions."""
+        """xs (B, n, d), ys (B, n) → predictions (B, n) read at the x positions ((B, n, y_dim) for vector y)."""
         B, n, d = xs.shape
         if d != self.config.n_dims:
             raise ValueError(f"prompts have {d} dims but the model was built for {self.config.n_dims}")
         if n > self.config.n_positions:
             raise ValueError(f"prompts have {n} points but model.n_positions is {self.config.n_positions}")
+        if (ys.shape[-1] if ys.ndim == 3 else 1) != self.config.y_dim:
+            raise ValueError(f"ys {tuple(ys.shape)} do not match the model's y_dim = {self.config.y_dim}")
         tokens = interleave(xs, ys)  # (B, T, d)
         pos = torch.arange(2 * n, device=xs.device)
         h = self.drop(self.read_in(tokens) + self.wpe(pos))  # (B, T, C)
@@ -140,4 +150,5 @@ class ICLTransformer(nn.Module):
             h = block(h, x_only=i == last)  # (B, T, C); (B, n, C) after the last block
         if last < 0:
             h = h[:, ::2]
-        return self.read_out(self.ln_f(h))[..., 0]  # predictions at x positions: (B, n)
+        out = self.read_out(self.ln_f(h))  # predictions at x positions: (B, n, y_dim)
+        return out[..., 0] if self.config.y_dim == 1 else out

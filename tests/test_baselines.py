@@ -8,7 +8,7 @@ import torch
 
 from icl import baselines as bl
 
-ALL = sorted(bl.BASELINES)
+ALL = sorted(bl.BASELINES.where(task=None))  # model-based ones (nominal) need a task: tests/test_physics.py
 
 
 def linear_prompts(B: int, n: int, d: int, seed: int = 0, sparsity: int | None = None):
@@ -246,3 +246,57 @@ def test_library_baselines_use_the_queries():
         for i in range(1, 6):
             ref = bl.predict(name, torch.cat([xs[:, :i], queries[:, i:i + 1]], 1), ys[:, :i + 1])[:, -1]
             torch.testing.assert_close(with_q[:, i], ref, rtol=1e-4, atol=1e-4, msg=f"{name} at {i}")
+
+
+# --- vector outputs (ys (B, n, m); issue 18) ----------------------------------------------------------------------
+PER_OUTPUT = sorted(bl.BASELINES.where(per_output=True))
+
+
+def vector_prompts(B: int = 4, n: int = 7, d: int = 3, m: int = 3, seed: int = 0):
+    """y_c = w_c·x + sin(x_0) c: m outputs, each its own function of the same inputs."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(B, n, d, generator=g)
+    w = torch.randn(B, m, d, generator=g)
+    return xs, torch.einsum("bnd,bmd->bnm", xs, w) + torch.sin(xs[..., :1]) * torch.arange(m)
+
+
+def test_per_output_baselines_are_listed():
+    assert set(PER_OUTPUT) == {"zero", "least_squares", "ridge", "averaging", "knn_3", "gd_2nn"}
+
+
+@pytest.mark.parametrize("name", [n for n in PER_OUTPUT if n != "gd_2nn"])
+@pytest.mark.parametrize("queries", [False, True])
+def test_vector_outputs_equal_a_loop_over_coordinates(name, queries):
+    xs, ys = vector_prompts()
+    qs = xs.flip(1) if queries else None
+    preds = bl.predict(name, xs, ys, qs)
+    assert preds.shape == ys.shape and preds.dtype == torch.float32
+    loop = torch.stack([bl.predict(name, xs, ys[..., c], qs) for c in range(ys.shape[-1])], dim=-1)
+    torch.testing.assert_close(preds, loop, rtol=1e-6, atol=1e-6)
+
+
+def test_gd_2nn_fits_each_coordinate_on_its_own():
+    """gd_2nn trains one net per (prompt, coordinate): changing coordinate 0's labels leaves coordinate 1's
+    predictions exactly as they were, and a net per coordinate beats the zero estimator on a smooth target."""
+    xs, ys = vector_prompts(B=3, n=8, m=2)
+    preds = bl.predict("gd_2nn", xs, ys)
+    assert preds.shape == (3, 8, 2) and torch.isfinite(preds).all()
+    other = ys.clone()
+    other[..., 0] = torch.randn(3, 8) * 10
+    assert torch.equal(bl.predict("gd_2nn", xs, other)[..., 1], preds[..., 1])
+    assert not torch.equal(bl.predict("gd_2nn", xs, other)[..., 0], preds[..., 0])
+
+
+def test_scalar_baselines_refuse_vector_outputs_and_are_skipped():
+    xs, ys = vector_prompts()
+    with pytest.raises(ValueError, match="fits one scalar output"):
+        bl.predict("tree_depth4", xs, ys)
+
+    class Vector:
+        name, y_dim = "mujoco_x", 3
+
+    assert "y_dim = 3" in bl.skip_reason("lasso_0.1", Vector())
+    assert bl.skip_reason("ridge", Vector()) is None
+    assert "no nominal model" in bl.skip_reason("nominal", Vector())
+    with pytest.raises(ValueError, match="needs a task with a nominal model"):
+        bl.predict("nominal", xs, ys)

@@ -67,3 +67,54 @@ def test_read_out_at_x_positions_equals_reading_every_token():
             h = block(h)
         full = model.read_out(model.ln_f(h))[:, ::2, 0]
         torch.testing.assert_close(model(xs, ys), full)
+
+
+# --- vector outputs (task.y_dim > 1; issue 18) ----------------------------------------------------------------------
+def _old_forward(model: ICLTransformer, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """The forward pass as it was before y_dim existed: y in coordinate 0 of its token, one read-out value."""
+    tokens = torch.zeros(*xs.shape[:2], 2, xs.shape[2])
+    tokens[:, :, 0], tokens[:, :, 1, 0] = xs, ys
+    h = model.read_in(tokens.reshape(xs.shape[0], -1, xs.shape[2])) + model.wpe(torch.arange(2 * xs.shape[1]))
+    for i, block in enumerate(model.blocks):
+        h = block(h, x_only=i == len(model.blocks) - 1)
+    return model.read_out(model.ln_f(h))[..., 0]
+
+
+def test_scalar_y_is_the_old_model_bit_for_bit():
+    """y_dim = 1 (the default, every existing task): same parameters, same shapes, identical outputs."""
+    torch.manual_seed(0)
+    model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=8, n_layer=2)).eval()
+    assert model.config.y_dim == 1 and model.read_out.weight.shape == (1, 64)
+    torch.manual_seed(0)  # the same init draws as a model built before the field existed
+    old = ICLTransformer(TransformerConfig(**{k: v for k, v in vars(model.config).items() if k != "y_dim"}))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), old.state_dict().values()))
+    xs, ys = torch.randn(3, 8, 4), torch.randn(3, 8)
+    assert torch.equal(model(xs, ys), _old_forward(model, xs, ys))
+
+
+def test_vector_y_tokens_and_read_out():
+    xs, ys = torch.randn(2, 3, 5), torch.randn(2, 3, 2)
+    z = interleave(xs, ys)
+    assert torch.equal(z[:, 1::2, :2], ys) and torch.all(z[:, 1::2, 2:] == 0) and torch.equal(z[:, 0::2], xs)
+    model = ICLTransformer(TransformerConfig(n_dims=5, n_positions=3, y_dim=2))
+    assert model(xs, ys).shape == (2, 3, 2) and model.read_out.weight.shape == (2, 64)
+    with pytest.raises(ValueError, match="do not match the model's y_dim = 2"):
+        model(xs, ys[..., 0])
+    with pytest.raises(ValueError, match=r"y_dim \(6\) must be in 1..n_dims \(5\)"):
+        ICLTransformer(TransformerConfig(n_dims=5, y_dim=6))
+
+
+def test_vector_prediction_i_ignores_later_tokens():
+    """The causality test with vector y: changing y_i.. and x_{i+1}.. leaves predictions <= i unchanged."""
+    torch.manual_seed(0)
+    model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=8, y_dim=3)).eval()
+    xs, ys = torch.randn(2, 8, 4), torch.randn(2, 8, 3)
+    base = model(xs, ys)
+    for i in range(8):
+        xs2, ys2 = xs.clone(), ys.clone()
+        ys2[:, i:] += torch.randn(2, 8 - i, 3) * 5
+        xs2[:, i + 1:] += torch.randn(2, 7 - i, 4) * 5
+        out = model(xs2, ys2)
+        torch.testing.assert_close(out[:, : i + 1], base[:, : i + 1])
+        if i < 7:
+            assert not torch.allclose(out[:, i + 1:], base[:, i + 1:])

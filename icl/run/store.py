@@ -36,7 +36,7 @@ from icl.files import atomic_write, source_hash, write_json
 
 log = logging.getLogger(__name__)
 
-TRAINING_SOURCES = ("icl.tasks", "icl.curriculum", "icl.data", "icl.attention", "icl.transformer", "icl.module")
+TRAINING_SOURCES = ("icl.tasks", "icl.physics", "icl.curriculum", "icl.data", "icl.attention", "icl.transformer", "icl.module")
 IGNORED = {  # config keys that cannot change the trained weights
     "": {"paths", "eval", "callbacks", "logger", "hydra", "experiment", "ckpt_path", "quant", "threads"},
     "trainer": {"enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"},
