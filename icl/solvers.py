@@ -1,0 +1,241 @@
+"""Batched solvers behind the per-prompt baselines: every prompt × prefix (× α) in one torch computation.
+
+The reference implementations fit one library model per prompt and prefix (``baselines._prefix_fit``); at
+1280 prompts × 41 positions × 5 Lasso strengths that is 262,000 scikit-learn fits. Here the same problems
+are solved together:
+
+* ``lasso_predict``: cyclic coordinate descent on the prefix Gram matrices, the algorithm and objective of
+  scikit-learn's ``Lasso(fit_intercept=False)``, (1/(2k))‖y − Xw‖² + α‖w‖₁, with its duality-gap stop
+  (gap ≤ ``tol``·‖y‖²), vectorised over problems; problems that converge leave the working set.
+* ``gd_2nn_predict``: the 2-layer ReLU nets of ``baselines._gd_2nn`` for every position at once (masked
+  full-batch losses; see its docstring for where the random streams differ from the loop).
+* ``bayes_predict``: the Bayes-optimal (posterior-mean) prediction under a task's training prior where an
+  exact form exists (``bayes_kind``).
+
+Everything takes clean float64 ``xs`` (B, n, d), ``ys`` (B, n) and queries ``qs`` (B, n, d) — the callers in
+``icl.baselines`` handle non-finite inputs and position 0 — and returns predictions (B, n), where position i
+uses only ``xs[:, :i]``, ``ys[:, :i]`` and ``qs[:, i]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import combinations
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# scikit-learn's defaults for Lasso; the stop is its duality gap, made tighter so that predictions agree with
+# a fully converged solution to ~1e-6 relative (the old loop used tol = 1e-4, see docs/baselines.md).
+LASSO_TOL = 1e-8
+LASSO_MAX_SWEEPS = 10_000
+LASSO_CHUNK = 65_536  # problems per working set in the first phase (memory: chunk × d² float64)
+LASSO_FIRST_SWEEPS = 60  # sweeps a chunk gets before its unconverged problems are pooled with the others
+LASSO_CHECK_EVERY = 10  # sweeps between duality-gap checks
+
+
+def prefix_grams(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """X^T X, X^T y and y^T y of every prefix: (B, n, d, d), (B, n, d), (B, n); index i = the first i points.
+
+    Cumulative sums, so prefix i never sees a point at or after i (index 0 is the empty prefix).
+    """
+    outer = xs.unsqueeze(-1) * xs.unsqueeze(-2)  # (B, n, d, d)
+    zero = lambda t: torch.zeros_like(t[:, :1])  # noqa: E731
+    gram = torch.cat([zero(outer), outer[:, :-1]], 1).cumsum(1)
+    xy = xs * ys.unsqueeze(-1)
+    b = torch.cat([zero(xy), xy[:, :-1]], 1).cumsum(1)
+    y2 = ys**2
+    yy = torch.cat([zero(y2), y2[:, :-1]], 1).cumsum(1)
+    return gram, b, yy
+
+
+def _duality_gap(G: Tensor, b: Tensor, yy: Tensor, lam: Tensor, w: Tensor) -> Tensor:
+    """scikit-learn's Lasso duality gap (``enet_coordinate_descent``, l2 = 0) from Gram quantities.
+
+    Primal 0.5‖y − Xw‖² + λ‖w‖₁ with λ = α·k (scikit-learn scales α by the number of samples); the dual
+    point is the residual rescaled into the feasible set ‖X^T θ‖∞ ≤ λ.
+    """
+    Gw = (G @ w.unsqueeze(-1)).squeeze(-1)
+    wb = (w * b).sum(-1)
+    r2 = (yy - 2 * wb + (w * Gw).sum(-1)).clamp(min=0)  # ‖y − Xw‖²
+    dual_norm = (b - Gw).abs().amax(-1)  # ‖X^T r‖∞
+    const = torch.where(dual_norm > lam, lam / dual_norm.clamp(min=1e-300), torch.ones_like(lam))
+    return 0.5 * r2 * (1 + const**2) + lam * w.abs().sum(-1) - const * (yy - wb)
+
+
+def _cd_sweeps(G: Tensor, b: Tensor, lam: Tensor, w: Tensor, sweeps: int) -> Tensor:
+    """``sweeps`` cyclic coordinate-descent passes over all coordinates, every problem at once (in place).
+
+    w_j ← S(b_j − (Gw)_j + G_jj w_j, λ) / G_jj, S the soft threshold; a coordinate with G_jj = 0 (a zero
+    column) stays 0, as in scikit-learn.
+    """
+    diag = torch.diagonal(G, dim1=-2, dim2=-1)
+    live = diag > 0
+    inv = torch.where(live, 1.0 / diag.clamp(min=1e-300), 0.0)
+    for _ in range(sweeps):
+        for j in range(G.shape[-1]):
+            rho = b[:, j] - (G[:, j] * w).sum(-1) + diag[:, j] * w[:, j]
+            w[:, j] = torch.sign(rho) * (rho.abs() - lam).clamp(min=0) * inv[:, j]
+    return w
+
+
+def _polish(G: Tensor, b: Tensor, lam: Tensor, w: Tensor) -> Tensor:
+    """The exact Lasso solution if the support and signs of ``w`` are the optimal ones: G_AA w_A = b_A − λ s_A.
+
+    Coordinate descent finds the support long before its values converge (small α with k ≤ d takes it
+    thousands of sweeps: two correlated columns trade weight geometrically slowly). The candidate is only
+    accepted where its own duality gap certifies it (``_cd_solve``); a singular system gives NaN, rejected.
+    """
+    on = w != 0
+    eye = torch.diag_embed((~on).to(G.dtype))
+    system = G * (on.unsqueeze(-1) & on.unsqueeze(-2)) + eye
+    rhs = torch.where(on, b - lam.unsqueeze(-1) * torch.sign(w), 0.0)
+    sol, info = torch.linalg.solve_ex(system, rhs)
+    return torch.where((info == 0).unsqueeze(-1) & on, sol, 0.0)
+
+
+def _cd_solve(G: Tensor, b: Tensor, yy: Tensor, lam: Tensor, w: Tensor, tol: float, max_sweeps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Coordinate descent until each problem's gap ≤ tol·yy (or ``max_sweeps``); converged ones leave the set.
+
+    At every check a problem whose iterate is not yet certified tries the exact solution on its current
+    support (``_polish``) and keeps it if that one's duality gap is within tolerance. Returns the solutions,
+    a converged mask and the sweeps spent. Problems are (N, d, d), (N, d), (N,), (N,).
+    """
+    out, done = w.clone(), torch.zeros(len(w), dtype=torch.bool)
+    sweeps = torch.zeros(len(w), dtype=torch.long)
+    idx = torch.arange(len(w))
+    G, b, yy, lam, w = G.clone(), b.clone(), yy.clone(), lam.clone(), w.clone()
+    spent = 0
+    while len(idx) and spent < max_sweeps:
+        step = min(LASSO_CHECK_EVERY, max_sweeps - spent)
+        _cd_sweeps(G, b, lam, w, step)
+        spent += step
+        ok = _duality_gap(G, b, yy, lam, w) <= tol * yy
+        if not ok.all():
+            cand = _polish(G[~ok], b[~ok], lam[~ok], w[~ok])
+            good = _duality_gap(G[~ok], b[~ok], yy[~ok], lam[~ok], cand) <= tol * yy[~ok]
+            fix = (~ok).nonzero().squeeze(-1)[good]
+            w[fix] = cand[good]
+            ok[fix] = True
+        out[idx], sweeps[idx] = w, spent
+        done[idx[ok]] = True
+        keep = ~ok
+        idx, G, b, yy, lam, w = idx[keep], G[keep], b[keep], yy[keep], lam[keep], w[keep]
+    return out, done, sweeps
+
+
+def _masked_solve(G: Tensor, on: Tensor, rhs: Tensor) -> Tensor:
+    """Solve G_AA x_A = rhs_A on each problem's set A (``on``), x = 0 off A; NaN where G_AA is singular."""
+    system = G.masked_fill(~(on.unsqueeze(-1) & on.unsqueeze(-2)), 0.0)  # one pass: ~8x cheaper than G * mask
+    system.diagonal(dim1=-2, dim2=-1).add_(~on)
+    sol, info = torch.linalg.solve_ex(system, torch.where(on, rhs, 0.0))
+    return torch.where(on, sol, 0.0).masked_fill((info != 0).unsqueeze(-1), math.nan)
+
+
+def _homotopy_step(G: Tensor, rows: Tensor, w: Tensor, on: Tensor, c: Tensor, lam: Tensor, lams: Tensor,
+                   out: Tensor) -> None:
+    """One kink-to-kink step of the problems ``rows`` (G already gathered), updating the state in place."""
+    tiny = 1e-12
+    wr, onr, cr, lr, targets = w[rows], on[rows], c[rows], lam[rows], lams[rows]
+    u = torch.nan_to_num(_masked_solve(G, onr, torch.sign(cr) * onr), nan=0.0)  # dw / d(−λ) on A
+    a = (G @ u.unsqueeze(-1)).squeeze(-1)  # how fast each correlation falls
+    l = lr.unsqueeze(-1)
+    g1 = torch.where((1 - a).abs() > tiny, (l - cr) / (1 - a), math.inf)  # c_j(γ) = +(λ − γ)
+    g2 = torch.where((1 + a).abs() > tiny, (l + cr) / (1 + a), math.inf)  # c_j(γ) = −(λ − γ)
+    join = torch.minimum(g1.where(g1 > tiny, math.inf), g2.where(g2 > tiny, math.inf)).masked_fill(onr, math.inf)
+    drop = (-wr / u.where(u != 0, 1.0)).where(onr & (u != 0), math.inf)
+    drop = drop.where(drop > tiny, math.inf)
+    gj, jj = join.min(-1)
+    gd, jd = drop.min(-1)
+    gamma = torch.minimum(torch.minimum(gj, gd), lr)
+    passed = (targets < l) & (targets >= (lr - gamma).unsqueeze(-1))  # targets on this segment
+    at = wr.unsqueeze(1) + (l - targets).unsqueeze(-1) * u.unsqueeze(1)
+    out[rows] = torch.where(passed.unsqueeze(-1), at, out[rows])
+    wr = wr + gamma.unsqueeze(-1) * u
+    idx = torch.arange(len(rows))
+    joins = (gj <= gd) & (gj < lr)
+    drops = (gd < gj) & (gd < lr)
+    onr[idx[joins], jj[joins]] = True
+    onr[idx[drops], jd[drops]] = False
+    wr[idx[drops], jd[drops]] = 0.0
+    w[rows], on[rows], c[rows], lam[rows] = wr, onr, cr - gamma.unsqueeze(-1) * a, lr - gamma
+
+
+def lasso_homotopy(G: Tensor, b: Tensor, lams: Tensor, max_steps: int) -> Tensor:
+    """The Lasso path (LARS-Lasso homotopy) of every problem, read off at its targets λ: (N, T, d).
+
+    ``lams`` (N, T) must be in decreasing order per row. From w = 0 at λ = ‖b‖∞ the solution is piecewise
+    linear in λ: on an active set A with signs s it moves along u = G_AA⁻¹ s_A while λ falls, until an
+    inactive correlation reaches the boundary (it joins) or an active coefficient hits zero (it leaves).
+    All problems step together; each takes as many steps as its path has kinks above its smallest target
+    (at most ~2·min(k, d) for these problems). The iterates are certified, and if needed repaired, by
+    ``lasso_solve``.
+    """
+    N, d = b.shape
+    T = lams.shape[1]
+    w = torch.zeros(N, d, dtype=b.dtype)
+    on = torch.zeros(N, d, dtype=torch.bool)
+    out = torch.zeros(N, T, d, dtype=b.dtype)
+    c = b.clone()
+    lam = c.abs().amax(-1)
+    first = c.abs().argmax(-1)
+    on[torch.arange(N), first] = lam > 0
+    rows = torch.arange(N)  # the problems still on their path (the others have passed every target)
+    for _ in range(max_steps):
+        rows = rows[lam[rows] > lams[rows, -1]]
+        if not len(rows):
+            break
+        _homotopy_step(G[rows], rows, w, on, c, lam, lams, out)
+    return out
+
+
+def lasso_solve(G: Tensor, b: Tensor, yy: Tensor, lams: Tensor, tol: float = LASSO_TOL,
+                max_sweeps: int = LASSO_MAX_SWEEPS) -> tuple[Tensor, dict[str, int]]:
+    """Lasso solutions (N, T, d) of 0.5 wᵀGw − bᵀw + λ‖w‖₁ at each problem's targets ``lams`` (N, T, decreasing).
+
+    The homotopy gives each solution's support and signs; the coefficients are then solved exactly on that
+    support, and every solution must pass scikit-learn's stop, duality gap ≤ ``tol``·yy. Those that do not
+    (ties or round-off on the path) continue by coordinate descent from there.
+    """
+    N, T = lams.shape
+    w = lasso_homotopy(G, b, lams, max_steps=4 * b.shape[-1] + 20)
+    gap = _duality_gap(G.unsqueeze(1), b.unsqueeze(1), yy.unsqueeze(1), lams, w)  # broadcast over targets
+    n_i, t_i = (gap > tol * yy.unsqueeze(1)).nonzero(as_tuple=True)
+    repaired = unconverged = 0
+    if len(n_i):  # round-off on a long path: re-solve on its support, then coordinate descent if need be
+        Gb, bb, yb, lb, wb = G[n_i], b[n_i], yy[n_i], lams[n_i, t_i], w[n_i, t_i]
+        exact = torch.nan_to_num(_masked_solve(Gb, wb != 0, bb - lb.unsqueeze(-1) * torch.sign(wb)), nan=0.0)
+        better = _duality_gap(Gb, bb, yb, lb, exact) < _duality_gap(Gb, bb, yb, lb, wb)
+        wb = torch.where(better.unsqueeze(-1), exact, wb)
+        wb, done, _ = _cd_solve(Gb, bb, yb, lb, wb, tol, max_sweeps)
+        w[n_i, t_i] = wb
+        repaired, unconverged = len(n_i), int((~done).sum())
+    return w, {"problems": N * T, "repaired": repaired, "unconverged": unconverged}
+
+
+def lasso_predict(xs: Tensor, ys: Tensor, qs: Tensor, alphas: Sequence[float], tol: float = LASSO_TOL,
+                  max_sweeps: int = LASSO_MAX_SWEEPS, chunk: int = 8192) -> tuple[Tensor, dict[str, int]]:
+    """Lasso predictions (A, B, n) for every α, prompt and prefix, and solver statistics.
+
+    Each (α, prompt, prefix i ≥ 1) is scikit-learn's ``Lasso(alpha, fit_intercept=False)`` on (xs[:i], ys[:i])
+    predicting qs[i], i.e. λ = α·i in ``lasso_solve``'s unscaled form. Problems are solved ``chunk`` Gram
+    matrices at a time (memory: chunk·d² float64 a few times over).
+    """
+    B, n, d = xs.shape
+    order = sorted(range(len(alphas)), key=lambda j: -float(alphas[j]))
+    gram, b, yy = (t[:, 1:].reshape(B * (n - 1), *t.shape[2:]) for t in prefix_grams(xs, ys))
+    k = torch.arange(1, n, dtype=xs.dtype).repeat(B)
+    lams = k.unsqueeze(-1) * torch.tensor([float(alphas[j]) for j in order], dtype=xs.dtype)
+    q = qs[:, 1:].reshape(B * (n - 1), d)
+    preds = torch.zeros(len(alphas), B * (n - 1), dtype=xs.dtype)
+    stats = {"problems": 0, "repaired": 0, "unconverged": 0}
+    for s in range(0, len(k), chunk):
+        sl = slice(s, s + chunk)
+        w, st = lasso_solve(gram[sl], b[sl], yy[sl], lams[sl], tol, max_sweeps)
+        preds[order, sl] = (w * q[sl].unsqueeze(1)).sum(-1).T
+        stats = {key: stats[key] + st[key] for key in stats}
+    out = torch.zeros(len(alphas), B, n, dtype=xs.dtype)
+    out[:, :, 1:] = preds.reshape(len(alphas), B, n - 1)
+    return out, stats

@@ -1,0 +1,117 @@
+"""Tests for icl.solvers: the batched solvers against scikit-learn and the per-prompt loops they replace."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from icl import baselines as bl
+from icl import solvers
+
+
+def sparse_prompts(B: int, n: int, d: int, seed: int, s: int = 3, noise: float = 0.0):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(B, n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(B, d, generator=g, dtype=torch.float64)
+    keep = torch.rand(B, d, generator=g).argsort(1)[:, :s]
+    w = w * torch.zeros(B, d, dtype=torch.float64).scatter_(1, keep, 1.0)
+    return xs, torch.einsum("bnd,bd->bn", xs, w) + noise * torch.randn(B, n, generator=g, dtype=torch.float64)
+
+
+def sklearn_lasso(X: np.ndarray, y: np.ndarray, alpha: float):
+    """scikit-learn's Lasso run to a far tighter stop than its default, and whether it got there."""
+    from sklearn.linear_model import Lasso
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=200_000).fit(X, y)
+    return model.coef_, model.n_iter_ < 200_000
+
+
+def objective(X: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> float:
+    return float(((y - X @ w) ** 2).sum() / (2 * len(y)) + alpha * np.abs(w).sum())
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.1, 0.01, 0.001])
+def test_batched_lasso_matches_sklearn_for_k_below_and_above_d(alpha):
+    """Every prefix k = 1 … 2d, k < d included: predictions to 1e-4 relative wherever scikit-learn converges,
+    and never a worse objective where it does not (small α with k < d: its coordinate descent stalls)."""
+    B, n, d = 4, 17, 8
+    xs, ys = sparse_prompts(B, n, d, seed=1, noise=0.1)
+    preds, stats = solvers.lasso_predict(xs, ys, xs, [alpha])
+    assert stats["unconverged"] == 0
+    gram, b, _ = solvers.prefix_grams(xs, ys)
+    compared = 0
+    for p in range(B):
+        for k in range(1, n):
+            X, y, q = xs[p, :k].numpy(), ys[p, :k].numpy(), xs[p, k].numpy()
+            coef, converged = sklearn_lasso(X, y, alpha)
+            ours = float(preds[0, p, k])
+            w = solvers.lasso_solve(gram[p, k:k + 1], b[p, k:k + 1], (ys[p, :k] ** 2).sum().reshape(1),
+                                    torch.tensor([[alpha * k]], dtype=torch.float64))[0][0, 0].numpy()
+            assert ours == pytest.approx(float(w @ q), rel=1e-12, abs=1e-12)
+            assert objective(X, y, w, alpha) <= objective(X, y, coef, alpha) + 1e-10 * (1 + (y**2).mean())
+            if converged:
+                ref = float(coef @ q)
+                assert ours == pytest.approx(ref, rel=1e-4, abs=1e-6 * np.abs(y).max()), (alpha, p, k)
+                compared += 1
+    assert compared >= B * (n - 1) // 2  # the comparison must not be vacuous
+
+
+def test_batched_lasso_is_exactly_zero_at_large_alpha():
+    """α ≥ ‖Xᵀy‖∞ / k: the Lasso solution is w = 0 (scikit-learn's too), at every prefix."""
+    xs, ys = sparse_prompts(3, 12, 6, seed=2)
+    preds, _ = solvers.lasso_predict(xs, ys, xs, [1e3])
+    assert torch.equal(preds, torch.zeros_like(preds))
+    coef, _ = sklearn_lasso(xs[0, :5].numpy(), ys[0, :5].numpy(), 1e3)
+    assert not coef.any()
+
+
+def test_batched_lasso_uses_the_queries_and_one_solve_for_all_alphas():
+    xs, ys = sparse_prompts(3, 10, 5, seed=3)
+    qs = torch.randn(xs.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    both, _ = solvers.lasso_predict(xs, ys, qs, [0.1, 0.01])
+    alone, _ = solvers.lasso_predict(xs, ys, qs, [0.01])
+    torch.testing.assert_close(both[1], alone[0], rtol=1e-10, atol=1e-10)
+    via_registry = bl.predict("lasso_0.01", xs.float(), ys.float(), qs.float())
+    expected, _ = solvers.lasso_predict(xs.float().double(), ys.float().double(), qs.float().double(), [0.01])
+    torch.testing.assert_close(via_registry, expected[0].float())
+
+
+def test_batched_lasso_agrees_with_the_old_loop_where_the_loop_converged():
+    """The registry's batched Lasso vs the per-prompt sklearn loop it replaced (tol 1e-4, 10,000 iterations):
+    at α = 0.1 the loop converges on every prefix, so the two agree to its tolerance."""
+    xs, ys = sparse_prompts(3, 21, 10, seed=5)
+    new = bl.predict("lasso_0.1", xs.float(), ys.float()).double()
+    old = bl.LOOPS["lasso_0.1"](xs.float(), ys.float()).double()
+    torch.testing.assert_close(new, old, rtol=0, atol=2e-2 * float(ys.abs().max()))
+
+
+def test_cache_key_changes_when_a_baseline_implementation_changes(tmp_path, monkeypatch):
+    """icl.cache hashes the source of every module the baselines import from icl; editing one (here the
+    batched solvers) must give new keys, so stale predictions are never reused."""
+    import ast
+    import shutil
+    from pathlib import Path
+
+    from icl import cache
+
+    src = Path(cache.__file__).parent
+    tree = ast.parse((src / "baselines.py").read_text())
+    imported = {f"{a.name}.py" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "icl"
+                for a in node.names}
+    assert imported <= set(cache.SOURCES), imported - set(cache.SOURCES)
+    for name in cache.SOURCES:
+        shutil.copy(src / name, tmp_path / name)
+    monkeypatch.setattr(cache, "__file__", str(tmp_path / "cache.py"))
+    cache.code_version.cache_clear()
+    before = cache.cache_key(baseline="lasso_0.1")
+    with open(tmp_path / "solvers.py", "a") as f:
+        f.write("\n# a changed implementation\n")
+    cache.code_version.cache_clear()
+    assert cache.cache_key(baseline="lasso_0.1") != before
+    monkeypatch.undo()
+    cache.code_version.cache_clear()
