@@ -23,13 +23,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf._utils import get_yaml_loader
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,41 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _FastLoader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
+    """libyaml parsing with OmegaConf's scalar rules (its float pattern, e.g. 1e-3 is a float): ~10x faster."""
+
+
+_FastLoader.yaml_implicit_resolvers = {k: list(v) for k, v in get_yaml_loader().yaml_implicit_resolvers.items()}
+
+
+def _has_interpolation(node: Any) -> bool:
+    if isinstance(node, Mapping):
+        return any(_has_interpolation(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_interpolation(v) for v in node)
+    return isinstance(node, str) and "${" in node
+
+
+@lru_cache(maxsize=4096)
+def _flat_config_cached(job: str, mtime_ns: int) -> dict[str, Any]:
+    resolved = Path(job) / RESOLVED_CONFIG_FILE
+    if resolved.is_file():
+        plain = yaml.load(resolved.read_text(), Loader=_FastLoader)
+        if isinstance(plain, Mapping) and not _has_interpolation(plain):
+            return flatten_config(plain)
+    return flatten_config(load_config(job))
+
+
+def flat_config(job: str | Path) -> dict[str, Any]:
+    """``flatten_config(load_config(job))``, read once per job and file version: aggregation reads every job's
+    config twice (results and the jobs table), and OmegaConf's pure-Python YAML costs ~20 ms a file. The
+    resolved config.yaml has no interpolations, so plain YAML (OmegaConf's scalar rules) gives the same dict;
+    anything else takes the OmegaConf path."""
+    job = Path(job)
+    cfg = job / RESOLVED_CONFIG_FILE if (job / RESOLVED_CONFIG_FILE).is_file() else job / CONFIG_FILE
+    return dict(_flat_config_cached(str(job), cfg.stat().st_mtime_ns))
+
+
 def read_status(job: str | Path) -> dict[str, Any]:
     """`status.json` of a job; older jobs lack it and count as done once eval.csv exists."""
     job = Path(job)
@@ -155,7 +194,7 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     if frame is None:
         return None
     try:
-        flat = flatten_config(load_config(job))
+        flat = flat_config(job)
     except Exception as err:  # noqa: BLE001 - a broken config hides one job, never the sweep
         log.warning("skipping %s: unreadable config (%s)", job, _first_line(err))
         return None
@@ -164,8 +203,8 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
             frame[column] = flat[key]
     frame["run_dir"] = str(job)
     frame["status"] = status["status"]
-    cfg_columns = pd.DataFrame({f"cfg.{k}": [v] * len(frame) for k, v in flat.items()}, index=frame.index)
-    return pd.concat([frame, cfg_columns], axis=1)
+    frame.attrs["cfg"] = flat  # expanded into cfg.* columns by load_results
+    return frame
 
 
 def _first_line(err: BaseException) -> str:
@@ -204,17 +243,31 @@ def upgrade_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_results(roots: Iterable[str | Path], filename: str = "eval.csv") -> pd.DataFrame:
+def load_results(roots: Iterable[str | Path], filename: str = "eval.csv", cfg_columns: str = "all") -> pd.DataFrame:
     """All jobs' `filename` rows with `run_dir`, `status` and `cfg.*` columns added.
 
     Failed or still-running jobs are skipped (with a warning) so a half-finished
-    sweep can still be plotted.
+    sweep can still be plotted. ``cfg_columns="varying"`` keeps only the cfg.* keys
+    that differ between the jobs loaded (all that ``variant_label`` can use): at
+    sweep scale the ~150 constant keys repeated on every row were most of the memory.
     """
     frames = [f for job in find_jobs(roots) if (f := _load_job(job, filename)) is not None]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return _empty_results()
-    return pd.concat(frames, ignore_index=True)
+    configs = [f.attrs.pop("cfg") for f in frames]
+    keys = list(dict.fromkeys(k for flat in configs for k in flat))
+    if cfg_columns == "varying":
+        keys = [k for k in keys if len({_fmt(flat.get(k, math.nan)) for flat in configs}) > 1]
+    elif cfg_columns != "all":
+        raise ValueError(f"cfg_columns must be 'all' or 'varying', got {cfg_columns!r}")
+    for frame, flat in zip(frames, configs):
+        frame.attrs.clear()
+    out = pd.concat(frames, ignore_index=True)
+    lengths = [len(f) for f in frames]
+    cfg = pd.DataFrame({f"cfg.{k}": np.repeat(np.array([flat.get(k, np.nan) for flat in configs], dtype=object), lengths)
+                        for k in keys}, index=out.index)
+    return pd.concat([out, cfg.infer_objects()], axis=1)
 
 
 def _is_nuisance(key: str) -> bool:
@@ -270,7 +323,7 @@ def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for job in find_jobs(roots):
         try:
-            flat = flatten_config(load_config(job))
+            flat = flat_config(job)
         except Exception as err:  # noqa: BLE001 - listed as broken rather than crashing the table
             rows.append({"run_dir": str(job), "status": "unknown", "error": f"unreadable config: {_first_line(err)}"})
             continue
@@ -305,19 +358,72 @@ def load_errors(job: str | Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+@lru_cache(maxsize=4)
+def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) multinomial resample counts as float64, drawn once per (n, n_boot, seed) and shared.
+
+    The same draw as ``icl.evaluate.resample_counts``; drawing it (~0.1 s at 1000 × 1280) on every call was
+    73% of `make figures` at sweep scale. Read-only, so no caller can change what the next one gets.
+    """
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)
+    counts.flags.writeable = False
+    return counts
+
+
+def _percentiles(boots: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column percentile interval; NaN-aware only on the columns that hold a NaN (nanquantile is slower)."""
+    alpha = (1 - ci) / 2
+    low, high = np.empty(boots.shape[1]), np.empty(boots.shape[1])
+    bad = np.isnan(boots).any(0)
+    if (~bad).any():
+        low[~bad], high[~bad] = np.quantile(boots[:, ~bad], [alpha, 1 - alpha], axis=0)
+    if bad.any():
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            low[bad], high[bad] = np.nanquantile(boots[:, bad], [alpha, 1 - alpha], axis=0)
+    return low, high
+
+
+def paired_bootstrap_many(triples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int, ci: float,
+                          seed: int) -> list[tuple[np.ndarray, ...]]:
+    """``paired_bootstrap`` of several (err, ref, zero) at once: one matrix product per prompt count.
+
+    Stacking the columns of many pairs makes the resampling one BLAS call instead of one per pair (the
+    per-column sums are the same numbers either way: each is its own dot product with the counts).
+    """
+    out: list[tuple[np.ndarray, ...] | None] = [None] * len(triples)
+    by_size: dict[int, list[int]] = {}
+    for i, (err, _, _) in enumerate(triples):
+        by_size.setdefault(len(err), []).append(i)
+    for n, members in by_size.items():
+        deltas, zs, valids = [], [], []
+        for i in members:
+            err, ref, zero = triples[i]
+            valid = ~(np.isnan(err) | np.isnan(ref))
+            deltas.append(np.where(valid, err.astype(np.float64) - ref, 0.0))
+            zs.append(np.where(valid, zero.astype(np.float64), 0.0))
+            valids.append(valid)
+        delta, z = np.concatenate(deltas, axis=1), np.concatenate(zs, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            point = delta.sum(0) / z.sum(0)
+            if n_boot:
+                counts = resample_counts(n, n_boot, seed)
+                low, high = _percentiles((counts @ delta) / (counts @ z), ci)
+            else:
+                low, high = point, point
+        count = np.concatenate([v.sum(0) for v in valids])
+        start = 0
+        for i, v in zip(members, valids):
+            cols = slice(start, start + v.shape[1])
+            out[i] = (point[cols], low[cols], high[cols], count[cols])
+            start += v.shape[1]
+    return out  # type: ignore[return-value]
+
+
 def paired_bootstrap(err: np.ndarray, ref: np.ndarray, zero: np.ndarray, n_boot: int, ci: float,
                      seed: int) -> tuple[np.ndarray, ...]:
     """Per column: (Σ err − Σ ref) / Σ zero over prompts valid in both, with a paired percentile bootstrap CI."""
-    valid = ~(np.isnan(err) | np.isnan(ref))
-    delta = np.where(valid, err.astype(np.float64) - ref, 0.0)
-    z = np.where(valid, zero.astype(np.float64), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        point = delta.sum(0) / z.sum(0)
-        counts = np.random.default_rng(seed).multinomial(len(err), np.full(len(err), 1 / len(err)), size=n_boot)
-        boots = (counts @ delta) / (counts @ z)
-    alpha = (1 - ci) / 2
-    low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0) if n_boot else (point, point)
-    return point, low, high, valid.sum(0)
+    return paired_bootstrap_many([(err, ref, zero)], n_boot, ci, seed)[0]
 
 
 def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | None = None, n_boot: int = 1000,
@@ -331,13 +437,17 @@ def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | Non
     is_ref = np.logical_and.reduce([jobs[c].astype(str) == str(v) for c, v in reference.items()])
     refs = {tuple(r[keys]): r["run_dir"] for _, r in jobs[is_ref].iterrows()}
     rows: list[pd.DataFrame] = []
+    loaded: dict[str, dict[str, np.ndarray] | None] = {}  # reference jobs' errors, read once for all their partners
     for _, job in jobs[~is_ref].iterrows():
         ref_dir = refs.get(tuple(job[keys]))
         if ref_dir is None:
             continue
-        mine, theirs = load_errors(job["run_dir"]), load_errors(ref_dir)
+        if ref_dir not in loaded:
+            loaded[ref_dir] = load_errors(ref_dir)
+        mine, theirs = load_errors(job["run_dir"]), loaded[ref_dir]
         if mine is None or theirs is None:
             continue
+        pairs: list[tuple[str, str, str]] = []
         for key in sorted(mine):
             strategy, param, predictor = key.rsplit("/", 2)
             zero_key = f"{strategy}/{param}/zero"
@@ -346,7 +456,10 @@ def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | Non
             if mine[zero_key].shape != theirs[zero_key].shape or not np.array_equal(mine[zero_key], theirs[zero_key]):
                 log.warning("no paired difference %s vs %s for %s: not the same prompts", job["run_dir"], ref_dir, key)
                 continue
-            diff, low, high, n = paired_bootstrap(mine[key], theirs[key], mine[zero_key], n_boot, ci, seed)
+            pairs.append((key, strategy, param))
+        stats = paired_bootstrap_many([(mine[key], theirs[key], mine[f"{key.rsplit('/', 1)[0]}/zero"])
+                                       for key, _, _ in pairs], n_boot, ci, seed)
+        for (key, strategy, param), (diff, low, high, n) in zip(pairs, stats):
             rows.append(pd.DataFrame({
                 **{c: job[c] for c in keys}, "attn": job["attn"], "quant": job["quant"], "predictor": "transformer",
                 "strategy": strategy, "param": _param_value(param), "k": np.arange(len(diff)), "diff": diff, "diff_low": low,
