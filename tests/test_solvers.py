@@ -115,3 +115,51 @@ def test_cache_key_changes_when_a_baseline_implementation_changes(tmp_path, monk
     assert cache.cache_key(baseline="lasso_0.1") != before
     monkeypatch.undo()
     cache.code_version.cache_clear()
+
+
+def relu_prompts(B: int, n: int, d: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(B, n, d, generator=g)
+    w1, w2 = torch.randn(B, d, 8, generator=g), torch.randn(B, 8, generator=g)
+    return xs, torch.einsum("bnh,bh->bn", torch.relu(xs @ w1), w2) / 2
+
+
+def test_gd_2nn_batched_equals_the_loop_on_a_fixed_seed():
+    """Every prefix within one minibatch: the same initial weights and the same Adam steps as the per-position
+    loop, so the predictions agree up to float round-off accumulated over 100 steps."""
+    xs, ys = relu_prompts(6, 15, 4, seed=11)
+    new = bl.predict("gd_2nn", xs, ys)
+    old = bl.LOOPS["gd_2nn"](xs, ys)
+    assert new[:, 0].eq(0).all()
+    torch.testing.assert_close(new, old, rtol=0, atol=2e-3 * float(old.abs().max()))
+    other_seed = solvers.gd_2nn_predict(xs.double(), ys.double(), xs.double(), seed=1)
+    assert (other_seed - old).abs().max() > 1e-2  # the comparison can fail: the seed matters
+
+
+def test_gd_2nn_batched_with_minibatches_equals_the_loop_in_distribution():
+    """Prefixes longer than the minibatch (here 4 points): the subsets come from another stream than the
+    loop's, so compare the error curve over many prompts, not single predictions."""
+    xs, ys = relu_prompts(48, 13, 3, seed=12)
+    kw = dict(hidden=16, steps=60, batch_size=4)
+    new = solvers.gd_2nn_predict(xs.double(), ys.double(), xs.double(), **kw)
+    old = bl.LOOPS["gd_2nn"](xs, ys, **kw)
+    assert not torch.allclose(new[:, 5:], old[:, 5:])  # different minibatches ...
+    paired = (((new - ys) ** 2) - ((old - ys) ** 2))[:, 5:].double().mean(1)  # per prompt, positions 5 … 12
+    se = paired.std() / len(paired) ** 0.5
+    assert abs(paired.mean()) < 4 * se + 1e-3, (paired.mean(), se)  # ... no systematic difference in error
+    assert ((old - ys) ** 2)[:, 5:].mean() < 0.8 * (ys[:, 5:] ** 2).mean()  # and both learn (the test has power)
+    torch.testing.assert_close(new[:, :5], old[:, :5], rtol=0, atol=2e-3 * float(old.abs().max()))
+
+
+def test_gd_2nn_hand_written_gradients_match_autograd():
+    g = torch.Generator().manual_seed(13)
+    B, m, G, h, d = 3, 5, 2, 4, 3
+    X, y = torch.randn(B, m, d, generator=g), torch.randn(B, m, generator=g)
+    params = solvers._init_group(range(1, G + 1), B, d, h, g)
+    scale = torch.rand(m, G, generator=g)
+    leaves = [p.clone().requires_grad_() for p in params]
+    w1, b1, w2, b2 = leaves
+    out = (torch.relu(X @ w1 + b1).view(B, m, G, h) * w2.unsqueeze(1)).sum(-1) + b2.unsqueeze(1)
+    (0.5 * ((out - y.unsqueeze(-1)) ** 2 * scale).sum()).backward()
+    for leaf, mine in zip(leaves, solvers._gradients(X, y, params, scale, G, h)):
+        torch.testing.assert_close(mine, leaf.grad)
