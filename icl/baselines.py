@@ -33,7 +33,10 @@ the number of prompts):
   tree_depth4, tree_unbounded
                  sklearn DecisionTreeRegressor(max_depth=4 / None, random_state=0).
   xgboost        XGBRegressor(n_estimators=50, max_depth=4, learning_rate=0.3,
-                 tree_method="hist", n_jobs=1, random_state=0); ~10 ms a fit.
+                 tree_method="hist", n_jobs=1, random_state=0); ~10 ms a fit;
+                 device="cuda" when torch sees a GPU (not run here: no GPU).
+                 Trees and xgboost split the prompts among torch.get_num_threads()
+                 joblib processes (``_parallel_prefix_fit``): the same fits.
   gd_2nn         a 2-layer ReLU net (hidden 100, PyTorch default init) trained
                  from scratch on each prefix with Adam (lr 5e-3, 100 steps,
                  minibatch of 100 prefix points, i.e. the whole prefix when
@@ -203,6 +206,28 @@ def _prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any], queries: 
     return torch.from_numpy(preds).float()
 
 
+def _workers(B: int, n: int) -> int:
+    """Processes for the per-prompt fits: the job's thread budget (torch.get_num_threads(), which parallel
+    launchers set to their share of the cores), never more than there are prompts, and 1 for small batches,
+    where starting workers (~1 s) costs more than it saves."""
+    if torch.cuda.is_available():  # xgboost then fits on the GPU, from this process
+        return 1
+    return max(1, min(torch.get_num_threads(), B, (B * n) // 256))
+
+
+def _parallel_prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any], queries: Tensor | None = None) -> Tensor:
+    """``_prefix_fit`` over prompts split among ``_workers`` processes (joblib): the same fits, the same numbers."""
+    workers = _workers(xs.shape[0], xs.shape[1])
+    if workers == 1:
+        return _prefix_fit(xs, ys, make_model, queries)
+    from joblib import Parallel, delayed
+
+    parts = torch.arange(xs.shape[0]).tensor_split(workers)
+    outs = Parallel(n_jobs=workers, backend="loky")(
+        delayed(_prefix_fit)(xs[p], ys[p], make_model, None if queries is None else queries[p]) for p in parts)
+    return torch.cat(outs)
+
+
 def _lasso(alpha: float) -> Predictor:
     def make() -> Any:
         from sklearn.linear_model import Lasso
@@ -245,7 +270,7 @@ def _tree(max_depth: int | None) -> Predictor:
 
         return DecisionTreeRegressor(max_depth=max_depth, random_state=0)
 
-    return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
+    return lambda xs, ys, queries=None: _parallel_prefix_fit(xs, ys, make, queries)
 
 
 def _xgboost(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
@@ -253,12 +278,13 @@ def _xgboost(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
         import xgboost
 
         # Modest and fast: ~10 ms a fit on 2 CPU cores; more trees buy little on <= 100 points.
+        # device="cuda" where a GPU is present (its hist method may differ from the CPU's in round-off).
         return xgboost.XGBRegressor(
             n_estimators=50, max_depth=4, learning_rate=0.3, tree_method="hist",
-            n_jobs=1, verbosity=0, random_state=0,
+            n_jobs=1, verbosity=0, random_state=0, device="cuda" if torch.cuda.is_available() else "cpu",
         )
 
-    return _prefix_fit(xs, ys, make, queries)
+    return _parallel_prefix_fit(xs, ys, make, queries)
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ class EvalConfig:
     bootstrap: int = 1000
     ci: float = 0.95
     baselines: tuple[str, ...] = ()
-    slow_baseline_prompts: int = 128  # per-prompt sklearn/xgboost/GD fits are capped to this many prompts
+    slow_baseline_prompts: int = 256  # per-prompt tree/xgboost/GD fits are capped to this many prompts
     slow_baseline_strategies: tuple[str, ...] | None = None  # strategies the slow baselines run on (None: all)
     strategies: dict[str, list[Any]] = field(default_factory=lambda: {"standard": [None]})
     cache: str | None = None  # folder of cached baseline predictions (icl.cache); None: no cache

@@ -163,3 +163,13 @@ def test_gd_2nn_hand_written_gradients_match_autograd():
     (0.5 * ((out - y.unsqueeze(-1)) ** 2 * scale).sum()).backward()
     for leaf, mine in zip(leaves, solvers._gradients(X, y, params, scale, G, h)):
         torch.testing.assert_close(mine, leaf.grad)
+
+
+def test_trees_split_among_processes_give_the_same_numbers(monkeypatch):
+    """joblib over prompts (the job's thread budget) runs the very fits of the sequential loop."""
+    g = torch.Generator().manual_seed(14)
+    xs = torch.randn(6, 9, 3, generator=g)
+    ys = torch.where(xs[..., 0] > 0, 1.0, -1.0) + 0.1 * torch.randn(6, 9, generator=g)
+    sequential = bl.predict("tree_unbounded", xs, ys)
+    monkeypatch.setattr(bl, "_workers", lambda B, n: 2)
+    torch.testing.assert_close(bl.predict("tree_unbounded", xs, ys), sequential, rtol=0, atol=0)
