@@ -20,6 +20,8 @@ Cheap, batched in torch (float64 inside):
                  from zero, roughly).
   knn_3          mean y of the 3 nearest prefix points (Euclidean); with fewer
                  than 3 examples, the mean of all of them (Garg et al.).
+  bayes          the posterior mean under the task's training prior, where exact
+                 (``bayes_predictor``: linear, noisy_linear, quadratic, sparse_linear).
 
   lasso_<alpha>  sklearn's Lasso(alpha, fit_intercept=False) objective, alpha in
                  {1, 0.1, 0.01, 0.001, 0.0001}, solved for every prompt, prefix and
@@ -348,6 +350,35 @@ def _gd_2nn(
     return preds.detach()
 
 
+def _needs_task(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+    raise ValueError("baseline 'bayes' depends on the task's prior: call predict('bayes', ..., task=task)")
+
+
+def bayes_predictor(task: Any) -> Predictor:
+    """The Bayes-optimal (posterior-mean) predictor under ``task``'s training prior, where one is exact.
+
+    linear: w ~ N(0, I), noiseless, so the posterior mean is the min-norm least-squares solution.
+    noisy_linear: y = scale·w·x + N(0, σ²), so ridge with λ = (σ / scale)² (the ridge baseline's α = 1 at the
+    defaults); σ = 0 is least squares; with ``renormalize`` there is none (a batch statistic rescales y).
+    quadratic: linear in the features x ⊙ x, so min-norm least squares on them.
+    sparse_linear: the exact mixture over supports (``solvers.sparse_bayes_predict``).
+    Others raise ValueError saying why (``solvers.NO_EXACT_BAYES``).
+    """
+    name = task.name
+    if name == "linear" or (name == "noisy_linear" and not task.renormalize and task.noise_std == 0):
+        return BASELINES["least_squares"]
+    if name == "noisy_linear" and not task.renormalize and task.scale != 0:
+        lam = (task.noise_std / task.scale) ** 2
+        return _batched(lambda xs, ys, qs: solvers.ridge_predict(xs, ys, qs, lam))
+    if name == "quadratic":
+        return _batched_prefix(lambda X, y, xq: _least_squares(X**2, y, xq**2))
+    if name == "sparse_linear" and task.scale != 0:
+        return _batched(lambda xs, ys, qs: solvers.sparse_bayes_predict(xs, ys, qs, task.sparsity, abs(task.scale)))
+    why = solvers.NO_EXACT_BAYES.get("noisy_linear with renormalize" if name == "noisy_linear" else name,
+                                     "none implemented")
+    raise ValueError(f"no exact Bayes-optimal baseline for task {name!r}: {why}")
+
+
 BASELINES: dict[str, Predictor] = {
     "zero": _zero,
     "least_squares": _batched_prefix(_least_squares),
@@ -359,6 +390,7 @@ BASELINES: dict[str, Predictor] = {
     "tree_unbounded": _tree(None),
     "xgboost": _xgboost,
     "gd_2nn": _batched(solvers.gd_2nn_predict),
+    "bayes": _needs_task,  # per task: bayes_predictor
 }
 
 # The per-prompt loops the batched versions replaced, kept as references for tests and `python -m icl.bench_eval`.
@@ -378,8 +410,9 @@ def is_slow(name: str) -> bool:
     return name in _SLOW
 
 
-def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None, task: Any = None) -> Tensor:
     """Predictions (B, n) float32 on CPU of baseline ``name``; position i sees only the prefix < i
-    and its query (``queries[:, i]`` when given, else ``xs[:, i]``)."""
+    and its query (``queries[:, i]`` when given, else ``xs[:, i]``). ``task`` is needed by ``bayes`` only."""
     _check(name)
-    return BASELINES[name](xs, ys) if queries is None else BASELINES[name](xs, ys, queries)
+    fn = bayes_predictor(task) if name == "bayes" and task is not None else BASELINES[name]
+    return fn(xs, ys) if queries is None else fn(xs, ys, queries)

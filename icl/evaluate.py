@@ -179,10 +179,11 @@ def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int |
     return runs
 
 
-def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any]) -> Tensor:
+def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any],
+                    task: Task | None = None) -> Tensor:
     queries = None if p.queries is None else p.queries[:n]
     return cache.get({**key, "baseline": name, "n_prompts": n},
-                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries))
+                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task=task))
 
 
 def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_points: int,
@@ -211,7 +212,7 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
                 continue
             count = min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts
             log.debug("baseline %s on %d prompts (%s %s)", name, count, strategy, param)
-            rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key), p.targets[:count]))
+            rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key, task), p.targets[:count]))
         mine = None  # the transformer's per-prompt errors and the zero estimator's, for the paired differences
         for name, kind, preds, targets in rows:
             frame = score(task, preds, targets, cfg).assign(predictor=name, kind=kind, strategy=strategy, param=param)
@@ -243,6 +244,8 @@ def job_task(cfg: DictConfig) -> tuple[Task, EvalConfig, int]:
     """A job's task, eval settings and number of points per evaluation prompt."""
     eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
     task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}, resolve=True))
+    if "bayes" in eval_cfg.baselines:
+        baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
     return task, eval_cfg, eval_cfg.n_points or int(cfg.task.curriculum.points.end)
 
 

@@ -74,7 +74,7 @@ def test_query_predictions_equal_one_pass_when_the_query_is_the_input():
 def test_baselines_computed_once_and_reused(tmp_path, monkeypatch):
     calls = []
     real = baselines.predict
-    monkeypatch.setattr(baselines, "predict", lambda name, *a: calls.append(name) or real(name, *a))
+    monkeypatch.setattr(baselines, "predict", lambda name, *a, **kw: calls.append(name) or real(name, *a, **kw))
     cfg = compose_train([*TINY, *STRATEGIES, "model.n_positions=12", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
     for sub in "abcd":
         (tmp_path / sub).mkdir()

@@ -173,3 +173,80 @@ def test_trees_split_among_processes_give_the_same_numbers(monkeypatch):
     sequential = bl.predict("tree_unbounded", xs, ys)
     monkeypatch.setattr(bl, "_workers", lambda B, n: 2)
     torch.testing.assert_close(bl.predict("tree_unbounded", xs, ys), sequential, rtol=0, atol=0)
+
+
+# --- Bayes-optimal baselines ------------------------------------------------------------------------------
+from icl.evaluate import sample_eval_prompts  # noqa: E402
+from icl.tasks import build_task  # noqa: E402
+
+
+def task_prompts(name: str, d: int, P: int, n: int, params: dict | None = None):
+    task = build_task(name, d, params)
+    xs, ys = sample_eval_prompts(task, P, n, seed=0)
+    return task, xs, ys
+
+
+def test_bayes_on_noiseless_isotropic_linear_is_least_squares():
+    task, xs, ys = task_prompts("linear", 5, 50, 11)
+    torch.testing.assert_close(bl.predict("bayes", xs, ys, task=task), bl.predict("least_squares", xs, ys))
+
+
+def test_bayes_on_noisy_linear_is_ridge_with_the_noise_to_prior_ratio():
+    task, xs, ys = task_prompts("noisy_linear", 5, 50, 11)  # σ = 1, scale = 1: the ridge baseline (α = 1)
+    torch.testing.assert_close(bl.predict("bayes", xs, ys, task=task), bl.predict("ridge", xs, ys), rtol=1e-5, atol=1e-5)
+    task, xs, ys = task_prompts("noisy_linear", 5, 400, 11, {"noise_std": 0.5, "scale": 2.0})
+    bayes = bl.predict("bayes", xs, ys, task=task)
+    torch.testing.assert_close(bayes, solvers.ridge_predict(xs.double(), ys.double(), xs.double(), 1 / 16).float(),
+                               rtol=1e-5, atol=1e-5)
+    assert ((bayes - ys) ** 2)[:, 5].mean() < ((bl.predict("ridge", xs, ys) - ys) ** 2)[:, 5].mean()
+
+
+def test_sparse_bayes_matches_brute_force_enumeration():
+    """Full k × k Gaussian evidence per support in numpy, every support, every prefix (also those past
+    k = s + 1, where the solver keeps only the supports that survived)."""
+    import itertools
+
+    task, xs, ys = task_prompts("sparse_linear", 6, 4, 9, {"sparsity": 2})
+    ours = solvers.sparse_bayes_predict(xs.double(), ys.double(), xs.double(), 2)
+    sig = solvers.SPARSE_NOISE_FLOOR
+    for p in range(4):
+        for k in range(1, 6):
+            X, y, q = xs[p, :k].double().numpy(), ys[p, :k].double().numpy(), xs[p, k].double().numpy()
+            logw, means = [], []
+            for S in itertools.combinations(range(6), 2):
+                cov = X[:, S] @ X[:, S].T + sig**2 * np.eye(k)
+                logw.append(-0.5 * np.linalg.slogdet(cov)[1] - 0.5 * y @ np.linalg.solve(cov, y))
+                means.append(q[list(S)] @ (X[:, S].T @ np.linalg.solve(cov, y)))
+            w = np.exp(np.array(logw) - max(logw))
+            assert float(ours[p, k]) == pytest.approx(float(w @ means / w.sum()), rel=1e-5, abs=1e-6), (p, k)
+
+
+def test_sparse_bayes_at_most_lasso_at_every_k_and_exact_from_d():
+    task, xs, ys = task_prompts("sparse_linear", 8, 600, 13, {"sparsity": 2})
+    err = lambda preds: (preds.double() - ys.double()) ** 2  # noqa: E731
+    bayes = err(bl.predict("bayes", xs, ys, task=task))
+    lassos = [err(bl.predict(f"lasso_{a}", xs, ys)) for a in bl.LASSO_ALPHAS]
+    for k in range(1, 13):
+        best = min(lassos, key=lambda e: float(e[:, k].mean()))
+        diff = bayes[:, k] - best[:, k]
+        assert diff.mean() <= 3 * diff.std() / len(diff) ** 0.5 + 1e-9, (k, diff.mean())
+    zero = (ys.double() ** 2).mean()
+    assert (bayes[:, 8:].mean(0) < 1e-8 * zero).all()  # exact once k ≥ d
+    assert bayes[:, 4].mean() < 0.2 * min(float(e[:, 4].mean()) for e in lassos)  # and far better at k = 2s
+
+
+def test_bayes_on_quadratic_is_exact_from_d_and_beats_least_squares():
+    task, xs, ys = task_prompts("quadratic", 4, 300, 9)
+    bayes = ((bl.predict("bayes", xs, ys, task=task) - ys) ** 2).double()
+    ls = ((bl.predict("least_squares", xs, ys) - ys) ** 2).double()
+    assert (bayes[:, 4:].mean(0) < 1e-6 * (ys.double() ** 2).mean()).all()
+    assert (bayes[:, 1:].mean(0) <= ls[:, 1:].mean(0) + 1e-9).all()
+
+
+@pytest.mark.parametrize("name,params", [("linear_classification", None), ("relu_2nn", None),
+                                         ("decision_tree", None), ("noisy_linear", {"renormalize": True})])
+def test_bayes_says_why_where_there_is_no_exact_form(name, params):
+    with pytest.raises(ValueError, match="no exact Bayes-optimal baseline"):
+        bl.bayes_predictor(build_task(name, 4, params))
+    with pytest.raises(ValueError, match="needs|depends"):
+        bl.predict("bayes", torch.zeros(1, 2, 4), torch.zeros(1, 2))
