@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test figures bench-attn bench bench-eval bench-aggregate clean
+.PHONY: help install demo test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,24 +28,30 @@ demo: install ## train + evaluate the smoke study (outputs/demo), then draw figu
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
 	$(MAKE) figures PY=$(PY)
 
-test: install ## run the whole test suite (pass ARGS="-m 'not slow'" for the quick part)
+test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)
+
+test-fast: install ## the tests without the slow end-to-end ones (CLI, launchers, DDP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: install ## ruff check (configured in pyproject.toml)
+	$(PY) -m ruff check .
 
 figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
 	$(PY) -m icl.figures $(ARGS)
 
 bench-attn: install ## time every attention kernel alone at T = 128…8192 (outputs/bench_attn/, ~3 min on 2 CPU cores)
-	$(PY) -m icl.bench_attn $(ARGS)
+	$(PY) -m icl.bench.attention $(ARGS)
 
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
 	$(PY) -m icl.bench $(ARGS)
 
 bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS="--grid" adds the sparse grid)
-	$(PY) -m icl.bench_eval $(ARGS)
+	$(PY) -m icl.bench.eval $(ARGS)
 
 bench-aggregate: install ## make figures over 192 synthetic job folders (docs/baselines.md)
-	$(PY) -m icl.bench_aggregate $(ARGS)
+	$(PY) -m icl.bench.aggregate $(ARGS)
 
 clean: ## remove generated figures/ (outputs/ and multirun/ hold results: delete them by hand)
 	rm -rf figures

@@ -16,31 +16,23 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ATTENTION: dict[str, type[nn.Module]] = {}
+from icl.registry import Registry
 
-
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make an attention kernel available as ``attn=<name>``."""
-
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        ATTENTION[name] = cls
-        return cls
-
-    return wrap
+ATTENTION: Registry[type[nn.Module]] = Registry("attention", "attn")
+register = ATTENTION.register  # class decorator: make a kernel available as ``attn=<name>``
 
 
 def build_attention(name: str, head_dim: int, **params: object) -> nn.Module:
     """Instantiate an attention kernel by name, with a one-line error listing the known names."""
-    if name not in ATTENTION:
-        raise ValueError(f"unknown attention '{name}'; choose one of: {', '.join(sorted(ATTENTION))}")
+    kernel = ATTENTION[name]
     try:
-        return ATTENTION[name](head_dim=head_dim, **params)
+        return kernel(head_dim=head_dim, **params)
     except TypeError as err:  # an unknown or missing parameter in configs/attn/<name>.yaml
         raise ValueError(f"attention '{name}': {err} (check configs/attn/{name}.yaml)") from None
 
@@ -72,7 +64,7 @@ class Kernel(nn.Module):
     """Base: remembers the head size (feature maps need it at construction).
 
     ``pairwise``: the kernel computes a score for every causal pair j <= i (the quadratic ones), so its FLOPs
-    include 4·hs per pair and head (``icl.flops``); the others' kernel FLOPs are not counted (a lower bound).
+    include 4·hs per pair and head (``icl.bench.flops``); the others' kernel FLOPs are not counted (a lower bound).
     """
 
     pairwise = False

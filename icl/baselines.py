@@ -67,6 +67,7 @@ import torch
 from torch import Tensor
 
 from icl import solvers
+from icl.registry import Registry
 
 Predictor = Callable[..., Tensor]  # (xs, ys[, queries]) -> preds
 
@@ -379,40 +380,32 @@ def bayes_predictor(task: Any) -> Predictor:
     raise ValueError(f"no exact Bayes-optimal baseline for task {name!r}: {why}")
 
 
-BASELINES: dict[str, Predictor] = {
-    "zero": _zero,
-    "least_squares": _batched_prefix(_least_squares),
-    "ridge": _batched_prefix(_ridge),
-    "averaging": _batched_prefix(_averaging),
-    "knn_3": _knn(3),
-    **{f"lasso_{a}": _lasso_batched(a) for a in LASSO_ALPHAS},
-    "tree_depth4": _tree(4),
-    "tree_unbounded": _tree(None),
-    "xgboost": _xgboost,
-    "gd_2nn": _batched(solvers.gd_2nn_predict),
-    "bayes": _needs_task,  # per task: bayes_predictor
-}
+# slow: per-prompt fits (trees, xgboost, gd_2nn) whose cost grows with B * n; callers cap their prompts.
+BASELINES: Registry[Predictor] = Registry("baseline", "task.baselines")
+BASELINES.add("zero", _zero)
+BASELINES.add("bayes", _needs_task)  # per task: bayes_predictor
+BASELINES.add("least_squares", _batched_prefix(_least_squares))
+BASELINES.add("ridge", _batched_prefix(_ridge))
+BASELINES.add("averaging", _batched_prefix(_averaging))
+BASELINES.add("knn_3", _knn(3))
+for _alpha in LASSO_ALPHAS:
+    BASELINES.add(f"lasso_{_alpha}", _lasso_batched(_alpha))
+BASELINES.add("tree_depth4", _tree(4), slow=True)
+BASELINES.add("tree_unbounded", _tree(None), slow=True)
+BASELINES.add("xgboost", _xgboost, slow=True)
+BASELINES.add("gd_2nn", _batched(solvers.gd_2nn_predict), slow=True)
 
-# The per-prompt loops the batched versions replaced, kept as references for tests and `python -m icl.bench_eval`.
+# The per-prompt loops the batched versions replaced, kept as references for tests and `python -m icl.bench.eval`.
 LOOPS: dict[str, Predictor] = {**{f"lasso_{a}": _lasso(float(a)) for a in LASSO_ALPHAS}, "gd_2nn": _gd_2nn}
-
-_SLOW = frozenset({"tree_depth4", "tree_unbounded", "xgboost", "gd_2nn"})
-
-
-def _check(name: str) -> None:
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
 
 
 def is_slow(name: str) -> bool:
-    """True for per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n."""
-    _check(name)
-    return name in _SLOW
+    """True for per-prompt fits (trees, xgboost, gd_2nn) whose cost grows with B * n."""
+    return bool(BASELINES.meta(name, "slow", False))
 
 
 def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None, task: Any = None) -> Tensor:
     """Predictions (B, n) float32 on CPU of baseline ``name``; position i sees only the prefix < i
     and its query (``queries[:, i]`` when given, else ``xs[:, i]``). ``task`` is needed by ``bayes`` only."""
-    _check(name)
-    fn = bayes_predictor(task) if name == "bayes" and task is not None else BASELINES[name]
-    return fn(xs, ys) if queries is None else fn(xs, ys, queries)
+    predictor = bayes_predictor(task) if name == "bayes" and task is not None else BASELINES[name]
+    return predictor(xs, ys) if queries is None else predictor(xs, ys, queries)

@@ -4,8 +4,8 @@ Baselines do not depend on the trained model, so every job of a study (attention
 seeds) would otherwise refit them on the very same prompts. An entry is ``<root>/<key>.npy``, the (P, n)
 float32 predictions; the key hashes everything the predictions depend on: the task (name, d, params),
 strategy, parameter, eval seed, number of prompts drawn and fitted, points, baseline name, and the source of the modules
-that compute them (``SOURCES``: ``icl/tasks.py``, ``prompts.py``, ``baselines.py``, ``solvers.py``), so changed code
-recomputes.
+that compute them (``SOURCES``: ``icl.tasks``, ``icl.prompts``, ``icl.baselines``, ``icl.solvers``), so changed
+code recomputes.
 Writes are atomic (a temporary file named after the process, then a rename, as ``icl.files.atomic_write``
 does, but with a per-process name): two jobs computing the same entry at once each write their own file and
 the last rename wins. ``root=None`` disables the cache.
@@ -26,18 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from icl.files import source_hash
+
 log = logging.getLogger(__name__)
 
-SOURCES = ("tasks.py", "prompts.py", "baselines.py", "solvers.py")  # every module a baseline's numbers come from
+SOURCES = ("icl.tasks", "icl.prompts", "icl.baselines", "icl.solvers")  # every module a baseline's numbers come from
 
 
 @cache
 def code_version() -> str:
     """Hash of the source the cached predictions depend on."""
-    digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return source_hash(SOURCES)
 
 
 def cache_key(**parts: Any) -> str:

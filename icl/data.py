@@ -8,7 +8,8 @@ DataLoader workers split the steps round-robin without sharing RNG state.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch

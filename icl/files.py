@@ -6,9 +6,12 @@ reader racing the writer (``make figures`` during a sweep) never sees a truncate
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -22,3 +25,18 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON at ``path``, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str) + "\n"))
+
+
+def source_hash(modules: tuple[str, ...]) -> str:
+    """16 hex digits of the source of ``modules`` (dotted names, found without importing them).
+
+    Keyed by module name, not file path, so moving a file under the same module name changes nothing, while a
+    module that no longer exists fails loudly here instead of silently dropping out of the hash.
+    """
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not Path(spec.origin).is_file():
+            raise ModuleNotFoundError(f"source_hash: no module {name} (update the list that names it)")
+        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]

@@ -8,6 +8,7 @@ quantisation-aware training, whose fake quantisers it then builds), so
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
 import lightning as L
@@ -18,7 +19,9 @@ from torchmetrics import MeanMetric
 from icl.tasks import Task, build_task
 from icl.transformer import ICLTransformer, TransformerConfig
 
-MODEL_KEYS = ("n_positions", "n_embd", "n_layer", "n_head", "dropout", "activation")
+# The model config keys: TransformerConfig's fields but those the job fills in from other groups (task, attn).
+MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in ("n_dims", "attn", "attn_params"))
+OPTIM_KEYS = ("lr", "weight_decay", "schedule", "warmup_steps")  # their defaults: configs/train.yaml only
 
 
 class ICLModule(L.LightningModule):
@@ -42,12 +45,23 @@ class ICLModule(L.LightningModule):
             from icl.quantize import QuantSpec, prepare_qat
 
             prepare_qat(self.model, QuantSpec.from_config(quant))
-        defaults = {"lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0}
-        unknown = sorted(set(optim or {}) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown optim option(s) {unknown}; known: {sorted(defaults)}")
-        self.optim = {**defaults, **(optim or {})}
+        if optim is not None:  # None: a module for inference only (configure_optimizers refuses)
+            unknown, missing = sorted(set(optim) - set(OPTIM_KEYS)), sorted(set(OPTIM_KEYS) - set(optim))
+            if unknown or missing:
+                raise ValueError(f"optim options: unknown {unknown}, missing {missing}; known: {list(OPTIM_KEYS)}")
+        self.optim = optim
         self.loss_rel_zero = MeanMetric()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ICLModule":
+        """The module of a composed job config (task, model, attn, optim; quant only for QAT)."""
+        from omegaconf import OmegaConf
+
+        from icl.quantize import training_part
+
+        node = lambda key: OmegaConf.to_container(cfg[key], resolve=True)
+        return cls(task=node("task"), model=node("model"), attn=node("attn"), optim=node("optim"),
+                   quant=training_part(node("quant")))
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         return self.model(xs, ys)
@@ -68,6 +82,8 @@ class ICLModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
+        if self.optim is None:
+            raise ValueError("this ICLModule was built without optim settings (inference only): pass optim=…")
         opt = torch.optim.Adam(self.parameters(), lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
         total = int(self.trainer.max_steps)
         if self.optim["schedule"] == "cosine" and total <= 0:

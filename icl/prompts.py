@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from icl.registry import Registry
 from icl.tasks import EVAL_STREAM, Params, Task, sample_xs, seeded
 
 
@@ -48,22 +49,12 @@ class Prompts:
 
 
 Strategy = Callable[[Task, int, int, int, Any], Prompts]
-STRATEGIES: dict[str, Strategy] = {}
-REGRESSION_ONLY = frozenset({"scale_y", "noisy_y"})  # labels ±1 cannot be scaled or made Gaussian-noisy
-QUERY_STRATEGIES = frozenset({"orthogonal_query", "overlapping_query", "opposite_quadrants"})
+# Metadata per strategy: ``param`` — "positive" (scale factors, > 0), "non_negative" (distance, noise), "points"
+# (long_context: a point count or null), None (no parameter); ``regression_only`` — labels ±1 cannot be scaled or
+# made Gaussian-noisy; ``queries`` — the query of position i is not xs[:, i].
+STRATEGIES: Registry[Strategy] = Registry("eval strategy", "eval.strategies")
+register = STRATEGIES.register  # function decorator: make a strategy available as ``eval.strategies.<name>``
 SKEW_POWER = 2.0  # skewed eigenvalues λ_i ∝ i^-2
-# strategies with a numeric parameter -> whether it must be > 0 (scale factors) rather than >= 0 (distance, noise)
-NUMERIC_PARAMS = {"scale_x": True, "scale_y": True, "shift_x": False, "noisy_y": False}
-
-
-def register(name: str) -> Callable[[Strategy], Strategy]:
-    """Function decorator: make a strategy available as ``eval.strategies.<name>``."""
-
-    def wrap(fn: Strategy) -> Strategy:
-        STRATEGIES[name] = fn
-        return fn
-
-    return wrap
 
 
 def _base(task: Task, n_prompts: int, n_points: int, seed: int) -> tuple[Tensor, Params, torch.Generator]:
@@ -119,27 +110,27 @@ def standard(task: Task, n_prompts: int, n_points: int, seed: int, param: Any = 
     return _inputs_only(task, n_prompts, n_points, seed, lambda xs: xs)
 
 
-@register("scale_x")
+@register("scale_x", param="positive")
 def scale_x(task: Task, n_prompts: int, n_points: int, seed: int, param: Any) -> Prompts:
     c = _check_param("scale_x", param)
     return _inputs_only(task, n_prompts, n_points, seed, lambda xs: c * xs)
 
 
-@register("scale_y")
+@register("scale_y", param="positive", regression_only=True)
 def scale_y(task: Task, n_prompts: int, n_points: int, seed: int, param: Any) -> Prompts:
     c = _check_param("scale_y", param)
     p = standard(task, n_prompts, n_points, seed)
     return Prompts(p.xs, c * p.ys, c * p.targets)
 
 
-@register("shift_x")
+@register("shift_x", param="non_negative")
 def shift_x(task: Task, n_prompts: int, n_points: int, seed: int, param: Any) -> Prompts:
     r = _check_param("shift_x", param, positive=False)
     u = torch.randn(n_prompts, 1, task.n_dims, generator=_aux(seed, "shift_x"))
     return _inputs_only(task, n_prompts, n_points, seed, lambda xs: xs + r * u / u.norm(dim=-1, keepdim=True))
 
 
-@register("noisy_y")
+@register("noisy_y", param="non_negative", regression_only=True)
 def noisy_y(task: Task, n_prompts: int, n_points: int, seed: int, param: Any) -> Prompts:
     sigma = _check_param("noisy_y", param, positive=False)
     p = standard(task, n_prompts, n_points, seed)
@@ -186,14 +177,14 @@ def _orthogonal_queries(xs: Tensor) -> tuple[Tensor, Tensor]:
     return xs, queries
 
 
-@register("orthogonal_query")
+@register("orthogonal_query", queries=True)
 def orthogonal_query(task: Task, n_prompts: int, n_points: int, seed: int, param: Any = None) -> Prompts:
     _no_param("orthogonal_query", param)
     n = min(n_points, task.n_dims)  # with k >= d examples the prefix spans R^d: no orthogonal query exists
     return _with_queries(task, n_prompts, n, seed, _orthogonal_queries)
 
 
-@register("overlapping_query")
+@register("overlapping_query", queries=True)
 def overlapping_query(task: Task, n_prompts: int, n_points: int, seed: int, param: Any = None) -> Prompts:
     _no_param("overlapping_query", param)
     gen = _aux(seed, "overlapping_query")
@@ -208,7 +199,7 @@ def overlapping_query(task: Task, n_prompts: int, n_points: int, seed: int, para
     return _with_queries(task, n_prompts, n_points, seed, make)
 
 
-@register("opposite_quadrants")
+@register("opposite_quadrants", queries=True)
 def opposite_quadrants(task: Task, n_prompts: int, n_points: int, seed: int, param: Any = None) -> Prompts:
     _no_param("opposite_quadrants", param)
     signs = torch.randint(0, 2, (n_prompts, 1, task.n_dims), generator=_aux(seed, "opposite_quadrants")) * 2.0 - 1
@@ -220,7 +211,7 @@ def opposite_quadrants(task: Task, n_prompts: int, n_points: int, seed: int, par
     return _with_queries(task, n_prompts, n_points, seed, make)
 
 
-@register("long_context")
+@register("long_context", param="points")
 def long_context(task: Task, n_prompts: int, n_points: int, seed: int, param: Any = None) -> Prompts:
     """``n_points`` here is already the long length (see ``points_for``)."""
     return standard(task, n_prompts, n_points, seed)
@@ -229,27 +220,26 @@ def long_context(task: Task, n_prompts: int, n_points: int, seed: int, param: An
 def check(strategies: dict[str, list[Any]]) -> None:
     """Unknown strategy names or malformed parameter lists fail with one line, before any training."""
     for name, params in strategies.items():
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown eval strategy {name!r}; known: {', '.join(STRATEGIES)}")
+        kind = STRATEGIES.meta(name, "param")
         if not isinstance(params, (list, tuple)) or not params:
             raise ValueError(f"eval.strategies.{name} must be a non-empty list of parameters, e.g. [null]")
         for p in params:  # every value checked here, before training, not when the strategy first runs
-            if name == "long_context":
+            if kind == "points":
                 if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 2):
                     raise ValueError(f"eval.strategies.long_context takes point counts >= 2 or null, got {p!r}")
-            elif name in NUMERIC_PARAMS:
-                _check_param(name, p, positive=NUMERIC_PARAMS[name])
+            elif kind is not None:
+                _check_param(name, p, positive=kind == "positive")
             else:
                 _no_param(name, p)
 
 
 def skip_reason(name: str, task: Task, n_points: int, n_positions: int | None, param: Any = None) -> str | None:
     """Why ``name`` does not apply to this task/model (None: it does)."""
-    if name in REGRESSION_ONLY and task.metric != "squared_error":
+    if STRATEGIES.meta(name, "regression_only") and task.metric != "squared_error":
         return f"{name} is defined for regression tasks only ({task.name} is scored by {task.metric})"
     if name == "half_subspace" and subspace_dim(task.n_dims) < 1:
         return "half_subspace needs n_dims >= 2"
-    if name == "long_context":
+    if STRATEGIES.meta(name, "param") == "points":
         n = points_for(name, param, n_points, n_positions)
         if n <= n_points:
             return (f"{n} points is not beyond the evaluation length {n_points} "
@@ -261,13 +251,11 @@ def skip_reason(name: str, task: Task, n_points: int, n_positions: int | None, p
 
 def points_for(name: str, param: Any, n_points: int, n_positions: int | None) -> int:
     """Points per prompt for a strategy: the evaluation length, or the long length for long_context."""
-    if name != "long_context":
+    if STRATEGIES.meta(name, "param") != "points":
         return n_points
     return int(param) if param is not None else int(n_positions or n_points)
 
 
 def make_prompts(name: str, task: Task, n_prompts: int, n_points: int, seed: int, param: Any = None) -> Prompts:
     """The prompts of strategy ``name`` at ``param`` (``n_points`` already from ``points_for``)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown eval strategy {name!r}; known: {', '.join(STRATEGIES)}")
     return STRATEGIES[name](task, n_prompts, n_points, seed, param)

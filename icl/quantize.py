@@ -10,7 +10,7 @@ projections), ``mlp`` and ``read_out``. The default ``[attn, mlp]`` holds > 98 %
 read-in (d → width) and read-out (width → 1) are tiny, the read-out writes the prediction itself, and a
 read-in of width d (5, 20) fits no int4 group.
 
-``quantize_job`` applies a job's mode to its trained model and writes ``quant.json``: serialised bytes
+``icl.run.evaluate.quantize_job`` applies a job's mode to its trained model and writes ``quant.json``: serialised bytes
 (``torch.save`` of the state dict, tensor subclasses included) of the whole model and of the quantised
 layers' weights, float vs quantised; how many linear layers store weights in the quantised dtype; and the
 relative output difference against the float model on a fixed batch of evaluation prompts.
@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import logging
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from icl.files import write_json
+from icl.errors import first_line
+from icl.evaluation import predict_model
+from icl.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,13 @@ class Mode:
     cuda_only: bool = False
 
 
-MODES: dict[str, Mode] = {
-    "none": Mode("none", "float32"),
-    "int8_weight": Mode("post", "int8"),
-    "int8_dynamic": Mode("post", "int8"),
-    "qat_int8": Mode("qat", "int8"),
-    "bf16": Mode("post", "bfloat16"),
-    "int4_weight": Mode("post", "int4", cuda_only=True),
-}
+MODES: Registry[Mode] = Registry("quant mode", "quant")
+MODES.add("none", Mode("none", "float32"))
+MODES.add("int8_weight", Mode("post", "int8"))
+MODES.add("int8_dynamic", Mode("post", "int8"))
+MODES.add("qat_int8", Mode("qat", "int8"))
+MODES.add("bf16", Mode("post", "bfloat16"))
+MODES.add("int4_weight", Mode("post", "int4", cuda_only=True))
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,7 @@ class QuantSpec:
     def from_config(cls, node: dict[str, Any] | None) -> "QuantSpec":
         node = dict(node or {})
         name = node.pop("name", "none")
-        if name not in MODES:
-            raise ValueError(f"unknown quant mode '{name}'; choose one of: {', '.join(MODES)}")
+        MODES.check(name)
         layers = tuple(node.pop("layers", DEFAULT_LAYERS) or ())
         unknown = sorted(set(layers) - set(LAYER_GROUPS))
         if unknown:
@@ -126,7 +124,7 @@ def torchao() -> Any:
     try:
         with quiet():
             import torchao as ao
-            import torchao.quantization.qat  # noqa: F401
+            import torchao.quantization.qat
     except ImportError as err:
         raise ImportError(f"quant modes need torchao>=0.18 ({err}): pip install -e . (or pip install torchao)") from None
     return ao
@@ -243,8 +241,6 @@ def linears(model: nn.Module) -> dict[str, nn.Linear]:
 @torch.inference_mode()
 def relative_difference(reference: nn.Module, other: nn.Module, xs: Tensor, ys: Tensor) -> Tensor:
     """Per prompt ‖other − reference‖ / ‖reference‖ over its predictions: (P,)."""
-    from icl.evaluate import predict_model
-
     ref = predict_model(reference, xs, ys, batch_size=256)
     out = predict_model(other, xs, ys, batch_size=256)
     return (out - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)
@@ -286,22 +282,6 @@ def summary(report: dict[str, Any]) -> str:
             f"max {report['rel_diff_max']:.2e} mean {report['rel_diff_mean']:.2e}")
 
 
-def quantize_job(cfg: Any, model: nn.Module, out_dir: Path) -> nn.Module:
-    """Apply the job's ``quant`` mode to its trained model, write ``quant.json`` and return the model to evaluate."""
-    from omegaconf import OmegaConf
-
-    from icl.evaluate import job_prompts
-
-    spec = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
-    reference = float_model(model)
-    quantized = quantize(model, spec)
-    xs, ys = job_prompts(cfg, PROOF_PROMPTS)
-    report = proof(reference, quantized, spec, xs, ys)
-    write_json(Path(out_dir) / "quant.json", report)
-    log.info(summary(report))
-    return quantized
-
-
 def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
     """Fail in one line, before training, when the mode cannot run here: apply it to the untrained model and run it."""
     if spec.name == "int4_weight":
@@ -327,53 +307,5 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
     except ImportError as err:
         raise ValueError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - any failure here is a setting that cannot work: one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(f"quant={spec.name} does not run on this model here ({type(err).__name__}: {first}): "
+        raise ValueError(f"quant={spec.name} does not run on this model here ({first_line(err)}): "
                          "change quant.layers or the quant mode") from None
-
-
-def table(jobs: list[Path]) -> "Any":
-    """One row per job: the quant.json figures and the transformer's normalised error at k = d and 2d (eval.csv)."""
-    import pandas as pd
-
-    rows = []
-    for job in jobs:
-        if not (job / "quant.json").is_file() or not (job / "eval.csv").is_file():
-            continue
-        report = json.loads((job / "quant.json").read_text())
-        df = pd.read_csv(job / "eval.csv")
-        tf = df[(df.predictor == "transformer") & (df.get("strategy", "standard") == "standard")].set_index("k")
-        d = int(tf.n_dims.iloc[0])
-        rows.append({"quant": report["quant"], "bytes": report["bytes"], "bytes_float": report["bytes_float"],
-                     "quantized_linears": f"{report['quantized_linears']}/{report['linear_layers']}",
-                     "layer_bytes": report["layer_bytes"], "layer_bytes_float": report["layer_bytes_float"],
-                     "rel_diff_max": report["rel_diff_max"], "rel_diff_mean": report["rel_diff_mean"],
-                     f"error_k{d}": tf.error.get(d), f"error_k{2 * d}": tf.error.get(2 * d),
-                     f"ci_k{2 * d}": f"[{tf.ci_low.get(2 * d):.3f}, {tf.ci_high.get(2 * d):.3f}]",
-                     "job": str(job)})
-    order = {name: i for i, name in enumerate(MODES)}
-    return pd.DataFrame(rows).sort_values("quant", key=lambda s: s.map(order)) if rows else pd.DataFrame()
-
-
-def main(argv: list[str]) -> None:
-    """``python -m icl.quantize <folder> …``: the quant.json table of every job under the folders (markdown)."""
-    from icl.results import find_jobs
-
-    if not argv:
-        raise SystemExit("usage: python -m icl.quantize <sweep or job folder> [...]")
-    df = table(find_jobs(argv))
-    if df.empty:
-        raise SystemExit(f"error: no job with quant.json and eval.csv under {' '.join(argv)}")
-    print(markdown(df.drop(columns="job")))
-
-
-def markdown(df: "Any") -> str:
-    """A DataFrame as a markdown table (numbers to 4 significant digits)."""
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

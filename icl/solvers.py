@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from itertools import combinations
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,7 +41,7 @@ def prefix_grams(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     Cumulative sums, so prefix i never sees a point at or after i (index 0 is the empty prefix).
     """
     outer = xs.unsqueeze(-1) * xs.unsqueeze(-2)  # (B, n, d, d)
-    zero = lambda t: torch.zeros_like(t[:, :1])  # noqa: E731
+    zero = lambda t: torch.zeros_like(t[:, :1])
     gram = torch.cat([zero(outer), outer[:, :-1]], 1).cumsum(1)
     xy = xs * ys.unsqueeze(-1)
     b = torch.cat([zero(xy), xy[:, :-1]], 1).cumsum(1)
@@ -96,7 +95,8 @@ def _polish(G: Tensor, b: Tensor, lam: Tensor, w: Tensor) -> Tensor:
     return torch.where((info == 0).unsqueeze(-1) & on, sol, 0.0)
 
 
-def _cd_solve(G: Tensor, b: Tensor, yy: Tensor, lam: Tensor, w: Tensor, tol: float, max_sweeps: int) -> tuple[Tensor, Tensor, Tensor]:
+def _cd_solve(G: Tensor, b: Tensor, yy: Tensor, lam: Tensor, w: Tensor, tol: float,
+              max_sweeps: int) -> tuple[Tensor, Tensor, Tensor]:
     """Coordinate descent until each problem's gap ≤ tol·yy (or ``max_sweeps``); converged ones leave the set.
 
     At every check a problem whose iterate is not yet certified tries the exact solution on its current
@@ -141,17 +141,17 @@ def _homotopy_step(G: Tensor, rows: Tensor, w: Tensor, on: Tensor, c: Tensor, la
     wr, onr, cr, lr, targets = w[rows], on[rows], c[rows], lam[rows], lams[rows]
     u = torch.nan_to_num(_masked_solve(G, onr, torch.sign(cr) * onr), nan=0.0)  # dw / d(−λ) on A
     a = (G @ u.unsqueeze(-1)).squeeze(-1)  # how fast each correlation falls
-    l = lr.unsqueeze(-1)
-    g1 = torch.where((1 - a).abs() > tiny, (l - cr) / (1 - a), math.inf)  # c_j(γ) = +(λ − γ)
-    g2 = torch.where((1 + a).abs() > tiny, (l + cr) / (1 + a), math.inf)  # c_j(γ) = −(λ − γ)
+    lam_col = lr.unsqueeze(-1)
+    g1 = torch.where((1 - a).abs() > tiny, (lam_col - cr) / (1 - a), math.inf)  # c_j(γ) = +(λ − γ)
+    g2 = torch.where((1 + a).abs() > tiny, (lam_col + cr) / (1 + a), math.inf)  # c_j(γ) = −(λ − γ)
     join = torch.minimum(g1.where(g1 > tiny, math.inf), g2.where(g2 > tiny, math.inf)).masked_fill(onr, math.inf)
     drop = (-wr / u.where(u != 0, 1.0)).where(onr & (u != 0), math.inf)
     drop = drop.where(drop > tiny, math.inf)
     gj, jj = join.min(-1)
     gd, jd = drop.min(-1)
     gamma = torch.minimum(torch.minimum(gj, gd), lr)
-    passed = (targets < l) & (targets >= (lr - gamma).unsqueeze(-1))  # targets on this segment
-    at = wr.unsqueeze(1) + (l - targets).unsqueeze(-1) * u.unsqueeze(1)
+    passed = (targets < lam_col) & (targets >= (lr - gamma).unsqueeze(-1))  # targets on this segment
+    at = wr.unsqueeze(1) + (lam_col - targets).unsqueeze(-1) * u.unsqueeze(1)
     out[rows] = torch.where(passed.unsqueeze(-1), at, out[rows])
     wr = wr + gamma.unsqueeze(-1) * u
     idx = torch.arange(len(rows))

@@ -15,25 +15,27 @@ prompts, each one regenerated from its own index so the pool never has to sit in
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from icl.registry import Registry
+
 Params = dict[str, Tensor]
 
-TASKS: dict[str, type["Task"]] = {}
+TASKS: Registry[type["Task"]] = Registry("task", "task")
 
 
-def register(name: str) -> Callable[[type["Task"]], type["Task"]]:
-    """Class decorator: make a task available as ``task=<name>``."""
+def register(name: str, **meta: Any) -> Callable[[type["Task"]], type["Task"]]:
+    """Class decorator: make a task available as ``task=<name>`` (the class learns its name)."""
 
     def wrap(cls: type[Task]) -> type[Task]:
         cls.name = name
-        TASKS[name] = cls
-        return cls
+        return TASKS.add(name, cls, **meta)
 
     return wrap
 
@@ -264,8 +266,6 @@ class RandomForest(DecisionTree):
 
 def build_task(name: str, n_dims: int, params: dict[str, Any] | None = None) -> Task:
     """Instantiate a task by its config name, with a one-line error listing the known names."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task '{name}'; choose one of: {', '.join(sorted(TASKS))}")
     return TASKS[name](n_dims, **(params or {}))
 
 

@@ -50,7 +50,7 @@ class SelfAttention(nn.Module):
 
 
 # model.activation -> the GELU it builds: exact erf (ours) or GPT-2's tanh approximation ("gelu_new"), which
-# Garg et al.'s checkpoints were trained with (icl.garg converts them).
+# Garg et al.'s checkpoints were trained with (icl.run.garg converts them).
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
 
 

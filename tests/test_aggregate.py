@@ -1,4 +1,4 @@
-"""Aggregation at sweep scale (icl.results): cached resample counts, batched paired bootstrap, fast configs."""
+"""Aggregation at sweep scale (icl.analysis.results, icl.stats): batched paired bootstrap, fast configs, cfg columns."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from icl import results
-from icl.bench_aggregate import reference_paired_bootstrap
+from icl import stats
+from icl.analysis import results
+from icl.bench.aggregate import reference_paired_bootstrap
 
 
 def test_batched_paired_bootstrap_is_the_per_call_one_exactly():
@@ -21,11 +22,11 @@ def test_batched_paired_bootstrap_is_the_per_call_one_exactly():
         err, ref = rng.exponential(size=(P, 7)), rng.exponential(size=(P, 7))
         err[rng.random(err.shape) < 0.05] = np.nan
         triples.append((err.astype(np.float32), ref.astype(np.float32), rng.exponential(size=(P, 7)) + 0.5))
-    many = results.paired_bootstrap_many(triples, 400, 0.9, 3)
+    many = stats.paired_bootstrap_many(triples, 400, 0.9, 3)
     for triple, got in zip(triples, many):
         for a, b in zip(got, reference_paired_bootstrap(*triple, 400, 0.9, 3)):
             np.testing.assert_array_equal(a, b)
-    assert not results.resample_counts(300, 400, 3).flags.writeable
+    assert not stats.resample_counts(300, 400, 3).flags.writeable
 
 
 def _job(folder: Path, seed: int, lr: float) -> Path:

@@ -7,12 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icl.attention import (ATTENTION, Kernel, build_attention, causal_linear_attention, causal_weighted_sum,
-                           quadratic_linear_attention)
-from icl.configs import CONFIG_DIR
-from icl.train import train
+from icl.attention import (
+    ATTENTION,
+    Kernel,
+    build_attention,
+    causal_linear_attention,
+    causal_weighted_sum,
+    quadratic_linear_attention,
+)
+from icl.run.configs import CONFIG_DIR
+from icl.run.train import train
 from icl.transformer import ICLTransformer, TransformerConfig
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 VARIANTS = sorted(ATTENTION)
 HS = 8

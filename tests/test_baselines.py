@@ -125,7 +125,7 @@ def test_failing_or_warning_fit_gives_nan_and_continues():
         def fit(self, X, y):
             if np.any(y == 999.0):
                 raise RuntimeError("boom")
-            warnings.warn("noisy fit", UserWarning)
+            warnings.warn("noisy fit", UserWarning, stacklevel=2)
             self.mean = float(np.mean(y))
             return self
 

@@ -8,11 +8,12 @@ from hydra import compose, initialize_config_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from icl.analysis.bench_figures import bench_figures
 from icl.attention import ATTENTION
-from icl.bench import bench_figures, latency_batch, run, sanity
-from icl.configs import CONFIG_DIR
-from icl.flops import dense_flops, forward_flops, train_flops
-from icl.timing import bootstrap_median_ci, mann_whitney_p, ratio_ci
+from icl.bench.flops import dense_flops, forward_flops, train_flops
+from icl.bench.latency import latency_batch, run, sanity
+from icl.run.configs import CONFIG_DIR
+from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
 FAST = ["latency.model=tiny", "latency.ks=[2,5]", "latency.batch=8", "latency.warmup=1", "latency.repeats=3",
@@ -55,7 +56,7 @@ def test_flop_count_matches_torch_flop_counter(attn):
 
 def test_reference_flop_count_matches_torch_flop_counter():
     """Garg et al.'s model runs every block and its read-out at every token: ``every_token=True`` counts it."""
-    from icl.garg import GargTransformer
+    from icl.run.garg import GargTransformer
 
     config = TransformerConfig(n_dims=5, n_positions=11, n_embd=64, n_layer=2, n_head=2)
     ref = GargTransformer(n_dims=5, n_positions=11, n_embd=64, n_layer=2, n_head=2).eval()
@@ -115,7 +116,7 @@ def test_latency_grid_and_reference_comparison(tmp_path):
     assert (tmp_path / "bench_latency.png").stat().st_size > 0
     figs = bench_figures([tmp_path], tmp_path / "figs", ("png", "pdf"))
     assert [p.name for p in figs] == [f"bench_latency_{tmp_path.name}.png", f"bench_latency_{tmp_path.name}.pdf"]
-    from icl.figures import make_figures  # `make figures` picks the benchmark up, even with no eval.csv around
+    from icl.analysis.figures import make_figures  # `make figures` picks the benchmark up, even with no eval.csv around
 
     assert {p.name for p in make_figures([tmp_path], tmp_path / "all", ("png",))} == {f"bench_latency_{tmp_path.name}.png"}
 
@@ -141,7 +142,7 @@ def test_bad_settings_are_one_clear_line(tmp_path):
 
 
 def test_quick_preset_composes_and_passes_the_checks(tmp_path):
-    from icl.bench import check
+    from icl.bench.latency import check
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("bench", overrides=["bench=quick"])

@@ -6,9 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from icl.attention import ATTENTION
-from icl.bench_attn import run
-from icl.configs import CONFIG_DIR
-from icl.timing import loglog_slope, summarise
+from icl.bench.attention import run
+from icl.bench.timing import loglog_slope, summarise
+from icl.run.configs import CONFIG_DIR
 
 
 def bench_cfg(tmp_path, *overrides):

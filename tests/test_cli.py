@@ -2,29 +2,15 @@
 `make figures` on what they produced, and one-line errors for bad input."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.helpers import ENV, FAST, REPO, TINY, jobs, run
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-FAST = [*TINY, "trainer.max_steps=30", "callbacks.model_checkpoint.every_n_train_steps=30"]
-
-
-def run(args, cwd, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def jobs(root):
-    return sorted(p.parent.parent for p in root.glob("**/.hydra/config.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from icl.configs import check_yaml
-from icl.schema import validate
+from icl.run.configs import check_yaml
+from icl.run.schema import validate
+from icl.run.train import build
 from icl.tasks import seeded
-from icl.train import build
-from tests.conftest import CONFIGS, compose_train
+from tests.helpers import CONFIGS, compose_train
 
 
 def options(group: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""icl.evaluate: strategies × parameters in eval.csv, errors.npz consistent with it, the baseline cache."""
+"""icl.evaluation: strategies × parameters in eval.csv, errors.npz consistent with it, the baseline cache."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from icl import baselines, prompts
-from icl.evaluate import COLUMNS, ERRORS_FILE, EvalConfig, evaluate_job, job_task, predict_model, predict_queries
+from icl.evaluation import COLUMNS, EvalConfig, predict_model, predict_queries
+from icl.run.evaluate import evaluate_job, job_task
+from icl.run.job import JobDir
 from icl.tasks import build_task
 from icl.transformer import ICLTransformer, TransformerConfig
-from tests.conftest import TINY, compose_train
+from tests.helpers import TINY, compose_train
 
 # eval=quick (TINY) has standard only; Hydra adds/removes keys with +/~
 STRATEGIES = ["+eval.strategies.scale_x=[0.5,2]", "+eval.strategies.orthogonal_query=[null]",
@@ -29,7 +31,7 @@ def tiny_model(n_positions: int = 12) -> ICLTransformer:
 @pytest.fixture
 def job(tmp_path: Path):
     cfg = compose_train([*TINY, *STRATEGIES, "model.n_positions=12", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
-    df = evaluate_job(cfg, tiny_model(), tmp_path)
+    df = evaluate_job(cfg, tiny_model(), JobDir(tmp_path))
     return cfg, df, tmp_path
 
 
@@ -50,7 +52,7 @@ def test_eval_csv_rows_per_strategy_param_and_k(job):
 
 def test_errors_npz_reproduces_the_transformer_rows(job):
     _, df, out = job
-    with np.load(out / ERRORS_FILE) as data:
+    with np.load(out / JobDir.ERRORS) as data:
         arrays = {k: data[k] for k in data.files}
     assert set(arrays) == {f"{s}/{p}/{w}" for s, p in [("standard", ""), ("scale_x", "0.5"), ("scale_x", "2.0"),
                                                          ("orthogonal_query", ""), ("long_context", "")]
@@ -78,26 +80,26 @@ def test_baselines_computed_once_and_reused(tmp_path, monkeypatch):
     cfg = compose_train([*TINY, *STRATEGIES, "model.n_positions=12", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
     for sub in "abcd":
         (tmp_path / sub).mkdir()
-    first = evaluate_job(cfg, tiny_model(), tmp_path / "a")
+    first = evaluate_job(cfg, tiny_model(), JobDir(tmp_path / "a"))
     n_first = len(calls)
     assert n_first == 2 * 5  # two baselines × five (strategy, param)
-    second = evaluate_job(cfg, tiny_model(), tmp_path / "b")
+    second = evaluate_job(cfg, tiny_model(), JobDir(tmp_path / "b"))
     assert len(calls) == n_first  # every baseline curve came from the cache
     pd.testing.assert_frame_equal(first, second)
     cfg.eval.seed = 1  # other prompts: recomputed
-    evaluate_job(cfg, tiny_model(), tmp_path / "c")
+    evaluate_job(cfg, tiny_model(), JobDir(tmp_path / "c"))
     assert len(calls) == 2 * n_first
     cfg.eval.cache = None  # off: nothing read or written
     before = sorted((tmp_path / "cache").iterdir())
-    evaluate_job(cfg, tiny_model(), tmp_path / "d")
+    evaluate_job(cfg, tiny_model(), JobDir(tmp_path / "d"))
     assert len(calls) == 3 * n_first and sorted((tmp_path / "cache").iterdir()) == before
 
 
 def test_classification_skips_regression_only_strategies(tmp_path, caplog):
     cfg = compose_train([*TINY, "task=linear_classification", "task.n_dims=3", "eval.cache=null",
                          "+eval.strategies.scale_y=[2]", "+eval.strategies.noisy_y=[0.5]"], tmp_path)
-    with caplog.at_level(logging.INFO, logger="icl.evaluate"):
-        df = evaluate_job(cfg, None, tmp_path)
+    with caplog.at_level(logging.INFO, logger="icl.evaluation"):
+        df = evaluate_job(cfg, None, JobDir(tmp_path))
     assert set(df.strategy) == {"standard"} and set(df.metric) == {"error_rate"}
     assert "skipping strategy scale_y" in caplog.text and "skipping strategy noisy_y" in caplog.text
 
@@ -115,15 +117,15 @@ def test_cached_slow_baselines_belong_to_the_prompts_drawn(tmp_path):
     sampled after all inputs): another eval.n_prompts must not reuse their predictions."""
     overrides = [*TINY, "eval.baselines=[zero,tree_depth4]", "eval.slow_baseline_prompts=8"]
     cfg = compose_train([*overrides, "eval.n_prompts=64", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
-    evaluate_job(cfg, None, tmp_path)
+    evaluate_job(cfg, None, JobDir(tmp_path))
     cfg.eval.n_prompts = 32
-    cached = evaluate_job(cfg, None, tmp_path)
+    cached = evaluate_job(cfg, None, JobDir(tmp_path))
     cfg.eval.cache = None
-    pd.testing.assert_frame_equal(cached, evaluate_job(cfg, None, tmp_path))
+    pd.testing.assert_frame_equal(cached, evaluate_job(cfg, None, JobDir(tmp_path)))
 
 
 def test_non_positive_scale_fails_before_training(tmp_path):
-    from icl.train import build
+    from icl.run.train import build
 
     cfg = compose_train([*TINY, "+eval.strategies.scale_x=[0.5,0]"], tmp_path)
     with pytest.raises(ValueError, match="scale_x values must be > 0"):
@@ -144,7 +146,7 @@ def test_baseline_rows_carry_the_paired_difference_to_the_transformer(job):
 def test_paired_csv_has_each_baseline_minus_the_reference_transformer(job):
     from omegaconf import OmegaConf
 
-    from icl.results import load_results, paired_differences
+    from icl.analysis.results import load_results, paired_differences
 
     cfg, df, out = job
     (out / ".hydra").mkdir()

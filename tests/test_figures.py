@@ -1,4 +1,4 @@
-"""icl.figures: figures, summary tables, the no-results message and the Hydra entry point."""
+"""icl.analysis.figures: figures, summary tables, the no-results message and the Hydra entry point."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from icl.figures import ATTN_COLORS, _variant_styles, attn_color, make_figures
+from icl.analysis.figures import _variant_styles, make_figures
+from icl.analysis.styles import ATTN_COLORS, attn_color
 
 REPO = Path(__file__).resolve().parents[1]
 

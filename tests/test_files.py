@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from icl.files import atomic_write, write_json
+from icl.files import atomic_write, source_hash, write_json
 
 
 def test_write_json_replaces_and_leaves_no_temporary(tmp_path):
@@ -26,3 +26,26 @@ def test_a_failed_write_keeps_the_finished_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(path, crash)
     assert path.read_text() == "finished\n"
+
+
+def test_source_hash_follows_module_content_not_path(tmp_path, monkeypatch):
+    """The store and the baseline cache key trained models and predictions by this hash."""
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = source_hash(("fakepkg.mod",))
+    assert source_hash(("fakepkg.mod",)) == first
+    (pkg / "mod.py").write_text("x = 2\n")
+    assert source_hash(("fakepkg.mod",)) != first
+    with pytest.raises(ModuleNotFoundError, match="no module fakepkg.gone"):
+        source_hash(("fakepkg.gone",))
+
+
+def test_the_fingerprinted_modules_exist():
+    """A module moved or renamed without updating these lists fails here, not silently in a stale store."""
+    from icl.cache import SOURCES
+    from icl.run.store import TRAINING_SOURCES
+
+    assert len(source_hash(TRAINING_SOURCES)) == len(source_hash(SOURCES)) == 16

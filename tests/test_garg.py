@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from icl.evaluate import load_job, predict_model
-from icl.garg import GargTransformer, convert, main, write_job
+from icl.evaluation import predict_model
 from icl.module import ICLModule
+from icl.run.evaluate import load_job
+from icl.run.garg import GargTransformer, convert, main, write_job
+from icl.run.job import JobDir
 
 SIZE = dict(n_dims=5, n_positions=11, n_embd=64, n_layer=3, n_head=2)  # the tiny model
 
@@ -67,7 +69,7 @@ def test_job_folder_evaluates_like_the_reference(tmp_path: Path, tiny_overrides:
     out = tmp_path / "job"
     write_job(path, out, ["task.n_dims=5", "task.curriculum.dims.start=5", "task.curriculum.points.end=11",
                           *overrides])
-    cfg, module = load_job(out)
+    cfg, module = load_job(JobDir(out))
     assert isinstance(module, ICLModule) and module.model.config.activation == "gelu_tanh"
     assert cfg.model.n_positions == 11 and cfg.task.n_dims == 5
     xs, ys = prompts()

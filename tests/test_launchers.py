@@ -10,8 +10,8 @@ import sys
 import pandas as pd
 import pytest
 
-from icl.figures import make_figures
-from tests.conftest import REPO, TINY
+from icl.analysis.figures import make_figures
+from tests.helpers import REPO, TINY
 
 pytestmark = pytest.mark.slow
 FAST = [*TINY, "trainer.max_steps=20", "callbacks.model_checkpoint.every_n_train_steps=10"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icl import prompts
-from icl.tasks import TASKS, EVAL_STREAM, PromptSampler, build_task, seeded
+from icl.tasks import EVAL_STREAM, TASKS, PromptSampler, build_task, seeded
 
 P, N, D = 64, 12, 6
 
@@ -115,7 +115,7 @@ def test_every_strategy_on_every_task_or_a_reason(task, name):
     param = {"scale_x": 2.0, "scale_y": 2.0, "shift_x": 1.0, "noisy_y": 0.5, "long_context": 10}.get(name)
     reason = prompts.skip_reason(name, t, 6, 10, param)
     if reason:
-        assert name in prompts.REGRESSION_ONLY and t.metric == "error_rate", reason
+        assert prompts.STRATEGIES.meta(name, "regression_only") and t.metric == "error_rate", reason
         return
     n = prompts.points_for(name, param, 6, 10)
     p = prompts.make_prompts(name, t, 8, n, 0, param)

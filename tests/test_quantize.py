@@ -11,11 +11,22 @@ import torch
 from torch import nn
 
 from icl.module import ICLModule
-from icl.quantize import (LAYER_GROUPS, QuantSpec, check, float_model, linears, prepare_qat, proof, quantize,
-                          serialized_bytes, storage_dtype, torchao)
-from icl.train import build, train
+from icl.quantize import (
+    LAYER_GROUPS,
+    QuantSpec,
+    check,
+    float_model,
+    linears,
+    prepare_qat,
+    proof,
+    quantize,
+    serialized_bytes,
+    storage_dtype,
+    torchao,
+)
+from icl.run.train import build, train
 from icl.transformer import ICLTransformer, TransformerConfig
-from tests.conftest import compose_train
+from tests.helpers import CrashAt, compose_train
 
 N_DIMS, N_POINTS = 5, 11
 
@@ -189,7 +200,7 @@ def test_qat_resume_continues_exactly(tmp_path, tiny_overrides):
     qat = [*tiny_overrides, "quant=qat_int8", "trainer.max_steps=12", "callbacks.model_checkpoint.every_n_train_steps=4"]
     train(compose_train(qat, tmp_path / "straight"))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_train([*qat, "+callbacks.crash={_target_: tests.conftest.CrashAt, step: 10}"], tmp_path / "split"))
+        train(compose_train(qat, tmp_path / "split"), callbacks=[CrashAt(10)])
     train(compose_train(qat, tmp_path / "split"))  # resumes from last.ckpt (step 8)
     a, b = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False) for run in ("straight", "split"))
     assert b["global_step"] == 12 and a["state_dict"].keys() == b["state_dict"].keys()
@@ -243,7 +254,7 @@ def test_torchao_is_the_installed_library():
 @pytest.mark.slow
 def test_cli_sweep_over_post_training_modes_trains_once(tmp_path):
     """`python -m icl.train -m quant=none,int8_weight,int8_dynamic`: one training, three evaluated jobs."""
-    from tests.test_cli import FAST, jobs, run
+    from tests.helpers import FAST, jobs, run
 
     run(["-m", "icl.train", "-m", "quant=none,int8_weight,int8_dynamic", *FAST], tmp_path)
     found = jobs(tmp_path / "multirun")
@@ -266,7 +277,7 @@ def test_cli_sweep_over_post_training_modes_trains_once(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_cli_int4_on_cpu_is_one_line(tmp_path):
-    from tests.test_cli import TINY, run
+    from tests.helpers import TINY, run
 
     proc = run(["-m", "icl.train", *TINY, "quant=int4_weight"], tmp_path, check=False)
     assert proc.returncode == 1 and "quant=int4_weight needs a CUDA GPU" in proc.stdout + proc.stderr

@@ -1,4 +1,4 @@
-"""icl.results: job discovery, config flattening, loading and variant labels on synthetic jobs."""
+"""icl.analysis.results: job discovery, config flattening, loading and variant labels on synthetic jobs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from icl.results import find_jobs, flatten_config, jobs_table, load_results, variant_label
+from icl.analysis.results import find_jobs, flatten_config, jobs_table, load_results, variant_label
 
 
 def make_job(folder: Path, task: str = "linear", n_dims: int = 3, model: str = "tiny", seed: int = 0,
@@ -58,7 +58,7 @@ def test_failed_and_running_jobs_skipped_with_warning(tmp_path: Path, caplog) ->
     make_job(tmp_path / "ok", status=None)  # older job without status.json counts as done
     make_job(tmp_path / "bad", status="failed")
     make_job(tmp_path / "busy", status="running")
-    with caplog.at_level(logging.WARNING, logger="icl.results"):
+    with caplog.at_level(logging.WARNING, logger="icl.analysis.results"):
         df = load_results([tmp_path])
     assert {Path(p).name for p in df["run_dir"]} == {"ok"}
     assert set(df["status"]) == {"done"}
@@ -113,7 +113,7 @@ def test_variant_label_experiment_differs(tmp_path: Path) -> None:
 
 
 # --- unreadable CSVs, older columns, paired differences ---------------------------------------------------------
-from icl.results import paired_bootstrap, paired_differences, read_eval_csv  # noqa: E402
+from icl.analysis.results import paired_bootstrap, paired_differences, read_eval_csv  # noqa: E402
 
 
 def test_unreadable_csvs_are_one_warning_each_and_skipped(tmp_path: Path, caplog) -> None:
@@ -125,7 +125,7 @@ def test_unreadable_csvs_are_one_warning_each_and_skipped(tmp_path: Path, caplog
     (binary / "eval.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage\xff\xfe")
     empty = make_job(tmp_path / "empty")
     (empty / "eval.csv").write_text("")
-    with caplog.at_level(logging.WARNING, logger="icl.results"):
+    with caplog.at_level(logging.WARNING, logger="icl.analysis.results"):
         df = load_results([tmp_path])
     assert {Path(p).name for p in df["run_dir"]} == {"ok"}
     for name in ("half", "binary", "empty"):
@@ -159,7 +159,7 @@ def test_paired_difference_to_the_reference_on_the_same_prompts(tmp_path: Path, 
     for job, attn in ((other, "relu"), (unrelated, "linear")):
         frame = pd.read_csv(job / "eval.csv").assign(attn=attn)
         frame.to_csv(job / "eval.csv", index=False)
-    with caplog.at_level(logging.WARNING, logger="icl.results"):
+    with caplog.at_level(logging.WARNING, logger="icl.analysis.results"):
         paired = paired_differences(load_results([tmp_path]), n_boot=200)
     assert set(paired["attn"]) == {"relu"} and set(paired["strategy"]) == {"standard"}
     np.testing.assert_allclose(paired["diff"], 0.1, rtol=1e-5)  # Σ 0.1·zero / Σ zero

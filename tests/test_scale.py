@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch import Callback
 
 from icl.data import PromptStream
-from icl.train import build, train
-from tests.conftest import REPO, TINY, compose_train
+from icl.run.train import build, train
+from tests.helpers import REPO, TINY, compose_train
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
@@ -26,10 +26,10 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
 class RecordBatches(Callback):
     """Write ``<dir>/rank<k>.json``: the step and the sum of xs of every batch this rank trained on."""
 
-    def __init__(self, dir: str) -> None:  # noqa: A002 - the config key
+    def __init__(self, dir: str) -> None:
         self.dir, self.seen = Path(dir), []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.seen.append([trainer.global_step, float(batch["xs"].double().sum())])
         self.dir.mkdir(parents=True, exist_ok=True)  # written every step: the process may be killed
         (self.dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
@@ -41,7 +41,7 @@ class SleepEachStep(Callback):
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def on_train_batch_end(self, *args) -> None:  # noqa: ANN002
+    def on_train_batch_end(self, *args) -> None:
         time.sleep(self.seconds)
 
 

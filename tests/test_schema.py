@@ -5,9 +5,9 @@ import shutil
 import pytest
 from hydra import compose, initialize_config_dir
 
-from icl.schema import validate
-from icl.train import build
-from tests.conftest import CONFIGS, compose_train
+from icl.run.schema import validate
+from icl.run.train import build
+from tests.helpers import CONFIGS, compose_train
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -53,3 +53,28 @@ def test_a_typo_in_a_yaml_file_is_rejected(tmp_path):
         cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="unknown config key 'model.n_layr'"):
         validate(cfg)
+
+
+def test_optim_keys_are_the_schema_and_model_keys_the_transformer_fields():
+    """One list each: the schema's optim keys are what ICLModule reads; model keys come from TransformerConfig."""
+    from dataclasses import fields
+
+    from icl.module import MODEL_KEYS, OPTIM_KEYS
+    from icl.run.schema import OptimSchema
+    from icl.transformer import TransformerConfig
+
+    assert set(OPTIM_KEYS) == {f.name for f in fields(OptimSchema)}
+    assert set(MODEL_KEYS) == {f.name for f in fields(TransformerConfig)} - {"n_dims", "attn", "attn_params"}
+
+
+def test_every_default_is_in_the_yaml(tiny_cfg):
+    """The schema holds no defaults: a composed config names every optim/data/eval key itself."""
+    from dataclasses import fields
+
+    from icl.evaluation import EvalConfig
+    from icl.run.schema import DataSchema, OptimSchema
+
+    cfg = tiny_cfg()
+    assert {f.name for f in fields(OptimSchema)} <= set(cfg.optim)
+    assert {f.name for f in fields(DataSchema)} <= set(cfg.data)
+    assert {f.name for f in fields(EvalConfig)} == set(cfg.eval)

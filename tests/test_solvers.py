@@ -91,30 +91,35 @@ def test_batched_lasso_agrees_with_the_old_loop_where_the_loop_converged():
 
 
 def test_cache_key_changes_when_a_baseline_implementation_changes(tmp_path, monkeypatch):
-    """icl.cache hashes the source of every module the baselines import from icl; editing one (here the
-    batched solvers) must give new keys, so stale predictions are never reused."""
+    """icl.cache hashes the source of every module the baselines import from icl (SOURCES, by module name);
+    editing one — here the batched solvers — must give new keys, so stale predictions are never reused."""
     import ast
+    import importlib.util
     import shutil
     from pathlib import Path
 
-    from icl import cache
+    from icl import cache, files
 
-    src = Path(cache.__file__).parent
-    tree = ast.parse((src / "baselines.py").read_text())
-    imported = {f"{a.name}.py" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "icl"
-                for a in node.names}
-    assert imported <= set(cache.SOURCES), imported - set(cache.SOURCES)
-    for name in cache.SOURCES:
-        shutil.copy(src / name, tmp_path / name)
-    monkeypatch.setattr(cache, "__file__", str(tmp_path / "cache.py"))
+    src = Path(bl.__file__).parent
+    imported = {f"icl.{a.name}" for mod in ("baselines.py", "solvers.py")
+                for node in ast.walk(ast.parse((src / mod).read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module == "icl" for a in node.names}
+    assert imported - {"icl.registry"} <= set(cache.SOURCES), imported - set(cache.SOURCES)
+    assert "icl.solvers" in cache.SOURCES and "icl.baselines" in cache.SOURCES
     cache.code_version.cache_clear()
     before = cache.cache_key(baseline="lasso_0.1")
-    with open(tmp_path / "solvers.py", "a") as f:
+    edited = tmp_path / "solvers.py"
+    shutil.copy(src / "solvers.py", edited)
+    with open(edited, "a") as f:
         f.write("\n# a changed implementation\n")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(files.importlib.util, "find_spec", lambda name, *a: importlib.util.spec_from_file_location(
+        name, edited) if name == "icl.solvers" else real(name, *a))
     cache.code_version.cache_clear()
     assert cache.cache_key(baseline="lasso_0.1") != before
     monkeypatch.undo()
     cache.code_version.cache_clear()
+    assert cache.cache_key(baseline="lasso_0.1") == before
 
 
 def relu_prompts(B: int, n: int, d: int, seed: int):
@@ -176,14 +181,14 @@ def test_trees_split_among_processes_give_the_same_numbers(monkeypatch):
 
 
 # --- Bayes-optimal baselines ------------------------------------------------------------------------------
-from icl.evaluate import sample_eval_prompts  # noqa: E402
+from icl import prompts  # noqa: E402
 from icl.tasks import build_task  # noqa: E402
 
 
 def task_prompts(name: str, d: int, P: int, n: int, params: dict | None = None):
     task = build_task(name, d, params)
-    xs, ys = sample_eval_prompts(task, P, n, seed=0)
-    return task, xs, ys
+    p = prompts.make_prompts("standard", task, P, n, seed=0)
+    return task, p.xs, p.ys
 
 
 def test_bayes_on_noiseless_isotropic_linear_is_least_squares():
@@ -223,7 +228,7 @@ def test_sparse_bayes_matches_brute_force_enumeration():
 
 def test_sparse_bayes_at_most_lasso_at_every_k_and_exact_from_d():
     task, xs, ys = task_prompts("sparse_linear", 8, 600, 13, {"sparsity": 2})
-    err = lambda preds: (preds.double() - ys.double()) ** 2  # noqa: E731
+    err = lambda preds: (preds.double() - ys.double()) ** 2
     bayes = err(bl.predict("bayes", xs, ys, task=task))
     lassos = [err(bl.predict(f"lasso_{a}", xs, ys)) for a in bl.LASSO_ALPHAS]
     for k in range(1, 13):

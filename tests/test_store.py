@@ -8,10 +8,11 @@ import time
 import pandas as pd
 import pytest
 
-from icl.evaluate import load_job
-from icl.store import Entry, claim, fingerprint
-from icl.train import train
-from tests.conftest import REPO, compose_train
+from icl.run.evaluate import load_job
+from icl.run.job import JobDir
+from icl.run.store import Entry, claim, fingerprint
+from icl.run.train import train
+from tests.helpers import REPO, compose_train
 
 
 def fp(tmp_path, *overrides):
@@ -49,7 +50,7 @@ def test_post_training_modes_reuse_one_trained_model(tmp_path, tiny_overrides):
     assert json.loads((tmp_path / "int8" / "quant.json").read_text())["quantized_linears"] == 4
     (tmp_path / "int8" / ".hydra").mkdir()  # as Hydra would have written it
     (tmp_path / "int8" / ".hydra" / "config.yaml").write_text((tmp_path / "int8" / "config.yaml").read_text())
-    _, module = load_job(tmp_path / "int8")  # `python -m icl.evaluate run_dir=<job>` finds the shared model
+    _, module = load_job(JobDir(tmp_path / "int8"))  # `python -m icl.evaluate run_dir=<job>` finds the shared model
     assert module.model.read_out.weight.shape == (1, 64)
 
 
@@ -64,7 +65,7 @@ HOLD = """
 import logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO)
-from icl.store import claim
+from icl.run.store import claim
 with claim(Path(sys.argv[1]), "abc", Path("job-" + sys.argv[2])) as entry:
     print("claimed", entry.done, flush=True)
     if sys.argv[2] == "crash":

@@ -5,12 +5,11 @@ import json
 import pandas as pd
 import pytest
 import torch
-from lightning.pytorch import Callback
 
-from icl.evaluate import COLUMNS
-from icl.loggers import load_metrics
-from icl.train import train
-from tests.conftest import compose_train
+from icl.evaluation import COLUMNS
+from icl.run.loggers import load_metrics
+from icl.run.train import train
+from tests.helpers import CrashAt, PoisonWeightsAt, compose_train
 
 
 def _weights(ckpt):
@@ -20,8 +19,8 @@ def _weights(ckpt):
 def test_short_training_lowers_loss_and_writes_job(tmp_path, tiny_overrides):
     # One fixed function (a pool of 1) makes "the loss goes down" quick and certain; learning *in context*
     # is the smoke study's job (README, measured).
-    cfg = compose_train([*tiny_overrides, "task.num_tasks=1", "trainer.max_steps=300", "callbacks.model_checkpoint.every_n_train_steps=100"],
-                        tmp_path)
+    cfg = compose_train([*tiny_overrides, "task.num_tasks=1", "trainer.max_steps=300",
+                         "callbacks.model_checkpoint.every_n_train_steps=100"], tmp_path)
     metrics = train(cfg)
     log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["train/loss_rel_zero"])
     first, last = log["train/loss_rel_zero"].iloc[:5].mean(), log["train/loss_rel_zero"].iloc[-5:].mean()
@@ -50,10 +49,10 @@ def test_resume_continues_exactly(tmp_path, tiny_overrides):
               "callbacks.model_checkpoint.every_n_train_steps=4"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(compose_train([*moving, "trainer.max_steps=20"], straight))
-    crash = "+callbacks.crash={_target_: tests.conftest.CrashAt, step: 14}"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_train([*moving, "trainer.max_steps=20", crash], split))  # last.ckpt at step 12
-    assert json.loads((split / "status.json").read_text())["status"] == "running"  # main() marks it failed
+        train(compose_train([*moving, "trainer.max_steps=20"], split), callbacks=[CrashAt(14)])  # last.ckpt at 12
+    status = json.loads((split / "status.json").read_text())  # train() itself records the failure
+    assert status["status"] == "failed" and "simulated crash" in status["error"]
     train(compose_train([*moving, "trainer.max_steps=20"], split))  # finds split/checkpoints/last.ckpt
     a, b = _weights(straight / "checkpoints" / "last.ckpt"), _weights(split / "checkpoints" / "last.ckpt")
     for key in a:
@@ -106,25 +105,12 @@ def test_every_task_trains_and_evaluates_with_its_baselines(task, tmp_path):
     assert set(df.metric) == {"error_rate" if task == "linear_classification" else "squared_error"}
 
 
-class PoisonWeightsAt(Callback):
-    """Make one weight NaN after the optimiser step of ``step`` (as a diverging update would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:  # noqa: ANN001
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                pl_module.model.read_out.weight[0, 0] = float("nan")
-
-
 def test_nan_weights_stop_training_and_keep_the_last_good_checkpoint(tmp_path, tiny_overrides):
     """The weights go NaN at step 6: that step's checkpoint is refused, last.ckpt stays the finite step-3 one."""
-    poison = "+callbacks.poison={_target_: tests.test_train.PoisonWeightsAt, step: 6}"
-    cfg = compose_train([*tiny_overrides, "trainer.max_steps=20", "callbacks.model_checkpoint.every_n_train_steps=3",
-                         poison], tmp_path)
+    cfg = compose_train([*tiny_overrides, "trainer.max_steps=20", "callbacks.model_checkpoint.every_n_train_steps=3"],
+                        tmp_path)
     with pytest.raises(FloatingPointError, match=r"weight model.read_out.weight is not finite at step 6"):
-        train(cfg)
+        train(cfg, callbacks=[PoisonWeightsAt(6)])
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 3
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values() if w.is_floating_point())

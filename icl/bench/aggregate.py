@@ -1,4 +1,4 @@
-"""Aggregation at sweep scale: `make figures` over synthetic copies of one smoke job (`python -m icl.bench_aggregate`).
+"""Aggregation at sweep scale: `make figures` over synthetic copies of one smoke job (`python -m icl.bench.aggregate`).
 
 A study grid is attention variants × quant modes × seeds of one job, all scored on the same evaluation prompts.
 This builds such a grid without training: one smoke job (experiment=smoke's config, d = 5, the default eval grid
@@ -9,8 +9,8 @@ Then ``icl.figures.make_figures`` runs on the whole grid in a fresh process (wal
 ``resource``), and ``paired_differences`` is checked against the reference implementation
 (``reference_paired_bootstrap``: the counts drawn afresh per call) on the first ``check`` jobs.
 
-    python -m icl.bench_aggregate                    # 8 attn × 3 quant × 8 seeds = 192 folders
-    python -m icl.bench_aggregate --seeds 2 --keep   # 48 folders, left in place to profile
+    python -m icl.bench.aggregate                    # 8 attn × 3 quant × 8 seeds = 192 folders
+    python -m icl.bench.aggregate --seeds 2 --keep   # 48 folders, left in place to profile
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ QUANTS = ("none", "int8_weight", "int8_dynamic")
 
 def reference_paired_bootstrap(err: np.ndarray, ref: np.ndarray, zero: np.ndarray, n_boot: int, ci: float,
                                seed: int) -> tuple[np.ndarray, ...]:
-    """``icl.results.paired_bootstrap`` as it was before resample counts were cached (the baseline measured)."""
+    """``icl.stats.paired_bootstrap`` as it was before resample counts were cached (the baseline measured)."""
     valid = ~(np.isnan(err) | np.isnan(ref))
     delta = np.where(valid, err.astype(np.float64) - ref, 0.0)
     z = np.where(valid, zero.astype(np.float64), 0.0)
@@ -53,8 +53,9 @@ def smoke_job(folder: Path) -> Path:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from icl.configs import CONFIG_DIR
-    from icl.evaluate import evaluate_job
+    from icl.run.configs import CONFIG_DIR
+    from icl.run.evaluate import evaluate_job
+    from icl.run.job import JobDir
 
     class RunningMean(torch.nn.Module):
         """Stand-in transformer: 0.9 × the mean of the labels before each position (never its own)."""
@@ -73,7 +74,7 @@ def smoke_job(folder: Path) -> Path:
     cfg.paths.output_dir = str(folder)
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
-    evaluate_job(cfg, RunningMean(), folder)
+    evaluate_job(cfg, RunningMean(), JobDir(folder))
     (folder / "status.json").write_text(json.dumps({"status": "done", "error": None}))
     return folder
 
@@ -112,14 +113,14 @@ def time_figures(root: Path, out: Path) -> dict[str, float]:
             f"make_figures([{str(root)!r}], {str(out)!r}); "
             "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    line = next(l for l in run.stdout.splitlines() if l.startswith("BENCH"))
+    line = next(row for row in run.stdout.splitlines() if row.startswith("BENCH"))
     _, seconds, rss_kb = line.split()
     return {"seconds": float(seconds), "peak_mb": int(rss_kb) / 1024}
 
 
 def time_tables(root: Path) -> dict[str, float]:
     """The per-job part of aggregation alone (results, jobs table, paired differences), in this process."""
-    from icl import results
+    from icl.analysis import results
 
     t = time.perf_counter()
     df = results.load_results([root], cfg_columns="varying")
@@ -131,19 +132,19 @@ def time_tables(root: Path) -> dict[str, float]:
 
 def check_paired(root: Path, jobs: int) -> float:
     """Largest |new − reference| over every paired column on the first ``jobs`` folders (0.0: identical)."""
-    from icl import results
+    from icl.analysis import results
 
     sub = Path(tempfile.mkdtemp(prefix="icl_bench_pairs_"))
     for job in sorted(root.iterdir())[:jobs]:
         shutil.copytree(job, sub / job.name, copy_function=os.link)  # rglob does not follow symlinks
     df = results.load_results([sub])
     new = results.paired_differences(df)
-    original = results.paired_bootstrap
-    try:
-        results.paired_bootstrap = reference_paired_bootstrap
+    original = results.paired_bootstrap_many
+    try:  # one fresh draw per pair, as before
+        results.paired_bootstrap_many = lambda triples, *a: [reference_paired_bootstrap(*t, *a) for t in triples]
         old = results.paired_differences(df)
     finally:
-        results.paired_bootstrap = original
+        results.paired_bootstrap_many = original
     shutil.rmtree(sub)
     cols = ["diff", "diff_low", "diff_high", "n_prompts"]
     assert len(new) == len(old) and len(new), (len(new), len(old))

@@ -20,11 +20,9 @@ percentile bootstrap over prompts. Negative: better than the reference.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,18 +33,18 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf._utils import get_yaml_loader
 
+from icl.errors import first_line
+from icl.run.job import JobDir
+from icl.stats import paired_bootstrap, paired_bootstrap_many  # noqa: F401 - paired_bootstrap re-exported
+
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = Path(".hydra") / "config.yaml"
-RESOLVED_CONFIG_FILE = "config.yaml"
-STATUS_FILE = "status.json"
 EVAL_COLUMNS: list[str] = [
     "task", "attn", "quant", "model", "seed", "strategy", "param", "k",
     "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
     "error_per_dim", "diff_transformer", "diff_low", "diff_high", "n_dims", "n_prompts",
 ]
 REQUIRED_COLUMNS = ("k", "predictor", "kind", "error")
-ERRORS_FILE = "errors.npz"  # per-prompt errors written by icl.evaluate
 PAIRED_COLUMNS: list[str] = [
     "task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k", "diff", "diff_low",
     "diff_high", "n_prompts", "reference_attn", "reference_quant", "run_dir", "reference_run",
@@ -78,23 +76,15 @@ def find_jobs(roots: Iterable[str | Path]) -> list[Path]:
         root = Path(root)
         if not root.is_dir():
             continue
-        for cfg_file in root.rglob("config.yaml"):
-            if cfg_file.parent.name == ".hydra":
+        for cfg_file in root.rglob(Path(JobDir.HYDRA_CONFIG).name):
+            if JobDir(cfg_file.parent.parent).is_job():
                 jobs.add(cfg_file.parent.parent.resolve())
     return sorted(jobs)
 
 
 def load_config(job: str | Path) -> DictConfig:
-    """The job's config, the single source of truth for its settings.
-
-    Prefers the resolved copy ``icl.train`` writes beside the job (``config.yaml``): Hydra's own
-    ``.hydra/config.yaml`` keeps interpolations such as ``${hydra:runtime.output_dir}`` that
-    cannot be resolved outside the run.
-    """
-    resolved = Path(job) / RESOLVED_CONFIG_FILE
-    cfg = OmegaConf.load(resolved if resolved.is_file() else Path(job) / CONFIG_FILE)
-    assert isinstance(cfg, DictConfig), f"{job}: config is not a mapping"
-    return cfg
+    """The job's config, the single source of truth for its settings (``JobDir.load_config``)."""
+    return JobDir(job).load_config()
 
 
 def _to_container(cfg: DictConfig) -> dict[str, Any]:
@@ -144,7 +134,7 @@ def _has_interpolation(node: Any) -> bool:
 
 @lru_cache(maxsize=4096)
 def _flat_config_cached(job: str, mtime_ns: int) -> dict[str, Any]:
-    resolved = Path(job) / RESOLVED_CONFIG_FILE
+    resolved = Path(job) / JobDir.CONFIG
     if resolved.is_file():
         plain = yaml.load(resolved.read_text(), Loader=_FastLoader)
         if isinstance(plain, Mapping) and not _has_interpolation(plain):
@@ -158,22 +148,14 @@ def flat_config(job: str | Path) -> dict[str, Any]:
     resolved config.yaml has no interpolations, so plain YAML (OmegaConf's scalar rules) gives the same dict;
     anything else takes the OmegaConf path."""
     job = Path(job)
-    cfg = job / RESOLVED_CONFIG_FILE if (job / RESOLVED_CONFIG_FILE).is_file() else job / CONFIG_FILE
+    cfg = job / JobDir.CONFIG if (job / JobDir.CONFIG).is_file() else job / JobDir.HYDRA_CONFIG
     return dict(_flat_config_cached(str(job), cfg.stat().st_mtime_ns))
 
 
 def read_status(job: str | Path) -> dict[str, Any]:
-    """`status.json` of a job; older jobs lack it and count as done once eval.csv exists."""
-    job = Path(job)
-    path = job / STATUS_FILE
-    if not path.exists():
-        done = (job / "eval.csv").exists()
-        return {"status": "done" if done else "incomplete", "error": None}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return {"status": "unknown", "error": f"unreadable {STATUS_FILE}: {exc}"}
-    return {"status": data.get("status", "unknown"), "error": data.get("error")}
+    """`status` and `error` of a job's status.json (``JobDir.status``)."""
+    status = JobDir(job).status()
+    return {"status": status["status"], "error": status["error"]}
 
 
 def _empty_results() -> pd.DataFrame:
@@ -196,7 +178,7 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     try:
         flat = flat_config(job)
     except Exception as err:  # noqa: BLE001 - a broken config hides one job, never the sweep
-        log.warning("skipping %s: unreadable config (%s)", job, _first_line(err))
+        log.warning("skipping %s: unreadable config (%s)", job, first_line(err))
         return None
     for column, key in IDENTITY_KEYS.items():
         if key in flat and (column not in frame or frame[column].isna().all()):
@@ -207,17 +189,12 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     return frame
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def read_eval_csv(path: Path) -> pd.DataFrame | None:
     """An eval.csv in today's columns, or None with one warning line if it is corrupt or half-written."""
     try:
         frame = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        log.warning("skipping %s: unreadable CSV (%s)", path, _first_line(err))
+        log.warning("skipping %s: unreadable CSV (%s)", path, first_line(err))
         return None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame]
     k = pd.to_numeric(frame["k"], errors="coerce") if "k" in frame else None
@@ -243,7 +220,7 @@ def upgrade_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_results(roots: Iterable[str | Path], filename: str = "eval.csv", cfg_columns: str = "all") -> pd.DataFrame:
+def load_results(roots: Iterable[str | Path], filename: str = JobDir.EVAL, cfg_columns: str = "all") -> pd.DataFrame:
     """All jobs' `filename` rows with `run_dir`, `status` and `cfg.*` columns added.
 
     Failed or still-running jobs are skipped (with a warning) so a half-finished
@@ -261,7 +238,7 @@ def load_results(roots: Iterable[str | Path], filename: str = "eval.csv", cfg_co
         keys = [k for k in keys if len({_fmt(flat.get(k, math.nan)) for flat in configs}) > 1]
     elif cfg_columns != "all":
         raise ValueError(f"cfg_columns must be 'all' or 'varying', got {cfg_columns!r}")
-    for frame, flat in zip(frames, configs):
+    for frame in frames:
         frame.attrs.clear()
     out = pd.concat(frames, ignore_index=True)
     lengths = [len(f) for f in frames]
@@ -325,7 +302,7 @@ def jobs_table(roots: Iterable[str | Path]) -> pd.DataFrame:
         try:
             flat = flat_config(job)
         except Exception as err:  # noqa: BLE001 - listed as broken rather than crashing the table
-            rows.append({"run_dir": str(job), "status": "unknown", "error": f"unreadable config: {_first_line(err)}"})
+            rows.append({"run_dir": str(job), "status": "unknown", "error": f"unreadable config: {first_line(err)}"})
             continue
         rows.append({
             "run_dir": str(job),
@@ -347,83 +324,11 @@ def _param_value(key: str) -> float:
 
 def load_errors(job: str | Path) -> dict[str, np.ndarray] | None:
     """A job's per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None if absent/unreadable."""
-    path = Path(job) / ERRORS_FILE
-    if not path.is_file():
-        return None
     try:
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+        return JobDir(job).read_errors()
     except Exception as err:  # noqa: BLE001 - a corrupt file costs its paired rows only
-        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, ERRORS_FILE, _first_line(err))
+        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, JobDir.ERRORS, first_line(err))
         return None
-
-
-@lru_cache(maxsize=4)
-def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) multinomial resample counts as float64, drawn once per (n, n_boot, seed) and shared.
-
-    The same draw as ``icl.evaluate.resample_counts``; drawing it (~0.1 s at 1000 × 1280) on every call was
-    73% of `make figures` at sweep scale. Read-only, so no caller can change what the next one gets.
-    """
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)
-    counts.flags.writeable = False
-    return counts
-
-
-def _percentiles(boots: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column percentile interval; NaN-aware only on the columns that hold a NaN (nanquantile is slower)."""
-    alpha = (1 - ci) / 2
-    low, high = np.empty(boots.shape[1]), np.empty(boots.shape[1])
-    bad = np.isnan(boots).any(0)
-    if (~bad).any():
-        low[~bad], high[~bad] = np.quantile(boots[:, ~bad], [alpha, 1 - alpha], axis=0)
-    if bad.any():
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-            low[bad], high[bad] = np.nanquantile(boots[:, bad], [alpha, 1 - alpha], axis=0)
-    return low, high
-
-
-def paired_bootstrap_many(triples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int, ci: float,
-                          seed: int) -> list[tuple[np.ndarray, ...]]:
-    """``paired_bootstrap`` of several (err, ref, zero) at once: one matrix product per prompt count.
-
-    Stacking the columns of many pairs makes the resampling one BLAS call instead of one per pair (the
-    per-column sums are the same numbers either way: each is its own dot product with the counts).
-    """
-    out: list[tuple[np.ndarray, ...] | None] = [None] * len(triples)
-    by_size: dict[int, list[int]] = {}
-    for i, (err, _, _) in enumerate(triples):
-        by_size.setdefault(len(err), []).append(i)
-    for n, members in by_size.items():
-        deltas, zs, valids = [], [], []
-        for i in members:
-            err, ref, zero = triples[i]
-            valid = ~(np.isnan(err) | np.isnan(ref))
-            deltas.append(np.where(valid, err.astype(np.float64) - ref, 0.0))
-            zs.append(np.where(valid, zero.astype(np.float64), 0.0))
-            valids.append(valid)
-        delta, z = np.concatenate(deltas, axis=1), np.concatenate(zs, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            point = delta.sum(0) / z.sum(0)
-            if n_boot:
-                counts = resample_counts(n, n_boot, seed)
-                low, high = _percentiles((counts @ delta) / (counts @ z), ci)
-            else:
-                low, high = point, point
-        count = np.concatenate([v.sum(0) for v in valids])
-        start = 0
-        for i, v in zip(members, valids):
-            cols = slice(start, start + v.shape[1])
-            out[i] = (point[cols], low[cols], high[cols], count[cols])
-            start += v.shape[1]
-    return out  # type: ignore[return-value]
-
-
-def paired_bootstrap(err: np.ndarray, ref: np.ndarray, zero: np.ndarray, n_boot: int, ci: float,
-                     seed: int) -> tuple[np.ndarray, ...]:
-    """Per column: (Σ err − Σ ref) / Σ zero over prompts valid in both, with a paired percentile bootstrap CI."""
-    return paired_bootstrap_many([(err, ref, zero)], n_boot, ci, seed)[0]
 
 
 def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | None = None, n_boot: int = 1000,
@@ -459,7 +364,7 @@ def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | Non
             pairs.append((key, strategy, param))
         stats = paired_bootstrap_many([(mine[key], theirs[key], mine[f"{key.rsplit('/', 1)[0]}/zero"])
                                        for key, _, _ in pairs], n_boot, ci, seed)
-        for (key, strategy, param), (diff, low, high, n) in zip(pairs, stats):
+        for (_, strategy, param), (diff, low, high, n) in zip(pairs, stats):
             rows.append(pd.DataFrame({
                 **{c: job[c] for c in keys}, "attn": job["attn"], "quant": job["quant"], "predictor": "transformer",
                 "strategy": strategy, "param": _param_value(param), "k": np.arange(len(diff)), "diff": diff, "diff_low": low,

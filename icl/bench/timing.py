@@ -1,6 +1,6 @@
 """How to time torch code honestly: warm-up, device synchronisation, robust statistics.
 
-Shared by the benchmarks (``icl.bench_attn``, ``icl.bench``). CUDA work is asynchronous, so a host clock read
+Shared by the benchmarks (``icl.bench.attention``, ``icl.bench.latency``). CUDA work is asynchronous, so a host clock read
 without ``torch.cuda.synchronize()`` measures kernel launches, not compute (the seed study's ~5 µs
 per sequence). Timings are summarised by order statistics, which a few slow outliers (another
 process, a page fault) do not drag.
@@ -9,7 +9,8 @@ process, a page fault) do not drag.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,36 +70,3 @@ def loglog_slope(sizes: np.ndarray | list[float], seconds: np.ndarray | list[flo
     if len(x) < 2:
         return float("nan")
     return float(np.polyfit(x, y, 1)[0])
-
-
-def bootstrap_median_ci(seconds: np.ndarray | list[float], n_boot: int = 2000, ci: float = 0.95,
-                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median: how far the reported median could move between runs."""
-    t = np.asarray(seconds, dtype=float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(t[rng.integers(0, len(t), (n_boot, len(t)))], axis=1)
-    lo, hi = np.quantile(medians, [(1 - ci) / 2, (1 + ci) / 2])
-    return float(lo), float(hi)
-
-
-def ratio_ci(a: np.ndarray | list[float], b: np.ndarray | list[float], n_boot: int = 2000, ci: float = 0.95,
-             seed: int = 0) -> tuple[float, float, float]:
-    """median(a) / median(b) with a percentile bootstrap interval (a and b resampled independently)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    ratios = (np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
-              / np.median(b[rng.integers(0, len(b), (n_boot, len(b)))], axis=1))
-    lo, hi = np.quantile(ratios, [(1 - ci) / 2, (1 + ci) / 2])
-    return float(np.median(a) / np.median(b)), float(lo), float(hi)
-
-
-def mann_whitney_p(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
-    """Two-sided Mann–Whitney U p-value: do the two timing samples come from the same distribution?
-
-    Rank-based, so it needs no normality and is not moved by a few outliers; NaN with fewer than 2 runs a side.
-    """
-    from scipy.stats import mannwhitneyu
-
-    if min(len(a), len(b)) < 2:
-        return float("nan")
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)

@@ -9,8 +9,8 @@ table says so. It also reports how far the predictions moved (max |new − old| 
 with ``--grid``, one whole default-grid evaluation of sparse_linear at d = 20 (every strategy, all baselines of
 the task, no cache), the issue's 5-minute target.
 
-    python -m icl.bench_eval                     # lasso, gd_2nn, trees + xgboost, bayes (~5 min on 2 busy cores)
-    python -m icl.bench_eval --parts lasso --grid
+    python -m icl.bench.eval                     # lasso, gd_2nn, trees + xgboost, bayes (~5 min on 2 busy cores)
+    python -m icl.bench.eval --parts lasso --grid
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from icl import baselines
-from icl.evaluate import sample_eval_prompts
+from icl import baselines, prompts
+from icl.bench.timing import interleaved
+from icl.stats import ratio_ci
 from icl.tasks import build_task
-from icl.timing import interleaved, ratio_ci
 
 
 def _prompts(task: str, d: int, n_prompts: int, n_points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return sample_eval_prompts(build_task(task, d), n_prompts, n_points, seed=0)
+    """The evaluation's standard prompts (eval.seed 0): the very ones a job's baselines are fitted on."""
+    p = prompts.make_prompts("standard", build_task(task, d), n_prompts, n_points, seed=0)
+    return p.xs, p.ys
 
 
 def _lasso_loop(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -109,8 +111,8 @@ def grid_seconds() -> float:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from icl.configs import CONFIG_DIR
-    from icl.evaluate import EvalConfig, evaluate
+    from icl.evaluation import EvalConfig, evaluate
+    from icl.run.configs import CONFIG_DIR
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["task=sparse_linear", "eval.cache=null"])

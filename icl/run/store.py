@@ -32,12 +32,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from icl.files import atomic_write, write_json
+from icl.files import atomic_write, source_hash, write_json
 
 log = logging.getLogger(__name__)
 
-SOURCE_DIR = Path(__file__).resolve().parent
-TRAINING_SOURCES = ("tasks.py", "curriculum.py", "data.py", "attention.py", "transformer.py", "module.py")
+TRAINING_SOURCES = ("icl.tasks", "icl.curriculum", "icl.data", "icl.attention", "icl.transformer", "icl.module")
 IGNORED = {  # config keys that cannot change the trained weights
     "": {"paths", "eval", "callbacks", "logger", "hydra", "experiment", "ckpt_path", "quant", "threads"},
     "trainer": {"enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"},
@@ -58,10 +57,7 @@ def _versions(qat: bool) -> dict[str, str]:
 
 
 def _source_hash(qat: bool) -> str:
-    digest = hashlib.sha256()
-    for name in (*TRAINING_SOURCES, *(("quantize.py",) if qat else ())):
-        digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return source_hash((*TRAINING_SOURCES, *(("icl.quantize",) if qat else ())))
 
 
 def training_identity(cfg: DictConfig) -> dict[str, Any]:

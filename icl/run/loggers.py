@@ -16,16 +16,18 @@ import pandas as pd
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from icl.run.job import JobDir
+
 
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` writing ``<save_dir>/metrics.csv`` that appends to an earlier run's file."""
 
     @property
     @rank_zero_experiment
-    def experiment(self):  # noqa: ANN201 - Lightning's ExperimentWriter
+    def experiment(self):
         if self._experiment is not None:
             return self._experiment
-        path = Path(self.log_dir) / "metrics.csv"
+        path = JobDir(self.log_dir).metrics_csv
         previous = path.read_text() if path.is_file() else None
         with warnings.catch_warnings():  # its "previous log files will be deleted" is not true here
             warnings.filterwarnings("ignore", message="Experiment logs directory")

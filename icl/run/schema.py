@@ -45,25 +45,26 @@ class TaskSchema:
     baselines: list[str] = field(default_factory=list)
 
 
+# The schema holds types, not defaults: every default is written once, in configs/ (train.yaml and its groups).
 @dataclass
 class DataSchema:
-    batch_size: int = 64
-    num_workers: int = 0
+    batch_size: int = MISSING
+    num_workers: int = MISSING
 
 
 @dataclass
-class OptimSchema:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    warmup_steps: int = 0
+class OptimSchema:  # the keys ICLModule reads (icl.module.OPTIM_KEYS; a test keeps the two equal)
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    schedule: str = MISSING
+    warmup_steps: int = MISSING
 
 
 @dataclass
 class PathsSchema:
-    root_dir: str = "."
+    root_dir: str = MISSING
     output_dir: str = MISSING
-    store: Optional[str] = None
+    store: Optional[str] = MISSING
 
 
 @dataclass
@@ -163,7 +164,7 @@ def check_task_params(task: dict[str, Any]) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Everything checkable from the config alone; called first in ``icl.train.build``."""
+    """Everything checkable from the config alone; called first in ``icl.run.train.build``."""
     check_keys(cfg)
     parts = ("optim", "model", "data", "task")  # not paths: output_dir may need Hydra's runtime resolver
     check_values({**{k: OmegaConf.to_container(cfg[k], resolve=True) for k in parts}, "threads": cfg.get("threads")})

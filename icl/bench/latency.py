@@ -4,16 +4,16 @@ Two parts (``parts``), both written to ``out_dir`` as rows of one tidy ``bench.c
 
 - **latency**: inference time per prompt for every attention variant × quant mode × k in-context examples
   (a prompt of k + 1 points, T = 2(k + 1) tokens; the model is built for that length), eval mode, inference mode.
-  Variants and modes are interleaved within each repeat after untimed warm-up calls (``icl.timing``). Each row
+  Variants and modes are interleaved within each repeat after untimed warm-up calls (``icl.bench.timing``). Each row
   carries median / IQR / trimmed mean / bootstrap CI of the median per prompt, the model's matmul FLOPs per prompt
-  (``icl.flops``), the implied FLOP/s and its fraction of the matmul peak measured in the same run — above 1 is
+  (``icl.bench.flops``), the implied FLOP/s and its fraction of the matmul peak measured in the same run — above 1 is
   flagged as an error — and the ratio to softmax / float at the same k with a CI and a Mann–Whitney p-value.
 - **train** and **inference** (ours vs reference): one Adam step (forward + backward + update) and one forward
-  pass of our ``ICLTransformer`` and of Garg et al.'s ``transformers.GPT2Model`` model (``icl.garg``) at the same
+  pass of our ``ICLTransformer`` and of Garg et al.'s ``transformers.GPT2Model`` model (``icl.run.garg``) at the same
   size, alternating repeats in one process; the ratio reference / ours (> 1: ours faster) with CI and p-value.
 
 Also ``bench.md`` (the tables) and ``bench_latency.png`` (log–log latency vs k, hue = attention, style = quant).
-CUDA runs synchronise before every clock read (``icl.timing.time_call``); that path is untested here (no GPU).
+CUDA runs synchronise before every clock read (``icl.bench.timing.time_call``); that path is untested here (no GPU).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from __future__ import annotations
 import copy
 import logging
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import numpy as np
@@ -31,13 +32,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from icl.analysis.bench_figures import plot_latency
 from icl.attention import ATTENTION
-from icl.bench_attn import device_name, pick_device, variant_params
-from icl.configs import CONFIG_DIR, check_yaml
-from icl.flops import forward_flops, matmul_peak, train_flops
+from icl.bench.attention import device_name, pick_device, variant_params
+from icl.bench.flops import forward_flops, matmul_peak, train_flops
+from icl.bench.timing import interleaved as timed_rounds
+from icl.bench.timing import summarise
+from icl.errors import first_line
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
-from icl.timing import bootstrap_median_ci, mann_whitney_p, ratio_ci, summarise
-from icl.timing import interleaved as timed_rounds
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
+from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -81,7 +85,7 @@ def quantized(model: ICLTransformer, quant: str, device: torch.device) -> tuple[
             prepare_qat(base, spec)
         return quantize(base, spec).eval(), ""
     except Exception as err:  # noqa: BLE001 - recorded in the table instead of stopping the benchmark
-        return None, f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        return None, first_line(err)
 
 
 def prompts(batch: int, n_points: int, n_dims: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
@@ -282,7 +286,7 @@ def train_call(model: nn.Module, xs: Tensor, ys: Tensor, device: torch.device, a
 
 def versus_reference(cfg: DictConfig, model_name: str, device: torch.device, peak: Peak) -> list[dict[str, Any]]:
     """Ours vs Garg et al.'s model at ``model_name``'s size: train step and forward, alternating; one row each."""
-    from icl.garg import GargTransformer
+    from icl.run.garg import GargTransformer
 
     n_points, n_dims, batch = int(cfg.n_points), int(cfg.n_dims), int(cfg.batch)
     torch.manual_seed(int(cfg.seed))
@@ -380,45 +384,6 @@ def markdown(df: pd.DataFrame, header: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def plot_latency(df: pd.DataFrame, path: Path) -> Path | None:
-    """Log–log median latency per prompt vs k: hue = attention, style = quant mode."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    lat = df[(df.part == "latency")].dropna(subset=["median_ms"]) if "median_ms" in df else df.iloc[:0]
-    if lat.empty:
-        return None
-    from icl.figures import attn_color, quant_style  # the colours and line styles of every other figure
-
-    attns, quants = sorted(lat["attn"].unique()), sorted(lat["quant"].unique())
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    sns.lineplot(lat, x="k", y="median_ms", hue="attn", style="quant", ax=ax,
-                 palette={a: attn_color(a) for a in attns}, dashes={q: quant_style(q)[0] or "" for q in quants},
-                 markers={q: quant_style(q)[1] for q in quants})
-    ax.set(xscale="log", yscale="log", xlabel="in-context examples k (prompt of k + 1 points)",
-           ylabel="median latency per prompt (ms)", title=f"inference latency, model={lat.model.iloc[0]}")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
-
-
-def bench_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """For ``make figures``: a latency figure per ``bench.csv`` found under ``inputs`` (named by its folder)."""
-    written = []
-    for csv in sorted({p for root in inputs for p in Path(root).rglob("bench.csv")}):
-        df = pd.read_csv(csv)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)  # only when there is something to draw
-        for fmt in formats:
-            path = plot_latency(df, Path(out_dir) / f"bench_latency_{csv.parent.name}.{fmt}")
-            if path:
-                written.append(path)
-    return written
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -488,7 +453,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
               f"{cfg.ci:.0%} bootstrap CIs")
     text = markdown(df, header)
     (out / "bench.md").write_text(text)
-    plot_latency(df, out / "bench_latency.png")
+    plot_latency(df, out / "bench_latency.png")  # the analysis layer draws it, as `make figures` would
     print(text)
     flagged = df["flag"].astype(str).str.startswith("ERROR").sum() if "flag" in df else 0
     if flagged:
@@ -496,7 +461,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     return df
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="bench")
+@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
@@ -505,6 +470,10 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(1) from None
 
 
+def cli() -> None:
+    """Console script ``icl-bench`` (and ``python -m icl.bench``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    check_yaml()
-    main()
+    cli()

@@ -1,4 +1,4 @@
-"""Cost of each attention kernel alone vs sequence length: ``python -m icl.bench_attn`` (``make bench-attn``).
+"""Cost of each attention kernel alone vs sequence length: ``python -m icl.bench.attention`` (``make bench-attn``).
 
 Times forward (inference, no grad) and forward+backward of every registered variant, with its
 parameters from ``configs/attn/<name>.yaml``, at each length T, on (batch, heads, T, head_dim)
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import numpy as np
@@ -22,8 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from icl.attention import ATTENTION, build_attention
-from icl.configs import CONFIG_DIR, check_yaml
-from icl.timing import interleaved, loglog_slope, summarise
+from icl.bench.timing import interleaved, loglog_slope, summarise
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 
 log = logging.getLogger(__name__)
 MODES = ("forward", "forward_backward")
@@ -171,7 +172,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     return df
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="bench_attn")
+@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench_attn")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
@@ -180,6 +181,10 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(1) from None
 
 
+def cli() -> None:
+    """Console script ``icl-bench-attn`` (and ``python -m icl.bench.attention``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    check_yaml()
-    main()
+    cli()

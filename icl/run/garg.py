@@ -6,11 +6,11 @@ tanh GELU) and a read-out ``nn.Linear(C, 1)`` read at the x positions. ``GargTra
 ``transformers`` (an optional extra, imported only here) for the equivalence test and the benchmark;
 ``convert`` maps its state dict onto ``ICLTransformer`` (GPT-2's ``Conv1D`` stores weights as (in, out): transposed).
 
-    python -m icl.garg checkpoint=state.pt out_dir=outputs/garg_linear task=linear model=standard
+    python -m icl.run.garg checkpoint=state.pt out_dir=outputs/garg_linear task=linear model=standard
     python -m icl.evaluate run_dir=outputs/garg_linear            # any eval setting, and quant=… at conversion
 
 The converted job folder (``.hydra/config.yaml``, ``config.yaml``, ``checkpoints/last.ckpt``, ``status.json``) is
-one that ``icl.train`` could have written; every other argument is a ``train`` config override (``quant=…``,
+one that ``icl.run.train`` could have written; every other argument is a ``train`` config override (``quant=…``,
 ``eval=…``, ``task.n_dims=…``), and ``model.n_positions``/``model.activation`` come from the checkpoint.
 """
 
@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from icl.errors import first_line
+from icl.files import atomic_write
 from icl.transformer import ICLTransformer, TransformerConfig
 
 # Our parameter name -> theirs, per block (GPT-2 Conv1D weights are (in, out): transposed on conversion).
@@ -137,9 +139,10 @@ def write_job(checkpoint: Path, out_dir: Path, overrides: list[str]) -> Path:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from icl.configs import CONFIG_DIR
-    from icl.files import write_json
     from icl.module import ICLModule
+    from icl.quantize import QuantSpec
+    from icl.run.configs import CONFIG_DIR
+    from icl.run.job import JobDir
 
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint={checkpoint} does not exist: pass the path of their state.pt")
@@ -151,27 +154,21 @@ def write_job(checkpoint: Path, out_dir: Path, overrides: list[str]) -> Path:
         cfg = compose("train", overrides=[*overrides, *fixed])
     model = OmegaConf.to_container(cfg.model, resolve=True)
     check_sizes(size, model, int(cfg.task.n_dims))
-    from icl.quantize import QuantSpec
-
     if QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True)).mode.stage == "qat":
         raise ValueError("quant=qat_int8 needs a model trained with fake quantisation: convert with a "
                          "post-training mode (none, int8_weight, int8_dynamic, bf16, int4_weight)")
-    module = ICLModule(task=OmegaConf.to_container(cfg.task, resolve=True), model=model,
-                       attn=OmegaConf.to_container(cfg.attn, resolve=True),
-                       optim=OmegaConf.to_container(cfg.optim, resolve=True))
+    module = ICLModule.from_config(cfg)
     if module.model.config.attn != "softmax":
         raise ValueError(f"Garg et al.'s model uses softmax attention: drop attn={module.model.config.attn}")
     module.model.load_state_dict(convert_state(state, size["n_layer"]))
-    (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (out_dir / "checkpoints").mkdir(exist_ok=True)
-    (out_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__, "global_step": 0, "epoch": 0}, ckpt)
-    write_json(out_dir / "status.json", {"status": "done", "metrics": {"converted_from": str(checkpoint.resolve()),
-                                                                       **size}})
-    return ckpt
+    job = JobDir(out_dir)
+    job.write_config(cfg, hydra_copy=True)
+    job.checkpoints.mkdir(exist_ok=True)
+    atomic_write(job.last_ckpt, lambda tmp: torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+         "pytorch-lightning_version": L.__version__, "global_step": 0, "epoch": 0}, tmp))
+    job.write_status("done", metrics={"converted_from": str(checkpoint.resolve()), **size})
+    return job.last_ckpt
 
 
 def main(argv: list[str]) -> None:
@@ -179,19 +176,24 @@ def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("checkpoint", "out_dir"))
     overrides = [a for a in argv if a.split("=", 1)[0] not in ("checkpoint", "out_dir")]
     if "checkpoint" not in args or "out_dir" not in args:
-        raise SystemExit("usage: python -m icl.garg checkpoint=<their state.pt> out_dir=<job folder> "
+        raise SystemExit("usage: python -m icl.run.garg checkpoint=<their state.pt> out_dir=<job folder> "
                          "[task=linear task.n_dims=20 model=standard quant=… …]")
     try:
         ckpt = write_job(Path(args["checkpoint"]), Path(args["out_dir"]), overrides)
     except (ValueError, FileNotFoundError, ImportError) as err:
         raise SystemExit(f"error: {err}") from None
     except Exception as err:  # noqa: BLE001 - Hydra override errors (unknown group option, bad key): one line
-        raise SystemExit(f"error: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise SystemExit(f"error: {first_line(err)}") from None
     print(f"wrote {ckpt}; evaluate with: python -m icl.evaluate run_dir={args['out_dir']}")
 
 
-if __name__ == "__main__":
-    from icl.configs import check_yaml
+def cli() -> None:
+    """Console script ``icl-garg`` (and ``python -m icl.run.garg``)."""
+    from icl.run.configs import check_yaml
 
     check_yaml()
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,201 @@
+"""Evaluation: the transformer and the task's baselines on the same fresh prompts → tidy ``eval.csv``.
+
+One row per (strategy, param, predictor, k), k = number of in-context examples before the query
+(0 … n_points − 1); strategies and their parameters come from ``eval.strategies`` (``icl.prompts``;
+``param`` is empty for strategies without one). ``error`` is normalised so the zero estimator scores
+1: for regression it is the mean squared error at k divided by the zero estimator's mean squared
+error (mean of the target²) on the same prompts — a ratio of means, ≈ squared error / d on isotropic
+linear prompts; for classification it is the error rate divided by 0.5 (chance). ``ci_low``/``ci_high``
+are a percentile bootstrap over prompts (the ratio recomputed on every resample). ``error_raw`` keeps
+the un-normalised mean and ``error_per_dim`` = ``error_raw`` / d is Garg et al.'s normalisation (the
+two agree on standard isotropic prompts, not under scale_x/scale_y, where only ``error`` stays
+comparable). Prompts come from ``eval.seed``, not the training seed, so every job of a study is
+scored on the very same prompts.
+
+Baseline rows carry ``diff_transformer`` [``diff_low``, ``diff_high``]: the baseline's error minus this job's
+transformer's on the same prompts, in units of ``error`` (Σ err_baseline − Σ err_transformer over Σ err_zero),
+with a paired percentile bootstrap CI (negative: the baseline is better). Differences between jobs (a variant vs
+the softmax/float reference) are paired at aggregation (``icl.analysis.results.paired_differences``).
+
+Beside ``eval.csv`` a job writes ``errors.npz``: the transformer's and the zero estimator's per-prompt
+errors (float32, (P, n), key ``<strategy>/<param>/<predictor>``), from which ``icl.analysis.results`` computes
+paired differences between jobs scored on the same prompts. Baseline predictions are cached across
+jobs (``eval.cache``, ``icl.cache``).
+
+This is the library part (no Hydra, no job folder): ``icl.run.evaluate`` evaluates a job and writes its
+``eval.csv``; run alone on a finished job: ``python -m icl.evaluate run_dir=outputs/…``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from icl import baselines, prompts
+from icl.cache import BaselineCache
+from icl.stats import bootstrap_ratio, paired_bootstrap
+from icl.tasks import Task
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["task", "attn", "quant", "model", "seed", "strategy", "param", "k", "predictor", "kind", "metric",
+           "error", "ci_low", "ci_high", "error_raw", "error_per_dim", "diff_transformer", "diff_low", "diff_high",
+           "n_dims", "n_prompts"]  # n_prompts last: never empty, so a cut-short row shows (icl.analysis.results)
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate: the schema of ``configs/eval/*.yaml``, which hold the defaults (every field is required)."""
+
+    n_prompts: int
+    batch_size: int
+    n_points: int | None  # None: the training prompts' final number of points (``points``)
+    seed: int
+    bootstrap: int
+    ci: float
+    baselines: tuple[str, ...]
+    slow_baseline_prompts: int  # per-prompt tree/xgboost/GD fits are capped to this many prompts
+    slow_baseline_strategies: tuple[str, ...] | None  # strategies the slow baselines run on (None: all)
+    strategies: dict[str, list[Any]]
+    cache: str | None  # folder of cached baseline predictions (icl.cache); None: no cache
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "EvalConfig":
+        known = [f.name for f in fields(cls)]
+        unknown, missing = sorted(set(cfg) - set(known)), [k for k in known if k not in cfg]
+        if unknown:
+            raise ValueError(f"unknown eval option(s) {unknown}; known: {sorted(known)}")
+        if missing:
+            raise ValueError(f"eval options {missing} missing: start from configs/eval/default.yaml")
+        slow_on = cfg.get("slow_baseline_strategies")
+        out = cls(**{**cfg, "baselines": tuple(cfg.get("baselines") or ()),
+                     "slow_baseline_strategies": None if slow_on is None else tuple(slow_on),
+                     "strategies": dict(cfg.get("strategies") or {"standard": [None]})})
+        for name in out.baselines:
+            baselines.is_slow(name)  # unknown names fail here, before any training
+        prompts.check(out.strategies)
+        if out.n_prompts < 2:
+            raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
+        return out
+
+    def points(self, train_points: int) -> int:
+        """Points per evaluation prompt: ``n_points``, else the training prompts' final length."""
+        return int(self.n_points or train_points)
+
+
+@torch.inference_mode()
+def predict_model(model: torch.nn.Module, xs: Tensor, ys: Tensor, batch_size: int) -> Tensor:
+    """Model predictions (P, n) in batches, on the model's device, returned on CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = [model(x.to(device), y.to(device)).float().cpu() for x, y in zip(xs.split(batch_size), ys.split(batch_size))]
+    return torch.cat(out)
+
+
+def prompt_errors(task: Task, preds: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-(prompt, k) error of ``preds`` (NaN where the prediction is) and of the zero estimator, float64."""
+    err, ref = task.errors(preds, targets)
+    err = err.numpy().astype(np.float64)
+    err[np.isnan(preds.numpy())] = np.nan
+    return err, ref.numpy().astype(np.float64)
+
+
+def score(task: Task, preds: Tensor, ys: Tensor, cfg: EvalConfig) -> pd.DataFrame:
+    """Per-k normalised error, CI, raw error and prompt count for one predictor's predictions."""
+    err, ref = prompt_errors(task, preds, ys)
+    point, low, high, raw, n = bootstrap_ratio(err, ref, cfg.bootstrap, cfg.ci, cfg.seed)
+    return pd.DataFrame({"k": np.arange(err.shape[1]), "error": point, "ci_low": low, "ci_high": high,
+                         "error_raw": raw, "n_prompts": n})
+
+
+@torch.inference_mode()
+def predict_queries(model: torch.nn.Module, p: prompts.Prompts, batch_size: int) -> Tensor:
+    """Model predictions when each position has its own query: one forward pass per position i on
+    (x_0, y_0, …, x_{i−1}, y_{i−1}, q_i), keeping the last prediction."""
+    out = torch.empty(p.ys.shape)
+    for i in range(p.xs.shape[1]):
+        xs = torch.cat([p.xs[:, :i], p.queries[:, i : i + 1]], dim=1)
+        ys = torch.cat([p.ys[:, :i], torch.zeros_like(p.ys[:, :1])], dim=1)  # y_i is never seen by prediction i
+        out[:, i] = predict_model(model, xs, ys, batch_size)[:, -1]
+    return out
+
+
+def param_key(param: Any) -> str:
+    """A parameter as written in errors.npz keys: '' for none, else repr of the float (exact: 2 and 2.0 agree)."""
+    return "" if param is None else repr(float(param))
+
+
+def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int | None) -> list[tuple[str, Any, int]]:
+    """(strategy, param, points) to evaluate; strategies that do not apply are logged and skipped."""
+    runs = []
+    for name, params in cfg.strategies.items():
+        for param in params:
+            reason = prompts.skip_reason(name, task, n_points, n_positions, param)
+            if reason:
+                log.info("skipping strategy %s: %s", name, reason)
+                continue
+            runs.append((name, param, prompts.points_for(name, param, n_points, n_positions)))
+    return runs
+
+
+def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any],
+                    task: Task | None = None) -> Tensor:
+    queries = None if p.queries is None else p.queries[:n]
+    return cache.get({**key, "baseline": name, "n_prompts": n},
+                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task=task))
+
+
+def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_points: int,
+             labels: dict[str, Any], n_positions: int | None = None,
+             errors: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Score the model (if any) and ``cfg.baselines`` on shared prompts of every strategy × parameter.
+
+    ``errors``, if given, receives the transformer's and the zero estimator's per-prompt errors (errors.npz).
+    """
+    cache = BaselineCache(cfg.cache)
+    task_id = {"task": task.name, "n_dims": task.n_dims, "params": {k: getattr(task, k) for k in task.param_names()}}
+    frames = []
+    for strategy, param, n in strategy_runs(task, cfg, n_points, n_positions):
+        p = prompts.make_prompts(strategy, task, cfg.n_prompts, n, cfg.seed, param)
+        rows = []
+        if model is not None:
+            preds = predict_model(model, p.xs, p.ys, cfg.batch_size) if p.queries is None else \
+                predict_queries(model, p, cfg.batch_size)
+            rows.append(("transformer", "transformer", preds, p.targets))
+        # `drawn`: the first prompts of a draw depend on its size (functions are sampled after all inputs)
+        key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n,
+               "drawn": cfg.n_prompts}
+        for name in cfg.baselines:
+            slow = baselines.is_slow(name)
+            if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
+                continue
+            count = min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts
+            log.debug("baseline %s on %d prompts (%s %s)", name, count, strategy, param)
+            rows.append((name, "baseline", _baseline_preds(name, p, count, cache, key, task), p.targets[:count]))
+        mine = None  # the transformer's per-prompt errors and the zero estimator's, for the paired differences
+        for name, kind, preds, targets in rows:
+            frame = score(task, preds, targets, cfg).assign(predictor=name, kind=kind, strategy=strategy, param=param)
+            err, ref = prompt_errors(task, preds, targets)
+            if kind == "transformer":
+                mine = err, ref
+                if errors is not None:
+                    errors[f"{strategy}/{param_key(param)}/transformer"] = err.astype(np.float32)
+                    errors[f"{strategy}/{param_key(param)}/zero"] = ref.astype(np.float32)
+            elif mine is not None:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
+                diff, low, high, _ = paired_bootstrap(err, mine[0][: len(err)], mine[1][: len(err)], cfg.bootstrap,
+                                                      cfg.ci, cfg.seed)
+                frame = frame.assign(diff_transformer=diff, diff_low=low, diff_high=high)
+            frames.append(frame)
+    if cache.root is not None:
+        log.info("baseline cache %s: %d reused, %d computed", cache.root, cache.hits, cache.misses)
+    df = pd.concat(frames, ignore_index=True)
+    df = df.assign(metric=task.metric, n_dims=task.n_dims, error_per_dim=df["error_raw"] / task.n_dims, **labels)
+    return df.reindex(columns=COLUMNS)  # diff_* stay NaN on transformer rows (and without a model)
+
+

@@ -1,0 +1,136 @@
+"""Evaluate a job: its (quantised) trained model and the task's baselines → ``<job>/eval.csv``.
+
+``quantize_job`` and ``evaluate_job`` are what training calls after fitting; ``main`` re-evaluates a finished job
+from its folder: ``python -m icl.evaluate run_dir=outputs/<date>/<time> [eval.n_prompts=…]`` — only the ``eval.*``
+keys given on the command line replace the job's saved settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import hydra
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from icl import baselines, prompts
+from icl.evaluation import EvalConfig, evaluate
+from icl.quantize import PROOF_PROMPTS, QuantSpec, float_model, proof, quantize, summary
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
+from icl.run.job import JobDir
+from icl.stats import error_at
+from icl.tasks import Task, build_task
+
+if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
+    from icl.module import ICLModule
+
+log = logging.getLogger(__name__)
+
+
+def job_labels(cfg: DictConfig) -> dict[str, Any]:
+    """The identifying columns of a job, read from its config."""
+    return {"task": cfg.task.name, "attn": cfg.attn.name, "quant": cfg.quant.name, "model": cfg.model.name,
+            "seed": int(cfg.seed)}
+
+
+def job_task(cfg: DictConfig) -> tuple[Task, EvalConfig, int]:
+    """A job's task, eval settings and number of points per evaluation prompt."""
+    eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}, resolve=True))
+    if "bayes" in eval_cfg.baselines:
+        baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
+    return task, eval_cfg, eval_cfg.points(int(cfg.task.curriculum.points.end))
+
+
+def job_prompts(cfg: DictConfig, n_prompts: int) -> tuple[Tensor, Tensor]:
+    """The first ``n_prompts`` of the job's standard evaluation prompts (the same for every job of a study)."""
+    task, eval_cfg, n_points = job_task(cfg)
+    p = prompts.make_prompts("standard", task, n_prompts, n_points, eval_cfg.seed)
+    return p.xs, p.ys
+
+
+def quantize_job(cfg: DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
+    """Apply the job's ``quant`` mode to its trained model, write ``quant.json``, return the model to evaluate."""
+    spec = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
+    reference = float_model(model)
+    quantized = quantize(model, spec)
+    xs, ys = job_prompts(cfg, PROOF_PROMPTS)
+    report = proof(reference, quantized, spec, xs, ys)
+    job.write_quant(report)
+    log.info(summary(report))
+    return quantized
+
+
+def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -> pd.DataFrame:
+    """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised); write eval.csv."""
+    task, eval_cfg, n_points = job_task(cfg)
+    n_positions = OmegaConf.select(cfg, "model.n_positions")
+    errors: dict[str, Any] = {}
+    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg),
+                  n_positions=None if n_positions is None else int(n_positions), errors=errors)
+    job.write_eval(df, errors)
+    log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
+    return df
+
+
+def summary_line(df: pd.DataFrame) -> str:
+    """One line: the transformer's normalised error at k = d and k = 2d (where present)."""
+    d = int(df.n_dims.iloc[0])
+    errors = error_at(df, (d, 2 * d))
+    parts = [f"k={k}: {e:.3f}" for k, e in errors.items()]
+    return "transformer normalised error " + (", ".join(parts) if parts else "(no transformer rows)")
+
+
+def load_job(job: JobDir, ckpt: str = "last") -> tuple[DictConfig, "ICLModule"]:
+    """A finished job's saved config and trained module (``ckpt``: 'last' or a path)."""
+    from icl.module import ICLModule
+
+    cfg = job.load_config()
+    path = job.model_ckpt(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: train first, or pass ckpt=<path to a .ckpt>")
+    return cfg, ICLModule.load_from_checkpoint(path, map_location="cpu")
+
+
+def eval_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The ``eval.*`` keys given on the command line, with their (parsed) values: what replaces the job's."""
+    given = [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
+    keys = [k.removeprefix("eval.") for k in given if k.startswith("eval.")]
+    values = {k: OmegaConf.select(cfg.eval, k) for k in keys if "." not in k}
+    return {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
+
+
+@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    if not cfg.run_dir:
+        log.error("pass the job folder to evaluate: python -m icl.evaluate run_dir=outputs/<date>/<time>")
+        raise SystemExit(1)
+    try:
+        job_cfg, module = load_job(JobDir(cfg.run_dir), cfg.ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
+    overrides = eval_overrides(cfg)
+    strategies = overrides.pop("strategies", None)
+    if cfg.get("strategies_from"):  # e.g. `default`: an older job evaluated on today's full strategy grid
+        strategies = OmegaConf.load(CONFIG_DIR / "eval" / f"{cfg.strategies_from}.yaml").strategies
+    job_cfg.eval = OmegaConf.merge(job_cfg.eval, overrides)
+    if strategies is not None:  # replaced, not merged key by key
+        job_cfg.eval.strategies = strategies
+    out = JobDir(cfg.out_dir or cfg.run_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
+    print(summary_line(df))
+
+
+def cli() -> None:
+    """Console script ``icl-evaluate``."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

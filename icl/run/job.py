@@ -1,0 +1,203 @@
+"""``JobDir``: the one owner of a job folder — its file names, and how each file is read and written.
+
+A job folder is self-describing; aggregation needs nothing else::
+
+    <job>/.hydra/config.yaml   Hydra's composed config (interpolations such as ${hydra:…} unresolved)
+    <job>/config.yaml          the same, resolved (written by training; what every reader prefers)
+    <job>/status.json          running → done (metrics) | failed (the error line)
+    <job>/versions.json        seed, threads, library versions, git commit
+    <job>/checkpoints/         last.ckpt + periodic step_*.ckpt (not when the model came from the store)
+    <job>/metrics.csv          training curve (icl.run.loggers)
+    <job>/quant.json           the proof of quantisation (icl.quantize.proof)
+    <job>/eval.csv             tidy evaluation rows (icl.evaluation.COLUMNS)
+    <job>/errors.npz           per-prompt errors for paired differences
+
+Every write is atomic (``icl.files``): a reader racing a writer sees the old file or the new one, never half of
+one. No torch here: the analysis layer reads job folders through this class too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from icl.files import atomic_write, write_json
+from icl.run.versions import write_versions
+
+INTERRUPTED = "interrupted: rerun with hydra.run.dir=<this job> to resume"
+
+
+def failure_message(err: BaseException) -> str:
+    """What status.json records of an exception (Ctrl-C and SystemExit say how to resume)."""
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):
+        return INTERRUPTED
+    return f"{type(err).__name__}: {err}"
+
+
+@dataclass(frozen=True)
+class JobDir:
+    """A job folder (it need not exist yet)."""
+
+    path: Path
+
+    CONFIG = "config.yaml"
+    HYDRA_CONFIG = ".hydra/config.yaml"
+    STATUS = "status.json"
+    VERSIONS = "versions.json"
+    CHECKPOINTS = "checkpoints"
+    LAST_CKPT = "last.ckpt"
+    METRICS = "metrics.csv"
+    QUANT = "quant.json"
+    EVAL = "eval.csv"
+    ERRORS = "errors.npz"
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- paths ---------------------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def hydra_config_file(self) -> Path:
+        return self.path / self.HYDRA_CONFIG
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / self.STATUS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.checkpoints / self.LAST_CKPT
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def quant_json(self) -> Path:
+        return self.path / self.QUANT
+
+    @property
+    def eval_csv(self) -> Path:
+        return self.path / self.EVAL
+
+    @property
+    def errors_npz(self) -> Path:
+        return self.path / self.ERRORS
+
+    def is_job(self) -> bool:
+        """A folder written by a job: it has Hydra's config (what ``find_jobs`` looks for)."""
+        return self.hydra_config_file.is_file()
+
+    # -- config --------------------------------------------------------------------------------------------------
+    def write_config(self, cfg: DictConfig, hydra_copy: bool = False) -> None:
+        """The resolved config (for every reader); ``hydra_copy`` also writes ``.hydra/config.yaml`` (a job
+        folder made without Hydra, e.g. an imported checkpoint)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if hydra_copy:
+            self.hydra_config_file.parent.mkdir(parents=True, exist_ok=True)
+            text = OmegaConf.to_yaml(cfg)
+            atomic_write(self.hydra_config_file, lambda tmp: tmp.write_text(text))
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
+        atomic_write(self.config_file, lambda tmp: tmp.write_text(resolved))
+
+    def load_config(self) -> DictConfig:
+        """The job's config: the resolved copy when present (Hydra's keeps ``${hydra:…}`` interpolations, which
+        cannot be resolved outside the run), else Hydra's own."""
+        path = self.config_file if self.config_file.is_file() else self.hydra_config_file
+        if not path.is_file():
+            raise FileNotFoundError(f"no job config at {self.hydra_config_file}: not a folder written by icl.train")
+        cfg = OmegaConf.load(path)
+        if not isinstance(cfg, DictConfig):
+            raise ValueError(f"{path}: config is not a mapping")
+        return cfg
+
+    def write_versions(self, **extra: Any) -> None:
+        write_versions(self.path / self.VERSIONS, **extra)
+
+    # -- status --------------------------------------------------------------------------------------------------
+    def write_status(self, status: str, **extra: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.status_file, {"status": status, **extra})
+
+    def status(self) -> dict[str, Any]:
+        """status.json as a dict; a folder without one counts as done once eval.csv exists (older jobs)."""
+        if not self.status_file.exists():
+            return {"status": "done" if self.eval_csv.exists() else "incomplete", "error": None}
+        try:
+            data = json.loads(self.status_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            return {"status": "unknown", "error": f"unreadable {self.STATUS}: {exc}"}
+        return {**data, "status": data.get("status", "unknown"), "error": data.get("error")}
+
+    @contextmanager
+    def lifecycle(self, write: bool = True) -> Iterator[dict[str, Any]]:
+        """status.json says ``running`` while the body runs, then ``done`` with the metrics the body put into the
+        yielded dict, or ``failed`` with the error line if it raised (Ctrl-C included), so it never stays
+        ``running``. ``write=False`` (an extra DDP rank) leaves the folder alone."""
+        metrics: dict[str, Any] = {}
+        if write:
+            self.write_status("running")
+        try:
+            yield metrics
+        except BaseException as err:
+            if write:
+                self.write_status("failed", error=failure_message(err))
+            raise
+        if write:
+            self.write_status("done", metrics=metrics)
+
+    # -- model ---------------------------------------------------------------------------------------------------
+    def model_ckpt(self, ckpt: str = "last") -> Path:
+        """The checkpoint to load: ``ckpt`` as a path, or this job's last.ckpt, or the shared trained model
+        (``icl.run.store``) its status.json names."""
+        if ckpt != "last":
+            return Path(ckpt)
+        if not self.last_ckpt.is_file():
+            shared = self.status().get("metrics", {}) or {}
+            if shared.get("model"):
+                return Path(shared["model"])
+        return self.last_ckpt
+
+    # -- results -------------------------------------------------------------------------------------------------
+    def write_eval(self, df: pd.DataFrame, errors: dict[str, np.ndarray]) -> None:
+        """eval.csv and errors.npz, each atomically."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.eval_csv, lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(self.errors_npz, lambda tmp: _save_npz(tmp, errors))
+
+    def read_errors(self) -> dict[str, np.ndarray] | None:
+        """Per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None when absent. Raises on a
+        corrupt file (the caller decides what that costs)."""
+        if not self.errors_npz.is_file():
+            return None
+        with np.load(self.errors_npz) as data:
+            return {key: data[key] for key in data.files}
+
+    def write_quant(self, report: dict[str, Any]) -> None:
+        write_json(self.quant_json, report)
+
+    def read_quant(self) -> dict[str, Any] | None:
+        return json.loads(self.quant_json.read_text()) if self.quant_json.is_file() else None
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to the tmp name
+        np.savez_compressed(f, **arrays)

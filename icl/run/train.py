@@ -1,0 +1,262 @@
+"""Train one job, evaluate it, write eval.csv: ``python -m icl.train [overrides] [-m]``.
+
+``train(cfg)`` is the testable core; ``main`` is the Hydra entry point. A job folder ends up with
+``.hydra/config.yaml``, ``checkpoints/`` (last.ckpt + periodic), ``metrics.csv``, ``quant.json``, ``eval.csv`` and
+``status.json`` (running → done | failed, with the error line). Re-running into the same folder
+(``hydra.run.dir=<job>``) resumes from ``checkpoints/last.ckpt``.
+
+Jobs with the same training config share one trained model (``icl.run.store``, under ``paths.store``): the first
+trains and publishes it, the others (e.g. post-training ``quant`` modes of one sweep) load it instead of training,
+and then hold no checkpoints/ or metrics.csv of their own (status.json names the model and the job that trained it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from icl.data import PromptDataModule
+from icl.evaluation import EvalConfig
+from icl.module import ICLModule
+from icl.quantize import QuantSpec
+from icl.quantize import check as quant_check
+from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState
+from icl.run.configs import HYDRA_CONFIGS, run_cli
+from icl.run.evaluate import evaluate_job, quantize_job, summary_line
+from icl.run.job import INTERRUPTED, JobDir, failure_message
+from icl.run.schema import validate
+from icl.run.store import Entry, claim, fingerprint, training_identity
+from icl.stats import error_at
+
+log = logging.getLogger(__name__)
+
+
+def on_gpu(cfg: DictConfig) -> bool:
+    """Whether the job trains on a CUDA GPU (``trainer.accelerator`` gpu or cuda)."""
+    return str(cfg.trainer.accelerator) in ("gpu", "cuda")
+
+
+def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
+    """Data and model from the config; every impossible setting fails here, before any training."""
+    validate(cfg)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    n_points = max(task["curriculum"]["points"]["end"], eval_cfg.points(task["curriculum"]["points"]["end"]))
+    if n_points > model["n_positions"]:
+        raise ValueError(f"prompts reach {n_points} points but model.n_positions is {model['n_positions']}: "
+                         "raise model.n_positions or lower task.curriculum.points.end / eval.n_points")
+    if on_gpu(cfg) and not torch.cuda.is_available():
+        raise ValueError("trainer=gpu but torch sees no CUDA GPU here: use trainer=cpu (or a CUDA build of torch)")
+    if "tensorboard" in (cfg.get("logger") or {}) and not any(
+            importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ValueError("logger=tensorboard needs TensorBoard: pip install -e '.[tensorboard]' (or use logger=csv)")
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
+                         "raise data.batch_size instead")
+    quant = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
+    datamodule = PromptDataModule(task, seed=int(cfg.seed), **cfg.data)
+    module = ICLModule.from_config(cfg)
+    quant_check(quant, module.model, on_gpu=on_gpu(cfg))
+    return datamodule, module
+
+
+def resume_path(cfg: DictConfig, job: JobDir) -> str | None:
+    """An explicit ``ckpt_path`` (must exist) or this job's own last.ckpt if an earlier run left one."""
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist: fix the path or drop ckpt_path")
+        return str(cfg.ckpt_path)
+    return str(job.last_ckpt) if job.last_ckpt.is_file() else None
+
+
+def save_last(trainer: L.Trainer) -> None:
+    """Make last.ckpt the final model: ModelCheckpoint only writes it every n steps."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.save_last and callback.dirpath:
+        trainer.save_checkpoint(Path(callback.dirpath) / JobDir.LAST_CKPT)
+
+
+def launcher_threads() -> int | None:
+    """Threads per job the Hydra launcher leaves room for: cores // joblib's ``n_jobs``, or submitit's
+    ``cpus_per_task``; None for a single run or the basic launcher (one job at a time)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    launcher, cores = HydraConfig.get().launcher, os.cpu_count() or 1
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    n_jobs = launcher.get("n_jobs")
+    if not n_jobs:
+        return None
+    n_jobs = min(cores, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
+    return max(1, cores // n_jobs)
+
+
+def set_threads(cfg: DictConfig) -> int:
+    """torch threads for this job: ``threads``, else what the launcher leaves each job (so a joblib sweep does
+    not oversubscribe: two jobs of 2 threads on 2 cores run several times slower than 1 thread each)."""
+    threads = cfg.get("threads")
+    if threads is None:
+        threads = launcher_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse a local multirun with ``strategy=ddp``: Lightning starts each extra rank by re-running the command
+    line, which for ``-m`` is the whole sweep. Under SLURM (srun starts the ranks) it is fine."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy") or "")
+    if strategy.startswith("ddp") and strategy not in ("ddp_spawn", "ddp_notebook") and "SLURM_NTASKS" not in os.environ:
+        raise ValueError(f"trainer.strategy={strategy} in a local multirun (-m) would re-run the whole sweep per rank: "
+                         "run DDP jobs one per command, or use hydra/launcher=submitit_slurm, or trainer.strategy=ddp_spawn")
+
+
+def make_trainer(cfg: DictConfig, extra: Sequence[L.Callback] = ()) -> L.Trainer:
+    """The Lightning trainer of the config (plus ``extra`` callbacks), with atomic checkpoints, RNG state in them
+    and a save on SIGTERM."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra)
+    if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` wins over the callback
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    callbacks += [RngState(), CheckpointOnSigterm()]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                   plugins=[AtomicCheckpointIO()])
+
+
+def is_main_process(trainer: L.Trainer) -> bool:
+    """Rank 0 of a multi-process run (or the only process): the one that writes the job folder and evaluates.
+
+    ``rank_zero_only.rank`` comes from the environment (LOCAL_RANK set by Lightning's launcher for the extra
+    ranks it starts, SLURM_PROCID under srun), ``trainer.global_rank`` from the cluster environment.
+    """
+    return rank_zero_only.rank == 0 and trainer.global_rank == 0
+
+
+def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Fit (or reuse the shared trained model), quantise, evaluate; returns the final training metrics and the
+    transformer's error at k = 2d. status.json goes running → done | failed around all of it (``JobDir.lifecycle``);
+    ``callbacks`` are added to the config's (e.g. a test's fault injection)."""
+    job = JobDir(cfg.paths.output_dir)
+    with job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
+        metrics.update(_train(cfg, job, callbacks))
+    return metrics
+
+
+def _train(cfg: DictConfig, job: JobDir, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    check_launch(cfg)
+    threads = set_threads(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule, module = build(cfg)
+    trainer = make_trainer(cfg, callbacks)
+    ckpt = resume_path(cfg, job)
+    if not is_main_process(trainer):  # an extra DDP rank: train alongside rank 0, which writes and evaluates
+        fit(trainer, module, datamodule, ckpt)
+        return {}
+    job.write_config(cfg)  # resolved, for aggregation
+    job.write_versions(seed=int(cfg.seed), threads=threads, world_size=trainer.world_size)
+    with shared_model(cfg, job, trainer.world_size) as entry:
+        if entry is not None and entry.done:  # trained already by a job with the same training config
+            log.info("reusing the model trained by %s: %s", entry.meta().get("trained_by"), entry.ckpt)
+            module = ICLModule.load_from_checkpoint(entry.ckpt, map_location="cpu")
+            metrics = {**entry.meta().get("metrics", {}), "train_seconds": 0.0}
+        else:
+            metrics = fit(trainer, module, datamodule, ckpt)
+            if entry is not None:
+                entry.publish(lambda path: trainer.save_checkpoint(path, weights_only=True),
+                              {"trained_by": str(job.path), "metrics": metrics, **training_identity(cfg)})
+    if entry is not None:
+        metrics.update(fingerprint=entry.dir.name, model=str(entry.ckpt), trained_by=entry.meta()["trained_by"])
+    start = time.perf_counter()
+    model = quantize_job(cfg, module.model.to(trainer.strategy.root_device), job)
+    df = evaluate_job(cfg, model, job)
+    log.info(summary_line(df))
+    d = int(cfg.task.n_dims)
+    at = error_at(df, (min(2 * d, int(df.k.max())),))
+    metrics.update(error_at_2d=next(iter(at.values()), float("nan")), eval_seconds=time.perf_counter() - start)
+    return metrics
+
+
+def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckpt: str | None) -> dict[str, Any]:
+    """Train (resuming from ``ckpt`` if given), leave last.ckpt as the final model; the final training metrics."""
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    train_s = time.perf_counter() - start
+    save_last(trainer)
+    return {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": train_s}
+
+
+@contextmanager
+def shared_model(cfg: DictConfig, job: JobDir, world_size: int = 1) -> Iterator[Entry | None]:
+    """The trained-model store entry for this job's training config (held exclusively), or None without a store.
+
+    ``paths.store=null`` turns sharing off; so does an explicit ``ckpt_path`` (training may then start from weights
+    the config does not describe), and so does multi-process training (the other ranks cannot know whether rank 0
+    found the model trained, so each such job trains its own).
+    """
+    store = cfg.paths.get("store")
+    if not store or cfg.ckpt_path or world_size > 1:
+        yield None
+        return
+    with claim(Path(store), fingerprint(cfg), job.path) as entry:
+        yield entry
+
+
+class FailOnFailedJobs(Callback):
+    """Hydra callback: after a multirun, list the jobs whose status.json says failed and exit 1.
+
+    Hydra's basic launcher goes on after a failed job (what we want: the other cells still run) but
+    then exits 0; this makes a sweep with failures visible to scripts and CI.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = []
+        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{JobDir.STATUS}")):
+            status = JobDir(path.parent).status()
+            if status["status"] == "failed":
+                failed.append(f"{path.parent}: {status['error']}")
+        if failed:
+            log.error("%d job(s) failed:\n  %s", len(failed), "\n  ".join(failed))
+            raise SystemExit(1)
+
+
+@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point. Errors become one line (status.json says failed); a multirun goes on to the next job."""
+    try:
+        return train(cfg).get("error_at_2d")
+    except BaseException as err:  # noqa: BLE001 - recorded by train(), then skipped (multirun) or exit 1
+        message = failure_message(err)
+        log.error("job failed: %s (details in %s)", message, cfg.paths.output_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and message != INTERRUPTED:
+            return None
+        raise SystemExit(1) from None
+
+
+def cli() -> None:
+    """Console script ``icl-train`` (and ``python -m icl.train``)."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
