@@ -373,10 +373,10 @@ def ridge_predict(xs: Tensor, ys: Tensor, qs: Tensor, lam: float) -> Tensor:
     return (w * qs).sum(-1)
 
 
-def _small_spd_solve(A: list[list[Tensor]], rhs: Tensor) -> tuple[Tensor, Tensor]:
-    """Solve A x = rhs and log det A for many tiny SPD matrices given entry-wise (A[i][j]: a tensor over the
-    batch; rhs (..., s)): Cholesky written out over the s ≤ ~5 entries, so each step is one vectorised op over
-    millions of systems (batched LAPACK pays ~1 µs per 3 × 3 matrix, the bulk of the enumeration's cost)."""
+def _small_spd_solve(A: list[list[Tensor | None]], rhs: Tensor) -> tuple[Tensor, Tensor]:
+    """Solve A x = rhs and log det A for many tiny SPD matrices given entry-wise (A[i][j], j ≤ i: a tensor over
+    the batch; rhs (..., s)): Cholesky written out over the s ≤ ~5 entries, so each step is one vectorised op over
+    millions of systems (every support of every prompt and prefix) instead of one tiny LAPACK call each."""
     s = len(A)
     L: list[list[Tensor | None]] = [[None] * s for _ in range(s)]
     for i in range(s):
@@ -401,7 +401,9 @@ def _support_posterior(G: Tensor, b: Tensor, yy: Tensor, q: Tensor, sup: Tensor,
     supports out (their posterior weight is zero)."""
     m, C, s = sup.shape
     r = torch.arange(m).view(m, 1)
-    blocks = [[G[r, sup[..., i], sup[..., j]] + (rho if i == j else 0.0) for j in range(s)] for i in range(s)]
+    # the lower triangle only: the Cholesky below never reads the upper one
+    blocks = [[G[r, sup[..., i], sup[..., j]] + (rho if i == j else 0.0) if j <= i else None for j in range(s)]
+              for i in range(s)]
     bS, qS = b[r.unsqueeze(-1), sup], q[r.unsqueeze(-1), sup]  # (m, C, s)
     w, logdet = _small_spd_solve(blocks, bS)
     logp = -0.5 * logdet - (yy.unsqueeze(-1) - (bS * w).sum(-1)) / (2 * sigma**2)
