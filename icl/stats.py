@@ -14,6 +14,7 @@ predictor, strategy and job scored on P prompts; this never materialises n_boot 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -69,6 +70,20 @@ def _percentile_columns(boots: np.ndarray, ci: float) -> tuple[np.ndarray, np.nd
     return low, high
 
 
+_ZERO_BOOTS: dict[tuple[int, int, int, str], np.ndarray] = {}  # content of z -> counts @ z (the last few)
+
+
+def _resampled_zero(counts: np.ndarray, z: np.ndarray, seed: int) -> np.ndarray:
+    """``counts @ z``, remembered by the content of z: at aggregation every job of a study pairs against the
+    same zero-estimator errors, so half of each job's resampling is the same product (the same numbers)."""
+    key = (*counts.shape, seed, hashlib.blake2b(np.ascontiguousarray(z).view(np.uint8), digest_size=16).hexdigest())
+    if key not in _ZERO_BOOTS:
+        if len(_ZERO_BOOTS) >= 8:
+            _ZERO_BOOTS.pop(next(iter(_ZERO_BOOTS)))
+        _ZERO_BOOTS[key] = counts @ z
+    return _ZERO_BOOTS[key]
+
+
 def paired_bootstrap_many(triples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int, ci: float,
                           seed: int) -> list[tuple[np.ndarray, ...]]:
     """``paired_bootstrap`` of several (err, ref, zero) at once: one matrix product per prompt count.
@@ -93,7 +108,7 @@ def paired_bootstrap_many(triples: Sequence[tuple[np.ndarray, np.ndarray, np.nda
             point = delta.sum(0) / z.sum(0)
             if n_boot:
                 counts = resample_counts(n, n_boot, seed)
-                low, high = _percentile_columns((counts @ delta) / (counts @ z), ci)
+                low, high = _percentile_columns((counts @ delta) / _resampled_zero(counts, z, seed), ci)
             else:
                 low, high = point, point
         count = np.concatenate([v.sum(0) for v in valids])

@@ -109,7 +109,7 @@ def copy_grid(base: Path, root: Path, seeds: int) -> list[Path]:
 
 def time_figures(root: Path, out: Path) -> dict[str, float]:
     """``make_figures`` on ``root`` in a fresh interpreter (as `make figures` runs): wall seconds and peak RSS."""
-    code = ("import resource, sys, time; t = time.perf_counter(); from icl.figures import make_figures; "
+    code = ("import resource, sys, time; t = time.perf_counter(); from icl.analysis.figures import make_figures; "
             f"make_figures([{str(root)!r}], {str(out)!r}); "
             "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
