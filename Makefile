@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint figures bench-attn bench clean
+.PHONY: help install demo test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ bench-attn: install ## time every attention kernel alone at T = 128…8192 (outp
 
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
 	$(PY) -m icl.bench $(ARGS)
+
+bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS="--grid" adds the sparse grid)
+	$(PY) -m icl.bench.eval $(ARGS)
+
+bench-aggregate: install ## make figures over 192 synthetic job folders (docs/baselines.md)
+	$(PY) -m icl.bench.aggregate $(ARGS)
 
 clean: ## remove generated figures/ (outputs/ and multirun/ hold results: delete them by hand)
 	rm -rf figures

@@ -21,20 +21,32 @@ Cheap, batched in torch (float64 inside):
                  from zero, roughly).
   knn_3          mean y of the 3 nearest prefix points (Euclidean); with fewer
                  than 3 examples, the mean of all of them (Garg et al.).
+  bayes          the posterior mean under the task's training prior, where exact
+                 (``bayes_predictor``: linear, noisy_linear, quadratic, sparse_linear).
+
+  lasso_<alpha>  sklearn's Lasso(alpha, fit_intercept=False) objective, alpha in
+                 {1, 0.1, 0.01, 0.001, 0.0001}, solved for every prompt, prefix and
+                 alpha at once (``solvers.lasso_predict``: homotopy path, exact solve
+                 on its support, duality gap <= 1e-8 ||y||^2). The per-prompt sklearn
+                 loop it replaced (max_iter=10_000, tol=1e-4) is ``LOOPS``; it stops
+                 short of the optimum at small alpha with k < d (docs/baselines.md).
 
 Per prompt and position library fits (slow; ``is_slow`` is True, callers cap
 the number of prompts):
-  lasso_<alpha>  sklearn Lasso(alpha, fit_intercept=False, max_iter=10_000),
-                 alpha in {1, 0.1, 0.01, 0.001, 0.0001}.
   tree_depth4, tree_unbounded
                  sklearn DecisionTreeRegressor(max_depth=4 / None, random_state=0).
   xgboost        XGBRegressor(n_estimators=50, max_depth=4, learning_rate=0.3,
-                 tree_method="hist", n_jobs=1, random_state=0); ~10 ms a fit.
+                 tree_method="hist", n_jobs=1, random_state=0); ~10 ms a fit;
+                 device="cuda" when torch sees a GPU (not run here: no GPU).
+                 Trees and xgboost split the prompts among torch.get_num_threads()
+                 joblib processes (``_parallel_prefix_fit``): the same fits.
   gd_2nn         a 2-layer ReLU net (hidden 100, PyTorch default init) trained
                  from scratch on each prefix with Adam (lr 5e-3, 100 steps,
                  minibatch of 100 prefix points, i.e. the whole prefix when
-                 i <= 100), as in Garg et al.; batched over prompts with bmm,
-                 run single-threaded (see _single_thread).
+                 i <= 100), as in Garg et al.; the nets of all prompts and of
+                 neighbouring positions trained together (``solvers.gd_2nn_predict``;
+                 the same initial weights as the loop ``LOOPS["gd_2nn"]``, which
+                 trains one position at a time, batched over prompts with bmm).
 
 Model-based (``task`` metadata; only for tasks that have a ``nominal`` method, the mujoco_* tasks):
   nominal        the simulator at the prior's midpoint parameters, whatever the context: what a model
@@ -54,6 +66,7 @@ query holds a non-finite value. Callers average with NaN-aware reductions.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -63,6 +76,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from icl import solvers
 from icl.registry import Registry
 
 Predictor = Callable[..., Tensor]  # (xs, ys[, queries]) -> preds
@@ -215,6 +229,28 @@ def _prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any], queries: 
     return torch.from_numpy(preds).float()
 
 
+def _workers(B: int, n: int) -> int:
+    """Processes for the per-prompt fits: the job's thread budget (torch.get_num_threads(), which parallel
+    launchers set to their share of the cores), never more than there are prompts, and 1 for small batches,
+    where starting workers (~1 s) costs more than it saves."""
+    if torch.cuda.is_available():  # xgboost then fits on the GPU, from this process
+        return 1
+    return max(1, min(torch.get_num_threads(), B, (B * n) // 256))
+
+
+def _parallel_prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any], queries: Tensor | None = None) -> Tensor:
+    """``_prefix_fit`` over prompts split among ``_workers`` processes (joblib): the same fits, the same numbers."""
+    workers = _workers(xs.shape[0], xs.shape[1])
+    if workers == 1:
+        return _prefix_fit(xs, ys, make_model, queries)
+    from joblib import Parallel, delayed
+
+    parts = torch.arange(xs.shape[0]).tensor_split(workers)
+    outs = Parallel(n_jobs=workers, backend="loky")(
+        delayed(_prefix_fit)(xs[p], ys[p], make_model, None if queries is None else queries[p]) for p in parts)
+    return torch.cat(outs)
+
+
 def _lasso(alpha: float) -> Predictor:
     def make() -> Any:
         from sklearn.linear_model import Lasso
@@ -224,13 +260,40 @@ def _lasso(alpha: float) -> Predictor:
     return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
 
 
+def _content_key(*tensors: Tensor) -> str:
+    """A digest of the tensors' values: the five Lasso strengths share one solve on the same prompts."""
+    digest = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+_LASSO_LAST: dict[str, Tensor] = {}  # content key -> (A, B, n) predictions of the last prompts solved
+
+
+def _lasso_all(xs: Tensor, ys: Tensor, qs: Tensor) -> Tensor:
+    """Every Lasso strength on these prompts at once (``solvers.lasso_predict``), remembered for the next call."""
+    key = _content_key(xs, ys, qs)
+    if key not in _LASSO_LAST:
+        _LASSO_LAST.clear()
+        _LASSO_LAST[key] = solvers.lasso_predict(xs, ys, qs, [float(a) for a in LASSO_ALPHAS])[0]
+    return _LASSO_LAST[key]
+
+
+def _lasso_batched(alpha: str) -> Predictor:
+    """sklearn's Lasso(alpha, fit_intercept=False) solved exactly for all prompts and prefixes (icl.solvers)."""
+    j = LASSO_ALPHAS.index(alpha)
+    return _batched(lambda xs, ys, qs: _lasso_all(xs, ys, qs)[j])
+
+
 def _tree(max_depth: int | None) -> Predictor:
     def make() -> Any:
         from sklearn.tree import DecisionTreeRegressor
 
         return DecisionTreeRegressor(max_depth=max_depth, random_state=0)
 
-    return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
+    return lambda xs, ys, queries=None: _parallel_prefix_fit(xs, ys, make, queries)
 
 
 def _xgboost(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
@@ -238,12 +301,13 @@ def _xgboost(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
         import xgboost
 
         # Modest and fast: ~10 ms a fit on 2 CPU cores; more trees buy little on <= 100 points.
+        # device="cuda" where a GPU is present (its hist method may differ from the CPU's in round-off).
         return xgboost.XGBRegressor(
             n_estimators=50, max_depth=4, learning_rate=0.3, tree_method="hist",
-            n_jobs=1, verbosity=0, random_state=0,
+            n_jobs=1, verbosity=0, random_state=0, device="cuda" if torch.cuda.is_available() else "cpu",
         )
 
-    return _prefix_fit(xs, ys, make, queries)
+    return _parallel_prefix_fit(xs, ys, make, queries)
 
 
 @contextlib.contextmanager
@@ -312,25 +376,58 @@ def _nominal(xs: Tensor, ys: Tensor, queries: Tensor | None = None, task: Any = 
     return task.nominal(xs if queries is None else queries).float()
 
 
+def _needs_task(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
+    raise ValueError("baseline 'bayes' depends on the task's prior: call predict('bayes', ..., task=task)")
+
+
+def bayes_predictor(task: Any) -> Predictor:
+    """The Bayes-optimal (posterior-mean) predictor under ``task``'s training prior, where one is exact.
+
+    linear: w ~ N(0, I), noiseless, so the posterior mean is the min-norm least-squares solution.
+    noisy_linear: y = scale·w·x + N(0, σ²), so ridge with λ = (σ / scale)² (the ridge baseline's α = 1 at the
+    defaults); σ = 0 is least squares; with ``renormalize`` there is none (a batch statistic rescales y).
+    quadratic: linear in the features x ⊙ x, so min-norm least squares on them.
+    sparse_linear: the exact mixture over supports (``solvers.sparse_bayes_predict``).
+    Others raise ValueError saying why (``solvers.NO_EXACT_BAYES``).
+    """
+    name = task.name
+    if name == "linear" or (name == "noisy_linear" and not task.renormalize and task.noise_std == 0):
+        return BASELINES["least_squares"]
+    if name == "noisy_linear" and not task.renormalize and task.scale != 0:
+        lam = (task.noise_std / task.scale) ** 2
+        return _batched(lambda xs, ys, qs: solvers.ridge_predict(xs, ys, qs, lam))
+    if name == "quadratic":
+        return _batched_prefix(lambda X, y, xq: _least_squares(X**2, y, xq**2))
+    if name == "sparse_linear" and task.scale != 0:
+        return _batched(lambda xs, ys, qs: solvers.sparse_bayes_predict(xs, ys, qs, task.sparsity, abs(task.scale)))
+    why = solvers.NO_EXACT_BAYES.get("noisy_linear with renormalize" if name == "noisy_linear" else name,
+                                     "none implemented")
+    raise ValueError(f"no exact Bayes-optimal baseline for task {name!r}: {why}")
+
+
 # slow: per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n; callers cap their prompts.
 # per_output: fits each output coordinate on its own, so it also serves tasks with vector outputs (task.y_dim > 1).
 BASELINES: Registry[Predictor] = Registry("baseline", "task.baselines")
 BASELINES.add("zero", _zero, per_output=True)
+BASELINES.add("bayes", _needs_task)  # per task: bayes_predictor
 BASELINES.add("least_squares", _batched_prefix(_least_squares), per_output=True)
 BASELINES.add("ridge", _batched_prefix(_ridge), per_output=True)
 BASELINES.add("averaging", _batched_prefix(_averaging), per_output=True)
 BASELINES.add("knn_3", _knn(3), per_output=True)
 for _alpha in LASSO_ALPHAS:
-    BASELINES.add(f"lasso_{_alpha}", _lasso(float(_alpha)), slow=True)
+    BASELINES.add(f"lasso_{_alpha}", _lasso_batched(_alpha))
 BASELINES.add("tree_depth4", _tree(4), slow=True)
 BASELINES.add("tree_unbounded", _tree(None), slow=True)
 BASELINES.add("xgboost", _xgboost, slow=True)
-BASELINES.add("gd_2nn", _gd_2nn, slow=True, per_output=True)
+BASELINES.add("gd_2nn", _batched(solvers.gd_2nn_predict), slow=True, per_output=True)
 BASELINES.add("nominal", _nominal, task=True)
+
+# The per-prompt loops the batched versions replaced, kept as references for tests and `python -m icl.bench.eval`.
+LOOPS: dict[str, Predictor] = {**{f"lasso_{a}": _lasso(float(a)) for a in LASSO_ALPHAS}, "gd_2nn": _gd_2nn}
 
 
 def is_slow(name: str) -> bool:
-    """True for per-prompt fits (sklearn, xgboost, gd_2nn) whose cost grows with B * n."""
+    """True for per-prompt fits (trees, xgboost, gd_2nn) whose cost grows with B * n."""
     return bool(BASELINES.meta(name, "slow", False))
 
 
@@ -360,8 +457,8 @@ def predict(name: str, xs: Tensor, ys: Tensor, queries: Tensor | None = None, ta
     and its query (``queries[:, i]`` when given, else ``xs[:, i]``).
 
     Vector outputs ys (B, n, m) give (B, n, m), fitted per coordinate (``per_output`` baselines only);
-    model-based baselines (``nominal``) need the ``task``."""
-    predictor = BASELINES[name]
+    model-based baselines (``nominal``) and ``bayes`` (its prior) need the ``task``."""
+    predictor = bayes_predictor(task) if name == "bayes" and task is not None else BASELINES[name]
     if BASELINES.meta(name, "task"):
         if task is None or not hasattr(task, "nominal"):
             raise ValueError(f"baseline '{name}' needs a task with a nominal model (the mujoco_* tasks)")

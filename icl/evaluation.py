@@ -70,7 +70,7 @@ class EvalConfig:
     bootstrap: int
     ci: float
     baselines: tuple[str, ...]
-    slow_baseline_prompts: int  # per-prompt sklearn/xgboost/GD fits are capped to this many prompts
+    slow_baseline_prompts: int  # per-prompt tree/xgboost/GD fits are capped to this many prompts
     slow_baseline_strategies: tuple[str, ...] | None  # strategies the slow baselines run on (None: all)
     strategies: dict[str, list[Any]]
     cache: str | None  # folder of cached baseline predictions (icl.cache); None: no cache
@@ -163,10 +163,10 @@ def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int |
 
 
 def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any],
-                    task: Task) -> Tensor:
+                    task: Task | None = None) -> Tensor:
     queries = None if p.queries is None else p.queries[:n]
     return cache.get({**key, "baseline": name, "n_prompts": n},
-                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task))
+                     lambda: baselines.predict(name, p.xs[:n], p.ys[:n], queries, task=task))
 
 
 def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_points: int,

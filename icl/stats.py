@@ -14,8 +14,9 @@ predictor, strategy and job scored on P prompts; this never materialises n_boot 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -57,18 +58,74 @@ def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, se
     return point, low, high, raw, valid.sum(0)
 
 
+def _percentile_columns(boots: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column percentile interval; NaN-aware only on the columns that hold a NaN (nanquantile is slower)."""
+    alpha = (1 - ci) / 2
+    low, high = np.empty(boots.shape[1]), np.empty(boots.shape[1])
+    bad = np.isnan(boots).any(0)
+    if (~bad).any():
+        low[~bad], high[~bad] = np.quantile(boots[:, ~bad], [alpha, 1 - alpha], axis=0)
+    if bad.any():
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            low[bad], high[bad] = np.nanquantile(boots[:, bad], [alpha, 1 - alpha], axis=0)
+    return low, high
+
+
+_ZERO_BOOTS: dict[tuple[int, int, int, str], np.ndarray] = {}  # content of z -> counts @ z (the last few)
+
+
+def _resampled_zero(counts: np.ndarray, z: np.ndarray, seed: int) -> np.ndarray:
+    """``counts @ z``, remembered by the content of z: at aggregation every job of a study pairs against the
+    same zero-estimator errors, so half of each job's resampling is the same product (the same numbers)."""
+    key = (*counts.shape, seed, hashlib.blake2b(np.ascontiguousarray(z).view(np.uint8), digest_size=16).hexdigest())
+    if key not in _ZERO_BOOTS:
+        if len(_ZERO_BOOTS) >= 8:
+            _ZERO_BOOTS.pop(next(iter(_ZERO_BOOTS)))
+        _ZERO_BOOTS[key] = counts @ z
+    return _ZERO_BOOTS[key]
+
+
+def paired_bootstrap_many(triples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int, ci: float,
+                          seed: int) -> list[tuple[np.ndarray, ...]]:
+    """``paired_bootstrap`` of several (err, ref, zero) at once: one matrix product per prompt count.
+
+    Stacking the columns of many pairs (a job's every strategy × param at aggregation) makes the resampling one
+    BLAS call instead of one per pair; each column's sums are the same dot products either way.
+    """
+    out: list[tuple[np.ndarray, ...] | None] = [None] * len(triples)
+    by_size: dict[int, list[int]] = {}
+    for i, (err, _, _) in enumerate(triples):
+        by_size.setdefault(len(err), []).append(i)
+    for n, members in by_size.items():
+        deltas, zs, valids = [], [], []
+        for i in members:
+            err, ref, zero = triples[i]
+            valid = ~(np.isnan(err) | np.isnan(ref))
+            deltas.append(np.where(valid, err.astype(np.float64) - ref, 0.0))
+            zs.append(np.where(valid, zero.astype(np.float64), 0.0))
+            valids.append(valid)
+        delta, z = np.concatenate(deltas, axis=1), np.concatenate(zs, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            point = delta.sum(0) / z.sum(0)
+            if n_boot:
+                counts = resample_counts(n, n_boot, seed)
+                low, high = _percentile_columns((counts @ delta) / _resampled_zero(counts, z, seed), ci)
+            else:
+                low, high = point, point
+        count = np.concatenate([v.sum(0) for v in valids])
+        start = 0
+        for i, v in zip(members, valids):
+            cols = slice(start, start + v.shape[1])
+            out[i] = (point[cols], low[cols], high[cols], count[cols])
+            start += v.shape[1]
+    return out  # type: ignore[return-value]
+
+
 def paired_bootstrap(err: np.ndarray, ref: np.ndarray, zero: np.ndarray, n_boot: int, ci: float,
                      seed: int) -> tuple[np.ndarray, ...]:
     """Per column: (Σ err − Σ ref) / Σ zero over prompts valid in both, with a paired percentile bootstrap CI."""
-    valid = ~(np.isnan(err) | np.isnan(ref))
-    delta = np.where(valid, err.astype(np.float64) - ref, 0.0)
-    z = np.where(valid, zero.astype(np.float64), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        point = delta.sum(0) / z.sum(0)
-        counts = resample_counts(len(err), n_boot, seed)
-        boots = (counts @ delta) / (counts @ z)
-        low, high = _percentiles(boots, point, n_boot, ci)
-    return point, low, high, valid.sum(0)
+    return paired_bootstrap_many([(err, ref, zero)], n_boot, ci, seed)[0]
 
 
 def bootstrap_median_ci(samples: np.ndarray | list[float], n_boot: int = 2000, ci: float = 0.95,

@@ -76,7 +76,7 @@ def test_query_predictions_equal_one_pass_when_the_query_is_the_input():
 def test_baselines_computed_once_and_reused(tmp_path, monkeypatch):
     calls = []
     real = baselines.predict
-    monkeypatch.setattr(baselines, "predict", lambda name, *a: calls.append(name) or real(name, *a))
+    monkeypatch.setattr(baselines, "predict", lambda name, *a, **kw: calls.append(name) or real(name, *a, **kw))
     cfg = compose_train([*TINY, *STRATEGIES, "model.n_positions=12", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
     for sub in "abcd":
         (tmp_path / sub).mkdir()
@@ -115,7 +115,7 @@ def test_unknown_strategy_fails_before_anything_runs(tmp_path):
 def test_cached_slow_baselines_belong_to_the_prompts_drawn(tmp_path):
     """Slow baselines run on the first prompts only, but those depend on how many were drawn (the functions are
     sampled after all inputs): another eval.n_prompts must not reuse their predictions."""
-    overrides = [*TINY, "eval.baselines=[zero,lasso_0.1]", "eval.slow_baseline_prompts=8"]
+    overrides = [*TINY, "eval.baselines=[zero,tree_depth4]", "eval.slow_baseline_prompts=8"]
     cfg = compose_train([*overrides, "eval.n_prompts=64", f"eval.cache={tmp_path / 'cache'}"], tmp_path)
     evaluate_job(cfg, None, JobDir(tmp_path))
     cfg.eval.n_prompts = 32

@@ -314,7 +314,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     """
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     reference = dict(reference or DEFAULT_REFERENCE)
-    df = load_results(inputs)
+    df = load_results(inputs, cfg_columns="varying")  # constant cfg.* keys label nothing
     jobs = jobs_table(inputs)
     jobs["aggregated"] = jobs["run_dir"].isin(set(df["run_dir"]))
     report_jobs(jobs)

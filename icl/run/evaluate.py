@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from icl import prompts
+from icl import baselines, prompts
 from icl.evaluation import EvalConfig, evaluate, failures
 from icl.quantize import PROOF_PROMPTS, QuantSpec, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
@@ -43,6 +43,8 @@ def job_task(cfg: DictConfig) -> tuple[Task, EvalConfig, int]:
     """A job's task, eval settings and number of points per evaluation prompt."""
     eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
     task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}, resolve=True))
+    if "bayes" in eval_cfg.baselines:
+        baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
     return task, eval_cfg, eval_cfg.points(int(cfg.task.curriculum.points.end))
 
 
