@@ -20,7 +20,8 @@ from icl.tasks import Task, build_task
 from icl.transformer import ICLTransformer, TransformerConfig
 
 # The model config keys: TransformerConfig's fields but those the job fills in from other groups (task, attn).
-MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in ("n_dims", "attn", "attn_params", "y_dim"))
+FROM_TASK = ("n_dims", "attn", "attn_params", "y_dim")  # TransformerConfig fields the job fills in from task / attn
+MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in FROM_TASK)
 OPTIM_KEYS = ("lr", "weight_decay", "schedule", "warmup_steps")  # their defaults: configs/train.yaml only
 
 

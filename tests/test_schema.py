@@ -59,12 +59,13 @@ def test_optim_keys_are_the_schema_and_model_keys_the_transformer_fields():
     """One list each: the schema's optim keys are what ICLModule reads; model keys come from TransformerConfig."""
     from dataclasses import fields
 
-    from icl.module import MODEL_KEYS, OPTIM_KEYS
+    from icl.module import FROM_TASK, MODEL_KEYS, OPTIM_KEYS
     from icl.run.schema import OptimSchema
     from icl.transformer import TransformerConfig
 
     assert set(OPTIM_KEYS) == {f.name for f in fields(OptimSchema)}
-    assert set(MODEL_KEYS) == {f.name for f in fields(TransformerConfig)} - {"n_dims", "attn", "attn_params"}
+    assert set(MODEL_KEYS) == {f.name for f in fields(TransformerConfig)} - set(FROM_TASK)
+    assert set(FROM_TASK) <= {f.name for f in fields(TransformerConfig)}
 
 
 def test_every_default_is_in_the_yaml(tiny_cfg):

@@ -135,10 +135,10 @@ def test_a_baseline_failing_in_evaluation_leaves_the_job_done_with_the_failure_r
 
     real = baselines.predict
 
-    def least_squares_fails(name, *args):
+    def least_squares_fails(name, *args, **kw):
         if name == "least_squares":
             raise torch.linalg.LinAlgError("forced: the input matrix is singular")
-        return real(name, *args)
+        return real(name, *args, **kw)
 
     monkeypatch.setattr(baselines, "predict", least_squares_fails)
     metrics = train(compose_train([*tiny_overrides, "trainer.max_steps=10"], tmp_path))
