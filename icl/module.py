@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from icl.tasks import Task, build_task
 from icl.transformer import ICLTransformer, TransformerConfig
 
-MODEL_KEYS = ("n_positions", "n_embd", "n_layer", "n_head", "dropout", "activation")
+MODEL_KEYS = ("n_positions", "n_embd", "n_layer", "n_head", "dropout", "activation", "qk_norm", "layer_scale")
 
 
 class ICLModule(L.LightningModule):
