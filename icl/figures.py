@@ -339,9 +339,10 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     from icl.bench import bench_figures  # lazy: it imports torch and torchao, which the plots need not
 
     bench = bench_figures(inputs, out, tuple(formats))  # latency vs length from any `make bench` output found
+    bench += curve_files(inputs, out, formats)  # training curves + diagnostics from every metrics.csv (icl.curves)
     if df.empty:
         if bench:
-            return _report(bench, out, "no eval.csv; benchmark figures only")
+            return _report(bench, out, "no eval.csv; benchmark and training-curve figures only")
         where = ", ".join(str(p) for p in inputs)
         raise SystemExit(f"No finished eval.csv found under {where}: run `make demo` or `python -m icl.train` first.")
     out.mkdir(parents=True, exist_ok=True)
@@ -362,6 +363,16 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     curves = pd.concat([tf.assign(kind="transformer"), bl.assign(kind="baseline")], ignore_index=True)
     written += _write_tables(summarize(curves, paired), paired, jobs, out, reference)
     return _report(written + bench, out, f"{df['run_dir'].nunique()} jobs, {df['task'].nunique()} tasks")
+
+
+def curve_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[str]) -> list[Path]:
+    """Save ``icl.curves``' training-curve figures (none without a metrics.csv)."""
+    from icl.curves import curve_figures  # lazy: icl.curves takes its colours from this module
+
+    figures = curve_figures(inputs)
+    if figures:
+        out.mkdir(parents=True, exist_ok=True)
+    return [path for stem, fig in figures.items() for path in _save(fig, out / stem, formats)]
 
 
 def _report(written: list[Path], out: Path, what: str) -> list[Path]:
