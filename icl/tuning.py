@@ -30,6 +30,11 @@ CELL_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_n
              "trainer.gradient_clip_val": "gradient_clip_val", "model.layer_scale": "layer_scale",
              "trainer.max_steps": "max_steps"}
 RECIPE_KEYS = ("lr", "warmup_steps", "qk_norm", "gradient_clip_val")
+# Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
+# than before its tuning: 0.030 [0.025, 0.035] (README "Every attention variant on the smoke study", 15k steps,
+# shared recipe lr 1e-3, eval.seed 0) — "not worse" = that value lies at or above the lower end of softmax's CI.
+TARGET_ALL, TARGET_STRICT, STRICT = 0.15, 0.10, ("relu", "relu_causal", "sigmoid")
+SOFTMAX_BEFORE = 0.030
 
 
 def load_cells(roots: Iterable[str | Path]) -> pd.DataFrame:
@@ -107,14 +112,31 @@ def markdown(cells: pd.DataFrame, columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdict(final: pd.DataFrame, reporting_seed: int = 0) -> pd.DataFrame:
+    """Final runs (scored on the reporting prompts) against the targets above: one ``target`` and ``met`` per row."""
+    if final.empty:
+        raise ValueError("no finished final run to judge")
+    if (final["eval_seed"] != reporting_seed).any():
+        raise ValueError(f"final runs must be scored on the reporting prompts (eval.seed={reporting_seed})")
+    out = final.assign(target=[TARGET_STRICT if a in STRICT else TARGET_ALL for a in final["attn"]])
+    met = out["error"] <= out["target"]
+    softmax = out["attn"] == "softmax"
+    met[softmax] &= out.loc[softmax, "ci_low"] <= SOFTMAX_BEFORE
+    return out.assign(met=met)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m icl.tuning", description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders (searched recursively for job folders)")
     parser.add_argument("--reporting-seed", type=int, default=0, help="eval.seed the final numbers are reported on")
     parser.add_argument("--full-steps", type=int, default=15000, help="trainer.max_steps of the recipe's runs")
     parser.add_argument("--out", type=Path, default=None, help="write cells.{csv,md} and best.{csv,md} here")
+    parser.add_argument("--final", action="store_true",
+                        help="the folders hold the final runs (reporting seed): judge them against the targets instead")
     args = parser.parse_args(argv)
     cells = load_cells(args.sweeps)
+    if args.final:
+        return report_final(cells, args.reporting_seed, args.out)
     try:
         best = rescale_warmup(select(cells, args.reporting_seed), args.full_steps)
     except ValueError as err:
@@ -130,6 +152,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "best.md").write_text(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(recipe_yaml(best))
+    return 0
+
+
+def report_final(cells: pd.DataFrame, reporting_seed: int, out: Path | None) -> int:
+    """Print (and write final.{csv,md}) the final runs with their target and whether it is met."""
+    try:
+        judged = verdict(cells, reporting_seed).sort_values(["task", "attn"]).reset_index(drop=True)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    columns = ["task", "attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps", "target", "met"]
+    text = markdown(judged, columns)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        judged.drop(columns="run_dir").to_csv(out / "final.csv", index=False)
+        (out / "final.md").write_text(text)
+    print(text + f"{int(judged['met'].sum())} of {len(judged)} targets met")
     return 0
 
 

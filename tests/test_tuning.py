@@ -94,3 +94,17 @@ def test_every_variant_has_a_tuned_smoke_recipe():
 
     rows = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "recipe" / "smoke.yaml").recipe.variants
     assert set(rows) == set(ATTENTION)
+
+
+def test_verdict_is_computed_against_the_targets(tmp_path):
+    from icl.tuning import verdict
+
+    for attn, error in [("relu", 0.12), ("linear", 0.12), ("sigmoid", 0.05), ("softmax", 0.05)]:
+        cell_job(tmp_path / attn, attn, 1e-3, False, 0, error)
+    judged = verdict(load_cells([tmp_path])).set_index("attn")
+    # relu misses its 0.10, linear meets 0.15, sigmoid meets 0.10, softmax at 0.05 [0.04, 0.06] is worse than 0.030
+    assert judged["met"].to_dict() == {"linear": True, "relu": False, "sigmoid": True, "softmax": False}
+    with pytest.raises(ValueError, match="reporting prompts"):
+        verdict(load_cells([tmp_path]), reporting_seed=1000)
+    assert main([str(tmp_path), "--final", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "final.md").read_text().count("|") > 20
