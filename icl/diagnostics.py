@@ -120,3 +120,38 @@ class AttentionDiagnostics(L.Callback):
     def _write(self, trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+
+
+def at_init(attn: str, qk_norm: bool = False, n_dims: int = 5, n_points: int = 11, n_prompts: int = 256,
+            seed: int = 0) -> dict[str, float]:
+    """The diagnostics of a freshly initialised tiny model on standard prompts (the state training starts from)."""
+    from icl.transformer import ICLTransformer, TransformerConfig
+
+    torch.manual_seed(seed)
+    model = ICLTransformer(TransformerConfig(n_dims=n_dims, n_positions=n_points, attn=attn, qk_norm=qk_norm)).eval()
+    diagnostics = AttentionDiagnostics()
+    handles = [h for layer, block in enumerate(model.blocks) for h in diagnostics._hook_block(layer, block)]
+    with torch.no_grad():
+        model(torch.randn(n_prompts, n_points, n_dims), torch.randn(n_prompts, n_points))
+    for handle in handles:
+        handle.remove()
+    return dict(diagnostics.values)
+
+
+def main() -> None:
+    """``python -m icl.diagnostics``: the table of ``at_init`` for every variant, qk_norm off and on (layer 0)."""
+    import pandas as pd
+
+    from icl.attention import ATTENTION
+
+    torch.set_num_threads(1)
+    rows = [{"attn": name, "qk_norm": qk, **at_init(name, qk)} for name in sorted(ATTENTION) for qk in (False, True)]
+    columns = ["attn", "qk_norm", "score_std/l0", "attn_ratio/l0", "frac_positive/l0", "mean_weight/l0"]
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in table.itertuples(index=False):
+        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row).replace("nan", "—") + " |")
+
+
+if __name__ == "__main__":
+    main()

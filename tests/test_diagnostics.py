@@ -67,3 +67,12 @@ def test_diagnostics_do_not_change_training(tmp_path, tiny_overrides):
     without = train(compose_train([*base, "~callbacks.diagnostics"], tmp_path / "off"))
     assert with_diag["train/loss"] == without["train/loss"]
     assert "diag/grad_norm" not in pd.read_csv(tmp_path / "off" / "metrics.csv")
+
+
+def test_at_init_relu_attention_starts_near_zero_and_qk_norm_lifts_it():
+    """The saddle issue 14 suspected: with the 0.02 init ReLU(·)/L adds ~1% of what softmax adds to the residual."""
+    from icl.diagnostics import at_init
+
+    softmax, relu, relu_qk = (at_init(a, qk, n_prompts=32)["attn_ratio/l0"]
+                              for a, qk in (("softmax", False), ("relu", False), ("relu", True)))
+    assert relu < 0.05 * softmax and relu_qk > 10 * relu
