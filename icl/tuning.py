@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl.results import find_jobs, flatten_config, load_config, read_eval_csv, read_status
+from icl.results import find_jobs, flatten_config, load_config, load_errors, paired_bootstrap, read_eval_csv, read_status
 
 # The options a cell is made of: config key -> column name.
 CELL_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
@@ -33,8 +33,25 @@ RECIPE_KEYS = ("lr", "warmup_steps", "qk_norm", "gradient_clip_val")
 # Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
 # than before its tuning: 0.030 [0.025, 0.035] (README "Every attention variant on the smoke study", 15k steps,
 # shared recipe lr 1e-3, eval.seed 0) — "not worse" = that value lies at or above the lower end of softmax's CI.
+# With a reference job (softmax trained with the former recipe at the same steps, scored on the same prompts), the
+# check is paired instead: the lower end of the CI of (tuned − reference) must be ≤ 0 (not significantly worse).
 TARGET_ALL, TARGET_STRICT, STRICT = 0.15, 0.10, ("relu", "relu_causal", "sigmoid")
 SOFTMAX_BEFORE = 0.030
+
+
+def paired_to(job: str | Path, reference: str | Path, k: int, n_boot: int = 1000, ci: float = 0.95) -> tuple[float, ...]:
+    """(job − reference) transformer error at k on the same standard prompts, ÷ the zero estimator's, with a paired
+    bootstrap CI: (point, low, high). Refuses jobs scored on different prompts (their zero errors differ)."""
+    mine, ref = load_errors(job), load_errors(reference)
+    if mine is None or ref is None:
+        raise ValueError(f"no errors.npz in {job if mine is None else reference}: cannot pair them")
+    key = "standard/"
+    zero = mine[f"{key}/zero"][:, k]
+    if not (ref[f"{key}/zero"].shape == mine[f"{key}/zero"].shape and (ref[f"{key}/zero"][:, k] == zero).all()):
+        raise ValueError(f"{job} and {reference} were not scored on the same prompts: no paired difference")
+    point, low, high, _ = paired_bootstrap(mine[f"{key}/transformer"][:, [k]], ref[f"{key}/transformer"][:, [k]],
+                                           zero[:, None], n_boot, ci, seed=0)
+    return float(point[0]), float(low[0]), float(high[0])
 
 
 def load_cells(roots: Iterable[str | Path]) -> pd.DataFrame:
@@ -112,8 +129,9 @@ def markdown(cells: pd.DataFrame, columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verdict(final: pd.DataFrame, reporting_seed: int = 0) -> pd.DataFrame:
-    """Final runs (scored on the reporting prompts) against the targets above: one ``target`` and ``met`` per row."""
+def verdict(final: pd.DataFrame, reporting_seed: int = 0, softmax_reference: str | Path | None = None) -> pd.DataFrame:
+    """Final runs (scored on the reporting prompts) against the targets above: one ``target`` and ``met`` per row
+    (and, with ``softmax_reference``, softmax's paired difference to it: ``diff``, ``diff_low``, ``diff_high``)."""
     if final.empty:
         raise ValueError("no finished final run to judge")
     if (final["eval_seed"] != reporting_seed).any():
@@ -121,7 +139,13 @@ def verdict(final: pd.DataFrame, reporting_seed: int = 0) -> pd.DataFrame:
     out = final.assign(target=[TARGET_STRICT if a in STRICT else TARGET_ALL for a in final["attn"]])
     met = out["error"] <= out["target"]
     softmax = out["attn"] == "softmax"
-    met[softmax] &= out.loc[softmax, "ci_low"] <= SOFTMAX_BEFORE
+    if softmax_reference is None:
+        met[softmax] &= out.loc[softmax, "ci_low"] <= SOFTMAX_BEFORE
+        return out.assign(met=met)
+    diffs = {i: paired_to(out.at[i, "run_dir"], softmax_reference, int(out.at[i, "k"])) for i in out.index[softmax]}
+    for i, (point, low, high) in diffs.items():
+        met[i] &= low <= 0
+        out.loc[i, ["diff", "diff_low", "diff_high"]] = point, low, high
     return out.assign(met=met)
 
 
@@ -133,10 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write cells.{csv,md} and best.{csv,md} here")
     parser.add_argument("--final", action="store_true",
                         help="the folders hold the final runs (reporting seed): judge them against the targets instead")
+    parser.add_argument("--softmax-reference", type=Path, default=None,
+                        help="with --final: softmax trained with the former recipe at the same steps (paired check)")
     args = parser.parse_args(argv)
     cells = load_cells(args.sweeps)
     if args.final:
-        return report_final(cells, args.reporting_seed, args.out)
+        return report_final(cells, args.reporting_seed, args.out, args.softmax_reference)
     try:
         best = rescale_warmup(select(cells, args.reporting_seed), args.full_steps)
     except ValueError as err:
@@ -155,10 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def report_final(cells: pd.DataFrame, reporting_seed: int, out: Path | None) -> int:
+def report_final(cells: pd.DataFrame, reporting_seed: int, out: Path | None,
+                 softmax_reference: Path | None = None) -> int:
     """Print (and write final.{csv,md}) the final runs with their target and whether it is met."""
     try:
-        judged = verdict(cells, reporting_seed).sort_values(["task", "attn"]).reset_index(drop=True)
+        judged = verdict(cells, reporting_seed, softmax_reference).sort_values(["task", "attn"]).reset_index(drop=True)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -168,6 +195,10 @@ def report_final(cells: pd.DataFrame, reporting_seed: int, out: Path | None) -> 
         out.mkdir(parents=True, exist_ok=True)
         judged.drop(columns="run_dir").to_csv(out / "final.csv", index=False)
         (out / "final.md").write_text(text)
+    for _, row in judged[judged["attn"] == "softmax"].iterrows():
+        if "diff" in judged and pd.notna(row.get("diff")):
+            text += (f"\nsoftmax minus the reference ({softmax_reference}) at k = {row['k']}, paired on the same prompts: "
+                     f"{row['diff']:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]\n")
     print(text + f"{int(judged['met'].sum())} of {len(judged)} targets met")
     return 0
 

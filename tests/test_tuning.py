@@ -108,3 +108,23 @@ def test_verdict_is_computed_against_the_targets(tmp_path):
         verdict(load_cells([tmp_path]), reporting_seed=1000)
     assert main([str(tmp_path), "--final", "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "final.md").read_text().count("|") > 20
+
+
+def write_errors(job: Path, transformer: float, zero_seed: int = 0) -> None:
+    import numpy as np
+
+    zero = np.random.default_rng(zero_seed).uniform(0.5, 1.5, (50, 11)).astype(np.float32)
+    np.savez(job / "errors.npz", **{"standard//zero": zero, "standard//transformer": transformer * zero})
+
+
+@pytest.mark.parametrize("tuned,met", [(0.05, True), (0.2, False)])
+def test_softmax_is_judged_paired_against_a_same_steps_reference(tmp_path, tuned, met):
+    from icl.tuning import verdict
+
+    write_errors(cell_job(tmp_path / "final" / "softmax", "softmax", 1e-3, True, 0, tuned), tuned)
+    write_errors(cell_job(tmp_path / "reference", "softmax", 1e-3, False, 0, 0.1), 0.1)
+    judged = verdict(load_cells([tmp_path / "final"]), softmax_reference=tmp_path / "reference").iloc[0]
+    assert bool(judged["met"]) is met and judged["diff"] == pytest.approx(tuned - 0.1, abs=1e-6)
+    write_errors(tmp_path / "reference", 0.1, zero_seed=1)  # other prompts: no paired difference
+    with pytest.raises(ValueError, match="not scored on the same prompts"):
+        verdict(load_cells([tmp_path / "final"]), softmax_reference=tmp_path / "reference")
