@@ -34,7 +34,8 @@ def interleave(xs: Tensor, ys: Tensor) -> Tensor:
 class SelfAttention(nn.Module):
     """Multi-head projections around a pluggable attention kernel (``icl.attention``)."""
 
-    def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None = None) -> None:
+    def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None = None,
+                 qk_norm: bool = False) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
@@ -42,12 +43,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.kernel = build_attention(attn, head_dim=n_embd // n_head, **(attn_params or {}))
+        # qk-norm (ViT-22B, Wortsman et al. 2023, Ramapuram et al. 2024): LayerNorm over the head dim of q and k,
+        # shared by the heads, before the kernel; per-token, so causality is untouched. Off: plain identity.
+        self.q_norm = nn.LayerNorm(n_embd // n_head) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(n_embd // n_head) if qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
         """(B, T, C) → (B, T, C), or (B, T/2, C) at the x positions (even tokens) only with ``x_only``."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k = self.q_norm(q), self.k_norm(k)
         y = self.kernel(q, k, v)  # (B, nh, T, hs)
         if x_only:
             y = y[:, :, ::2]  # (B, nh, T/2, hs)
@@ -71,21 +77,37 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class LayerScale(nn.Module):
+    """x · γ with a learned per-channel γ starting at ``init`` (Touvron et al. 2021): scales a residual branch."""
+
+    def __init__(self, n_embd: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((n_embd,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x)).
+
+    ``qk_norm`` and ``layer_scale`` (the attention branch's LayerScale init; null = none) are training options
+    that leave the attention kernel itself unchanged."""
 
     def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None,
-                 dropout: float, activation: str = "gelu") -> None:
+                 dropout: float, activation: str = "gelu", qk_norm: bool = False,
+                 layer_scale: float | None = None) -> None:
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-        self.attn = SelfAttention(n_embd, n_head, attn, attn_params)
+        self.attn = SelfAttention(n_embd, n_head, attn, attn_params, qk_norm)
+        self.attn_scale = nn.Identity() if layer_scale is None else LayerScale(n_embd, layer_scale)
         self.mlp = MLP(n_embd, dropout, activation)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
         """``x_only``: return the x positions only, skipping the output projection and MLP at the y positions (the
         last block: nothing reads them)."""
-        a = self.drop(self.attn(self.ln_1(x), x_only))
+        a = self.drop(self.attn_scale(self.attn(self.ln_1(x), x_only)))
         x = (x[:, ::2] if x_only else x) + a
         return x + self.mlp(self.ln_2(x))
 
@@ -104,6 +126,8 @@ class TransformerConfig:
     dropout: float = 0.0
     activation: str = "gelu"  # gelu (exact erf) | gelu_tanh (GPT-2's, for converted Garg et al. checkpoints)
     y_dim: int = 1  # outputs per point, set from the task (1: scalar y, predictions (B, n); else (B, n, y_dim))
+    qk_norm: bool = False  # LayerNorm over the head dim on q and k before the kernel (training option)
+    layer_scale: float | None = None  # LayerScale on the attention branch, γ's initial value; None = off
 
 
 class ICLTransformer(nn.Module):
@@ -117,7 +141,8 @@ class ICLTransformer(nn.Module):
         self.read_in = nn.Linear(c.n_dims, c.n_embd)
         self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout, c.activation)
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout, c.activation,
+                                          c.qk_norm, c.layer_scale)
                                     for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
         self.read_out = nn.Linear(c.n_embd, c.y_dim)

@@ -57,7 +57,7 @@ def test_experiments_compose(experiment, tmp_path):
     build(cfg)
 
 
-@pytest.mark.parametrize("group", ["trainer", "logger", "eval", "attn", "quant", "callbacks", "paths"])
+@pytest.mark.parametrize("group", ["trainer", "logger", "eval", "attn", "quant", "callbacks", "paths", "recipe"])
 def test_other_groups_compose(group, tmp_path):
     for option in options(group):
         cfg = compose_train([f"{group}={option}"], tmp_path)

@@ -36,6 +36,7 @@ from matplotlib.lines import Line2D
 from omegaconf import DictConfig, OmegaConf
 
 from icl.analysis.bench_figures import bench_figures
+from icl.analysis.curves import curve_figures
 from icl.analysis.results import (
     DEFAULT_REFERENCE,
     jobs_table,
@@ -320,9 +321,10 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     report_jobs(jobs)
     out = Path(out_dir)
     bench = bench_figures(inputs, out, tuple(formats))  # latency vs length from any `make bench` output found
+    bench += curve_files(inputs, out, formats)  # training curves + diagnostics from every metrics.csv (curves)
     if df.empty:
         if bench:
-            return _report(bench, out, "no eval.csv; benchmark figures only")
+            return _report(bench, out, "no eval.csv; benchmark and training-curve figures only")
         where = ", ".join(str(p) for p in inputs)
         raise SystemExit(f"No finished eval.csv found under {where}: run `make demo` or `python -m icl.train` first.")
     out.mkdir(parents=True, exist_ok=True)
@@ -343,6 +345,14 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     curves = pd.concat([tf.assign(kind="transformer"), bl.assign(kind="baseline")], ignore_index=True)
     written += _write_tables(summarize(curves, paired), paired, jobs, out, reference)
     return _report(written + bench, out, f"{df['run_dir'].nunique()} jobs, {df['task'].nunique()} tasks")
+
+
+def curve_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[str]) -> list[Path]:
+    """Save ``icl.analysis.curves``' training-curve figures (none without a metrics.csv)."""
+    figures = curve_figures(inputs)
+    if figures:
+        out.mkdir(parents=True, exist_ok=True)
+    return [path for stem, fig in figures.items() for path in _save(fig, out / stem, formats)]
 
 
 def _report(written: list[Path], out: Path, what: str) -> list[Path]:

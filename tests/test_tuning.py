@@ -1,0 +1,131 @@
+"""Recipe selection (icl.tuning): it reads validation prompts, never the prompts results are reported on."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from icl import prompts
+from icl.analysis.tuning import load_cells, main, recipe_yaml, rescale_warmup, select
+from icl.tasks import build_task
+from tests.helpers import compose_train
+
+
+def cell_job(folder: Path, attn: str, lr: float, qk_norm: bool, eval_seed: int, error_at_10: float,
+             warmup: int = 50, max_steps: int = 1500) -> Path:
+    """A finished smoke job (d = 5) whose transformer scores ``error_at_10`` at k = 10 on eval.seed's prompts."""
+    cfg = {"task": {"name": "linear", "n_dims": 5}, "model": {"name": "tiny", "qk_norm": qk_norm, "layer_scale": None},
+           "attn": {"name": attn}, "quant": {"name": "none"}, "seed": 0, "eval": {"seed": eval_seed},
+           "optim": {"lr": lr, "warmup_steps": warmup}, "trainer": {"max_steps": max_steps, "gradient_clip_val": 1.0}}
+    folder.mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(cfg), folder / "config.yaml")
+    ks = list(range(11))
+    errors = [1.0 - (1.0 - error_at_10) * k / 10 for k in ks]
+    pd.DataFrame({"task": "linear", "attn": attn, "quant": "none", "model": "tiny", "seed": 0, "strategy": "standard",
+                  "param": None, "k": ks, "predictor": "transformer", "kind": "transformer", "metric": "squared_error",
+                  "error": errors, "ci_low": [e - 0.01 for e in errors], "ci_high": [e + 0.01 for e in errors],
+                  "error_raw": errors, "error_per_dim": errors, "diff_transformer": None, "diff_low": None,
+                  "diff_high": None, "n_dims": 5, "n_prompts": 1000}).to_csv(folder / "eval.csv", index=False)
+    (folder / "status.json").write_text(json.dumps({"status": "done"}))
+    return folder
+
+
+def sweeps(root: Path) -> tuple[Path, Path]:
+    """Cell A wins on validation prompts (eval.seed 1000), cell B on the reporting prompts (eval.seed 0)."""
+    for seed, (a, b) in ((1000, (0.05, 0.30)), (0, (0.20, 0.01))):
+        cell_job(root / str(seed) / "a", "relu", 1e-4, True, seed, a)
+        cell_job(root / str(seed) / "b", "relu", 1e-3, False, seed, b)
+    cell_job(root / "1000" / "c", "softmax", 1e-3, False, 1000, 0.04, warmup=300)
+    return root / "1000", root / "0"
+
+
+def test_selection_uses_the_validation_sweep(tmp_path):
+    validation, _ = sweeps(tmp_path)
+    best = select(load_cells([validation]), reporting_seed=0)
+    relu = best[best.attn == "relu"].iloc[0]
+    assert (relu.lr, relu.qk_norm, relu.eval_seed, relu.error) == (1e-4, True, 1000, pytest.approx(0.05))
+    assert list(best.attn) == ["relu", "softmax"] and list(best.cells) == [2, 1]
+
+
+def test_selection_refuses_jobs_scored_on_the_reporting_prompts(tmp_path):
+    validation, reporting = sweeps(tmp_path)
+    with pytest.raises(ValueError, match="evaluated with eval.seed=0, the reporting seed"):
+        select(load_cells([validation, reporting]), reporting_seed=0)
+    assert main([str(reporting), "--reporting-seed", "0"]) == 1
+
+
+def test_recipe_rows_rescale_the_warm_up_to_the_full_run(tmp_path, capsys):
+    validation, _ = sweeps(tmp_path)
+    best = rescale_warmup(select(load_cells([validation])), full_steps=15000)
+    assert list(best.full_warmup_steps) == [500, 3000]
+    assert "relu: {lr: 1.0e-04, warmup_steps: 500, qk_norm: true, gradient_clip_val: 1.0}" in recipe_yaml(best)
+    assert main([str(validation), "--out", str(tmp_path / "out")]) == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"cells.csv", "cells.md", "best.csv", "best.md"}
+    assert "softmax: {lr: 1.0e-03, warmup_steps: 3000" in capsys.readouterr().out
+
+
+def test_validation_prompts_are_not_the_evaluation_prompts():
+    """Another eval.seed draws other prompts (functions and inputs), so selection never sees the reported ones."""
+    task = build_task("linear", 5)
+    draw = lambda seed: (lambda p: (p.xs, p.ys))(prompts.make_prompts("standard", task, 64, 11, seed))
+    (xs0, ys0), (xs1, ys1) = (draw(seed) for seed in (0, 1000))
+    assert not torch.allclose(xs0, xs1) and not torch.allclose(ys0, ys1)
+    again, _ = draw(1000)
+    assert torch.equal(again, xs1)
+
+
+@pytest.mark.parametrize("attn", ["relu", "sigmoid", "softmax"])
+def test_smoke_takes_the_variant_recipe_and_the_command_line_wins(attn):
+    rows = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "recipe" / "smoke.yaml").recipe.variants
+    cfg = compose_train(["experiment=smoke", f"attn={attn}"])
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.model.qk_norm, cfg.trainer.gradient_clip_val) == \
+        (rows[attn].lr, rows[attn].warmup_steps, rows[attn].qk_norm, rows[attn].gradient_clip_val)
+    assert compose_train(["experiment=smoke", f"attn={attn}", "optim.lr=0.0123"]).optim.lr == 0.0123
+    shared = compose_train(["experiment=smoke", f"attn={attn}", "recipe=smoke_shared"])
+    assert (shared.optim.lr, shared.optim.warmup_steps, shared.model.qk_norm) == (1e-3, 500, False)
+
+
+def test_every_variant_has_a_tuned_smoke_recipe():
+    from icl.attention import ATTENTION
+
+    rows = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "recipe" / "smoke.yaml").recipe.variants
+    assert set(rows) == set(ATTENTION)
+
+
+def test_verdict_is_computed_against_the_targets(tmp_path):
+    from icl.analysis.tuning import verdict
+
+    for attn, error in [("relu", 0.12), ("linear", 0.12), ("sigmoid", 0.05), ("softmax", 0.05)]:
+        cell_job(tmp_path / attn, attn, 1e-3, False, 0, error)
+    judged = verdict(load_cells([tmp_path])).set_index("attn")
+    # relu misses its 0.10, linear meets 0.15, sigmoid meets 0.10, softmax at 0.05 [0.04, 0.06] is worse than 0.030
+    assert judged["met"].to_dict() == {"linear": True, "relu": False, "sigmoid": True, "softmax": False}
+    with pytest.raises(ValueError, match="reporting prompts"):
+        verdict(load_cells([tmp_path]), reporting_seed=1000)
+    assert main([str(tmp_path), "--final", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "final.md").read_text().count("|") > 20
+
+
+def write_errors(job: Path, transformer: float, zero_seed: int = 0) -> None:
+    import numpy as np
+
+    zero = np.random.default_rng(zero_seed).uniform(0.5, 1.5, (50, 11)).astype(np.float32)
+    np.savez(job / "errors.npz", **{"standard//zero": zero, "standard//transformer": transformer * zero})
+
+
+@pytest.mark.parametrize("tuned,met", [(0.05, True), (0.2, False)])
+def test_softmax_is_judged_paired_against_a_same_steps_reference(tmp_path, tuned, met):
+    from icl.analysis.tuning import verdict
+
+    write_errors(cell_job(tmp_path / "final" / "softmax", "softmax", 1e-3, True, 0, tuned), tuned)
+    write_errors(cell_job(tmp_path / "reference", "softmax", 1e-3, False, 0, 0.1), 0.1)
+    judged = verdict(load_cells([tmp_path / "final"]), softmax_reference=tmp_path / "reference").iloc[0]
+    assert bool(judged["met"]) is met and judged["diff"] == pytest.approx(tuned - 0.1, abs=1e-6)
+    write_errors(tmp_path / "reference", 0.1, zero_seed=1)  # other prompts: no paired difference
+    with pytest.raises(ValueError, match="not scored on the same prompts"):
+        verdict(load_cells([tmp_path / "final"]), softmax_reference=tmp_path / "reference")
