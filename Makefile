@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 
 demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
-	$(MAKE) figures PY=$(PY)
+	$(MAKE) figures PY=$(PY) ARGS=
 
 test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)
