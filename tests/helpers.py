@@ -72,3 +72,18 @@ class PoisonWeightsAt(Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 pl_module.model.read_out.weight[0, 0] = float("nan")
+
+
+def assert_model_causal(model: torch.nn.Module) -> None:
+    """Perturbing y_i and every later x, y leaves the predictions at positions <= i unchanged (sharp weights, since
+    GPT-2's 0.02 init makes attention nearly uniform)."""
+    torch.manual_seed(0)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    xs, ys = torch.randn(2, 12, 4), torch.randn(2, 12)
+    base = model(xs, ys)
+    for i in range(11):
+        xs2, ys2 = xs.clone(), ys.clone()
+        ys2[:, i:] += 5 * torch.randn(2, 12 - i)
+        xs2[:, i + 1:] += 5 * torch.randn(2, 11 - i, 4)
+        torch.testing.assert_close(model(xs2, ys2)[:, : i + 1], base[:, : i + 1], atol=1e-5, rtol=1e-4)

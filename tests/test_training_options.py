@@ -9,6 +9,7 @@ import yaml
 from icl.attention import ATTENTION
 from icl.module import ICLModule
 from icl.transformer import ICLTransformer, SelfAttention, TransformerConfig
+from tests.helpers import assert_model_causal
 
 VARIANTS = sorted(ATTENTION)
 OPTIONS = [{"qk_norm": True}, {"layer_scale": 0.1}, {"qk_norm": True, "layer_scale": 1e-2}]
@@ -59,16 +60,7 @@ def test_qk_norm_normalises_q_and_k_before_the_unchanged_kernel(name):
 def test_whole_model_stays_causal_with_the_options(name, options):
     """As tests/test_attention.py's whole-model check: perturbing y_i and everything later leaves predictions <= i."""
     torch.manual_seed(0)
-    model = model_with(name, **options).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    xs, ys = torch.randn(2, 12, 4), torch.randn(2, 12)
-    base = model(xs, ys)
-    for i in range(11):
-        xs2, ys2 = xs.clone(), ys.clone()
-        ys2[:, i:] += 5 * torch.randn(2, 12 - i)
-        xs2[:, i + 1:] += 5 * torch.randn(2, 11 - i, 4)
-        torch.testing.assert_close(model(xs2, ys2)[:, : i + 1], base[:, : i + 1], atol=1e-5, rtol=1e-4)
+    assert_model_causal(model_with(name, **options).eval())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
