@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from tests.helpers import ENV, FAST, REPO, TINY, jobs, run
 
@@ -43,6 +44,11 @@ def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
     df = pd.read_csv(tmp_path / "eval.csv")
     assert df.n_prompts.max() == 40 and "transformer" in set(df.predictor)
     assert not (workdir / "outputs" / "evaluate").exists()
+    # the new folder describes itself like a job (config + status), so make figures and icl.analysis.tuning read it
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "done" and status["metrics"]["evaluated_from"] == str(job)
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert OmegaConf.load(tmp_path / "config.yaml").eval.n_prompts == 40
 
 
 def test_make_figures_on_the_produced_folders(workdir):

@@ -148,9 +148,16 @@ def reevaluate(cfg: DictConfig) -> None:
     job_cfg.eval = OmegaConf.merge(job_cfg.eval, overrides)
     if strategies is not None:  # replaced, not merged key by key
         job_cfg.eval.strategies = strategies
-    out = JobDir(cfg.out_dir or cfg.run_dir)
-    out.path.mkdir(parents=True, exist_ok=True)
-    df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
+    run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
+    if out.path.resolve() == run.path.resolve():
+        df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
+    else:  # a folder of its own: self-describing (config, status) like any job, so figures and tuning can read it
+        job_cfg.paths.output_dir = str(out.path)
+        out.write_config(job_cfg, hydra_copy=True)
+        with out.lifecycle() as metrics:
+            df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
+            metrics.update(evaluated_from=str(run.path), error_at_2d=next(iter(error_at(
+                df, (min(2 * int(job_cfg.task.n_dims), int(df.k.max())),)).values()), float("nan")))
     print(summary_line(df))
 
 
