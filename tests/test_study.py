@@ -156,8 +156,8 @@ def test_every_image_readme_and_results_show_is_tracked_by_git():
 
 # -- a miniature study end to end ----------------------------------------------------------------------------------
 MINI = [
-    "hydra/launcher=basic", "hydra.sweeper.params.task=linear", "hydra.sweeper.params.attn=softmax,relu",
-    "hydra.sweeper.params.seed=0,1", "hydra.sweeper.params.quant=none,int8_weight",
+    "hydra/launcher=basic", "hydra.sweeper.params.task=linear", "hydra.sweeper.params.attn='softmax,relu'",
+    "hydra.sweeper.params.seed='0,1'", "hydra.sweeper.params.quant='none,int8_weight'",
     "trainer.max_steps=30", "callbacks.model_checkpoint.every_n_train_steps=30", "model.n_layer=1",
     "eval.n_prompts=64", "eval.bootstrap=50", "eval.baselines=[zero,least_squares]", "eval.strategies.scale_x=[0.5,1,2,8]",
 ]
