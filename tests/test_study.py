@@ -194,3 +194,23 @@ def test_miniature_study_end_to_end_and_rerun_skips(tmp_path):
     assert set(re.findall(r"confirmed|refuted|not resolved at this scale", verdicts)) <= set(VERDICTS)
     assert (out / "study" / "error_vs_k_linear.png").is_file()
     assert "error_vs_k_linear.png" in readme.read_text()
+
+
+def test_finished_job_with_the_same_config_is_skipped_and_another_config_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    from icl.run.job import JobDir
+    from icl.run.train import finished
+
+    cfg = compose_train(["trainer.max_steps=5"], tmp_path)
+    job = JobDir(tmp_path)
+    assert finished(cfg, job) is None  # nothing there yet
+    job.write_config(cfg)
+    job.write_status("done", metrics={"train_seconds": 1.5})
+    assert finished(cfg, job) == {"train_seconds": 1.5}
+    other = compose_train(["trainer.max_steps=6"], tmp_path)
+    with pytest.raises(ValueError, match="another config"):
+        finished(other, job)
+    job.write_status("failed", error="x")
+    assert finished(cfg, job) is None  # a failed job is resumed, not skipped
+    assert OmegaConf.to_yaml(cfg, resolve=True) == job.config_file.read_text()
