@@ -179,6 +179,8 @@ def test_miniature_study_end_to_end_and_rerun_skips(tmp_path):
     assert "skipping" in rerun.stdout + rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes, "a rerun rewrote a finished job's files"
     assert time.perf_counter() - start < 60
+    run(["-m", "icl.bench", "bench=study", "latency.repeats=3", "latency.warmup=1", "latency.ks=[10]",
+         "latency.batch=16", f"out_dir={study / 'bench'}"], tmp_path)  # claim (f), as make study runs it (shorter)
     (study / "timing.log").write_text(f"start {time.time() - 5:.0f}\nend {time.time():.0f}\n")
     out = tmp_path / "docs"
     readme = tmp_path / "README.md"
@@ -194,6 +196,8 @@ def test_miniature_study_end_to_end_and_rerun_skips(tmp_path):
     assert set(re.findall(r"confirmed|refuted|not resolved at this scale", verdicts)) <= set(VERDICTS)
     assert (out / "study" / "error_vs_k_linear.png").is_file()
     assert "error_vs_k_linear.png" in readme.read_text()
+    section_f = text.split("### (f)", 1)[1]
+    assert "relu/none" in section_f and "latency ratio" in section_f  # (f) has rows from icl.bench
 
 
 def test_finished_job_with_the_same_config_is_skipped_and_another_config_refused(tmp_path):

@@ -82,10 +82,11 @@ def needed(n: int) -> int:
 
 
 def verdict(kind: str, lows: Sequence[float], highs: Sequence[float], margin: float = 0.0,
-            learned: Sequence[bool] | None = None, who: Sequence[str] | None = None) -> tuple[str, str]:
+            learned: Sequence[bool] | None = None, who: Sequence[str] | None = None,
+            margin_text: str | None = None) -> tuple[str, str]:
     """(verdict, why) of one claim row from its per-seed CIs (module doc). ``kind``: ``less`` (claimed Δ < 0),
     ``greater`` (Δ > 0) or ``equal`` (|Δ| < margin). ``learned[i]`` False drops seed i (the guard); ``who[i]``
-    names what did not learn there."""
+    names what did not learn there; ``margin_text`` words the margin (e.g. a ratio's on the log scale)."""
     if kind not in ("less", "greater", "equal"):
         raise ValueError(f"claim kind must be less, greater or equal, got {kind!r}")
     n, need = len(lows), needed(len(lows))
@@ -100,7 +101,8 @@ def verdict(kind: str, lows: Sequence[float], highs: Sequence[float], margin: fl
     lo, hi = np.asarray(lows, float)[ok], np.asarray(highs, float)[ok]
     if kind == "equal":
         yes, no = int(((lo > -margin) & (hi < margin)).sum()), int(((lo > margin) | (hi < -margin)).sum())
-        side, other = f"inside ±{margin:g}", f"outside ±{margin:g}"
+        shown = margin_text or f"±{margin:g}"
+        side, other = f"inside {shown}", f"outside {shown}"
     else:
         below, above = int((hi < 0).sum()), int((lo > 0).sum())
         yes, no = (below, above) if kind == "less" else (above, below)
@@ -203,11 +205,12 @@ class Row:
     seeds: list[dict[str, Any]]
     verdict: str = ""
     why: str = ""
+    margin_text: str | None = None
 
     def decide(self) -> "Row":
         self.verdict, self.why = verdict(self.kind, [s["low"] for s in self.seeds], [s["high"] for s in self.seeds],
                                          self.margin, [s["learned"] for s in self.seeds],
-                                         [f"seed {s['seed']} ({s['note']})" for s in self.seeds])
+                                         [f"seed {s['seed']} ({s['note']})" for s in self.seeds], self.margin_text)
         return self
 
 
@@ -369,7 +372,8 @@ def timing_rows(bench: pd.DataFrame | None, time_margin: float) -> list[Row]:
                     "ratio": (r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"])}
             rows.append(Row("f", f"{attn} {quant} vs softmax none, k = {int(r['k'])}", f"{attn}/{quant}",
                             f"latency ratio (median) {attn} {quant} / softmax none, k = {int(r['k'])}", "equal",
-                            math.log1p(time_margin), [seed]).decide())
+                            math.log1p(time_margin), [seed],
+                            margin_text=f"[{1 / (1 + time_margin):.3g}, {1 + time_margin:.3g}]").decide())
     return rows
 
 
