@@ -6,9 +6,12 @@ PY ?= $(VENV)/bin/python
 # Here the pinned CPU wheel comes from the local wheel index; on a GPU box use TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
+# make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_*.yaml) and where it writes.
+STUDY ?= cpu
+STUDY_DIR = multirun/seed_study/$(STUDY)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
+.PHONY: help install demo study test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +30,14 @@ $(STAMP): pyproject.toml
 demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
 	$(MAKE) figures PY=$(PY) ARGS=
+
+study: install ## the seed study (issue 15): both grids, the timing, docs/RESULTS.md (STUDY=cpu|paper; reruns skip done jobs)
+	@mkdir -p $(STUDY_DIR) && echo "start $$(date +%s)" >> $(STUDY_DIR)/timing.log
+	$(PY) -m icl.train experiment=seed_study/$(STUDY)_core $(ARGS)
+	$(PY) -m icl.train experiment=seed_study/$(STUDY)_overview $(ARGS)
+	@test -f $(STUDY_DIR)/bench/bench.csv || $(PY) -m icl.bench bench=$(if $(filter paper,$(STUDY)),study_paper,study) out_dir=$(STUDY_DIR)/bench
+	@echo "end $$(date +%s)" >> $(STUDY_DIR)/timing.log
+	$(PY) -m icl.study scale=$(STUDY) $(if $(filter paper,$(STUDY)),study=paper,)
 
 test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import REPO
 
 PACKAGE = REPO / "icl"
-ENTRY_SHIMS = {"icl.train", "icl.evaluate", "icl.figures", "icl.bench.__main__"}  # `python -m` forwarders only
+ENTRY_SHIMS = {"icl.train", "icl.evaluate", "icl.figures", "icl.study", "icl.bench.__main__"}  # `python -m` forwarders only
 FORBIDDEN = {  # layer -> packages it must not import
     "core": ("icl.run", "icl.analysis", "icl.bench"),
     "icl.run": ("icl.analysis", "icl.bench"),

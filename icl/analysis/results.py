@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -336,13 +336,16 @@ def load_errors(job: str | Path) -> dict[str, np.ndarray] | None:
 
 
 def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | None = None, n_boot: int = 1000,
-                       ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Each non-reference job's transformer minus the reference job's, per strategy × param × k (see module doc)."""
+                       ci: float = 0.95, seed: int = 0, match: Sequence[str] = ()) -> pd.DataFrame:
+    """Each non-reference job's transformer minus the reference job's, per strategy × param × k (see module doc).
+
+    ``match``: columns the pair must share besides task, d, model and seed, e.g. ``("attn",)`` with reference
+    ``{"quant": "none"}`` pairs every quant mode with the float model of its own attention."""
     reference = dict(reference or DEFAULT_REFERENCE)
     if results.empty or "run_dir" not in results:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
-    keys = ["task", "n_dims", "model", "seed"]
-    jobs = results.drop_duplicates("run_dir")[["run_dir", "attn", "quant", *keys]]
+    keys = ["task", "n_dims", "model", "seed", *(c for c in match if c not in reference)]
+    jobs = results.drop_duplicates("run_dir")[list(dict.fromkeys(["run_dir", "attn", "quant", *keys]))]
     is_ref = np.logical_and.reduce([jobs[c].astype(str) == str(v) for c, v in reference.items()])
     refs = {tuple(r[keys]): r["run_dir"] for _, r in jobs[is_ref].iterrows()}
     rows: list[pd.DataFrame] = []
@@ -372,7 +375,7 @@ def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | Non
             continue
         widths = [len(st[0]) for st in stats]  # one frame per job: building one per key was a third of the time
         rows.append(pd.DataFrame({
-            **{c: job[c] for c in keys}, "attn": job["attn"], "quant": job["quant"], "predictor": "transformer",
+            **{c: job[c] for c in keys[:4]}, "attn": job["attn"], "quant": job["quant"], "predictor": "transformer",
             "strategy": np.repeat([strategy for _, strategy, _ in pairs], widths),
             "param": np.repeat([_param_value(param) for _, _, param in pairs], widths),
             "k": np.concatenate([np.arange(w) for w in widths]),

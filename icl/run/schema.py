@@ -87,6 +87,7 @@ class TrainSchema:
     seed: int = 0
     threads: Optional[int] = None  # torch threads per job (null: cores / parallel jobs of the launcher, see icl/train.py)
     ckpt_path: Optional[str] = None
+    skip_done: bool = False  # a rerun returns at once from a job done with the same config (icl.run.train.finished)
 
 
 def _one_line(err: OmegaConfBaseException) -> str:

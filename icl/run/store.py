@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_SOURCES = ("icl.tasks", "icl.physics", "icl.curriculum", "icl.data", "icl.attention", "icl.transformer", "icl.module")
 IGNORED = {  # config keys that cannot change the trained weights
-    "": {"paths", "eval", "callbacks", "logger", "hydra", "experiment", "ckpt_path", "quant", "threads",
+    "": {"paths", "eval", "callbacks", "logger", "hydra", "experiment", "ckpt_path", "quant", "threads", "skip_done",
          "recipe"},  # the recipe table: the values it sets (optim, model, trainer) are hashed where they land
     "trainer": {"enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"},
     "data": {"num_workers"},  # each step's batch is seeded by the step, whoever samples it

@@ -167,9 +167,26 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     transformer's error at k = 2d. status.json goes running → done | failed around all of it (``JobDir.lifecycle``);
     ``callbacks`` are added to the config's (e.g. a test's fault injection)."""
     job = JobDir(cfg.paths.output_dir)
-    with job_lock(job), job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
-        metrics.update(_train(cfg, job, callbacks))
+    with job_lock(job):
+        if cfg.get("skip_done") and (done := finished(cfg, job)) is not None:
+            log.info("skipping %s: done with this config (skip_done=true)", job.path)
+            return done
+        with job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
+            metrics.update(_train(cfg, job, callbacks))
     return metrics
+
+
+def finished(cfg: DictConfig, job: JobDir) -> dict[str, Any] | None:
+    """The metrics of a job already done in this folder with this very resolved config (so a rerun of a study
+    costs nothing), None if it is not done. A folder done with *another* config is an error: retraining there
+    would resume from checkpoints of a different run."""
+    status = job.status()
+    if status["status"] != "done" or not job.config_file.is_file():
+        return None
+    if job.config_file.read_text() != OmegaConf.to_yaml(cfg, resolve=True):
+        raise ValueError(f"{job.path} holds a finished job with another config: delete that folder (or choose "
+                         "another hydra.sweep.dir / hydra.run.dir) to run this one, or drop skip_done")
+    return dict(status.get("metrics") or {})
 
 
 def job_lock(job: JobDir) -> AbstractContextManager[None]:
