@@ -68,7 +68,7 @@ PARTS: dict[str, dict[str, Any]] = {
                    new=lambda xs, ys: baselines.predict("gd_2nn", xs, ys), loop_prompts=16, prompts=16,
                    what="2-layer nets, 100 Adam steps"),
     "trees": dict(task="decision_tree", d=20, points=101, old=_trees_sequential, new=_trees_parallel,
-                  loop_prompts=8, prompts=8, what="tree_depth4 + tree_unbounded + xgboost; estimators in one process vs lean fits over joblib"),
+                  loop_prompts=8, prompts=8, what="trees + xgboost: estimators, one process vs lean fits, joblib"),
     "bayes": dict(task="sparse_linear", d=20, points=41, old=None, new=_bayes_new, loop_prompts=0, prompts=1280,
                   what="exact posterior mean, 1140 supports (new; no loop existed)"),
 }
