@@ -301,3 +301,12 @@ def test_scalar_baselines_refuse_vector_outputs_and_are_skipped():
     assert "no nominal model" in bl.skip_reason("nominal", Vector())
     with pytest.raises(ValueError, match="needs a task with a nominal model"):
         bl.predict("nominal", xs, ys)
+
+
+@pytest.mark.parametrize("name", ["tree_depth4", "tree_unbounded", "xgboost"])
+def test_trees_and_xgboost_equal_the_scikit_learn_estimators(name):
+    """``_Tree`` (no input validation) and ``_XGB`` (xgboost.train) fit the very models of the estimators."""
+    g = torch.Generator().manual_seed(21)
+    xs = torch.randn(3, 30, 5, generator=g)
+    ys = torch.where(xs[..., 0] > 0, 1.0, -1.0) + 0.3 * xs[..., 1] + 0.1 * torch.randn(3, 30, generator=g)
+    torch.testing.assert_close(bl.predict(name, xs, ys), bl.LOOPS[name](xs, ys), rtol=0, atol=0)

@@ -48,12 +48,8 @@ TREES = ("tree_depth4", "tree_unbounded", "xgboost")
 
 
 def _trees_sequential(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    saved = baselines._workers
-    baselines._workers = lambda B, n: 1  # type: ignore[assignment]
-    try:
-        return torch.stack([baselines.predict(name, xs, ys) for name in TREES])
-    finally:
-        baselines._workers = saved  # type: ignore[assignment]
+    """The old path: the scikit-learn estimators (DecisionTreeRegressor, XGBRegressor) in this one process."""
+    return torch.stack([baselines.LOOPS[name](xs, ys) for name in TREES])
 
 
 def _trees_parallel(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -72,7 +68,7 @@ PARTS: dict[str, dict[str, Any]] = {
                    new=lambda xs, ys: baselines.predict("gd_2nn", xs, ys), loop_prompts=16, prompts=16,
                    what="2-layer nets, 100 Adam steps"),
     "trees": dict(task="decision_tree", d=20, points=101, old=_trees_sequential, new=_trees_parallel,
-                  loop_prompts=8, prompts=8, what="tree_depth4 + tree_unbounded + xgboost, joblib vs one process"),
+                  loop_prompts=8, prompts=8, what="trees + xgboost: estimators, one process vs lean fits, joblib"),
     "bayes": dict(task="sparse_linear", d=20, points=41, old=None, new=_bayes_new, loop_prompts=0, prompts=1280,
                   what="exact posterior mean, 1140 supports (new; no loop existed)"),
 }
