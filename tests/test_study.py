@@ -215,6 +215,8 @@ def test_finished_job_with_the_same_config_is_skipped_and_another_config_refused
     other = compose_train(["trainer.max_steps=6"], tmp_path)
     with pytest.raises(ValueError, match="another config"):
         finished(other, job)
+    moved = compose_train(["trainer.max_steps=5"], tmp_path / "elsewhere")  # the same job, its folder moved
+    assert moved.paths.output_dir != cfg.paths.output_dir and finished(moved, job) == {"train_seconds": 1.5}
     job.write_status("failed", error="x")
     assert finished(cfg, job) is None  # a failed job is resumed, not skipped
     assert OmegaConf.to_yaml(cfg, resolve=True) == job.config_file.read_text()

@@ -183,10 +183,34 @@ def finished(cfg: DictConfig, job: JobDir) -> dict[str, Any] | None:
     status = job.status()
     if status["status"] != "done" or not job.config_file.is_file():
         return None
-    if job.config_file.read_text() != OmegaConf.to_yaml(cfg, resolve=True):
+    if not same_job(OmegaConf.load(job.config_file), cfg):
         raise ValueError(f"{job.path} holds a finished job with another config: delete that folder (or choose "
                          "another hydra.sweep.dir / hydra.run.dir) to run this one, or drop skip_done")
     return dict(status.get("metrics") or {})
+
+
+def same_job(saved: DictConfig, cfg: DictConfig) -> bool:
+    """Whether two resolved configs describe the same job: equal except for where files go (``paths``, the baseline
+    cache, and every value under the job's own folder, e.g. checkpoint and log dirs), so a finished study folder
+    moved or copied to another checkout is still recognised as done."""
+    def what(c: DictConfig) -> Any:
+        plain = OmegaConf.to_container(c, resolve=True)
+        home = str(plain.get("paths", {}).get("output_dir", "")) or None
+        plain.pop("paths", None)
+        plain.get("eval", {}).pop("cache", None)
+        return relocate(plain, home)
+    return what(saved) == what(cfg)
+
+
+def relocate(value: Any, home: str | None) -> Any:
+    """``value`` with every string under the folder ``home`` written relative to it (``<job>/…``)."""
+    if isinstance(value, dict):
+        return {k: relocate(v, home) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relocate(v, home) for v in value]
+    if home and isinstance(value, str) and (value == home or value.startswith(home.rstrip("/") + "/")):
+        return "<job>" + value[len(home.rstrip("/")):]
+    return value
 
 
 def job_lock(job: JobDir) -> AbstractContextManager[None]:
