@@ -19,8 +19,10 @@ Verdict rules (``verdict``), with n seeds and need = ⌈2n/3⌉ (2 of 3):
   ≥ need seeds, refuted when it lies on the opposite side in ≥ need seeds, else not resolved at this scale;
 - equivalence claims ("≈", "changes no accuracy", "do not differ"): confirmed when the CI lies inside ±margin in
   ≥ need seeds, refuted when it lies entirely outside ±margin in ≥ need seeds, else not resolved;
-- guard: a seed in which a compared model did not learn (its error at k = 2d above ``guard`` and above the best
-  baseline's) counts for nothing; when fewer than ``need`` seeds are left, the row is not resolved, saying so.
+- guard: a seed in which the *reference* model (softmax; the float model for (e); the model itself for a
+  within-model row) did not learn (its error at k = 2d above ``guard`` and above the best baseline's) counts for
+  nothing; when fewer than ``need`` seeds are left, the row is not resolved, saying so. A compared model (relu,
+  int8) that failed to learn is not excluded: that is evidence about the claim itself.
 Compound claims get one row per part; the claim's verdict per ReLU variant is ``combine``d: confirmed when every
 part is, refuted when any part is, else not resolved.
 """
@@ -269,14 +271,36 @@ class Study:
         ea, eb = a.err(strategy, param), b.err(strategy, param)
         za, zb = a.err(strategy, param, "zero"), b.err(strategy, param, "zero")
         if any(x is None for x in (ea, eb, za, zb)) or max(ks) >= ea.shape[1]:
-            return self._seed_row(seed, math.nan, None, (a, b), f"no {strategy} errors")
-        if za.shape != zb.shape or not np.array_equal(za, zb):
+            return self._seed_row(seed, math.nan, None, (b,), f"no {strategy} errors")
+        if za.shape != zb.shape or not np.array_equal(za, zb, equal_nan=True):
             raise ValueError(f"{a.run_dir} and {b.run_dir} were not scored on the same prompts ({strategy}): "
                              "re-evaluate them with the same eval.seed / eval.n_prompts")
+        # prompts with a non-finite error on either side are dropped from both (still paired), and counted
+        keep = np.isfinite(ea[:, ks]).all(1) & np.isfinite(eb[:, ks]).all(1) & np.isfinite(za[:, ks]).all(1)
+        ea, eb, za = ea[keep], eb[keep], za[keep]
         z = window_sum(za, ks)
         pa, ba = ratio_boot(window_sum(ea, ks), z, self.n_boot, self.seed)
         pb, bb = ratio_boot(window_sum(eb, ks), z, self.n_boot, self.seed)
-        return self._seed_row(seed, pa - pb, ba - bb, (a, b))
+        dropped = int((~keep).sum())
+        # the guard looks at the reference (b: softmax, or the float model) only: a compared model that failed to
+        # learn is evidence about the claim, a failed reference is not
+        return self._seed_row(seed, pa - pb, ba - bb, (b,),
+                              f"{dropped} prompt(s) with non-finite errors dropped" if dropped else "")
+
+    def degrading(self, job: Job | None, seed: int) -> dict[str, Any]:
+        """(d)'s "degrading softmax": the job's long-context error past training (late window) minus its error
+        inside the trained range (k = d … k_train), on the same long_context prompts."""
+        if job is None or not self.window_late:
+            return {"seed": seed, "point": math.nan, "low": math.nan, "high": math.nan, "learned": False,
+                    "note": "job missing"}
+        e, z = job.err("long_context", None), job.err("long_context", None, "zero")
+        if e is None or z is None or max(self.window_late) >= e.shape[1]:
+            return self._seed_row(seed, math.nan, None, (job,), "no long_context errors")
+        p_late, b_late = ratio_boot(window_sum(e, self.window_late), window_sum(z, self.window_late), self.n_boot,
+                                    self.seed)
+        p_fit, b_fit = ratio_boot(window_sum(e, self.window_fit), window_sum(z, self.window_fit), self.n_boot,
+                                  self.seed)
+        return self._seed_row(seed, p_late - p_fit, b_late - b_fit, (job,))
 
     def within(self, job: Job | None, stat: Callable[[Callable[[float], tuple[float, np.ndarray]]],
                                                       tuple[float, np.ndarray]], ks: Sequence[int],
@@ -345,6 +369,10 @@ def claim_rows(study: Study) -> list[Row]:
         vs_softmax("d", "first worse (extended context)", "linear", "long_context", None, s.window_early, "greater")
     if s.window_late:
         vs_softmax("d", "then better (extended context)", "linear", "long_context", None, s.window_late, "less")
+        seeds = [s.degrading(s.job("linear", REFERENCE, "none", sd), sd) for sd in s.seeds]
+        rows.append(Row("d", "softmax degrades (extended context)", REFERENCE,
+                        f"err({_window(s.window_late)}) − err({_window(s.window_fit)}), softmax, linear, long_context",
+                        "greater", 0.0, seeds).decide())
     quants = sorted({j.quant for j in s.jobs if j.quant != "none"})
     for quant in quants:
         for task in sorted({j.task for j in s.jobs if j.quant == quant}):
@@ -363,6 +391,9 @@ def timing_rows(bench: pd.DataFrame | None, time_margin: float) -> list[Row]:
         return [Row("f", "inference time", "—", "no timing CSV (icl.bench) in the study folder", "equal",
                     math.log1p(time_margin), []).decide()]
     rows = []
+    if not {"part", "ratio", "ratio_ci_low", "ratio_ci_high"} <= set(bench.columns):
+        return [Row("f", "inference time", "—", "the timing CSV has no latency ratios (did softmax/none fail to time?)",
+                    "equal", math.log1p(time_margin), []).decide()]
     lat = bench[(bench["part"] == "latency") & bench["ratio"].notna()]
     lat = lat[~((lat["attn"] == REFERENCE) & (lat["quant"] == "none"))]
     for (attn, quant), sub in lat.groupby(["attn", "quant"], sort=True):
@@ -384,7 +415,7 @@ def claim_verdicts(rows: Sequence[Row]) -> pd.DataFrame:
         mine = [r for r in rows if r.claim == claim]
         subjects = RELUS if claim in "abcd" else sorted({r.subject for r in mine})
         for subject in subjects:
-            parts = [r for r in mine if r.subject == subject or (claim == "b" and r.subject == REFERENCE)]
+            parts = [r for r in mine if r.subject == subject or (claim in "bd" and r.subject == REFERENCE)]
             if claim == "e":
                 parts = [r for r in mine if r.subject == subject]
             words = [r.verdict for r in parts]
