@@ -159,6 +159,8 @@ class Job:
     n_train: int          # training points (k up to n_train - 1)
     n_positions: int
     status: dict[str, Any]
+    steps: int = 0        # trainer.max_steps
+    model: str = ""
     _errors: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def errors(self) -> dict[str, np.ndarray]:
@@ -183,7 +185,7 @@ def load_jobs(study_dir: Path) -> list[Job]:
         flat = flat_config(path)
         job = Job(path, str(flat["task.name"]), str(flat["attn.name"]), str(flat["quant.name"]), int(flat["seed"]),
                   int(flat["task.n_dims"]), int(flat["task.curriculum.points.end"]), int(flat["model.n_positions"]),
-                  status)
+                  status, int(flat.get("trainer.max_steps") or 0), str(flat.get("model.name", "")))
         cell = (job.task, job.attn, job.quant, job.seed)
         if cell in seen:
             raise ValueError(f"two jobs for task={job.task} attn={job.attn} quant={job.quant} seed={job.seed}: "
@@ -642,6 +644,16 @@ def _summary(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["task", "attn", "quant", "seed"])
 
 
+def not_learned(study: Study) -> str:
+    """How many float models of the core grid the guard says did not learn, and which: the measure of how far
+    this scale is from trained models, worded from the numbers."""
+    core = [j for j in study.jobs if j.quant == "none" and j.attn in (REFERENCE, *RELUS)]
+    failed = [j for j in core if not study.learned(j)[0]]
+    names = ", ".join(f"{j.task}/{j.attn}/seed {j.seed}" for j in failed)
+    return (f"{len(failed)} of {len(core)} float models of the core grid did not learn by the guard's rule"
+            + (f" ({names})" if failed else ""))
+
+
 def results_markdown(study: Study, cfg: dict[str, Any], rows: Sequence[Row], verdicts: pd.DataFrame,
                      summary: pd.DataFrame, written: Sequence[Path], out_dir: Path, report_s: float,
                      bench: pd.DataFrame | None) -> str:
@@ -671,6 +683,9 @@ def results_markdown(study: Study, cfg: dict[str, Any], rows: Sequence[Row], ver
         f"{len(s.seeds)} training seeds; {len(s.jobs)} jobs ({trainings} trainings; the int8 jobs load the float "
         f"model from the store); overview variants (seed 0, float, linear only): {', '.join(overview) or 'none'}. "
         "Why this scale: configs/study_scale/cpu.yaml (the smoke scale on which every variant's recipe was tuned).",
+        f"- **Training**: {'/'.join(sorted({str(j.steps) for j in s.jobs}))} steps per model "
+        f"({', '.join(sorted({j.model for j in s.jobs}))} model, each variant's recipe from configs/recipe/); "
+        + not_learned(s) + ".",
         f"- **Wall time**: training {_minutes(train_s)} (Σ train_seconds of status.json, one core per job, two jobs "
         f"at once), evaluation {_minutes(eval_s)} (Σ eval_seconds), this report and its figures "
         f"{_minutes(report_s)}; " + ("; ".join(wall) if wall else "no timing.log (not run by `make study`)") + ".",

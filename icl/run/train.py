@@ -192,11 +192,13 @@ def finished(cfg: DictConfig, job: JobDir) -> dict[str, Any] | None:
 def same_job(saved: DictConfig, cfg: DictConfig) -> bool:
     """Whether two resolved configs describe the same job: equal except for where files go (``paths``, the baseline
     cache, and every value under the job's own folder, e.g. checkpoint and log dirs), so a finished study folder
-    moved or copied to another checkout is still recognised as done."""
+    moved or copied to another checkout is still recognised as done, and except for the ``recipe`` table (a changed
+    row of *another* variant does not make this job another job; its own row's values are in optim/model/trainer)."""
     def what(c: DictConfig) -> Any:
         plain = OmegaConf.to_container(c, resolve=True)
         home = str(plain.get("paths", {}).get("output_dir", "")) or None
         plain.pop("paths", None)
+        plain.pop("recipe", None)  # the table of every variant's recipe: its row's effect is in optim/model/trainer
         plain.get("eval", {}).pop("cache", None)
         return relocate(plain, home)
     return what(saved) == what(cfg)
