@@ -220,3 +220,13 @@ def test_finished_job_with_the_same_config_is_skipped_and_another_config_refused
     job.write_status("failed", error="x")
     assert finished(cfg, job) is None  # a failed job is resumed, not skipped
     assert OmegaConf.to_yaml(cfg, resolve=True) == job.config_file.read_text()
+
+
+def test_same_job_ignores_other_variants_recipe_rows_but_not_its_own(tmp_path):
+    from icl.run.train import same_job
+
+    base = compose_train(["experiment=smoke", "attn=relu"], tmp_path)
+    other_row = compose_train(["experiment=smoke", "attn=relu", "recipe.variants.softmax.lr=0.5"], tmp_path)
+    own_row = compose_train(["experiment=smoke", "attn=relu", "recipe.variants.relu.lr=0.5"], tmp_path)
+    assert same_job(base, other_row)  # another variant's row changed: still this job
+    assert not same_job(base, own_row) and own_row.optim.lr == 0.5  # its own row is its lr: another job
