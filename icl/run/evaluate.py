@@ -83,6 +83,13 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
     return df
 
 
+def error_at_2d(df: pd.DataFrame) -> float:
+    """The transformer's normalised error at k = 2d (or the largest k evaluated, if smaller): a job's headline
+    number in status.json; NaN without transformer rows."""
+    d = int(df.n_dims.iloc[0])
+    return next(iter(error_at(df, (min(2 * d, int(df.k.max())),)).values()), float("nan"))
+
+
 def summary_line(df: pd.DataFrame) -> str:
     """One line: the transformer's normalised error at k = d and k = 2d (where present)."""
     d = int(df.n_dims.iloc[0])
@@ -156,8 +163,7 @@ def reevaluate(cfg: DictConfig) -> None:
         out.write_config(job_cfg, hydra_copy=True)
         with out.lifecycle() as metrics:
             df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
-            metrics.update(evaluated_from=str(run.path), error_at_2d=next(iter(error_at(
-                df, (min(2 * int(job_cfg.task.n_dims), int(df.k.max())),)).values()), float("nan")))
+            metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df))
     print(summary_line(df))
 
 

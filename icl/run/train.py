@@ -41,12 +41,11 @@ from icl.quantize import QuantSpec
 from icl.quantize import check as quant_check
 from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
 from icl.run.configs import HYDRA_CONFIGS, run_cli
-from icl.run.evaluate import evaluate_job, quantize_job, summary_line
+from icl.run.evaluate import error_at_2d, evaluate_job, quantize_job, summary_line
 from icl.run.job import INTERRUPTED, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
 from icl.run.schema import validate
 from icl.run.store import Entry, claim, fingerprint, training_identity
-from icl.stats import error_at
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +249,7 @@ def _train(cfg: DictConfig, job: JobDir, callbacks: Sequence[L.Callback]) -> dic
     model = quantize_job(cfg, module.model.to(trainer.strategy.root_device), job)
     df = evaluate_job(cfg, model, job)
     log.info(summary_line(df))
-    d = int(cfg.task.n_dims)
-    at = error_at(df, (min(2 * d, int(df.k.max())),))
-    metrics.update(error_at_2d=next(iter(at.values()), float("nan")), eval_seconds=time.perf_counter() - start)
+    metrics.update(error_at_2d=error_at_2d(df), eval_seconds=time.perf_counter() - start)
     if failed := failures(df):  # the job is still done: status.json lists what could not be computed
         metrics["failures"] = failed
     return metrics
