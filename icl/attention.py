@@ -310,14 +310,22 @@ class NystromAttention(Kernel):
     pseudo-inverse iterations), Bᵣ = softmax_{j in blocks ≤ r}(s·q̄_r·k_j); summaries U = A⁻¹ B V.
     Exact softmax when num_landmarks ≥ T (one token per block: U = V) or = 1 (one block).
     Cost O(T·(c + T/c)·hs + (T/c)²·hs): O(T^1.5) at the default, O(T²/m) for a fixed m.
+
+    ``ridge`` > 0 (an option, off by default) solves (A + ridge·I) U = B V instead: a landmark whose query
+    attends mostly to earlier landmarks has a tiny diagonal A_rr, and A⁻¹ then multiplies its summary by up to
+    1/A_rr per level (the attention branch reached 8·10⁷ times the residual stream in a diverging training run,
+    docs/variants.md); the ridge bounds that factor by 1/ridge, keeps A triangular (still causal), and is the
+    exact Nyström form at 0.
     """
 
-    def __init__(self, head_dim: int, num_landmarks: int | None = None) -> None:
+    def __init__(self, head_dim: int, num_landmarks: int | None = None, ridge: float = 0.0) -> None:
         super().__init__(head_dim)
         self.num_landmarks = None if num_landmarks is None else positive("attn.num_landmarks", num_landmarks)
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
+            raise ValueError(f"attn.ridge must be a number >= 0 (0 = exact Nyström), got {ridge!r}")
+        self.ridge = float(ridge)
 
-    @staticmethod
-    def landmark_summaries(q_mean: Tensor, k_mean: Tensor, k: Tensor, v: Tensor, kb: Tensor) -> Tensor:
+    def landmark_summaries(self, q_mean: Tensor, k_mean: Tensor, k: Tensor, v: Tensor, kb: Tensor) -> Tensor:
         n, c = kb.shape[2], kb.shape[3]
         tril = torch.ones(n, n, dtype=torch.bool, device=k.device).tril()
         kernel = torch.softmax(scores(q_mean, k_mean).masked_fill(~tril, float("-inf")), dim=-1)  # A
@@ -325,7 +333,10 @@ class NystromAttention(Kernel):
         bv = torch.softmax(reads, dim=-1) @ v  # B V: (B, H, n, hs)
         # float64: A is always invertible but its condition grows with the number of landmarks and the
         # score scale (≈10–10⁴ at the default ⌈√T⌉ landmarks in our measurements; 10⁵+ at one per token).
-        return torch.linalg.solve_triangular(kernel.double(), bv.double(), upper=False).to(bv.dtype)
+        kernel = kernel.double()
+        if self.ridge:
+            kernel = kernel + self.ridge * torch.eye(n, dtype=kernel.dtype, device=kernel.device)
+        return torch.linalg.solve_triangular(kernel, bv.double(), upper=False).to(bv.dtype)
 
     @in_float32
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -334,7 +345,7 @@ class NystromAttention(Kernel):
         return local_plus_summaries(q, k, v, math.ceil(T / min(m, T)), self.landmark_summaries)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, num_landmarks={self.num_landmarks or 'ceil(sqrt(T))'}"
+        return f"head_dim={self.head_dim}, num_landmarks={self.num_landmarks or 'ceil(sqrt(T))'}, ridge={self.ridge}"
 
 
 @register("combiner")

@@ -244,3 +244,57 @@ def test_blocked_quadratic_kernels_match_the_full_masked_matrix(T, chunk):
     full = (q @ k.transpose(-2, -1)) / math.sqrt(HS)
     for weight in (torch.relu, lambda x: torch.sigmoid(x - 1.0)):
         torch.testing.assert_close(causal_weighted_sum(q, k, v, weight, chunk), weight(full).tril() @ v)
+
+
+# --- nystrom's ridge option ------------------------------------------------------------------------------------------
+
+
+def nystrom_reference(q, k, v, m: int, ridge: float) -> torch.Tensor:
+    """Causal Nyström written out one query at a time (the class docstring's F, A, B), float64, a dense solve."""
+    B, H, T, hs = q.shape
+    c = math.ceil(T / m)
+    n = math.ceil(T / c)
+    s = 1 / math.sqrt(hs)
+    qm = torch.stack([q[..., r * c:(r + 1) * c, :].mean(-2) for r in range(n)], -2)
+    km = torch.stack([k[..., r * c:(r + 1) * c, :].mean(-2) for r in range(n)], -2)
+    A = torch.zeros(B, H, n, n, dtype=q.dtype)
+    bv = torch.zeros(B, H, n, hs, dtype=q.dtype)
+    for r in range(n):
+        A[..., r, : r + 1] = torch.softmax(s * qm[..., r: r + 1, :] @ km[..., : r + 1, :].transpose(-1, -2), -1)[..., 0, :]
+        end = min(T, (r + 1) * c)
+        w = torch.softmax(s * qm[..., r: r + 1, :] @ k[..., :end, :].transpose(-1, -2), -1)
+        bv[..., r, :] = (w @ v[..., :end, :])[..., 0, :]
+    U = torch.linalg.solve(A + ridge * torch.eye(n, dtype=q.dtype), bv)
+    out = torch.zeros_like(q)
+    for i in range(T):
+        t = i // c
+        logits = [s * (q[..., i, :] * k[..., j, :]).sum(-1, keepdim=True) for j in range(t * c, i + 1)]
+        logits += [s * (q[..., i, :] * km[..., r, :]).sum(-1, keepdim=True) + math.log(c) for r in range(t)]
+        w = torch.softmax(torch.cat(logits, -1), -1)
+        vals = torch.stack([v[..., j, :] for j in range(t * c, i + 1)] + [U[..., r, :] for r in range(t)], -2)
+        out[..., i, :] = (w.unsqueeze(-2) @ vals)[..., 0, :]
+    return out
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_nystrom_matches_its_definition_with_and_without_ridge(ridge):
+    q, k, v = qkv(22, 1.5, dtype=torch.float64)
+    got = build_attention("nystrom", head_dim=HS, ridge=ridge)(q, k, v)
+    torch.testing.assert_close(got, nystrom_reference(q, k, v, m=5, ridge=ridge))
+
+
+def test_nystrom_ridge_is_causal_and_bounds_the_summaries():
+    torch.manual_seed(0)
+    assert leak(build_attention("nystrom", head_dim=HS, ridge=0.5)) < 1e-5
+    # Landmark queries that attend away from their own key make A's diagonal tiny: A^-1 amplifies, ridge does not.
+    q, k, v = qkv(25, 6.0, seed=3)
+    exact, ridged = (build_attention("nystrom", head_dim=HS, ridge=r)(q, k, v).abs().max() for r in (0.0, 1.0))
+    assert ridged < exact and ridged <= 3 * v.abs().max()
+    with pytest.raises(ValueError, match="attn.ridge must be a number >= 0"):
+        build_attention("nystrom", head_dim=HS, ridge=-1)
+
+
+def test_model_with_nystrom_ridge_is_causal():
+    torch.manual_seed(0)
+    cfg = TransformerConfig(n_dims=4, n_positions=12, n_layer=2, attn="nystrom", attn_params={"ridge": 0.2})
+    assert_model_causal(ICLTransformer(cfg).eval())
