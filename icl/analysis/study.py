@@ -463,7 +463,7 @@ def _spread(seeds: Sequence[dict[str, Any]], log_ratio: bool) -> str:
     return f"{points.mean():+.3f} ({points.min():+.3f} … {points.max():+.3f})"
 
 
-def claim_tables(rows: Sequence[Row], verdicts: pd.DataFrame) -> str:
+def claim_tables(rows: Sequence[Row], verdicts: pd.DataFrame, ci: float = 0.95) -> str:
     lines = []
     for claim, text in CLAIMS.items():
         mine = [r for r in rows if r.claim == claim]
@@ -472,7 +472,7 @@ def claim_tables(rows: Sequence[Row], verdicts: pd.DataFrame) -> str:
             lines.append(f"- **{v['subject']}: {v['verdict']}** ({v['confirmed']} of {v['parts']} parts confirmed, "
                          f"{v['refuted']} refuted; rule: {v['rule']})")
         timing = claim == "f"
-        head = "ratio [95% CI]" if timing else "per seed: Δ [95% CI over prompts]"
+        head = f"ratio [{ci:.0%} CI]" if timing else f"per seed: Δ [{ci:.0%} CI over prompts]"
         lines += ["", f"| part | subject | statistic | {head} | seed spread: mean (min … max) | verdict | why |",
                   "|---|---|---|---|---|---|---|"]
         for r in mine:
@@ -682,7 +682,7 @@ def results_markdown(study: Study, cfg: dict[str, Any], rows: Sequence[Row], ver
         f"{s.n_positions} (extended context k = {s.k_train + 1}…{s.n_positions - 1}); "
         f"{len(s.seeds)} training seeds; {len(s.jobs)} jobs ({trainings} trainings; the int8 jobs load the float "
         f"model from the store); overview variants (seed 0, float, linear only): {', '.join(overview) or 'none'}. "
-        "Why this scale: configs/study_scale/cpu.yaml (the smoke scale on which every variant's recipe was tuned).",
+        f"Why this scale: configs/study_scale/{cfg['scale']}.yaml.",
         f"- **Training**: {'/'.join(sorted({str(j.steps) for j in s.jobs}))} steps per model "
         f"({', '.join(sorted({j.model for j in s.jobs}))} model, each variant's recipe from configs/recipe/); "
         + not_learned(s) + ".",
@@ -697,7 +697,7 @@ def results_markdown(study: Study, cfg: dict[str, Any], rows: Sequence[Row], ver
         f"40\" → the extended range split in halves, first {_window(s.window_early) if s.window_early else '—'}, "
         f"then {_window(s.window_late) if s.window_late else '—'}.",
         "- **Statistic**: Δ = Σ_p Σ_k (err_A − err_B) / Σ_p Σ_k err_zero on the same prompts (checked from "
-        "errors.npz), negative = A lower; 95% percentile bootstrap over the prompts "
+        f"errors.npz), negative = A lower; {cfg['ci']:.0%} percentile bootstrap over the prompts "
         f"({cfg['bootstrap']} resamples).",
         "- **Seeds vs prompts**: each CI is computed per training seed (A of seed s vs B of seed s) and covers only "
         "prompt resampling; seeds are never pooled into a bootstrap — they enter through the verdict rule (how many "
@@ -719,7 +719,7 @@ def results_markdown(study: Study, cfg: dict[str, Any], rows: Sequence[Row], ver
     for _, v in verdicts.iterrows():
         lines.append(f"| ({v['claim']}) {CLAIMS[v['claim']]} | {v['subject']} | **{v['verdict']}** | "
                      f"{v['confirmed']} / {v['refuted']} / {v['not_resolved']} |")
-    lines += ["", "## Claim tables", "", claim_tables(rows, verdicts), "## Figures", ""]
+    lines += ["", "## Claim tables", "", claim_tables(rows, verdicts, cfg["ci"]), "## Figures", ""]
     for p in images:
         lines += [f"![{p.stem}]({rel(p)})", ""]
     lines += ["## Files", "", "In `docs/study/`: `claims.csv` (every row × seed), `verdicts.csv`, `paired.csv` "
