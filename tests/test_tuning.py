@@ -15,10 +15,10 @@ from tests.helpers import compose_train
 
 
 def cell_job(folder: Path, attn: str, lr: float, qk_norm: bool, eval_seed: int, error_at_10: float,
-             warmup: int = 50, max_steps: int = 1500) -> Path:
+             warmup: int = 50, max_steps: int = 1500, seed: int = 0) -> Path:
     """A finished smoke job (d = 5) whose transformer scores ``error_at_10`` at k = 10 on eval.seed's prompts."""
     cfg = {"task": {"name": "linear", "n_dims": 5}, "model": {"name": "tiny", "qk_norm": qk_norm, "layer_scale": None},
-           "attn": {"name": attn}, "quant": {"name": "none"}, "seed": 0, "eval": {"seed": eval_seed},
+           "attn": {"name": attn}, "quant": {"name": "none"}, "seed": seed, "eval": {"seed": eval_seed},
            "optim": {"lr": lr, "warmup_steps": warmup}, "trainer": {"max_steps": max_steps, "gradient_clip_val": 1.0}}
     folder.mkdir(parents=True)
     (folder / ".hydra").mkdir()
@@ -50,6 +50,14 @@ def test_selection_uses_the_validation_sweep(tmp_path):
     relu = best[best.attn == "relu"].iloc[0]
     assert (relu.lr, relu.qk_norm, relu.eval_seed, relu.error) == (1e-4, True, 1000, pytest.approx(0.05))
     assert list(best.attn) == ["relu", "softmax"] and list(best.cells) == [2, 1]
+
+
+def test_selection_ranks_one_training_seed_not_the_luckiest(tmp_path):
+    validation, _ = sweeps(tmp_path)
+    cell_job(validation / "b_seed1", "relu", 1e-3, False, 1000, 0.01, seed=1)  # cell b, another seed: luckier
+    best = select(load_cells([validation]), reporting_seed=0)
+    relu = best[best.attn == "relu"].iloc[0]
+    assert (relu.lr, relu.seed, relu.error, relu.cells) == (1e-4, 0, pytest.approx(0.05), 2)
 
 
 def test_selection_refuses_jobs_scored_on_the_reporting_prompts(tmp_path):

@@ -29,7 +29,8 @@ from icl.stats import paired_bootstrap
 # The options a cell is made of: config key -> column name.
 CELL_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
              "trainer.gradient_clip_val": "gradient_clip_val", "model.layer_scale": "layer_scale",
-             "trainer.max_steps": "max_steps"}
+             "trainer.max_steps": "max_steps", "attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge",
+             "seed": "seed"}
 RECIPE_KEYS = ("lr", "warmup_steps", "qk_norm", "gradient_clip_val")
 # Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
 # than before its tuning: 0.030 [0.025, 0.035] (README "Every attention variant on the smoke study", 15k steps,
@@ -89,11 +90,17 @@ def check_validation(cells: pd.DataFrame, reporting_seed: int) -> None:
 
 
 def select(cells: pd.DataFrame, reporting_seed: int = 0) -> pd.DataFrame:
-    """The best cell per (task, d, variant) by validation error at k = 2d; see the module doc for ties."""
+    """The best cell per (task, d, variant) by validation error at k = 2d; see the module doc for ties.
+
+    Only each variant's lowest training seed is ranked: jobs of other seeds measure a cell's spread, and picking
+    the luckiest seed would select on training noise, not on the recipe."""
     check_validation(cells, reporting_seed)
+    group = ["task", "n_dims", "attn"]
+    seed = cells["seed"].fillna(0) if "seed" in cells else pd.Series(0, index=cells.index)
+    cells = cells[seed == seed.groupby([cells[g] for g in group]).transform("min")]
     ranked = cells.sort_values(["error", "ci_high", "lr"], kind="stable")
-    best = ranked.groupby(["task", "n_dims", "attn"], sort=True).head(1)
-    counts = cells.groupby(["task", "n_dims", "attn"]).size().rename("cells")
+    best = ranked.groupby(group, sort=True).head(1)
+    counts = cells.groupby(group).size().rename("cells")
     return best.join(counts, on=["task", "n_dims", "attn"]).sort_values(["task", "n_dims", "attn"]).reset_index(drop=True)
 
 
@@ -150,6 +157,11 @@ def verdict(final: pd.DataFrame, reporting_seed: int = 0, softmax_reference: str
     return out.assign(met=met)
 
 
+def varying(cells: pd.DataFrame) -> list[str]:
+    """The optional cell columns (attention options, training seed) worth a table column: set in some job."""
+    return [c for c in ("num_landmarks", "ridge", "seed") if c in cells and cells[c].fillna(0).nunique() > 1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m icl.tuning", description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders (searched recursively for job folders)")
@@ -169,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    cell_cols = ["attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps"]
+    cell_cols = ["attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps", *varying(cells)]
     cells = cells.sort_values(["task", "attn", "lr", "qk_norm", "warmup_steps"]).reset_index(drop=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +202,8 @@ def report_final(cells: pd.DataFrame, reporting_seed: int, out: Path | None,
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    columns = ["task", "attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps", "target", "met"]
+    columns = ["task", "attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps", *varying(judged),
+               "target", "met"]
     text = markdown(judged, columns)
     if out:
         out.mkdir(parents=True, exist_ok=True)
