@@ -98,6 +98,14 @@ def test_smoke_takes_the_variant_recipe_and_the_command_line_wins(attn):
     assert (shared.optim.lr, shared.optim.warmup_steps, shared.model.qk_norm) == (1e-3, 500, False)
 
 
+def test_an_attention_option_in_a_recipe_row_reaches_the_variant():
+    assert compose_train(["experiment=smoke", "attn=nystrom"]).attn.ridge == 0.1
+    assert compose_train(["experiment=smoke", "attn=nystrom", "attn.ridge=0.5"]).attn.ridge == 0.5
+    assert compose_train(["experiment=smoke", "attn=nystrom", "recipe=none"]).attn.ridge == 0.0
+    assert compose_train(["attn=nystrom"]).attn.ridge == 0.0  # no recipe: the exact Nyström form
+    assert "ridge" not in compose_train(["experiment=smoke", "attn=softmax"]).attn
+
+
 def test_every_variant_has_a_tuned_smoke_recipe():
     from icl.attention import ATTENTION
 

@@ -123,6 +123,8 @@ def recipe_yaml(best: pd.DataFrame) -> str:
     for _, row in best.iterrows():
         values = {"lr": row["lr"], "warmup_steps": int(row["full_warmup_steps"]), "qk_norm": bool(row["qk_norm"]),
                   "gradient_clip_val": row["gradient_clip_val"]}
+        values |= {key: row[key] for key in ("num_landmarks", "ridge") if key in row and pd.notna(row[key])
+                   and row[key]}  # attention options a row sets (configs/attn/<name>.yaml reads them)
         lines.append(f"    {row['attn']}: {{" + ", ".join(f"{k}: {fmt(v)}" for k, v in values.items()) + "}")
     return "\n".join(lines) + "\n"
 
