@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -285,7 +286,13 @@ def _lasso_all(xs: Tensor, ys: Tensor, qs: Tensor) -> Tensor:
     key = _content_key(xs, ys, qs)
     if key not in _LASSO_LAST:
         _LASSO_LAST.clear()
-        _LASSO_LAST[key] = solvers.lasso_predict(xs, ys, qs, [float(a) for a in LASSO_ALPHAS])[0]
+        preds, stats = solvers.lasso_predict(xs, ys, qs, [float(a) for a in LASSO_ALPHAS])
+        if stats["unconverged"]:  # one line per call instead of scikit-learn's warning per problem
+            logging.getLogger(__name__).warning(
+                "lasso: %d of %d problems stopped above the duality-gap tolerance (%.0e of ||y||^2) after %d "
+                "coordinate-descent sweeps; they keep their last iterate", stats["unconverged"], stats["problems"],
+                solvers.LASSO_TOL, solvers.LASSO_MAX_SWEEPS)
+        _LASSO_LAST[key] = preds
     return _LASSO_LAST[key]
 
 

@@ -20,6 +20,7 @@ uses only ``xs[:, :i]``, ``ys[:, :i]`` and ``qs[:, i]``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from itertools import combinations
 
@@ -218,6 +219,7 @@ def _sklearn_cd(G: Tensor, b: Tensor, yy: Tensor, lam: Tensor, w: Tensor, tol: f
     (it reads y only through ‖y‖², so y is passed as the one-entry vector √yy). Problems (m, d, d), (m, d), (m,),
     (m,), (m, d) float64."""
     import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model._cd_fast import enet_coordinate_descent_gram
 
     out = w.clone()
@@ -225,8 +227,11 @@ def _sklearn_cd(G: Tensor, b: Tensor, yy: Tensor, lam: Tensor, w: Tensor, tol: f
     for i in range(len(w)):
         wi = np.ascontiguousarray(w[i].numpy(), dtype=np.float64).copy()
         y = np.sqrt(np.array([max(float(yy[i]), 0.0)]))
-        sol = enet_coordinate_descent_gram(wi, float(lam[i]), 0.0, np.ascontiguousarray(G[i].numpy()),
-                                           np.ascontiguousarray(b[i].numpy()), y, max_sweeps, tol, rng, False, False)
+        with warnings.catch_warnings():  # lasso_solve counts these ("unconverged"); one warning per problem is noise
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sol = enet_coordinate_descent_gram(wi, float(lam[i]), 0.0, np.ascontiguousarray(G[i].numpy()),
+                                               np.ascontiguousarray(b[i].numpy()), y, max_sweeps, tol, rng, False,
+                                               False)
         out[i] = torch.from_numpy(np.asarray(sol[0]))
     return out
 
