@@ -317,7 +317,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     reference = dict(reference or DEFAULT_REFERENCE)
     df = load_results(inputs, cfg_columns="varying")  # constant cfg.* keys label nothing
     jobs = jobs_table(inputs)
-    jobs["aggregated"] = jobs["run_dir"].isin(set(df["run_dir"]))
+    jobs["aggregated"] = jobs["run_dir"].isin(df["run_dir"].unique())  # set(column) iterates every row
     report_jobs(jobs)
     out = Path(out_dir)
     bench = bench_figures(inputs, out, tuple(formats))  # latency vs length from any `make bench` output found
@@ -328,12 +328,15 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
         where = ", ".join(str(p) for p in inputs)
         raise SystemExit(f"No finished eval.csv found under {where}: run `make demo` or `python -m icl.train` first.")
     out.mkdir(parents=True, exist_ok=True)
-    df = df[df["error"].notna()].assign(variant=variant_label(df), strategy=df["strategy"].fillna("standard"))
-    df["param"] = pd.to_numeric(df["param"], errors="coerce")
+    df = df[df["error"].notna()]
+    df = df.assign(variant=variant_label(df), strategy=df["strategy"].fillna("standard"),
+                   param=pd.to_numeric(df["param"], errors="coerce"))
     tf, bl = aggregate_transformers(df), aggregate_baselines(df)
     written: list[Path] = []
-    for (task, strategy), sub in df.groupby(["task", "strategy"], sort=True):
-        metric = str(sub["metric"].mode().iat[0])
+    # one metric per figure: the most frequent; not a copy of each group's rows
+    metrics = df.groupby(["task", "strategy"], sort=True)["metric"].agg(lambda m: m.mode().iat[0])
+    for (task, strategy), metric in metrics.items():
+        metric = str(metric)
         t, b = (f[(f["task"] == task) & (f["strategy"] == strategy)] for f in (tf, bl))
         stem = f"error_vs_k_{task}" if strategy == "standard" else f"error_vs_k_{task}_{strategy}"
         written += _save(plot_error_vs_k(task, strategy, t, b, metric), out / stem, formats)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -112,10 +113,13 @@ def time_figures(root: Path, out: Path) -> dict[str, float]:
     code = ("import resource, sys, time; t = time.perf_counter(); from icl.analysis.figures import make_figures; "
             f"make_figures([{str(root)!r}], {str(out)!r}); "
             "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and anything it waited for
     line = next(row for row in run.stdout.splitlines() if row.startswith("BENCH"))
     _, seconds, rss_kb = line.split()
-    return {"seconds": float(seconds), "peak_mb": int(rss_kb) / 1024}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": float(seconds), "cpu_s": cpu, "peak_mb": int(rss_kb) / 1024}
 
 
 def time_tables(root: Path) -> dict[str, float]:
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"per-job part over {len(jobs)} folders: load {tables['load_s']:.1f} s, paired differences "
           f"{tables['paired_s']:.1f} s ({tables['paired_rows']} rows)")
     stats = time_figures(root / "grid", root / "figures")
-    print(f"make_figures over {len(jobs)} folders: {stats['seconds']:.1f} s, peak {stats['peak_mb']:.0f} MB")
+    print(f"make_figures over {len(jobs)} folders: {stats['seconds']:.1f} s wall, {stats['cpu_s']:.1f} s CPU "
+          f"(user + sys), peak {stats['peak_mb']:.0f} MB")
     diff = check_paired(root / "grid", args.check)
     print(f"paired differences on {args.check} folders, cached vs fresh resample counts: max |Δ| = {diff:.3g}")
     if not args.keep:
