@@ -163,13 +163,14 @@ def test_gd_2nn_hand_written_gradients_match_autograd():
     W1, w2, b2 = solvers._init_group(range(1, G + 1), B, d, h, g)  # nets (prompt, position) flattened below
     params = [W1.reshape(B * G, d + 1, h), w2.reshape(B * G, h, 1), b2.reshape(B * G, 1, 1)]
     Xe, ye = solvers._repeat_nets(solvers._with_ones(X), G), solvers._repeat_nets(y.unsqueeze(-1), G)
-    scale = torch.rand(B * G, m, 1, generator=g)
+    scale = torch.rand(B * G, m, 1, generator=g)  # per net and point (the solver takes it and y as (N, 1, m))
     leaves = [p.clone().requires_grad_() for p in params]
     lw1, lw2, lb2 = leaves
     out = torch.relu(Xe[..., :d] @ lw1[:, :d] + lw1[:, d:]) @ lw2 + lb2  # the plain net: w1, b1 apart
     (0.5 * ((out - ye) ** 2 * scale).sum()).backward()
     grads = [torch.empty_like(p) for p in params]
-    solvers._gradients(Xe, ye, scale, params, grads, torch.empty(B * G, m, h))
+    solvers._gradients(Xe, Xe.transpose(1, 2).contiguous(), ye.transpose(1, 2), scale.transpose(1, 2), params,
+                       grads, torch.empty(B * G, m, h))
     for leaf, mine in zip(leaves, grads):
         torch.testing.assert_close(mine, leaf.grad)
 
