@@ -321,60 +321,86 @@ def _position_groups(n: int, batch: int, hidden: int, batch_size: int, budget: i
 
 
 def _init_group(group: range, B: int, d: int, hidden: int, gen: torch.Generator) -> list[Tensor]:
-    """The group's initial weights in the loop's draw order (per position: w1, b1, w2, b2), laid out so that
-    the nets of one prompt share matrix products: w1 (B, d, G·h), b1 (B, 1, G·h), w2 (B, G, h), b2 (B, G)."""
+    """The group's initial weights in the loop's draw order (per position: w1, b1, w2, b2), one net per
+    (prompt, position): W1 (B, G, d + 1, h) = [w1; b1] (the bias is a weight on a ones column of the inputs, so
+    it needs no pass of its own), w2 (B, G, h), b2 (B, G)."""
     drawn = [(_uniform((B, d, hidden), d, gen), _uniform((B, 1, hidden), d, gen),
               _uniform((B, hidden, 1), hidden, gen), _uniform((B, 1, 1), hidden, gen)) for _ in group]
-    return [torch.cat([p[0] for p in drawn], -1), torch.cat([p[1] for p in drawn], -1),
-            torch.stack([p[2].squeeze(-1) for p in drawn], 1), torch.cat([p[3].reshape(B, 1) for p in drawn], 1)]
+    return [torch.stack([torch.cat([w1, b1], 1) for w1, b1, _, _ in drawn], 1),
+            torch.stack([w2.squeeze(-1) for _, _, w2, _ in drawn], 1), torch.stack([b2.reshape(B) for *_, b2 in drawn], 1)]
 
 
-def _forward(X: Tensor, params: list[Tensor], G: int, hidden: int) -> Tensor:
-    """Outputs (B, m, G) of the G nets of each prompt on its m points X (B, m, d): one (m × d)·(d × G·h)
-    product per prompt instead of G small ones."""
-    w1, b1, w2, b2 = params
-    H = torch.relu(X @ w1 + b1).view(X.shape[0], X.shape[1], G, hidden)
-    return (H * w2.unsqueeze(1)).sum(-1) + b2.unsqueeze(1)
+def _flat_views(flat: Tensor, N: int, d1: int, hidden: int) -> list[Tensor]:
+    """W1 (N, d1, h), w2 (N, h, 1), b2 (N, 1, 1): contiguous views of one flat buffer [W1 | w2 | b2] of N nets,
+    so that Adam is one fused pass over all of them and the gradients are written straight into theirs."""
+    a, b = N * d1 * hidden, N * (d1 + 1) * hidden
+    return [flat[:a].view(N, d1, hidden), flat[a:b].view(N, hidden, 1), flat[b:].view(N, 1, 1)]
 
 
-def _gradients(X: Tensor, y: Tensor, params: list[Tensor], scale: Tensor, G: int, hidden: int) -> list[Tensor]:
-    """Gradients of Σ_nets (masked mean squared error) with respect to w1, b1, w2, b2, written out by hand.
+def _gradients(Xe: Tensor, XeT: Tensor, y: Tensor, scale: Tensor, params: list[Tensor], grads: list[Tensor],
+               H: Tensor) -> None:
+    """Gradients of Σ_nets Σ_points scale·½(out − y)² with respect to W1, w2, b2, written into ``grads``.
 
-    The same numbers autograd gives (tests/test_solvers.py), in fewer passes over the (B, m, G·h) hidden
-    layer, which with Adam's update is where the time goes.
+    Nets are the batch: Xe (N, m, d + 1) inputs with a ones column and XeT its contiguous transpose, y and
+    scale (N, 1, m), H (N, m, h) a workspace. Written out by hand (the same numbers as autograd,
+    tests/test_solvers.py) so that the (N, m, h) hidden layer, where the time goes, is touched as little as
+    possible: one product writes it, ReLU in place, one product reads it for the output, it becomes ReLU's
+    mask M in place, and one product reads it for A = Σ_m (x r)ᵀ M, of which both remaining gradients are cheap
+    functions: dW1 = A ⊙ w2 (r·w2 is never materialised) and dw2 = Σ_m r·relu(z) = Σ_k W1 ⊙ A (z = x·W1 where
+    M = 1; no second read of H). The output is w2ᵀ·Hᵀ, (1 × h)·(h × m): H·w2 as a one-column bmm or a
+    broadcast multiply-sum is 2–8× slower here.
     """
-    w1, b1, w2, b2 = params
-    B, m, _ = X.shape
-    H = torch.baddbmm(b1, X, w1).relu_()  # (B, m, G·h)
-    out = (H.view(B, m, G, hidden) * w2.unsqueeze(1)).sum(-1) + b2.unsqueeze(1)  # (B, m, G)
-    r = (out - y.unsqueeze(-1)) * scale  # d loss / d out
-    dH = (r.unsqueeze(-1) * w2.unsqueeze(1)).view(B, m, G * hidden)
-    dZ = torch.ops.aten.threshold_backward(dH, H, 0.0)  # ReLU's backward (what autograd runs); masked_fill: 8x slower
-    H = H.view(B, m, G, hidden)
-    return [X.transpose(1, 2) @ dZ, dZ.sum(1, keepdim=True), (r.unsqueeze(-1) * H).sum(1), r.sum(1)]
+    W1, w2, b2 = params
+    gW1, gw2, gb2 = grads
+    w2t = w2.transpose(1, 2)  # (N, 1, h)
+    torch.bmm(Xe, W1, out=H).relu_()
+    r = torch.baddbmm(b2, w2t, H.transpose(1, 2)).sub_(y).mul_(scale)  # d loss / d out, (N, 1, m)
+    torch.sum(r, -1, keepdim=True, out=gb2)
+    torch.bmm(XeT * r, H.gt_(0), out=gW1)  # A: H > 0 is ReLU's mask (z > 0), in place
+    torch.sum(W1 * gW1, 1, out=gw2.view(gw2.shape[:2]))
+    gW1.mul_(w2t)
+
+
+def _with_ones(x: Tensor) -> Tensor:
+    return torch.cat([x, torch.ones_like(x[..., :1])], -1)
+
+
+def _repeat_nets(t: Tensor, G: int) -> Tensor:
+    """(b, m, k) per prompt → (b·G, m, k), one copy per net of the prompt (nets are the batch of every product)."""
+    return t.unsqueeze(1).expand(t.shape[0], G, *t.shape[1:]).reshape(t.shape[0] * G, *t.shape[1:])
 
 
 def _train_group(params: list[Tensor], xs: Tensor, ys: Tensor, qs: Tensor, group: range, lr: float, steps: int,
                  batch_size: int, minibatch_gen: torch.Generator) -> Tensor:
-    """Train the nets of positions ``group`` for prompts xs (b, n, d) from ``params``; their predictions (b, G)."""
+    """Train the nets of positions ``group`` for prompts xs (b, n, d) from ``params`` (``_init_group``'s layout,
+    b prompts); their predictions (b, G). Adam (torch's defaults) is ``torch._fused_adam_``, what
+    ``torch.optim.Adam(fused=True)`` runs, called on one flat buffer without the optimizer's per-step Python."""
     b, _, d = xs.shape
-    G, pad, hidden = len(group), min(group[-1], batch_size), params[2].shape[-1]
-    opt = torch.optim.Adam(params, lr=lr, fused=True)  # Adam's update in one pass over each tensor
+    G, pad, hidden = len(group), min(group[-1], batch_size), params[1].shape[-1]
+    N = b * G
+    flat = torch.cat([p.reshape(-1) for p in params])
+    grad, exp_avg, exp_avg_sq = torch.empty_like(flat), torch.zeros_like(flat), torch.zeros_like(flat)
+    step = torch.zeros((), dtype=torch.float32)
+    weights, grads = _flat_views(flat, N, d + 1, hidden), _flat_views(grad, N, d + 1, hidden)
     sizes = torch.tensor(list(group), dtype=torch.float32)
     mask = (torch.arange(pad).unsqueeze(-1) < sizes).float()  # (pad, G): point j is in prefix i
-    scale = mask * (2 / sizes.clamp(max=batch_size))  # d(mean squared error)/d(out) per point
-    X, y = xs[:, :pad], ys[:, :pad]
+    scale = (mask * (2 / sizes.clamp(max=batch_size))).T  # (G, pad): d(mean squared error)/d(out) per point
+    scale = scale.expand(b, G, pad).reshape(N, 1, pad)
+    H = torch.empty(N, pad, hidden)
+    Xe, y = _repeat_nets(_with_ones(xs[:, :pad]), G), _repeat_nets(ys[:, :pad].unsqueeze(1), G)
+    XeT = Xe.transpose(1, 2).contiguous()
     for _ in range(steps):
         if group[0] > batch_size:  # a group alone: a fresh minibatch of its prefix every step
             sel = torch.randperm(group[0], generator=minibatch_gen)[:batch_size]
-            X, y = xs[:, sel], ys[:, sel]
-        for p, g in zip(params, _gradients(X, y, params, scale, G, hidden)):
-            p.grad = g
-        opt.step()
-    with torch.no_grad():
-        xq = qs[:, list(group)]  # (b, G, d): net g predicts only its own query
-        H = torch.relu(xq @ params[0] + params[1]).view(b, G, G, hidden)
-        return (H.diagonal(dim1=1, dim2=2).transpose(1, 2) * params[2]).sum(-1) + params[3]
+            Xe, y = _with_ones(xs[:, sel]), ys[:, sel].unsqueeze(1)
+            XeT = Xe.transpose(1, 2).contiguous()
+        _gradients(Xe, XeT, y, scale, weights, grads, H)
+        step += 1
+        torch._fused_adam_([flat], [grad], [exp_avg], [exp_avg_sq], [], [step], lr=lr, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+    W1, w2, b2 = weights
+    xq = _with_ones(qs[:, list(group)]).reshape(N, 1, d + 1)  # net g predicts only its own query
+    return torch.baddbmm(b2, torch.bmm(xq, W1).relu_(), w2).view(b, G)
 
 
 def gd_2nn_predict(xs: Tensor, ys: Tensor, qs: Tensor, hidden: int = 100, lr: float = 5e-3, steps: int = 100,
@@ -382,8 +408,8 @@ def gd_2nn_predict(xs: Tensor, ys: Tensor, qs: Tensor, hidden: int = 100, lr: fl
     """``baselines._gd_2nn`` (a fresh 2-layer ReLU net per prompt and position, Adam, ``steps`` steps) with the
     nets of many positions trained together: predictions (B, n) float32.
 
-    The nets of a group of positions see the same points (prefixes of one prompt), so their first layers are
-    one matrix product per prompt; each net's loss is the mean squared error over its own prefix (a mask over
+    The nets of a group of positions see the same points (prefixes of one prompt), so they are trained as one
+    batch of matrix products; each net's loss is the mean squared error over its own prefix (a mask over
     the group's padded prefix), so its gradient, and Adam's elementwise update, are those of training it
     alone. Initial weights are drawn from ``seed`` in the loop's order, so when every prefix fits in one
     minibatch (i ≤ ``batch_size``, e.g. n ≤ 101 points) the nets start from the loop's very weights and end
@@ -391,8 +417,8 @@ def gd_2nn_predict(xs: Tensor, ys: Tensor, qs: Tensor, hidden: int = 100, lr: fl
     interleaves those draws with the initial weights of later positions, which cannot be reproduced out of
     order, so there the result equals the loop's in distribution, not draw for draw.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        xs32, ys32, qs32 = (t.detach().float().clone() for t in (xs, ys, qs))
+    with torch.no_grad():
+        xs32, ys32, qs32 = (t.detach().float() for t in (xs, ys, qs))
         B, n, d = xs32.shape
         gen = torch.Generator().manual_seed(seed)
         minibatch_gen = torch.Generator().manual_seed(seed * 1_000_003 + 1)
@@ -402,9 +428,9 @@ def gd_2nn_predict(xs: Tensor, ys: Tensor, qs: Tensor, hidden: int = 100, lr: fl
             for b0 in range(0, B, block):  # prompts are independent: blocks keep each step's tensors in cache
                 rows = slice(b0, b0 + block)
                 preds[rows, list(group)] = _train_group(
-                    [p[rows].clone() for p in drawn], xs32[rows], ys32[rows], qs32[rows], group, lr, steps,
+                    [p[rows] for p in drawn], xs32[rows], ys32[rows], qs32[rows], group, lr, steps,
                     batch_size, minibatch_gen)
-    return preds.detach()
+    return preds
 
 
 # --- Bayes-optimal predictors under a task's training prior -------------------------------------------------

@@ -160,13 +160,18 @@ def test_gd_2nn_hand_written_gradients_match_autograd():
     g = torch.Generator().manual_seed(13)
     B, m, G, h, d = 3, 5, 2, 4, 3
     X, y = torch.randn(B, m, d, generator=g), torch.randn(B, m, generator=g)
-    params = solvers._init_group(range(1, G + 1), B, d, h, g)
-    scale = torch.rand(m, G, generator=g)
+    W1, w2, b2 = solvers._init_group(range(1, G + 1), B, d, h, g)  # nets (prompt, position) flattened below
+    params = [W1.reshape(B * G, d + 1, h), w2.reshape(B * G, h, 1), b2.reshape(B * G, 1, 1)]
+    Xe, ye = solvers._repeat_nets(solvers._with_ones(X), G), solvers._repeat_nets(y.unsqueeze(-1), G)
+    scale = torch.rand(B * G, m, 1, generator=g)  # per net and point (the solver takes it and y as (N, 1, m))
     leaves = [p.clone().requires_grad_() for p in params]
-    w1, b1, w2, b2 = leaves
-    out = (torch.relu(X @ w1 + b1).view(B, m, G, h) * w2.unsqueeze(1)).sum(-1) + b2.unsqueeze(1)
-    (0.5 * ((out - y.unsqueeze(-1)) ** 2 * scale).sum()).backward()
-    for leaf, mine in zip(leaves, solvers._gradients(X, y, params, scale, G, h)):
+    lw1, lw2, lb2 = leaves
+    out = torch.relu(Xe[..., :d] @ lw1[:, :d] + lw1[:, d:]) @ lw2 + lb2  # the plain net: w1, b1 apart
+    (0.5 * ((out - ye) ** 2 * scale).sum()).backward()
+    grads = [torch.empty_like(p) for p in params]
+    solvers._gradients(Xe, Xe.transpose(1, 2).contiguous(), ye.transpose(1, 2), scale.transpose(1, 2), params,
+                       grads, torch.empty(B * G, m, h))
+    for leaf, mine in zip(leaves, grads):
         torch.testing.assert_close(mine, leaf.grad)
 
 

@@ -3,7 +3,10 @@
 For each baseline the loop it replaced (``baselines.LOOPS``, or the sequential ``_prefix_fit`` for trees and
 xgboost) and the new implementation run on the same evaluation prompts, alternating (``icl.timing.interleaved``),
 so a drift of this shared machine hits both alike; the table gives median seconds and the ratio old / new with a
-bootstrap CI. Where the loop is too slow for all prompts it runs on the first ``--loop-prompts`` and its time is
+bootstrap CI. Times are this process's CPU seconds (``time.process_time``: on a machine shared with other jobs,
+wall time mostly measures their load), except for the trees, whose new path runs in joblib worker processes
+that the process clock does not see: wall time there (``--clock`` overrides both). Where the loop is too slow
+for all prompts it runs on the first ``--loop-prompts`` and its time is
 scaled linearly to the new one's prompt count (the loop's cost is exactly linear in prompts: one fit each); the
 table says so. It also reports how far the predictions moved (max |new − old| over the prompts both ran) and,
 with ``--grid``, one whole default-grid evaluation of sparse_linear at d = 20 (every strategy, all baselines of
@@ -61,22 +64,29 @@ def _bayes_new(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
 
 
 PARTS: dict[str, dict[str, Any]] = {
-    # name: task, d, points, the loop, the new version, prompts for each (defaults; CLI overrides)
+    # name: task, d, points, the loop, the new version, prompts for each (defaults; CLI overrides), clock
     "lasso": dict(task="sparse_linear", d=20, points=41, old=_lasso_loop, new=_lasso_new, loop_prompts=16,
                   prompts=1280, what="all five α"),
     "gd_2nn": dict(task="relu_2nn", d=20, points=101, old=baselines.LOOPS["gd_2nn"],
                    new=lambda xs, ys: baselines.predict("gd_2nn", xs, ys), loop_prompts=16, prompts=16,
                    what="2-layer nets, 100 Adam steps"),
     "trees": dict(task="decision_tree", d=20, points=101, old=_trees_sequential, new=_trees_parallel,
-                  loop_prompts=8, prompts=8, what="trees + xgboost: estimators, one process vs lean fits, joblib"),
+                  loop_prompts=8, prompts=8, what="trees + xgboost: estimators, one process vs lean fits, joblib",
+                  clock="wall"),
     "bayes": dict(task="sparse_linear", d=20, points=41, old=None, new=_bayes_new, loop_prompts=0, prompts=1280,
                   what="exact posterior mean, 1140 supports (new; no loop existed)"),
 }
 
 
-def run_part(name: str, repeats: int, loop_prompts: int | None, prompts: int | None) -> dict[str, Any]:
-    """Time one part; returns the row of the table (seconds, ratio and CI, prediction change)."""
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def run_part(name: str, repeats: int, loop_prompts: int | None, prompts: int | None,
+             clock: str = "auto") -> dict[str, Any]:
+    """Time one part; returns the row of the table (seconds, ratio and CI, prediction change). ``clock``: cpu,
+    wall, or auto (the part's own: cpu unless its new path runs in other processes)."""
     spec = PARTS[name]
+    clock = spec.get("clock", "cpu") if clock == "auto" else clock
     P_new = prompts or spec["prompts"]
     P_old = min(loop_prompts or spec["loop_prompts"], P_new)
     xs, ys = _prompts(spec["task"], spec["d"], P_new, spec["points"])
@@ -84,8 +94,8 @@ def run_part(name: str, repeats: int, loop_prompts: int | None, prompts: int | N
     calls: dict[str, Callable[[], object]] = {"new": lambda: out.__setitem__("new", spec["new"](xs, ys))}
     if spec["old"] is not None:
         calls["old"] = lambda: out.__setitem__("old", spec["old"](xs[:P_old], ys[:P_old]))
-    times, _ = interleaved(calls, torch.device("cpu"), warmup=0, repeats=repeats)
-    row: dict[str, Any] = {"part": name, "what": spec["what"], "setting": f"{spec['task']} d={spec['d']}, "
+    times, _ = interleaved(calls, torch.device("cpu"), warmup=0, repeats=repeats, clock=CLOCKS[clock])
+    row: dict[str, Any] = {"part": name, "what": spec["what"], "clock": clock, "setting": f"{spec['task']} d={spec['d']}, "
                            f"{spec['points']} points", "new_prompts": P_new, "new_s": float(np.median(times["new"]))}
     if spec["old"] is not None:
         scale = P_new / P_old
@@ -119,8 +129,8 @@ def grid_seconds() -> float:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| baseline | setting | old loop (s) | new (s) | old / new [95% CI] | change: max, median (÷ max abs y) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| baseline | setting | clock | old loop (s) | new (s) | old / new [95% CI] | change: max, median (÷ max abs y) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "old_s" in r:
             old = f"{r['old_s']:.1f}" + (f" (from {r['old_prompts']} prompts, ×{r['new_prompts'] // r['old_prompts']})"
@@ -129,7 +139,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             change = f"{r['max_change']:.2g}, {r['median_change']:.2g}"
         else:
             old, ratio, change = "—", "—", "—"
-        lines.append(f"| {r['part']} ({r['what']}) | {r['setting']}, {r['new_prompts']} prompts | {old} | "
+        lines.append(f"| {r['part']} ({r['what']}) | {r['setting']}, {r['new_prompts']} prompts | {r['clock']} | {old} | "
                      f"{r['new_s']:.1f} | {ratio} | {change} |")
     return "\n".join(lines) + "\n"
 
@@ -141,14 +151,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop-prompts", type=int, default=None, help="prompts the old loops run on")
     parser.add_argument("--prompts", type=int, default=None, help="prompts the new versions run on")
     parser.add_argument("--grid", action="store_true", help="also time the default grid of sparse_linear d=20")
+    parser.add_argument("--clock", default="auto", choices=["auto", *CLOCKS],
+                        help="cpu: this process's CPU seconds; wall; auto: cpu except trees (joblib workers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the job's budget)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.parts:
-        rows.append(run_part(name, args.repeats, args.loop_prompts, args.prompts))
+        rows.append(run_part(name, args.repeats, args.loop_prompts, args.prompts, args.clock))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\ntorch threads {torch.get_num_threads()}, repeats {args.repeats}, interleaved old/new\n")
+    print(f"\ntorch threads {torch.get_num_threads()}, repeats {args.repeats}, interleaved old/new, "
+          f"clock {args.clock}\n")
     print(markdown(rows))
     for r in rows:
         if "change_by_alpha" in r:

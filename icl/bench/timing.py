@@ -22,17 +22,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds for one call of ``fn``, with the device drained before and after."""
+def time_call(fn: Callable[[], object], device: torch.device,
+              clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds for one call of ``fn``, with the device drained before and after. ``clock`` is wall time by
+    default; ``time.process_time`` (this process's CPU seconds) is the fair one on a CPU shared with other jobs."""
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def interleaved(calls: dict[Any, Callable[[], object]], device: torch.device, warmup: int,
-                repeats: int) -> tuple[dict[Any, list[float]], dict[Any, str]]:
+def interleaved(calls: dict[Any, Callable[[], object]], device: torch.device, warmup: int, repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[dict[Any, list[float]], dict[Any, str]]:
     """Seconds per call for every entry of ``calls``, ``repeats`` times after ``warmup`` untimed rounds.
 
     Every round runs each call once, rotating who goes first, so a drift of a shared machine hits all alike.
@@ -46,7 +48,7 @@ def interleaved(calls: dict[Any, Callable[[], object]], device: torch.device, wa
             if key in failed:
                 continue
             try:
-                seconds = time_call(calls[key], device)
+                seconds = time_call(calls[key], device, clock)
             except torch.OutOfMemoryError:
                 failed[key] = "out of memory"
                 continue
