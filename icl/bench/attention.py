@@ -31,8 +31,9 @@ MODES = ("forward", "forward_backward")
 
 
 def variant_params(name: str) -> dict[str, Any]:
-    """The variant's settings as a training job would get them (its YAML, minus the name)."""
-    params = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "attn" / f"{name}.yaml"))
+    """The variant's settings as a training job without a recipe gets them (its YAML resolved, minus the name):
+    options a recipe row may set (nystrom's ridge) take their defaults, which do not change a kernel's cost."""
+    params = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "attn" / f"{name}.yaml"), resolve=True)
     params.pop("name", None)
     return params
 
