@@ -163,3 +163,17 @@ def test_hydra_entry_point(jobs: Path) -> None:
     assert "wrote" in proc.stdout
     assert sorted(p.name for p in jobs.iterdir()) == ["figs", "outputs"]  # no new outputs/<date>, .hydra or logs
     assert sorted(p.name for p in (jobs / "outputs").iterdir()) == ["2026-11-23", "2026-11-24"]
+
+
+def test_drawing_in_processes_writes_the_same_files_as_one_process(jobs: Path, monkeypatch) -> None:
+    """Forked drawing workers (make figures on a sweep) give the same files, listed in the same order."""
+    import icl.analysis.figures as figures
+
+    runs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(figures, "drawing_workers", lambda workers=workers: workers)
+        out = jobs / f"figs{workers}"
+        written = make_figures([jobs / "outputs"], out, formats=("png",), scale_ks=(2, 4))
+        runs[workers] = ([p.name for p in written], {p.name: p.read_bytes() for p in out.glob("*.png")})
+    assert runs[1][0] == runs[3][0]
+    assert runs[1][1] == runs[3][1] and len(runs[1][1]) >= 5
