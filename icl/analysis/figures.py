@@ -392,6 +392,15 @@ def _draw_items(items: Sequence[tuple[str, str, str]]) -> list[list[Path]]:
     return per_item
 
 
+def _one_blas_thread() -> None:
+    """In a drawing worker: one BLAS thread (the workers already use every core; BLAS pools would oversubscribe)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1)
+
+
 def draw_in_processes(items: Sequence[tuple[str, str, str]], workers: int) -> list[Path]:
     """Draw the items in up to ``workers`` forked processes, files listed in the items' order.
 
@@ -404,7 +413,7 @@ def draw_in_processes(items: Sequence[tuple[str, str, str]], workers: int) -> li
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [path for written in _draw_items(items) for path in written]
     chunks = [list(items[i::workers]) for i in range(workers)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_one_blas_thread) as pool:
         parts = pool.map(_draw_items, chunks)
     per_item: list[list[Path]] = [[] for _ in items]
     for i, part in enumerate(parts):

@@ -108,18 +108,44 @@ def copy_grid(base: Path, root: Path, seeds: int) -> list[Path]:
     return jobs
 
 
+def _pss_mb(pid: int) -> float:
+    """Proportional set size of a process (pages shared with others counted by share), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
 def time_figures(root: Path, out: Path) -> dict[str, float]:
-    """``make_figures`` on ``root`` in a fresh interpreter (as `make figures` runs): wall seconds and peak RSS."""
+    """``make_figures`` on ``root`` in a fresh interpreter (as `make figures` runs): wall seconds, CPU seconds of
+    it and its drawing workers, peak RSS of the main process, and the peak of the summed PSS of it and its workers
+    (sampled every 0.1 s; forked workers share the parent's pages, which the sum counts once; Linux only, else 0)."""
     code = ("import resource, sys, time; t = time.perf_counter(); from icl.analysis.figures import make_figures; "
             f"make_figures([{str(root)!r}], {str(out)!r}); "
             "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_pss = 0.0
+    while proc.poll() is None:
+        peak_pss = max(peak_pss, sum(_pss_mb(pid) for pid in [proc.pid, *_children(proc.pid)]))
+        time.sleep(0.1)
+    stdout, stderr = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"make_figures failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and anything it waited for
-    line = next(row for row in run.stdout.splitlines() if row.startswith("BENCH"))
+    line = next(row for row in stdout.splitlines() if row.startswith("BENCH"))
     _, seconds, rss_kb = line.split()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": float(seconds), "cpu_s": cpu, "peak_mb": int(rss_kb) / 1024}
+    return {"seconds": float(seconds), "cpu_s": cpu, "peak_mb": int(rss_kb) / 1024, "peak_pss_mb": peak_pss}
 
 
 def time_tables(root: Path) -> dict[str, float]:
@@ -173,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{tables['paired_s']:.1f} s ({tables['paired_rows']} rows)")
     stats = time_figures(root / "grid", root / "figures")
     print(f"make_figures over {len(jobs)} folders: {stats['seconds']:.1f} s wall, {stats['cpu_s']:.1f} s CPU "
-          f"(user + sys), peak {stats['peak_mb']:.0f} MB")
+          f"(user + sys), peak {stats['peak_mb']:.0f} MB (main process RSS), {stats['peak_pss_mb']:.0f} MB (Σ PSS with "
+          "its drawing workers)")
     diff = check_paired(root / "grid", args.check)
     print(f"paired differences on {args.check} folders, cached vs fresh resample counts: max |Δ| = {diff:.3g}")
     if not args.keep:
