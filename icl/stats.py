@@ -41,6 +41,15 @@ def _percentiles(boots: np.ndarray, point: np.ndarray, n_boot: int, ci: float) -
     return low, high
 
 
+def ratio_replicates(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Σ num / Σ den over rows (per column) and its (n_boot, …) bootstrap replicates. The resampled rows are the
+    same for every call with the same (rows, n_boot, seed): that is what pairs two models scored on the same
+    prompts (the study differences their replicates)."""
+    counts = resample_counts(len(num), n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num.sum(0) / den.sum(0), (counts @ num) / (counts @ den)
+
+
 def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, seed: int) -> tuple[np.ndarray, ...]:
     """Mean of ``err`` over mean of ``ref`` per column, with a percentile bootstrap CI over rows.
 
@@ -49,10 +58,8 @@ def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, se
     """
     valid = ~np.isnan(err)
     e, r = np.where(valid, err, 0.0), np.where(valid, ref, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        point = e.sum(0) / r.sum(0)
-        counts = resample_counts(len(err), n_boot, seed)
-        boots = (counts @ e) / (counts @ r)
+    point, boots = ratio_replicates(e, r, n_boot, seed)
+    with np.errstate(invalid="ignore"):
         low, high = _percentiles(boots, point, n_boot, ci)
     raw = np.where(valid.any(0), e.sum(0) / np.maximum(valid.sum(0), 1), np.nan)
     return point, low, high, raw, valid.sum(0)

@@ -19,10 +19,10 @@ from icl.analysis.study import (
     combine,
     interval,
     needed,
-    ratio_boot,
     verdict,
 )
 from icl.run.configs import CONFIG_DIR
+from icl.stats import ratio_replicates
 from tests.helpers import REPO, compose_train, run
 
 EXPERIMENTS = ["seed_study/cpu_core", "seed_study/cpu_overview", "seed_study/paper_core", "seed_study/paper_overview"]
@@ -36,7 +36,7 @@ def synthetic_cis(mean: float, n_seeds: int = 3, n_prompts: int = 400, noise: fl
         rng = np.random.default_rng(seed)
         delta = mean + noise * rng.standard_normal(n_prompts)
         zero = np.ones(n_prompts)
-        point, boots = ratio_boot(delta, zero, 500, 0)
+        point, boots = ratio_replicates(delta, zero, 500, 0)
         _, low, high = interval(point, boots, 0.95)
         lows.append(low)
         highs.append(high)

@@ -56,7 +56,7 @@ from icl.analysis.results import (
 from icl.files import atomic_write
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir
-from icl.stats import resample_counts
+from icl.stats import ratio_replicates
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,6 @@ def combine(verdicts: Iterable[str]) -> str:
 def window_sum(errors: np.ndarray, ks: Sequence[int]) -> np.ndarray:
     """(P,) per-prompt sum of errors over the k window."""
     return errors[:, list(ks)].astype(np.float64).sum(1)
-
-
-def ratio_boot(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
-    """Σ num / Σ den over prompts and its bootstrap replicates (the same resampled prompts for every call with
-    the same P, n_boot and seed: that is what pairs two models scored on the same prompts)."""
-    counts = resample_counts(len(num), n_boot, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float(num.sum() / den.sum()), (counts @ num) / (counts @ den)
 
 
 def interval(point: float, boots: np.ndarray, ci: float) -> tuple[float, float, float]:
@@ -281,8 +273,8 @@ class Study:
         keep = np.isfinite(ea[:, ks]).all(1) & np.isfinite(eb[:, ks]).all(1) & np.isfinite(za[:, ks]).all(1)
         ea, eb, za = ea[keep], eb[keep], za[keep]
         z = window_sum(za, ks)
-        pa, ba = ratio_boot(window_sum(ea, ks), z, self.n_boot, self.seed)
-        pb, bb = ratio_boot(window_sum(eb, ks), z, self.n_boot, self.seed)
+        pa, ba = ratio_replicates(window_sum(ea, ks), z, self.n_boot, self.seed)
+        pb, bb = ratio_replicates(window_sum(eb, ks), z, self.n_boot, self.seed)
         dropped = int((~keep).sum())
         # the guard looks at the reference (b: softmax, or the float model) only: a compared model that failed to
         # learn is evidence about the claim, a failed reference is not
@@ -298,10 +290,9 @@ class Study:
         e, z = job.err("long_context", None), job.err("long_context", None, "zero")
         if e is None or z is None or max(self.window_late) >= e.shape[1]:
             return self._seed_row(seed, math.nan, None, (job,), "no long_context errors")
-        p_late, b_late = ratio_boot(window_sum(e, self.window_late), window_sum(z, self.window_late), self.n_boot,
-                                    self.seed)
-        p_fit, b_fit = ratio_boot(window_sum(e, self.window_fit), window_sum(z, self.window_fit), self.n_boot,
-                                  self.seed)
+        late, fit = self.window_late, self.window_fit
+        p_late, b_late = ratio_replicates(window_sum(e, late), window_sum(z, late), self.n_boot, self.seed)
+        p_fit, b_fit = ratio_replicates(window_sum(e, fit), window_sum(z, fit), self.n_boot, self.seed)
         return self._seed_row(seed, p_late - p_fit, b_late - b_fit, (job,))
 
     def within(self, job: Job | None, stat: Callable[[Callable[[float], tuple[float, np.ndarray]]],
@@ -316,7 +307,7 @@ class Study:
             e, z = job.err("scale_x", c), job.err("scale_x", c, "zero")
             if e is None or z is None:
                 return math.nan, np.full(self.n_boot, math.nan)
-            return ratio_boot(window_sum(e, ks), window_sum(z, ks), self.n_boot, self.seed)
+            return ratio_replicates(window_sum(e, ks), window_sum(z, ks), self.n_boot, self.seed)
 
         point, boots = stat(norm)
         return self._seed_row(seed, point, boots, (job,))
