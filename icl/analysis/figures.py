@@ -376,20 +376,18 @@ def drawing_workers() -> int:
     return max(1, min(cores, MAX_DRAWING_WORKERS))
 
 
-def _draw_items(items: Sequence[tuple[str, str, str]]) -> list[list[Path]]:
-    """error_vs_k (and error_vs_scale) figures of each (task, strategy, metric) item: the files, per item."""
+def _draw_item(item: tuple[str, str, str]) -> list[Path]:
+    """The error_vs_k (and error_vs_scale) figures of one (task, strategy, metric): the files written."""
+    task, strategy, metric = item
     tf, bl, out, formats, scale_ks = (_SHARED[k] for k in ("tf", "bl", "out", "formats", "scale_ks"))
-    per_item = []
-    for task, strategy, metric in items:
-        t, b = (f[(f["task"] == task) & (f["strategy"] == strategy)] for f in (tf, bl))
-        stem = f"error_vs_k_{task}" if strategy == "standard" else f"error_vs_k_{task}_{strategy}"
-        written = _save(plot_error_vs_k(task, strategy, t, b, metric), out / stem, formats)
-        if strategy in SCALE_STRATEGIES and len(t):
-            fig = plot_error_vs_scale(task, strategy, t, b, metric, scale_ks)
-            if fig is not None:
-                written += _save(fig, out / f"error_vs_scale_{task}_{strategy}", formats)
-        per_item.append(written)
-    return per_item
+    t, b = (f[(f["task"] == task) & (f["strategy"] == strategy)] for f in (tf, bl))
+    stem = f"error_vs_k_{task}" if strategy == "standard" else f"error_vs_k_{task}_{strategy}"
+    written = _save(plot_error_vs_k(task, strategy, t, b, metric), out / stem, formats)
+    if strategy in SCALE_STRATEGIES and len(t):
+        fig = plot_error_vs_scale(task, strategy, t, b, metric, scale_ks)
+        if fig is not None:
+            written += _save(fig, out / f"error_vs_scale_{task}_{strategy}", formats)
+    return written
 
 
 def _one_blas_thread() -> None:
@@ -405,20 +403,16 @@ def draw_in_processes(items: Sequence[tuple[str, str, str]], workers: int) -> li
     """Draw the items in up to ``workers`` forked processes, files listed in the items' order.
 
     Drawing and saving is ~60% of `make figures` on a sweep and runs on one core (matplotlib's layout is
-    Python); the figures are independent, so they are dealt round-robin to processes that inherit the curves by
-    fork (copy-on-write, nothing pickled but the file names coming back). One worker, one item, or a platform
+    Python); the figures are independent, so they go to processes that inherit the curves by fork
+    (copy-on-write, nothing pickled but the items going out and the file names coming back). One worker, one item, or a platform
     without fork: drawn here, in order.
     """
     workers = min(workers, len(items))
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [path for written in _draw_items(items) for path in written]
-    chunks = [list(items[i::workers]) for i in range(workers)]
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_one_blas_thread) as pool:
-        parts = pool.map(_draw_items, chunks)
-    per_item: list[list[Path]] = [[] for _ in items]
-    for i, part in enumerate(parts):
-        for j, written in enumerate(part):
-            per_item[i + j * workers] = written
+        per_item = [_draw_item(item) for item in items]
+    else:  # one figure per task: the pool hands them out as workers free up, and map keeps the items' order
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_one_blas_thread) as pool:
+            per_item = pool.map(_draw_item, items, chunksize=1)
     return [path for written in per_item for path in written]
 
 
