@@ -49,8 +49,10 @@ from torch import Tensor
 from icl import baselines, prompts
 from icl.cache import BaselineCache
 from icl.errors import first_line
+from icl.spec import require
 from icl.stats import bootstrap_ratio, paired_bootstrap
 from icl.tasks import Task
+from icl.transformer import predict_model
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +94,15 @@ class EvalConfig:
         prompts.check(out.strategies)
         if out.n_prompts < 2:
             raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
+        require(out.batch_size >= 1, "eval.batch_size", "must be >= 1", out.batch_size)
+        require(out.bootstrap >= 1, "eval.bootstrap", "must be >= 1", out.bootstrap)
+        require(0 < out.ci < 1, "eval.ci", "must be in (0, 1)", out.ci)
+        require(out.n_points is None or out.n_points >= 1, "eval.n_points", "must be >= 1 or null", out.n_points)
         return out
 
     def points(self, train_points: int) -> int:
         """Points per evaluation prompt: ``n_points``, else the training prompts' final length."""
         return int(self.n_points or train_points)
-
-
-@torch.inference_mode()
-def predict_model(model: torch.nn.Module, xs: Tensor, ys: Tensor, batch_size: int) -> Tensor:
-    """Model predictions (P, n) in batches, on the model's device, returned on CPU."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = [model(x.to(device), y.to(device)).float().cpu() for x, y in zip(xs.split(batch_size), ys.split(batch_size))]
-    return torch.cat(out)
 
 
 def prompt_errors(task: Task, preds: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray]:

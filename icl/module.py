@@ -8,7 +8,7 @@ quantisation-aware training, whose fake quantisers it then builds), so
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import lightning as L
@@ -16,13 +16,33 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from icl.spec import require, typed_fields
 from icl.tasks import Task, build_task
-from icl.transformer import ICLTransformer, TransformerConfig
+from icl.transformer import FROM_TASK, MODEL_KEYS, ICLTransformer, TransformerConfig  # noqa: F401 - re-exported
 
-# The model config keys: TransformerConfig's fields but those the job fills in from other groups (task, attn).
-FROM_TASK = ("n_dims", "attn", "attn_params", "y_dim")  # TransformerConfig fields the job fills in from task / attn
-MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in FROM_TASK)
-OPTIM_KEYS = ("lr", "weight_decay", "schedule", "warmup_steps")  # their defaults: configs/train.yaml only
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """``optim`` (configs/train.yaml holds the defaults): Adam with a linear warm-up, then constant or cosine."""
+
+    lr: float
+    weight_decay: float
+    schedule: str
+    warmup_steps: int
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "OptimSpec":
+        spec = cls(**typed_fields(cls, node, "optim"))
+        require(spec.lr > 0, "optim.lr", "the learning rate must be > 0", spec.lr)
+        require(spec.weight_decay >= 0, "optim.weight_decay", "must be >= 0", spec.weight_decay)
+        require(spec.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", spec.warmup_steps)
+        require(spec.schedule in SCHEDULES, "optim.schedule", f"choose one of {', '.join(SCHEDULES)}", spec.schedule)
+        return spec
+
+
+OPTIM_KEYS = tuple(f.name for f in fields(OptimSpec))
 
 
 class ICLModule(L.LightningModule):
@@ -54,15 +74,13 @@ class ICLModule(L.LightningModule):
         self.loss_rel_zero = MeanMetric()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ICLModule":
-        """The module of a composed job config (task, model, attn, optim; quant only for QAT)."""
-        from omegaconf import OmegaConf
-
+    def from_spec(cls, task: Any, model: Any, attn: dict[str, Any], optim: OptimSpec, quant: Any) -> "ICLModule":
+        """The module of a job's specs (``TaskSpec``, ``ModelSpec``, the attn node, ``OptimSpec``, ``QuantSpec``;
+        quant matters only for QAT). Hyper-parameters are saved as plain dicts, so a checkpoint needs no spec."""
         from icl.quantize import training_part
 
-        node = lambda key: OmegaConf.to_container(cfg[key], resolve=True)
-        return cls(task=node("task"), model=node("model"), attn=node("attn"), optim=node("optim"),
-                   quant=training_part(node("quant")))
+        return cls(task=task.as_dict(), model={"name": model.name, **model.transformer_keys()}, attn=dict(attn),
+                   optim=asdict(optim), quant=training_part(quant))
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         return self.model(xs, ys)

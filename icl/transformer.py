@@ -9,13 +9,14 @@ T = 2n tokens, C width, nh heads, hs = C / nh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from icl.attention import build_attention
+from icl.spec import known_keys, require, typed_fields
 
 
 def interleave(xs: Tensor, ys: Tensor) -> Tensor:
@@ -177,3 +178,54 @@ class ICLTransformer(nn.Module):
             h = h[:, ::2]
         out = self.read_out(self.ln_f(h))  # predictions at x positions: (B, n, y_dim)
         return out[..., 0] if self.config.y_dim == 1 else out
+
+
+# TransformerConfig fields a job fills in from other groups (task, attn), not from ``model``.
+FROM_TASK = ("n_dims", "attn", "attn_params", "y_dim")
+MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in FROM_TASK)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A ``configs/model/*.yaml`` node, checked: the keys every model file sets, and ``options`` for the other
+    ``TransformerConfig`` fields a file may set (e.g. ``activation``)."""
+
+    name: str
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_positions: int
+    dropout: float
+    qk_norm: bool
+    layer_scale: float | None
+    options: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "ModelSpec":
+        node = dict(node)
+        known_keys(node, ["name", *MODEL_KEYS], "model")
+        for key in ("n_layer", "n_head", "n_embd", "n_positions"):
+            value = node.get(key)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            require(ok, f"model.{key}", "must be an integer >= 1", value)
+        require(node["n_embd"] % node["n_head"] == 0, "model.n_embd",
+                f"must be a multiple of model.n_head={node['n_head']}", node["n_embd"])
+        named = [f.name for f in fields(cls) if f.name != "options"]
+        options = {k: v for k, v in node.items() if k not in named}
+        spec = cls(**typed_fields(cls, {**{k: node.get(k) for k in named if k in node}, "options": options},
+                                  "model", skip=("options",)))
+        require(0 <= spec.dropout < 1, "model.dropout", "must be in [0, 1)", spec.dropout)
+        return spec
+
+    def transformer_keys(self) -> dict[str, Any]:
+        """The ``TransformerConfig`` keyword arguments this spec sets."""
+        return {**{k: getattr(self, k) for k in MODEL_KEYS if hasattr(self, k)}, **self.options}
+
+
+@torch.inference_mode()
+def predict_model(model: nn.Module, xs: Tensor, ys: Tensor, batch_size: int) -> Tensor:
+    """Model predictions (P, n) in batches, on the model's device, returned on CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = [model(x.to(device), y.to(device)).float().cpu() for x, y in zip(xs.split(batch_size), ys.split(batch_size))]
+    return torch.cat(out)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from icl.run.configs import check_yaml
-from icl.run.schema import validate
+from icl.run.spec import validate
 from icl.run.train import build
 from icl.tasks import seeded
 from tests.helpers import CONFIGS, compose_train

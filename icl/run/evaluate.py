@@ -17,15 +17,15 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
 from icl import baselines, prompts
 from icl.evaluation import EvalConfig, evaluate, failures
-from icl.quantize import PROOF_PROMPTS, QuantSpec, float_model, proof, quantize, summary
+from icl.quantize import PROOF_PROMPTS, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir, JobLocked
+from icl.run.spec import JobSpec
 from icl.stats import error_at
-from icl.tasks import Task, build_task
+from icl.tasks import Task
 
 if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
     from icl.module import ICLModule
@@ -33,47 +33,35 @@ if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
 log = logging.getLogger(__name__)
 
 
-def job_labels(cfg: DictConfig) -> dict[str, Any]:
-    """The identifying columns of a job, read from its config."""
-    return {"task": cfg.task.name, "attn": cfg.attn.name, "quant": cfg.quant.name, "model": cfg.model.name,
-            "seed": int(cfg.seed)}
-
-
-def job_task(cfg: DictConfig) -> tuple[Task, EvalConfig, int]:
+def job_task(spec: JobSpec | DictConfig) -> tuple[Task, EvalConfig, int]:
     """A job's task, eval settings and number of points per evaluation prompt."""
-    eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-    task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}, resolve=True))
-    if "bayes" in eval_cfg.baselines:
+    spec = JobSpec.of(spec)
+    task = spec.task.build()
+    if "bayes" in spec.eval.baselines:
         baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
-    return task, eval_cfg, eval_cfg.points(int(cfg.task.curriculum.points.end))
+    return task, spec.eval, spec.eval_points
 
 
-def job_prompts(cfg: DictConfig, n_prompts: int) -> tuple[Tensor, Tensor]:
-    """The first ``n_prompts`` of the job's standard evaluation prompts (the same for every job of a study)."""
-    task, eval_cfg, n_points = job_task(cfg)
-    p = prompts.make_prompts("standard", task, n_prompts, n_points, eval_cfg.seed)
-    return p.xs, p.ys
-
-
-def quantize_job(cfg: DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
+def quantize_job(spec: JobSpec | DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
     """Apply the job's ``quant`` mode to its trained model, write ``quant.json``, return the model to evaluate."""
-    spec = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
+    spec = JobSpec.of(spec)
+    task = spec.task.build()
+    p = prompts.make_prompts("standard", task, PROOF_PROMPTS, spec.eval_points, spec.eval.seed)  # eval's first
     reference = float_model(model)
-    quantized = quantize(model, spec)
-    xs, ys = job_prompts(cfg, PROOF_PROMPTS)
-    report = proof(reference, quantized, spec, xs, ys)
+    quantized = quantize(model, spec.quant)
+    report = proof(reference, quantized, spec.quant, p.xs, p.ys)
     job.write_quant(report)
     log.info(summary(report))
     return quantized
 
 
-def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -> pd.DataFrame:
+def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job: JobDir) -> pd.DataFrame:
     """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised); write eval.csv."""
-    task, eval_cfg, n_points = job_task(cfg)
-    n_positions = OmegaConf.select(cfg, "model.n_positions")
+    spec = JobSpec.of(spec)
+    task, eval_cfg, n_points = job_task(spec)
     errors: dict[str, Any] = {}
-    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg),
-                  n_positions=None if n_positions is None else int(n_positions), errors=errors)
+    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, spec.labels(),
+                  n_positions=spec.model.n_positions, errors=errors)
     job.write_eval(df, errors)
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
     if failed := failures(df):
@@ -156,13 +144,15 @@ def reevaluate(cfg: DictConfig) -> None:
     if strategies is not None:  # replaced, not merged key by key
         job_cfg.eval.strategies = strategies
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
-    if out.path.resolve() == run.path.resolve():
-        df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
-    else:  # a folder of its own: self-describing (config, status) like any job, so figures and tuning can read it
+    if out.path.resolve() != run.path.resolve():
         job_cfg.paths.output_dir = str(out.path)
+    spec = JobSpec.from_config(job_cfg)  # the one parse of the (re-evaluated) job's config
+    if out.path.resolve() == run.path.resolve():
+        df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
+    else:  # a folder of its own: self-describing (config, status) like any job, so figures and tuning can read it
         out.write_config(job_cfg, hydra_copy=True)
         with out.lifecycle() as metrics:
-            df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
+            df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
             metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df))
     print(summary_line(df))
 
