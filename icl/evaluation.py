@@ -48,6 +48,7 @@ from torch import Tensor
 
 from icl import baselines, prompts
 from icl.cache import BaselineCache
+from icl.contract import EVAL_COLUMNS, errors_key, failures, param_key  # noqa: F401 - failures re-exported
 from icl.errors import first_line
 from icl.spec import require
 from icl.stats import bootstrap_ratio, paired_bootstrap
@@ -56,9 +57,7 @@ from icl.transformer import predict_model
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "attn", "quant", "model", "seed", "strategy", "param", "k", "predictor", "kind", "metric",
-           "error", "ci_low", "ci_high", "error_raw", "error_per_dim", "diff_transformer", "diff_low", "diff_high",
-           "n_dims", "failure", "n_prompts"]  # n_prompts last: never empty, so a cut-short row shows (icl.analysis.results)
+COLUMNS = EVAL_COLUMNS
 
 
 @dataclass
@@ -139,11 +138,6 @@ def predict_queries(model: torch.nn.Module, p: prompts.Prompts, batch_size: int)
         ys = torch.cat([p.ys[:, :i], torch.zeros_like(p.ys[:, :1])], dim=1)  # y_i is never seen by prediction i
         out[:, i] = predict_model(model, xs, ys, batch_size)[:, -1]
     return out
-
-
-def param_key(param: Any) -> str:
-    """A parameter as written in errors.npz keys: '' for none, else repr of the float (exact: 2 and 2.0 agree)."""
-    return "" if param is None else repr(float(param))
 
 
 def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int | None) -> list[tuple[str, Any, int]]:
@@ -234,9 +228,8 @@ def _transformer_frame(model: torch.nn.Module, task: Task, cfg: EvalConfig, p: p
     err, ref = prompt_errors(task, preds, p.targets)
     mine.append((err, ref))
     if errors is not None:
-        prefix = f"{cell['strategy']}/{param_key(cell['param'])}"
-        errors[f"{prefix}/transformer"] = err.astype(np.float32)
-        errors[f"{prefix}/zero"] = ref.astype(np.float32)
+        errors[errors_key(cell["strategy"], cell["param"], "transformer")] = err.astype(np.float32)
+        errors[errors_key(cell["strategy"], cell["param"], "zero")] = ref.astype(np.float32)
     return frame
 
 
@@ -276,12 +269,3 @@ def failed_rows(name: str, kind: str, n: int, count: int, reason: str, cell: dic
     """The rows of a cell that could not be computed: every k, NaN numbers, ``failure`` = the error line."""
     return pd.DataFrame({"k": np.arange(n), "error": np.nan, "n_prompts": count, "failure": reason,
                          "predictor": name, "kind": kind, **cell})
-
-
-def failures(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One entry per failed cell of an evaluation (what status.json records): strategy, param, predictor, error."""
-    if "failure" not in df:
-        return []
-    rows = df[df["failure"].notna()].drop_duplicates(["strategy", "param", "predictor"])
-    return [{"strategy": r.strategy, "param": None if pd.isna(r.param) else r.param, "predictor": r.predictor,
-             "error": r.failure} for r in rows.itertuples()]

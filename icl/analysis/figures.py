@@ -49,6 +49,7 @@ from icl.analysis.results import (
     variant_label,
 )
 from icl.analysis.styles import attn_color, quant_style
+from icl.contract import strategies
 from icl.files import atomic_write
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir
@@ -67,12 +68,6 @@ PARAM_NAMES = {"scale_x": "input scale c", "scale_y": "output scale c", "shift_x
                "noisy_y": "label noise σ", "long_context": "points n"}
 SCALE_STRATEGIES = ("scale_x", "scale_y", "shift_x")
 KEYS = ["task", "n_dims", "strategy", "param"]
-
-
-def standard_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """In-distribution rows (strategy `standard`): what the summary table compares."""
-    strategy = df["strategy"].fillna("standard") if "strategy" in df else pd.Series("standard", index=df.index)
-    return df[(strategy == "standard") & df["error"].notna()]
 
 
 def _group(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -333,7 +328,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
         raise SystemExit(f"No finished eval.csv found under {where}: run `make demo` or `python -m icl.train` first.")
     out.mkdir(parents=True, exist_ok=True)
     df = df[df["error"].notna()]
-    df = df.assign(variant=variant_label(df), strategy=df["strategy"].fillna("standard"),
+    df = df.assign(variant=variant_label(df), strategy=strategies(df),
                    param=pd.to_numeric(df["param"], errors="coerce"))
     tf, bl = aggregate_transformers(df), aggregate_baselines(df)
     # one metric per figure: the most frequent; not a copy of each group's rows

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_eval_csv, read_status
+from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_status
+from icl.contract import EVAL, STANDARD, cap_k, errors_key, read_eval_csv, strategies
 from icl.stats import paired_bootstrap
 
 # The options a cell is made of: config key -> column name.
@@ -31,7 +32,6 @@ CELL_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_n
              "trainer.gradient_clip_val": "gradient_clip_val", "model.layer_scale": "layer_scale",
              "trainer.max_steps": "max_steps", "attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge",
              "seed": "seed"}
-RECIPE_KEYS = ("lr", "warmup_steps", "qk_norm", "gradient_clip_val")
 # Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
 # than before its tuning: 0.030 [0.025, 0.035] (README "Every attention variant on the smoke study", 15k steps,
 # shared recipe lr 1e-3, eval.seed 0) — "not worse" = that value lies at or above the lower end of softmax's CI.
@@ -47,12 +47,12 @@ def paired_to(job: str | Path, reference: str | Path, k: int, n_boot: int = 1000
     mine, ref = load_errors(job), load_errors(reference)
     if mine is None or ref is None:
         raise ValueError(f"no errors.npz in {job if mine is None else reference}: cannot pair them")
-    key = "standard/"
-    zero = mine[f"{key}/zero"][:, k]
-    if not (ref[f"{key}/zero"].shape == mine[f"{key}/zero"].shape and (ref[f"{key}/zero"][:, k] == zero).all()):
+    zero_key, tf_key = errors_key(STANDARD, None, "zero"), errors_key(STANDARD, None, "transformer")
+    zero = mine[zero_key][:, k]
+    if not (ref[zero_key].shape == mine[zero_key].shape and (ref[zero_key][:, k] == zero).all()):
         raise ValueError(f"{job} and {reference} were not scored on the same prompts: no paired difference")
-    point, low, high, _ = paired_bootstrap(mine[f"{key}/transformer"][:, [k]], ref[f"{key}/transformer"][:, [k]],
-                                           zero[:, None], n_boot, ci, seed=0)
+    point, low, high, _ = paired_bootstrap(mine[tf_key][:, [k]], ref[tf_key][:, [k]], zero[:, None], n_boot, ci,
+                                           seed=0)
     return float(point[0]), float(low[0]), float(high[0])
 
 
@@ -61,13 +61,13 @@ def load_cells(roots: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for job in find_jobs(roots):
         status = read_status(job)["status"]
-        df = read_eval_csv(job / "eval.csv") if (job / "eval.csv").is_file() else None
+        df = read_eval_csv(job / EVAL) if (job / EVAL).is_file() else None
         if status != "done" or df is None:
             continue
         flat = flatten_config(load_config(job))
         d = int(flat["task.n_dims"])
-        tf = df[(df["predictor"] == "transformer") & (df["strategy"].fillna("standard") == "standard")]
-        at = tf[tf["k"] == min(2 * d, int(tf["k"].max()))]
+        tf = df[(df["predictor"] == "transformer") & (strategies(df) == STANDARD)]
+        at = tf[tf["k"] == cap_k(tf, 2 * d)]
         if at.empty:
             continue
         rows.append({"attn": flat["attn.name"], "task": flat["task.name"], "n_dims": d,

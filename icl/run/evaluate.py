@@ -19,7 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from icl import baselines, prompts
-from icl.evaluation import EvalConfig, evaluate, failures
+from icl.contract import cap_k, failures
+from icl.evaluation import EvalConfig, evaluate
 from icl.quantize import PROOF_PROMPTS, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir, JobLocked
@@ -75,7 +76,7 @@ def error_at_2d(df: pd.DataFrame) -> float:
     """The transformer's normalised error at k = 2d (or the largest k evaluated, if smaller): a job's headline
     number in status.json; NaN without transformer rows."""
     d = int(df.n_dims.iloc[0])
-    return next(iter(error_at(df, (min(2 * d, int(df.k.max())),)).values()), float("nan"))
+    return next(iter(error_at(df, (cap_k(df, 2 * d),)).values()), float("nan"))
 
 
 def summary_line(df: pd.DataFrame) -> str:

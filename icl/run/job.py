@@ -9,7 +9,7 @@ A job folder is self-describing; aggregation needs nothing else::
     <job>/checkpoints/         last.ckpt + periodic step_*.ckpt (not when the model came from the store)
     <job>/metrics.csv          training curve (icl.run.loggers)
     <job>/quant.json           the proof of quantisation (icl.quantize.proof)
-    <job>/eval.csv             tidy evaluation rows (icl.evaluation.COLUMNS)
+    <job>/eval.csv             tidy evaluation rows (icl.contract.EVAL_COLUMNS)
     <job>/errors.npz           per-prompt errors for paired differences
     <job>/.lock                held (``fcntl.flock``) by the one process working in the folder; its holder's pid/host
 
@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from icl import contract
 from icl.files import atomic_write, write_json
 from icl.run.versions import write_versions
 
@@ -77,17 +78,17 @@ class JobDir:
 
     path: Path
 
-    CONFIG = "config.yaml"
-    HYDRA_CONFIG = ".hydra/config.yaml"
-    STATUS = "status.json"
-    VERSIONS = "versions.json"
-    CHECKPOINTS = "checkpoints"
-    LAST_CKPT = "last.ckpt"
-    METRICS = "metrics.csv"
-    QUANT = "quant.json"
-    EVAL = "eval.csv"
-    ERRORS = "errors.npz"
-    LOCK = ".lock"
+    CONFIG = contract.CONFIG
+    HYDRA_CONFIG = contract.HYDRA_CONFIG
+    STATUS = contract.STATUS
+    VERSIONS = contract.VERSIONS
+    CHECKPOINTS = contract.CHECKPOINTS
+    LAST_CKPT = contract.LAST_CKPT
+    METRICS = contract.METRICS
+    QUANT = contract.QUANT
+    EVAL = contract.EVAL
+    ERRORS = contract.ERRORS
+    LOCK = contract.LOCK
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
