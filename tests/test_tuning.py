@@ -1,4 +1,4 @@
-"""Recipe selection (icl.tuning): it reads validation prompts, never the prompts results are reported on."""
+"""Recipe selection (icl.lab.tuning): it reads validation prompts, never the prompts results are reported on."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from icl import prompts
-from icl.analysis.tuning import load_cells, main, recipe_yaml, rescale_warmup, select
+from icl.lab.tuning import load_cells, main, recipe_yaml, rescale_warmup, select
 from icl.tasks import build_task
 from tests.helpers import compose_train
 
@@ -114,7 +114,7 @@ def test_every_variant_has_a_tuned_smoke_recipe():
 
 
 def test_verdict_is_computed_against_the_targets(tmp_path):
-    from icl.analysis.tuning import verdict
+    from icl.lab.tuning import verdict
 
     for attn, error in [("relu", 0.12), ("linear", 0.12), ("sigmoid", 0.05), ("softmax", 0.05)]:
         cell_job(tmp_path / attn, attn, 1e-3, False, 0, error)
@@ -136,7 +136,7 @@ def write_errors(job: Path, transformer: float, zero_seed: int = 0) -> None:
 
 @pytest.mark.parametrize("tuned,met", [(0.05, True), (0.2, False)])
 def test_softmax_is_judged_paired_against_a_same_steps_reference(tmp_path, tuned, met):
-    from icl.analysis.tuning import verdict
+    from icl.lab.tuning import verdict
 
     write_errors(cell_job(tmp_path / "final" / "softmax", "softmax", 1e-3, True, 0, tuned), tuned)
     write_errors(cell_job(tmp_path / "reference", "softmax", 1e-3, False, 0, 0.1), 0.1)

@@ -1,6 +1,6 @@
 """Pick a training recipe per attention variant from a tuning sweep, on validation prompts only.
 
-``python -m icl.tuning <sweep dir>... [--reporting-seed 0] [--out DIR] [--full-steps 15000]``
+``python -m icl.lab.tuning <sweep dir>... [--reporting-seed 0] [--out DIR] [--full-steps 15000]``
 
 A tuning sweep is any set of job folders (``icl.train -m …``) that differ in training options; each job's
 ``eval.csv`` holds its transformer's error on the prompts of *its* ``eval.seed``. Selection must not look at the
@@ -165,7 +165,7 @@ def varying(cells: pd.DataFrame) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icl.tuning", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m icl.lab.tuning", description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders (searched recursively for job folders)")
     parser.add_argument("--reporting-seed", type=int, default=0, help="eval.seed the final numbers are reported on")
     parser.add_argument("--full-steps", type=int, default=15000, help="trainer.max_steps of the recipe's runs")
