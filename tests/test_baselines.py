@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from icl import baselines as bl
+from icl.lab.reference import LOOPS
 
 ALL = sorted(set(bl.BASELINES.where(task=None)) - {"bayes"})  # nominal and bayes need the task: test_physics, test_solvers
 
@@ -309,4 +310,4 @@ def test_trees_and_xgboost_equal_the_scikit_learn_estimators(name):
     g = torch.Generator().manual_seed(21)
     xs = torch.randn(3, 30, 5, generator=g)
     ys = torch.where(xs[..., 0] > 0, 1.0, -1.0) + 0.3 * xs[..., 1] + 0.1 * torch.randn(3, 30, generator=g)
-    torch.testing.assert_close(bl.predict(name, xs, ys), bl.LOOPS[name](xs, ys), rtol=0, atol=0)
+    torch.testing.assert_close(bl.predict(name, xs, ys), LOOPS[name](xs, ys), rtol=0, atol=0)
