@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -413,7 +414,9 @@ class TaskSpec:
                 "num_tasks": self.num_tasks, "num_training_examples": self.num_training_examples,
                 "curriculum": self.curriculum.as_dict(), "baselines": list(self.baselines)}
 
-    def build(self) -> "Task":
+    @cached_property
+    def task(self) -> "Task":
+        """The task object, built once per spec (evaluation and the quantisation proof share it)."""
         return build_task(self.name, self.n_dims, self.params)
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def job_task(spec: JobSpec | DictConfig) -> tuple[Task, EvalConfig, int]:
     """A job's task, eval settings and number of points per evaluation prompt."""
     spec = JobSpec.of(spec)
-    task = spec.task.build()
+    task = spec.task.task
     if "bayes" in spec.eval.baselines:
         baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
     return task, spec.eval, spec.eval_points
@@ -46,7 +46,7 @@ def job_task(spec: JobSpec | DictConfig) -> tuple[Task, EvalConfig, int]:
 def quantize_job(spec: JobSpec | DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
     """Apply the job's ``quant`` mode to its trained model, write ``quant.json``, return the model to evaluate."""
     spec = JobSpec.of(spec)
-    task = spec.task.build()
+    task = spec.task.task
     p = prompts.make_prompts("standard", task, PROOF_PROMPTS, spec.eval_points, spec.eval.seed)  # eval's first
     reference = float_model(model)
     quantized = quantize(model, spec.quant)
