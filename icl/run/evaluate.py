@@ -18,15 +18,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from icl import baselines, prompts
+from icl import prompts
 from icl.contract import cap_k, failures
-from icl.evaluation import EvalConfig, evaluate
+from icl.evaluation import evaluate
 from icl.quantize import PROOF_PROMPTS, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir, JobLocked
 from icl.run.spec import JobSpec
 from icl.stats import error_at
-from icl.tasks import Task
 
 if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
     from icl.module import ICLModule
@@ -34,20 +33,10 @@ if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
 log = logging.getLogger(__name__)
 
 
-def job_task(spec: JobSpec | DictConfig) -> tuple[Task, EvalConfig, int]:
-    """A job's task, eval settings and number of points per evaluation prompt."""
-    spec = JobSpec.of(spec)
-    task = spec.task.task
-    if "bayes" in spec.eval.baselines:
-        baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
-    return task, spec.eval, spec.eval_points
-
-
 def quantize_job(spec: JobSpec | DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
     """Apply the job's ``quant`` mode to its trained model, write ``quant.json``, return the model to evaluate."""
-    spec = JobSpec.of(spec)
-    task = spec.task.task
-    p = prompts.make_prompts("standard", task, PROOF_PROMPTS, spec.eval_points, spec.eval.seed)  # eval's first
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
+    p = prompts.make_prompts("standard", spec.task.task, PROOF_PROMPTS, spec.eval_points, spec.eval.seed)  # eval's first
     reference = float_model(model)
     quantized = quantize(model, spec.quant)
     report = proof(reference, quantized, spec.quant, p.xs, p.ys)
@@ -58,10 +47,9 @@ def quantize_job(spec: JobSpec | DictConfig, model: torch.nn.Module, job: JobDir
 
 def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job: JobDir) -> pd.DataFrame:
     """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised); write eval.csv."""
-    spec = JobSpec.of(spec)
-    task, eval_cfg, n_points = job_task(spec)
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
     errors: dict[str, Any] = {}
-    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, spec.labels(),
+    df = evaluate(getattr(module, "model", module), spec.task.task, spec.eval, spec.eval_points, spec.labels(),
                   n_positions=spec.model.n_positions, errors=errors)
     job.write_eval(df, errors)
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)

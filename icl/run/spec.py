@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from icl import baselines
 from icl.data import DataSpec
 from icl.evaluation import EvalConfig
 from icl.module import OptimSpec
@@ -61,11 +62,7 @@ class JobSpec:
     threads: int | None
     ckpt_path: str | None
     skip_done: bool
-
-    @classmethod
-    def of(cls, cfg: "DictConfig | JobSpec") -> "JobSpec":
-        """``cfg`` itself if already a spec, else its spec (callers at the boundary pass the spec)."""
-        return cfg if isinstance(cfg, JobSpec) else cls.from_config(cfg)
+    gpu: bool  # trainer.accelerator is gpu or cuda
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "JobSpec":
@@ -83,8 +80,11 @@ class JobSpec:
                    attn=dict(node("attn") or {"name": "softmax"}), optim=OptimSpec.from_config(node("optim")),
                    data=DataSpec.from_config(node("data")), eval=EvalConfig.from_config(node("eval")),
                    quant=QuantSpec.from_config(node("quant")),
-                   paths=PathsSpec(**typed_fields(PathsSpec, node("paths"), "paths")), **top)
+                   paths=PathsSpec(**typed_fields(PathsSpec, node("paths"), "paths")),
+                   gpu=str((node("trainer") or {}).get("accelerator")) in ("gpu", "cuda"), **top)
         spec.check_prompt_length()
+        if "bayes" in spec.eval.baselines:
+            baselines.bayes_predictor(spec.task.task)  # a task without an exact one fails here, before training
         return spec
 
     @property

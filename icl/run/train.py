@@ -48,17 +48,12 @@ from icl.run.store import Entry, claim, fingerprint, training_identity
 log = logging.getLogger(__name__)
 
 
-def on_gpu(cfg: DictConfig) -> bool:
-    """Whether the job trains on a CUDA GPU (``trainer.accelerator`` gpu or cuda)."""
-    return str(cfg.trainer.accelerator) in ("gpu", "cuda")
-
-
 def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
     """Data and model of a job spec (a config is checked into one first); what the config alone cannot show —
     this machine, the model itself — fails here, before any training."""
-    spec = JobSpec.of(spec)
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
     cfg = spec.cfg
-    if on_gpu(cfg) and not torch.cuda.is_available():
+    if spec.gpu and not torch.cuda.is_available():
         raise ValueError("trainer=gpu but torch sees no CUDA GPU here: use trainer=cpu (or a CUDA build of torch)")
     if "tensorboard" in (cfg.get("logger") or {}) and not any(
             importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
@@ -69,7 +64,7 @@ def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
     datamodule = PromptDataModule(spec.task.as_dict(), seed=spec.seed, batch_size=spec.data.batch_size,
                                   num_workers=spec.data.num_workers)
     module = ICLModule.from_spec(spec.task, spec.model, spec.attn, spec.optim, spec.quant)
-    quant_check(spec.quant, module.model, on_gpu=on_gpu(cfg))
+    quant_check(spec.quant, module.model, on_gpu=spec.gpu)
     return datamodule, module
 
 
