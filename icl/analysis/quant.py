@@ -15,6 +15,7 @@ from icl.analysis.styles import QUANT_STYLES
 from icl.contract import STANDARD, read_eval_csv
 from icl.run.job import JobDir
 from icl.stats import error_at
+from icl.tables import markdown_table
 
 
 def table(jobs: list[Path]) -> pd.DataFrame:
@@ -55,9 +56,7 @@ def main(argv: list[str]) -> None:
 def markdown(df: pd.DataFrame) -> str:
     """A DataFrame as a markdown table (numbers to 4 significant digits)."""
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table(list(df.columns), ([cell(v) for v in row] for row in df.itertuples(index=False)))
 
 
 def cli() -> None:

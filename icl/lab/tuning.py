@@ -26,6 +26,7 @@ import pandas as pd
 from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_status
 from icl.contract import EVAL, STANDARD, cap_k, errors_key, read_eval_csv, strategies
 from icl.stats import paired_bootstrap
+from icl.tables import markdown_table
 
 # The options a cell is made of: config key -> column name.
 CELL_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
@@ -131,12 +132,9 @@ def recipe_yaml(best: pd.DataFrame) -> str:
 
 def markdown(cells: pd.DataFrame, columns: Sequence[str]) -> str:
     """A Markdown table of ``columns`` plus error [95% CI]."""
-    head = [*columns, "error at k = 2d [95% CI]"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, row in cells.iterrows():
-        values = [str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(values) + f" | {row['error']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] |")
-    return "\n".join(lines) + "\n"
+    rows = ([*(row[c] for c in columns), f"{row['error']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"]
+            for _, row in cells.iterrows())
+    return markdown_table([*columns, "error at k = 2d [95% CI]"], rows) + "\n"
 
 
 def verdict(final: pd.DataFrame, reporting_seed: int = 0, softmax_reference: str | Path | None = None) -> pd.DataFrame:
