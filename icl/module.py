@@ -8,6 +8,7 @@ quantisation-aware training, whose fake quantisers it then builds), so
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
@@ -85,13 +86,18 @@ class ICLModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optim is None:
             raise ValueError("this ICLModule was built without optim settings (inference only): pass optim=…")
-        opt = torch.optim.Adam(self.parameters(), lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
+        opt = make_optimizer(self.parameters(), self.optim)
         total = int(self.trainer.max_steps)
         if self.optim["schedule"] == "cosine" and total <= 0:
             raise ValueError("optim.schedule=cosine needs trainer.max_steps > 0 (it decays to 0 at max_steps)")
         schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), max(total, 1))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_optimizer(params: Iterable[Tensor], optim: dict[str, Any]) -> torch.optim.Optimizer:
+    """The training optimiser: Adam with ``optim``'s lr and weight decay."""
+    return torch.optim.Adam(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):

@@ -1,0 +1,63 @@
+"""The job's training step vs the bare loop: the job trains exactly the bare loop's arithmetic, and the benchmark
+part runs at toy size (speed is not asserted)."""
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from icl.bench.latency import run
+from icl.bench.overhead import BareLoop, clip_value, job_config
+from icl.run.configs import CONFIG_DIR
+from icl.run.train import build, make_trainer
+
+# The smoke job at toy size: its callbacks (diagnostics record at step 0), logger and schedule as configured.
+TOY = ["experiment=smoke", "data.batch_size=8", "model.n_layer=2", "trainer.max_steps=6",
+       "trainer.log_every_n_steps=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+       "optim.warmup_steps=2"]
+
+
+def overrides_arg(overrides: list[str]) -> str:
+    """``overhead.overrides`` on the command line: items with ``=`` are quoted in Hydra's list grammar."""
+    return "overhead.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]"
+
+
+@pytest.mark.parametrize("attn", ["softmax", "relu"])  # relu's smoke recipe: qk_norm and gradient clipping
+def test_job_trains_exactly_the_bare_loop(tmp_path, attn):
+    cfg = job_config([*TOY, f"attn={attn}"], tmp_path)
+    torch.manual_seed(0)
+    datamodule, module = build(cfg)
+    bare = BareLoop(module, datamodule, int(cfg.trainer.max_steps), clip_value(cfg))
+    assert (clip_value(cfg) is not None) == (attn == "relu")
+    make_trainer(cfg).fit(module, datamodule=datamodule)
+    bare.run(int(cfg.trainer.max_steps))
+    trained, reference = dict(module.model.named_parameters()), dict(bare.model.named_parameters())
+    assert trained.keys() == reference.keys()
+    for name, value in trained.items():
+        assert not torch.equal(value, bare.initial[name]), name  # it trained
+        assert torch.equal(value, reference[name]), name
+
+
+def test_overhead_part_runs_at_toy_size(tmp_path):
+    overrides = ["parts=[overhead]", f"out_dir={tmp_path}", "n_boot=100", "threads=1", "peak_size=256",
+                 overrides_arg(TOY[:-3]), "overhead.steps_per_round=2", "overhead.rounds=3",
+                 "overhead.profile_steps=3"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=overrides)
+    df = run(cfg)
+    rows = df[df.part == "overhead"].set_index("impl")
+    assert set(rows.index) == {"job", "bare"} and (rows.median_ms > 0).all()
+    assert rows.loc["job", "ratio_ci_low"] <= rows.loc["job", "ratio"] <= rows.loc["job", "ratio_ci_high"]
+    assert len(pd.read_csv(tmp_path / "bench.csv")) == 2
+    text = (tmp_path / "bench.md").read_text()
+    assert "job / bare" in text and "training_step" in text  # the profile of the job's step
+    assert "run_backward" in (tmp_path / "profile_overhead_cprofile.txt").read_text()
+
+
+@pytest.mark.parametrize("override, message", [("overhead.clock=cpu", "overhead.clock must be one of wall, process"),
+                                                ("overhead.rounds=0", "overhead.rounds must be an integer >= 1")])
+def test_overhead_bad_settings_are_one_line(tmp_path, override, message):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=["parts=[overhead]", f"out_dir={tmp_path}", override])
+    with pytest.raises(ValueError, match=message):
+        run(cfg)
