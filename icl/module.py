@@ -15,7 +15,6 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from icl.tasks import Task, build_task
 from icl.transformer import ICLTransformer, TransformerConfig
@@ -52,7 +51,7 @@ class ICLModule(L.LightningModule):
             if unknown or missing:
                 raise ValueError(f"optim options: unknown {unknown}, missing {missing}; known: {list(OPTIM_KEYS)}")
         self.optim = optim
-        self.loss_rel_zero = MeanMetric()
+        self.last_batch: tuple[Tensor, Tensor, int, int] | None = None  # what on_train_batch_end logs
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ICLModule":
@@ -76,12 +75,19 @@ class ICLModule(L.LightningModule):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr or add "
                 "trainer.gradient_clip_val (finished checkpoints are kept)")
-        self.loss_rel_zero(loss.detach() / self.task.zero_loss(ys).to(loss))
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/loss_rel_zero", self.loss_rel_zero, prog_bar=True)
-        self.log("curriculum/n_dims", float(batch["n_dims"]))
-        self.log("curriculum/n_points", float(xs.shape[1]))
+        self.last_batch = (loss.detach(), ys, batch["n_dims"], xs.shape[1])
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Only on the steps whose metrics the loggers write (and the last): self.log costs more than a tiny step's
+        # arithmetic, and what it records on other steps is never written.
+        if not (logs_this_step(self.trainer) or self.global_step >= self.trainer.max_steps > 0):
+            return
+        loss, ys, n_dims, n_points = self.last_batch
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss_rel_zero", loss / self.task.zero_loss(ys).to(loss), prog_bar=True)
+        self.log("curriculum/n_dims", float(n_dims))
+        self.log("curriculum/n_points", float(n_points))
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optim is None:
@@ -93,6 +99,12 @@ class ICLModule(L.LightningModule):
         schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), max(total, 1))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether the trainer's loggers write this step's metrics (``trainer.log_every_n_steps``, or a stop): Lightning's
+    own test, as its LearningRateMonitor reads it (the one use of this private attribute; tests/test_module.py)."""
+    return bool(trainer._logger_connector.should_update_logs)
 
 
 def make_optimizer(params: Iterable[Tensor], optim: dict[str, Any]) -> torch.optim.Optimizer:

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from lightning.pytorch import Callback
 
 from icl.bench.latency import run
 from icl.bench.overhead import BareLoop, clip_value, job_config
@@ -61,3 +62,27 @@ def test_overhead_bad_settings_are_one_line(tmp_path, override, message):
         cfg = compose("bench", overrides=["parts=[overhead]", f"out_dir={tmp_path}", override])
     with pytest.raises(ValueError, match=message):
         run(cfg)
+
+
+class LossPerStep(Callback):
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses[trainer.global_step - 1] = float(outputs["loss"])
+
+
+def test_metrics_are_logged_on_exactly_the_steps_the_logger_writes(tmp_path):
+    """The module logs only where ``icl.module.logs_this_step`` (Lightning's private test) says the loggers write:
+    metrics.csv still has a row with that very step's loss every ``log_every_n_steps`` steps, and the final metrics
+    are the last step's. Fails loudly if Lightning renames or changes that test."""
+    cfg = job_config([*TOY[:-1], "trainer.max_steps=7", "trainer.log_every_n_steps=3"], tmp_path)
+    datamodule, module = build(cfg)
+    losses = LossPerStep()
+    trainer = make_trainer(cfg, [losses])
+    trainer.fit(module, datamodule=datamodule)
+    rows = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["train/loss"])
+    assert rows.step.tolist() == [2, 5]
+    for step, loss in zip(rows.step, rows["train/loss"]):
+        assert loss == pytest.approx(losses.losses[step], rel=1e-6)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.losses[6], rel=1e-6)
