@@ -9,8 +9,11 @@ from lightning.pytorch import Callback
 
 from icl.bench.latency import run
 from icl.bench.overhead import BareLoop, clip_value, job_config
+from icl.data import PromptStream
+from icl.module import make_optimizer
 from icl.run.configs import CONFIG_DIR
 from icl.run.train import build, make_trainer
+from icl.transformer import ICLTransformer, TransformerConfig
 
 # The smoke job at toy size: its callbacks (diagnostics record at step 0), logger and schedule as configured.
 TOY = ["experiment=smoke", "data.batch_size=8", "model.n_layer=2", "trainer.max_steps=6",
@@ -86,3 +89,35 @@ def test_metrics_are_logged_on_exactly_the_steps_the_logger_writes(tmp_path):
     for step, loss in zip(rows.step, rows["train/loss"]):
         assert loss == pytest.approx(losses.losses[step], rel=1e-6)
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.losses[6], rel=1e-6)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_job_optimiser_is_plain_adams_arithmetic(weight_decay):
+    """make_optimizer's multi-tensor Adam trains bit-identical parameters to the one-tensor-at-a-time loop."""
+    torch.manual_seed(0)
+    model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=6, n_layer=2))
+    xs, ys = torch.randn(16, 6, 4), torch.randn(16, 6)
+    optim = {"lr": 1e-3, "weight_decay": weight_decay}
+    trained = []
+    for make in (lambda p: make_optimizer(p, optim), lambda p: torch.optim.Adam(p, foreach=False, **optim)):
+        copy = ICLTransformer(model.config)
+        copy.load_state_dict(model.state_dict())
+        opt = make(copy.parameters())
+        for _ in range(5):
+            opt.zero_grad()
+            (copy(xs, ys) - ys).square().mean().backward()
+            opt.step()
+        trained.append(copy.state_dict())
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+    assert not torch.equal(trained[0]["read_in.weight"], model.state_dict()["read_in.weight"])
+
+
+def test_dataloader_yields_the_stream_as_is(tmp_path):
+    datamodule, _ = build(job_config(TOY, tmp_path))
+    loader = iter(datamodule.train_dataloader())
+    stream = PromptStream(datamodule.sampler, datamodule.curriculum, datamodule.batch_size, datamodule.seed)
+    for step in range(3):
+        batch, expected = next(loader), stream.batch_at(step)
+        assert batch.keys() == expected.keys()
+        assert all(torch.equal(batch[k], expected[k]) if torch.is_tensor(batch[k]) else batch[k] == expected[k]
+                   for k in batch)
