@@ -39,6 +39,7 @@ from icl.bench.flops import forward_flops, matmul_peak, train_flops
 from icl.bench.timing import interleaved as timed_rounds
 from icl.bench.timing import summarise
 from icl.errors import first_line
+from icl.module import make_optimizer
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
@@ -264,7 +265,9 @@ def train_call(model: nn.Module, xs: Tensor, ys: Tensor, device: torch.device, a
     """One Adam step on squared error. ``end_to_end`` times the whole loop as each side runs it: the reference's way
     makes the prompts on the CPU, copies them and reads the loss back every step; ours makes them on the device and
     never waits (and uses ``amp``). Otherwise both see the same fixed batch (model only)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # Ours steps with the job's optimiser (icl.module.make_optimizer); the reference with torch's default Adam.
+    opt = (torch.optim.Adam(model.parameters(), lr=1e-4) if reference
+           else make_optimizer(model.parameters(), {"lr": 1e-4, "weight_decay": 0.0}))
     model.train()
     host = torch.device("cpu")
     gen = torch.Generator(device=host if reference else device).manual_seed(0)
