@@ -29,7 +29,8 @@ class ICLModule(L.LightningModule):
     """Loss = the task's objective over every prediction position (MSE, or cross-entropy for classification).
 
     Logs ``train/loss``, ``train/loss_rel_zero`` (loss divided by the zero estimator's loss on the same
-    batch, Garg et al.'s normalisation, 1 = no better than predicting 0) and the curriculum state.
+    batch, Garg et al.'s normalisation, 1 = no better than predicting 0) and the curriculum state, on the steps
+    the loggers write (every ``trainer.log_every_n_steps``) and the last one.
     """
 
     def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: dict[str, Any] | str | None = None,
@@ -85,8 +86,8 @@ class ICLModule(L.LightningModule):
         return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Only on the steps whose metrics the loggers write (and the last): self.log costs more than a tiny step's
-        # arithmetic, and what it records on other steps is never written.
+        # Only on the steps whose metrics the loggers write (and the last, for the final metrics): each self.log call
+        # walks Lightning's result collection, and what it records on the other steps is never written.
         if not (logs_this_step(self.trainer) or self.global_step >= self.trainer.max_steps > 0):
             return
         loss, ys, n_dims, n_points = self.last_batch
@@ -109,7 +110,7 @@ class ICLModule(L.LightningModule):
 
 def logs_this_step(trainer: L.Trainer) -> bool:
     """Whether the trainer's loggers write this step's metrics (``trainer.log_every_n_steps``, or a stop): Lightning's
-    own test, as its LearningRateMonitor reads it (the one use of this private attribute; tests/test_module.py)."""
+    own test, as its LearningRateMonitor reads it (the one use of this private attribute; tests/test_bench_overhead.py)."""
     return bool(trainer._logger_connector.should_update_logs)
 
 
