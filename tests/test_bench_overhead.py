@@ -121,3 +121,13 @@ def test_dataloader_yields_the_stream_as_is(tmp_path):
         assert batch.keys() == expected.keys()
         assert all(torch.equal(batch[k], expected[k]) if torch.is_tensor(batch[k]) else batch[k] == expected[k]
                    for k in batch)
+
+
+def test_overhead_preset_composes_and_passes_the_checks():
+    from icl.bench.latency import check
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=["bench=overhead"])
+    check(cfg)
+    assert list(cfg.parts) == ["overhead", "throughput"] and list(cfg.throughput.models) == ["tiny", "standard"]
+    assert list(cfg.overhead.overrides) == ["experiment=smoke"]
