@@ -44,13 +44,14 @@ def test_job_trains_exactly_the_bare_loop(tmp_path, attn):
 
 def test_overhead_part_runs_at_toy_size(tmp_path):
     overrides = ["parts=[overhead]", f"out_dir={tmp_path}", "n_boot=100", "threads=1", "peak_size=256",
-                 overrides_arg(TOY[:-3]), "overhead.steps_per_round=2", "overhead.rounds=3",
+                 overrides_arg([*TOY[:-3], "trainer.max_steps=20"]), "overhead.steps_per_round=2", "overhead.rounds=3",
                  "overhead.profile_steps=3"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("bench", overrides=overrides)
     df = run(cfg)
     rows = df[df.part == "overhead"].set_index("impl")
     assert set(rows.index) == {"job", "bare"} and (rows.median_ms > 0).all()
+    assert (rows.rounds == 3).all()  # the warm-up round dropped, every timed round complete
     assert rows.loc["job", "ratio_ci_low"] <= rows.loc["job", "ratio"] <= rows.loc["job", "ratio_ci_high"]
     assert len(pd.read_csv(tmp_path / "bench.csv")) == 2
     text = (tmp_path / "bench.md").read_text()
@@ -58,11 +59,13 @@ def test_overhead_part_runs_at_toy_size(tmp_path):
     assert "run_backward" in (tmp_path / "profile_overhead_cprofile.txt").read_text()
 
 
-@pytest.mark.parametrize("override, message", [("overhead.clock=cpu", "overhead.clock must be one of wall, process"),
-                                                ("overhead.rounds=0", "overhead.rounds must be an integer >= 1")])
+@pytest.mark.parametrize("override, message", [
+    ("overhead.clock=cpu", "overhead.clock must be one of wall, process"),
+    ("overhead.rounds=0", "overhead.rounds must be an integer >= 1"),
+    (overrides_arg(["experiment=smoke", "trainer.max_steps=50"]), r"trainer.max_steps \(50\) is below the 321 steps")])
 def test_overhead_bad_settings_are_one_line(tmp_path, override, message):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=["parts=[overhead]", f"out_dir={tmp_path}", override])
+        cfg = compose("bench", overrides=["parts=[overhead]", f"out_dir={tmp_path}", "peak_size=64", override])
     with pytest.raises(ValueError, match=message):
         run(cfg)
 

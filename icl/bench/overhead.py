@@ -179,6 +179,10 @@ def run_overhead(part: DictConfig, out_dir: Path, n_boot: int, ci: float, seed: 
     steps, rounds = int(part.steps_per_round), int(part.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = job_config(list(part.overrides), Path(tmp))
+        needed = max(steps * (rounds + 1) + 1, int(part.profile_steps) + 1)  # +1: the first step has no interval
+        if int(cfg.trainer.max_steps) < needed:
+            raise ValueError(f"the job's trainer.max_steps ({cfg.trainer.max_steps}) is below the {needed} steps the "
+                             "overhead rounds need: raise it in overhead.overrides or lower overhead.rounds")
         timer = timed_job(cfg, steps, rounds, seed, str(part.clock))
         job = np.array([np.mean(r) for r in timer.job[1:rounds + 1]])  # round 0: warm-up
         bare = np.array([np.mean(r) for r in timer.bare_rounds[1:rounds + 1]])
