@@ -59,6 +59,11 @@ class PromptStream(IterableDataset):
             step += stride
 
 
+def as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """The DataLoader's collate function: the stream's batches are complete already (its default would walk them)."""
+    return batch
+
+
 class PromptDataModule(L.LightningDataModule):
     """Fresh training prompts for one task, with the curriculum and optional finite pools.
 
@@ -86,7 +91,7 @@ class PromptDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         stream = PromptStream(self.sampler, self.curriculum, self.batch_size, self.seed, rank, self.step)
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, collate_fn=as_is,
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def state_dict(self) -> dict[str, Any]:
