@@ -17,10 +17,11 @@ from tests.helpers import REPO
 PACKAGE = REPO / "icl"
 ENTRY_SHIMS = {"icl.train", "icl.evaluate", "icl.figures", "icl.study", "icl.bench.__main__"}  # `python -m` forwarders only
 FORBIDDEN = {  # layer -> packages it must not import
-    "core": ("icl.run", "icl.analysis", "icl.bench"),
-    "icl.run": ("icl.analysis", "icl.bench"),
-    "icl.analysis": ("icl.bench",),
-    "icl.bench": (),
+    "core": ("icl.run", "icl.analysis", "icl.bench", "icl.lab"),
+    "icl.run": ("icl.analysis", "icl.bench", "icl.lab"),
+    "icl.analysis": ("icl.bench", "icl.lab"),
+    "icl.bench": ("icl.lab",),
+    "icl.lab": (),  # the lab uses the library; nothing imports the lab
 }
 
 
@@ -47,7 +48,7 @@ def icl_imports(path: Path) -> set[str]:
 
 
 def layer(name: str) -> str:
-    for pkg in ("icl.run", "icl.analysis", "icl.bench"):
+    for pkg in ("icl.run", "icl.analysis", "icl.bench", "icl.lab"):
         if name == pkg or name.startswith(pkg + "."):
             return pkg
     return "core"

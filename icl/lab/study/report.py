@@ -97,6 +97,9 @@ def cost_text(cells: Sequence[Any], cfg: Mapping[str, Any]) -> str:
 def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[Path]]:
     cells_dir, out_dir = Path(cfg["cells"]), Path(cfg["out_dir"])
     cells = load_cells(cells_dir)
+    if not cells:  # nothing trained yet: the page says what is missing and states no finding
+        return (f"# Results: the seed study v2\n\n[← README](../README.md) · written by `python -m icl.study` from "
+                f"`{cells_dir}`.\n\n## Status\n{status_text(cfg, set())}\n"), {}, []
     study = C.Study(cells, cfg)
     bench = read_bench(Path(cfg["bench_csv"])) if cfg.get("bench_csv") else None
     rows = C.claim_rows(study) + timing_rows(bench, float(cfg["margins"]["time"]))
