@@ -221,6 +221,11 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
          "hydra.sweep.subdir=${attn.name}-${seed}", *TINY, *common], tmp_path)
     run(["-m", "icl.lab.study.compact", str(jobs), "--cells", str(cells), "--arm", "tuned"], tmp_path)
     assert len(list(cells.glob(f"*/{CELL_JSON}"))) == 6
+    meta = json.loads((cells / "tuned-linear-relu-seed1" / CELL_JSON).read_text())
+    means = meta["quants"]["none"]["means"]
+    assert {"standard/", "long_context/", "scale_x/0.5"} <= set(means) and len(means["standard/"]["transformer"]) == 11
+    with np.load(cells / "tuned-linear-relu-seed1" / ERRORS) as z:
+        assert z["none/standard//transformer"].dtype == np.float16 and list(z["ks/standard/"]) == list(range(5, 11))
     assert sum(p.stat().st_size for p in cells.rglob("*") if p.is_file()) < 1_000_000
     shutil.rmtree(jobs)
     shutil.rmtree(tmp_path / "store")

@@ -4,7 +4,8 @@ from finished job folders and read back by the report, which needs nothing else.
 ``<cells>/<arm>-<task>-<attn>-seed<s>/``:
 - ``cell.json``: the cell's identity and config fingerprint, recipe, scale, guard inputs, per-quant mean normalised
   errors per k (transformer and baselines, every strategy: the figures), train/eval seconds, machine;
-- ``errors.npz``: float16 per-prompt errors on the claims' windows, keys ``<quant>/<strategy>/<param>/<predictor>``
+- ``errors.npz``: float16 per-prompt errors of every evaluated strategy on the claims' windows, keys
+  ``<quant>/<strategy>/<param>/<predictor>``
   (transformer per quant mode; zero once: every mode is scored on the same prompts) and ``ks/<strategy>/<param>``;
 - ``curve.csv``: the training curve (step, loss ÷ the zero estimator's), at most ``CURVE_ROWS`` rows;
 - ``quant/<mode>.json``: each quant mode's quant.json (how far the quantised model's predictions moved).
@@ -101,9 +102,10 @@ def _curve(job: Path) -> pd.DataFrame:
 def _means(eval_csv: pd.DataFrame) -> dict[str, dict[str, list[float | None]]]:
     """``strategy/param`` → predictor → mean normalised error per k (index = k)."""
     out: dict[str, dict[str, list[float | None]]] = {}
-    df = eval_csv.assign(strategy=eval_csv["strategy"].fillna("standard"))
-    for (strategy, param, predictor), sub in df.groupby(["strategy", df["param"].astype(str), "predictor"]):
-        param = "" if param in ("nan", "") else repr(float(param))
+    params = pd.to_numeric(eval_csv["param"], errors="coerce")
+    df = eval_csv.assign(strategy=eval_csv["strategy"].fillna("standard"),
+                         tag=["" if math.isnan(p) else repr(float(p)) for p in params])
+    for (strategy, param, predictor), sub in df.groupby(["strategy", "tag", "predictor"]):
         errs = sub.set_index("k")["error"]
         row = [None if math.isnan(float(errs.get(k, math.nan))) else round(float(errs[k]), 5)
                for k in range(int(errs.index.max()) + 1)]
@@ -111,9 +113,9 @@ def _means(eval_csv: pd.DataFrame) -> dict[str, dict[str, list[float | None]]]:
     return out
 
 
-def export(jobs: Sequence[Path], cells: Path, arm: str, paper_d: int, strategies: Mapping[str, Sequence]) -> list[Path]:
+def export(jobs: Sequence[Path], cells: Path, arm: str, paper_d: int) -> list[Path]:
     """Write one cell per training among ``jobs`` (grouped by task, attention, seed); returns the cell folders.
-    ``strategies``: the strategy → params the claims read per-prompt errors of (others keep means only)."""
+    Per-prompt errors of every evaluated strategy are kept on the claims' k windows (``Windows.ks``)."""
     groups: dict[tuple[str, str, int], list[tuple[str, Path, dict]]] = {}
     for job in jobs:
         if JobDir(job).status()["status"] != "done":
@@ -121,12 +123,12 @@ def export(jobs: Sequence[Path], cells: Path, arm: str, paper_d: int, strategies
         flat = flat_config(job)
         key = (str(flat["task.name"]), str(flat["attn.name"]), int(flat["seed"]))
         groups.setdefault(key, []).append((str(flat["quant.name"]), job, flat))
-    return [write_cell(cells, arm, *key, sorted(members), paper_d, strategies)
+    return [write_cell(cells, arm, *key, sorted(members), paper_d)
             for key, members in sorted(groups.items())]
 
 
 def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: list[tuple[str, Path, dict]],
-               paper_d: int, strategies: Mapping[str, Sequence]) -> Path:
+               paper_d: int) -> Path:
     quants = [q for q, _, _ in members]
     if "none" not in quants or len(set(quants)) != len(quants):
         raise ValueError(f"cell {task}/{attn}/seed {seed}: need exactly one float job (quant=none) and one job per "
@@ -140,20 +142,19 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
     zero_ref: dict[str, np.ndarray] = {}
     for quant, job, _ in members:
         errors = load_errors(job) or {}
-        for strategy, params in strategies.items():
-            for param in params:
-                tag = f"{strategy}/{'' if param is None else repr(float(param))}"
-                model, zero = errors.get(f"{tag}/transformer"), errors.get(f"{tag}/zero")
-                if model is None or zero is None:
-                    continue
-                ks = [k for k in win.ks(strategy) if k < model.shape[1]]
-                if tag in zero_ref and not np.array_equal(zero_ref[tag], zero, equal_nan=True):
-                    raise ValueError(f"{job} was scored on other {tag} prompts than its float job: re-evaluate it with "
-                                     "the same eval.seed / eval.n_prompts")
-                zero_ref.setdefault(tag, zero)
-                arrays[f"{quant}/{tag}/transformer"] = model[:, ks].astype(np.float16)
-                arrays.setdefault(f"none/{tag}/zero", zero[:, ks].astype(np.float16))
-                arrays.setdefault(f"ks/{tag}", np.asarray(ks, np.int16))
+        for key, model in sorted(errors.items()):
+            tag, predictor = key.rsplit("/", 1)
+            zero = errors.get(f"{tag}/zero")
+            if predictor != "transformer" or zero is None:
+                continue
+            ks = [k for k in win.ks(tag.split("/", 1)[0]) if k < model.shape[1]]
+            if tag in zero_ref and not np.array_equal(zero_ref[tag], zero, equal_nan=True):
+                raise ValueError(f"{job} was scored on other {tag} prompts than its float job: re-evaluate it with "
+                                 "the same eval.seed / eval.n_prompts")
+            zero_ref.setdefault(tag, zero)
+            arrays[f"{quant}/{tag}/transformer"] = model[:, ks].astype(np.float16)
+            arrays.setdefault(f"none/{tag}/zero", zero[:, ks].astype(np.float16))
+            arrays.setdefault(f"ks/{tag}", np.asarray(ks, np.int16))
         eval_csv = read_eval_csv(JobDir(job).eval_csv)
         if eval_csv is None:
             raise ValueError(f"{job}: no readable eval.csv")
@@ -241,7 +242,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--paper-d", type=int, default=20)
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
-        written = export(find_jobs(args.jobs), args.cells, args.arm, args.paper_d, CLAIM_STRATEGIES)
+        written = export(find_jobs(args.jobs), args.cells, args.arm, args.paper_d)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -249,10 +250,6 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"wrote {path}")
     return 0
 
-
-# the strategies whose per-prompt errors the claims read (None: the strategy's only parameter)
-CLAIM_STRATEGIES: dict[str, list[float | None]] = {"standard": [None], "scale_x": [0.125, 0.5, 1.0, 2.0, 8.0],
-                                                    "long_context": [None]}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -70,8 +70,7 @@ def run_cell(cfg: Mapping[str, Any], name: str, arm: str, overrides: Sequence[st
            f"quant={','.join(grid['quants'])}"]
     log.info("training %s: %s", name, " ".join(cmd[2:]))
     subprocess.run(cmd, check=True)
-    strategies = {"standard": [None], "scale_x": list(cfg["scale_factors"]), "long_context": [None]}
-    (written,) = export(find_jobs([sweep]), Path(cfg["cells"]), arm, int(cfg["paper_d"]), strategies)
+    (written,) = export(find_jobs([sweep]), Path(cfg["cells"]), arm, int(cfg["paper_d"]))
     return written
 
 
