@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from scipy import stats as sps
 
 from icl.lab.study.claims import Study, claim_rows, failure_table
-from icl.lab.study.compact import CELL_JSON, CURVE, ERRORS, load_cells
+from icl.lab.study.compact import CELL_JSON, CURVE, ERRORS, Windows, load_cells, window_sums
 from icl.lab.study.inference import (
     CONFIRMED,
     REFUTED,
@@ -104,12 +104,14 @@ def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 
     out = root / f"tuned-linear-{attn}-seed{seed}"
     out.mkdir(parents=True)
     arrays = {}
+    win = Windows.of(5, 10, 28, 20)
     for strategy, params in {"standard": [""], "scale_x": ["0.125", "0.5", "1.0", "2.0", "8.0"],
                              "long_context": [""]}.items():
         for p in params:
-            arrays[f"none/{strategy}/{p}/transformer"] = model.astype(np.float16)
-            arrays[f"none/{strategy}/{p}/zero"] = zero.astype(np.float16)
-            arrays[f"ks/{strategy}/{p}"] = np.arange(28, dtype=np.int16)
+            for predictor, errors in (("transformer", model), ("zero", zero)):
+                for name, (ks, sums) in window_sums(errors, win, strategy).items():
+                    arrays[f"none/{strategy}/{p}/{predictor}/{name}"] = sums
+                    arrays[f"ks/{strategy}/{p}/{name}"] = np.asarray(ks)
     np.savez_compressed(out / ERRORS, **arrays)
     means = {"standard/": {"transformer": [level] * 11, "least_squares": [0.0] * 11}}
     (out / CURVE).write_text("step,loss_rel_zero\n" + "".join(f"{s},{level}\n" for s in range(0, 1000, 100)))
@@ -142,6 +144,18 @@ def test_the_guard_drops_a_seed_whichever_side_failed(tmp_path):
     assert ref_failed.with_failed and cmp_failed.with_failed and "counting failed seeds" in ref_failed.flags
     table = {(r["attn"], r["quant"]): (r["failed"], r["seeds"]) for r in failure_table(study)}
     assert table[("relu", "none")] == (1, 5) and table[("softmax", "none")] == (0, 5)
+
+
+def test_report_from_synthetic_cells_is_reproducible_and_lists_missing_cells(tmp_path):
+    from icl.lab.study.report import report
+
+    rows_of(tmp_path, {"relu": 2})
+    cfg = study_cfg(tmp_path / "cells") | {"out_dir": str(tmp_path / "docs"), "readme": None, "bench_csv": None}
+    first = report(cfg).read_text()
+    assert report(cfg).read_text() == first                          # same committed cells, same page
+    assert "10 of 66 cells committed; missing: tuned-linear-relu_causal-seed0" in first
+    assert "relu (÷ L: the seed's model)" in first and "did not learn: seed 2" in first
+    assert (tmp_path / "docs" / "study" / "error_vs_k_tuned_linear.png").is_file()
 
 
 # -- configs -------------------------------------------------------------------------------------------------------
@@ -225,7 +239,8 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
     means = meta["quants"]["none"]["means"]
     assert {"standard/", "long_context/", "scale_x/0.5"} <= set(means) and len(means["standard/"]["transformer"]) == 11
     with np.load(cells / "tuned-linear-relu-seed1" / ERRORS) as z:
-        assert z["none/standard//transformer"].dtype == np.float16 and list(z["ks/standard/"]) == list(range(5, 11))
+        assert z["none/standard//transformer/fit"].dtype == np.float16 and z["none/standard//transformer/fit"].shape == (64,)
+        assert list(z["ks/standard//fit"]) == list(range(5, 11)) and list(z["ks/long_context//late"]) == list(range(20, 28))
     assert sum(p.stat().st_size for p in cells.rglob("*") if p.is_file()) < 1_000_000
     shutil.rmtree(jobs)
     shutil.rmtree(tmp_path / "store")

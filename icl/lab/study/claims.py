@@ -305,8 +305,7 @@ def _accuracy_rows(study: Study, arm: str, noninferiority: float, zero_margin: f
                              f"linear, {window_text(lin.robust)}", "equal", zero_margin, seeds,
                              study.absolute(arm, "linear", (attn,), "scale_x", hi, lin.robust)))
         if lin.beyond:
-            half = (len(lin.beyond) + 1) // 2
-            early, late = lin.beyond[:half], lin.beyond[half:]
+            early, late = lin.early, lin.late
             rows += _vs_softmax(study, arm, "d", "first worse (extended context)", "linear", "long_context", None,
                                 early, "greater")
             if late:
@@ -349,7 +348,7 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
     for quant in quants:
         for task in sorted({c.meta["task"] for c in cells}):
             win = study.windows(task)
-            tags = sorted({k.split("/", 1)[1].rsplit("/", 1)[0] for c in cells if c.meta["task"] == task
+            tags = sorted({"/".join(k.split("/")[1:3]) for c in cells if c.meta["task"] == task
                            for k in c.errors() if k.startswith(f"{quant}/")})
             for attn in sorted({c.meta["attn"] for c in cells if c.meta["task"] == task}):
                 for tag in tags:

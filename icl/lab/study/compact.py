@@ -4,9 +4,11 @@ from finished job folders and read back by the report, which needs nothing else.
 ``<cells>/<arm>-<task>-<attn>-seed<s>/``:
 - ``cell.json``: the cell's identity and config fingerprint, recipe, scale, guard inputs, per-quant mean normalised
   errors per k (transformer and baselines, every strategy: the figures), train/eval seconds, machine;
-- ``errors.npz``: float16 per-prompt errors of every evaluated strategy on the claims' windows, keys
-  ``<quant>/<strategy>/<param>/<predictor>``
-  (transformer per quant mode; zero once: every mode is scored on the same prompts) and ``ks/<strategy>/<param>``;
+- ``errors.npz``: per-prompt errors of every evaluated strategy summed over each of the claims' k windows (float16;
+  float32 where a sum would overflow it), keys ``<quant>/<strategy>/<param>/<predictor>/<window>`` (transformer per
+  quant mode; zero once: every mode is scored on the same prompts) and the window's ks, ``ks/<strategy>/<param>/<window>``.
+  Every claim statistic is a ratio of such sums, so the CIs are recomputed exactly from them; per-k curves come
+  from ``cell.json``'s means;
 - ``curve.csv``: the training curve (step, loss ÷ the zero estimator's), at most ``CURVE_ROWS`` rows;
 - ``quant/<mode>.json``: each quant mode's quant.json (how far the quantised model's predictions moved).
 
@@ -67,12 +69,36 @@ class Windows:
         return cls(list(range(min(d, k_train), k_train + 1)), list(range(start, k_train + 1)),
                    list(range(k_train + 1, n_positions)))
 
-    def ks(self, strategy: str) -> list[int]:
-        if strategy == "long_context":
-            return sorted({*self.fit, *self.beyond})
+    @property
+    def early(self) -> list[int]:
+        """(d)'s "first": the first half of the extended context."""
+        return self.beyond[:(len(self.beyond) + 1) // 2]
+
+    @property
+    def late(self) -> list[int]:
+        """(d)'s "then": the second half."""
+        return self.beyond[(len(self.beyond) + 1) // 2:]
+
+    def named(self, strategy: str) -> dict[str, list[int]]:
+        """The windows a strategy's errors are summed over (non-empty ones)."""
+        out = {"fit": self.fit}
         if strategy == "scale_x":
-            return sorted({*self.fit, *self.robust})
-        return self.fit
+            out["robust"] = self.robust
+        if strategy == "long_context":
+            out |= {"early": self.early, "late": self.late}
+        return {name: ks for name, ks in out.items() if ks}
+
+
+def window_sums(errors: np.ndarray, windows: Windows, strategy: str) -> dict[str, tuple[list[int], np.ndarray]]:
+    """Per window: its ks (those the errors reach) and the (P,) per-prompt sum over them, float16 when it fits."""
+    out = {}
+    for name, ks in windows.named(strategy).items():
+        ks = [k for k in ks if k < errors.shape[1]]
+        if ks:
+            sums = errors[:, ks].astype(np.float64).sum(1)
+            small = sums.astype(np.float16)
+            out[name] = (ks, small if np.isfinite(small).all() == np.isfinite(sums).all() else sums.astype(np.float32))
+    return out
 
 
 def cell_name(arm: str, task: str, attn: str, seed: int) -> str:
@@ -147,14 +173,16 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
             zero = errors.get(f"{tag}/zero")
             if predictor != "transformer" or zero is None:
                 continue
-            ks = [k for k in win.ks(tag.split("/", 1)[0]) if k < model.shape[1]]
             if tag in zero_ref and not np.array_equal(zero_ref[tag], zero, equal_nan=True):
                 raise ValueError(f"{job} was scored on other {tag} prompts than its float job: re-evaluate it with "
                                  "the same eval.seed / eval.n_prompts")
             zero_ref.setdefault(tag, zero)
-            arrays[f"{quant}/{tag}/transformer"] = model[:, ks].astype(np.float16)
-            arrays.setdefault(f"none/{tag}/zero", zero[:, ks].astype(np.float16))
-            arrays.setdefault(f"ks/{tag}", np.asarray(ks, np.int16))
+            strategy = tag.split("/", 1)[0]
+            for name, (ks, sums) in window_sums(model, win, strategy).items():
+                arrays[f"{quant}/{tag}/transformer/{name}"] = sums
+                arrays[f"ks/{tag}/{name}"] = np.asarray(ks, np.int16)
+            for name, (_, sums) in window_sums(zero, win, strategy).items():
+                arrays.setdefault(f"none/{tag}/zero/{name}", sums)
         eval_csv = read_eval_csv(JobDir(job).eval_csv)
         if eval_csv is None:
             raise ValueError(f"{job}: no readable eval.csv")
@@ -207,14 +235,15 @@ class Cell:
 
     def window(self, quant: str, strategy: str, param: float | None, ks: Sequence[int],
                predictor: str = "transformer") -> np.ndarray | None:
-        """(P,) per-prompt sum over ``ks`` of a predictor's errors (float64), or None if not stored."""
+        """(P,) per-prompt sum over the window ``ks`` of a predictor's errors (float64), or None if not stored."""
         tag = f"{strategy}/{'' if param is None else repr(float(param))}"
-        errs = self.errors().get(f"{'none' if predictor == 'zero' else quant}/{tag}/{predictor}")
-        stored = self.errors().get(f"ks/{tag}")
-        if errs is None or stored is None or not set(ks) <= set(stored.tolist()):
-            return None
-        cols = [stored.tolist().index(k) for k in ks]
-        return errs[:, cols].astype(np.float64).sum(1)
+        errors = self.errors()
+        for key, stored in errors.items():
+            if key.startswith(f"ks/{tag}/") and stored.tolist() == list(ks):
+                name = key.rsplit("/", 1)[1]
+                sums = errors.get(f"{'none' if predictor == 'zero' else quant}/{tag}/{predictor}/{name}")
+                return None if sums is None else sums.astype(np.float64)
+        return None
 
     def mean(self, quant: str, strategy: str, param: float | None, predictor: str, k: int) -> float:
         """Mean normalised error at k from eval.csv's means (NaN when absent)."""
