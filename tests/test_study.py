@@ -256,7 +256,7 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
         assert f"### {claim}" in text, claim
     assert (out / "study" / "error_vs_k_tuned_linear.png").is_file()
     assert (out / "study" / "curves_tuned_linear.png").is_file()
-    assert "error_vs_k_tuned_linear.png" in readme.read_text()
+    assert "error_vs_k_tuned_linear.png" in readme.read_text() and "is complete" in readme.read_text()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         grid = compose("study").grid
         same = cell_overrides(grid, "tuned", "linear", "relu", 1, [*TINY, *common])

@@ -157,13 +157,15 @@ def report(cfg: Mapping[str, Any]) -> Path:
                      lambda tmp, f=frame: f.to_csv(tmp, index=False, float_format="%.6g"))
     atomic_write(path, lambda tmp: tmp.write_text(text))
     if cfg.get("readme"):
-        update_readme(Path(cfg["readme"]), path, figs)
+        present = {p.parent.name for p in Path(cfg["cells"]).glob("*/cell.json")}
+        update_readme(Path(cfg["readme"]), path, figs, complete=set(expected_cells(cfg["grid"])) <= present)
     log.info("wrote %s, %d figures, in %.1f s", path, len(figs), time.perf_counter() - start)
     return path
 
 
-def update_readme(readme: Path, page: Path, figs: Sequence[Path]) -> None:
-    """The README's study block: a link to the page and the dense-linear figure of the first arm."""
+def update_readme(readme: Path, page: Path, figs: Sequence[Path], complete: bool) -> None:
+    """The README's study block: a link to the page and the dense-linear figure of the first arm; until every
+    cell is committed it says the study is being rebuilt."""
     if not readme.is_file():
         return
     text = readme.read_text()
@@ -172,9 +174,12 @@ def update_readme(readme: Path, page: Path, figs: Sequence[Path]) -> None:
         return
     base = readme.resolve().parent
     shown = [p for p in figs if p.name.startswith("error_vs_k_") and "_linear" in p.name][:1]
+    state = ("is complete: [its page]({}) gives every claim's verdict, computed from the committed cells"
+             if complete else "is being rebuilt cell by cell: [its page]({}) says which cells are committed and "
+             "computes every verdict from them")
     block = [README_BEGIN, "The seed study v2 (seeds as the unit of inference, one guard for both sides, two recipe "
-             f"arms) is being rebuilt cell by cell: [its page]({relative(page, base)}) says which cells are committed and "
-             "computes every verdict from them.", ""] + [f"![{p.stem}]({relative(p, base)})" for p in shown] + [README_END]
+             f"arms) {state.format(relative(page, base))}.", ""]
+    block += [f"![{p.stem}]({relative(p, base)})" for p in shown] + [README_END]
     head, rest = text.split(README_BEGIN, 1)
     atomic_write(readme, lambda tmp: tmp.write_text(head + "\n".join(block) + rest.split(README_END, 1)[1]))
 
