@@ -223,12 +223,12 @@ class Study:
             for sd in self.seeds(arm, task):
                 c = self.cell(arm, task, attn, sd)
                 if c is not None and self.learned(c, quant)[0]:
-                    vals.append(np.nanmean([c.mean(quant, strategy, param, "transformer", k) for k in ks]))
+                    vals.append(_mean([c.mean(quant, strategy, param, "transformer", k) for k in ks]))
             out[f"{attn}{'' if quant == 'none' else ' ' + quant}"] = float(np.mean(vals)) if vals else math.nan
         cell = next((c for c in self.cells.values() if c.meta["arm"] == arm and c.meta["task"] == task), None)
         if cell is not None:
             names = (self.cfg["guard"]["baselines"] or {}).get(task, [])
-            per = {n: np.nanmean([cell.mean("none", strategy, param, n, k) for k in ks]) for n in names}
+            per = {n: _mean([cell.mean("none", strategy, param, n, k) for k in ks]) for n in names}
             per = {n: v for n, v in per.items() if not math.isnan(v)}
             if per:
                 name = min(per, key=per.get)
@@ -237,6 +237,12 @@ class Study:
             if zero is not None:
                 out["zero (raw MSE)"] = float(zero.mean() / len(ks))
         return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN when there is none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _row(study: Study, claim: str, part: str, arm: str, subject: str, statistic: str, kind: str, margin: float,

@@ -97,7 +97,8 @@ def training_curves(study: Study, arm: str, task: str, out: Path) -> Path | None
         ax.set_title(attn, fontsize=8)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, frameon=False)
     axes[0].set_ylabel("train loss ÷ zero", fontsize=7)
     fig.suptitle(f"training curves, {task}, {arm} arm (×: did not learn, ↘: still improving)", fontsize=8)
     return _save(fig, out / f"curves_{arm}_{task}.png")
