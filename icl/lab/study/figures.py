@@ -99,8 +99,11 @@ def training_curves(study: Study, arm: str, task: str, out: Path) -> Path | None
         ax.tick_params(labelsize=7)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, frameon=False)
-    axes[0].set_ylabel("train loss ÷ zero", fontsize=7)
-    fig.suptitle(f"training curves, {task}, {arm} arm (×: did not learn, ↘: still improving)", fontsize=8)
+    axes[0].set_ylabel("train loss ÷ zero (log)", fontsize=7)
+    for ax in axes:
+        ax.set_yscale("log")  # the last factor of 2 in the loss is where models differ
+    fig.suptitle(f"training curves, {task}, {arm} arm (×: did not learn, ↘: still improving)", fontsize=8, y=1.02)
+    fig.tight_layout()
     return _save(fig, out / f"curves_{arm}_{task}.png")
 
 
