@@ -6,7 +6,7 @@ PY ?= $(VENV)/bin/python
 # Here the pinned CPU wheel comes from the local wheel index; on a GPU box use TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
-# make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_*.yaml) and where it writes.
+# make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_cell.yaml), where its jobs run, its timing CSV.
 STUDY ?= cpu
 STUDY_DIR = multirun/seed_study/$(STUDY)
 BENCH_CSV = $(if $(filter paper,$(STUDY)),bench_paper.csv,bench.csv)

@@ -263,3 +263,10 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
         assert expected_fingerprint(same) == committed_fingerprint(cells, "tuned-linear-relu-seed1")
         changed = [*same, "trainer.max_steps=31"]
         assert expected_fingerprint(changed) != committed_fingerprint(cells, "tuned-linear-relu-seed1")
+
+
+def test_export_refuses_a_cell_without_its_float_job(tmp_path):
+    from icl.lab.study.compact import write_cell
+
+    with pytest.raises(ValueError, match="exactly one float job"):
+        write_cell(tmp_path, "tuned", "linear", "relu", 0, [("int8_weight", tmp_path, {})], 20)
