@@ -96,11 +96,16 @@ def study_cfg(cells: Path) -> dict:
     return cfg
 
 
-def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 200) -> None:
-    """A linear float cell whose transformer error is ``level`` × the zero estimator's on every prompt and k."""
+def synthetic_errors(seed: int, level: float, n_prompts: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(transformer, zero) per-prompt, per-k errors: the transformer at about ``level`` × the zero estimator."""
     rng = np.random.default_rng(100 + seed)
     zero = rng.chisquare(1, (n_prompts, 28)) * 5
-    model = zero * level * rng.uniform(0.9, 1.1, zero.shape)
+    return zero * level * rng.uniform(0.9, 1.1, zero.shape), zero
+
+
+def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 200) -> None:
+    """A linear float cell whose transformer error is ``level`` × the zero estimator's on every prompt and k."""
+    model, zero = synthetic_errors(seed, level, n_prompts)
     out = root / f"tuned-linear-{attn}-seed{seed}"
     out.mkdir(parents=True)
     arrays = {}
@@ -156,6 +161,16 @@ def test_report_from_synthetic_cells_is_reproducible_and_lists_missing_cells(tmp
     assert "10 of 66 cells committed; missing: tuned-linear-relu_causal-seed0" in first
     assert "relu (÷ L: the seed's model)" in first and "did not learn: seed 2" in first
     assert (tmp_path / "docs" / "study" / "error_vs_k_tuned_linear.png").is_file()
+
+
+def test_seed_statistic_from_window_sums_matches_the_per_k_errors(tmp_path):
+    (row,), _ = rows_of(tmp_path, {})
+    for value in row.seeds:
+        relu, zero = synthetic_errors(value.seed, 0.08)
+        softmax, _ = synthetic_errors(value.seed, 0.05)
+        fit = list(range(5, 11))
+        naive = (relu[:, fit].sum() - softmax[:, fit].sum()) / zero[:, fit].sum()
+        assert value.point == pytest.approx(naive, abs=1e-3) and value.low < value.point < value.high
 
 
 # -- configs -------------------------------------------------------------------------------------------------------
