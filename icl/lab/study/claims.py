@@ -117,6 +117,7 @@ class Study:
         self.guard = Guard(float(g["zero_fraction"]), float(g["baseline_margin"]))
         self.arms = [a for a in cfg["grid"]["arms"] if any(c.meta["arm"] == a for c in cells)]
         self._learned: dict[tuple, tuple[bool, str]] = {}
+        self._improving: dict[tuple, bool] = {}
 
     # -- cells ------------------------------------------------------------------------------------------------
     def cell(self, arm: str, task: str, attn: str, seed: int) -> Cell | None:
@@ -155,9 +156,12 @@ class Study:
         return self._learned[key]
 
     def improving(self, cell: Cell) -> bool:
-        conv = self.cfg["convergence"]
-        curve = cell.curve()
-        return still_improving(curve["step"], curve["loss_rel_zero"], float(conv["tail"]), float(conv["tolerance"]))
+        """The plateau rule on the cell's training curve (read once)."""
+        if cell.key not in self._improving:
+            conv, curve = self.cfg["convergence"], cell.curve()
+            self._improving[cell.key] = still_improving(curve["step"], curve["loss_rel_zero"], float(conv["tail"]),
+                                                        float(conv["tolerance"]))
+        return self._improving[cell.key]
 
     # -- statistics -------------------------------------------------------------------------------------------
     def _norm(self, cell: Cell, quant: str, strategy: str, param: float | None,
