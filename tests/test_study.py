@@ -276,6 +276,8 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
         grid = compose("study").grid
         same = cell_overrides(grid, "tuned", "linear", "relu", 1, [*TINY, *common])
         assert expected_fingerprint(same) == committed_fingerprint(cells, "tuned-linear-relu-seed1")
+        seed0 = cell_overrides(grid, "tuned", "linear", "relu", 0, [*TINY, *common])
+        assert expected_fingerprint(seed0, seed=1) == committed_fingerprint(cells, "tuned-linear-relu-seed1")
         changed = [*same, "trainer.max_steps=31"]
         assert expected_fingerprint(changed) != committed_fingerprint(cells, "tuned-linear-relu-seed1")
 

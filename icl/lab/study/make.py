@@ -31,14 +31,24 @@ def cell_overrides(grid: Mapping[str, Any], arm: str, task: str, attn: str, seed
             f"seed={seed}", *extra]
 
 
-def expected_fingerprint(overrides: Sequence[str]) -> str:
-    """The fingerprint of the config a cell would train with (composed, not run; inside ``composing``)."""
+def expected_fingerprint(overrides: Sequence[str], seed: int | None = None) -> str:
+    """The fingerprint of the config a cell would train with (composed, not run), under an initialised Hydra;
+    ``seed``: that training seed instead of the composed one (one composition serves every seed of a cell)."""
+    return expected_fingerprints(overrides, [seed])[0]
+
+
+def expected_fingerprints(overrides: Sequence[str], seeds: Sequence[int | None]) -> list[str]:
     from hydra import compose
 
     cfg = compose("train", overrides=list(overrides))
+    out = []
     with open_dict(cfg):  # where the job would run is not hashed; the runtime output dir exists only in a run
         cfg.paths.output_dir = "unset"
-    return config_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        for seed in seeds:
+            if seed is not None:
+                cfg.seed = seed  # set before resolving, so keys that interpolate the seed follow it
+            out.append(config_fingerprint(OmegaConf.to_container(cfg, resolve=True)))
+    return out
 
 
 def committed_fingerprint(cells: Path, name: str) -> str | None:
@@ -53,10 +63,12 @@ def plan(cfg: Mapping[str, Any]) -> list[tuple[str, str, list[str], str]]:
     for arm in grid["arms"]:
         for task, spec in grid["tasks"].items():
             for attn in grid["attns"]:
-                for seed in range(int(spec["seeds"])):
+                seeds = list(range(int(spec["seeds"])))
+                wanted = expected_fingerprints(cell_overrides(grid, arm, task, attn, 0, cfg["train_overrides"]), seeds)
+                for seed, want in zip(seeds, wanted):
                     name = cell_name(arm, task, attn, seed)
                     overrides = cell_overrides(grid, arm, task, attn, seed, cfg["train_overrides"])
-                    have, want = committed_fingerprint(cells, name), expected_fingerprint(overrides)
+                    have = committed_fingerprint(cells, name)
                     if have != want:
                         todo.append((name, arm, overrides, "missing" if have is None else "config changed"))
     return todo
