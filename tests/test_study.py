@@ -287,3 +287,19 @@ def test_export_refuses_a_cell_without_its_float_job(tmp_path):
 
     with pytest.raises(ValueError, match="exactly one float job"):
         write_cell(tmp_path, "tuned", "linear", "relu", 0, [("int8_weight", tmp_path, {})], 20)
+
+
+def test_timing_rows_name_the_machine_and_kernel_and_judge_the_ratio():
+    import pandas as pd
+
+    from icl.lab.study.timing import timing_rows
+
+    bench = pd.DataFrame([{"device": "cpu (x86_64)", "threads": 1, "part": "latency", "model": "tiny", "batch": 256,
+                           "attn": attn, "quant": "none", "k": 10, "ratio": ratio, "ratio_ci_low": low,
+                           "ratio_ci_high": high} for attn, ratio, low, high in
+                          (("softmax", 1.0, 1.0, 1.0), ("relu", 1.02, 0.99, 1.05), ("relu_causal", 1.5, 1.4, 1.6))])
+    rows = {r.subject: r for r in timing_rows(bench, 0.10)}
+    assert set(rows) == {"relu/none", "relu_causal/none"}                 # softmax/none is the reference
+    assert rows["relu/none"].verdict == CONFIRMED and rows["relu_causal/none"].verdict == REFUTED
+    assert all(w in rows["relu/none"].statistic for w in ("cpu (x86_64)", "batch 256", "model tiny", "kernel"))
+    assert timing_rows(None, 0.10)[0].verdict == UNRESOLVED
