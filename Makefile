@@ -6,9 +6,10 @@ PY ?= $(VENV)/bin/python
 # Here the pinned CPU wheel comes from the local wheel index; on a GPU box use TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
-# make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_*.yaml) and where it writes.
+# make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_cell.yaml), where its jobs run, its timing CSV.
 STUDY ?= cpu
 STUDY_DIR = multirun/seed_study/$(STUDY)
+BENCH_CSV = $(if $(filter paper,$(STUDY)),bench_paper.csv,bench.csv)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo study test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate clean
@@ -31,13 +32,10 @@ demo: install ## train + evaluate the smoke study (outputs/demo), then draw figu
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
 	$(MAKE) figures PY=$(PY) ARGS=
 
-study: install ## the seed study (issue 15): both grids, the timing, docs/RESULTS.md (STUDY=cpu|paper; reruns skip done jobs)
-	@mkdir -p $(STUDY_DIR) && echo "start $$(date +%s)" >> $(STUDY_DIR)/timing.log
-	$(PY) -m icl.train experiment=seed_study/$(STUDY)_core $(ARGS)
-	$(PY) -m icl.train experiment=seed_study/$(STUDY)_overview $(ARGS)
-	@test -f $(STUDY_DIR)/bench/bench.csv || $(PY) -m icl.bench bench=$(if $(filter paper,$(STUDY)),study_paper,study) out_dir=$(STUDY_DIR)/bench
-	@echo "end $$(date +%s)" >> $(STUDY_DIR)/timing.log
-	$(PY) -m icl.study scale=$(STUDY) $(if $(filter paper,$(STUDY)),study=paper,)
+study: install ## the seed study v2: train the cells missing or stale in docs/study/cells, time, write docs/RESULTS_STUDY.md (STUDY=cpu|paper)
+	$(PY) -m icl.lab.study.make $(if $(filter paper,$(STUDY)),study=paper,) $(ARGS)
+	@test -f docs/study/$(BENCH_CSV) || { $(PY) -m icl.bench bench=$(if $(filter paper,$(STUDY)),study_paper,study) out_dir=$(STUDY_DIR)/bench && cp $(STUDY_DIR)/bench/bench.csv docs/study/$(BENCH_CSV); }
+	$(PY) -m icl.study $(if $(filter paper,$(STUDY)),study=paper,)
 
 test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)

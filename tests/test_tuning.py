@@ -52,7 +52,7 @@ def test_selection_uses_the_validation_sweep(tmp_path):
     assert list(best.attn) == ["relu", "softmax"] and list(best.cells) == [2, 1]
 
 
-def test_selection_ranks_one_training_seed_not_the_luckiest(tmp_path):
+def test_selection_ranks_a_recipe_by_its_worst_seed_not_the_luckiest(tmp_path):
     validation, _ = sweeps(tmp_path)
     cell_job(validation / "b_seed1", "relu", 1e-3, False, 1000, 0.01, seed=1)  # cell b, another seed: luckier
     best = select(load_cells([validation]), reporting_seed=0)
@@ -145,3 +145,19 @@ def test_softmax_is_judged_paired_against_a_same_steps_reference(tmp_path, tuned
     write_errors(tmp_path / "reference", 0.1, zero_seed=1)  # other prompts: no paired difference
     with pytest.raises(ValueError, match="not scored on the same prompts"):
         verdict(load_cells([tmp_path / "final"]), softmax_reference=tmp_path / "reference")
+
+
+def test_median_rank_and_one_shared_recipe(tmp_path):
+    validation = tmp_path / "v"
+    for seed, (a, b) in enumerate(((0.05, 0.04), (0.06, 0.04), (0.90, 0.04))):  # recipe a strands seed 2
+        cell_job(validation / f"a{seed}", "relu", 1e-4, True, 1000, a, seed=seed)
+        cell_job(validation / f"b{seed}", "relu", 1e-3, False, 1000, b, seed=seed)
+    cell_job(validation / "sa", "softmax", 1e-4, True, 1000, 0.03)
+    cell_job(validation / "sb", "softmax", 1e-3, False, 1000, 0.50)   # recipe b fails softmax
+    cells = load_cells([validation])
+    relu = select(cells, by="median")
+    assert relu[relu.attn == "relu"].iloc[0].lr == 1e-3
+    shared = select(cells, by="worst", shared=True)
+    assert len(shared) == 1 and shared.iloc[0].lr == 1e-3 and shared.iloc[0].error == pytest.approx(0.50)
+    with pytest.raises(ValueError, match="worst or the median"):
+        select(cells, by="best")

@@ -7,7 +7,8 @@ A tuning sweep is any set of job folders (``icl.train -m …``) that differ in t
 prompts the final numbers are reported on, so every job of the sweep must have been evaluated with an
 ``eval.seed`` different from the reporting one (``--reporting-seed``, default 0 = ``configs/eval``'s seed); a sweep
 that was not is refused with one line, before anything is picked. Per variant the cell with the lowest error at
-k = 2d wins (ties: the lower upper CI bound, then the smaller lr). Writes ``cells.csv`` / ``cells.md`` (every cell)
+k = 2d over its training seeds (its worst seed, or ``--rank median``; ``--shared``: one recipe for all) wins
+(ties: the lower upper CI bound, then the smaller lr). Writes ``cells.csv`` / ``cells.md`` (every cell)
 and ``best.csv`` / ``best.md`` (the winners, with the warm-up rescaled to ``--full-steps``: screening runs are
 shorter and keep the warm-up's share of the run) and prints the rows for ``configs/recipe/smoke.yaml``.
 
@@ -90,19 +91,37 @@ def check_validation(cells: pd.DataFrame, reporting_seed: int) -> None:
                          "so the recipe is chosen on validation prompts")
 
 
-def select(cells: pd.DataFrame, reporting_seed: int = 0) -> pd.DataFrame:
-    """The best cell per (task, d, variant) by validation error at k = 2d; see the module doc for ties.
-
-    Only each variant's lowest training seed is ranked: jobs of other seeds measure a cell's spread, and picking
-    the luckiest seed would select on training noise, not on the recipe."""
+def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shared: bool = False) -> pd.DataFrame:
+    """The best recipe per (task, d, variant) by validation error at k = 2d over its training seeds; see the module
+    doc for ties. ``by``: ``worst`` or ``median`` seed ranks a recipe (never the luckiest seed, nor seed 0 alone:
+    a recipe that strands one seed on the plateau loses). ``shared``: one recipe for every variant, ranked by its
+    worst variant."""
     check_validation(cells, reporting_seed)
-    group = ["task", "n_dims", "attn"]
-    seed = cells["seed"].fillna(0) if "seed" in cells else pd.Series(0, index=cells.index)
-    cells = cells[seed == seed.groupby([cells[g] for g in group]).transform("min")]
-    ranked = cells.sort_values(["error", "ci_high", "lr"], kind="stable")
+    group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
+    ranked = rank_over_seeds(cells, group, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
     best = ranked.groupby(group, sort=True).head(1)
-    counts = cells.groupby(group).size().rename("cells")
-    return best.join(counts, on=["task", "n_dims", "attn"]).sort_values(["task", "n_dims", "attn"]).reset_index(drop=True)
+    counts = ranked.groupby(group).size().rename("cells")
+    return best.join(counts, on=group).sort_values(group).reset_index(drop=True)
+
+
+def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool) -> pd.DataFrame:
+    """One row per recipe: the row of its worst (or median) training seed (and variant, when ``shared``)."""
+    if by not in ("worst", "median"):
+        raise ValueError(f"rank recipes by the worst or the median seed, got {by!r}")
+    recipe = [c for c in CELL_KEYS.values() if c in cells and c != "seed" and not (shared and c in ("num_landmarks",
+                                                                                                    "ridge"))]
+    keys = group + [c for c in recipe if c not in group]
+    filled = cells.assign(**{c: cells[c].fillna(-1) for c in recipe})
+    if by == "worst":
+        idx = filled.groupby(keys, sort=False)["error"].idxmax()
+        return cells.loc[idx.values]
+    rows = []
+    for _, sub in filled.groupby(keys, sort=False):
+        med = sub["error"].median()
+        row = cells.loc[(sub["error"] - med).abs().idxmin()].copy()
+        row["error"] = med
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def rescale_warmup(best: pd.DataFrame, full_steps: int) -> pd.DataFrame:
@@ -167,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweeps", nargs="+", help="sweep folders (searched recursively for job folders)")
     parser.add_argument("--reporting-seed", type=int, default=0, help="eval.seed the final numbers are reported on")
     parser.add_argument("--full-steps", type=int, default=15000, help="trainer.max_steps of the recipe's runs")
+    parser.add_argument("--rank", choices=("worst", "median"), default="worst", help="rank a recipe by this seed")
+    parser.add_argument("--shared", action="store_true", help="one recipe for every variant (its worst variant)")
     parser.add_argument("--out", type=Path, default=None, help="write cells.{csv,md} and best.{csv,md} here")
     parser.add_argument("--final", action="store_true",
                         help="the folders hold the final runs (reporting seed): judge them against the targets instead")
@@ -177,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.final:
         return report_final(cells, args.reporting_seed, args.out, args.softmax_reference)
     try:
-        best = rescale_warmup(select(cells, args.reporting_seed), args.full_steps)
+        best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
