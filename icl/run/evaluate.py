@@ -76,6 +76,14 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
                   n_positions=None if n_positions is None else int(n_positions), errors=errors)
     job.write_eval(df, errors)
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
+    if eval_cfg.algorithms is not None and module is not None:
+        from icl.agreement import AlgorithmsConfig, evaluate_algorithms
+
+        algos = evaluate_algorithms(getattr(module, "model", module), task,
+                                    AlgorithmsConfig.from_config(eval_cfg.algorithms), n_points, eval_cfg.seed,
+                                    job_labels(cfg), eval_cfg.bootstrap, eval_cfg.ci, eval_cfg.batch_size)
+        job.write_algorithms(algos)
+        log.info("wrote %s (%d rows)", job.algorithms_csv, len(algos))
     if failed := failures(df):
         log.warning("%d evaluation cell(s) failed (NaN rows, reason in the failure column): %s", len(failed),
                     "; ".join(f"{f['predictor']} on {f['strategy']}"

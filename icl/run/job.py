@@ -87,6 +87,7 @@ class JobDir:
     QUANT = "quant.json"
     EVAL = "eval.csv"
     ERRORS = "errors.npz"
+    ALGORITHMS = "algorithms.csv"  # agreement with reference learners, per-layer read-out (eval.algorithms; opt-in)
     LOCK = ".lock"
 
     def __init__(self, path: str | Path) -> None:
@@ -131,6 +132,10 @@ class JobDir:
     @property
     def errors_npz(self) -> Path:
         return self.path / self.ERRORS
+
+    @property
+    def algorithms_csv(self) -> Path:
+        return self.path / self.ALGORITHMS
 
     @property
     def lock_file(self) -> Path:
@@ -263,6 +268,10 @@ class JobDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.eval_csv, lambda tmp: df.to_csv(tmp, index=False))
         atomic_write(self.errors_npz, lambda tmp: _save_npz(tmp, errors))
+
+    def write_algorithms(self, df: pd.DataFrame) -> None:
+        """algorithms.csv (``icl.agreement.COLUMNS``), atomically."""
+        atomic_write(self.algorithms_csv, lambda tmp: df.to_csv(tmp, index=False))
 
     def read_errors(self) -> dict[str, np.ndarray] | None:
         """Per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None when absent. Raises on a
