@@ -37,7 +37,7 @@ from icl.tasks import Task, seeded
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "attn", "quant", "model", "seed", "k", "learner", "metric", "layer", "value", "ci_low", "ci_high",
+COLUMNS = ["task", "attn", "quant", "model", "seed", "n_dims", "k", "learner", "metric", "layer", "value", "ci_low", "ci_high",
            "n_prompts", "failure"]
 PROBE_STREAM = 5  # generator key space of the probe queries (icl.tasks.seeded), apart from the eval prompts'
 VALIDATION_SEED_OFFSET = 10_007  # the read-out's recalibration prompts: eval.seed + this, never the test prompts
@@ -199,5 +199,5 @@ def evaluate_algorithms(model: Model, task: Task, cfg: AlgorithmsConfig, n_point
 
         val = prompts.make_prompts("standard", task, cfg.n_prompts, n_points, eval_seed + VALIDATION_SEED_OFFSET)
         frames.append(readout.readout_frame(model, p, val, boot, ci, eval_seed))
-    df = pd.concat(frames, ignore_index=True).assign(**labels)
+    df = pd.concat(frames, ignore_index=True).assign(n_dims=task.n_dims, **labels)
     return df.astype({"k": "Int64", "layer": "Int64"}).reindex(columns=COLUMNS)  # k empty: one score over all k

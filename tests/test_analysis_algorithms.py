@@ -1,0 +1,46 @@
+"""icl.analysis.algorithms: the closest-learner table and figures from synthetic algorithms.csv files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from icl.analysis.algorithms import algorithm_files, closest_learner, load_algorithms
+
+
+def _rows(attn: str, seed: int, closest_at_small_k: str) -> pd.DataFrame:
+    rows = []
+    for k in range(0, 6):
+        for learner in ("least_squares", "gd_1step_opt"):
+            near = learner == closest_at_small_k if k < 3 else learner == "least_squares"
+            rows.append({"task": "linear", "attn": attn, "quant": "none", "model": "tiny", "seed": seed, "n_dims": 2,
+                         "k": k, "learner": learner, "metric": "pred_diff", "value": 0.01 if near else 0.2})
+        for layer in range(3):
+            rows.append({"task": "linear", "attn": attn, "quant": "none", "model": "tiny", "seed": seed, "n_dims": 2,
+                         "k": k, "learner": "transformer", "metric": "readout_error", "layer": layer,
+                         "value": 1.0 / (layer + 1)})
+    return pd.DataFrame(rows)
+
+
+def test_closest_learner_per_k_averages_seeds() -> None:
+    df = pd.concat([_rows("softmax", 0, "gd_1step_opt"), _rows("softmax", 1, "gd_1step_opt"),
+                    _rows("relu", 0, "least_squares")])
+    table = closest_learner(df).set_index(["attn", "k"])
+    assert table.loc[("softmax", 1), "closest"] == "gd_1step_opt"
+    assert table.loc[("softmax", 4), "closest"] == "least_squares"
+    assert table.loc[("relu", 1), "closest"] == "least_squares"
+    assert table.loc[("softmax", 1), "runner_up_pred_diff"] == 0.2
+    assert 0 not in table.index.get_level_values("k")  # every learner predicts 0 at k = 0
+
+
+def test_algorithm_files_from_job_folders(tmp_path: Path) -> None:
+    for i, attn in enumerate(("softmax", "relu")):
+        job = tmp_path / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text(f"attn: {{name: {attn}}}\n")
+        _rows(attn, 0, "gd_1step_opt").to_csv(job / "algorithms.csv", index=False)
+    assert len(load_algorithms([tmp_path])) == 2 * len(_rows("softmax", 0, "x"))
+    written = algorithm_files([tmp_path], tmp_path / "fig", ("png",))
+    assert {p.name for p in written} == {"closest_learner.csv", "closest_learner_linear.png", "readout_linear.png"}
+    assert set(pd.read_csv(tmp_path / "fig" / "closest_learner.csv").attn) == {"softmax", "relu"}
