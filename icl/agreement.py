@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,8 @@ from icl.tasks import Task, seeded
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "attn", "quant", "model", "seed", "n_dims", "k", "learner", "metric", "layer", "value", "ci_low", "ci_high",
-           "n_prompts", "failure"]
+COLUMNS = ["task", "attn", "quant", "model", "seed", "n_dims", "num_tasks", "k", "learner", "metric", "layer", "value",
+           "ci_low", "ci_high", "n_prompts", "failure"]
 PROBE_STREAM = 5  # generator key space of the probe queries (icl.tasks.seeded), apart from the eval prompts'
 VALIDATION_SEED_OFFSET = 10_007  # the read-out's recalibration prompts: eval.seed + this, never the test prompts
 
@@ -73,6 +74,12 @@ Model = Callable[[Tensor, Tensor], Tensor]  # (xs (B, n, d), ys (B, n)) -> predi
 def _chunked(model: Model, xs: Tensor, ys: Tensor, batch_size: int) -> Tensor:
     with torch.inference_mode():
         return torch.cat([model(x, y).float().cpu() for x, y in zip(xs.split(batch_size), ys.split(batch_size))])
+
+
+def model_predictions(model: Model, xs: Tensor, ys: Tensor, batch_size: int = 1024) -> Tensor:
+    """The model's predictions (B, n) on CPU, in batches on the model's device."""
+    device = _device(model)
+    return _chunked(model, xs.to(device), ys.to(device), batch_size)
 
 
 def _device(model: Model) -> torch.device:
@@ -153,7 +160,7 @@ def agreement(model: Model, task: Task, xs: Tensor, ys: Tensor, targets: Tensor,
     x64, y64 = xs.double(), ys.double()
     stats = dict(boot=boot, ci=ci, seed=seed)
     zero = targets.double().pow(2).numpy()
-    model_preds = _chunked(model, xs.to(_device(model)), ys.to(_device(model)), batch_size).double()
+    model_preds = model_predictions(model, xs, ys, batch_size).double()
     model_err = (model_preds - targets.double()).pow(2).numpy()
     linear = learners.linear_learners()
     frames = []
@@ -189,9 +196,10 @@ def _sensitivity_or_none(model: Model, xs: Tensor, ys: Tensor) -> Tensor | None:
 
 
 def evaluate_algorithms(model: Model, task: Task, cfg: AlgorithmsConfig, n_points: int, eval_seed: int,
-                        labels: dict[str, Any], boot: int = 200, ci: float = 0.95,
-                        batch_size: int = 1024) -> pd.DataFrame:
-    """``agreement`` (and the per-layer read-out, ``cfg.readout``) on the job's standard evaluation prompts."""
+                        labels: dict[str, Any], boot: int = 200, ci: float = 0.95, batch_size: int = 1024,
+                        pool: tuple[int, int] | None = None) -> pd.DataFrame:
+    """``agreement`` (and the per-layer read-out, ``cfg.readout``) on the job's standard evaluation prompts; with
+    ``pool`` = (num_tasks, pool seed) of a job trained on a finite pool, also pool tasks vs fresh ones (icl.pool)."""
     p = prompts.make_prompts("standard", task, cfg.n_prompts, n_points, eval_seed)
     frames = [agreement(model, task, p.xs, p.ys, p.targets, cfg, boot, ci, eval_seed, batch_size)]
     if cfg.readout:
@@ -199,5 +207,11 @@ def evaluate_algorithms(model: Model, task: Task, cfg: AlgorithmsConfig, n_point
 
         val = prompts.make_prompts("standard", task, cfg.n_prompts, n_points, eval_seed + VALIDATION_SEED_OFFSET)
         frames.append(readout.readout_frame(model, p, val, boot, ci, eval_seed))
+    if pool is not None:
+        from icl.pool import pool_frame
+
+        frames.append(pool_frame(partial(model_predictions, model, batch_size=batch_size), task, pool[0], pool[1],
+                                 (p.xs, p.ys), n_points, eval_seed, boot, ci))
     df = pd.concat(frames, ignore_index=True).assign(n_dims=task.n_dims, **labels)
-    return df.astype({"k": "Int64", "layer": "Int64"}).reindex(columns=COLUMNS)  # k empty: one score over all k
+    # k empty: one score over all k; layer: read-out rows only; num_tasks: pool rows only
+    return df.reindex(columns=COLUMNS).astype({"k": "Int64", "layer": "Int64", "num_tasks": "Int64"})

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from icl.analysis.algorithms import algorithm_files, closest_learner, load_algorithms
+from icl.analysis.algorithms import (
+    algorithm_files,
+    closest_learner,
+    diversity_threshold,
+    load_algorithms,
+    plot_task_diversity,
+    pool_curves,
+)
 
 
 def _rows(attn: str, seed: int, closest_at_small_k: str) -> pd.DataFrame:
@@ -44,3 +51,27 @@ def test_algorithm_files_from_job_folders(tmp_path: Path) -> None:
     written = algorithm_files([tmp_path], tmp_path / "fig", ("png",))
     assert {p.name for p in written} == {"closest_learner.csv", "closest_learner_linear.png", "readout_linear.png"}
     assert set(pd.read_csv(tmp_path / "fig" / "closest_learner.csv").attn) == {"softmax", "relu"}
+
+
+def _pool_rows(attn: str, num_tasks: int, model_error: float) -> pd.DataFrame:
+    rows = []
+    for metric in ("error_pool_tasks", "error_fresh_tasks"):
+        fresh = metric == "error_fresh_tasks"
+        for learner, value in (("transformer", model_error if fresh else 0.1), ("pool_bayes", 1.0 if fresh else 0.01),
+                               ("bayes", 0.2)):
+            rows.append({"task": "noisy_linear", "attn": attn, "quant": "none", "model": "tiny", "seed": 0,
+                         "n_dims": 2, "num_tasks": num_tasks, "k": 4, "learner": learner, "metric": metric,
+                         "value": value, "run_dir": f"{attn}/{num_tasks}"})
+    return pd.DataFrame(rows)
+
+
+def test_diversity_threshold_is_where_the_model_stays_with_the_prior() -> None:
+    # softmax: like the pool's predictor (1.0) up to 8 tasks, then like the prior's (0.2); relu never leaves the pool
+    errors = {1: 0.95, 2: 0.9, 4: 0.3, 8: 0.7, 16: 0.25, 32: 0.21}  # back towards the pool at 8
+    df = pd.concat([_pool_rows("softmax", m, e) for m, e in errors.items()]
+                   + [_pool_rows("relu", m, 0.9) for m in errors])
+    table = diversity_threshold(pool_curves(df)).set_index("attn")
+    assert table.loc["softmax", "threshold_num_tasks"] == 16
+    assert pd.isna(table.loc["relu", "threshold_num_tasks"])
+    fig = plot_task_diversity("noisy_linear", pool_curves(df))
+    assert len(fig.axes) == 2

@@ -4,7 +4,10 @@
   closest_learner_<task>.png   the reference learner whose predictions are closest to the model's (smallest
                                pred_diff) at each k, one line per attention variant × quant mode (mean over seeds);
   readout_<task>.png           per-layer read-out error vs depth at k = d and k = 2d (where the prediction forms);
-and ``closest_learner.csv``: the same choice as a table, with the distance to the closest and the runner-up.
+  task_diversity_<task>.png    error at k = 2d on pool tasks and on fresh tasks vs the training pool's size, the model
+                               beside the pool's Bayes predictor and the prior's (jobs trained with task.num_tasks);
+and ``closest_learner.csv`` (the choice as a table, with the runner-up) and ``task_diversity.csv`` (per variant, the
+pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's).
 Never imports torch.
 """
 
@@ -19,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
@@ -103,6 +107,70 @@ def plot_readout(task: str, rows: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+POOL_METRICS = ("error_pool_tasks", "error_fresh_tasks")
+
+
+def _at_2d(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows at k = 2d (or the largest k evaluated, if smaller), per job."""
+    d = rows.n_dims.astype(int)
+    k_max = rows.groupby("run_dir").k.transform("max")
+    return rows[rows.k == (2 * d).clip(upper=k_max)]
+
+
+def pool_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Error at k = 2d per task × metric × learner × attn × quant × model × num_tasks (mean over seeds; the
+    reference predictors pool_bayes and bayes are averaged over every job of the pool size)."""
+    rows = _at_2d(df[df.metric.isin(POOL_METRICS)])
+    model = rows[rows.learner == "transformer"]
+    refs = rows[rows.learner != "transformer"].assign(attn="", quant="", model="")
+    keys = ["task", "metric", "learner", "attn", "quant", "model", "num_tasks"]
+    return pd.concat([model, refs]).groupby(keys, as_index=False)["value"].mean()
+
+
+def diversity_threshold(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per task × attn × quant × model: the smallest pool size from which on (every larger one as well) the model's
+    fresh-task error is closer to the prior's Bayes predictor than to the pool's; empty when it never is."""
+    fresh = curves[curves.metric == "error_fresh_tasks"]
+    refs = fresh[fresh.learner != "transformer"].pivot_table(index=["task", "num_tasks"], columns="learner",
+                                                             values="value")
+    out = []
+    for (task, attn, quant, model), rows in fresh[fresh.learner == "transformer"].groupby(KEYS):
+        ref = refs.loc[task].reindex(rows.num_tasks)
+        to_prior = np.abs(rows.value.to_numpy() - ref["bayes"].to_numpy())
+        to_pool = np.abs(rows.value.to_numpy() - ref["pool_bayes"].to_numpy())
+        sizes = rows.num_tasks.to_numpy()
+        prior_side = to_prior < to_pool
+        tail = [i for i in range(len(sizes)) if prior_side[i:].all()]
+        out.append({"task": task, "attn": attn, "quant": quant, "model": model,
+                    "threshold_num_tasks": int(sizes[tail[0]]) if tail else None,
+                    "largest_pool": int(sizes.max())})
+    return pd.DataFrame(out)
+
+
+def plot_task_diversity(task: str, curves: pd.DataFrame) -> plt.Figure:
+    """Error at k = 2d vs pool size, on pool tasks (left) and fresh tasks (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    greys = {"pool_bayes": ("0.35", (4, 2), "pool's Bayes (discrete MMSE)"), "bayes": ("0.6", (1, 1), "prior's Bayes")}
+    for ax, metric in zip(axes, POOL_METRICS):
+        rows = curves[curves.metric == metric]
+        for learner, (colour, dashes, label) in greys.items():
+            line = rows[rows.learner == learner].sort_values("num_tasks")
+            ax.plot(line.num_tasks, line.value, color=colour, dashes=dashes, label=label)
+        for (attn, quant, model), line in rows[rows.learner == "transformer"].groupby(["attn", "quant", "model"]):
+            dashes, marker = quant_style(str(quant))
+            line = line.sort_values("num_tasks")
+            ax.plot(line.num_tasks, line.value, color=attn_color(str(attn)), dashes=dashes, marker=marker,
+                    label=f"{attn} / {quant} / {model}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("pretraining tasks (task.num_tasks)")
+        ax.set_title(f"{task}: {'pool tasks' if metric == 'error_pool_tasks' else 'fresh tasks'}, k = 2d")
+    axes[0].set_ylabel("normalised error")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[str]) -> list[Path]:
     """Write the figures and table of the module doc (nothing when no job has an algorithms.csv)."""
     df = load_algorithms(inputs)
@@ -111,12 +179,20 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
     out.mkdir(parents=True, exist_ok=True)
     written = []
     table = closest_learner(df)
-    path = out / "closest_learner.csv"
-    table.to_csv(path, index=False)
-    written.append(path)
+    if not table.empty:
+        path = out / "closest_learner.csv"
+        table.to_csv(path, index=False)
+        written.append(path)
     order = list(dict.fromkeys(df[df.metric == "pred_diff"].learner))
     for task, rows in table.groupby("task"):
         written += _save(plot_closest(str(task), rows, order), out / f"closest_learner_{task}", formats)
+    if df.metric.isin(POOL_METRICS).any():
+        curves = pool_curves(df)
+        path = out / "task_diversity.csv"
+        diversity_threshold(curves).to_csv(path, index=False)
+        written.append(path)
+        for task, rows in curves.groupby("task"):
+            written += _save(plot_task_diversity(str(task), rows), out / f"task_diversity_{task}", formats)
     readout = df[df.metric == "readout_error"]
     for task, rows in readout.groupby("task"):
         written += _save(plot_readout(str(task), rows), out / f"readout_{task}", formats)

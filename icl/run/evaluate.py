@@ -81,7 +81,8 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
 
         algos = evaluate_algorithms(getattr(module, "model", module), task,
                                     AlgorithmsConfig.from_config(eval_cfg.algorithms), n_points, eval_cfg.seed,
-                                    job_labels(cfg), eval_cfg.bootstrap, eval_cfg.ci, eval_cfg.batch_size)
+                                    job_labels(cfg), eval_cfg.bootstrap, eval_cfg.ci, eval_cfg.batch_size,
+                                    pool=_pool(cfg, task))
         job.write_algorithms(algos)
         log.info("wrote %s (%d rows)", job.algorithms_csv, len(algos))
     if failed := failures(df):
@@ -89,6 +90,14 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
                     "; ".join(f"{f['predictor']} on {f['strategy']}"
                               + ("" if f["param"] is None else f"={f['param']:g}") for f in failed))
     return df
+
+
+def _pool(cfg: DictConfig, task: Task) -> tuple[int, int] | None:
+    """(num_tasks, pool seed) of a linear job trained on a finite pool of functions (icl.pool), else None."""
+    num_tasks = OmegaConf.select(cfg, "task.num_tasks")
+    if num_tasks is None or task.name not in ("linear", "noisy_linear"):
+        return None
+    return int(num_tasks), int(cfg.seed)  # the pool is seeded by the training seed (icl.data.PromptDataModule)
 
 
 def error_at_2d(df: pd.DataFrame) -> float:
