@@ -22,7 +22,7 @@ Rows: ``COLUMNS``; the job writes them to ``algorithms.csv`` when ``eval.algorit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any
@@ -52,15 +52,17 @@ class AlgorithmsConfig:
     learners: tuple[str, ...]
     probes: int
     readout: bool
+    dynamics: bool = False  # also score every periodic checkpoint (dynamics.csv; icl.run.evaluate)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "AlgorithmsConfig":
         known = [f.name for f in fields(cls)]
         if unknown := sorted(set(cfg) - set(known)):
             raise ValueError(f"unknown eval.algorithms option(s) {unknown}; known: {known}")
-        if missing := [k for k in known if k not in cfg]:
+        if missing := [k for k in known if k not in cfg and k != "dynamics"]:
             raise ValueError(f"eval.algorithms needs {missing} (e.g. configs/eval/algorithms.yaml)")
-        out = cls(int(cfg["n_prompts"]), tuple(cfg["learners"]), int(cfg["probes"]), bool(cfg["readout"]))
+        out = cls(int(cfg["n_prompts"]), tuple(cfg["learners"]), int(cfg["probes"]), bool(cfg["readout"]),
+                  bool(cfg.get("dynamics", False)))
         for name in out.learners:
             baselines.BASELINES.check(name)
         if out.n_prompts < 2 or out.probes < 1:
@@ -215,3 +217,22 @@ def evaluate_algorithms(model: Model, task: Task, cfg: AlgorithmsConfig, n_point
     df = pd.concat(frames, ignore_index=True).assign(n_dims=task.n_dims, **labels)
     # k empty: one score over all k; layer: read-out rows only; num_tasks: pool rows only
     return df.reindex(columns=COLUMNS).astype({"k": "Int64", "layer": "Int64", "num_tasks": "Int64"})
+
+
+DYNAMICS_COLUMNS = ["task", "attn", "quant", "model", "seed", "n_dims", "step", "k", "error", "ci_low", "ci_high",
+                    "n_prompts"]
+
+
+def dynamics_frame(models: Iterable[tuple[int, Model]], task: Task, xs: Tensor, ys: Tensor, boot: int = 200,
+                   ci: float = 0.95, seed: int = 0, batch_size: int = 1024) -> pd.DataFrame:
+    """Normalised error per k of each (training step, model) on the same prompts: how in-context learning emerges."""
+    zero = ys.double().pow(2).numpy()
+    frames = []
+    for step, model in models:
+        err = (model_predictions(model, xs, ys, batch_size).double() - ys.double()).pow(2).numpy()
+        point, low, high, _, count = bootstrap_ratio(err, zero, boot, ci, seed)
+        frames.append(pd.DataFrame({"step": step, "k": np.arange(err.shape[1]), "error": point, "ci_low": low,
+                                    "ci_high": high, "n_prompts": count}))
+    if not frames:
+        return pd.DataFrame(columns=DYNAMICS_COLUMNS)
+    return pd.concat(frames, ignore_index=True).assign(n_dims=task.n_dims)

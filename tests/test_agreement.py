@@ -118,3 +118,13 @@ def test_evaluate_algorithms_writes_tidy_rows_with_readout() -> None:
                               "implicit_fit_r2", "readout_error", "readout_error_raw"}
     last = df[(df.metric == "readout_error_raw") & (df.layer == 2)].value.to_numpy()
     assert np.isfinite(last[1:]).all()
+
+
+def test_dynamics_frame_scores_each_step_on_the_same_prompts() -> None:
+    task, p = _prompts()
+    models = [(100, LinearLearnerModel(learners.averaging_weights)), (200, LinearLearnerModel(learners.ols_weights))]
+    df = agreement.dynamics_frame(iter(models), task, p.xs, p.ys, boot=10)
+    late = df[(df.step == 200) & (df.k >= 6)].error.to_numpy()
+    early = df[(df.step == 100) & (df.k >= 6)].error.to_numpy()
+    assert (late < 1e-10).all() and (early > 0.1).all()  # least squares is exact at k > d = 5; averaging is not
+    assert set(df.k) == set(range(11))

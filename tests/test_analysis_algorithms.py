@@ -10,7 +10,10 @@ from icl.analysis.algorithms import (
     algorithm_files,
     closest_learner,
     diversity_threshold,
+    dynamics_curves,
+    first_below,
     load_algorithms,
+    plot_dynamics,
     plot_task_diversity,
     pool_curves,
 )
@@ -75,3 +78,16 @@ def test_diversity_threshold_is_where_the_model_stays_with_the_prior() -> None:
     assert pd.isna(table.loc["relu", "threshold_num_tasks"])
     fig = plot_task_diversity("noisy_linear", pool_curves(df))
     assert len(fig.axes) == 2
+
+
+def test_first_below_is_the_first_step_under_each_level() -> None:
+    rows = []
+    for step, error in ((100, 0.9), (200, 0.4), (300, 0.6), (400, 0.05)):
+        for k, factor in ((2, 1.0), (4, 2.0)):  # d = 2: k = d and 2d
+            rows.append({"task": "linear", "attn": "softmax", "quant": "none", "model": "tiny", "seed": 0,
+                         "n_dims": 2, "step": step, "k": k, "error": error * factor})
+    rows.append({**rows[0], "k": 3, "error": 0.0})  # k = 3 is neither d nor 2d: ignored
+    table = first_below(dynamics_curves(pd.DataFrame(rows))).set_index(["k", "level"])
+    assert table.loc[(2, 0.5), "first_step"] == 200 and table.loc[(2, 0.1), "first_step"] == 400
+    assert table.loc[(4, 0.5), "first_step"] == 400 and pd.isna(table.loc[(4, 0.1), "first_step"])
+    assert len(plot_dynamics("linear", dynamics_curves(pd.DataFrame(rows))).axes) == 2

@@ -6,8 +6,10 @@
   readout_<task>.png           per-layer read-out error vs depth at k = d and k = 2d (where the prediction forms);
   task_diversity_<task>.png    error at k = 2d on pool tasks and on fresh tasks vs the training pool's size, the model
                                beside the pool's Bayes predictor and the prior's (jobs trained with task.num_tasks);
+  dynamics_<task>.png          error at k = d and 2d vs training step, from every job's dynamics.csv (its periodic checkpoints);
 and ``closest_learner.csv`` (the choice as a table, with the runner-up) and ``task_diversity.csv`` (per variant, the
-pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's).
+pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's), and
+``first_below.csv`` (per variant and k: the first checkpoint step whose error is below each of ``LEVELS``).
 Never imports torch.
 """
 
@@ -171,13 +173,69 @@ def plot_task_diversity(task: str, curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+LEVELS = (0.5, 0.1)  # normalised-error levels of first_below.csv
+
+
+def load_dynamics(roots: Iterable[str | Path]) -> pd.DataFrame:
+    """Every finished job's dynamics.csv rows, with ``run_dir``."""
+    frames = []
+    for job in find_jobs(roots):
+        path = Path(job) / JobDir.DYNAMICS
+        if path.is_file() and read_status(job)["status"] not in ("failed", "running"):
+            frames.append(pd.read_csv(path).assign(run_dir=str(job)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def dynamics_curves(dyn: pd.DataFrame) -> pd.DataFrame:
+    """Error at k = d and k = 2d (where evaluated) per task × attn × quant × model × step, mean over seeds."""
+    d = dyn.n_dims.astype(int)
+    rows = dyn[(dyn.k == d) | (dyn.k == 2 * d)]
+    return rows.groupby([*KEYS, "k", "step"], as_index=False)["error"].mean()
+
+
+def first_below(curves: pd.DataFrame, levels: Sequence[float] = LEVELS) -> pd.DataFrame:
+    """Per task × attn × quant × model × k and level: the first step whose mean error is below the level (empty:
+    never, within the checkpoints evaluated)."""
+    out = []
+    for (task, attn, quant, model, k), rows in curves.groupby([*KEYS, "k"]):
+        rows = rows.sort_values("step")
+        for level in levels:
+            below = rows[rows.error < level]
+            out.append({"task": task, "attn": attn, "quant": quant, "model": model, "k": int(k), "level": level,
+                        "first_step": int(below.step.iloc[0]) if len(below) else None,
+                        "last_step": int(rows.step.iloc[-1])})
+    return pd.DataFrame(out)
+
+
+def plot_dynamics(task: str, curves: pd.DataFrame) -> plt.Figure:
+    """Error at k = d (left) and 2d (right) vs training step, one line per attn × quant × model."""
+    ks = sorted(curves.k.unique())
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.8 * len(ks), 3.6), squeeze=False, sharey=True)
+    for ax, k in zip(axes[0], ks):
+        for (attn, quant, model), line in curves[curves.k == k].groupby(["attn", "quant", "model"]):
+            dashes, marker = quant_style(str(quant))
+            ax.plot(line.step, line.error, color=attn_color(str(attn)), dashes=dashes, marker=marker,
+                    label=f"{attn} / {quant} / {model}")
+        for level in LEVELS:
+            ax.axhline(level, color="0.7", lw=0.8)
+        ax.set_xlabel("training step")
+        ax.set_title(f"{task}, k = {int(k)}")
+        ax.set_yscale("log")
+    axes[0][0].set_ylabel("normalised error")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[str]) -> list[Path]:
     """Write the figures and table of the module doc (nothing when no job has an algorithms.csv)."""
-    df = load_algorithms(inputs)
-    if df.empty:
+    df, dyn = load_algorithms(inputs), load_dynamics(inputs)
+    if df.empty and dyn.empty:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = _dynamics_files(dyn, out, formats) if not dyn.empty else []
+    if df.empty:
+        return written
     table = closest_learner(df)
     if not table.empty:
         path = out / "closest_learner.csv"
@@ -196,6 +254,16 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
     readout = df[df.metric == "readout_error"]
     for task, rows in readout.groupby("task"):
         written += _save(plot_readout(str(task), rows), out / f"readout_{task}", formats)
+    return written
+
+
+def _dynamics_files(dyn: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
+    curves = dynamics_curves(dyn)
+    path = out / "first_below.csv"
+    first_below(curves).to_csv(path, index=False)
+    written = [path]
+    for task, rows in curves.groupby("task"):
+        written += _save(plot_dynamics(str(task), rows), out / f"dynamics_{task}", formats)
     return written
 
 

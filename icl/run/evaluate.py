@@ -79,17 +79,43 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
     if eval_cfg.algorithms is not None and module is not None:
         from icl.agreement import AlgorithmsConfig, evaluate_algorithms
 
-        algos = evaluate_algorithms(getattr(module, "model", module), task,
-                                    AlgorithmsConfig.from_config(eval_cfg.algorithms), n_points, eval_cfg.seed,
+        algo_cfg = AlgorithmsConfig.from_config(eval_cfg.algorithms)
+        algos = evaluate_algorithms(getattr(module, "model", module), task, algo_cfg, n_points, eval_cfg.seed,
                                     job_labels(cfg), eval_cfg.bootstrap, eval_cfg.ci, eval_cfg.batch_size,
                                     pool=_pool(cfg, task))
         job.write_algorithms(algos)
         log.info("wrote %s (%d rows)", job.algorithms_csv, len(algos))
+        if algo_cfg.dynamics:
+            write_dynamics(cfg, job, algo_cfg.n_prompts, eval_cfg)
     if failed := failures(df):
         log.warning("%d evaluation cell(s) failed (NaN rows, reason in the failure column): %s", len(failed),
                     "; ".join(f"{f['predictor']} on {f['strategy']}"
                               + ("" if f["param"] is None else f"={f['param']:g}") for f in failed))
     return df
+
+
+def write_dynamics(cfg: DictConfig, job: JobDir, n_prompts: int, eval_cfg: EvalConfig) -> None:
+    """dynamics.csv: the float model of every periodic checkpoint (step_<N>.ckpt, in step order) on the first
+    ``n_prompts`` standard evaluation prompts; nothing when the job has no checkpoints of its own (a stored model)."""
+    from icl.agreement import DYNAMICS_COLUMNS, dynamics_frame
+    from icl.module import ICLModule
+    from icl.run.checkpoints import step_checkpoints
+
+    found = step_checkpoints(job.checkpoints)[::-1]  # oldest first
+    if not found:
+        log.info("no periodic checkpoints in %s: no %s", job.checkpoints, job.DYNAMICS)
+        return
+    task, _, _ = job_task(cfg)
+    xs, ys = job_prompts(cfg, n_prompts)
+
+    def models() -> Iterator[tuple[int, torch.nn.Module]]:  # one checkpoint in memory at a time
+        for path in found:
+            step = int(path.name.removeprefix("step_").split(".")[0].split("-")[0])  # step_<N>[-v<M>].ckpt
+            yield step, ICLModule.load_from_checkpoint(path, map_location="cpu").model
+
+    frame = dynamics_frame(models(), task, xs, ys, eval_cfg.bootstrap, eval_cfg.ci, eval_cfg.seed, eval_cfg.batch_size)
+    job.write_dynamics(frame.assign(**job_labels(cfg)).reindex(columns=DYNAMICS_COLUMNS))
+    log.info("wrote %s (%d checkpoints)", job.path / job.DYNAMICS, len(found))
 
 
 def _pool(cfg: DictConfig, task: Task) -> tuple[int, int] | None:

@@ -88,6 +88,7 @@ class JobDir:
     EVAL = "eval.csv"
     ERRORS = "errors.npz"
     ALGORITHMS = "algorithms.csv"  # agreement with reference learners, per-layer read-out (eval.algorithms; opt-in)
+    DYNAMICS = "dynamics.csv"  # error per k of every periodic checkpoint (eval.algorithms.dynamics; opt-in)
     LOCK = ".lock"
 
     def __init__(self, path: str | Path) -> None:
@@ -272,6 +273,10 @@ class JobDir:
     def write_algorithms(self, df: pd.DataFrame) -> None:
         """algorithms.csv (``icl.agreement.COLUMNS``), atomically."""
         atomic_write(self.algorithms_csv, lambda tmp: df.to_csv(tmp, index=False))
+
+    def write_dynamics(self, df: pd.DataFrame) -> None:
+        """dynamics.csv (``icl.agreement.DYNAMICS_COLUMNS``), atomically."""
+        atomic_write(self.path / self.DYNAMICS, lambda tmp: df.to_csv(tmp, index=False))
 
     def read_errors(self) -> dict[str, np.ndarray] | None:
         """Per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None when absent. Raises on a
