@@ -9,7 +9,8 @@ number of in-context examples k and reference learner L (a baseline of ``icl.bas
                    learners only, ``icl.learners``). ŵ is the least-squares fit ŷ(q) ≈ ŵ·q + c of the model's
                    predictions at ``probes`` fresh queries q ~ N(0, I_d) after the same prefix (Akyürek et al. 2023).
   sensitivity_cos  mean over prompts of cos(∂ŷ/∂x_query, ∂ŷ_L/∂x_query) at the prompt's own query; for a linear
-                   learner ∂ŷ_L/∂x_query = w_L (von Oswald et al. 2023).
+                   learner ∂ŷ_L/∂x_query = w_L (von Oswald et al. 2023). The model's by central differences
+                   (``input_sensitivity_fd``, step ``SENSITIVITY_STEP``), which also serves quantised activations.
   icl_regression_score  (one row per learner, k empty) Σ_k (e_zero − e_model) / Σ_k (e_zero − e_L) over every k, with
                    per-prompt squared errors e (Campbell et al. 2024): 1 = as good as L, 0 = no better than predicting 0.
 and for the model alone (``learner`` = transformer): implicit_fit_r2, how much of the model's response to the
@@ -140,6 +141,22 @@ def input_sensitivity(model: Model, xs: Tensor, ys: Tensor) -> Tensor:
     return out
 
 
+SENSITIVITY_STEP = 0.1  # central-difference step along each input axis (inputs are ~N(0, 1))
+
+
+def input_sensitivity_fd(model: Model, xs: Tensor, ys: Tensor, step: float = SENSITIVITY_STEP,
+                         batch_size: int = 1024) -> Tensor:
+    """∂ŷ_i/∂x_i (B, n, d) by central differences of the prediction at position i along each axis of its query.
+
+    What ``agreement`` reports: it needs no autograd, and for models whose activations are quantised (int8_dynamic),
+    where autograd differentiates a rounding step, it measures the response to a perturbation of a set size."""
+    B, n, d = xs.shape
+    eye = torch.eye(d) * step
+    queries = torch.cat([xs.unsqueeze(2) + eye, xs.unsqueeze(2) - eye], 2)  # (B, n, 2d, d)
+    out = predictions_at(model, xs, ys, queries, batch_size)
+    return (out[..., :d] - out[..., d:]) / (2 * step)
+
+
 def _rows(metric: str, learner: str, num: np.ndarray, den: np.ndarray, boot: int, ci: float, seed: int,
           k: np.ndarray | None = None) -> pd.DataFrame:
     point, low, high, _, count = bootstrap_ratio(num, den, boot, ci, seed)
@@ -166,12 +183,12 @@ def agreement(model: Model, task: Task, xs: Tensor, ys: Tensor, targets: Tensor,
     model_err = (model_preds - targets.double()).pow(2).numpy()
     linear = learners.linear_learners()
     frames = []
-    w_hat = sens = None
+    w_hat = sens = None  # linear learners only
     if any(name in linear for name in cfg.learners):
         probes = probe_queries(*xs.shape[:2], xs.shape[-1], cfg.probes, seed)
         w_hat, r2 = implicit_weights(model, xs, ys, probes, batch_size)
         frames.append(_rows("implicit_fit_r2", "transformer", r2.numpy(), np.ones(r2.shape), **stats))
-        sens = _sensitivity_or_none(model, xs, ys)
+        sens = input_sensitivity_fd(model, xs, ys, batch_size=batch_size)
     for name in cfg.learners:
         preds = baselines.predict(name, xs, ys, task=task).double()
         frames.append(_rows("pred_diff", name, (model_preds - preds).pow(2).numpy(), zero, **stats))
@@ -182,19 +199,9 @@ def agreement(model: Model, task: Task, xs: Tensor, ys: Tensor, targets: Tensor,
             w = linear[name](x64, y64)
             frames.append(_rows("weight_dist", name, (w_hat - w).pow(2).sum(-1).numpy(), w.pow(2).sum(-1).numpy(),
                                 **stats))
-            if sens is not None:
-                cos = _cosine(sens.double(), w)
-                frames.append(_rows("sensitivity_cos", name, cos, np.ones(cos.shape), **stats))
+            cos = _cosine(sens.double(), w)
+            frames.append(_rows("sensitivity_cos", name, cos, np.ones(cos.shape), **stats))
     return pd.concat(frames, ignore_index=True).assign(layer=pd.NA)
-
-
-def _sensitivity_or_none(model: Model, xs: Tensor, ys: Tensor) -> Tensor | None:
-    """The input sensitivity, or None (logged) for a model autograd cannot differentiate (some quantised kernels)."""
-    try:
-        return input_sensitivity(model, xs, ys)
-    except RuntimeError as err:
-        log.warning("input sensitivity skipped: the model is not differentiable here (%s)", str(err).splitlines()[0])
-        return None
 
 
 def evaluate_algorithms(model: Model, task: Task, cfg: AlgorithmsConfig, n_points: int, eval_seed: int,

@@ -128,3 +128,11 @@ def test_dynamics_frame_scores_each_step_on_the_same_prompts() -> None:
     early = df[(df.step == 100) & (df.k >= 6)].error.to_numpy()
     assert (late < 1e-10).all() and (early > 0.1).all()  # least squares is exact at k > d = 5; averaging is not
     assert set(df.k) == set(range(11))
+
+
+def test_difference_sensitivity_matches_autograd_on_a_float_model() -> None:
+    _, p = _prompts(n_prompts=8)
+    model = _small_model()
+    fd, exact = agreement.input_sensitivity_fd(model, p.xs, p.ys), agreement.input_sensitivity(model, p.xs, p.ys)
+    cos = torch.nn.functional.cosine_similarity(fd[:, 1:], exact[:, 1:], dim=-1)
+    assert cos.min() > 0.99, cos.min()
