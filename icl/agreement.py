@@ -125,22 +125,6 @@ def implicit_weights(model: Model, xs: Tensor, ys: Tensor, probes: Tensor,
     return coef[..., :d], torch.where(spread > 0, r2, torch.nan)
 
 
-def input_sensitivity(model: Model, xs: Tensor, ys: Tensor) -> Tensor:
-    """∂ŷ_i/∂x_i (B, n, d): the gradient of the prediction at position i with respect to its own query only (one
-    pass per position, so later positions, which also see x_i, do not add to it)."""
-    device = _device(model)
-    out = torch.empty(xs.shape, dtype=torch.float32)
-    with torch.inference_mode(False), torch.enable_grad():
-        for i in range(xs.shape[1]):
-            prefix = xs[:, :i].to(device)
-            query = xs[:, i : i + 1].clone().to(device).requires_grad_(True)
-            seq_y = torch.cat([ys[:, :i], torch.zeros_like(ys[:, :1])], 1).to(device)
-            pred = model(torch.cat([prefix, query], 1), seq_y)[:, -1]
-            (grad,) = torch.autograd.grad(pred.sum(), query)
-            out[:, i] = grad[:, 0].float().cpu()
-    return out
-
-
 SENSITIVITY_STEP = 0.1  # central-difference step along each input axis (inputs are ~N(0, 1))
 
 
