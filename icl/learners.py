@@ -59,6 +59,12 @@ def one_step_gd_opt_weights(xs: Tensor, ys: Tensor, noise_var: float = 0.0) -> T
     return b * eta[:, None]
 
 
+def one_step_gd_weights(xs: Tensor, ys: Tensor, eta: float) -> Tensor:
+    """One GD step from zero with a fixed step η on the summed loss ½Σ_j (w·x_j − y_j)²: η Xᵀy — the update of von
+    Oswald et al.'s linear self-attention construction (``averaging`` is η = 1/k, ``gd_1step_opt`` η = 1/(k+d+1))."""
+    return eta * prefix_grams(xs, ys)[1]
+
+
 def gd_weights(xs: Tensor, ys: Tensor, steps: int, precondition: str = "none", lam: float = 0.0) -> Tensor:
     """``steps`` GD steps from zero on ‖Xw − y‖²/(2i) + λ‖w‖²/2 with η = 1/λ_max, ``precondition``: none | jacobi."""
     if steps < 0:

@@ -67,6 +67,7 @@ def test_one_gd_step_from_zero_is_eta_times_xty_over_i() -> None:
         xty = torch.einsum("bnd,bn->bd", xs[:, :i], ys[:, :i])
         torch.testing.assert_close(learners.one_step_gd_opt_weights(xs, ys)[:, i], xty / (i + d + 1))
         torch.testing.assert_close(learners.averaging_weights(xs, ys)[:, i], xty / i)
+        torch.testing.assert_close(learners.one_step_gd_weights(xs, ys, 0.3)[:, i], 0.3 * xty)
 
 
 def test_the_prior_optimal_step_beats_smaller_and_larger_steps() -> None:
