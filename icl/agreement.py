@@ -71,6 +71,13 @@ class AlgorithmsConfig:
         return out
 
 
+def check_task(task: Task) -> None:
+    """The agreement metrics compare real-valued predictions: a scalar regression task, or one clear error."""
+    if task.y_dim != 1 or task.metric != "squared_error":
+        raise ValueError(f"eval.algorithms needs a scalar regression task; task {task.name} is not one: set "
+                         "eval.algorithms=null")
+
+
 Model = Callable[[Tensor, Tensor], Tensor]  # (xs (B, n, d), ys (B, n)) -> predictions (B, n)
 
 
@@ -158,8 +165,7 @@ def _cosine(a: Tensor, b: Tensor) -> np.ndarray:
 def agreement(model: Model, task: Task, xs: Tensor, ys: Tensor, targets: Tensor, cfg: AlgorithmsConfig,
               boot: int = 200, ci: float = 0.95, seed: int = 0, batch_size: int = 1024) -> pd.DataFrame:
     """Every metric of the module docstring on these prompts (xs (P, n, d), ys and targets (P, n)), tidy rows."""
-    if task.y_dim != 1 or task.metric != "squared_error":
-        raise ValueError(f"agreement metrics need a scalar regression task, not {task.name}")
+    check_task(task)
     x64, y64 = xs.double(), ys.double()
     stats = dict(boot=boot, ci=ci, seed=seed)
     zero = targets.double().pow(2).numpy()

@@ -147,3 +147,8 @@ def test_difference_sensitivity_matches_autograd_on_a_float_model() -> None:
     fd, exact = agreement.input_sensitivity_fd(model, p.xs, p.ys), _autograd_sensitivity(model, p.xs, p.ys)
     cos = torch.nn.functional.cosine_similarity(fd[:, 1:], exact[:, 1:], dim=-1)
     assert cos.min() > 0.99, cos.min()
+
+
+def test_classification_tasks_are_refused_in_one_line() -> None:
+    with pytest.raises(ValueError, match="scalar regression task; task linear_classification"):
+        agreement.check_task(build_task("linear_classification", 3))
