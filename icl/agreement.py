@@ -71,11 +71,15 @@ class AlgorithmsConfig:
         return out
 
 
-def check_task(task: Task) -> None:
-    """The agreement metrics compare real-valued predictions: a scalar regression task, or one clear error."""
+def check_task(task: Task, cfg: AlgorithmsConfig | None = None) -> None:
+    """A scalar regression task (the metrics compare real-valued predictions) and, for implicit weights, at least
+    d + 1 probes; else one clear error."""
     if task.y_dim != 1 or task.metric != "squared_error":
         raise ValueError(f"eval.algorithms needs a scalar regression task; task {task.name} is not one: set "
                          "eval.algorithms=null")
+    if cfg is not None and cfg.probes < task.n_dims + 1 and set(cfg.learners) & set(learners.linear_learners()):
+        raise ValueError(f"eval.algorithms.probes must be >= d + 1 = {task.n_dims + 1} to fit implicit weights, "
+                         f"got {cfg.probes}")
 
 
 Model = Callable[[Tensor, Tensor], Tensor]  # (xs (B, n, d), ys (B, n)) -> predictions (B, n)
@@ -199,6 +203,9 @@ def evaluate_algorithms(model: Model, task: Task, cfg: AlgorithmsConfig, n_point
                         pool: tuple[int, int] | None = None) -> pd.DataFrame:
     """``agreement`` (and the per-layer read-out, ``cfg.readout``) on the job's standard evaluation prompts; with
     ``pool`` = (num_tasks, pool seed) of a job trained on a finite pool, also pool tasks vs fresh ones (icl.pool)."""
+    check_task(task, cfg)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     p = prompts.make_prompts("standard", task, cfg.n_prompts, n_points, eval_seed)
     frames = [agreement(model, task, p.xs, p.ys, p.targets, cfg, boot, ci, eval_seed, batch_size)]
     if cfg.readout:

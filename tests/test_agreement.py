@@ -152,3 +152,11 @@ def test_difference_sensitivity_matches_autograd_on_a_float_model() -> None:
 def test_classification_tasks_are_refused_in_one_line() -> None:
     with pytest.raises(ValueError, match="scalar regression task; task linear_classification"):
         agreement.check_task(build_task("linear_classification", 3))
+
+
+
+def test_too_few_probes_for_the_dimension_are_refused_in_one_line() -> None:
+    cfg = agreement.AlgorithmsConfig(n_prompts=8, learners=("least_squares",), probes=5, readout=False)
+    with pytest.raises(ValueError, match="probes must be >= d \\+ 1 = 6"):
+        agreement.check_task(build_task("linear", 5), cfg)
+    agreement.check_task(build_task("linear", 4), cfg)

@@ -76,9 +76,9 @@ def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
     quant = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
     datamodule = PromptDataModule(task, seed=int(cfg.seed), **cfg.data)
     if eval_cfg.algorithms is not None:
-        from icl.agreement import check_task
+        from icl.agreement import AlgorithmsConfig, check_task
 
-        check_task(datamodule.task)  # before training, not after it
+        check_task(datamodule.task, AlgorithmsConfig.from_config(eval_cfg.algorithms))  # before training, not after
     module = ICLModule.from_config(cfg)
     quant_check(quant, module.model, on_gpu=on_gpu(cfg))
     return datamodule, module
