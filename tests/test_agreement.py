@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -160,3 +161,18 @@ def test_too_few_probes_for_the_dimension_are_refused_in_one_line() -> None:
     with pytest.raises(ValueError, match="probes must be >= d \\+ 1 = 6"):
         agreement.check_task(build_task("linear", 5), cfg)
     agreement.check_task(build_task("linear", 4), cfg)
+
+
+@pytest.mark.slow
+def test_a_job_with_eval_algorithms_writes_algorithms_and_dynamics(tmp_path, tiny_overrides) -> None:
+    from icl.run.train import train
+    from tests.helpers import compose_train
+
+    cfg = compose_train([*tiny_overrides, "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=2",
+                         "task.num_tasks=4",
+                         "eval.algorithms={n_prompts:4,learners:[least_squares,gd_3],probes:6,readout:true,"
+                         "dynamics:true}"], tmp_path)
+    train(cfg)
+    algos = pd.read_csv(tmp_path / "algorithms.csv")
+    assert {"pred_diff", "weight_dist", "readout_error", "error_pool_tasks"} <= set(algos.metric)
+    assert sorted(pd.read_csv(tmp_path / "dynamics.csv").step.unique()) == [2, 4]
