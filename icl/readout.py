@@ -5,7 +5,9 @@ the model stopped there (layer 0: the read-in plus positions; layer L: the model
 need not be on the output's scale, so an affine recalibration ŷ = a·r + c per (layer, k) is fitted by least squares
 on validation prompts and applied to the test prompts (Grazzi et al. 2024 decode each layer the same way).
 Rows (``icl.agreement.COLUMNS``): metric ``readout_error`` (recalibrated) and ``readout_error_raw``, learner
-``transformer``, one per layer and k, normalised like eval.csv's error.
+``transformer``, one per layer and k, normalised like eval.csv's error; and ``readout_gd_diff``, learner ``gd_<l>``:
+the squared difference between layer l's recalibrated read-out and l steps of GD (``icl.learners.gd_weights``),
+normalised the same way — does each layer add one step of gradient descent?
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from icl import learners
 from icl.prompts import Prompts
 from icl.stats import bootstrap_ratio
 from icl.transformer import ICLTransformer, interleave
@@ -55,11 +58,16 @@ def readout_frame(model: ICLTransformer, test: Prompts, val: Prompts, boot: int,
     calibrated = recalibrate(val_raw, val.targets, raw)
     zero = test.targets.double().pow(2).numpy()
     frames = []
-    for metric, out in (("readout_error", calibrated), ("readout_error_raw", raw)):
-        for layer in range(out.shape[0]):
-            err = (out[layer].double() - test.targets.double()).pow(2).numpy()
+    x64, y64 = test.xs.double(), test.ys.double()
+    for layer in range(raw.shape[0]):
+        compared = [("readout_error", calibrated[layer], test.targets, "transformer"),
+                    ("readout_error_raw", raw[layer], test.targets, "transformer")]
+        if layer >= 1:  # layer l against l steps of GD (Grazzi et al. 2024 compare each layer with a GD iterate)
+            gd = (learners.gd_weights(x64, y64, layer) * x64).sum(-1)
+            compared.append(("readout_gd_diff", calibrated[layer], gd, f"gd_{layer}"))
+        for metric, preds, reference, learner in compared:
+            err = (preds.double() - reference.double()).pow(2).numpy()
             point, low, high, _, count = bootstrap_ratio(err, zero, boot, ci, seed)
             frames.append(pd.DataFrame({"k": np.arange(err.shape[1]), "value": point, "ci_low": low, "ci_high": high,
-                                        "n_prompts": count, "metric": metric, "learner": "transformer",
-                                        "layer": layer}))
+                                        "n_prompts": count, "metric": metric, "learner": learner, "layer": layer}))
     return pd.concat(frames, ignore_index=True)

@@ -116,7 +116,8 @@ def test_evaluate_algorithms_writes_tidy_rows_with_readout() -> None:
                                        "quant": "none", "model": "tiny", "seed": 0}, boot=10)
     assert list(df.columns) == agreement.COLUMNS
     assert set(df.metric) == {"pred_diff", "weight_dist", "sensitivity_cos", "icl_regression_score",
-                              "implicit_fit_r2", "readout_error", "readout_error_raw"}
+                              "implicit_fit_r2", "readout_error", "readout_error_raw", "readout_gd_diff"}
+    assert set(df[df.metric == "readout_gd_diff"].learner) == {"gd_1", "gd_2"}  # layer l vs l GD steps
     last = df[(df.metric == "readout_error_raw") & (df.layer == 2)].value.to_numpy()
     assert np.isfinite(last[1:]).all()
 
