@@ -23,6 +23,10 @@ Cheap, batched in torch (float64 inside):
                  than 3 examples, the mean of all of them (Garg et al.).
   bayes          the posterior mean under the task's training prior, where exact
                  (``bayes_predictor``: linear, noisy_linear, quadratic, sparse_linear).
+  gd_1step_opt, gd_<T>, pgd_<T>, ridge_<λ>
+                 the linear reference learners of ``icl.learners`` (one GD step from zero with the
+                 prior-optimal step, T steps of plain / Jacobi-preconditioned GD, ridge at other λ),
+                 predicting w · x_query; docs/algorithms.md.
 
   lasso_<alpha>  sklearn's Lasso(alpha, fit_intercept=False) objective, alpha in
                  {1, 0.1, 0.01, 0.001, 0.0001}, solved for every prompt, prefix and
@@ -79,7 +83,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from icl import solvers
+from icl import learners, solvers
 from icl.registry import Registry
 
 Predictor = Callable[..., Tensor]  # (xs, ys[, queries]) -> preds
@@ -399,6 +403,9 @@ BASELINES.add("tree_unbounded", _tree(None), slow=True)
 BASELINES.add("xgboost", _xgboost, slow=True)
 BASELINES.add("gd_2nn", _batched(solvers.gd_2nn_predict), slow=True, per_output=True)
 BASELINES.add("nominal", _nominal, task=True)
+for _name, _weights in learners.linear_learners().items():
+    if _name not in BASELINES:  # least_squares, ridge, averaging keep their own (tested) implementations
+        BASELINES.add(_name, _batched(partial(learners.predict_linear, _weights)), per_output=True, linear=True)
 
 def is_slow(name: str) -> bool:
     """True for per-prompt fits (trees, xgboost, gd_2nn) whose cost grows with B * n."""

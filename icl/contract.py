@@ -26,6 +26,8 @@ METRICS = "metrics.csv"
 QUANT = "quant.json"
 EVAL = "eval.csv"
 ERRORS = "errors.npz"
+ALGORITHMS = "algorithms.csv"  # agreement with reference learners, per-layer read-out (eval.algorithms; opt-in)
+DYNAMICS = "dynamics.csv"  # error per k of every periodic checkpoint (eval.algorithms.dynamics; opt-in)
 LOCK = ".lock"
 BENCH = "bench.csv"
 

@@ -75,11 +75,13 @@ class EvalConfig:
     slow_baseline_strategies: tuple[str, ...] | None  # strategies the slow baselines run on (None: all)
     strategies: dict[str, list[Any]]
     cache: str | None  # folder of cached baseline predictions (icl.cache); None: no cache
+    algorithms: dict[str, Any] | None = None  # icl.agreement.AlgorithmsConfig's keys; None: no algorithms.csv
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "EvalConfig":
         known = [f.name for f in fields(cls)]
-        unknown, missing = sorted(set(cfg) - set(known)), [k for k in known if k not in cfg]
+        optional = {"algorithms"}  # absent from configs saved before it existed: re-evaluating them stays possible
+        unknown, missing = sorted(set(cfg) - set(known)), [k for k in known if k not in cfg and k not in optional]
         if unknown:
             raise ValueError(f"unknown eval option(s) {unknown}; known: {sorted(known)}")
         if missing:
@@ -91,6 +93,10 @@ class EvalConfig:
         for name in out.baselines:
             baselines.is_slow(name)  # unknown names fail here, before any training
         prompts.check(out.strategies)
+        if out.algorithms is not None:
+            from icl.agreement import AlgorithmsConfig
+
+            AlgorithmsConfig.from_config(out.algorithms)  # a bad option fails here, before any training
         if out.n_prompts < 2:
             raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
         require(out.batch_size >= 1, "eval.batch_size", "must be >= 1", out.batch_size)

@@ -10,6 +10,7 @@ T = 2n tokens, C width, nh heads, hs = C / nh.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -97,12 +98,13 @@ class Block(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None,
                  dropout: float, activation: str = "gelu", qk_norm: bool = False,
-                 layer_scale: float | None = None) -> None:
+                 layer_scale: float | None = None, mlp: bool = True, layer_norm: bool = True) -> None:
         super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        norm = partial(nn.LayerNorm, n_embd) if layer_norm else nn.Identity
+        self.ln_1, self.ln_2 = norm(), norm() if mlp else nn.Identity()  # no parameter goes unused (DDP)
         self.attn = SelfAttention(n_embd, n_head, attn, attn_params, qk_norm)
         self.attn_scale = nn.Identity() if layer_scale is None else LayerScale(n_embd, layer_scale)
-        self.mlp = MLP(n_embd, dropout, activation)
+        self.mlp = MLP(n_embd, dropout, activation) if mlp else None  # None: an attention-only block
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
@@ -110,7 +112,7 @@ class Block(nn.Module):
         last block: nothing reads them)."""
         a = self.drop(self.attn_scale(self.attn(self.ln_1(x), x_only)))
         x = (x[:, ::2] if x_only else x) + a
-        return x + self.mlp(self.ln_2(x))
+        return x if self.mlp is None else x + self.mlp(self.ln_2(x))
 
 
 @dataclass
@@ -129,6 +131,8 @@ class TransformerConfig:
     y_dim: int = 1  # outputs per point, set from the task (1: scalar y, predictions (B, n); else (B, n, y_dim))
     qk_norm: bool = False  # LayerNorm over the head dim on q and k before the kernel (training option)
     layer_scale: float | None = None  # LayerScale on the attention branch, γ's initial value; None = off
+    mlp: bool = True  # False: attention-only blocks (von Oswald et al. 2023; docs/algorithms.md)
+    layer_norm: bool = True  # False: no LayerNorm in the blocks nor before the read-out
 
 
 class ICLTransformer(nn.Module):
@@ -143,9 +147,9 @@ class ICLTransformer(nn.Module):
         self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout, c.activation,
-                                          c.qk_norm, c.layer_scale)
+                                          c.qk_norm, c.layer_scale, c.mlp, c.layer_norm)
                                     for _ in range(c.n_layer))
-        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.ln_f = nn.LayerNorm(c.n_embd) if c.layer_norm else nn.Identity()
         self.read_out = nn.Linear(c.n_embd, c.y_dim)
         self.apply(self._init_weights)
 

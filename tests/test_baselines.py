@@ -263,7 +263,8 @@ def vector_prompts(B: int = 4, n: int = 7, d: int = 3, m: int = 3, seed: int = 0
 
 
 def test_per_output_baselines_are_listed():
-    assert set(PER_OUTPUT) == {"zero", "least_squares", "ridge", "averaging", "knn_3", "gd_2nn"}
+    linear = set(bl.BASELINES.where(linear=True))  # icl.learners' reference learners (tests/test_learners.py)
+    assert set(PER_OUTPUT) == {"zero", "least_squares", "ridge", "averaging", "knn_3", "gd_2nn"} | linear
 
 
 @pytest.mark.parametrize("name", [n for n in PER_OUTPUT if n != "gd_2nn"])

@@ -39,6 +39,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from omegaconf import DictConfig, OmegaConf
 
+from icl.analysis.algorithms import algorithm_files
 from icl.analysis.bench_figures import bench_figures
 from icl.analysis.curves import curve_figures
 from icl.analysis.results import (
@@ -321,6 +322,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     out = Path(out_dir)
     bench = bench_figures(inputs, out, tuple(formats))  # latency vs length from any `make bench` output found
     bench += curve_files(inputs, out, formats)  # training curves + diagnostics from every metrics.csv (curves)
+    bench += algorithm_files(inputs, out, tuple(formats))  # closest learner vs k, read-out vs depth (algorithms.csv)
     if df.empty:
         if bench:
             return _report(bench, out, "no eval.csv; benchmark and training-curve figures only")

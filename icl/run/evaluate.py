@@ -53,11 +53,58 @@ def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job
                   n_positions=spec.model.n_positions, errors=errors)
     job.write_eval(df, errors)
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
+    if spec.eval.algorithms is not None and module is not None:
+        write_algorithms(spec, getattr(module, "model", module), job)
     if failed := failures(df):
         log.warning("%d evaluation cell(s) failed (NaN rows, reason in the failure column): %s", len(failed),
                     "; ".join(f"{f['predictor']} on {f['strategy']}"
                               + ("" if f["param"] is None else f"={f['param']:g}") for f in failed))
     return df
+
+
+def write_algorithms(spec: JobSpec, model: torch.nn.Module, job: JobDir) -> None:
+    """algorithms.csv (agreement with reference learners, per-layer read-out) and, if asked, dynamics.csv."""
+    from icl.agreement import AlgorithmsConfig, evaluate_algorithms
+
+    algo_cfg = AlgorithmsConfig.from_config(spec.eval.algorithms)
+    algos = evaluate_algorithms(model, spec.task.task, algo_cfg, spec.eval_points, spec.eval.seed, spec.labels(),
+                                spec.eval.bootstrap, spec.eval.ci, spec.eval.batch_size, pool=_pool(spec))
+    job.write_algorithms(algos)
+    log.info("wrote %s (%d rows)", job.algorithms_csv, len(algos))
+    if algo_cfg.dynamics:
+        write_dynamics(spec, job, algo_cfg.n_prompts)
+
+
+def write_dynamics(spec: JobSpec, job: JobDir, n_prompts: int) -> None:
+    """dynamics.csv: the float model of every periodic checkpoint (step_<N>.ckpt, in step order) on the first
+    ``n_prompts`` standard evaluation prompts; nothing when the job has no checkpoints of its own (a stored model)."""
+    from icl.agreement import DYNAMICS_COLUMNS, dynamics_frame
+    from icl.module import ICLModule
+    from icl.run.checkpoints import step_checkpoints
+
+    found = step_checkpoints(job.checkpoints)[::-1]  # oldest first
+    if not found:
+        log.info("no periodic checkpoints in %s: no %s", job.checkpoints, job.DYNAMICS)
+        return
+    task = spec.task.task
+    p = prompts.make_prompts("standard", task, n_prompts, spec.eval_points, spec.eval.seed)
+
+    def models() -> Iterator[tuple[int, torch.nn.Module]]:  # one checkpoint in memory at a time
+        for path in found:
+            step = int(path.name.removeprefix("step_").split(".")[0].split("-")[0])  # step_<N>[-v<M>].ckpt
+            yield step, ICLModule.load_from_checkpoint(path, map_location="cpu").model
+
+    frame = dynamics_frame(models(), task, p.xs, p.ys, spec.eval.bootstrap, spec.eval.ci, spec.eval.seed,
+                           spec.eval.batch_size)
+    job.write_dynamics(frame.assign(**spec.labels()).reindex(columns=DYNAMICS_COLUMNS))
+    log.info("wrote %s (%d checkpoints)", job.path / job.DYNAMICS, len(found))
+
+
+def _pool(spec: JobSpec) -> tuple[int, int] | None:
+    """(num_tasks, pool seed) of a linear job trained on a finite pool of functions (icl.pool), else None."""
+    if spec.task.num_tasks is None or spec.task.name not in ("linear", "noisy_linear"):
+        return None
+    return int(spec.task.num_tasks), spec.seed  # the pool is seeded by the training seed (icl.data.PromptDataModule)
 
 
 def error_at_2d(df: pd.DataFrame) -> float:

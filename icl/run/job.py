@@ -88,6 +88,8 @@ class JobDir:
     QUANT = contract.QUANT
     EVAL = contract.EVAL
     ERRORS = contract.ERRORS
+    ALGORITHMS = contract.ALGORITHMS
+    DYNAMICS = contract.DYNAMICS
     LOCK = contract.LOCK
 
     def __init__(self, path: str | Path) -> None:
@@ -132,6 +134,10 @@ class JobDir:
     @property
     def errors_npz(self) -> Path:
         return self.path / self.ERRORS
+
+    @property
+    def algorithms_csv(self) -> Path:
+        return self.path / self.ALGORITHMS
 
     @property
     def lock_file(self) -> Path:
@@ -264,6 +270,14 @@ class JobDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.eval_csv, lambda tmp: df.to_csv(tmp, index=False))
         atomic_write(self.errors_npz, lambda tmp: _save_npz(tmp, errors))
+
+    def write_algorithms(self, df: pd.DataFrame) -> None:
+        """algorithms.csv (``icl.agreement.COLUMNS``), atomically."""
+        atomic_write(self.algorithms_csv, lambda tmp: df.to_csv(tmp, index=False))
+
+    def write_dynamics(self, df: pd.DataFrame) -> None:
+        """dynamics.csv (``icl.agreement.DYNAMICS_COLUMNS``), atomically."""
+        atomic_write(self.path / self.DYNAMICS, lambda tmp: df.to_csv(tmp, index=False))
 
     def read_errors(self) -> dict[str, np.ndarray] | None:
         """Per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None when absent. Raises on a

@@ -63,6 +63,10 @@ def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
                          "raise data.batch_size instead")
     datamodule = PromptDataModule(spec.task.as_dict(), seed=spec.seed, batch_size=spec.data.batch_size,
                                   num_workers=spec.data.num_workers)
+    if spec.eval.algorithms is not None:
+        from icl.agreement import AlgorithmsConfig, check_task
+
+        check_task(datamodule.task, AlgorithmsConfig.from_config(spec.eval.algorithms))  # before training, not after
     module = ICLModule.from_spec(spec.task, spec.model, spec.attn, spec.optim, spec.quant)
     quant_check(spec.quant, module.model, on_gpu=spec.gpu)
     return datamodule, module
