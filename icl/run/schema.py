@@ -84,6 +84,7 @@ class TrainSchema:
     eval: Any = None
     experiment: Optional[str] = None
     recipe: Any = None  # configs/recipe/*.yaml: a per-variant table; the keys it sets are checked where they land
+    tune: Any = None  # configs/tune/*.yaml: the Optuna search space and reporting seed (checked by icl.run.tune)
     seed: int = 0
     threads: Optional[int] = None  # torch threads per job (null: cores / parallel jobs of the launcher, see icl/train.py)
     ckpt_path: Optional[str] = None
