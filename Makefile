@@ -11,7 +11,7 @@ STUDY ?= cpu
 STUDY_DIR = multirun/seed_study/$(STUDY)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo study test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
+.PHONY: help install demo study status test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,11 @@ study: install ## the seed study (issue 15): both grids, the timing, docs/RESULT
 	@test -f $(STUDY_DIR)/bench/bench.csv || $(PY) -m icl.bench bench=$(if $(filter paper,$(STUDY)),study_paper,study) out_dir=$(STUDY_DIR)/bench
 	@echo "end $$(date +%s)" >> $(STUDY_DIR)/timing.log
 	$(PY) -m icl.study scale=$(STUDY) $(if $(filter paper,$(STUDY)),study=paper,)
+
+SWEEP ?= multirun
+status: ## each job under SWEEP (a sweep folder): done/running/failed/interrupted, steps, ETA (ARGS=--rerun reruns the failed)
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
+	$(PY) -m icl.run.status $(SWEEP) $(ARGS)
 
 test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)
