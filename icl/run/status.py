@@ -102,7 +102,7 @@ def job_state(job: JobDir, now: float | None = None) -> JobState:
     elif state == "incomplete":
         state = "running" if lock_held(job) else "not started"
     if state == "done":
-        step = total if step is None else step
+        step = total if total is not None else step  # metrics.csv logs every n steps: the last may be short of it
     left = eta(job, step, total, time.time() if now is None else now) if state == "running" else None
     return JobState(job.path, state, step, total, left, error if state == "failed" else None)
 
