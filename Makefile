@@ -5,6 +5,8 @@ PY ?= $(VENV)/bin/python
 # torch is installed only when none is importable, so an existing (e.g. CUDA) build is kept.
 # Here the pinned CPU wheel comes from the local wheel index; on a GPU box use TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
+# The versions the tests passed with (pip -c): what makes identical configs give identical results. CONSTRAINTS= drops it.
+CONSTRAINTS ?= constraints.txt
 ARGS ?=
 # make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_*.yaml) and where it writes.
 STUDY ?= cpu
@@ -19,12 +21,12 @@ help: ## list the targets
 # One stamp per interpreter, so `make install PY=python` and the default .venv do not mistake each other.
 STAMP := .make/installed$(subst /,_,$(abspath $(PY)))
 
-install: $(STAMP) ## create .venv (if PY is not given), install torch if missing, then icl[dev]
+install: $(STAMP) ## create .venv (if PY is not given), install torch if missing, then icl[dev] at the versions of constraints.txt
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PY) >/dev/null || python3 -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	@mkdir -p $(@D) && touch $@
 
 demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/

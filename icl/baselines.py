@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import logging
 import math
 import warnings
@@ -493,6 +494,13 @@ LOOPS: dict[str, Predictor] = {
     "tree_unbounded": lambda xs, ys, queries=None: _prefix_fit(xs, ys, partial(_sklearn_tree, None), queries),
     "xgboost": lambda xs, ys, queries=None: _prefix_fit(xs, ys, _xgb_regressor, queries),
 }
+
+
+def check_installed(name: str) -> None:
+    """Raise (one line) if baseline ``name`` needs a library that is not installed (XGBoost is an extra)."""
+    if name == "xgboost" and importlib.util.find_spec("xgboost") is None:
+        raise ValueError("baseline 'xgboost' needs XGBoost: pip install -e '.[trees]' (or drop xgboost from "
+                         "task.baselines / eval.baselines)")
 
 
 def is_slow(name: str) -> bool:

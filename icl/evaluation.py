@@ -89,6 +89,7 @@ class EvalConfig:
                      "strategies": dict(cfg.get("strategies") or {"standard": [None]})})
         for name in out.baselines:
             baselines.is_slow(name)  # unknown names fail here, before any training
+            baselines.check_installed(name)
         prompts.check(out.strategies)
         if out.n_prompts < 2:
             raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
