@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
+import importlib
 import logging
 import math
 import warnings
@@ -498,9 +498,13 @@ LOOPS: dict[str, Predictor] = {
 
 def check_installed(name: str) -> None:
     """Raise (one line) if baseline ``name`` needs a library that is not installed (XGBoost is an extra)."""
-    if name == "xgboost" and importlib.util.find_spec("xgboost") is None:
+    if name != "xgboost":
+        return
+    try:
+        importlib.import_module("xgboost")
+    except ImportError:
         raise ValueError("baseline 'xgboost' needs XGBoost: pip install -e '.[trees]' (or drop xgboost from "
-                         "task.baselines / eval.baselines)")
+                         "task.baselines / eval.baselines)") from None
 
 
 def is_slow(name: str) -> bool:
