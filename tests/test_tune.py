@@ -48,12 +48,12 @@ def test_a_tuning_sweep_scored_on_the_reporting_seed_is_refused():
 
 
 @pytest.mark.slow
-def test_a_two_trial_sweep_minimises_the_validation_error(tmp_path: Path):
+def test_a_two_trial_sweep_minimises_the_validation_error(tmp_path: Path, monkeypatch):
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith("optim.lr=")]  # a command-line value would fix the searched key
     run(["-m", "icl.train", "-m", "tune=smoke", *tiny, "trainer.max_steps=20",
          "callbacks.model_checkpoint.every_n_train_steps=20", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
-         f"eval.cache={tmp_path / 'cache'}"], tmp_path)
+         f"eval.cache={tmp_path / 'cache'}", "logger=mlflow", f"logger.mlflow.save_dir={tmp_path / 'mlruns'}"], tmp_path)
     trials = jobs(sweep)
     assert len(trials) == 2
     errors, params = [], []
@@ -63,6 +63,14 @@ def test_a_two_trial_sweep_minimises_the_validation_error(tmp_path: Path):
         errors.append(yaml.safe_load((job / "status.json").read_text())["metrics"]["error_at_2d"])
         params.append({"optim.lr": cfg.optim.lr, "optim.warmup_steps": cfg.optim.warmup_steps})
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    mlflow = pytest.importorskip("mlflow")  # each trial is one tracked run, named by its cell
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only when asked
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("icl").experiment_id])
+    cells = {yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["override_dirname"]
+             for job in trials}
+    assert {r.info.run_name for r in runs} == cells and all("optim.lr=" in c for c in cells)
+    assert sorted(r.data.metrics["eval_error_at_2d"] for r in runs) == pytest.approx(sorted(errors))
     assert result["best_value"] == pytest.approx(min(errors))
     best = params[errors.index(min(errors))]
     assert result["best_params"]["optim.lr"] == pytest.approx(best["optim.lr"])

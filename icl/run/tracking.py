@@ -67,8 +67,8 @@ def wandb_logger(save_dir: str, project: str = "icl", name: str | None = None, m
 
 def mlflow_logger(save_dir: str, job_dir: str, experiment_name: str = "icl", name: str | None = None,
                   tracking_uri: str | None = None, **kwargs: Any) -> Logger:
-    """Lightning's ``MLFlowLogger``; without ``tracking_uri`` a file store in ``save_dir`` (``mlflow ui
-    --backend-store-uri <save_dir>`` shows it). ``job_dir``: the job's folder, for the run name."""
+    """Lightning's ``MLFlowLogger``; without ``tracking_uri`` a file store in ``save_dir`` (MLflow 3 reads it only
+    with ``MLFLOW_ALLOW_FILE_STORE=true``, set here for this process). ``job_dir``: the job's folder, for the run name."""
     check_trackers({"mlflow": {"_target_": "mlflow_logger"}})
     from lightning.pytorch.loggers import MLFlowLogger
     store = Path(save_dir).resolve()
