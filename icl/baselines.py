@@ -72,6 +72,7 @@ query holds a non-finite value. Callers average with NaN-aware reductions.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import math
 import warnings
@@ -406,6 +407,17 @@ BASELINES.add("nominal", _nominal, task=True)
 for _name, _weights in learners.linear_learners().items():
     if _name not in BASELINES:  # least_squares, ridge, averaging keep their own (tested) implementations
         BASELINES.add(_name, _batched(partial(learners.predict_linear, _weights)), per_output=True, linear=True)
+
+def check_installed(name: str) -> None:
+    """Raise (one line) if baseline ``name`` needs a library that is not installed (XGBoost is an extra)."""
+    if name != "xgboost":
+        return
+    try:
+        importlib.import_module("xgboost")
+    except ImportError:
+        raise ValueError("baseline 'xgboost' needs XGBoost: pip install -e '.[trees]' (or drop xgboost from "
+                         "task.baselines / eval.baselines)") from None
+
 
 def is_slow(name: str) -> bool:
     """True for per-prompt fits (trees, xgboost, gd_2nn) whose cost grows with B * n."""

@@ -92,6 +92,7 @@ class EvalConfig:
                      "strategies": dict(cfg.get("strategies") or {"standard": [None]})})
         for name in out.baselines:
             baselines.is_slow(name)  # unknown names fail here, before any training
+            baselines.check_installed(name)
         prompts.check(out.strategies)
         if out.algorithms is not None:
             from icl.agreement import AlgorithmsConfig

@@ -32,7 +32,7 @@ from icl.transformer import ModelSpec
 log = logging.getLogger(__name__)
 
 GROUPS = ("task", "model", "data", "optim", "paths", "attn", "quant", "trainer", "callbacks", "logger", "eval",
-          "experiment", "recipe", "regime", "seed", "threads", "ckpt_path", "skip_done")
+          "experiment", "tune", "recipe", "regime", "seed", "threads", "ckpt_path", "skip_done")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from icl.run.job import INTERRUPTED, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
 from icl.run.spec import JobSpec
 from icl.run.store import Entry, claim, fingerprint, training_identity
+from icl.run.tracking import check_trackers, log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
     if "tensorboard" in (cfg.get("logger") or {}) and not any(
             importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
         raise ValueError("logger=tensorboard needs TensorBoard: pip install -e '.[tensorboard]' (or use logger=csv)")
+    check_trackers(cfg.get("logger"))
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
                          "raise data.batch_size instead")
@@ -242,9 +244,15 @@ def _train(spec: JobSpec, job: JobDir, callbacks: Sequence[L.Callback]) -> dict[
     df = evaluate_job(spec, model, job)
     log.info(summary_line(df))
     metrics.update(error_at_2d=error_at_2d(df), eval_seconds=time.perf_counter() - start)
+    track(trainer, job, df, metrics)
     if failed := failures(df):  # the job is still done: status.json lists what could not be computed
         metrics["failures"] = failed
     return metrics
+
+
+def track(trainer: L.Trainer, job: JobDir, df: Any, metrics: dict[str, Any]) -> None:
+    """The evaluation to the experiment trackers among the trainer's loggers (``logger=wandb|mlflow``)."""
+    log_evaluation(trainer.loggers, job, df, metrics)
 
 
 def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckpt: str | None) -> dict[str, Any]:
