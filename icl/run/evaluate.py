@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 def job_labels(cfg: DictConfig) -> dict[str, Any]:
     """The identifying columns of a job, read from its config."""
-    return {"task": cfg.task.name, "attn": cfg.attn.name, "quant": cfg.quant.name, "model": cfg.model.name,
+    quant = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True)).label  # name + width options
+    return {"task": cfg.task.name, "attn": cfg.attn.name, "quant": quant, "model": cfg.model.name,
             "seed": int(cfg.seed)}
 
 
