@@ -11,7 +11,7 @@ STUDY ?= cpu
 STUDY_DIR = multirun/seed_study/$(STUDY)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo study test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
+.PHONY: help install demo study test test-fast lint figures bench-attn bench bench-eval bench-aggregate quant-sweep clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench-attn: install ## time every attention kernel alone at T = 128…8192 (outp
 
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
 	$(PY) -m icl.bench $(ARGS)
+
+quant-sweep: install ## post-training width sweeps + one-block sensitivity on trained jobs (RUNS=folders; outputs/quant_sweep/)
+	$(PY) -m icl.bench.quant_sweep $(or $(RUNS),outputs multirun) $(ARGS)
 
 bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS="--grid" adds the sparse grid)
 	$(PY) -m icl.bench.eval $(ARGS)

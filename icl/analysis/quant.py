@@ -152,7 +152,7 @@ def main(argv: list[str]) -> None:
 def markdown(df: pd.DataFrame) -> str:
     """A DataFrame as a markdown table (numbers to 4 significant digits)."""
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
