@@ -28,6 +28,7 @@ def test_probes_cover_widths_and_every_block_and_branch():
     got = probes(3, (8, 4), (16, 8), 3, 4, 32)
     assert [p.bits for p in got if p.kind == "weights"] == [8, 4]
     assert [p.bits for p in got if p.kind == "attention"] == [16, 8]
+    assert [p.node["name"] for p in got if p.kind == "int8"] == ["int8_weight", "int8_dynamic", "int8_fbgemm"]
     sens = {(p.block, p.branch) for p in got if p.kind == "sensitivity"}
     assert sens == {(b, br) for b in range(3) for br in ("attn", "mlp", "internals")}
 
@@ -46,8 +47,8 @@ def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     df = main([str(tmp_path), "--out", str(tmp_path / "sweep"), "--bits", "8", "2", "--attn-bits", "16", "2",
                "--n-prompts", "128"])
     assert ckpt.stat().st_mtime_ns == before  # the trained model is read, never retrained
-    assert len(df) == 2 + 2 + 3  # 2 weight widths, 2 attention widths, 1 block x 3 branches
-    assert (df.k == 2 * 3).all() and df.n_prompts.eq(128).all()
+    assert len(df) == 2 + 2 + 3 + 3  # 2 weight widths, 2 attention widths, 3 int8 backends, 1 block x 3 branches
+    assert (df.k == 5).all() and df.n_prompts.eq(128).all()  # k = 2d = 6 past the 6-point prompts: the last k
     w = df[df.kind == "weights"].set_index("bits")
     assert abs(w.loc[8, "diff"]) < abs(w.loc[2, "diff"])  # fewer bits move the error further
     assert (df.diff_low <= df["diff"]).all() and (df["diff"] <= df.diff_high).all()

@@ -57,7 +57,8 @@ def breaking_points(df: pd.DataFrame) -> pd.DataFrame:
     """Per job and kind (weights, attention): the smallest width whose paired difference to float, and every wider
     width's, has its CI's upper end inside the margin (``inside_margin``); NaN when even the widest is outside."""
     rows = []
-    for (task, attn, seed, run_dir, kind), g in df[df.kind != "sensitivity"].groupby([*JOB_KEYS, "kind"], sort=True):
+    widths = df[df.kind.isin(["weights", "attention"])]
+    for (task, attn, seed, run_dir, kind), g in widths.groupby([*JOB_KEYS, "kind"], sort=True):
         g = g.sort_values("bits", ascending=False)
         inside = g.inside_margin.astype(bool).cummin()  # inside at this width and every wider one
         ok = g[inside.to_numpy()]
@@ -75,11 +76,16 @@ def sweep_markdown(df: pd.DataFrame) -> str:
     cell = lambda r: f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}]{'' if r.inside_margin else ' ✗'}"
     parts = [f"# Quantisation sweep (k = 2d, margin {df.margin.iat[0]:g}; ✗ = CI upper end outside the margin)",
              "## Breaking points\n\n" + markdown(breaking_points(df).drop(columns=["run_dir", "widths"]))]
-    for kind, g in df[df.kind != "sensitivity"].groupby("kind", sort=False):
+    for kind, g in df[df.kind.isin(["weights", "attention"])].groupby("kind", sort=False):
         wide = g.assign(c=g.apply(cell, axis=1)).pivot_table(index=["task", "attn", "seed"], columns="bits",
                                                              values="c", aggfunc="first")
         wide = wide[sorted(wide.columns, reverse=True)].reset_index()
         parts.append(f"## {kind}: error − float by width (paired, 95% CI)\n\n" + markdown(wide))
+    backends = df[df.kind == "int8"]
+    if not backends.empty:
+        wide = backends.assign(c=backends.apply(cell, axis=1)).pivot_table(
+            index=["task", "attn", "seed"], columns="label", values="c", aggfunc="first").reset_index()
+        parts.append("## int8 backends: error − float\n\n" + markdown(wide))
     sens = df[df.kind == "sensitivity"]
     if not sens.empty:
         wide = sens.assign(c=sens.apply(cell, axis=1), col=sens.branch + "@" + sens.bits.astype(str)).pivot_table(
@@ -115,6 +121,7 @@ def plot_sweep(df: pd.DataFrame, task: str) -> plt.Figure:
             xs = [b + (j - 1) * 0.25 + i * 0.05 for b in sorted(g.block.unique())]
             ax.bar(xs, vals, width=0.2, color=attn_color(str(attn)), alpha=0.4 + 0.3 * j,
                    label=f"{attn} {branch}")
+    ax.set_xticks(sorted(sens.block.dropna().unique().astype(int)))
     ax.set(xlabel="block (bars: " + ", ".join(branches) + ")", ylabel="error − float", title=f"{task}: one block at a time",
            yscale="symlog")
     ax.set_yscale("symlog", linthresh=1e-3)

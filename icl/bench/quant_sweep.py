@@ -9,6 +9,7 @@ Probes (``kind``):
 
 - ``weights``: ``intx_weight`` at ``--bits`` (8 6 5 4 3 2), every attention and MLP linear.
 - ``attention``: ``attn_fq`` at ``--attn-bits`` (16 8 6 5 4 3 2): q, k, v and the kernel output of every block.
+- ``int8``: the int8 backends ``int8_weight``, ``int8_dynamic`` (torchao) and ``int8_fbgemm`` (PyTorch x86).
 - ``sensitivity``: one block and one branch at a time at a low width: ``attn`` (the block's qkv and output
   projections) and ``mlp`` at ``--low-bits`` weights, ``internals`` (the block's kernel) at ``--low-attn-bits``.
 
@@ -43,6 +44,7 @@ from icl.stats import paired_bootstrap
 log = logging.getLogger(__name__)
 WEIGHT_BITS = (8, 6, 5, 4, 3, 2)
 ATTN_BITS = (16, 8, 6, 5, 4, 3, 2)
+INT8_BACKENDS = ("int8_weight", "int8_dynamic", "int8_fbgemm")  # is the fast CPU int8 as accurate as torchao's?
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ def probes(n_layer: int, bits: tuple[int, ...], attn_bits: tuple[int, ...], low_
            group_size: int | None) -> list[Probe]:
     """Every probe of one job (module doc)."""
     out = [Probe("weights", b, {"name": "intx_weight", "bits": b, "group_size": group_size}) for b in bits]
+    out += [Probe("int8", 8, {"name": name}) for name in INT8_BACKENDS]
     out += [Probe("attention", b, {"name": "attn_fq", "bits": b}) for b in attn_bits]
     for block in range(n_layer):
         for branch in ("attn", "mlp"):
@@ -79,7 +82,7 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
     model = float_model(module.model).eval()
     task, eval_cfg, n_points = job_task(cfg)
     d = int(cfg.task.n_dims)
-    k = min(2 * d, n_points - 1)
+    k = min(2 * d, n_points - 1)  # prompts shorter than 2d + 1 points: their last k
     p = prompts.make_prompts("standard", task, int(n_prompts or eval_cfg.n_prompts), n_points, eval_cfg.seed)
     batch = int(eval_cfg.batch_size)
     with torch.inference_mode():
@@ -110,9 +113,12 @@ def find_jobs(inputs: list[str]) -> list[Path]:
     post-training sweep share their trainer's checkpoint, and it is swept once."""
     by_ckpt: dict[Path, Path] = {}
     for root in map(Path, inputs):
-        for config in sorted(root.rglob(".hydra/config.yaml")):
-            job = config.parent.parent.resolve()
-            ckpt = JobDir(job).model_ckpt("last")
+        for config in sorted(root.rglob(JobDir.CONFIG)):  # the resolved config every job writes
+            job = config.parent.resolve()
+            try:
+                ckpt = JobDir(job).model_ckpt("last")
+            except (OSError, ValueError):  # not a job folder after all
+                continue
             if ckpt.is_file():
                 by_ckpt.setdefault(ckpt.resolve(), job)
     return sorted(by_ckpt.values())
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         QuantSpec.from_config({"name": "attn_fq", "bits": b})
     jobs = find_jobs(args.inputs)
     if not jobs:
-        raise SystemExit(f"error: no trained job (.hydra/config.yaml + checkpoints/last.ckpt) under {args.inputs}")
+        raise SystemExit(f"error: no trained job (config.yaml + a trained model) under {args.inputs}")
     start = time.perf_counter()
     df = pd.concat([sweep_job(job, probe_args, args.n_prompts, args.margin) for job in jobs], ignore_index=True)
     out = Path(args.out)
