@@ -172,3 +172,26 @@ def test_check_runs_every_new_mode_on_the_untrained_model():
     qat = copy.deepcopy(model)
     prepare_qat(qat, QuantSpec.from_config({"name": "qat_intx"}))
     check(QuantSpec.from_config({"name": "qat_intx"}), qat, on_gpu=False)
+
+
+@pytest.mark.slow
+def test_qat_intx_and_intx_jobs_through_the_pipeline(tmp_path, tiny_overrides):
+    """Real jobs: QAT at int4 reloads fake-quantised and reports int4 layers; a post-training width is labelled by
+    its width in eval.csv and quant.json (so widths stay apart in tables)."""
+    import json
+
+    import pandas as pd
+
+    from icl.module import ICLModule
+    from icl.run.train import train
+
+    train(compose_train([*tiny_overrides, "quant=qat_intx", "trainer.max_steps=6"], tmp_path / "qat"))
+    module = ICLModule.load_from_checkpoint(tmp_path / "qat" / "checkpoints" / "last.ckpt")
+    assert sum(type(m).__name__ == "FakeQuantizedLinear" for m in module.model.modules()) == 4
+    report = json.loads((tmp_path / "qat" / "quant.json").read_text())
+    assert report["quantized_linears"] == 4 and report["quantized_dtype"] == "int4"
+    assert report["bytes_packed"] < report["bytes"] < report["bytes_float"]
+    train(compose_train([*tiny_overrides, "quant=intx_weight", "quant.bits=3", "trainer.max_steps=6"], tmp_path / "w3"))
+    report = json.loads((tmp_path / "w3" / "quant.json").read_text())
+    assert report["label"] == "intx_weight_w3_pc" and report["quantized_dtype"] == "int3"
+    assert set(pd.read_csv(tmp_path / "w3" / "eval.csv").quant) == {"intx_weight_w3_pc"}
