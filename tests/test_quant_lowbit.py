@@ -10,7 +10,7 @@ import torch
 from icl import quantize as qz
 from icl.attention import ATTENTION, build_attention
 from icl.bench.attention import variant_params
-from icl.fakequant import QuantizedKernel, fake_quant
+from icl.fakequant import QuantizedKernel, fake_quant, mixing_matrix
 from icl.quantize import QuantSpec, check, linears, packed_bytes, prepare_qat, proof, quantize, storage_dtype
 from icl.run.train import build
 from icl.transformer import ICLTransformer, TransformerConfig
@@ -108,6 +108,18 @@ def test_fake_quant_matches_torchs_per_channel_fake_quantize():
 
 
 @pytest.mark.parametrize("name", sorted(ATTENTION))
+def test_every_kernel_is_its_causal_mixing_matrix_times_v(name):
+    """What lets the wrapper quantise attention weights of any kernel: kernel(q, k, v) = A v, A lower triangular."""
+    torch.manual_seed(0)
+    kernel = build_attention(name, head_dim=8, **variant_params(name)).eval()
+    q, k, v = (torch.randn(2, 2, 21, 8) for _ in range(3))
+    with torch.no_grad():
+        A = mixing_matrix(kernel, q, k)
+        torch.testing.assert_close(A @ v, kernel(q, k, v), rtol=1e-4, atol=1e-5)
+    assert A.shape == (2, 2, 21, 21) and A.triu(1).abs().max() == 0
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION))
 def test_attention_fake_quant_equals_float_at_16_bits_and_stays_causal(name):
     torch.manual_seed(0)
     kernel = build_attention(name, head_dim=16, **variant_params(name)).eval()
@@ -120,6 +132,8 @@ def test_attention_fake_quant_equals_float_at_16_bits_and_stays_causal(name):
         low = QuantizedKernel(kernel, 8)
         moved = ((low(q, k, v) - ref).norm() / ref.norm()).item()
         assert 1e-4 < moved < 0.1, moved
+        weights_only = QuantizedKernel(kernel, 4, tensors=("weights",))(q, k, v)  # the weights alone move it too
+        assert (weights_only - ref).abs().max() > 1e-4
         later = [t.clone() for t in (q, k, v)]
         for t in later:
             t[:, :, 12:] += 3.0  # change only the tokens from 12 on
