@@ -4,8 +4,8 @@ Modes (docs/quantization.md has the table): ``none``; post-training ``int8_weigh
 ``int8_dynamic`` (Int8DynamicActivationInt8WeightConfig), ``bf16`` (a dtype cast), ``int4_weight``
 (Int4WeightOnlyConfig, CUDA only), ``intx_weight`` (IntxWeightOnlyConfig: ``bits`` 2..8, ``group_size`` or per
 channel), ``int8_fbgemm`` (PyTorch's x86/FBGEMM dynamic int8, ``torch.ao.quantization.quantize_dynamic``: the int8
-kernels that are faster than float on a CPU) and ``attn_fq`` (fake quantisation of q, k, v and the kernel output,
-``icl.fakequant``); and ``qat_int8`` / ``qat_intx``: torchao's QATConfig fake-quantises during training
+kernels that are faster than float on a CPU) and ``attn_fq`` (fake quantisation of q, k, v, the attention weights
+and the kernel output, ``icl.fakequant``); and ``qat_int8`` / ``qat_intx``: torchao's QATConfig fake-quantises during training
 (``prepare_qat``, called by ICLModule so a reload or resume rebuilds it) and converts to real integers afterwards.
 ``quant.blocks`` limits any mode to some blocks (per-layer sensitivity, ``icl.bench.quant_sweep``).
 
@@ -157,7 +157,9 @@ class QuantSpec:
             group = self.params.get("group_size")
             tail = f"_w{self.bits}_{'g' + str(group) if group else 'pc'}"
         elif self.name == "attn_fq":
-            tail = f"_a{self.bits}_{self.params['granularity']}"
+            tensors = list(self.params["tensors"])
+            tail = f"_a{self.bits}_{self.params['granularity']}" + ("" if tensors == list(TENSORS) else
+                                                                    "_" + "-".join(tensors))
         else:
             tail = ""
         return self.name + tail + ("_b" + "-".join(map(str, self.blocks)) if self.blocks is not None else "")

@@ -149,6 +149,8 @@ def test_attn_fq_mode_wraps_every_block_and_reports_simulated():
     report = proof(model, q, spec, xs, ys)
     assert report["attention_kernels_quantized"] == 2 and report["quantized_linears"] == 0
     assert report["storage"].startswith("simulated") and 1e-5 < report["rel_diff_mean"] < 0.05
+    assert report["label"] == "attn_fq_a8_head"
+    assert QuantSpec.from_config({"name": "attn_fq", "tensors": ["weights"]}).label == "attn_fq_a8_head_weights"
 
 
 @pytest.mark.parametrize("node, message", [
