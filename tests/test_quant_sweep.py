@@ -33,6 +33,26 @@ def test_probes_cover_widths_and_every_block_and_branch():
     assert sens == {(b, br) for b in range(3) for br in ("attn", "mlp", "internals")}
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "8", "1"], "quant.bits=1 is impossible for quant=intx_weight"),
+    (["--attn-bits", "40"], "quant.bits=40 is impossible for quant=attn_fq"),
+    (["--group-size", "-4"], "quant.group_size=-4 must be a positive integer"),
+    (["--n-prompts", "0"], "--n-prompts=0 must be a positive number"),
+])
+def test_cli_refuses_impossible_settings_before_loading_anything(tmp_path, args, message):
+    from icl.bench.quant_sweep import main
+
+    with pytest.raises(ValueError, match=message):
+        main([str(tmp_path / "nowhere"), *args])
+
+
+def test_cli_without_trained_jobs_says_so(tmp_path):
+    from icl.bench.quant_sweep import main
+
+    with pytest.raises(SystemExit, match="no trained job"):
+        main([str(tmp_path)])
+
+
 @pytest.mark.slow
 def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     from icl.analysis.quant import quant_sweep_figures

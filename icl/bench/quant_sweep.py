@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     probe_args = {"bits": tuple(args.bits), "attn_bits": tuple(args.attn_bits), "low_bits": args.low_bits,
                   "low_attn_bits": args.low_attn_bits, "group_size": args.group_size or None}
+    if args.n_prompts is not None and args.n_prompts < 1:
+        raise ValueError(f"--n-prompts={args.n_prompts} must be a positive number of prompts")
     for b in args.bits + [args.low_bits]:  # a bad width: one line before any model is loaded
         QuantSpec.from_config({"name": "intx_weight", "bits": b, "group_size": probe_args["group_size"]})
     for b in args.attn_bits + [args.low_attn_bits]:
