@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from icl.errors import first_line
-from icl.evaluation import predict_model
 from icl.fakequant import GRANULARITIES, TENSORS, wrap_kernels
 from icl.registry import Registry
+from icl.transformer import predict_model
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,9 @@ class QuantSpec:
         return any(re.fullmatch(LAYER_GROUPS[g], name) for g in self.layers)
 
 
-def training_part(node: dict[str, Any] | None) -> dict[str, Any] | None:
+def training_part(quant: "QuantSpec | dict[str, Any] | None") -> dict[str, Any] | None:
     """What of the quant config changes training (for the trained-model fingerprint): QAT only."""
-    spec = QuantSpec.from_config(node)
+    spec = quant if isinstance(quant, QuantSpec) else QuantSpec.from_config(quant)
     if spec.mode.stage != "qat":
         return None
     blocks = {} if spec.blocks is None else {"blocks": list(spec.blocks)}

@@ -17,8 +17,10 @@ import pandas as pd
 
 from icl.analysis.results import find_jobs
 from icl.analysis.styles import QUANT_STYLES, attn_color
+from icl.contract import STANDARD, read_eval_csv
 from icl.run.job import JobDir
 from icl.stats import error_at
+from icl.tables import markdown_table
 
 
 def table(jobs: list[Path]) -> pd.DataFrame:
@@ -29,9 +31,10 @@ def table(jobs: list[Path]) -> pd.DataFrame:
         report = job.read_quant()
         if report is None or not job.eval_csv.is_file():
             continue
-        df = pd.read_csv(job.eval_csv)
-        strategy = df["strategy"].fillna("standard") if "strategy" in df else "standard"
-        tf = df[(df.predictor == "transformer") & (strategy == "standard")].set_index("k")
+        df = read_eval_csv(job.eval_csv)
+        if df is None:
+            continue
+        tf = df[(df.predictor == "transformer") & (df.strategy == STANDARD)].set_index("k")
         d = int(tf.n_dims.iloc[0])
         at = error_at(df, (d, 2 * d))
         rows.append({"quant": report.get("label", report["quant"]), "bytes": report["bytes"],
@@ -159,9 +162,7 @@ def main(argv: list[str]) -> None:
 def markdown(df: pd.DataFrame) -> str:
     """A DataFrame as a markdown table (numbers to 4 significant digits)."""
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table([str(c) for c in df.columns], ([cell(v) for v in row] for row in df.itertuples(index=False)))
 
 
 def cli() -> None:

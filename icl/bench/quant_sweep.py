@@ -35,10 +35,12 @@ import torch
 
 from icl import prompts
 from icl.analysis.quant import breaking_points, sweep_markdown
-from icl.evaluation import predict_model, prompt_errors
+from icl.evaluation import prompt_errors
 from icl.quantize import QuantSpec, check, float_model, quantize
-from icl.run.evaluate import job_task, load_job
+from icl.run.evaluate import load_job
 from icl.run.job import JobDir
+from icl.run.spec import JobSpec
+from icl.transformer import predict_model
 from icl.stats import paired_bootstrap
 
 log = logging.getLogger(__name__)
@@ -79,17 +81,18 @@ def normalised(err: np.ndarray, zero: np.ndarray) -> float:
 def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, margin: float) -> pd.DataFrame:
     """Every probe on one job's trained model: one row each (module doc)."""
     cfg, module = load_job(JobDir(path))
+    spec_job = JobSpec.from_config(cfg)
     model = float_model(module.model).eval()
-    task, eval_cfg, n_points = job_task(cfg)
-    d = int(cfg.task.n_dims)
+    task, eval_cfg, n_points = spec_job.task.task, spec_job.eval, spec_job.eval_points
+    d = int(task.n_dims)
     k = min(2 * d, n_points - 1)  # prompts shorter than 2d + 1 points: their last k
     p = prompts.make_prompts("standard", task, int(n_prompts or eval_cfg.n_prompts), n_points, eval_cfg.seed)
     batch = int(eval_cfg.batch_size)
     with torch.inference_mode():
         err_f, zero = prompt_errors(task, predict_model(model, p.xs, p.ys, batch), p.targets)
-    labels = {"run_dir": str(path), "task": cfg.task.name, "attn": cfg.attn.name, "trained_quant": cfg.quant.name,
-              "model": cfg.model.name,
-              "seed": int(cfg.seed), "n_dims": d, "k": k, "n_prompts": len(p.xs), "margin": margin,
+    labels = {"run_dir": str(path), "task": spec_job.task.name, "attn": spec_job.attn["name"],
+              "trained_quant": spec_job.quant.label, "model": spec_job.model.name, "seed": spec_job.seed,
+              "n_dims": d, "k": k, "n_prompts": len(p.xs), "margin": margin,
               "float_error": normalised(err_f[:, k], zero[:, k])}
     rows = []
     for probe in probes(len(model.blocks), **probe_args):
