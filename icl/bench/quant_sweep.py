@@ -40,8 +40,8 @@ from icl.quantize import QuantSpec, check, float_model, quantize
 from icl.run.evaluate import load_job
 from icl.run.job import JobDir
 from icl.run.spec import JobSpec
-from icl.transformer import predict_model
 from icl.stats import paired_bootstrap
+from icl.transformer import predict_model
 
 log = logging.getLogger(__name__)
 WEIGHT_BITS = (8, 6, 5, 4, 3, 2)
