@@ -11,8 +11,11 @@ A job claims ``<paths.store>/<fingerprint>/`` with an exclusive ``fcntl.flock`` 
 operating system drops the lock when its holder exits or dies, so a crashed trainer never blocks the others.
 The holder trains in its own job folder exactly as before (resume included) and publishes a weights-only
 ``model.ckpt`` and then ``meta.json`` (written last, so a half-published entry is never taken for a finished
-one). A job that finds the entry published loads it instead of training; one that finds the lock held waits
-for it, then loads. Published entries are never overwritten.
+one; it records the checkpoint's size and sha256). A job that finds the entry published loads it instead of
+training; one that finds the lock held waits for it, then loads. Published entries are never overwritten, but one
+that fails its check under the lock (``Entry.verify``: size and checksum, or for entries published without them, a
+probe of the checkpoint) is moved aside into ``<entry>/damaged-*/`` with one warning line, and the job trains and
+publishes it again; the lock makes one job do so while the others wait and then load the new entry.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from icl.files import atomic_write, source_hash, write_json
+from icl.files import atomic_write, sha256_file, source_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +107,42 @@ class Entry:
         return json.loads(self.meta_path.read_text())
 
     def publish(self, save: Callable[[Path], None], meta: dict[str, Any]) -> None:
-        """``save(path)`` writes the checkpoint; both files appear atomically, meta.json last."""
+        """``save(path)`` writes the checkpoint; both files appear atomically, meta.json last, with the
+        checkpoint's size and sha256 (``file``)."""
         if self.done:
             return  # never overwrite a published model
         atomic_write(self.ckpt, save)
-        write_json(self.meta_path, meta)
+        write_json(self.meta_path, {**meta, "file": {"size": self.ckpt.stat().st_size, "sha256": sha256_file(self.ckpt)}})
         log.info("published the trained model as %s", self.ckpt)
+
+    def verify(self) -> str | None:
+        """None for a published entry that is whole, else why not (one phrase): meta.json unreadable, or the
+        checkpoint's size or sha256 not the ones published (entries published without them: the checkpoint does
+        not load)."""
+        try:
+            meta = self.meta()
+        except (OSError, ValueError) as err:
+            return f"unreadable meta.json: {err}"
+        size, expected = self.ckpt.stat().st_size, (meta.get("file") or {})
+        if not expected:
+            from icl.run.checkpoints import probe
+
+            return None if (why := probe(self.ckpt)[1]) is None else f"model.ckpt does not load: {why}"
+        if size != expected.get("size"):
+            return f"model.ckpt has {size} bytes, published with {expected.get('size')}"
+        if sha256_file(self.ckpt) != expected.get("sha256"):
+            return "model.ckpt does not match the sha256 it was published with"
+        return None
+
+    def move_aside(self, why: str) -> Path:
+        """Move meta.json (first: the entry is then no longer done) and model.ckpt into a new ``damaged-*``
+        folder of the entry, with one warning line naming it."""
+        aside = Path(tempfile.mkdtemp(prefix=f"damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-", dir=self.dir))
+        for path in (self.meta_path, self.ckpt):
+            path.replace(aside / path.name)
+        log.warning("trained-model store entry %s is damaged (%s): moved aside to %s; this job trains the model "
+                    "again and republishes it", self.dir, why, aside)
+        return aside
 
 
 def _holder(entry_dir: Path) -> str:
@@ -133,6 +167,8 @@ def claim(store: Path, key: str, job: Path) -> Iterator[Entry]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             log.info("done waiting (%.0f s)", time.monotonic() - start)
         try:
+            if entry.done and (why := entry.verify()) is not None:
+                entry.move_aside(why)
             if not entry.done:
                 holder = {"job": str(job), "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
                 (entry.dir / "holder.json").write_text(json.dumps(holder) + "\n")
