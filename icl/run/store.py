@@ -65,8 +65,9 @@ def _source_hash(qat: bool) -> str:
     return source_hash((*TRAINING_SOURCES, *(("icl.quantize",) if qat else ())))
 
 
-def training_identity(cfg: DictConfig) -> dict[str, Any]:
-    """Everything the fingerprint hashes, as a plain dict (recorded in meta.json)."""
+def training_config(cfg: DictConfig) -> dict[str, Any]:
+    """The part of the resolved config that decides the trained weights (without the ``IGNORED`` keys; of
+    ``quant``, only what QAT trains with)."""
     from icl.quantize import training_part
 
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -75,8 +76,33 @@ def training_identity(cfg: DictConfig) -> dict[str, Any]:
         if group and isinstance(config.get(group), dict):
             config[group] = {k: v for k, v in config[group].items() if k not in keys}
     config["quant"] = training_part(container.get("quant"))
+    return config
+
+
+def training_identity(cfg: DictConfig) -> dict[str, Any]:
+    """Everything the fingerprint hashes, as a plain dict (recorded in meta.json)."""
+    config = training_config(cfg)
     qat = config["quant"] is not None
     return {"config": config, "versions": _versions(qat), "source": _source_hash(qat)}
+
+
+def training_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """``key: saved → new`` for each training-relevant value (the fingerprint's rule) that differs between two
+    configs. A key only one side has is skipped: an option added (or dropped) since ``saved`` was written, whose
+    absence means its default, "off"."""
+    return _differences(training_config(saved), training_config(cfg), "")
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(old.keys() & new.keys(), key=str)
+                for line in _differences(old[key], new[key], f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {_short(old)} → {_short(new)}"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def fingerprint(cfg: DictConfig) -> str:

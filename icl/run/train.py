@@ -45,7 +45,7 @@ from icl.run.evaluate import error_at_2d, evaluate_job, quantize_job, summary_li
 from icl.run.job import INTERRUPTED, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
 from icl.run.schema import validate
-from icl.run.store import Entry, claim, fingerprint, training_identity
+from icl.run.store import Entry, claim, fingerprint, training_differences, training_identity
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         if cfg.get("skip_done") and (done := finished(cfg, job)) is not None:
             log.info("skipping %s: done with this config (skip_done=true)", job.path)
             return done
+        check_same_training(cfg, job)
         with job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
             metrics.update(_train(cfg, job, callbacks))
     return metrics
@@ -186,6 +187,20 @@ def finished(cfg: DictConfig, job: JobDir) -> dict[str, Any] | None:
         raise ValueError(f"{job.path} holds a finished job with another config: delete that folder (or choose "
                          "another hydra.sweep.dir / hydra.run.dir) to run this one, or drop skip_done")
     return dict(status.get("metrics") or {})
+
+
+def check_same_training(cfg: DictConfig, job: JobDir) -> None:
+    """Refuse, in one line and before the folder is touched, to resume a folder holding another training config's
+    checkpoints or training curve (compared on what decides the trained weights: ``icl.run.store``'s fingerprint
+    rule); post-training changes (evaluation, quant mode, logging) resume the folder's model as before."""
+    has_state = job.metrics_csv.is_file() or any(job.checkpoints.glob("*.ckpt"))
+    if not has_state or not job.config_file.is_file():
+        return
+    if diffs := training_differences(OmegaConf.load(job.config_file), cfg):
+        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ValueError(f"{job.path} holds the checkpoints of another training config ({shown}; the folder's → "
+                         f"this job's): rerun with the folder's config to resume it, give this job its own folder "
+                         f"(hydra.run.dir=… or another hydra.sweep.dir), or delete {job.path} to train it there")
 
 
 def same_job(saved: DictConfig, cfg: DictConfig) -> bool:
