@@ -62,6 +62,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_text(path: Path, text: str) -> None:
+    """``text`` at ``path``, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON at ``path``, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str) + "\n"))

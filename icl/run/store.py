@@ -197,7 +197,7 @@ def claim(store: Path, key: str, job: Path) -> Iterator[Entry]:
                 entry.move_aside(why)
             if not entry.done:
                 holder = {"job": str(job), "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-                (entry.dir / "holder.json").write_text(json.dumps(holder) + "\n")
+                write_json(entry.dir / "holder.json", holder)
             yield entry
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
