@@ -143,5 +143,6 @@ def test_a_reordered_sweep_into_a_fixed_sweep_dir_resumes_no_other_cell(tmp_path
     out = proc.stdout + proc.stderr
     for job in before:
         assert f"{job} holds the checkpoints of another training config (seed:" in out, out[-3000:]
+    assert proc.returncode == 1 and "2 job(s) failed" in out  # the sweep says so at its end
     assert {j: (j / "eval.csv").read_bytes() for j in before} == before
     assert [OmegaConf.load(j / "config.yaml").seed for j in sorted(before)] == [0, 1]

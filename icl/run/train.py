@@ -42,12 +42,18 @@ from icl.quantize import check as quant_check
 from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.evaluate import error_at_2d, evaluate_job, quantize_job, summary_line
-from icl.run.job import INTERRUPTED, JobDir, JobLocked, failure_message
+from icl.run.job import INTERRUPTED, STALE, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
 from icl.run.schema import validate
 from icl.run.store import Entry, claim, fingerprint, training_differences, training_identity
 
 log = logging.getLogger(__name__)
+
+REFUSED: list[str] = []  # this process's multirun jobs refused by check_same_training (reported at the sweep's end)
+
+
+class OtherTrainingConfig(ValueError):
+    """The job folder holds another training config's checkpoints: nothing was done (the message says what to do)."""
 
 
 def on_gpu(cfg: DictConfig) -> bool:
@@ -198,7 +204,7 @@ def check_same_training(cfg: DictConfig, job: JobDir) -> None:
         return
     if diffs := training_differences(OmegaConf.load(job.config_file), cfg):
         shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-        raise ValueError(f"{job.path} holds the checkpoints of another training config ({shown}; the folder's → "
+        raise OtherTrainingConfig(f"{job.path} holds the checkpoints of another training config ({shown}; the folder's → "
                          f"this job's): rerun with the folder's config to resume it, give this job its own folder "
                          f"(hydra.run.dir=… or another hydra.sweep.dir), or delete {job.path} to train it there")
 
@@ -298,7 +304,9 @@ def shared_model(cfg: DictConfig, job: JobDir, world_size: int = 1) -> Iterator[
 
 
 class FailOnFailedJobs(Callback):
-    """Hydra callback: after a multirun, list the jobs whose status.json says failed and exit 1.
+    """Hydra callback: after a multirun, list the jobs whose status says failed (or interrupted), and those this
+    process refused to run in a folder of another training config (``REFUSED``: the basic launcher runs jobs in this
+    process; a launcher running them elsewhere reports only their log lines), and exit 1.
 
     Hydra's basic launcher goes on after a failed job (what we want: the other cells still run) but
     then exits 0; this makes a sweep with failures visible to scripts and CI.
@@ -308,8 +316,9 @@ class FailOnFailedJobs(Callback):
         failed = []
         for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{JobDir.STATUS}")):
             status = JobDir(path.parent).status()
-            if status["status"] == "failed":
+            if status["status"] in ("failed", STALE):
                 failed.append(f"{path.parent}: {status['error']}")
+        failed += REFUSED
         if failed:
             log.error("%d job(s) failed:\n  %s", len(failed), "\n  ".join(failed))
             raise SystemExit(1)
@@ -323,6 +332,12 @@ def main(cfg: DictConfig) -> float | None:
     except JobLocked as err:  # nothing was done, and the folder's status belongs to the holder
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None
+        raise SystemExit(1) from None
+    except OtherTrainingConfig as err:  # nothing was done: the folder's files are the other job's
+        log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            REFUSED.append(str(err))
             return None
         raise SystemExit(1) from None
     except BaseException as err:  # noqa: BLE001 - recorded by train(), then skipped (multirun) or exit 1
