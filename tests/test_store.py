@@ -151,3 +151,17 @@ def test_two_jobs_finding_one_damaged_entry_end_with_one_good_entry(tmp_path):
     assert sum("moved aside" in err for (_, err), _ in outs) == 1
     aside = [p for p in entry.dir.iterdir() if p.is_dir()]
     assert len(aside) == 1 and (aside[0] / "model.ckpt").read_text() == "weights of o"
+
+
+def test_entries_published_before_checksums_are_probed(tmp_path):
+    """meta.json without a `file` record (older entries): the checkpoint must load as a training checkpoint."""
+    import torch
+
+    good, bad = Entry(tmp_path / "good"), Entry(tmp_path / "bad")
+    for entry in (good, bad):
+        entry.dir.mkdir()
+        entry.meta_path.write_text(json.dumps({"trained_by": "old"}))
+    torch.save({"global_step": 3, "state_dict": {}}, good.ckpt)
+    bad.ckpt.write_bytes(good.ckpt.read_bytes()[:100])
+    assert good.verify() is None
+    assert "does not load" in bad.verify()
