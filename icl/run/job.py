@@ -228,6 +228,8 @@ class JobDir:
             fd = os.open(self.lock_file, os.O_RDONLY)
         except FileNotFoundError:
             return False
+        except OSError:  # cannot probe (permissions): say what status.json says, as before
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -204,9 +204,10 @@ def check_same_training(cfg: DictConfig, job: JobDir) -> None:
         return
     if diffs := training_differences(OmegaConf.load(job.config_file), cfg):
         shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-        raise OtherTrainingConfig(f"{job.path} holds the checkpoints of another training config ({shown}; the folder's → "
-                         f"this job's): rerun with the folder's config to resume it, give this job its own folder "
-                         f"(hydra.run.dir=… or another hydra.sweep.dir), or delete {job.path} to train it there")
+        raise OtherTrainingConfig(
+            f"{job.path} holds the checkpoints of another training config ({shown}; the folder's → this job's): "
+            f"rerun with the folder's config to resume it, give this job its own folder (hydra.run.dir=… or another "
+            f"hydra.sweep.dir), or delete {job.path} to train it there")
 
 
 def same_job(saved: DictConfig, cfg: DictConfig) -> bool:
