@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,14 +11,20 @@ from icl.cache import BaselineCache
 
 def damage(path, how):
     data = path.read_bytes()
-    if how == "truncated":
+    if how == "rewritten":  # a whole, readable file whose numbers no longer match the checksum stored with them
+        with np.load(path) as entry:
+            arrays = {k: entry[k] for k in entry.files}
+        arrays["preds"] = arrays["preds"] + 1
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    elif how == "truncated":
         path.write_bytes(data[: len(data) // 2])
     else:  # one flipped byte in the middle: still a loadable file, with wrong numbers
         mid = len(data) // 2
         path.write_bytes(data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:])
 
 
-@pytest.mark.parametrize("how", ["truncated", "flipped"])
+@pytest.mark.parametrize("how", ["truncated", "flipped", "rewritten"])
 def test_a_damaged_entry_is_moved_aside_and_recomputed(tmp_path, caplog, how):
     preds = torch.arange(600, dtype=torch.float32).reshape(20, 30) / 7
     calls = []
