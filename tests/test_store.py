@@ -111,15 +111,18 @@ def test_a_crashed_holder_releases_its_claim(tmp_path):
 def test_a_truncated_entry_is_moved_aside_and_the_job_retrains_and_republishes(tmp_path, tiny_overrides, caplog):
     store = f"paths.store={tmp_path / 'store'}"
     first = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store], tmp_path / "a"))
+    reused = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store, "quant=bf16"], tmp_path / "r"))
     entry = Entry(tmp_path / "store" / first["fingerprint"])
     entry.ckpt.write_bytes(entry.ckpt.read_bytes()[:2000])  # a copy cut short
+    with pytest.raises(ValueError, match=r"shared trained model .* is damaged .*rerun the training command"):
+        load_job(JobDir(tmp_path / "r"))  # `icl.evaluate` of a job that used the entry: one line, what to do
     with caplog.at_level(logging.WARNING, logger="icl.run.store"):
         again = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store, "quant=int8_weight"], tmp_path / "b"))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(entry.dir) in warnings[0] and "moved aside" in warnings[0]
     assert again["train_seconds"] > 0 and again["trained_by"] == str(tmp_path / "b")  # retrained, republished
     assert entry.verify() is None and entry.meta()["trained_by"] == str(tmp_path / "b")
-    reused = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store, "quant=bf16"], tmp_path / "c"))
+    reused = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store, "quant=int8_dynamic"], tmp_path / "c"))
     assert reused["train_seconds"] == 0 and reused["trained_by"] == str(tmp_path / "b")
 
 
