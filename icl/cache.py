@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from icl.errors import first_line
 from icl.files import atomic_write, source_hash
 
 log = logging.getLogger(__name__)
@@ -112,5 +113,5 @@ class BaselineCache:
             try:
                 return _load(f)
             except Exception as err:  # noqa: BLE001 - whatever the zip reader says, the entry is recomputed
-                _move_aside(path, f.fileno(), f"{type(err).__name__}: {err}")
+                _move_aside(path, f.fileno(), first_line(err))
                 return None

@@ -36,6 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from icl.errors import first_line
 from icl.files import atomic_write, sha256_file, source_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class Entry:
         try:
             meta = self.meta()
         except (OSError, ValueError) as err:
-            return f"unreadable meta.json: {err}"
+            return f"unreadable meta.json: {first_line(err)}"
         size, expected = self.ckpt.stat().st_size, (meta.get("file") or {})
         if not expected:
             from icl.run.checkpoints import probe
