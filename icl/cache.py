@@ -5,7 +5,8 @@ seeds) would otherwise refit them on the very same prompts. An entry is ``<root>
 float32 predictions with their size and sha256, checked on every read; the key hashes everything the
 predictions depend on: the task (name, d, params), strategy, parameter, eval seed, number of prompts drawn
 and fitted, points, baseline name, and the source of the modules that compute them (``SOURCES``: ``icl.tasks``,
-``icl.physics``, ``icl.prompts``, ``icl.baselines``, ``icl.solvers``), so changed code recomputes.
+``icl.physics``, ``icl.prompts``, ``icl.baselines``, ``icl.solvers``, ``icl.learners``), so changed code
+recomputes.
 Writes are atomic (``icl.files.atomic_write``: a temporary file unique to the write, then a rename): two jobs
 computing the same entry at once each write their own file and the last rename wins. An entry that cannot be read or
 does not match its checksum (a disk error, a partial copy) is renamed ``<key>.npz.damaged-<time>-<pid>`` with one
@@ -34,7 +35,7 @@ from icl.files import atomic_write, source_hash
 log = logging.getLogger(__name__)
 
 # every module a baseline's numbers come from
-SOURCES = ("icl.tasks", "icl.physics", "icl.prompts", "icl.baselines", "icl.solvers")
+SOURCES = ("icl.tasks", "icl.physics", "icl.prompts", "icl.baselines", "icl.solvers", "icl.learners")
 
 
 @cache
