@@ -33,7 +33,10 @@ class RecordBatches(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.seen.append([trainer.global_step, float(batch["xs"].double().sum())])
         self.dir.mkdir(parents=True, exist_ok=True)  # written every step: the process may be killed
-        (self.dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+        path = self.dir / f"rank{trainer.global_rank}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seen))
+        os.replace(tmp, path)  # a kill between truncate and write must not leave an empty file
 
 
 class SleepEachStep(Callback):
