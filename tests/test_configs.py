@@ -45,7 +45,8 @@ def test_model_sizes(model, tmp_path):
     cfg = compose_train([f"model={model}"], tmp_path)
     _, module = build(cfg)
     c = module.model.config
-    assert (c.n_embd, c.n_layer, c.n_head) == {"tiny": (64, 3, 2), "small": (128, 6, 4), "standard": (256, 12, 8)}[model]
+    assert (c.n_embd, c.n_layer, c.n_head) == {"tiny": (64, 3, 2), "small": (128, 6, 4), "standard": (256, 12, 8),
+                                              "hybrid": (64, 3, 2)}[model]
     assert c.n_positions == cfg.task.curriculum.points.end
 
 
