@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from icl.attention import ATTENTION, Kernel, SoftmaxAttention, build_attention, positive
 from icl.registry import Registry
-from icl.scans import decay_linear_attention, delta_rule, selective_scan
+from icl.scans import decay_linear_attention, delta_rule, selective_scan, selective_scan_fused
 
 MIXERS: Registry[Any] = Registry("sequence mixer", "attn")
 POSITIONS = ("learned", "none", "rope", "alibi")
@@ -233,8 +233,17 @@ def _initial_dt(size: int, dt_min: float, dt_max: float) -> Tensor:
 
 
 def _causal_conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
-    """Depthwise conv over time, left-padded (kernel − 1 zeros), so token t reads tokens t − k + 1 … t: (B, T, D)."""
-    return conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+    """Depthwise conv over time, left-padded (kernel − 1 zeros), so token t reads tokens t − k + 1 … t: (B, T, D).
+
+    As k shifted multiply-adds on (B, T, D) (the conv module holds the weights): a CPU's depthwise conv backward
+    is several times slower at these sizes."""
+    T, K = x.shape[1], conv.kernel_size[0]
+    padded = F.pad(x, (0, 0, K - 1, 0))
+    w = conv.weight[:, 0].t()  # (K, D)
+    out = conv.bias + padded[:, :T] * w[0]
+    for k in range(1, K):
+        out = torch.addcmul(out, padded[:, k:k + T], w[k])
+    return out
 
 
 def _check_dt(dt_min: float, dt_max: float) -> None:
@@ -247,12 +256,18 @@ class Mamba(nn.Module):
     """The selective SSM block (Gu & Dao 2023): in-projection to (u, z), causal depthwise conv + SiLU on u,
     input-dependent Δ (softplus, low rank), B and C; h_t = exp(Δ_t A) h_{t−1} + Δ_t B_t u_t per channel
     (d_state states each, A = −exp(A_log) diagonal), y = C_t·h_t + D·u, gated by SiLU(z), out-projection.
-    State per sequence: D·(d_state + d_conv − 1) floats, D = expand·C."""
+    State per sequence: D·(d_state + d_conv − 1) floats, D = expand·C. ``scan``: 'fused' (token by token with a
+    hand-written backward: fastest on a CPU at our lengths) or 'parallel' (log-depth, materialises more)."""
+
+    SCANS = {"fused": selective_scan_fused, "parallel": selective_scan}
 
     def __init__(self, n_embd: int, n_head: int, d_state: int = 16, expand: int = 2, d_conv: int = 4,
-                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1, scan: str = "fused",
                  qk_norm: bool = False, pos: str = "none") -> None:
         super().__init__()
+        if scan not in self.SCANS:
+            raise ValueError(f"unknown attn.scan '{scan}'; choose one of: {', '.join(self.SCANS)}")
+        self.scan = scan
         self.d_state = positive("attn.d_state", d_state)
         self.d_conv = positive("attn.d_conv", d_conv)
         self.d_inner = D = positive("attn.expand", expand) * n_embd
@@ -272,7 +287,7 @@ class Mamba(nn.Module):
         u = F.silu(_causal_conv(self.conv, u))
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt).float() + self.dt_bias.float())
-        y = selective_scan(u, delta, -torch.exp(self.A_log.float()), B, C).to(u.dtype) + u * self.D
+        y = self.SCANS[self.scan](u, delta, -torch.exp(self.A_log.float()), B, C).to(u.dtype) + u * self.D
         y = y * F.silu(z)
         return self.proj(y[:, ::2] if x_only else y)
 

@@ -20,7 +20,7 @@ from icl.mixers import (
 )
 from icl.run.configs import CONFIG_DIR
 from icl.run.train import train
-from icl.scans import decay_linear_attention, delta_rule, selective_scan
+from icl.scans import decay_linear_attention, delta_rule, selective_scan, selective_scan_fused
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import assert_model_causal, compose_train
 
@@ -98,11 +98,36 @@ def mamba2_reference(m, x):
 # --- fast forms vs references ----------------------------------------------------------------------------------------
 
 
-def test_selective_scan_matches_its_recurrence():
+@pytest.mark.parametrize("scan", [selective_scan, selective_scan_fused], ids=["parallel", "fused"])
+def test_selective_scan_matches_its_recurrence(scan):
     x, delta, B, C = randn(2, 13, 6, seed=1), F.softplus(randn(2, 13, 6, seed=2)), randn(2, 13, 4, seed=3), \
         randn(2, 13, 4, seed=4)
     A = -torch.rand(6, 4, generator=torch.Generator().manual_seed(5)) * 3
-    torch.testing.assert_close(selective_scan(x, delta, A, B, C), selective_scan_reference(x, delta, A, B, C))
+    torch.testing.assert_close(scan(x, delta, A, B, C), selective_scan_reference(x, delta, A, B, C))
+
+
+def test_fused_selective_scan_values_and_gradients_match_the_parallel_scan():
+    """The hand-written backward against autograd through the log-depth scan (float64, every input)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 9, 5), (2, 9, 5), (5, 3), (2, 9, 3), (2, 9, 3)]
+    inputs = [torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes]
+    inputs[1], inputs[2] = F.softplus(inputs[1]), -inputs[2].abs() * 2
+    grads = []
+    for scan in (selective_scan, selective_scan_fused):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = scan(*(t.double() for t in leaves)) if scan is selective_scan else _fused64(leaves)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append([out.detach(), *(t.grad for t in leaves)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def _fused64(leaves):
+    from icl.scans import _FusedSelectiveScan
+
+    x, delta, A, B, C = leaves
+    return _FusedSelectiveScan.apply(*(t.transpose(0, 1).contiguous() for t in (x, delta)), A,
+                                     *(t.transpose(0, 1).contiguous() for t in (B, C))).transpose(0, 1)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 5, 64])
@@ -131,10 +156,12 @@ def test_delta_rule_is_online_regression():
     torch.testing.assert_close(out, v)
 
 
-@pytest.mark.parametrize("name, reference", [("mamba", mamba_reference), ("mamba2", mamba2_reference)])
-def test_state_space_blocks_match_their_token_by_token_recurrence(name, reference):
+@pytest.mark.parametrize("name, reference, params", [
+    ("mamba", mamba_reference, {"scan": "fused"}), ("mamba", mamba_reference, {"scan": "parallel"}),
+    ("mamba2", mamba2_reference, {"chunk_size": 4})])
+def test_state_space_blocks_match_their_token_by_token_recurrence(name, reference, params):
     torch.manual_seed(0)
-    mixer = build_mixer(name, 16, 2, {"d_state": 4, "chunk_size": 4} if name == "mamba2" else {"d_state": 4})
+    mixer = build_mixer(name, 16, 2, {"d_state": 4, **params})
     x = randn(2, 11, 16)
     with torch.no_grad():
         torch.testing.assert_close(mixer(x), reference(mixer, x), atol=1e-5, rtol=1e-4)
@@ -255,6 +282,7 @@ def test_state_floats_per_sequence():
     (lambda: build_mixer("mamba_", 16, 2), "unknown sequence mixer 'mamba_'; choose one of: softmax, .*mamba"),
     (lambda: build_mixer("mamba", 16, 2, {"d_state": 0}), "attn.d_state must be a positive integer, got 0"),
     (lambda: build_mixer("mamba", 16, 2, {"state": 4}), "sequence mixer 'mamba': .*'state'.*configs/attn/mamba"),
+    (lambda: build_mixer("mamba", 16, 2, {"scan": "serial"}), "unknown attn.scan 'serial'; choose one of: fused"),
     (lambda: build_mixer("mamba2", 16, 2, {"head_dim": 5}), r"attn.head_dim \(5\) must divide expand·n_embd \(32\)"),
     (lambda: build_mixer("bigbird", 16, 2, {"n_random": -1}), "attn.n_random must be an integer >= 0, got -1"),
     (lambda: build_mixer("relu", 16, 2, pos="alibi"), "model.pos=alibi needs a softmax kernel"),
@@ -287,3 +315,18 @@ def test_mixers_train_and_evaluate_from_the_configs(overrides, tmp_path, tiny_ov
     df = pd.read_csv(tmp_path / "eval.csv")
     assert df[df.predictor == "transformer"].error.notna().all()
     assert math.isfinite(metrics["train/loss"])
+
+
+def test_a_checkpoint_from_before_model_pos_loads_with_learned_positions(tmp_path):
+    from icl.module import ICLModule
+
+    task = {"name": "linear", "n_dims": 3, "params": {"scale": 1.0}}
+    old_model = {"n_positions": 6, "n_embd": 16, "n_layer": 1, "n_head": 2, "dropout": 0.0, "activation": "gelu"}
+    module = ICLModule(task=task, model=old_model, attn="softmax")
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.5.0"}, path)
+    loaded = ICLModule.load_from_checkpoint(path, map_location="cpu")
+    assert loaded.model.pos == "learned" and loaded.model.config.pattern is None
+    xs, ys = torch.randn(2, 6, 3), torch.randn(2, 6)
+    torch.testing.assert_close(loaded(xs, ys), module(xs, ys))
