@@ -102,7 +102,10 @@ class MaskedSoftmax(Kernel):
 
 
 class SlidingWindow(MaskedSoftmax):
-    """Softmax over the last ``window`` tokens (i − window < j <= i): Longformer's local band, causal."""
+    """Softmax over the last ``window`` tokens (i − window < j <= i): Longformer's local band, causal.
+
+    Beyond T = 2·window, in blocks of w = window queries that read their own and the previous block of keys (the
+    band, masked inside the (w × 2w) tile): O(T·w·hs) time and memory instead of the full masked (T × T)."""
 
     def __init__(self, head_dim: int, window: int = 8) -> None:
         super().__init__(head_dim)
@@ -111,6 +114,27 @@ class SlidingWindow(MaskedSoftmax):
     def allowed(self, T: int, device: torch.device) -> Tensor:
         i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
         return (j <= i) & (j > i - self.window)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        T, w = q.shape[-2], self.window
+        if type(self) is not SlidingWindow or T <= 2 * w:
+            return super().forward(q, k, v, bias)
+        n = -(-T // w)
+        pad = n * w - T
+        qb = F.pad(q, (0, 0, 0, pad)).unflatten(-2, (n, w))  # (B, nh, n, w, hs)
+        kp, vp = (F.pad(t, (0, 0, w, pad)) for t in (k, v))  # one block of zeros in front: block b reads b−1, b
+        kb, vb = (torch.cat((t[..., :-w, :].unflatten(-2, (n, w)), t[..., w:, :].unflatten(-2, (n, w))), dim=-2)
+                  for t in (kp, vp))  # (B, nh, n, 2w, hs)
+        r, c = torch.arange(w, device=q.device)[:, None], torch.arange(2 * w, device=q.device)[None, :]
+        band = (c <= w + r) & (c > r)  # key (b−1)·w + c for query b·w + r: j <= i and j > i − w
+        mask = band.expand(n, w, 2 * w).clone()
+        mask[0, :, :w] = False  # the zero block in front of the first
+        if bias is not None:
+            rows = (torch.arange(n, device=q.device)[:, None, None] * w + r).clamp_max(T - 1)
+            cols = (torch.arange(n, device=q.device)[:, None, None] * w + c - w).clamp(0, T - 1)
+            mask = bias[:, rows, cols].to(q.dtype).masked_fill(~mask, float("-inf"))  # (nh, n, w, 2w)
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)
+        return out.flatten(-3, -2)[..., :T, :]
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, window={self.window}"

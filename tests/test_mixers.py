@@ -188,6 +188,17 @@ def test_sliding_window_is_softmax_over_the_last_w_tokens():
     torch.testing.assert_close(SlidingWindow(8, window=99)(q, k, v), build_mixer("softmax", 16, 2).kernel(q, k, v))
 
 
+@pytest.mark.parametrize("T, window", [(17, 5), (24, 4), (9, 4), (40, 3)])
+def test_sliding_window_blocked_form_matches_the_masked_one_with_and_without_alibi(T, window):
+    q, k, v = (randn(2, 2, T, 8, seed=s) for s in range(3))
+    kernel = SlidingWindow(8, window=window)
+    mask = kernel.allowed(T, torch.device("cpu"))
+    torch.testing.assert_close(kernel(q, k, v), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    bias = alibi_bias(alibi_slopes(2), T, torch.float32)
+    torch.testing.assert_close(kernel(q, k, v, bias=bias), F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.masked_fill(~mask, float("-inf"))))
+
+
 def test_bigbird_pattern_window_globals_and_seeded_randoms():
     kernel = BigBird(8, window=3, n_global=2, n_random=2, seed=7)
     mask = kernel.allowed(20, torch.device("cpu"))
