@@ -440,7 +440,7 @@ def build_mixer(name: str, n_embd: int, n_head: int, params: dict[str, Any] | No
         return SelfAttention(n_embd, n_head, name, params, qk_norm, pos)
     if qk_norm and family(name) != "attention":
         raise ValueError(f"model.qk_norm applies to attention mixers; {name} has none: set model.qk_norm=false")
-    try:
+    try:  # every entry takes qk_norm and pos; the recurrent ones have no q·k scores or positions to act on
         return MIXERS[name](n_embd, n_head, qk_norm=qk_norm, pos=pos, **(params or {}))
     except TypeError as err:  # an unknown or missing option in configs/attn/<name>.yaml
         raise ValueError(f"sequence mixer '{name}': {err} (check configs/attn/{name}.yaml)") from None
