@@ -388,19 +388,31 @@ class _HeadsMixer(nn.Module):
 class DeltaNet(_HeadsMixer):
     """The delta rule (Schlag et al. 2021; Yang et al. 2024): per head, S_t = S_{t−1} + β_t (v_t − S_{t−1} k_t) k_tᵀ
     (one gradient step of ½|S k_t − v_t|² with step β_t = sigmoid(w·x_t)), o_t = S_t q_t; q, k = L2-normalised
-    SiLU features; per-head RMSNorm on o, out-projection. Chunked (``delta_rule``). State: nh·hs² floats."""
+    SiLU features after a short causal depthwise conv on q, k, v (width ``d_conv``; Yang et al.'s ShortConvolution,
+    which lets a token's key and value see the tokens just before it: an x and its y are adjacent tokens; 1 = none);
+    per-head RMSNorm on o, out-projection. Chunked (``delta_rule``). State: nh·hs² + 3·C·(d_conv − 1) floats."""
 
-    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, qk_norm: bool = False,
+    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, d_conv: int = 4, qk_norm: bool = False,
                  pos: str = "none") -> None:
         super().__init__(n_embd, n_head)
         self.chunk_size = positive("attn.chunk_size", chunk_size)
+        self.d_conv = positive("attn.d_conv", d_conv)
+        self.conv = nn.Conv1d(3 * n_embd, 3 * n_embd, d_conv, groups=3 * n_embd, padding=d_conv - 1)
         self.beta = nn.Linear(n_embd, n_head)
         self.norm = nn.RMSNorm(self.head_size)
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape
+        qkv = F.silu(_causal_conv(self.conv, self.qkv(x)))
+        return tuple(t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in qkv.split(C, dim=2))
+
+    def state_floats(self, T: int) -> int:
+        return super().state_floats(T) + 3 * self.qkv.in_features * (self.d_conv - 1)
 
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.heads(x)
-        q, k = F.normalize(F.silu(q), dim=-1), F.normalize(F.silu(k), dim=-1)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = torch.sigmoid(self.beta(x)).transpose(1, 2)  # (B, nh, T)
         o = self.norm(delta_rule(q, k, v, beta, self.chunk_size).to(x.dtype))
         o = o[:, :, ::2] if x_only else o

@@ -286,7 +286,8 @@ def test_state_floats_per_sequence():
     assert build_mixer("softmax", C, 2).state_floats(T) == 2 * C * T
     assert build_mixer("sliding_window", C, 2, {"window": 8}).state_floats(T) == 2 * C * 8
     assert build_mixer("mamba", C, 2, {"d_state": 4}).state_floats(T) == 2 * C * (4 + 3)
-    assert build_mixer("deltanet", C, 2).state_floats(T) == build_mixer("deltanet", C, 2).state_floats(4 * T) == 128
+    deltanet = build_mixer("deltanet", C, 2, {"d_conv": 4})
+    assert deltanet.state_floats(T) == deltanet.state_floats(4 * T) == 2 * 8 * 8 + 3 * C * 3
 
 
 @pytest.mark.parametrize("make, message", [
