@@ -423,13 +423,19 @@ class DeltaNet(_HeadsMixer):
 class RetNet(_HeadsMixer):
     """Multi-scale retention (Sun et al. 2023): per head a fixed decay γ_h = 1 − 2^(−5−h),
     o_t = Σ_{j≤t} γ_h^(t−j) (q_t·k_j/√hs) v_j (the recurrence S_t = γ_h S_{t−1} + k_t v_tᵀ, chunked:
-    ``decay_linear_attention``), GroupNorm per head, gated by SiLU(W_g x), out-projection. No xPos rotation
-    (positions are ``model.pos``). State: nh·hs² floats."""
+    ``decay_linear_attention``), GroupNorm per head, gated by SiLU(W_g x), out-projection. ``rotate``: q and k
+    rotated by position as in xPos (its rotation, RoPE, without xPos's length scaling), so a head can single out the
+    previous token (an x and its y are adjacent); the decay alone cannot. State: nh·hs² floats."""
 
-    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, qk_norm: bool = False,
+    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, rotate: bool = True, qk_norm: bool = False,
                  pos: str = "none") -> None:
         super().__init__(n_embd, n_head)
         self.chunk_size = positive("attn.chunk_size", chunk_size)
+        if not isinstance(rotate, bool):
+            raise ValueError(f"attn.rotate must be true or false, got {rotate!r}")
+        if rotate and self.head_size % 2:
+            raise ValueError(f"attn.rotate needs an even head size, got n_embd/n_head = {self.head_size}")
+        self.rotate = rotate
         self.gate = nn.Linear(n_embd, n_embd)
         self.norm = nn.GroupNorm(n_head, n_embd)
         self.register_buffer("log_decay", torch.log1p(-(2.0 ** (-5.0 - torch.arange(n_head, dtype=torch.float32)))))
@@ -437,6 +443,8 @@ class RetNet(_HeadsMixer):
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.heads(x)
+        if self.rotate:
+            q, k = rope(q), rope(k)
         o = decay_linear_attention(q * self.head_size ** -0.5, k, v, self.log_decay, self.chunk_size).to(x.dtype)
         o = self.norm(o.transpose(1, 2).reshape(B * T, C)).view(B, T, C) * F.silu(self.gate(x))
         return self.proj(o[:, ::2] if x_only else o)

@@ -245,7 +245,8 @@ def test_alibi_softmax_matches_its_definition():
 MODELS = [{"attn": name} for name in NEW] + [
     {"attn": a, "pos": p} for a in ("softmax", "relu", "bigbird") for p in ("rope", "none")] + [
     {"attn": a, "pos": "alibi"} for a in ("softmax", "sliding_window", "bigbird")] + [
-    {"attn": "softmax", "pattern": ["mamba", "softmax"]}, {"attn": "deltanet", "pattern": ["deltanet", "retnet"]}]
+    {"attn": "softmax", "pattern": ["mamba", "softmax"]}, {"attn": "deltanet", "pattern": ["deltanet", "retnet"]},
+    {"attn": "retnet", "attn_params": {"rotate": False}}]
 
 
 @pytest.mark.parametrize("options", MODELS, ids=lambda o: "-".join(map(str, o.values())))
@@ -297,6 +298,7 @@ def test_state_floats_per_sequence():
     (lambda: build_mixer("mamba", 16, 2, {"scan": "serial"}), "unknown attn.scan 'serial'; choose one of: fused"),
     (lambda: build_mixer("mamba2", 16, 2, {"head_dim": 5}), r"attn.head_dim \(5\) must divide expand·n_embd \(32\)"),
     (lambda: build_mixer("bigbird", 16, 2, {"n_random": -1}), "attn.n_random must be an integer >= 0, got -1"),
+    (lambda: build_mixer("retnet", 16, 2, {"rotate": "yes"}), "attn.rotate must be true or false, got 'yes'"),
     (lambda: build_mixer("relu", 16, 2, pos="alibi"), "model.pos=alibi needs a softmax kernel"),
     (lambda: TransformerConfig(n_dims=4, pos="sinusoid"), None),
     (lambda: ICLTransformer(TransformerConfig(n_dims=4, pos="sinusoid")), "unknown model.pos 'sinusoid'; choose"),
