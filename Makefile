@@ -5,13 +5,16 @@ PY ?= $(VENV)/bin/python
 # torch is installed only when none is importable, so an existing (e.g. CUDA) build is kept.
 # Here the pinned CPU wheel comes from the local wheel index; on a GPU box use TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
+# The versions the tests passed with (pip -c): what makes identical configs give identical results. CONSTRAINTS= drops it.
+CONSTRAINTS ?= constraints.txt
 ARGS ?=
-# make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_*.yaml) and where it writes.
+# make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_cell.yaml), where its jobs run, its timing CSV.
 STUDY ?= cpu
 STUDY_DIR = multirun/seed_study/$(STUDY)
+BENCH_CSV = $(if $(filter paper,$(STUDY)),bench_paper.csv,bench.csv)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo study test test-fast lint figures bench-attn bench bench-eval bench-aggregate clean
+.PHONY: help install demo study status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,25 +22,27 @@ help: ## list the targets
 # One stamp per interpreter, so `make install PY=python` and the default .venv do not mistake each other.
 STAMP := .make/installed$(subst /,_,$(abspath $(PY)))
 
-install: $(STAMP) ## create .venv (if PY is not given), install torch if missing, then icl[dev]
+install: $(STAMP) ## create .venv (if PY is not given), install torch if missing, then icl[dev] at the versions of constraints.txt
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PY) >/dev/null || python3 -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	@mkdir -p $(@D) && touch $@
 
 demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
 	$(MAKE) figures PY=$(PY) ARGS=
 
-study: install ## the seed study (issue 15): both grids, the timing, docs/RESULTS.md (STUDY=cpu|paper; reruns skip done jobs)
-	@mkdir -p $(STUDY_DIR) && echo "start $$(date +%s)" >> $(STUDY_DIR)/timing.log
-	$(PY) -m icl.train experiment=seed_study/$(STUDY)_core $(ARGS)
-	$(PY) -m icl.train experiment=seed_study/$(STUDY)_overview $(ARGS)
-	@test -f $(STUDY_DIR)/bench/bench.csv || $(PY) -m icl.bench bench=$(if $(filter paper,$(STUDY)),study_paper,study) out_dir=$(STUDY_DIR)/bench
-	@echo "end $$(date +%s)" >> $(STUDY_DIR)/timing.log
-	$(PY) -m icl.study scale=$(STUDY) $(if $(filter paper,$(STUDY)),study=paper,)
+study: install ## the seed study v2: train the cells missing or stale in docs/study/cells, time, write docs/RESULTS_STUDY.md (STUDY=cpu|paper)
+	$(PY) -m icl.lab.study.make $(if $(filter paper,$(STUDY)),study=paper,) $(ARGS)
+	@test -f docs/study/$(BENCH_CSV) || { $(PY) -m icl.bench bench=$(if $(filter paper,$(STUDY)),study_paper,study) out_dir=$(STUDY_DIR)/bench && cp $(STUDY_DIR)/bench/bench.csv docs/study/$(BENCH_CSV); }
+	$(PY) -m icl.study $(if $(filter paper,$(STUDY)),study=paper,)
+
+SWEEP ?= multirun
+status: ## each job under SWEEP (a sweep folder): done/running/failed/interrupted, steps, ETA (ARGS=--rerun reruns the failed)
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
+	$(PY) -m icl.run.status $(SWEEP) $(ARGS)
 
 test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)
@@ -58,6 +63,9 @@ bench-attn: install ## time every attention kernel alone at T = 128…8192, then
 
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
 	$(PY) -m icl.bench $(ARGS)
+
+bench-overhead: install ## the smoke job's step vs a bare loop + tiny/standard train step vs GPT2Model (~1 min; docs/benchmarks.md)
+	$(PY) -m icl.bench bench=overhead threads=2 $(ARGS)
 
 bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS="--grid" adds the sparse grid)
 	$(PY) -m icl.bench.eval $(ARGS)

@@ -185,12 +185,6 @@ def causal_linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk: int 
     return num[..., :hs] / num[..., hs:].clamp_min(torch.finfo(num.dtype).tiny)
 
 
-def quadratic_linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
-    """The same kernelised attention through its explicit masked (T × T) matrix: the O(T²) reference."""
-    weights = (phi_q @ phi_k.transpose(-2, -1)).tril()
-    return (weights @ v) / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-
-
 @register("linear")
 class LinearAttention(Kernel):
     """Linear attention with feature map φ(x) = elu(x) + 1 (Katharopoulos et al. 2020), causal via prefix sums.

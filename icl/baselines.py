@@ -23,13 +23,16 @@ Cheap, batched in torch (float64 inside):
                  than 3 examples, the mean of all of them (Garg et al.).
   bayes          the posterior mean under the task's training prior, where exact
                  (``bayes_predictor``: linear, noisy_linear, quadratic, sparse_linear).
+  gd_1step_opt, gd_<T>, pgd_<T>, ridge_<λ>
+                 the linear reference learners of ``icl.learners`` (one GD step from zero with the
+                 prior-optimal step, T steps of plain / Jacobi-preconditioned GD, ridge at other λ),
+                 predicting w · x_query; docs/algorithms.md.
 
   lasso_<alpha>  sklearn's Lasso(alpha, fit_intercept=False) objective, alpha in
                  {1, 0.1, 0.01, 0.001, 0.0001}, solved for every prompt, prefix and
                  alpha at once (``solvers.lasso_predict``: homotopy path, exact solve
                  on its support, duality gap <= 1e-8 ||y||^2). The per-prompt sklearn
-                 loop it replaced (max_iter=10_000, tol=1e-4) is ``LOOPS``; it stops
-                 short of the optimum at small alpha with k < d (docs/baselines.md).
+                 loop it replaced is ``icl.lab.reference.LOOPS`` (docs/baselines.md).
 
 Per prompt and position library fits (slow; ``is_slow`` is True, callers cap
 the number of prompts):
@@ -40,7 +43,7 @@ the number of prompts):
                  tree_method="hist", n_jobs=1, random_state=0), as xgboost.train on a
                  DMatrix (``_XGB``); ~10 ms a fit; device="cuda" when torch sees a GPU
                  (not run here: no GPU). The estimators through scikit-learn in one
-                 process are ``LOOPS`` (the same numbers, tests/test_baselines.py).
+                 process are ``icl.lab.reference.LOOPS`` (the same numbers).
                  Trees and xgboost split the prompts among torch.get_num_threads()
                  joblib processes (``_parallel_prefix_fit``): the same fits.
   gd_2nn         a 2-layer ReLU net (hidden 100, PyTorch default init) trained
@@ -48,7 +51,7 @@ the number of prompts):
                  minibatch of 100 prefix points, i.e. the whole prefix when
                  i <= 100), as in Garg et al.; the nets of all prompts and of
                  neighbouring positions trained together (``solvers.gd_2nn_predict``;
-                 the same initial weights as the loop ``LOOPS["gd_2nn"]``, which
+                 the same initial weights as the loop ``icl.lab.reference.LOOPS["gd_2nn"]``, which
                  trains one position at a time, batched over prompts with bmm).
 
 Model-based (``task`` metadata; only for tasks that have a ``nominal`` method, the mujoco_* tasks):
@@ -68,12 +71,12 @@ query holds a non-finite value. Callers average with NaN-aware reductions.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import importlib
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -81,7 +84,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from icl import solvers
+from icl import learners, solvers
 from icl.registry import Registry
 
 Predictor = Callable[..., Tensor]  # (xs, ys[, queries]) -> preds
@@ -260,15 +263,6 @@ def _parallel_prefix_fit(xs: Tensor, ys: Tensor, make_model: Callable[[], Any], 
     return torch.cat(outs)
 
 
-def _lasso(alpha: float) -> Predictor:
-    def make() -> Any:
-        from sklearn.linear_model import Lasso
-
-        return Lasso(alpha=alpha, fit_intercept=False, max_iter=10_000)
-
-    return lambda xs, ys, queries=None: _prefix_fit(xs, ys, make, queries)
-
-
 def _content_key(*tensors: Tensor) -> str:
     """A digest of the tensors' values: the five Lasso strengths share one solve on the same prompts."""
     digest = hashlib.blake2b(digest_size=16)
@@ -360,67 +354,6 @@ def _xgboost(xs: Tensor, ys: Tensor, queries: Tensor | None = None) -> Tensor:
     return _parallel_prefix_fit(xs, ys, _XGB, queries)
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch single-threaded for a while (process-global; restored on exit).
-
-    gd_2nn is thousands of tiny ops; with intra-op threads, a busy second core
-    made it ~50x slower (OpenMP workers spin-waiting), measured on 2 cores.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _gd_2nn(
-    xs: Tensor, ys: Tensor, queries: Tensor | None = None, hidden: int = 100, lr: float = 5e-3, steps: int = 100,
-    batch_size: int = 100, seed: int = 0,
-) -> Tensor:
-    """Train one 2-layer ReLU net per prompt and prefix, batched over prompts.
-
-    Weights are (B, ...) tensors and Adam is elementwise, so each prompt's net is
-    trained independently of the others. Each position gets a fresh init from a
-    local generator drawn in position order, so results do not depend on the data
-    of later positions and the global RNG is untouched.
-    """
-    # Leave inference/no-grad mode the caller may be in; inference tensors cannot be saved for backward.
-    with _single_thread(), torch.inference_mode(False), torch.enable_grad():
-        xs64, ys64 = _prep(xs, ys)
-        xs32, ys32, qs32 = (t.float().clone() for t in (xs64, ys64, _prep_queries(xs64, queries)))
-        B, n, d = xs32.shape
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        preds = torch.zeros(B, n)
-
-        def uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:
-            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default init
-            return ((torch.rand(shape, generator=gen) * 2 - 1) * bound).requires_grad_()
-
-        for i in range(1, n):
-            params = [uniform((B, d, hidden), d), uniform((B, 1, hidden), d),
-                      uniform((B, hidden, 1), hidden), uniform((B, 1, 1), hidden)]
-            w1, b1, w2, b2 = params
-            opt = torch.optim.Adam(params, lr=lr)
-            for _ in range(steps):
-                if i <= batch_size:
-                    X, y = xs32[:, :i], ys32[:, :i]
-                else:
-                    sel = torch.randperm(i, generator=gen)[:batch_size]
-                    X, y = xs32[:, sel], ys32[:, sel]
-                out = (torch.relu(X @ w1 + b1) @ w2 + b2).squeeze(-1)
-                # Sum of per-prompt means: each prompt's gradient is its own MSE gradient.
-                loss = ((out - y) ** 2).mean(dim=1).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                xq = qs32[:, i : i + 1]
-                preds[:, i] = (torch.relu(xq @ w1 + b1) @ w2 + b2).reshape(B)
-    return preds.detach()
-
-
 def _nominal(xs: Tensor, ys: Tensor, queries: Tensor | None = None, task: Any = None) -> Tensor:
     """The task's nominal model at each query; it reads no context, so it predicts at k = 0 too."""
     return task.nominal(xs if queries is None else queries).float()
@@ -471,28 +404,19 @@ BASELINES.add("tree_unbounded", _tree(None), slow=True)
 BASELINES.add("xgboost", _xgboost, slow=True)
 BASELINES.add("gd_2nn", _batched(solvers.gd_2nn_predict), slow=True, per_output=True)
 BASELINES.add("nominal", _nominal, task=True)
+for _name, _weights in learners.linear_learners().items():
+    if _name not in BASELINES:  # least_squares, ridge, averaging keep their own (tested) implementations
+        BASELINES.add(_name, _batched(partial(learners.predict_linear, _weights)), per_output=True, linear=True)
 
-def _sklearn_tree(max_depth: int | None) -> Any:
-    from sklearn.tree import DecisionTreeRegressor
-
-    return DecisionTreeRegressor(max_depth=max_depth, random_state=0)
-
-
-def _xgb_regressor() -> Any:
-    import xgboost
-
-    return xgboost.XGBRegressor(n_estimators=50, max_depth=4, learning_rate=0.3, tree_method="hist", n_jobs=1,
-                                verbosity=0, random_state=0, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
-# The per-prompt loops the batched versions replaced, kept as references for tests and `python -m icl.bench.eval`:
-# Lasso and gd_2nn, and the trees / XGBoost through the scikit-learn estimators in one process.
-LOOPS: dict[str, Predictor] = {
-    **{f"lasso_{a}": _lasso(float(a)) for a in LASSO_ALPHAS}, "gd_2nn": _gd_2nn,
-    "tree_depth4": lambda xs, ys, queries=None: _prefix_fit(xs, ys, partial(_sklearn_tree, 4), queries),
-    "tree_unbounded": lambda xs, ys, queries=None: _prefix_fit(xs, ys, partial(_sklearn_tree, None), queries),
-    "xgboost": lambda xs, ys, queries=None: _prefix_fit(xs, ys, _xgb_regressor, queries),
-}
+def check_installed(name: str) -> None:
+    """Raise (one line) if baseline ``name`` needs a library that is not installed (XGBoost is an extra)."""
+    if name != "xgboost":
+        return
+    try:
+        importlib.import_module("xgboost")
+    except ImportError:
+        raise ValueError("baseline 'xgboost' needs XGBoost: pip install -e '.[trees]' (or drop xgboost from "
+                         "task.baselines / eval.baselines)") from None
 
 
 def is_slow(name: str) -> bool:

@@ -5,7 +5,7 @@ seeds) would otherwise refit them on the very same prompts. An entry is ``<root>
 float32 predictions; the key hashes everything the predictions depend on: the task (name, d, params),
 strategy, parameter, eval seed, number of prompts drawn and fitted, points, baseline name, and the source of the modules
 that compute them (``SOURCES``: ``icl.tasks``, ``icl.physics``, ``icl.prompts``, ``icl.baselines``,
-``icl.solvers``), so changed code recomputes.
+``icl.solvers``, ``icl.learners``), so changed code recomputes.
 Writes are atomic (a temporary file named after the process, then a rename, as ``icl.files.atomic_write``
 does, but with a per-process name): two jobs computing the same entry at once each write their own file and
 the last rename wins. ``root=None`` disables the cache.
@@ -31,7 +31,7 @@ from icl.files import source_hash
 log = logging.getLogger(__name__)
 
 # every module a baseline's numbers come from
-SOURCES = ("icl.tasks", "icl.physics", "icl.prompts", "icl.baselines", "icl.solvers")
+SOURCES = ("icl.tasks", "icl.physics", "icl.prompts", "icl.baselines", "icl.solvers", "icl.learners")
 
 
 @cache

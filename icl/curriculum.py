@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from icl.spec import typed_fields
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -62,3 +64,22 @@ class Curriculum:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+
+
+@dataclass(frozen=True)
+class CurriculumSpec:
+    """``task.curriculum``: both stages, every key given (the YAML holds the defaults)."""
+
+    dims: Stage
+    points: Stage
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "CurriculumSpec":
+        typed_fields(cls, node, "task.curriculum", skip=("dims", "points"))
+        for name in ("dims", "points"):
+            typed_fields(Stage, node[name], f"task.curriculum.{name}")
+        curriculum = Curriculum.from_config(node)
+        return cls(curriculum.dims, curriculum.points)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dims": asdict(self.dims), "points": asdict(self.points)}

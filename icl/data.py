@@ -9,6 +9,7 @@ DataLoader workers split the steps round-robin without sharing RNG state.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -16,7 +17,23 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from icl.curriculum import Curriculum
+from icl.spec import require, typed_fields
 from icl.tasks import TRAIN_STREAM, PromptSampler, build_task, seeded
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``data`` (configs/train.yaml holds the defaults)."""
+
+    batch_size: int
+    num_workers: int
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "DataSpec":
+        spec = cls(**typed_fields(cls, node, "data"))
+        require(spec.batch_size >= 1, "data.batch_size", "must be >= 1", spec.batch_size)
+        require(spec.num_workers >= 0, "data.num_workers", "must be >= 0", spec.num_workers)
+        return spec
 
 
 class PromptStream(IterableDataset):
@@ -40,6 +57,11 @@ class PromptStream(IterableDataset):
         while True:
             yield self.batch_at(step)
             step += stride
+
+
+def as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """The DataLoader's collate function: the stream's batches are complete already (its default would walk them)."""
+    return batch
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -69,7 +91,7 @@ class PromptDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         stream = PromptStream(self.sampler, self.curriculum, self.batch_size, self.seed, rank, self.step)
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, collate_fn=as_is,
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def state_dict(self) -> dict[str, Any]:

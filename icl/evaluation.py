@@ -48,15 +48,16 @@ from torch import Tensor
 
 from icl import baselines, prompts
 from icl.cache import BaselineCache
+from icl.contract import EVAL_COLUMNS, errors_key, failures, param_key  # noqa: F401 - failures re-exported
 from icl.errors import first_line
+from icl.spec import require
 from icl.stats import bootstrap_ratio, paired_bootstrap
 from icl.tasks import Task
+from icl.transformer import predict_model
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "attn", "quant", "model", "seed", "strategy", "param", "k", "predictor", "kind", "metric",
-           "error", "ci_low", "ci_high", "error_raw", "error_per_dim", "diff_transformer", "diff_low", "diff_high",
-           "n_dims", "failure", "n_prompts"]  # n_prompts last: never empty, so a cut-short row shows (icl.analysis.results)
+COLUMNS = EVAL_COLUMNS
 
 
 @dataclass
@@ -74,11 +75,13 @@ class EvalConfig:
     slow_baseline_strategies: tuple[str, ...] | None  # strategies the slow baselines run on (None: all)
     strategies: dict[str, list[Any]]
     cache: str | None  # folder of cached baseline predictions (icl.cache); None: no cache
+    algorithms: dict[str, Any] | None = None  # icl.agreement.AlgorithmsConfig's keys; None: no algorithms.csv
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "EvalConfig":
         known = [f.name for f in fields(cls)]
-        unknown, missing = sorted(set(cfg) - set(known)), [k for k in known if k not in cfg]
+        optional = {"algorithms"}  # absent from configs saved before it existed: re-evaluating them stays possible
+        unknown, missing = sorted(set(cfg) - set(known)), [k for k in known if k not in cfg and k not in optional]
         if unknown:
             raise ValueError(f"unknown eval option(s) {unknown}; known: {sorted(known)}")
         if missing:
@@ -89,23 +92,23 @@ class EvalConfig:
                      "strategies": dict(cfg.get("strategies") or {"standard": [None]})})
         for name in out.baselines:
             baselines.is_slow(name)  # unknown names fail here, before any training
+            baselines.check_installed(name)
         prompts.check(out.strategies)
+        if out.algorithms is not None:
+            from icl.agreement import AlgorithmsConfig
+
+            AlgorithmsConfig.from_config(out.algorithms)  # a bad option fails here, before any training
         if out.n_prompts < 2:
             raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
+        require(out.batch_size >= 1, "eval.batch_size", "must be >= 1", out.batch_size)
+        require(out.bootstrap >= 1, "eval.bootstrap", "must be >= 1", out.bootstrap)
+        require(0 < out.ci < 1, "eval.ci", "must be in (0, 1)", out.ci)
+        require(out.n_points is None or out.n_points >= 1, "eval.n_points", "must be >= 1 or null", out.n_points)
         return out
 
     def points(self, train_points: int) -> int:
         """Points per evaluation prompt: ``n_points``, else the training prompts' final length."""
         return int(self.n_points or train_points)
-
-
-@torch.inference_mode()
-def predict_model(model: torch.nn.Module, xs: Tensor, ys: Tensor, batch_size: int) -> Tensor:
-    """Model predictions (P, n) in batches, on the model's device, returned on CPU."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = [model(x.to(device), y.to(device)).float().cpu() for x, y in zip(xs.split(batch_size), ys.split(batch_size))]
-    return torch.cat(out)
 
 
 def prompt_errors(task: Task, preds: Tensor, targets: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -142,11 +145,6 @@ def predict_queries(model: torch.nn.Module, p: prompts.Prompts, batch_size: int)
         ys = torch.cat([p.ys[:, :i], torch.zeros_like(p.ys[:, :1])], dim=1)  # y_i is never seen by prediction i
         out[:, i] = predict_model(model, xs, ys, batch_size)[:, -1]
     return out
-
-
-def param_key(param: Any) -> str:
-    """A parameter as written in errors.npz keys: '' for none, else repr of the float (exact: 2 and 2.0 agree)."""
-    return "" if param is None else repr(float(param))
 
 
 def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int | None) -> list[tuple[str, Any, int]]:
@@ -237,9 +235,8 @@ def _transformer_frame(model: torch.nn.Module, task: Task, cfg: EvalConfig, p: p
     err, ref = prompt_errors(task, preds, p.targets)
     mine.append((err, ref))
     if errors is not None:
-        prefix = f"{cell['strategy']}/{param_key(cell['param'])}"
-        errors[f"{prefix}/transformer"] = err.astype(np.float32)
-        errors[f"{prefix}/zero"] = ref.astype(np.float32)
+        errors[errors_key(cell["strategy"], cell["param"], "transformer")] = err.astype(np.float32)
+        errors[errors_key(cell["strategy"], cell["param"], "zero")] = ref.astype(np.float32)
     return frame
 
 
@@ -279,12 +276,3 @@ def failed_rows(name: str, kind: str, n: int, count: int, reason: str, cell: dic
     """The rows of a cell that could not be computed: every k, NaN numbers, ``failure`` = the error line."""
     return pd.DataFrame({"k": np.arange(n), "error": np.nan, "n_prompts": count, "failure": reason,
                          "predictor": name, "kind": kind, **cell})
-
-
-def failures(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One entry per failed cell of an evaluation (what status.json records): strategy, param, predictor, error."""
-    if "failure" not in df:
-        return []
-    rows = df[df["failure"].notna()].drop_duplicates(["strategy", "param", "predictor"])
-    return [{"strategy": r.strategy, "param": None if pd.isna(r.param) else r.param, "predictor": r.predictor,
-             "error": r.failure} for r in rows.itertuples()]

@@ -8,28 +8,49 @@ quantisation-aware training, whose fake quantisers it then builds), so
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
 
+from icl.spec import require, typed_fields
 from icl.tasks import Task, build_task
-from icl.transformer import ICLTransformer, TransformerConfig
+from icl.transformer import FROM_TASK, MODEL_KEYS, ICLTransformer, TransformerConfig  # noqa: F401 - re-exported
 
-# The model config keys: TransformerConfig's fields but those the job fills in from other groups (task, attn).
-FROM_TASK = ("n_dims", "attn", "attn_params", "y_dim")  # TransformerConfig fields the job fills in from task / attn
-MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in FROM_TASK)
-OPTIM_KEYS = ("lr", "weight_decay", "schedule", "warmup_steps")  # their defaults: configs/train.yaml only
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """``optim`` (configs/train.yaml holds the defaults): Adam with a linear warm-up, then constant or cosine."""
+
+    lr: float
+    weight_decay: float
+    schedule: str
+    warmup_steps: int
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "OptimSpec":
+        spec = cls(**typed_fields(cls, node, "optim"))
+        require(spec.lr > 0, "optim.lr", "the learning rate must be > 0", spec.lr)
+        require(spec.weight_decay >= 0, "optim.weight_decay", "must be >= 0", spec.weight_decay)
+        require(spec.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", spec.warmup_steps)
+        require(spec.schedule in SCHEDULES, "optim.schedule", f"choose one of {', '.join(SCHEDULES)}", spec.schedule)
+        return spec
+
+
+OPTIM_KEYS = tuple(f.name for f in fields(OptimSpec))
 
 
 class ICLModule(L.LightningModule):
     """Loss = the task's objective over every prediction position (MSE, or cross-entropy for classification).
 
     Logs ``train/loss``, ``train/loss_rel_zero`` (loss divided by the zero estimator's loss on the same
-    batch, Garg et al.'s normalisation, 1 = no better than predicting 0) and the curriculum state.
+    batch, Garg et al.'s normalisation, 1 = no better than predicting 0) and the curriculum state, on the steps
+    the loggers write (every ``trainer.log_every_n_steps``) and the last one.
     """
 
     def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: dict[str, Any] | str | None = None,
@@ -51,18 +72,16 @@ class ICLModule(L.LightningModule):
             if unknown or missing:
                 raise ValueError(f"optim options: unknown {unknown}, missing {missing}; known: {list(OPTIM_KEYS)}")
         self.optim = optim
-        self.loss_rel_zero = MeanMetric()
+        self.last_batch: tuple[Tensor, Tensor, int, int] | None = None  # what on_train_batch_end logs
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ICLModule":
-        """The module of a composed job config (task, model, attn, optim; quant only for QAT)."""
-        from omegaconf import OmegaConf
-
+    def from_spec(cls, task: Any, model: Any, attn: dict[str, Any], optim: OptimSpec, quant: Any) -> "ICLModule":
+        """The module of a job's specs (``TaskSpec``, ``ModelSpec``, the attn node, ``OptimSpec``, ``QuantSpec``;
+        quant matters only for QAT). Hyper-parameters are saved as plain dicts, so a checkpoint needs no spec."""
         from icl.quantize import training_part
 
-        node = lambda key: OmegaConf.to_container(cfg[key], resolve=True)
-        return cls(task=node("task"), model=node("model"), attn=node("attn"), optim=node("optim"),
-                   quant=training_part(node("quant")))
+        return cls(task=task.as_dict(), model={"name": model.name, **model.transformer_keys()}, attn=dict(attn),
+                   optim=asdict(optim), quant=training_part(quant))
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         return self.model(xs, ys)
@@ -75,23 +94,49 @@ class ICLModule(L.LightningModule):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr or add "
                 "trainer.gradient_clip_val (finished checkpoints are kept)")
-        self.loss_rel_zero(loss.detach() / self.task.zero_loss(ys).to(loss))
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/loss_rel_zero", self.loss_rel_zero, prog_bar=True)
-        self.log("curriculum/n_dims", float(batch["n_dims"]))
-        self.log("curriculum/n_points", float(xs.shape[1]))
+        self.last_batch = (loss.detach(), ys, batch["n_dims"], xs.shape[1])
         return loss
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # The stream's batches are flat dicts: moving their tensors directly skips Lightning's generic collection walk.
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Only on the steps whose metrics the loggers write (and the last, for the final metrics): each self.log call
+        # walks Lightning's result collection, and what it records on the other steps is never written.
+        if not (logs_this_step(self.trainer) or self.global_step >= self.trainer.max_steps > 0):
+            return
+        loss, ys, n_dims, n_points = self.last_batch
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss_rel_zero", loss / self.task.zero_loss(ys).to(loss), prog_bar=True)
+        self.log("curriculum/n_dims", float(n_dims))
+        self.log("curriculum/n_points", float(n_points))
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optim is None:
             raise ValueError("this ICLModule was built without optim settings (inference only): pass optim=…")
-        opt = torch.optim.Adam(self.parameters(), lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
+        opt = make_optimizer(self.parameters(), self.optim)
         total = int(self.trainer.max_steps)
         if self.optim["schedule"] == "cosine" and total <= 0:
             raise ValueError("optim.schedule=cosine needs trainer.max_steps > 0 (it decays to 0 at max_steps)")
         schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), max(total, 1))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether the trainer's loggers write this step's metrics (``trainer.log_every_n_steps``, or a stop): Lightning's
+    own test, as its LearningRateMonitor reads it (the one use of this private attribute; tests/test_bench_overhead.py)."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+def make_optimizer(params: Iterable[Tensor], optim: dict[str, Any]) -> torch.optim.Optimizer:
+    """The training optimiser: Adam with ``optim``'s lr and weight decay. ``foreach``: one multi-tensor kernel per
+    update op instead of one small op per parameter, the same arithmetic (tests/test_bench_overhead.py); torch picks
+    it by default on GPUs only. (``fused`` would be faster still on a CPU but rounds differently.)"""
+    return torch.optim.Adam(params, lr=optim["lr"], weight_decay=optim["weight_decay"], foreach=True)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):

@@ -229,16 +229,6 @@ class Simulator:
         return out[:, -1, 1:].reshape(batch, n, s)
 
 
-def direct_step(model: mujoco.MjModel, state: np.ndarray, action: np.ndarray, frame_skip: int) -> np.ndarray:
-    """One transition with plain ``mujoco.mj_step`` on a fresh MjData: the reference for ``Simulator.step``."""
-    data = mujoco.MjData(model)
-    nq = model.nq
-    data.qpos[:], data.qvel[:], data.ctrl[:] = state[:nq], state[nq:], action
-    for _ in range(frame_skip):
-        mujoco.mj_step(model, data)
-    return np.concatenate([data.qpos, data.qvel])
-
-
 def system(name: str) -> System:
     if name not in SYSTEMS:
         raise ValueError(f"unknown MuJoCo system '{name}'; choose one of: {', '.join(SYSTEMS)}")

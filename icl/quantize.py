@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from icl.errors import first_line
-from icl.evaluation import predict_model
 from icl.registry import Registry
+from icl.transformer import predict_model
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class QuantSpec:
         return isinstance(module, nn.Linear) and any(re.fullmatch(LAYER_GROUPS[g], name) for g in self.layers)
 
 
-def training_part(node: dict[str, Any] | None) -> dict[str, Any] | None:
+def training_part(quant: "QuantSpec | dict[str, Any] | None") -> dict[str, Any] | None:
     """What of the quant config changes training (for the trained-model fingerprint): QAT only."""
-    spec = QuantSpec.from_config(node)
+    spec = quant if isinstance(quant, QuantSpec) else QuantSpec.from_config(quant)
     return {"name": spec.name, "layers": list(spec.layers), **spec.params} if spec.mode.stage == "qat" else None
 
 

@@ -31,7 +31,6 @@ from torch import Tensor
 # a fully converged solution to ~1e-6 relative (the old loop used tol = 1e-4, see docs/baselines.md).
 LASSO_TOL = 1e-8
 LASSO_MAX_SWEEPS = 10_000
-LASSO_CHUNK = 65_536  # problems per working set in the first phase (memory: chunk × d² float64)
 LASSO_FIRST_SWEEPS = 60  # vectorised repair sweeps before the rest goes to scikit-learn's compiled descent (_sklearn_cd)
 LASSO_CHECK_EVERY = 10  # sweeps between duality-gap checks
 

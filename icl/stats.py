@@ -22,6 +22,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from icl.contract import strategies
+
 
 @lru_cache(maxsize=8)
 def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
@@ -171,6 +173,5 @@ def mann_whitney_p(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> 
 def error_at(df: pd.DataFrame, ks: Iterable[int], predictor: str = "transformer",
              strategy: str = "standard") -> dict[int, float]:
     """``predictor``'s error at each k of ``ks`` present in eval.csv rows (standard prompts by default)."""
-    strategies = df["strategy"].fillna("standard") if "strategy" in df else pd.Series("standard", index=df.index)
-    rows = df[(df["predictor"] == predictor) & (strategies == strategy)].set_index("k")["error"]
+    rows = df[(df["predictor"] == predictor) & (strategies(df) == strategy)].set_index("k")["error"]
     return {int(k): float(rows[k]) for k in ks if k in rows.index}

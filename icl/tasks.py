@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from icl.curriculum import CurriculumSpec
 from icl.registry import Registry
+from icl.spec import require, typed_fields
 
 Params = dict[str, Tensor]
 
@@ -380,6 +384,54 @@ class MujocoReacher(MujocoTask):
     """A planar 2-link arm, a motor per joint: x = (θ1, θ2, ω1, ω2, u1, u2), y = Δ(θ1, θ2, ω1, ω2)."""
 
     system_name = "reacher"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A ``configs/task/*.yaml`` node, checked (``task.params`` by the task class, plus the ranges below)."""
+
+    name: str
+    n_dims: int
+    params: dict[str, Any] | None
+    num_tasks: int | None
+    num_training_examples: int | None
+    curriculum: CurriculumSpec
+    baselines: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "TaskSpec":
+        values = typed_fields(cls, node, "task", skip=("curriculum",))
+        spec = cls(**{**values, "params": dict(values["params"] or {}), "baselines": tuple(values["baselines"] or ()),
+                      "curriculum": CurriculumSpec.from_config(values["curriculum"])})
+        TASKS.check(spec.name)
+        require(spec.n_dims >= 1, "task.n_dims", "must be >= 1", spec.n_dims)
+        check_task_params(spec.params or {}, spec.n_dims)
+        return spec
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain node (what ``PromptDataModule`` and a checkpoint's hyper-parameters hold)."""
+        return {"name": self.name, "n_dims": self.n_dims, "params": dict(self.params or {}),
+                "num_tasks": self.num_tasks, "num_training_examples": self.num_training_examples,
+                "curriculum": self.curriculum.as_dict(), "baselines": list(self.baselines)}
+
+    @cached_property
+    def task(self) -> "Task":
+        """The task object, built once per spec (evaluation and the quantisation proof share it)."""
+        return build_task(self.name, self.n_dims, self.params)
+
+
+def check_task_params(params: dict[str, Any], d: int) -> None:
+    """Task parameters whose ranges the task classes do not check themselves."""
+    if "sparsity" in params:
+        require(1 <= params["sparsity"] <= d, "task.params.sparsity",
+                f"must be in 1..task.n_dims={d} (non-zero coordinates of w)", params["sparsity"])
+    for key in ("depth", "hidden", "n_trees"):
+        if key in params:
+            require(params[key] >= 1, f"task.params.{key}", "must be >= 1", params[key])
+    if "scale" in params and not math.isnan(params["scale"]):  # NaN is allowed: tests force a NaN loss with it
+        require(params["scale"] > 0, "task.params.scale", "must be > 0", params["scale"])
+    if "noise_std" in params:
+        require(params["noise_std"] >= 0, "task.params.noise_std", "must be >= 0", params["noise_std"])
 
 
 def build_task(name: str, n_dims: int, params: dict[str, Any] | None = None) -> Task:

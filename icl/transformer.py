@@ -9,13 +9,15 @@ T = 2n tokens, C width, nh heads, hs = C / nh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from icl.mixers import POSITIONS, SelfAttention, build_mixer, check_mixer, default_pos, family
+from icl.spec import known_keys, require, typed_fields
 
 __all__ = ["ICLTransformer", "SelfAttention", "TransformerConfig", "interleave"]
 
@@ -70,12 +72,14 @@ class Block(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None,
                  dropout: float, activation: str = "gelu", qk_norm: bool = False,
-                 layer_scale: float | None = None, pos: str = "learned") -> None:
+                 layer_scale: float | None = None, mlp: bool = True, layer_norm: bool = True,
+                 pos: str = "learned") -> None:
         super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        norm = partial(nn.LayerNorm, n_embd) if layer_norm else nn.Identity
+        self.ln_1, self.ln_2 = norm(), norm() if mlp else nn.Identity()  # no parameter goes unused (DDP)
         self.attn = build_mixer(attn, n_embd, n_head, attn_params, qk_norm, pos)
         self.attn_scale = nn.Identity() if layer_scale is None else LayerScale(n_embd, layer_scale)
-        self.mlp = MLP(n_embd, dropout, activation)
+        self.mlp = MLP(n_embd, dropout, activation) if mlp else None  # None: an attention-only block
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
@@ -83,7 +87,7 @@ class Block(nn.Module):
         last block: nothing reads them)."""
         a = self.drop(self.attn_scale(self.attn(self.ln_1(x), x_only)))
         x = (x[:, ::2] if x_only else x) + a
-        return x + self.mlp(self.ln_2(x))
+        return x if self.mlp is None else x + self.mlp(self.ln_2(x))
 
 
 @dataclass
@@ -102,6 +106,8 @@ class TransformerConfig:
     y_dim: int = 1  # outputs per point, set from the task (1: scalar y, predictions (B, n); else (B, n, y_dim))
     qk_norm: bool = False  # LayerNorm over the head dim on q and k before the kernel (training option)
     layer_scale: float | None = None  # LayerScale on the attention branch, γ's initial value; None = off
+    mlp: bool = True  # False: attention-only blocks (von Oswald et al. 2023; docs/algorithms.md)
+    layer_norm: bool = True  # False: no LayerNorm in the blocks nor before the read-out
     pos: str | None = None  # learned | none | rope | alibi; None = the mixers' default (learned if any layer attends)
     pattern: list[str] | None = None  # mixer names per layer, repeated to n_layer (a hybrid); None = attn everywhere
 
@@ -148,9 +154,9 @@ class ICLTransformer(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, name, c.attn_params if name == c.attn else None,
                                           c.dropout, c.activation, c.qk_norm and family(name) == "attention",
-                                          c.layer_scale, self.pos)
+                                          c.layer_scale, c.mlp, c.layer_norm, self.pos)
                                     for name in names)
-        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.ln_f = nn.LayerNorm(c.n_embd) if c.layer_norm else nn.Identity()
         self.read_out = nn.Linear(c.n_embd, c.y_dim)
         self.apply(self._init_weights)
 
@@ -162,6 +168,13 @@ class ICLTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def embed(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """The residual stream before the first block: read-in of the interleaved tokens (+ learned positions)."""
+        h = self.read_in(interleave(xs, ys))  # (B, T, C)
+        if self.pos == "learned":
+            h = h + self.wpe(torch.arange(h.shape[1], device=h.device))
+        return self.drop(h)
+
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         """xs (B, n, d), ys (B, n) → predictions (B, n) read at the x positions ((B, n, y_dim) for vector y)."""
         B, n, d = xs.shape
@@ -171,11 +184,7 @@ class ICLTransformer(nn.Module):
             raise ValueError(f"prompts have {n} points but model.n_positions is {self.config.n_positions}")
         if (ys.shape[-1] if ys.ndim == 3 else 1) != self.config.y_dim:
             raise ValueError(f"ys {tuple(ys.shape)} do not match the model's y_dim = {self.config.y_dim}")
-        tokens = interleave(xs, ys)  # (B, T, d)
-        h = self.read_in(tokens)  # (B, T, C)
-        if self.pos == "learned":
-            h = h + self.wpe(torch.arange(2 * n, device=xs.device))
-        h = self.drop(h)
+        h = self.embed(xs, ys)  # (B, T, C)
         # Only the x positions are read out, and after the last attention every op is per token: the last block
         # returns the x positions only, and LayerNorm and read-out run on those (half the tokens).
         last = len(self.blocks) - 1
@@ -185,3 +194,54 @@ class ICLTransformer(nn.Module):
             h = h[:, ::2]
         out = self.read_out(self.ln_f(h))  # predictions at x positions: (B, n, y_dim)
         return out[..., 0] if self.config.y_dim == 1 else out
+
+
+# TransformerConfig fields a job fills in from other groups (task, attn), not from ``model``.
+FROM_TASK = ("n_dims", "attn", "attn_params", "y_dim")
+MODEL_KEYS = tuple(f.name for f in fields(TransformerConfig) if f.name not in FROM_TASK)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A ``configs/model/*.yaml`` node, checked: the keys every model file sets, and ``options`` for the other
+    ``TransformerConfig`` fields a file may set (e.g. ``activation``)."""
+
+    name: str
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_positions: int
+    dropout: float
+    qk_norm: bool
+    layer_scale: float | None
+    options: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any]) -> "ModelSpec":
+        node = dict(node)
+        known_keys(node, ["name", *MODEL_KEYS], "model")
+        for key in ("n_layer", "n_head", "n_embd", "n_positions"):
+            value = node.get(key)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            require(ok, f"model.{key}", "must be an integer >= 1", value)
+        require(node["n_embd"] % node["n_head"] == 0, "model.n_embd",
+                f"must be a multiple of model.n_head={node['n_head']}", node["n_embd"])
+        named = [f.name for f in fields(cls) if f.name != "options"]
+        options = {k: v for k, v in node.items() if k not in named}
+        spec = cls(**typed_fields(cls, {**{k: node.get(k) for k in named if k in node}, "options": options},
+                                  "model", skip=("options",)))
+        require(0 <= spec.dropout < 1, "model.dropout", "must be in [0, 1)", spec.dropout)
+        return spec
+
+    def transformer_keys(self) -> dict[str, Any]:
+        """The ``TransformerConfig`` keyword arguments this spec sets."""
+        return {**{k: getattr(self, k) for k in MODEL_KEYS if hasattr(self, k)}, **self.options}
+
+
+@torch.inference_mode()
+def predict_model(model: nn.Module, xs: Tensor, ys: Tensor, batch_size: int) -> Tensor:
+    """Model predictions (P, n) in batches, on the model's device, returned on CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = [model(x.to(device), y.to(device)).float().cpu() for x, y in zip(xs.split(batch_size), ys.split(batch_size))]
+    return torch.cat(out)

@@ -13,12 +13,12 @@ from icl.attention import (
     build_attention,
     causal_linear_attention,
     causal_weighted_sum,
-    quadratic_linear_attention,
 )
 from icl.run.configs import CONFIG_DIR
 from icl.run.train import train
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import assert_model_causal, compose_train
+from tests.reference import quadratic_linear_attention
 
 VARIANTS = sorted(ATTENTION)
 HS = 8

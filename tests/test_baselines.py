@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from icl import baselines as bl
+from icl.lab.reference import LOOPS
 
 ALL = sorted(set(bl.BASELINES.where(task=None)) - {"bayes"})  # nominal and bayes need the task: test_physics, test_solvers
 
@@ -262,7 +263,8 @@ def vector_prompts(B: int = 4, n: int = 7, d: int = 3, m: int = 3, seed: int = 0
 
 
 def test_per_output_baselines_are_listed():
-    assert set(PER_OUTPUT) == {"zero", "least_squares", "ridge", "averaging", "knn_3", "gd_2nn"}
+    linear = set(bl.BASELINES.where(linear=True))  # icl.learners' reference learners (tests/test_learners.py)
+    assert set(PER_OUTPUT) == {"zero", "least_squares", "ridge", "averaging", "knn_3", "gd_2nn"} | linear
 
 
 @pytest.mark.parametrize("name", [n for n in PER_OUTPUT if n != "gd_2nn"])
@@ -309,4 +311,4 @@ def test_trees_and_xgboost_equal_the_scikit_learn_estimators(name):
     g = torch.Generator().manual_seed(21)
     xs = torch.randn(3, 30, 5, generator=g)
     ys = torch.where(xs[..., 0] > 0, 1.0, -1.0) + 0.3 * xs[..., 1] + 0.1 * torch.randn(3, 30, generator=g)
-    torch.testing.assert_close(bl.predict(name, xs, ys), bl.LOOPS[name](xs, ys), rtol=0, atol=0)
+    torch.testing.assert_close(bl.predict(name, xs, ys), LOOPS[name](xs, ys), rtol=0, atol=0)

@@ -44,7 +44,7 @@ def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
     df = pd.read_csv(tmp_path / "eval.csv")
     assert df.n_prompts.max() == 40 and "transformer" in set(df.predictor)
     assert not (workdir / "outputs" / "evaluate").exists()
-    # the new folder describes itself like a job (config + status), so make figures and icl.analysis.tuning read it
+    # the new folder describes itself like a job (config + status), so make figures and icl.lab.tuning read it
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "done" and status["metrics"]["evaluated_from"] == str(job)
     assert (tmp_path / ".hydra" / "config.yaml").is_file()

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from icl.run.configs import check_yaml
-from icl.run.schema import validate
+from icl.run.spec import validate
 from icl.run.train import build
 from icl.tasks import seeded
 from tests.helpers import CONFIGS, compose_train
@@ -46,7 +46,8 @@ def test_model_sizes(model, tmp_path):
     _, module = build(cfg)
     c = module.model.config
     assert (c.n_embd, c.n_layer, c.n_head) == {"tiny": (64, 3, 2), "small": (128, 6, 4), "standard": (256, 12, 8),
-                                              "hybrid": (64, 3, 2)}[model]
+                                              "attn_only": (64, 3, 2), "hybrid": (64, 3, 2)}[model]
+    assert c.mlp == (model != "attn_only")
     assert c.n_positions == cfg.task.curriculum.points.end
 
 

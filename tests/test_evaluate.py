@@ -12,8 +12,9 @@ import torch
 
 from icl import baselines, prompts
 from icl.evaluation import COLUMNS, EvalConfig, failures, predict_model, predict_queries
-from icl.run.evaluate import evaluate_job, job_task
+from icl.run.evaluate import evaluate_job
 from icl.run.job import JobDir
+from icl.run.spec import JobSpec
 from icl.tasks import build_task
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import TINY, compose_train
@@ -107,7 +108,7 @@ def test_classification_skips_regression_only_strategies(tmp_path, caplog):
 def test_unknown_strategy_fails_before_anything_runs(tmp_path):
     cfg = compose_train([*TINY, "+eval.strategies.scale_q=[1]"], tmp_path)
     with pytest.raises(ValueError, match="unknown eval strategy 'scale_q'"):
-        job_task(cfg)
+        JobSpec.from_config(cfg)
     with pytest.raises(ValueError, match="unknown eval option"):
         EvalConfig.from_config({"strategy": {}})
 

@@ -1,8 +1,10 @@
 """The architecture's rules, read off the source: layers, no import cycles, no torch in the analysis layer.
 
-core ``icl/*.py`` imports neither ``icl.run``, ``icl.analysis`` nor ``icl.bench``; ``icl.analysis`` imports no
-``icl.bench`` and never torch (checked by importing it in a fresh interpreter); ``icl.run`` imports no ``icl.bench``;
-no module reaches itself through its imports (lazy imports inside functions count too).
+The library — core ``icl/*.py``, ``icl.run``, ``icl.analysis`` — never imports the lab (``icl.lab``, ``icl.bench``);
+core imports neither ``icl.run`` nor ``icl.analysis``; ``icl.run`` no ``icl.analysis``; ``icl.analysis`` never torch
+(checked by importing it in a fresh interpreter); ``icl.contract`` nothing of the project; in pipeline order,
+quantisation and training never reach the evaluation stack; no module reaches itself through its imports (lazy
+imports inside functions count too).
 """
 
 import ast
@@ -17,11 +19,14 @@ from tests.helpers import REPO
 PACKAGE = REPO / "icl"
 ENTRY_SHIMS = {"icl.train", "icl.evaluate", "icl.figures", "icl.study", "icl.bench.__main__"}  # `python -m` forwarders only
 FORBIDDEN = {  # layer -> packages it must not import
-    "core": ("icl.run", "icl.analysis", "icl.bench"),
-    "icl.run": ("icl.analysis", "icl.bench"),
-    "icl.analysis": ("icl.bench",),
-    "icl.bench": (),
+    "core": ("icl.run", "icl.analysis", "icl.bench", "icl.lab"),
+    "icl.run": ("icl.analysis", "icl.bench", "icl.lab"),
+    "icl.analysis": ("icl.bench", "icl.lab"),
+    "icl.bench": (),  # lab: may import the library and icl.run
+    "icl.lab": (),
 }
+EVALUATION_STACK = ("icl.evaluation", "icl.baselines", "icl.prompts", "icl.run.evaluate", "icl.solvers")
+BEFORE_EVALUATION = ("icl.quantize", "icl.module", "icl.data", "icl.transformer", "icl.run.store")
 
 
 def module_name(path: Path) -> str:
@@ -47,7 +52,7 @@ def icl_imports(path: Path) -> set[str]:
 
 
 def layer(name: str) -> str:
-    for pkg in ("icl.run", "icl.analysis", "icl.bench"):
+    for pkg in ("icl.run", "icl.analysis", "icl.bench", "icl.lab"):
         if name == pkg or name.startswith(pkg + "."):
             return pkg
     return "core"
@@ -106,3 +111,28 @@ def test_analysis_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False", f"importing {names} imports torch"
+
+
+def reached(name: str) -> set[str]:
+    """Every icl module ``name`` imports, directly or through others (lazy imports included)."""
+    graph, seen, todo = {n: icl_imports(p) for n, p in modules().items()}, set(), [name]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen - {name}
+
+
+def test_contract_imports_nothing_of_the_project():
+    assert icl_imports(modules()["icl.contract"]) == set()
+    code = "import sys, icl.contract; print(sorted(m for m in sys.modules if m.startswith(('icl.', 'torch'))))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "['icl.contract']", out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", BEFORE_EVALUATION)
+def test_quantisation_and_training_never_reach_evaluation(name):
+    """Pipeline order: what runs before evaluation (training, the store's fingerprint, quantisation) does not
+    import the evaluation stack, not even through another module."""
+    bad = sorted(m for m in reached(name) if m in EVALUATION_STACK)
+    assert not bad, f"{name} reaches the evaluation stack: {bad}"

@@ -19,7 +19,8 @@ def test_wheel_ships_configs_and_console_scripts(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")}
     assert {f"icl/configs/{n}" for n in shipped} <= names
-    assert {"icl/run/train.py", "icl/analysis/figures.py", "icl/bench/latency.py", "icl/registry.py"} <= names
+    assert {"icl/run/train.py", "icl/analysis/figures.py", "icl/bench/latency.py", "icl/registry.py", "icl/contract.py",
+            "icl/lab/tuning.py"} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     for script in ("icl-train", "icl-evaluate", "icl-figures", "icl-bench", "icl-bench-attn"):

@@ -18,6 +18,7 @@ from icl import physics
 from icl.curriculum import Curriculum
 from icl.data import PromptStream
 from icl.tasks import TASKS, PromptSampler, build_task, seeded
+from tests.reference import direct_step
 
 MUJOCO = {"mujoco_pendulum": 3, "mujoco_cartpole": 5, "mujoco_reacher": 6}  # task -> n_dims (state + action)
 
@@ -45,7 +46,7 @@ def test_batched_transitions_match_plain_mj_step_on_the_compiled_mjcf(name):
     for b in range(5):
         model = system.compile(params[b], 0.01)
         for i in range(4):
-            np.testing.assert_allclose(nxt[b, i], physics.direct_step(model, states[b, i], actions[b, i], 5),
+            np.testing.assert_allclose(nxt[b, i], direct_step(model, states[b, i], actions[b, i], 5),
                                        rtol=0, atol=1e-12)
     assert np.abs(nxt - states).min(axis=(0, 1)).max() > 0  # every coordinate moves somewhere
 
@@ -64,7 +65,7 @@ def test_pendulum_step_is_the_documented_equation():
         theta, omega, u = rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-1, 1)
         inertia = m * r * r + physics.POINT_INERTIA  # r: the length l
         omega1 = omega + h * (-m * g * r * math.sin(theta) - b * omega + k * u) / (inertia + h * b)
-        out = physics.direct_step(pendulum(m, r, b, g, k, h), np.array([theta, omega]), np.array([u]), 1)
+        out = direct_step(pendulum(m, r, b, g, k, h), np.array([theta, omega]), np.array([u]), 1)
         np.testing.assert_allclose(out, [theta + h * omega1, omega1], rtol=1e-12, atol=1e-12)
 
 
@@ -72,7 +73,7 @@ def test_small_angle_pendulum_follows_the_closed_form():
     """θ(t) = θ0 cos(Ω t), Ω² = m g l / I, for a small swing without damping (timestep 1e-4, 1 s)."""
     m, r, g, theta0 = 0.8, 1.2, 9.81, 1e-3
     model = pendulum(m, r, 0.0, g, 1.0, timestep=1e-4)
-    out = physics.direct_step(model, np.array([theta0, 0.0]), np.array([0.0]), 10_000)
+    out = direct_step(model, np.array([theta0, 0.0]), np.array([0.0]), 10_000)
     omega = math.sqrt(m * g * r / (m * r * r + physics.POINT_INERTIA))
     np.testing.assert_allclose(out, [theta0 * math.cos(omega), -theta0 * omega * math.sin(omega)], rtol=0, atol=3e-6)
 
@@ -82,7 +83,7 @@ def test_pendulum_energy_is_conserved_without_damping_and_lost_with_it():
         m, r, g = 1.0, 1.0, 9.81
         model, state, out = pendulum(m, r, damping, g, 1.0, timestep=1e-3), np.array([2.0, 0.0]), []
         for _ in range(200):  # 200 transitions of 10 steps: 2 s, about a period
-            state = physics.direct_step(model, state, np.array([0.0]), 10)
+            state = direct_step(model, state, np.array([0.0]), 10)
             out.append(0.5 * (m * r * r + physics.POINT_INERTIA) * state[1] ** 2 - m * g * r * math.cos(state[0]))
         return np.array(out)
 

@@ -1,11 +1,11 @@
-"""Bad input fails before any compute with one line naming the key and what is allowed (icl/schema.py)."""
+"""Bad input fails before any compute with one line naming the key and what is allowed (icl/run/spec.py)."""
 
 import shutil
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from icl.run.schema import validate
+from icl.run.spec import validate
 from icl.run.train import build
 from tests.helpers import CONFIGS, compose_train
 
@@ -59,11 +59,10 @@ def test_optim_keys_are_the_schema_and_model_keys_the_transformer_fields():
     """One list each: the schema's optim keys are what ICLModule reads; model keys come from TransformerConfig."""
     from dataclasses import fields
 
-    from icl.module import FROM_TASK, MODEL_KEYS, OPTIM_KEYS
-    from icl.run.schema import OptimSchema
+    from icl.module import FROM_TASK, MODEL_KEYS, OPTIM_KEYS, OptimSpec
     from icl.transformer import TransformerConfig
 
-    assert set(OPTIM_KEYS) == {f.name for f in fields(OptimSchema)}
+    assert set(OPTIM_KEYS) == {f.name for f in fields(OptimSpec)}
     assert set(MODEL_KEYS) == {f.name for f in fields(TransformerConfig)} - set(FROM_TASK)
     assert set(FROM_TASK) <= {f.name for f in fields(TransformerConfig)}
 
@@ -72,10 +71,11 @@ def test_every_default_is_in_the_yaml(tiny_cfg):
     """The schema holds no defaults: a composed config names every optim/data/eval key itself."""
     from dataclasses import fields
 
+    from icl.data import DataSpec
     from icl.evaluation import EvalConfig
-    from icl.run.schema import DataSchema, OptimSchema
+    from icl.module import OptimSpec
 
     cfg = tiny_cfg()
-    assert {f.name for f in fields(OptimSchema)} <= set(cfg.optim)
-    assert {f.name for f in fields(DataSchema)} <= set(cfg.data)
+    assert {f.name for f in fields(OptimSpec)} <= set(cfg.optim)
+    assert {f.name for f in fields(DataSpec)} <= set(cfg.data)
     assert {f.name for f in fields(EvalConfig)} == set(cfg.eval)

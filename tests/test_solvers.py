@@ -10,6 +10,7 @@ import torch
 
 from icl import baselines as bl
 from icl import solvers
+from icl.lab.reference import LOOPS
 
 
 def sparse_prompts(B: int, n: int, d: int, seed: int, s: int = 3, noise: float = 0.0):
@@ -86,7 +87,7 @@ def test_batched_lasso_agrees_with_the_old_loop_where_the_loop_converged():
     at α = 0.1 the loop converges on every prefix, so the two agree to its tolerance."""
     xs, ys = sparse_prompts(3, 21, 10, seed=5)
     new = bl.predict("lasso_0.1", xs.float(), ys.float()).double()
-    old = bl.LOOPS["lasso_0.1"](xs.float(), ys.float()).double()
+    old = LOOPS["lasso_0.1"](xs.float(), ys.float()).double()
     torch.testing.assert_close(new, old, rtol=0, atol=2e-2 * float(ys.abs().max()))
 
 
@@ -134,7 +135,7 @@ def test_gd_2nn_batched_equals_the_loop_on_a_fixed_seed():
     loop, so the predictions agree up to float round-off accumulated over 100 steps."""
     xs, ys = relu_prompts(6, 15, 4, seed=11)
     new = bl.predict("gd_2nn", xs, ys)
-    old = bl.LOOPS["gd_2nn"](xs, ys)
+    old = LOOPS["gd_2nn"](xs, ys)
     assert new[:, 0].eq(0).all()
     torch.testing.assert_close(new, old, rtol=0, atol=2e-3 * float(old.abs().max()))
     other_seed = solvers.gd_2nn_predict(xs.double(), ys.double(), xs.double(), seed=1)
@@ -147,7 +148,7 @@ def test_gd_2nn_batched_with_minibatches_equals_the_loop_in_distribution():
     xs, ys = relu_prompts(48, 13, 3, seed=12)
     kw = dict(hidden=16, steps=60, batch_size=4)
     new = solvers.gd_2nn_predict(xs.double(), ys.double(), xs.double(), **kw)
-    old = bl.LOOPS["gd_2nn"](xs, ys, **kw)
+    old = LOOPS["gd_2nn"](xs, ys, **kw)
     assert not torch.allclose(new[:, 5:], old[:, 5:])  # different minibatches ...
     paired = (((new - ys) ** 2) - ((old - ys) ** 2))[:, 5:].double().mean(1)  # per prompt, positions 5 … 12
     se = paired.std() / len(paired) ** 0.5

@@ -1,7 +1,10 @@
-"""The seed study (issue 15): verdict rules on synthetic paired differences, the study configs, a miniature study
-end to end (train → skip on rerun → report), and that every image README.md / docs/RESULTS.md shows is in git."""
+"""The seed study v2 (issue 25): the seed-level rule and the guard on synthetic data, the study configs, a miniature
+study end to end (train → compact cells → report from the cells alone), and that every image README.md and docs/
+show is tracked in git."""
 
+import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -9,127 +12,199 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from scipy import stats as sps
 
-from icl.analysis.study import (
-    CLAIMS,
+from icl.lab.study.claims import Study, claim_rows, failure_table
+from icl.lab.study.compact import CELL_JSON, CURVE, ERRORS, Windows, load_cells, window_sums
+from icl.lab.study.inference import (
     CONFIRMED,
     REFUTED,
     UNRESOLVED,
-    VERDICTS,
-    combine,
-    interval,
-    needed,
+    Guard,
+    failure_rate,
+    seed_interval,
+    still_improving,
     verdict,
 )
 from icl.run.configs import CONFIG_DIR
-from icl.stats import ratio_replicates
 from tests.helpers import REPO, compose_train, run
 
-EXPERIMENTS = ["seed_study/cpu_core", "seed_study/cpu_overview", "seed_study/paper_core", "seed_study/paper_overview"]
+
+# -- the seed-level rule -------------------------------------------------------------------------------------------
+def seed_points(effect: float, seed_sd: float, n: int = 5, rng_seed: int = 0) -> list[float]:
+    return list(effect + seed_sd * np.random.default_rng(rng_seed).standard_normal(n))
 
 
-# -- verdict rules -------------------------------------------------------------------------------------------------
-def synthetic_cis(mean: float, n_seeds: int = 3, n_prompts: int = 400, noise: float = 0.2) -> tuple[list, list]:
-    """Per seed: a paired difference with true mean ``mean`` over prompts, its bootstrap CI (the study's code)."""
-    lows, highs = [], []
-    for seed in range(n_seeds):
-        rng = np.random.default_rng(seed)
-        delta = mean + noise * rng.standard_normal(n_prompts)
-        zero = np.ones(n_prompts)
-        point, boots = ratio_replicates(delta, zero, 500, 0)
-        _, low, high = interval(point, boots, 0.95)
-        lows.append(low)
-        highs.append(high)
-    return lows, highs
+def test_t_interval_matches_scipy():
+    points = [0.1, 0.3, 0.2, 0.25, 0.15]
+    iv = seed_interval(points, 0.95)
+    low, high = sps.t.interval(0.95, 4, loc=np.mean(points), scale=sps.sem(points))
+    assert (iv.n, iv.low, iv.high) == (5, pytest.approx(low), pytest.approx(high))
 
 
-def test_needed_is_two_thirds():
-    assert [needed(n) for n in (1, 2, 3, 4, 6)] == [1, 2, 2, 3, 4]
+@pytest.mark.parametrize("rng_seed", range(5))
+def test_seed_noise_larger_than_the_effect_does_not_resolve(rng_seed):
+    iv = seed_interval(seed_points(0.02, 0.2, rng_seed=rng_seed))
+    assert verdict("greater", iv.low, iv.high, n=iv.n)[0] == UNRESOLVED
 
 
-def test_clear_win_confirms_a_direction_claim():
-    lows, highs = synthetic_cis(-0.2)  # A clearly lower in every seed
-    word, why = verdict("less", lows, highs)
-    assert word == CONFIRMED and "3 of 3" in why
-    assert verdict("greater", lows, highs)[0] == REFUTED
+@pytest.mark.parametrize("rng_seed", range(5))
+def test_a_consistent_effect_resolves(rng_seed):
+    iv = seed_interval(seed_points(0.05, 0.005, rng_seed=rng_seed))
+    assert verdict("greater", iv.low, iv.high, n=iv.n)[0] == CONFIRMED
+    assert verdict("less", iv.low, iv.high, n=iv.n)[0] == REFUTED
 
 
-def test_clear_loss_refutes_it():
-    lows, highs = synthetic_cis(0.2)
-    assert verdict("less", lows, highs)[0] == REFUTED
-    assert verdict("greater", lows, highs)[0] == CONFIRMED
+def test_noninferiority_equivalence_and_too_few_seeds():
+    assert verdict("noninferior", -0.01, 0.015, 0.02)[0] == CONFIRMED   # worse by at most less than the margin
+    assert verdict("noninferior", 0.03, 0.05, 0.02)[0] == REFUTED
+    assert verdict("noninferior", 0.0, 0.03, 0.02)[0] == UNRESOLVED
+    assert verdict("equal", -0.01, 0.01, 0.02)[0] == CONFIRMED
+    assert verdict("equal", 0.03, 0.05, 0.02)[0] == REFUTED
+    assert verdict("greater", 0.1, 0.2, min_seeds=3, n=2)[0] == UNRESOLVED
+    with pytest.raises(ValueError, match="claim kind"):
+        verdict("worse", 0.0, 1.0)
 
 
-def test_overlap_is_not_resolved():
-    lows, highs = synthetic_cis(0.0)
-    word, why = verdict("less", lows, highs)
-    assert word == UNRESOLVED and "need 2" in why
+def test_failure_rate_is_clopper_pearson():
+    low, high = failure_rate(1, 5)
+    ci = sps.binomtest(1, 5).proportion_ci(method="exact")
+    assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and low < 0.2 < high
 
 
-def test_two_of_three_seeds_decide():
-    assert verdict("less", [-0.3, -0.3, -0.1], [-0.1, -0.1, 0.1])[0] == CONFIRMED
-    assert verdict("less", [-0.3, -0.1, -0.1], [-0.1, 0.1, 0.1])[0] == UNRESOLVED
+def test_still_improving_rule():
+    steps = np.arange(0, 15000, 100)
+    assert still_improving(steps, 1.0 - steps / 15000, 0.2, 0.05)             # a falling line
+    assert not still_improving(steps, 0.05 + 0 * steps, 0.2, 0.05)            # a plateau
+    assert not still_improving(steps, np.exp(-steps / 1000) + 0.05, 0.2, 0.05)  # converged long ago
 
 
-def test_equivalence_inside_outside_and_straddling_the_margin():
-    lows, highs = synthetic_cis(0.0, noise=0.05)
-    assert verdict("equal", lows, highs, margin=0.05)[0] == CONFIRMED
-    lows, highs = synthetic_cis(0.3)
-    assert verdict("equal", lows, highs, margin=0.05)[0] == REFUTED
-    assert verdict("equal", [0.0] * 3, [0.1] * 3, margin=0.05)[0] == UNRESOLVED  # straddles +0.05
+def test_guard_rule():
+    guard = Guard(0.5, 0.1)
+    assert guard.learned(0.1, 0.05) and not guard.learned(0.6, 0.55) and not guard.learned(0.3, 0.1)
+    with pytest.raises(ValueError, match="zero_fraction"):
+        Guard(1.5, 0.1)
 
 
-def test_guard_a_model_that_did_not_learn_resolves_nothing():
-    lows, highs = synthetic_cis(-0.2)
-    word, why = verdict("less", lows, highs, learned=[True, False, False], who=["s0", "s1 (relu: 0.9)", "s2"])
-    assert word == UNRESOLVED and "guard" in why and "s1 (relu: 0.9)" in why
-    assert verdict("less", lows, highs, learned=[True, True, False])[0] == CONFIRMED
+# -- the guard treats both sides alike (synthetic cells) --------------------------------------------------------
+def study_cfg(cells: Path) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(compose("study", overrides=[f"cells={cells}"]), resolve=True)
+    cfg["bootstrap"] = 200
+    return cfg
 
 
-def test_combine_and_bad_kind():
-    assert combine([CONFIRMED, CONFIRMED]) == CONFIRMED
-    assert combine([CONFIRMED, UNRESOLVED]) == UNRESOLVED
-    assert combine([CONFIRMED, REFUTED, UNRESOLVED]) == REFUTED
-    assert combine([]) == UNRESOLVED
-    with pytest.raises(ValueError, match="less, greater or equal"):
-        verdict("worse", [0.0], [1.0])
+def synthetic_errors(seed: int, level: float, n_prompts: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(transformer, zero) per-prompt, per-k errors: the transformer at about ``level`` × the zero estimator."""
+    rng = np.random.default_rng(100 + seed)
+    zero = rng.chisquare(1, (n_prompts, 28)) * 5
+    return zero * level * rng.uniform(0.9, 1.1, zero.shape), zero
+
+
+def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 200) -> None:
+    """A linear float cell whose transformer error is ``level`` × the zero estimator's on every prompt and k."""
+    model, zero = synthetic_errors(seed, level, n_prompts)
+    out = root / f"tuned-linear-{attn}-seed{seed}"
+    out.mkdir(parents=True)
+    arrays = {}
+    win = Windows.of(5, 10, 28, 20)
+    for strategy, params in {"standard": [""], "scale_x": ["0.125", "0.5", "1.0", "2.0", "8.0"],
+                             "long_context": [""]}.items():
+        for p in params:
+            for predictor, errors in (("transformer", model), ("zero", zero)):
+                for name, (ks, sums) in window_sums(errors, win, strategy).items():
+                    arrays[f"none/{strategy}/{p}/{predictor}/{name}"] = sums
+                    arrays[f"ks/{strategy}/{p}/{name}"] = np.asarray(ks)
+    np.savez_compressed(out / ERRORS, **arrays)
+    means = {"standard/": {"transformer": [level] * 11, "least_squares": [0.0] * 11}}
+    (out / CURVE).write_text("step,loss_rel_zero\n" + "".join(f"{s},{level}\n" for s in range(0, 1000, 100)))
+    (out / CELL_JSON).write_text(json.dumps({
+        "cell": out.name, "arm": "tuned", "task": "linear", "attn": attn, "seed": seed, "fingerprint": "x",
+        "n_dims": 5, "k_train": 10, "n_positions": 28, "steps": 1000, "model": "tiny",
+        "recipe": {"lr": 1e-3, "qk_norm": False, "gradient_clip_val": None, "warmup_steps": 10, "batch": 64},
+        "n_prompts": n_prompts, "quants": {"none": {"means": means}}, "versions": {}}))
+
+
+def rows_of(tmp_path: Path, failed: dict[str, int]) -> list:
+    """(a)'s rows for relu vs softmax, 5 seeds; ``failed``: variant → the seed where it did not learn."""
+    root = tmp_path / "cells"
+    shutil.rmtree(root, ignore_errors=True)
+    for seed in range(5):
+        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
+            write_cell(root, attn, seed, 0.9 if failed.get(attn) == seed else level)
+    study = Study(load_cells(root), study_cfg(root))
+    return [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")], study
+
+
+def test_the_guard_drops_a_seed_whichever_side_failed(tmp_path):
+    (ref_failed,), _ = rows_of(tmp_path, {"softmax": 2})
+    (cmp_failed,), study = rows_of(tmp_path, {"relu": 2})
+    for row in (ref_failed, cmp_failed):
+        assert [s.seed for s in row.seeds if not s.learned] == [2]
+        assert row.interval.n == 4                                   # the verdict uses the 4 seeds where both learned
+    assert ref_failed.interval.mean == pytest.approx(cmp_failed.interval.mean)
+    # counting the failed seed moves the point by ±0.8: the row says the verdict would change
+    assert ref_failed.with_failed and cmp_failed.with_failed and "counting failed seeds" in ref_failed.flags
+    table = {(r["attn"], r["quant"]): (r["failed"], r["seeds"]) for r in failure_table(study)}
+    assert table[("relu", "none")] == (1, 5) and table[("softmax", "none")] == (0, 5)
+
+
+def test_report_from_synthetic_cells_is_reproducible_and_lists_missing_cells(tmp_path):
+    from icl.lab.study.report import report
+
+    rows_of(tmp_path, {"relu": 2})
+    cfg = study_cfg(tmp_path / "cells") | {"out_dir": str(tmp_path / "docs"), "readme": None, "bench_csv": None}
+    first = report(cfg).read_text()
+    assert report(cfg).read_text() == first                          # same committed cells, same page
+    assert "10 of 66 cells committed; missing: tuned-linear-relu_causal-seed0" in first
+    assert "relu (÷ L: the seed's model)" in first and "did not learn: seed 2" in first
+    assert (tmp_path / "docs" / "study" / "error_vs_k_tuned_linear.png").is_file()
+
+
+def test_seed_statistic_from_window_sums_matches_the_per_k_errors(tmp_path):
+    (row,), _ = rows_of(tmp_path, {})
+    for value in row.seeds:
+        relu, zero = synthetic_errors(value.seed, 0.08)
+        softmax, _ = synthetic_errors(value.seed, 0.05)
+        fit = list(range(5, 11))
+        naive = (relu[:, fit].sum() - softmax[:, fit].sum()) / zero[:, fit].sum()
+        assert value.point == pytest.approx(naive, abs=1e-3) and value.low < value.point < value.high
 
 
 # -- configs -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-@pytest.mark.parametrize("task", ["linear", "sparse_linear", "decision_tree"])
-def test_study_experiments_compose_with_position_headroom(experiment, task, tmp_path):
-    cfg = compose_train([f"experiment={experiment}", f"task={task}"], tmp_path)
-    points = int(cfg.task.curriculum.points.end)
-    assert cfg.skip_done is True
-    # room for 2.5 x the training examples (k = points - 1) past the query: the paper's 100 after 40
-    assert cfg.model.n_positions - 1 >= 2.5 * (points - 1), (cfg.model.n_positions, points)
-    assert {"standard", "scale_x", "long_context"} <= set(cfg.eval.strategies)
-    assert {0.5, 2} <= set(cfg.eval.strategies.scale_x)
+@pytest.mark.parametrize("task,d,points,n_positions", [("linear", 5, 11, 28), ("sparse_linear", 10, 21, 21),
+                                                       ("decision_tree", 5, 41, 41)])
+def test_cell_configs_put_each_task_in_its_regime(task, d, points, n_positions, tmp_path):
+    cfg = compose_train(["experiment=seed_study/cpu_cell", f"task={task}"], tmp_path)
+    assert (cfg.task.n_dims, cfg.task.curriculum.points.end, cfg.model.n_positions) == (d, points, n_positions)
+    assert cfg.trainer.max_steps == 15000 and cfg.skip_done is True
+    assert points - 1 >= 2 * d                                      # k = 2d is inside the trained range
     if task == "sparse_linear":
-        assert cfg.task.params.sparsity < cfg.task.n_dims
+        assert cfg.task.params.sparsity == 3
     if task == "decision_tree":
-        assert cfg.task.params.depth == 4
-    scale = "paper" if "paper" in experiment else "cpu"
-    assert cfg.task.n_dims == (20 if scale == "paper" else 5)
+        assert points >= 41 and cfg.task.params.depth == 4
 
 
-@pytest.mark.parametrize("experiment", ["seed_study/cpu_core", "seed_study/paper_core"])
-def test_core_grid_sweeps_quant_outermost(experiment):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    params = dict(cfg.hydra.sweeper.params)
-    assert list(params)[0] == "quant"  # Hydra's basic sweeper: the first key varies slowest
-    assert set(params["quant"].split(",")) == {"none", "int8_weight", "int8_dynamic"}
-    assert set(params["attn"].split(",")) == {"softmax", "relu", "relu_causal"}
-    assert len(params["seed"].split(",")) >= 3
-    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+def test_shared_arm_trains_every_variant_with_one_recipe(tmp_path):
+    def keys(c):
+        return c.optim.lr, c.optim.warmup_steps, c.model.qk_norm, c.trainer.gradient_clip_val
+    recipes = {attn: keys(compose_train(["experiment=seed_study/cpu_cell", "recipe=study_shared", f"attn={attn}"],
+                                        tmp_path)) for attn in ("softmax", "relu", "relu_causal")}
+    assert len(set(recipes.values())) == 1
+    tuned = {attn: keys(compose_train(["experiment=seed_study/cpu_cell", f"attn={attn}"], tmp_path))
+             for attn in ("softmax", "relu")}
+    assert tuned["softmax"] != tuned["relu"]
 
 
-def test_garg_experiments_have_room_for_100_examples(tmp_path):
-    for path in sorted((CONFIG_DIR / "experiment").glob("garg_*.yaml")):
-        cfg = compose_train([f"experiment={path.stem}"], tmp_path)
-        assert cfg.model.n_positions == 101, path.name
+def test_tuning_grids_have_enough_seeds():
+    for name, least in (("tune_shared", 3), ("tune_smoke_softmax", 5)):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[f"experiment=seed_study/{name}"], return_hydra_config=True)
+        params = dict(cfg.hydra.sweeper.params)
+        assert len(str(params["seed"]).split(",")) >= least, name
+        assert int(cfg.eval.seed) != 0, name                        # validation prompts, never the reporting ones
 
 
 # -- images in git -------------------------------------------------------------------------------------------------
@@ -146,87 +221,85 @@ def shown_images(markdown: Path) -> list[Path]:
     return out
 
 
-def test_every_image_readme_and_results_show_is_tracked_by_git():
+def test_every_image_readme_and_docs_show_is_tracked_by_git():
     tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                                  check=True).stdout.splitlines())
-    pages = [REPO / "README.md"] + [p for p in [REPO / "docs" / "RESULTS.md"] if p.is_file()]  # RESULTS.md: once run
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     missing = [f"{page.name}: {img}" for page in pages for img in shown_images(page) if img.as_posix() not in tracked]
     assert not missing, f"images shown but not in git: {missing}"
 
 
 # -- a miniature study end to end ----------------------------------------------------------------------------------
-MINI = [
-    "hydra/launcher=basic", "hydra.sweeper.params.task=linear", "hydra.sweeper.params.attn='softmax,relu'",
-    "hydra.sweeper.params.seed='0,1'", "hydra.sweeper.params.quant='none,int8_weight'",
-    "trainer.max_steps=30", "callbacks.model_checkpoint.every_n_train_steps=30", "model.n_layer=1",
-    "eval.n_prompts=64", "eval.bootstrap=50", "eval.baselines=[zero,least_squares]", "eval.strategies.scale_x=[0.5,1,2,8]",
-]
+TINY = ["trainer.max_steps=30", "callbacks.model_checkpoint.every_n_train_steps=30", "model.n_layer=1",
+        "eval.n_prompts=64", "eval.bootstrap=20", "eval.baselines=[zero,least_squares]",
+        "eval.strategies.scale_x=[0.125,0.5,1,2,8]"]
+GRID = ["~grid.arms.shared", "~grid.tasks.sparse_linear", "~grid.tasks.decision_tree", "grid.tasks.linear.seeds=3",
+        "grid.attns=[softmax,relu]", "grid.quants=[none]"]
 
 
 @pytest.mark.slow
-def test_miniature_study_end_to_end_and_rerun_skips(tmp_path):
-    """The entry points `make study` runs (icl.train with the study experiment, then icl.study), in tmp_path:
-    2 variants x 1 task x 2 seeds x 2 quant modes; a rerun retrains and re-evaluates nothing."""
-    study = tmp_path / "multirun" / "seed_study" / "cpu"
-    common = [f"paths.store={tmp_path / 'store'}", f"eval.cache={tmp_path / 'cache'}", f"paths.root_dir={tmp_path}"]
-    train = ["-m", "icl.train", "experiment=seed_study/cpu_core", f"hydra.sweep.dir={study / 'core'}", *MINI, *common]
-    run(train, tmp_path)
-    statuses = sorted((study / "core").glob("*/status.json"))
-    assert len(statuses) == 8
-    mtimes = {p: p.stat().st_mtime_ns for p in [*statuses, *(study / "core").glob("*/eval.csv")]}
-    start = time.perf_counter()
-    rerun = run(train, tmp_path)
-    assert "skipping" in rerun.stdout + rerun.stderr
-    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes, "a rerun rewrote a finished job's files"
-    assert time.perf_counter() - start < 60
-    run(["-m", "icl.bench", "bench=study", "latency.repeats=3", "latency.warmup=1", "latency.ks=[10]",
-         "latency.batch=16", f"out_dir={study / 'bench'}"], tmp_path)  # claim (f), as make study runs it (shorter)
-    (study / "timing.log").write_text(f"start {time.time() - 5:.0f}\nend {time.time():.0f}\n")
-    out = tmp_path / "docs"
-    readme = tmp_path / "README.md"
+def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
+    """2 variants × 1 task × 3 seeds: one training sweep, compact cells, job folders deleted, the report from the
+    cells alone; the committed cell matches its config's fingerprint and a changed config does not."""
+    from icl.lab.study.make import cell_overrides, committed_fingerprint, expected_fingerprint
+
+    jobs, cells = tmp_path / "jobs", tmp_path / "cells"
+    common = [f"paths.store={tmp_path / 'store'}", f"eval.cache={tmp_path / 'cache'}"]
+    run(["-m", "icl.train", "-m", "experiment=seed_study/cpu_cell", "recipe=smoke", "task=linear",
+         "attn=softmax,relu", "seed=0,1,2", "quant=none", "hydra/launcher=basic", f"hydra.sweep.dir={jobs}",
+         "hydra.sweep.subdir=${attn.name}-${seed}", *TINY, *common], tmp_path)
+    run(["-m", "icl.lab.study.compact", str(jobs), "--cells", str(cells), "--arm", "tuned"], tmp_path)
+    assert len(list(cells.glob(f"*/{CELL_JSON}"))) == 6
+    meta = json.loads((cells / "tuned-linear-relu-seed1" / CELL_JSON).read_text())
+    means = meta["quants"]["none"]["means"]
+    assert {"standard/", "long_context/", "scale_x/0.5"} <= set(means) and len(means["standard/"]["transformer"]) == 11
+    with np.load(cells / "tuned-linear-relu-seed1" / ERRORS) as z:
+        assert z["none/standard//transformer/fit"].dtype == np.float16 and z["none/standard//transformer/fit"].shape == (64,)
+        assert list(z["ks/standard//fit"]) == list(range(5, 11)) and list(z["ks/long_context//late"]) == list(range(20, 28))
+    assert sum(p.stat().st_size for p in cells.rglob("*") if p.is_file()) < 1_000_000
+    shutil.rmtree(jobs)
+    shutil.rmtree(tmp_path / "store")
+    out, readme = tmp_path / "docs", tmp_path / "README.md"
     readme.write_text("# x\n<!-- study:begin -->\n<!-- study:end -->\n")
-    run(["-m", "icl.study", f"study_dir={study}", f"out_dir={out}", f"readme={readme}", "bootstrap=100"], tmp_path)
-    text = (out / "RESULTS.md").read_text()
-    for claim in CLAIMS:
-        section = text.split(f"### ({claim})", 1)[1].split("###", 1)[0]
-        rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| part")]
-        assert rows, f"claim ({claim}) has no row"
-        assert all(any(word in line for word in VERDICTS) for line in rows), section
-    verdicts = (out / "study" / "verdicts.csv").read_text()
-    assert set(re.findall(r"confirmed|refuted|not resolved at this scale", verdicts)) <= set(VERDICTS)
-    assert (out / "study" / "error_vs_k_linear.png").is_file()
-    assert "error_vs_k_linear.png" in readme.read_text()
-    section_f = text.split("### (f)", 1)[1]
-    assert "relu/none" in section_f and "latency ratio" in section_f  # (f) has rows from icl.bench
+    start = time.perf_counter()
+    run(["-m", "icl.study", f"cells={cells}", f"out_dir={out}", f"readme={readme}", "bench_csv=null", *GRID],
+        tmp_path)
+    assert time.perf_counter() - start < 60
+    text = (out / "RESULTS_STUDY.md").read_text()
+    assert "All 6 cells of the grid are committed" in text and "$" not in text.split("## Status")[1][:200]
+    for claim in ("(a)", "(b)", "(b-U)", "(b-zero)", "(d)"):
+        assert f"### {claim}" in text, claim
+    assert (out / "study" / "error_vs_k_tuned_linear.png").is_file()
+    assert (out / "study" / "curves_tuned_linear.png").is_file()
+    assert "error_vs_k_tuned_linear.png" in readme.read_text() and "is complete" in readme.read_text()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        grid = compose("study").grid
+        same = cell_overrides(grid, "tuned", "linear", "relu", 1, [*TINY, *common])
+        assert expected_fingerprint(same) == committed_fingerprint(cells, "tuned-linear-relu-seed1")
+        seed0 = cell_overrides(grid, "tuned", "linear", "relu", 0, [*TINY, *common])
+        assert expected_fingerprint(seed0, seed=1) == committed_fingerprint(cells, "tuned-linear-relu-seed1")
+        changed = [*same, "trainer.max_steps=31"]
+        assert expected_fingerprint(changed) != committed_fingerprint(cells, "tuned-linear-relu-seed1")
 
 
-def test_finished_job_with_the_same_config_is_skipped_and_another_config_refused(tmp_path):
-    from omegaconf import OmegaConf
+def test_export_refuses_a_cell_without_its_float_job(tmp_path):
+    from icl.lab.study.compact import write_cell
 
-    from icl.run.job import JobDir
-    from icl.run.train import finished
-
-    cfg = compose_train(["trainer.max_steps=5"], tmp_path)
-    job = JobDir(tmp_path)
-    assert finished(cfg, job) is None  # nothing there yet
-    job.write_config(cfg)
-    job.write_status("done", metrics={"train_seconds": 1.5})
-    assert finished(cfg, job) == {"train_seconds": 1.5}
-    other = compose_train(["trainer.max_steps=6"], tmp_path)
-    with pytest.raises(ValueError, match="another config"):
-        finished(other, job)
-    moved = compose_train(["trainer.max_steps=5"], tmp_path / "elsewhere")  # the same job, its folder moved
-    assert moved.paths.output_dir != cfg.paths.output_dir and finished(moved, job) == {"train_seconds": 1.5}
-    job.write_status("failed", error="x")
-    assert finished(cfg, job) is None  # a failed job is resumed, not skipped
-    assert OmegaConf.to_yaml(cfg, resolve=True) == job.config_file.read_text()
+    with pytest.raises(ValueError, match="exactly one float job"):
+        write_cell(tmp_path, "tuned", "linear", "relu", 0, [("int8_weight", tmp_path, {})], 20)
 
 
-def test_same_job_ignores_other_variants_recipe_rows_but_not_its_own(tmp_path):
-    from icl.run.train import same_job
+def test_timing_rows_name_the_machine_and_kernel_and_judge_the_ratio():
+    import pandas as pd
 
-    base = compose_train(["experiment=smoke", "attn=relu"], tmp_path)
-    other_row = compose_train(["experiment=smoke", "attn=relu", "recipe.variants.softmax.lr=0.5"], tmp_path)
-    own_row = compose_train(["experiment=smoke", "attn=relu", "recipe.variants.relu.lr=0.5"], tmp_path)
-    assert same_job(base, other_row)  # another variant's row changed: still this job
-    assert not same_job(base, own_row) and own_row.optim.lr == 0.5  # its own row is its lr: another job
+    from icl.lab.study.timing import timing_rows
+
+    bench = pd.DataFrame([{"device": "cpu (x86_64)", "threads": 1, "part": "latency", "model": "tiny", "batch": 256,
+                           "attn": attn, "quant": "none", "k": 10, "ratio": ratio, "ratio_ci_low": low,
+                           "ratio_ci_high": high} for attn, ratio, low, high in
+                          (("softmax", 1.0, 1.0, 1.0), ("relu", 1.02, 0.99, 1.05), ("relu_causal", 1.5, 1.4, 1.6))])
+    rows = {r.subject: r for r in timing_rows(bench, 0.10)}
+    assert set(rows) == {"relu/none", "relu_causal/none"}                 # softmax/none is the reference
+    assert rows["relu/none"].verdict == CONFIRMED and rows["relu_causal/none"].verdict == REFUTED
+    assert all(w in rows["relu/none"].statistic for w in ("cpu (x86_64)", "batch 256", "model tiny", "kernel"))
+    assert timing_rows(None, 0.10)[0].verdict == UNRESOLVED

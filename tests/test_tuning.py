@@ -1,4 +1,4 @@
-"""Recipe selection (icl.tuning): it reads validation prompts, never the prompts results are reported on."""
+"""Recipe selection (icl.lab.tuning): it reads validation prompts, never the prompts results are reported on."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from icl import prompts
-from icl.analysis.tuning import load_cells, main, recipe_yaml, rescale_warmup, select
+from icl.lab.tuning import load_cells, main, recipe_yaml, rescale_warmup, select
 from icl.tasks import build_task
 from tests.helpers import compose_train
 
@@ -52,7 +52,7 @@ def test_selection_uses_the_validation_sweep(tmp_path):
     assert list(best.attn) == ["relu", "softmax"] and list(best.cells) == [2, 1]
 
 
-def test_selection_ranks_one_training_seed_not_the_luckiest(tmp_path):
+def test_selection_ranks_a_recipe_by_its_worst_seed_not_the_luckiest(tmp_path):
     validation, _ = sweeps(tmp_path)
     cell_job(validation / "b_seed1", "relu", 1e-3, False, 1000, 0.01, seed=1)  # cell b, another seed: luckier
     best = select(load_cells([validation]), reporting_seed=0)
@@ -114,7 +114,7 @@ def test_every_variant_has_a_tuned_smoke_recipe():
 
 
 def test_verdict_is_computed_against_the_targets(tmp_path):
-    from icl.analysis.tuning import verdict
+    from icl.lab.tuning import verdict
 
     for attn, error in [("relu", 0.12), ("linear", 0.12), ("sigmoid", 0.05), ("softmax", 0.05)]:
         cell_job(tmp_path / attn, attn, 1e-3, False, 0, error)
@@ -136,7 +136,7 @@ def write_errors(job: Path, transformer: float, zero_seed: int = 0) -> None:
 
 @pytest.mark.parametrize("tuned,met", [(0.05, True), (0.2, False)])
 def test_softmax_is_judged_paired_against_a_same_steps_reference(tmp_path, tuned, met):
-    from icl.analysis.tuning import verdict
+    from icl.lab.tuning import verdict
 
     write_errors(cell_job(tmp_path / "final" / "softmax", "softmax", 1e-3, True, 0, tuned), tuned)
     write_errors(cell_job(tmp_path / "reference", "softmax", 1e-3, False, 0, 0.1), 0.1)
@@ -145,3 +145,19 @@ def test_softmax_is_judged_paired_against_a_same_steps_reference(tmp_path, tuned
     write_errors(tmp_path / "reference", 0.1, zero_seed=1)  # other prompts: no paired difference
     with pytest.raises(ValueError, match="not scored on the same prompts"):
         verdict(load_cells([tmp_path / "final"]), softmax_reference=tmp_path / "reference")
+
+
+def test_median_rank_and_one_shared_recipe(tmp_path):
+    validation = tmp_path / "v"
+    for seed, (a, b) in enumerate(((0.05, 0.04), (0.06, 0.04), (0.90, 0.04))):  # recipe a strands seed 2
+        cell_job(validation / f"a{seed}", "relu", 1e-4, True, 1000, a, seed=seed)
+        cell_job(validation / f"b{seed}", "relu", 1e-3, False, 1000, b, seed=seed)
+    cell_job(validation / "sa", "softmax", 1e-4, True, 1000, 0.03)
+    cell_job(validation / "sb", "softmax", 1e-3, False, 1000, 0.50)   # recipe b fails softmax
+    cells = load_cells([validation])
+    relu = select(cells, by="median")
+    assert relu[relu.attn == "relu"].iloc[0].lr == 1e-3
+    shared = select(cells, by="worst", shared=True)
+    assert len(shared) == 1 and shared.iloc[0].lr == 1e-3 and shared.iloc[0].error == pytest.approx(0.50)
+    with pytest.raises(ValueError, match="worst or the median"):
+        select(cells, by="best")

@@ -39,6 +39,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from omegaconf import DictConfig, OmegaConf
 
+from icl.analysis.algorithms import algorithm_files
 from icl.analysis.bench_figures import bench_figures
 from icl.analysis.curves import curve_figures
 from icl.analysis.results import (
@@ -49,6 +50,7 @@ from icl.analysis.results import (
     variant_label,
 )
 from icl.analysis.styles import attn_color, quant_style
+from icl.contract import strategies
 from icl.files import atomic_write
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 BASELINE_DASHES: list[tuple[float, ...]] = [
     (4, 1.5), (7, 2, 1.5, 2), (2, 1.2), (10, 3), (4, 1, 1, 1, 1, 1), (1.5, 3), (8, 2, 2, 2, 2, 2),
 ]
+LOG_SPAN = 30.0  # errors spanning more than this ratio get a log y axis (e.g. the mujoco tasks)
 Y_CAP = 2.0  # least squares spikes near k = d (and averaging under scale_x) would otherwise flatten every curve
 YLABELS = {
     "squared_error": "squared error / zero estimator's (zero = 1)",
@@ -69,12 +72,6 @@ SCALE_STRATEGIES = ("scale_x", "scale_y", "shift_x")
 KEYS = ["task", "n_dims", "strategy", "param"]
 
 
-def standard_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """In-distribution rows (strategy `standard`): what the summary table compares."""
-    strategy = df["strategy"].fillna("standard") if "strategy" in df else pd.Series("standard", index=df.index)
-    return df[(strategy == "standard") & df["error"].notna()]
-
-
 def _group(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return (rows.groupby(by, as_index=False, dropna=False)
             .agg(error=("error", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"),
@@ -84,11 +81,23 @@ def _group(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 def aggregate_transformers(df: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per (task, d, strategy, param, variant, k).
 
-    The band is the mean of the seeds' own 95% bootstrap CI bounds, so one run
-    and several seeds read the same way (a per-k uncertainty of the mean curve,
-    not the spread between seeds); `n_runs` records how many seeds went in.
+    ``ci_low``/``ci_high`` are the mean of the seeds' own 95% bootstrap CI bounds (a per-k uncertainty of the mean
+    curve, what the tables report); ``band_low``/``band_high``, what the figures shade, are the spread between the
+    seeds (lowest and highest seed) where there are several, else that one job's CI; `n_runs` counts the seeds.
     """
-    return _group(df[df["kind"] == "transformer"], [*KEYS, "variant", "attn", "quant", "k"])
+    rows = df[df["kind"] == "transformer"]
+    by = [*KEYS, "variant", "attn", "quant", "k"]
+    out = _group(rows, by)
+    spread = rows.groupby(by, as_index=False, dropna=False).agg(seed_low=("error", "min"), seed_high=("error", "max"))
+    out = out.merge(spread, on=by, how="left")
+    several = out["n_runs"] > 1
+    return out.assign(band_low=out["seed_low"].where(several, out["ci_low"]),
+                      band_high=out["seed_high"].where(several, out["ci_high"])).drop(columns=["seed_low", "seed_high"])
+
+
+def seed_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """One transformer curve per job (seed): what the figures draw faintly under the mean."""
+    return df.loc[df["kind"] == "transformer", [*KEYS, "variant", "run_dir", "k", "error"]]
 
 
 def aggregate_baselines(df: pd.DataFrame) -> pd.DataFrame:
@@ -123,16 +132,24 @@ def _line(ax: plt.Axes, x: pd.Series, y: pd.Series, style: dict[str, Any], **kw:
         line.set_dashes(style["dashes"])
 
 
-def _draw(ax: plt.Axes, tf: pd.DataFrame, bl: pd.DataFrame, x: str, styles: dict, greys: dict) -> None:
-    """Grey dashed baselines, then coloured transformer variants with CI bands, and the zero line at 1."""
+def _draw(ax: plt.Axes, tf: pd.DataFrame, bl: pd.DataFrame, x: str, styles: dict, greys: dict,
+          seeds: pd.DataFrame | None = None) -> None:
+    """Grey dashed baselines, then coloured transformer variants (each seed faint, the mean bold, the band: the
+    seeds' spread, or one job's CI), and the zero line at 1."""
     for name, (grey, dashes) in greys.items():
         sub = bl[bl["variant"] == name].sort_values(x)
         if len(sub):
             _line(ax, sub[x], sub["error"], {"color": grey, "dashes": dashes}, linewidth=1.2)
     for name, sub in tf.groupby("variant"):
         sub = sub.sort_values(x)
+        if seeds is not None and sub["n_runs"].max() > 1:
+            for _, run in seeds[seeds["variant"] == name].groupby("run_dir"):
+                run = run.sort_values(x)
+                ax.plot(run[x], run["error"], color=styles[name]["color"], linewidth=0.7, alpha=0.35)
         _line(ax, sub[x], sub["error"], styles[name], linewidth=2, markersize=3.5)
-        ax.fill_between(sub[x], sub["ci_low"], sub["ci_high"], color=styles[name]["color"], alpha=0.15, linewidth=0)
+        low, high = ("band_low", "band_high") if "band_low" in sub else ("ci_low", "ci_high")
+        ax.fill_between(sub[x], sub[low], sub[high], color=styles[name]["color"], alpha=0.15,
+                        linewidth=0)
     ax.axhline(1.0, color="black", linestyle=":", linewidth=1)
 
 
@@ -140,7 +157,7 @@ def _legend(fig: plt.Figure, tf: pd.DataFrame, styles: dict, greys: dict) -> Non
     handles = []
     for name, style in styles.items():
         runs = tf.loc[tf["variant"] == name, "n_runs"].max()
-        label = f"{name} (mean of {runs} seeds)" if runs > 1 else name
+        label = f"{name} (mean of {runs} seeds; faint: each seed)" if runs > 1 else name
         handle = Line2D([], [], color=style["color"], linewidth=2, marker=style["marker"], markersize=4, label=label)
         if style["dashes"]:
             handle.set_dashes(style["dashes"])
@@ -152,7 +169,15 @@ def _legend(fig: plt.Figure, tf: pd.DataFrame, styles: dict, greys: dict) -> Non
 
 
 def _ylim(axes: np.ndarray, tf: pd.DataFrame, bl: pd.DataFrame) -> None:
+    """One y range for every panel: linear from 0, or log where the errors span more than LOG_SPAN (ratio)."""
     top = max([1.2, *tf["ci_high"].dropna(), *bl["error"].dropna()])
+    values = pd.concat([tf["error"], tf.get("band_low", tf["ci_low"]), bl["error"]]).dropna()
+    values = values[values < Y_CAP]
+    if len(values) and values.min() > 0 and values.max() / values.min() > LOG_SPAN:
+        for ax in axes.flat:
+            ax.set_yscale("log")
+            ax.set_ylim(values.min() / 1.5, min(top * 1.2, Y_CAP))
+        return
     for ax in axes.flat:
         ax.set_ylim(-0.05, min(top * 1.05, Y_CAP))
 
@@ -163,7 +188,7 @@ def _param_text(strategy: str, param: Any) -> str:
     return f"{strategy}, {PARAM_NAMES.get(strategy, 'parameter').split()[-1]} = {param:.3g}"
 
 
-def _grid(n: int, ncols_max: int = 5, size: tuple[float, float] = (4.2, 3.4)) -> tuple[plt.Figure, np.ndarray]:
+def _grid(n: int, ncols_max: int = 3, size: tuple[float, float] = (3.6, 2.9)) -> tuple[plt.Figure, np.ndarray]:
     ncols = min(n, ncols_max)
     nrows = math.ceil(n / ncols)
     # no sharey: shared axes make matplotlib's autoscaling quadratic in panels; _ylim sets one range for all
@@ -173,7 +198,8 @@ def _grid(n: int, ncols_max: int = 5, size: tuple[float, float] = (4.2, 3.4)) ->
     return fig, axes
 
 
-def plot_error_vs_k(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataFrame, metric: str) -> plt.Figure:
+def plot_error_vs_k(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataFrame, metric: str,
+                    seeds: pd.DataFrame | None = None) -> plt.Figure:
     """Error vs number of in-context examples k: one panel per (d, strategy parameter)."""
     bl = bl[bl["variant"] != "zero"]  # drawn as the dotted line at 1
     both = pd.concat([tf, bl])[["n_dims", "param"]].drop_duplicates()  # drop_duplicates treats NaN as equal
@@ -182,7 +208,7 @@ def plot_error_vs_k(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataFrame
     fig, axes = _grid(len(panels))
     for ax, (d, param) in zip(axes.flat, panels):
         sel = lambda f, d=d, param=param: f[(f["n_dims"] == d) & ((f["param"] == param) | (pd.isna(param) & f["param"].isna()))]
-        _draw(ax, sel(tf), sel(bl), "k", styles, greys)
+        _draw(ax, sel(tf), sel(bl), "k", styles, greys, None if seeds is None else sel(seeds))
         ax.axvline(d, color="0.85", linewidth=0.8, zorder=0)
         ax.set_title(f"{task}, d = {d}: {_param_text(strategy, param)}", fontsize=9)
         ax.set_xlabel("in-context examples k")
@@ -200,7 +226,7 @@ def _finish(fig: plt.Figure, axes: np.ndarray, metric: str, tf: pd.DataFrame, bl
     return fig
 
 def plot_error_vs_scale(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataFrame, metric: str,
-                        ks: Sequence[int]) -> plt.Figure | None:
+                        ks: Sequence[int], seeds: pd.DataFrame | None = None) -> plt.Figure | None:
     """Error vs the strategy's factor (log x for scale_*), one panel per (d, k in ``ks`` that exists)."""
     bl = bl[bl["variant"] != "zero"]
     panels = [(d, k) for d in sorted(tf["n_dims"].unique()) for k in ks if k in set(tf.loc[tf["n_dims"] == d, "k"])]
@@ -210,7 +236,7 @@ def plot_error_vs_scale(task: str, strategy: str, tf: pd.DataFrame, bl: pd.DataF
     fig, axes = _grid(len(panels))
     for ax, (d, k) in zip(axes.flat, panels):
         sel = lambda f, d=d, k=k: f[(f["n_dims"] == d) & (f["k"] == k)]
-        _draw(ax, sel(tf), sel(bl), "param", styles, greys)
+        _draw(ax, sel(tf), sel(bl), "param", styles, greys, None if seeds is None else sel(seeds))
         if strategy != "shift_x":
             ax.set_xscale("log", base=2)
             ax.axvline(1.0, color="0.85", linewidth=0.8, zorder=0)
@@ -313,7 +339,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
                  bootstrap: int = 1000, ci: float = 0.95) -> list[Path]:
     """Write every figure and table (module doc); return the files written.
 
-    Transformer curves are the mean over seeds with the mean of the seeds' 95% bootstrap CI as a band;
+    Transformer curves are the mean over seeds, each seed drawn faintly and their spread shaded (one job: its CI);
     baselines are averaged over all jobs of the task/d. Raises SystemExit with a one-line hint when no
     usable eval.csv exists; jobs that are not usable are listed and skipped.
     """
@@ -326,6 +352,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     out = Path(out_dir)
     bench = bench_figures(inputs, out, tuple(formats))  # latency vs length from any `make bench` output found
     bench += curve_files(inputs, out, formats)  # training curves + diagnostics from every metrics.csv (curves)
+    bench += algorithm_files(inputs, out, tuple(formats))  # closest learner vs k, read-out vs depth (algorithms.csv)
     if df.empty:
         if bench:
             return _report(bench, out, "no eval.csv; benchmark and training-curve figures only")
@@ -333,9 +360,9 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
         raise SystemExit(f"No finished eval.csv found under {where}: run `make demo` or `python -m icl.train` first.")
     out.mkdir(parents=True, exist_ok=True)
     df = df[df["error"].notna()]
-    df = df.assign(variant=variant_label(df), strategy=df["strategy"].fillna("standard"),
+    df = df.assign(variant=variant_label(df), strategy=strategies(df),
                    param=pd.to_numeric(df["param"], errors="coerce"))
-    tf, bl = aggregate_transformers(df), aggregate_baselines(df)
+    tf, bl, seeds = aggregate_transformers(df), aggregate_baselines(df), seed_curves(df)
     # one metric per figure: the most frequent; not a copy of each group's rows
     metrics = df.groupby(["task", "strategy"], sort=True)["metric"].agg(lambda m: m.mode().iat[0])
     items = [(str(task), str(strategy), str(metric)) for (task, strategy), metric in metrics.items()]
@@ -343,7 +370,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     what = f"{df['run_dir'].nunique()} jobs, {df['task'].nunique()} tasks"
     del df  # the per-row results (most of the memory) are done with: drawing workers then fork a small process
     release_memory()
-    _SHARED.update(tf=tf, bl=bl, out=out, formats=tuple(formats), scale_ks=tuple(scale_ks))
+    _SHARED.update(tf=tf, bl=bl, seeds=seeds, out=out, formats=tuple(formats), scale_ks=tuple(scale_ks))
     try:
         written = draw_in_processes(items, drawing_workers())
     finally:
@@ -380,11 +407,11 @@ def _draw_item(item: tuple[str, str, str]) -> list[Path]:
     """The error_vs_k (and error_vs_scale) figures of one (task, strategy, metric): the files written."""
     task, strategy, metric = item
     tf, bl, out, formats, scale_ks = (_SHARED[k] for k in ("tf", "bl", "out", "formats", "scale_ks"))
-    t, b = (f[(f["task"] == task) & (f["strategy"] == strategy)] for f in (tf, bl))
+    t, b, sd = (f[(f["task"] == task) & (f["strategy"] == strategy)] for f in (tf, bl, _SHARED["seeds"]))
     stem = f"error_vs_k_{task}" if strategy == "standard" else f"error_vs_k_{task}_{strategy}"
-    written = _save(plot_error_vs_k(task, strategy, t, b, metric), out / stem, formats)
+    written = _save(plot_error_vs_k(task, strategy, t, b, metric, sd), out / stem, formats)
     if strategy in SCALE_STRATEGIES and len(t):
-        fig = plot_error_vs_scale(task, strategy, t, b, metric, scale_ks)
+        fig = plot_error_vs_scale(task, strategy, t, b, metric, scale_ks, sd)
         if fig is not None:
             written += _save(fig, out / f"error_vs_scale_{task}_{strategy}", formats)
     return written

@@ -12,8 +12,10 @@ import pandas as pd
 
 from icl.analysis.results import find_jobs
 from icl.analysis.styles import QUANT_STYLES
+from icl.contract import STANDARD, read_eval_csv
 from icl.run.job import JobDir
 from icl.stats import error_at
+from icl.tables import markdown_table
 
 
 def table(jobs: list[Path]) -> pd.DataFrame:
@@ -24,9 +26,10 @@ def table(jobs: list[Path]) -> pd.DataFrame:
         report = job.read_quant()
         if report is None or not job.eval_csv.is_file():
             continue
-        df = pd.read_csv(job.eval_csv)
-        strategy = df["strategy"].fillna("standard") if "strategy" in df else "standard"
-        tf = df[(df.predictor == "transformer") & (strategy == "standard")].set_index("k")
+        df = read_eval_csv(job.eval_csv)
+        if df is None:
+            continue
+        tf = df[(df.predictor == "transformer") & (df.strategy == STANDARD)].set_index("k")
         d = int(tf.n_dims.iloc[0])
         at = error_at(df, (d, 2 * d))
         rows.append({"quant": report["quant"], "bytes": report["bytes"], "bytes_float": report["bytes_float"],
@@ -53,9 +56,7 @@ def main(argv: list[str]) -> None:
 def markdown(df: pd.DataFrame) -> str:
     """A DataFrame as a markdown table (numbers to 4 significant digits)."""
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table(list(df.columns), ([cell(v) for v in row] for row in df.itertuples(index=False)))
 
 
 def cli() -> None:

@@ -34,18 +34,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf._utils import get_yaml_loader
 
+from icl.contract import EVAL_COLUMNS, read_eval_csv, upgrade_columns  # noqa: F401 - re-exported
 from icl.errors import first_line
 from icl.run.job import JobDir
 from icl.stats import paired_bootstrap, paired_bootstrap_many  # noqa: F401 - paired_bootstrap re-exported
 
 log = logging.getLogger(__name__)
 
-EVAL_COLUMNS: list[str] = [
-    "task", "attn", "quant", "model", "seed", "strategy", "param", "k",
-    "predictor", "kind", "metric", "error", "ci_low", "ci_high", "error_raw",
-    "error_per_dim", "diff_transformer", "diff_low", "diff_high", "n_dims", "failure", "n_prompts",
-]  # icl.evaluation.COLUMNS (which this layer cannot import: torch)
-REQUIRED_COLUMNS = ("k", "predictor", "kind", "error")
 PAIRED_COLUMNS: list[str] = [
     "task", "n_dims", "model", "seed", "attn", "quant", "predictor", "strategy", "param", "k", "diff", "diff_low",
     "diff_high", "n_prompts", "reference_attn", "reference_quant", "run_dir", "reference_run",
@@ -187,39 +182,6 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     frame["run_dir"] = str(job)
     frame["status"] = status["status"]
     frame.attrs["cfg"] = flat  # expanded into cfg.* columns by load_results
-    return frame
-
-
-def read_eval_csv(path: Path) -> pd.DataFrame | None:
-    """An eval.csv in today's columns, or None with one warning line if it is corrupt or half-written."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        log.warning("skipping %s: unreadable CSV (%s)", path, first_line(err))
-        return None
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame]
-    k = pd.to_numeric(frame["k"], errors="coerce") if "k" in frame else None
-    # a row cut short leaves its trailing fields empty: the last column (n_prompts) is never empty otherwise
-    truncated = not missing and (k.isna().any() or frame.iloc[:, -1].isna().any())
-    if missing or truncated or pd.to_numeric(frame["error"], errors="coerce").isna().all():
-        what = f"missing columns {missing}" if missing else "truncated or non-numeric rows"
-        log.warning("skipping %s: unreadable CSV (%s)", path, what)
-        return None
-    return upgrade_columns(frame)
-
-
-def upgrade_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Older eval.csv files: `scale` (1 for standard) becomes `param`; `error_per_dim` is derived."""
-    if "strategy" not in frame:
-        frame["strategy"] = "standard"
-    if "param" not in frame:
-        scale = pd.to_numeric(frame["scale"], errors="coerce") if "scale" in frame else np.nan
-        frame["param"] = pd.Series(scale, index=frame.index).where(frame["strategy"] != "standard")
-    frame = frame.drop(columns=["scale"], errors="ignore")
-    if "error_per_dim" not in frame and {"error_raw", "n_dims"} <= set(frame):
-        frame["error_per_dim"] = frame["error_raw"] / frame["n_dims"]
-    if "failure" not in frame:  # files written before failed cells were recorded had none
-        frame["failure"] = np.nan
     return frame
 
 

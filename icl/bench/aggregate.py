@@ -182,7 +182,7 @@ def check_paired(root: Path, jobs: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m icl.bench.aggregate", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--check", type=int, default=24, help="jobs on which new and reference pairs are compared")
     parser.add_argument("--root", type=Path, default=None, help="where to build the grid (default: a temp dir)")

@@ -1,6 +1,6 @@
 """Old per-prompt loops vs the batched baselines, side by side in one process (`make bench-eval`).
 
-For each baseline the loop it replaced (``baselines.LOOPS``, or the sequential ``_prefix_fit`` for trees and
+For each baseline the loop it replaced (``icl.lab.reference.LOOPS``, or the sequential ``_prefix_fit`` for trees and
 xgboost) and the new implementation run on the same evaluation prompts, alternating (``icl.timing.interleaved``),
 so a drift of this shared machine hits both alike; the table gives median seconds and the ratio old / new with a
 bootstrap CI. Times are this process's CPU seconds (``time.process_time``: on a machine shared with other jobs,
@@ -28,6 +28,7 @@ import torch
 
 from icl import baselines, prompts
 from icl.bench.timing import interleaved
+from icl.lab.reference import LOOPS
 from icl.stats import ratio_ci
 from icl.tasks import build_task
 
@@ -39,7 +40,7 @@ def _prompts(task: str, d: int, n_prompts: int, n_points: int) -> tuple[torch.Te
 
 
 def _lasso_loop(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    return torch.stack([baselines.LOOPS[f"lasso_{a}"](xs, ys) for a in baselines.LASSO_ALPHAS])
+    return torch.stack([LOOPS[f"lasso_{a}"](xs, ys) for a in baselines.LASSO_ALPHAS])
 
 
 def _lasso_new(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ TREES = ("tree_depth4", "tree_unbounded", "xgboost")
 
 def _trees_sequential(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """The old path: the scikit-learn estimators (DecisionTreeRegressor, XGBRegressor) in this one process."""
-    return torch.stack([baselines.LOOPS[name](xs, ys) for name in TREES])
+    return torch.stack([LOOPS[name](xs, ys) for name in TREES])
 
 
 def _trees_parallel(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ PARTS: dict[str, dict[str, Any]] = {
     # name: task, d, points, the loop, the new version, prompts for each (defaults; CLI overrides), clock
     "lasso": dict(task="sparse_linear", d=20, points=41, old=_lasso_loop, new=_lasso_new, loop_prompts=16,
                   prompts=1280, what="all five α"),
-    "gd_2nn": dict(task="relu_2nn", d=20, points=101, old=baselines.LOOPS["gd_2nn"],
+    "gd_2nn": dict(task="relu_2nn", d=20, points=101, old=LOOPS["gd_2nn"],
                    new=lambda xs, ys: baselines.predict("gd_2nn", xs, ys), loop_prompts=16, prompts=16,
                    what="2-layer nets, 100 Adam steps"),
     "trees": dict(task="decision_tree", d=20, points=101, old=_trees_sequential, new=_trees_parallel,
@@ -145,7 +146,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m icl.bench.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loop-prompts", type=int, default=None, help="prompts the old loops run on")

@@ -39,13 +39,14 @@ from icl.bench.flops import forward_flops, matmul_peak, train_flops
 from icl.bench.timing import interleaved as timed_rounds
 from icl.bench.timing import summarise
 from icl.errors import first_line
+from icl.module import make_optimizer
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
 log = logging.getLogger(__name__)
-PARTS = ("latency", "throughput")
+PARTS = ("latency", "throughput", "overhead")
 REFERENCE = ("softmax", "none")  # the latency baseline every (variant, quant) is compared with
 
 
@@ -176,7 +177,8 @@ def sanity(flops: float, median_ms: float, peak: float) -> dict[str, Any]:
 
 def add_sanity(df: pd.DataFrame, peak: dict[str, float]) -> pd.DataFrame:
     """The sanity columns for every timed row, against the final peak (``work_flops`` = FLOPs per ``median_ms``)."""
-    timed = df["median_ms"].notna() if "median_ms" in df else pd.Series(False, index=df.index)
+    timed = (df["median_ms"].notna() & df["part"].ne("overhead") if "median_ms" in df
+             else pd.Series(False, index=df.index))
     extra = [sanity(r.work_flops, r.median_ms, peak_for(r.quant, peak)) if ok else {}
              for ok, r in zip(timed, df.itertuples())]
     return pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
@@ -263,7 +265,9 @@ def train_call(model: nn.Module, xs: Tensor, ys: Tensor, device: torch.device, a
     """One Adam step on squared error. ``end_to_end`` times the whole loop as each side runs it: the reference's way
     makes the prompts on the CPU, copies them and reads the loss back every step; ours makes them on the device and
     never waits (and uses ``amp``). Otherwise both see the same fixed batch (model only)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # Ours steps with the job's optimiser (icl.module.make_optimizer); the reference with torch's default Adam.
+    opt = (torch.optim.Adam(model.parameters(), lr=1e-4) if reference
+           else make_optimizer(model.parameters(), {"lr": 1e-4, "weight_decay": 0.0}))
     model.train()
     host = torch.device("cpu")
     gen = torch.Generator(device=host if reference else device).manual_seed(0)
@@ -410,6 +414,10 @@ def check(cfg: DictConfig) -> None:
     bad = sorted(set(cfg.throughput.modes) - {"train", "inference"})
     if bad:
         raise ValueError(f"unknown throughput.modes {bad}; choose from: train, inference")
+    if "overhead" in cfg.parts:
+        from icl.bench.overhead import check as check_overhead
+
+        check_overhead(cfg.overhead)
 
 
 def with_common(cfg: DictConfig, part: DictConfig) -> DictConfig:
@@ -437,6 +445,16 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         for name in thr.models:
             log.info("ours vs reference, model=%s ...", name)
             rows += versus_reference(thr, name, device, peak)
+    sections = []
+    if "overhead" in cfg.parts:
+        log.info("the job's step vs a bare loop (%s) ...", " ".join(cfg.overhead.overrides))
+        from icl.bench.overhead import run_overhead
+
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        overhead_rows, section = run_overhead(cfg.overhead, Path(cfg.out_dir), int(cfg.n_boot), float(cfg.ci),
+                                              int(cfg.seed))
+        rows += overhead_rows
+        sections.append(section)
     log.info("matmul peak on %s: %s", device_name(device),
              {k: f"{v / 1e9:.1f} GFLOP/s" for k, v in peak.flops().items()})
     df = add_sanity(pd.DataFrame(rows), peak.flops())
@@ -451,7 +469,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
               + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.flops().items())
               + f"; {cfg.latency.repeats} timed runs per latency cell after {cfg.latency.warmup} warm-up, "
               f"{cfg.ci:.0%} bootstrap CIs")
-    text = markdown(df, header)
+    text = "\n\n".join([markdown(df, header).rstrip("\n"), *sections]) + "\n"
     (out / "bench.md").write_text(text)
     plot_latency(df, out / "bench_latency.png")  # the analysis layer draws it, as `make figures` would
     print(text)

@@ -47,7 +47,7 @@ def measure(task: str, steps: int, overrides: tuple[str, ...] = ()) -> dict[str,
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m icl.bench.sampling", description=__doc__.splitlines()[0])
     parser.add_argument("tasks", nargs="*", default=list(MUJOCO_TASKS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: what smoke jobs use here)")
     parser.add_argument("--steps", type=int, default=50)

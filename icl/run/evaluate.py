@@ -17,15 +17,15 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
-from icl import baselines, prompts
-from icl.evaluation import EvalConfig, evaluate, failures
-from icl.quantize import PROOF_PROMPTS, QuantSpec, float_model, proof, quantize, summary
+from icl import prompts
+from icl.contract import cap_k, failures
+from icl.evaluation import evaluate
+from icl.quantize import PROOF_PROMPTS, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir, JobLocked
+from icl.run.spec import JobSpec
 from icl.stats import error_at
-from icl.tasks import Task, build_task
 
 if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
     from icl.module import ICLModule
@@ -33,49 +33,28 @@ if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
 log = logging.getLogger(__name__)
 
 
-def job_labels(cfg: DictConfig) -> dict[str, Any]:
-    """The identifying columns of a job, read from its config."""
-    return {"task": cfg.task.name, "attn": cfg.attn.name, "quant": cfg.quant.name, "model": cfg.model.name,
-            "seed": int(cfg.seed)}
-
-
-def job_task(cfg: DictConfig) -> tuple[Task, EvalConfig, int]:
-    """A job's task, eval settings and number of points per evaluation prompt."""
-    eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-    task = build_task(cfg.task.name, cfg.task.n_dims, OmegaConf.to_container(cfg.task.get("params") or {}, resolve=True))
-    if "bayes" in eval_cfg.baselines:
-        baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
-    return task, eval_cfg, eval_cfg.points(int(cfg.task.curriculum.points.end))
-
-
-def job_prompts(cfg: DictConfig, n_prompts: int) -> tuple[Tensor, Tensor]:
-    """The first ``n_prompts`` of the job's standard evaluation prompts (the same for every job of a study)."""
-    task, eval_cfg, n_points = job_task(cfg)
-    p = prompts.make_prompts("standard", task, n_prompts, n_points, eval_cfg.seed)
-    return p.xs, p.ys
-
-
-def quantize_job(cfg: DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
+def quantize_job(spec: JobSpec | DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
     """Apply the job's ``quant`` mode to its trained model, write ``quant.json``, return the model to evaluate."""
-    spec = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
+    p = prompts.make_prompts("standard", spec.task.task, PROOF_PROMPTS, spec.eval_points, spec.eval.seed)  # eval's first
     reference = float_model(model)
-    quantized = quantize(model, spec)
-    xs, ys = job_prompts(cfg, PROOF_PROMPTS)
-    report = proof(reference, quantized, spec, xs, ys)
+    quantized = quantize(model, spec.quant)
+    report = proof(reference, quantized, spec.quant, p.xs, p.ys)
     job.write_quant(report)
     log.info(summary(report))
     return quantized
 
 
-def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -> pd.DataFrame:
+def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job: JobDir) -> pd.DataFrame:
     """Evaluate a job's model (an ``ICLModule`` or the transformer itself, e.g. quantised); write eval.csv."""
-    task, eval_cfg, n_points = job_task(cfg)
-    n_positions = OmegaConf.select(cfg, "model.n_positions")
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
     errors: dict[str, Any] = {}
-    df = evaluate(getattr(module, "model", module), task, eval_cfg, n_points, job_labels(cfg),
-                  n_positions=None if n_positions is None else int(n_positions), errors=errors)
+    df = evaluate(getattr(module, "model", module), spec.task.task, spec.eval, spec.eval_points, spec.labels(),
+                  n_positions=spec.model.n_positions, errors=errors)
     job.write_eval(df, errors)
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
+    if spec.eval.algorithms is not None and module is not None:
+        write_algorithms(spec, getattr(module, "model", module), job)
     if failed := failures(df):
         log.warning("%d evaluation cell(s) failed (NaN rows, reason in the failure column): %s", len(failed),
                     "; ".join(f"{f['predictor']} on {f['strategy']}"
@@ -83,11 +62,56 @@ def evaluate_job(cfg: DictConfig, module: torch.nn.Module | None, job: JobDir) -
     return df
 
 
+def write_algorithms(spec: JobSpec, model: torch.nn.Module, job: JobDir) -> None:
+    """algorithms.csv (agreement with reference learners, per-layer read-out) and, if asked, dynamics.csv."""
+    from icl.agreement import AlgorithmsConfig, evaluate_algorithms
+
+    algo_cfg = AlgorithmsConfig.from_config(spec.eval.algorithms)
+    algos = evaluate_algorithms(model, spec.task.task, algo_cfg, spec.eval_points, spec.eval.seed, spec.labels(),
+                                spec.eval.bootstrap, spec.eval.ci, spec.eval.batch_size, pool=_pool(spec))
+    job.write_algorithms(algos)
+    log.info("wrote %s (%d rows)", job.algorithms_csv, len(algos))
+    if algo_cfg.dynamics:
+        write_dynamics(spec, job, algo_cfg.n_prompts)
+
+
+def write_dynamics(spec: JobSpec, job: JobDir, n_prompts: int) -> None:
+    """dynamics.csv: the float model of every periodic checkpoint (step_<N>.ckpt, in step order) on the first
+    ``n_prompts`` standard evaluation prompts; nothing when the job has no checkpoints of its own (a stored model)."""
+    from icl.agreement import DYNAMICS_COLUMNS, dynamics_frame
+    from icl.module import ICLModule
+    from icl.run.checkpoints import step_checkpoints
+
+    found = step_checkpoints(job.checkpoints)[::-1]  # oldest first
+    if not found:
+        log.info("no periodic checkpoints in %s: no %s", job.checkpoints, job.DYNAMICS)
+        return
+    task = spec.task.task
+    p = prompts.make_prompts("standard", task, n_prompts, spec.eval_points, spec.eval.seed)
+
+    def models() -> Iterator[tuple[int, torch.nn.Module]]:  # one checkpoint in memory at a time
+        for path in found:
+            step = int(path.name.removeprefix("step_").split(".")[0].split("-")[0])  # step_<N>[-v<M>].ckpt
+            yield step, ICLModule.load_from_checkpoint(path, map_location="cpu").model
+
+    frame = dynamics_frame(models(), task, p.xs, p.ys, spec.eval.bootstrap, spec.eval.ci, spec.eval.seed,
+                           spec.eval.batch_size)
+    job.write_dynamics(frame.assign(**spec.labels()).reindex(columns=DYNAMICS_COLUMNS))
+    log.info("wrote %s (%d checkpoints)", job.path / job.DYNAMICS, len(found))
+
+
+def _pool(spec: JobSpec) -> tuple[int, int] | None:
+    """(num_tasks, pool seed) of a linear job trained on a finite pool of functions (icl.pool), else None."""
+    if spec.task.num_tasks is None or spec.task.name not in ("linear", "noisy_linear"):
+        return None
+    return int(spec.task.num_tasks), spec.seed  # the pool is seeded by the training seed (icl.data.PromptDataModule)
+
+
 def error_at_2d(df: pd.DataFrame) -> float:
     """The transformer's normalised error at k = 2d (or the largest k evaluated, if smaller): a job's headline
     number in status.json; NaN without transformer rows."""
     d = int(df.n_dims.iloc[0])
-    return next(iter(error_at(df, (min(2 * d, int(df.k.max())),)).values()), float("nan"))
+    return next(iter(error_at(df, (cap_k(df, 2 * d),)).values()), float("nan"))
 
 
 def summary_line(df: pd.DataFrame) -> str:
@@ -156,13 +180,15 @@ def reevaluate(cfg: DictConfig) -> None:
     if strategies is not None:  # replaced, not merged key by key
         job_cfg.eval.strategies = strategies
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
-    if out.path.resolve() == run.path.resolve():
-        df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
-    else:  # a folder of its own: self-describing (config, status) like any job, so figures and tuning can read it
+    if out.path.resolve() != run.path.resolve():
         job_cfg.paths.output_dir = str(out.path)
+    spec = JobSpec.from_config(job_cfg)  # the one parse of the (re-evaluated) job's config
+    if out.path.resolve() == run.path.resolve():
+        df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
+    else:  # a folder of its own: self-describing (config, status) like any job, so figures and tuning can read it
         out.write_config(job_cfg, hydra_copy=True)
         with out.lifecycle() as metrics:
-            df = evaluate_job(job_cfg, quantize_job(job_cfg, module.model, out), out)
+            df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
             metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df))
     print(summary_line(df))
 

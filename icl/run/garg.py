@@ -140,9 +140,9 @@ def write_job(checkpoint: Path, out_dir: Path, overrides: list[str]) -> Path:
     from omegaconf import OmegaConf
 
     from icl.module import ICLModule
-    from icl.quantize import QuantSpec
     from icl.run.configs import CONFIG_DIR
     from icl.run.job import JobDir
+    from icl.run.spec import JobSpec
 
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint={checkpoint} does not exist: pass the path of their state.pt")
@@ -152,12 +152,12 @@ def write_job(checkpoint: Path, out_dir: Path, overrides: list[str]) -> Path:
              f"paths.output_dir={out_dir}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, *fixed])
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    check_sizes(size, model, int(cfg.task.n_dims))
-    if QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True)).mode.stage == "qat":
+    check_sizes(size, OmegaConf.to_container(cfg.model, resolve=True), int(cfg.task.n_dims))
+    spec = JobSpec.from_config(cfg)
+    if spec.quant.mode.stage == "qat":
         raise ValueError("quant=qat_int8 needs a model trained with fake quantisation: convert with a "
                          "post-training mode (none, int8_weight, int8_dynamic, bf16, int4_weight)")
-    module = ICLModule.from_config(cfg)
+    module = ICLModule.from_spec(spec.task, spec.model, spec.attn, spec.optim, spec.quant)
     if module.model.config.attn != "softmax":
         raise ValueError(f"Garg et al.'s model uses softmax attention: drop attn={module.model.config.attn}")
     module.model.load_state_dict(convert_state(state, size["n_layer"]))

@@ -9,7 +9,7 @@ A job folder is self-describing; aggregation needs nothing else::
     <job>/checkpoints/         last.ckpt + periodic step_*.ckpt (not when the model came from the store)
     <job>/metrics.csv          training curve (icl.run.loggers)
     <job>/quant.json           the proof of quantisation (icl.quantize.proof)
-    <job>/eval.csv             tidy evaluation rows (icl.evaluation.COLUMNS)
+    <job>/eval.csv             tidy evaluation rows (icl.contract.EVAL_COLUMNS)
     <job>/errors.npz           per-prompt errors for paired differences
     <job>/.lock                held (``fcntl.flock``) by the one process working in the folder; its holder's pid/host
 
@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from icl import contract
 from icl.files import atomic_write, write_json
 from icl.run.versions import write_versions
 
@@ -77,17 +78,19 @@ class JobDir:
 
     path: Path
 
-    CONFIG = "config.yaml"
-    HYDRA_CONFIG = ".hydra/config.yaml"
-    STATUS = "status.json"
-    VERSIONS = "versions.json"
-    CHECKPOINTS = "checkpoints"
-    LAST_CKPT = "last.ckpt"
-    METRICS = "metrics.csv"
-    QUANT = "quant.json"
-    EVAL = "eval.csv"
-    ERRORS = "errors.npz"
-    LOCK = ".lock"
+    CONFIG = contract.CONFIG
+    HYDRA_CONFIG = contract.HYDRA_CONFIG
+    STATUS = contract.STATUS
+    VERSIONS = contract.VERSIONS
+    CHECKPOINTS = contract.CHECKPOINTS
+    LAST_CKPT = contract.LAST_CKPT
+    METRICS = contract.METRICS
+    QUANT = contract.QUANT
+    EVAL = contract.EVAL
+    ERRORS = contract.ERRORS
+    ALGORITHMS = contract.ALGORITHMS
+    DYNAMICS = contract.DYNAMICS
+    LOCK = contract.LOCK
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
@@ -131,6 +134,10 @@ class JobDir:
     @property
     def errors_npz(self) -> Path:
         return self.path / self.ERRORS
+
+    @property
+    def algorithms_csv(self) -> Path:
+        return self.path / self.ALGORITHMS
 
     @property
     def lock_file(self) -> Path:
@@ -263,6 +270,14 @@ class JobDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.eval_csv, lambda tmp: df.to_csv(tmp, index=False))
         atomic_write(self.errors_npz, lambda tmp: _save_npz(tmp, errors))
+
+    def write_algorithms(self, df: pd.DataFrame) -> None:
+        """algorithms.csv (``icl.agreement.COLUMNS``), atomically."""
+        atomic_write(self.algorithms_csv, lambda tmp: df.to_csv(tmp, index=False))
+
+    def write_dynamics(self, df: pd.DataFrame) -> None:
+        """dynamics.csv (``icl.agreement.DYNAMICS_COLUMNS``), atomically."""
+        atomic_write(self.path / self.DYNAMICS, lambda tmp: df.to_csv(tmp, index=False))
 
     def read_errors(self) -> dict[str, np.ndarray] | None:
         """Per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None when absent. Raises on a

@@ -35,62 +35,56 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from icl.data import PromptDataModule
-from icl.evaluation import EvalConfig, failures
 from icl.module import ICLModule
-from icl.quantize import QuantSpec
 from icl.quantize import check as quant_check
 from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
 from icl.run.configs import HYDRA_CONFIGS, run_cli
-from icl.run.evaluate import error_at_2d, evaluate_job, quantize_job, summary_line
+from icl.run.evaluate import error_at_2d, evaluate_job, failures, quantize_job, summary_line
 from icl.run.job import INTERRUPTED, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
-from icl.run.schema import validate
+from icl.run.spec import JobSpec
 from icl.run.store import Entry, claim, fingerprint, training_identity
+from icl.run.tracking import check_trackers, log_evaluation
 
 log = logging.getLogger(__name__)
 
 
-def on_gpu(cfg: DictConfig) -> bool:
-    """Whether the job trains on a CUDA GPU (``trainer.accelerator`` gpu or cuda)."""
-    return str(cfg.trainer.accelerator) in ("gpu", "cuda")
-
-
-def build(cfg: DictConfig) -> tuple[PromptDataModule, ICLModule]:
-    """Data and model from the config; every impossible setting fails here, before any training."""
-    validate(cfg)
-    task = OmegaConf.to_container(cfg.task, resolve=True)
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    eval_cfg = EvalConfig.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-    n_points = max(task["curriculum"]["points"]["end"], eval_cfg.points(task["curriculum"]["points"]["end"]))
-    if n_points > model["n_positions"]:
-        raise ValueError(f"prompts reach {n_points} points but model.n_positions is {model['n_positions']}: "
-                         "raise model.n_positions or lower task.curriculum.points.end / eval.n_points")
-    if on_gpu(cfg) and not torch.cuda.is_available():
+def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
+    """Data and model of a job spec (a config is checked into one first); what the config alone cannot show —
+    this machine, the model itself — fails here, before any training."""
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
+    cfg = spec.cfg
+    if spec.gpu and not torch.cuda.is_available():
         raise ValueError("trainer=gpu but torch sees no CUDA GPU here: use trainer=cpu (or a CUDA build of torch)")
     if "tensorboard" in (cfg.get("logger") or {}) and not any(
             importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
         raise ValueError("logger=tensorboard needs TensorBoard: pip install -e '.[tensorboard]' (or use logger=csv)")
+    check_trackers(cfg.get("logger"))
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
                          "raise data.batch_size instead")
-    quant = QuantSpec.from_config(OmegaConf.to_container(cfg.quant, resolve=True))
-    datamodule = PromptDataModule(task, seed=int(cfg.seed), **cfg.data)
-    module = ICLModule.from_config(cfg)
-    quant_check(quant, module.model, on_gpu=on_gpu(cfg))
+    datamodule = PromptDataModule(spec.task.as_dict(), seed=spec.seed, batch_size=spec.data.batch_size,
+                                  num_workers=spec.data.num_workers)
+    if spec.eval.algorithms is not None:
+        from icl.agreement import AlgorithmsConfig, check_task
+
+        check_task(datamodule.task, AlgorithmsConfig.from_config(spec.eval.algorithms))  # before training, not after
+    module = ICLModule.from_spec(spec.task, spec.model, spec.attn, spec.optim, spec.quant)
+    quant_check(spec.quant, module.model, on_gpu=spec.gpu)
     return datamodule, module
 
 
-def resume_path(cfg: DictConfig, job: JobDir, main: bool = True) -> str | None:
+def resume_path(ckpt_path: str | None, job: JobDir, main: bool = True) -> str | None:
     """An explicit ``ckpt_path`` (must exist and load), or the checkpoint an earlier run of this job left:
     last.ckpt, falling back to the newest readable step_*.ckpt (``choose_resume``; ``main``: this process may
     rename unreadable files aside). None for a fresh job."""
-    if cfg.ckpt_path:
-        path = Path(cfg.ckpt_path)
+    if ckpt_path:
+        path = Path(ckpt_path)
         if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist: fix the path or drop ckpt_path")
+            raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: fix the path or drop ckpt_path")
         _, reason = probe(path)
         if reason is not None:
-            raise ValueError(f"ckpt_path={cfg.ckpt_path} is unreadable ({reason}): fix the path or drop ckpt_path")
+            raise ValueError(f"ckpt_path={ckpt_path} is unreadable ({reason}): fix the path or drop ckpt_path")
         return str(path)
     chosen = choose_resume(job.checkpoints, last_logged_step(job.metrics_csv), main, afresh=(job.metrics_csv,))
     return None if chosen is None else str(chosen)
@@ -118,10 +112,9 @@ def launcher_threads() -> int | None:
     return max(1, cores // n_jobs)
 
 
-def set_threads(cfg: DictConfig) -> int:
+def set_threads(threads: int | None) -> int:
     """torch threads for this job: ``threads``, else what the launcher leaves each job (so a joblib sweep does
     not oversubscribe: two jobs of 2 threads on 2 cores run several times slower than 1 thread each)."""
-    threads = cfg.get("threads")
     if threads is None:
         threads = launcher_threads()
     if threads is not None:
@@ -171,7 +164,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
             log.info("skipping %s: done with this config (skip_done=true)", job.path)
             return done
         with job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
-            metrics.update(_train(cfg, job, callbacks))
+            metrics.update(_train(JobSpec.from_config(cfg), job, callbacks))
     return metrics
 
 
@@ -221,19 +214,20 @@ def job_lock(job: JobDir) -> AbstractContextManager[None]:
     return job.lock("training") if rank_zero_only.rank == 0 else nullcontext()
 
 
-def _train(cfg: DictConfig, job: JobDir, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+def _train(spec: JobSpec, job: JobDir, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    cfg = spec.cfg
     check_launch(cfg)
-    threads = set_threads(cfg)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule, module = build(cfg)
+    threads = set_threads(spec.threads)
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    datamodule, module = build(spec)
     trainer = make_trainer(cfg, callbacks)
-    ckpt = resume_path(cfg, job, main=is_main_process(trainer))
+    ckpt = resume_path(spec.ckpt_path, job, main=is_main_process(trainer))
     if not is_main_process(trainer):  # an extra DDP rank: train alongside rank 0, which writes and evaluates
         fit(trainer, module, datamodule, ckpt)
         return {}
     job.write_config(cfg)  # resolved, for aggregation
-    job.write_versions(seed=int(cfg.seed), threads=threads, world_size=trainer.world_size)
-    with shared_model(cfg, job, trainer.world_size) as entry:
+    job.write_versions(seed=spec.seed, threads=threads, world_size=trainer.world_size)
+    with shared_model(spec, job, trainer.world_size) as entry:
         if entry is not None and entry.done:  # trained already by a job with the same training config
             log.info("reusing the model trained by %s: %s", entry.meta().get("trained_by"), entry.ckpt)
             module = ICLModule.load_from_checkpoint(entry.ckpt, map_location="cpu")
@@ -246,13 +240,19 @@ def _train(cfg: DictConfig, job: JobDir, callbacks: Sequence[L.Callback]) -> dic
     if entry is not None:
         metrics.update(fingerprint=entry.dir.name, model=str(entry.ckpt), trained_by=entry.meta()["trained_by"])
     start = time.perf_counter()
-    model = quantize_job(cfg, module.model.to(trainer.strategy.root_device), job)
-    df = evaluate_job(cfg, model, job)
+    model = quantize_job(spec, module.model.to(trainer.strategy.root_device), job)
+    df = evaluate_job(spec, model, job)
     log.info(summary_line(df))
     metrics.update(error_at_2d=error_at_2d(df), eval_seconds=time.perf_counter() - start)
+    track(trainer, job, df, metrics)
     if failed := failures(df):  # the job is still done: status.json lists what could not be computed
         metrics["failures"] = failed
     return metrics
+
+
+def track(trainer: L.Trainer, job: JobDir, df: Any, metrics: dict[str, Any]) -> None:
+    """The evaluation to the experiment trackers among the trainer's loggers (``logger=wandb|mlflow``)."""
+    log_evaluation(trainer.loggers, job, df, metrics)
 
 
 def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckpt: str | None) -> dict[str, Any]:
@@ -267,18 +267,18 @@ def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckp
 
 
 @contextmanager
-def shared_model(cfg: DictConfig, job: JobDir, world_size: int = 1) -> Iterator[Entry | None]:
+def shared_model(spec: JobSpec, job: JobDir, world_size: int = 1) -> Iterator[Entry | None]:
     """The trained-model store entry for this job's training config (held exclusively), or None without a store.
 
     ``paths.store=null`` turns sharing off; so does an explicit ``ckpt_path`` (training may then start from weights
     the config does not describe), and so does multi-process training (the other ranks cannot know whether rank 0
     found the model trained, so each such job trains its own).
     """
-    store = cfg.paths.get("store")
-    if not store or cfg.ckpt_path or world_size > 1:
+    store = spec.paths.store
+    if not store or spec.ckpt_path or world_size > 1:
         yield None
         return
-    with claim(Path(store), fingerprint(cfg), job.path) as entry:
+    with claim(Path(store), fingerprint(spec.cfg), job.path) as entry:
         yield entry
 
 

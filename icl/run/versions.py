@@ -14,7 +14,7 @@ from typing import Any
 from icl.files import write_json
 
 LIBRARIES = ("torch", "lightning", "hydra-core", "omegaconf", "torchao", "torchmetrics", "numpy", "pandas",
-             "scikit-learn", "xgboost")
+             "scikit-learn", "xgboost", "xgboost-cpu")  # xgboost-cpu: the CPU-only build of the same module
 REPO = Path(__file__).resolve().parents[1]
 
 

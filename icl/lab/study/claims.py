@@ -1,0 +1,423 @@
+"""The seed study's claims as its paper states them (``../shared/REFERENCES.md``), one row per tested statement
+and arm, computed from committed cells (``icl.lab.study.compact``) alone.
+
+Per row and training seed: a paired statistic on the same prompts (normalised error: Σ_p Σ_k err / Σ_p Σ_k zero),
+its bootstrap CI over prompts (that seed's precision), whether both models passed the guard and whether either was
+still improving at the end of training. The row's verdict comes from the seed-level t-interval over the seeds where
+both models learned (``icl.lab.study.inference``); the row also says what counting the failed seeds would give.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from icl.lab.study.compact import Cell, Windows
+from icl.lab.study.inference import (
+    REFUTED,
+    UNRESOLVED,
+    Guard,
+    SeedInterval,
+    combine,
+    failure_rate,
+    seed_interval,
+    still_improving,
+    verdict,
+)
+from icl.stats import ratio_replicates
+
+REFERENCE = "softmax"
+SEED_MODEL, PROPOSED_FIX = "relu", "relu_causal"
+SUBJECT_NAMES = {SEED_MODEL: "relu (÷ L: the seed's model)", PROPOSED_FIX: "relu_causal (÷ tokens seen: its proposed fix)"}
+CLAIMS: dict[str, str] = {
+    "a": "ReLU attention matches or outperforms softmax on dense linear regression (non-inferiority)",
+    "b": "ReLU is more robust to inputs scaled by 2 and by ½ (difference in differences, from about 15 examples)",
+    "b-U": "error vs the input scale c is U-shaped (each model)",
+    "b-zero": "large c drives the models toward the zero estimator (each model)",
+    "c-sparse": "ReLU is worse on sparse linear regression",
+    "c-trees": "ReLU is worse on depth-4 decision trees",
+    "d": "at extended context ReLU is first worse, then better than a degrading softmax",
+    "e": "int8 post-training quantization changes no accuracy (every evaluated strategy)",
+    "f": "the variants' inference times do not differ significantly (a measurement on this machine)",
+}
+
+
+@dataclass
+class SeedValue:
+    seed: int
+    point: float
+    low: float            # prompt-bootstrap CI of this seed's statistic
+    high: float
+    learned: bool         # every model of the comparison passed the guard
+    improving: bool       # a model of the comparison was still improving at the end of training
+    note: str = ""
+
+
+@dataclass
+class Row:
+    claim: str
+    part: str
+    arm: str
+    subject: str
+    statistic: str
+    kind: str
+    margin: float
+    seeds: list[SeedValue]
+    absolute: dict[str, float] = field(default_factory=dict)   # mean normalised errors beside the statistic
+    interval: SeedInterval | None = None
+    verdict: str = UNRESOLVED
+    why: str = ""
+    with_failed: str = ""   # the verdict when failed seeds are counted, when it differs
+
+    def decide(self, ci: float, min_seeds: int) -> "Row":
+        learned = [s.point for s in self.seeds if s.learned]
+        self.interval = seed_interval(learned, ci)
+        self.verdict, self.why = verdict(self.kind, self.interval.low, self.interval.high, self.margin, min_seeds,
+                                         self.interval.n)
+        every = seed_interval([s.point for s in self.seeds], ci)
+        alt, _ = verdict(self.kind, every.low, every.high, self.margin, min_seeds, every.n)
+        if any(not s.learned for s in self.seeds) and alt != self.verdict:
+            self.with_failed = alt
+        return self
+
+    @property
+    def flags(self) -> str:
+        failed = [s.seed for s in self.seeds if not s.learned]
+        improving = [s.seed for s in self.seeds if s.improving]
+        out = []
+        if failed:
+            out.append(f"did not learn: seed {', '.join(map(str, failed))}")
+        if improving:
+            out.append(f"still improving: seed {', '.join(map(str, improving))}")
+        if self.with_failed:
+            out.append(f"counting failed seeds: {self.with_failed}")
+        return "; ".join(out)
+
+
+def window_text(ks: Sequence[int]) -> str:
+    return f"k = {ks[0]}…{ks[-1]}" if len(ks) > 1 else f"k = {ks[0]}"
+
+
+class Study:
+    """The committed cells and the study's settings; the statistics rows are built from."""
+
+    def __init__(self, cells: Sequence[Cell], cfg: Mapping[str, Any]) -> None:
+        if not cells:
+            raise ValueError(f"no committed cells under {cfg.get('cells')}: run `make study` or export finished jobs "
+                             "(python -m icl.lab.study.compact)")
+        self.cells = {c.key: c for c in cells}
+        self.cfg = cfg
+        self.n_boot, self.ci, self.boot_seed = int(cfg["bootstrap"]), float(cfg["ci"]), int(cfg["seed"])
+        self.min_seeds = int(cfg["min_seeds"])
+        g = cfg["guard"]
+        self.guard = Guard(float(g["zero_fraction"]), float(g["baseline_margin"]))
+        self.arms = [a for a in cfg["grid"]["arms"] if any(c.meta["arm"] == a for c in cells)]
+        self._learned: dict[tuple, tuple[bool, str]] = {}
+        self._improving: dict[tuple, bool] = {}
+
+    # -- cells ------------------------------------------------------------------------------------------------
+    def cell(self, arm: str, task: str, attn: str, seed: int) -> Cell | None:
+        return self.cells.get((arm, task, attn, seed))
+
+    def seeds(self, arm: str, task: str) -> list[int]:
+        return sorted({k[3] for k in self.cells if k[0] == arm and k[1] == task})
+
+    def windows(self, task: str) -> Windows | None:
+        cell = next((c for c in self.cells.values() if c.meta["task"] == task), None)
+        if cell is None:
+            return None
+        m = cell.meta
+        return Windows.of(int(m["n_dims"]), int(m["k_train"]), int(m["n_positions"]), int(self.cfg["paper_d"]))
+
+    def guard_k(self, cell: Cell) -> int:
+        chosen = (self.cfg["guard"].get("k") or {}).get(cell.meta["task"])
+        return int(chosen) if chosen is not None else min(2 * int(cell.meta["n_dims"]), int(cell.meta["k_train"]))
+
+    def best_baseline(self, cell: Cell, k: int, quant: str = "none") -> tuple[str, float]:
+        """The lowest error at k among the baselines the config says can fit the task."""
+        names = (self.cfg["guard"]["baselines"] or {}).get(cell.meta["task"], [])
+        values = [(n, cell.mean(quant, "standard", None, n, k)) for n in names]
+        values = [(n, v) for n, v in values if not math.isnan(v)]
+        return min(values, key=lambda nv: nv[1]) if values else ("—", math.nan)
+
+    def learned(self, cell: Cell, quant: str = "none") -> tuple[bool, str]:
+        """The guard on one model (the cell's float model, or one of its quant modes)."""
+        key = (cell.key, quant)
+        if key not in self._learned:
+            k = self.guard_k(cell)
+            err = cell.mean(quant, "standard", None, "transformer", k)
+            name, base = self.best_baseline(cell, k)
+            ok = self.guard.learned(err, base)
+            self._learned[key] = (ok, f"{cell.meta['attn']} {quant}: {err:.3f} at k = {k} ({name} {base:.3f})")
+        return self._learned[key]
+
+    def improving(self, cell: Cell) -> bool:
+        """The plateau rule on the cell's training curve (read once)."""
+        if cell.key not in self._improving:
+            conv, curve = self.cfg["convergence"], cell.curve()
+            self._improving[cell.key] = still_improving(curve["step"], curve["loss_rel_zero"], float(conv["tail"]),
+                                                        float(conv["tolerance"]))
+        return self._improving[cell.key]
+
+    # -- statistics -------------------------------------------------------------------------------------------
+    def _norm(self, cell: Cell, quant: str, strategy: str, param: float | None,
+              ks: Sequence[int]) -> tuple[float, np.ndarray] | None:
+        model, zero = cell.window(quant, strategy, param, ks), cell.window(quant, strategy, param, ks, "zero")
+        if model is None or zero is None:
+            return None
+        return ratio_replicates(model, zero, self.n_boot, self.boot_seed)
+
+    def _seed_value(self, seed: int, models: Sequence[tuple[Cell | None, str]],
+                    stat: Callable[[], tuple[float, np.ndarray] | None]) -> SeedValue | None:
+        if any(c is None for c, _ in models):
+            return None
+        checks = [self.learned(c, q) for c, q in models]
+        result = stat()
+        if result is None:
+            return None
+        point, boots = result
+        alpha = (1 - self.ci) / 2
+        low, high = (np.quantile(boots, [alpha, 1 - alpha]) if np.isfinite(boots).all() else (math.nan, math.nan))
+        return SeedValue(seed, float(point), float(low), float(high), all(ok for ok, _ in checks),
+                         any(self.improving(c) for c, _ in models),
+                         "; ".join(why for ok, why in checks if not ok))
+
+    def _same_prompts(self, a: Cell, b: Cell, strategy: str, param: float | None, ks: Sequence[int]) -> None:
+        za, zb = a.window("none", strategy, param, ks, "zero"), b.window("none", strategy, param, ks, "zero")
+        if za is not None and zb is not None and not np.array_equal(za, zb):
+            raise ValueError(f"cells {a.dir.name} and {b.dir.name} were scored on different {strategy} prompts: "
+                             "evaluate every cell with the same eval.seed and eval.n_prompts")
+
+    def difference(self, a: tuple[Cell | None, str], b: tuple[Cell | None, str], strategy: str,
+                   param: float | None, ks: Sequence[int], seed: int,
+                   baseline: tuple[float | None, ...] = ()) -> SeedValue | None:
+        """Δ = norm(a) − norm(b) on the same prompts; with ``baseline`` params, the difference in differences
+        [Δ(param) − Δ(baseline param)]."""
+        def stat() -> tuple[float, np.ndarray] | None:
+            self._same_prompts(a[0], b[0], strategy, param, ks)
+            out = []
+            for p in (param, *baseline):
+                na, nb = self._norm(a[0], a[1], strategy, p, ks), self._norm(b[0], b[1], strategy, p, ks)
+                if na is None or nb is None:
+                    return None
+                out.append((na[0] - nb[0], na[1] - nb[1]))
+            if baseline:
+                return out[0][0] - out[1][0], out[0][1] - out[1][1]
+            return out[0]
+        return self._seed_value(seed, [a, b], stat)
+
+    def within(self, cell: Cell | None, seed: int, stat: Callable[[Callable], tuple[float, np.ndarray] | None]
+               ) -> SeedValue | None:
+        if cell is None:
+            return None
+        return self._seed_value(seed, [(cell, "none")], lambda: stat(
+            lambda strategy, param, ks: self._norm(cell, "none", strategy, param, ks)))
+
+    def absolute(self, arm: str, task: str, attns: Sequence[str], strategy: str, param: float | None,
+                 ks: Sequence[int], quant: str = "none") -> dict[str, float]:
+        """Mean normalised error over ks and learned seeds of each model, the best fitting baseline, and the zero
+        estimator's raw mean squared error (the normaliser)."""
+        out: dict[str, float] = {}
+        for attn in attns:
+            vals = []
+            for sd in self.seeds(arm, task):
+                c = self.cell(arm, task, attn, sd)
+                if c is not None and self.learned(c, quant)[0]:
+                    vals.append(_mean([c.mean(quant, strategy, param, "transformer", k) for k in ks]))
+            out[f"{attn}{'' if quant == 'none' else ' ' + quant}"] = float(np.mean(vals)) if vals else math.nan
+        cell = next((c for c in self.cells.values() if c.meta["arm"] == arm and c.meta["task"] == task), None)
+        if cell is not None:
+            names = (self.cfg["guard"]["baselines"] or {}).get(task, [])
+            per = {n: _mean([cell.mean("none", strategy, param, n, k) for k in ks]) for n in names}
+            per = {n: v for n, v in per.items() if not math.isnan(v)}
+            if per:
+                name = min(per, key=per.get)
+                out[name] = float(per[name])
+            zero = cell.window("none", strategy, param, ks, "zero")
+            if zero is not None:
+                out["zero (raw MSE)"] = float(zero.mean() / len(ks))
+        return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN when there is none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _row(study: Study, claim: str, part: str, arm: str, subject: str, statistic: str, kind: str, margin: float,
+         seeds: Sequence[SeedValue | None], absolute: dict[str, float]) -> Row | None:
+    kept = [s for s in seeds if s is not None]
+    if not kept:
+        return None
+    return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute).decide(study.ci, study.min_seeds)
+
+
+def claim_rows(study: Study) -> list[Row]:
+    """Rows of claims (a)–(e) for every arm (timing (f): ``timing_rows``)."""
+    rows: list[Row] = []
+    margins = study.cfg["margins"]
+    for arm in study.arms:
+        rows += _accuracy_rows(study, arm, float(margins["noninferiority"]), float(margins["zero"]))
+        rows += _quant_rows(study, arm, float(margins["quant_noise_factor"]))
+    return [r for r in rows if r is not None]  # a row none of whose cells is committed is left out
+
+
+def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strategy: str, param: float | None,
+                ks: Sequence[int], kind: str, margin: float = 0.0, baseline: tuple[float | None, ...] = ()) -> list[Row]:
+    rows = []
+    for relu in (SEED_MODEL, PROPOSED_FIX):
+        seeds = [study.difference((study.cell(arm, task, relu, sd), "none"), (study.cell(arm, task, REFERENCE, sd),
+                                                                              "none"), strategy, param, ks, sd,
+                                  baseline) for sd in study.seeds(arm, task)]
+        what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
+        stat = (f"[Δ(c = {param:g}) − Δ(c = 1)], Δ = {relu} − softmax" if baseline else f"Δ = {relu} − softmax")
+        rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu], f"{stat}, {task}, {what}, {window_text(ks)}",
+                         kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks)))
+    return rows
+
+
+def _accuracy_rows(study: Study, arm: str, noninferiority: float, zero_margin: float) -> list[Row]:
+    rows: list[Row] = []
+    lin = study.windows("linear")
+    if lin is not None and study.seeds(arm, "linear"):
+        rows += _vs_softmax(study, arm, "a", "not worse on dense linear", "linear", "standard", None, lin.fit,
+                            "noninferior", noninferiority)
+        for c in (2.0, 0.5):
+            rows += _vs_softmax(study, arm, "b", f"more robust at c = {c:g}", "linear", "scale_x", c, lin.robust,
+                                "less", baseline=(1.0,))
+        factors = sorted(study.cfg["scale_factors"])
+        lo, hi = factors[0], factors[-1]
+
+        def u_shape(norm: Callable) -> tuple[float, np.ndarray] | None:
+            parts = [norm("scale_x", c, lin.robust) for c in (1.0, lo, hi)]
+            if any(p is None for p in parts):
+                return None
+            (p1, b1), (pl, bl), (ph, bh) = parts
+            return min(pl - p1, ph - p1), np.minimum(bl - b1, bh - b1)
+
+        def toward_zero(norm: Callable) -> tuple[float, np.ndarray] | None:
+            out = norm("scale_x", hi, lin.robust)
+            return None if out is None else (out[0] - 1.0, out[1] - 1.0)
+
+        for attn in (REFERENCE, SEED_MODEL, PROPOSED_FIX):
+            seeds = [study.within(study.cell(arm, "linear", attn, sd), sd, u_shape) for sd in study.seeds(arm, "linear")]
+            rows.append(_row(study, "b-U", "U-shaped in c", arm, attn, f"min(err(c = {lo:g}), err(c = {hi:g})) − "
+                             f"err(c = 1), linear, {window_text(lin.robust)}", "greater", 0.0, seeds,
+                             study.absolute(arm, "linear", (attn,), "scale_x", 1.0, lin.robust)))
+            seeds = [study.within(study.cell(arm, "linear", attn, sd), sd, toward_zero)
+                     for sd in study.seeds(arm, "linear")]
+            rows.append(_row(study, "b-zero", f"c = {hi:g} → zero estimator", arm, attn, f"err(c = {hi:g}) − 1, "
+                             f"linear, {window_text(lin.robust)}", "equal", zero_margin, seeds,
+                             study.absolute(arm, "linear", (attn,), "scale_x", hi, lin.robust)))
+        if lin.beyond:
+            early, late = lin.early, lin.late
+            rows += _vs_softmax(study, arm, "d", "first worse (extended context)", "linear", "long_context", None,
+                                early, "greater")
+            if late:
+                rows += _vs_softmax(study, arm, "d", "then better (extended context)", "linear", "long_context",
+                                    None, late, "less")
+
+                def degrading(norm: Callable) -> tuple[float, np.ndarray] | None:
+                    a, b = norm("long_context", None, late), norm("long_context", None, lin.fit)
+                    return None if a is None or b is None else (a[0] - b[0], a[1] - b[1])
+
+                seeds = [study.within(study.cell(arm, "linear", REFERENCE, sd), sd, degrading)
+                         for sd in study.seeds(arm, "linear")]
+                rows.append(_row(study, "d", "softmax degrades", arm, REFERENCE, f"err({window_text(late)}) − "
+                                 f"err({window_text(lin.fit)}), softmax, linear, long_context", "greater", 0.0, seeds,
+                                 study.absolute(arm, "linear", (REFERENCE,), "long_context", None, late)))
+    for claim, task in (("c-sparse", "sparse_linear"), ("c-trees", "decision_tree")):
+        win = study.windows(task)
+        if win is not None and study.seeds(arm, task):
+            rows += _vs_softmax(study, arm, claim, f"worse on {task}", task, "standard", None, win.fit, "greater")
+    return rows
+
+
+def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,
+                 ks: Sequence[int], factor: float) -> float:
+    """(e)'s margin, tied to measured noise: ``factor`` × the seed-to-seed SD of the float model's error here."""
+    values = []
+    for sd in study.seeds(arm, task):
+        c = study.cell(arm, task, attn, sd)
+        if c is not None and study.learned(c)[0]:
+            out = study._norm(c, "none", strategy, param, ks)
+            if out is not None:
+                values.append(out[0])
+    return factor * float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
+
+
+def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
+    rows = []
+    cells = [c for c in study.cells.values() if c.meta["arm"] == arm]
+    quants = sorted({q for c in cells for q in c.meta["quants"] if q != "none"})
+    for quant in quants:
+        for task in sorted({c.meta["task"] for c in cells}):
+            win = study.windows(task)
+            tags = sorted({"/".join(k.split("/")[1:3]) for c in cells if c.meta["task"] == task
+                           for k in c.errors() if k.startswith(f"{quant}/")})
+            for attn in sorted({c.meta["attn"] for c in cells if c.meta["task"] == task}):
+                for tag in tags:
+                    strategy, raw = tag.split("/")
+                    param = float(raw) if raw else None
+                    ks = win.fit
+                    margin = quant_margin(study, arm, task, attn, strategy, param, ks, factor)
+                    seeds = []
+                    for sd in study.seeds(arm, task):
+                        c = study.cell(arm, task, attn, sd)
+                        seeds.append(None if c is None or quant not in c.meta["quants"] else
+                                     study.difference((c, quant), (c, "none"), strategy, param, ks, sd))
+                    what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
+                    row = _row(study, "e", f"{attn} on {task}, {what}", arm, quant,
+                               f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}", "equal",
+                               margin if not math.isnan(margin) else 0.0, seeds,
+                               study.absolute(arm, task, (attn,), strategy, param, ks, quant) |
+                               study.absolute(arm, task, (attn,), strategy, param, ks))
+                    if row is not None and math.isnan(margin):
+                        row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
+                    rows.append(row)
+    return rows
+
+
+def proofs(study: Study) -> list[dict[str, Any]]:
+    """Each quantised job's quant.json proof: how far its predictions moved from the float model's."""
+    out = []
+    for cell in study.cells.values():
+        for quant in cell.meta["quants"]:
+            p = cell.proof(quant)
+            if quant != "none" and p is not None:
+                out.append({"cell": cell.dir.name, "quant": quant, "quantized_linears": p.get("quantized_linears"),
+                            "linear_layers": p.get("linear_layers"), "rel_diff_mean": p.get("rel_diff_mean"),
+                            "rel_diff_max": p.get("rel_diff_max"), "proof_prompts": p.get("proof_prompts")})
+    return out
+
+
+def failure_table(study: Study) -> list[dict[str, Any]]:
+    """k of n seeds that did not learn, per arm × task × variant × quant mode, with a Clopper–Pearson CI."""
+    out = []
+    groups: dict[tuple, list[bool]] = {}
+    for cell in study.cells.values():
+        for quant in cell.meta["quants"]:
+            groups.setdefault((cell.meta["arm"], cell.meta["task"], cell.meta["attn"], quant), []).append(
+                study.learned(cell, quant)[0])
+    for (arm, task, attn, quant), flags in sorted(groups.items()):
+        failed = flags.count(False)
+        low, high = failure_rate(failed, len(flags), study.ci)
+        out.append({"arm": arm, "task": task, "attn": attn, "quant": quant, "failed": failed, "seeds": len(flags),
+                    "ci_low": low, "ci_high": high})
+    return out
+
+
+def claim_verdicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per claim × arm × subject: the combined verdict of its rows."""
+    out = []
+    keys = sorted({(r.claim, r.arm, r.subject) for r in rows}, key=lambda k: (list(CLAIMS).index(k[0]), k[1], k[2]))
+    for claim, arm, subject in keys:
+        words = [r.verdict for r in rows if (r.claim, r.arm, r.subject) == (claim, arm, subject)]
+        out.append({"claim": claim, "arm": arm, "subject": subject, "verdict": combine(words), "rows": len(words),
+                    "refuted": words.count(REFUTED)})
+    return out

@@ -1,0 +1,117 @@
+"""The study's figures from committed cells: every seed faint, a seed-level band (mean and t-interval over the
+seeds that learned), failed seeds dashed and marked, and each model's training curve. Sized for README width."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from icl.analysis.styles import attn_color
+from icl.lab.study.claims import PROPOSED_FIX, REFERENCE, SEED_MODEL, Study
+from icl.lab.study.inference import seed_interval
+
+ATTNS = (REFERENCE, SEED_MODEL, PROPOSED_FIX)
+WIDTH = 7.0  # inches at dpi 100: 700 px, the README's column
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from icl.files import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _band(ax, x: Sequence[float], curves: list[tuple[np.ndarray, bool]], color, label: str, ci: float) -> None:
+    for y, ok in curves:
+        ax.plot(x, y, color=color, alpha=0.35 if ok else 0.6, linewidth=0.8, linestyle="-" if ok else "--",
+                marker=None if ok else "x", markersize=3)
+    good = np.array([y for y, ok in curves if ok])
+    if len(good):
+        bounds = [seed_interval(list(col), ci) for col in good.T]
+        mean = [b.mean for b in bounds]
+        ax.plot(x, mean, color=color, linewidth=1.8, label=f"{label} ({len(good)}/{len(curves)} learned)")
+        if len(good) > 1:
+            ax.fill_between(x, [b.low for b in bounds], [b.high for b in bounds], color=color, alpha=0.18)
+    else:
+        ax.plot([], [], color=color, linestyle="--", label=f"{label} (0/{len(curves)} learned)")
+
+
+def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    seeds = study.seeds(arm, task)
+    cells = [c for sd in seeds for a in ATTNS if (c := study.cell(arm, task, a, sd)) is not None]
+    if not cells:
+        return None
+    k_max = max(int(c.meta["n_positions"]) - 1 for c in cells)
+    ks = list(range(k_max + 1))
+    fig, ax = plt.subplots(figsize=(WIDTH, 3.2))
+    for attn in ATTNS:
+        curves = []
+        for sd in seeds:
+            c = study.cell(arm, task, attn, sd)
+            if c is not None:
+                # long_context runs past the training length (claim d); elsewhere the standard prompts
+                strategy = "long_context" if "long_context/" in c.meta["quants"]["none"]["means"] else "standard"
+                curves.append((np.array([c.mean("none", strategy, None, "transformer", k) for k in ks]),
+                               study.learned(c)[0]))
+        if curves:
+            _band(ax, ks, curves, attn_color(attn), attn, study.ci)
+    ref = cells[0]
+    for name in (study.cfg["guard"]["baselines"] or {}).get(task, []):
+        y = [ref.mean("none", "standard", None, name, k) for k in ks]
+        if not all(math.isnan(v) for v in y):
+            ax.plot(ks, y, color="grey", linewidth=1, linestyle=":", label=name)
+    ax.axhline(1.0, color="black", linewidth=0.7, linestyle="-.", label="zero estimator")
+    ax.axvline(int(ref.meta["k_train"]) + 0.5, color="black", linewidth=0.6)
+    ax.set(xlabel="k (in-context examples)", ylabel="normalised squared error", ylim=(0, 1.4),
+           title=f"{task}, {arm} arm: each seed faint (dashed ×: did not learn), band: {study.ci:.0%} t-interval")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    return _save(fig, out / f"error_vs_k_{arm}_{task}.png")
+
+
+def training_curves(study: Study, arm: str, task: str, out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    seeds = study.seeds(arm, task)
+    if not seeds:
+        return None
+    fig, axes = plt.subplots(1, len(ATTNS), figsize=(WIDTH, 2.4), sharey=True)
+    for ax, attn in zip(axes, ATTNS):
+        for sd in seeds:
+            c = study.cell(arm, task, attn, sd)
+            if c is None:
+                continue
+            curve = c.curve()
+            ok, flag = study.learned(c)[0], study.improving(c)
+            ax.plot(curve["step"], curve["loss_rel_zero"], color=attn_color(attn), linewidth=0.9,
+                    linestyle="-" if ok else "--", alpha=0.8,
+                    label=f"s{sd}{'' if ok else ' ×'}{' ↘' if flag else ''}")
+        ax.set_title(attn, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, frameon=False)
+    axes[0].set_ylabel("train loss ÷ zero (log)", fontsize=7)
+    for ax in axes:
+        ax.set_yscale("log")  # the last factor of 2 in the loss is where models differ
+    fig.suptitle(f"training curves, {task}, {arm} arm (×: did not learn, ↘: still improving)", fontsize=8, y=1.02)
+    fig.tight_layout()
+    return _save(fig, out / f"curves_{arm}_{task}.png")
+
+
+def figures(study: Study, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = sorted({c.meta["task"] for c in study.cells.values()})
+    written = []
+    for arm in study.arms:
+        for task in tasks:
+            written += [p for p in (error_vs_k(study, arm, task, out), training_curves(study, arm, task, out)) if p]
+    return written

@@ -1,0 +1,131 @@
+"""The study's inference rules, pure and unit-tested: seed-level intervals, verdict words, the guard, the
+training-failure table and the still-improving rule.
+
+Training seeds are the unit of inference. Each seed s gives one paired statistic Δ_s (pooled over prompts and a
+k window, with its own bootstrap CI over prompts: that seed's precision). A claim's interval is the t-interval
+of the seed-level values: mean(Δ_s) ± t_{n−1} · sd(Δ_s) / √n. Why a t-interval and not a hierarchical
+bootstrap: with 3–5 seeds a bootstrap over seeds sees at most 5 distinct values, and its percentile interval is
+known to be too narrow at that n (it ignores the n − 1 degrees of freedom); the t-interval widens with few seeds
+as it should, and each Δ_s already carries its prompt noise, so the seed-level spread contains both sources.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+CONFIRMED, REFUTED, UNRESOLVED = "confirmed", "refuted", "not resolved at this scale"
+VERDICTS = (CONFIRMED, REFUTED, UNRESOLVED)
+KINDS = ("less", "greater", "equal", "noninferior")
+
+
+@dataclass(frozen=True)
+class SeedInterval:
+    """A claim statistic over training seeds: mean, t-interval, how many seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def seed_interval(points: Sequence[float], ci: float = 0.95) -> SeedInterval:
+    """The t-interval of the seed-level values (NaNs dropped); fewer than 2 seeds give an unbounded interval."""
+    x = np.asarray([p for p in points if not math.isnan(p)], float)
+    if len(x) == 0:
+        return SeedInterval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return SeedInterval(mean, -math.inf, math.inf, 1)
+    half = float(sps.t.ppf(0.5 + ci / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return SeedInterval(mean, mean - half, mean + half, len(x))
+
+
+def verdict(kind: str, low: float, high: float, margin: float = 0.0, min_seeds: int = 2,
+            n: int = 2) -> tuple[str, str]:
+    """(verdict, why) from a seed-level interval [low, high].
+
+    ``less``/``greater``: Δ claimed below/above 0 — confirmed when the interval is on that side of 0, refuted when
+    it is on the other side. ``equal``: |Δ| < margin — confirmed inside ±margin, refuted entirely outside.
+    ``noninferior``: Δ < margin (A not worse than B by more than the margin) — confirmed when high < margin,
+    refuted when low > margin. Anything else, or fewer than ``min_seeds`` seeds: not resolved."""
+    if kind not in KINDS:
+        raise ValueError(f"claim kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if n < min_seeds or math.isnan(low) or math.isnan(high):
+        return UNRESOLVED, f"{n} usable seed(s), {min_seeds} needed"
+    shown = f"[{low:+.3f}, {high:+.3f}]"
+    if kind == "equal":
+        if -margin < low and high < margin:
+            return CONFIRMED, f"seed-level CI {shown} inside ±{margin:.3g}"
+        if low > margin or high < -margin:
+            return REFUTED, f"seed-level CI {shown} outside ±{margin:.3g}"
+        return UNRESOLVED, f"seed-level CI {shown} crosses ±{margin:.3g}"
+    if kind == "noninferior":
+        if high < margin:
+            return CONFIRMED, f"seed-level CI {shown} below the margin {margin:+.3g}"
+        if low > margin:
+            return REFUTED, f"seed-level CI {shown} above the margin {margin:+.3g}"
+        return UNRESOLVED, f"seed-level CI {shown} contains the margin {margin:+.3g}"
+    below, above = high < 0, low > 0
+    yes, no = (below, above) if kind == "less" else (above, below)
+    if yes:
+        return CONFIRMED, f"seed-level CI {shown} on the claimed side of 0"
+    if no:
+        return REFUTED, f"seed-level CI {shown} on the other side of 0"
+    return UNRESOLVED, f"seed-level CI {shown} contains 0"
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """A claim with several rows: confirmed when every row is, refuted when any is, else not resolved."""
+    if verdicts and all(v == CONFIRMED for v in verdicts):
+        return CONFIRMED
+    return REFUTED if REFUTED in verdicts else UNRESOLVED
+
+
+@dataclass(frozen=True)
+class Guard:
+    """"Did this model learn?", one rule for every model: its normalised error at the guard's k is at most
+    ``zero_fraction`` (of the zero estimator's, = 1) AND at most ``baseline_margin`` above the best baseline that
+    can fit the task (the baselines the config lists for it)."""
+
+    zero_fraction: float
+    baseline_margin: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.zero_fraction <= 1 or self.baseline_margin < 0:
+            raise ValueError(f"guard: zero_fraction must be in (0, 1] and baseline_margin >= 0, got "
+                             f"{self.zero_fraction}, {self.baseline_margin}")
+
+    def learned(self, error: float, best_baseline: float) -> bool:
+        if math.isnan(error):
+            return False
+        return error <= self.zero_fraction and (math.isnan(best_baseline)
+                                                or error <= best_baseline + self.baseline_margin)
+
+
+def failure_rate(failed: int, n: int, ci: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) CI of the failure probability from ``failed`` of ``n`` seeds."""
+    if n == 0:
+        return math.nan, math.nan
+    out = sps.binomtest(failed, n).proportion_ci(confidence_level=ci, method="exact")
+    return float(out.low), float(out.high)
+
+
+def still_improving(steps: Sequence[float], losses: Sequence[float], tail: float, tolerance: float) -> bool:
+    """The plateau rule: over the last ``tail`` share of training, a least-squares line through the loss falls by
+    more than ``tolerance`` (relative to the tail's mean loss) from the tail's start to its end."""
+    s, y = np.asarray(steps, float), np.asarray(losses, float)
+    keep = np.isfinite(y)
+    s, y = s[keep], y[keep]
+    if len(s) < 3:
+        return False
+    tail_mask = s >= s.max() - tail * (s.max() - s.min())
+    if tail_mask.sum() < 3:
+        return False
+    slope = np.polyfit(s[tail_mask], y[tail_mask], 1)[0]
+    drop = -slope * (s[tail_mask].max() - s[tail_mask].min())
+    return bool(drop > tolerance * abs(y[tail_mask].mean()))

@@ -1,0 +1,118 @@
+"""``python -m icl.lab.study.make`` (``make study``): train and export every cell of the grid whose committed
+results are missing or were made with another config; a cell whose ``cell.json`` fingerprint matches the config
+it would be trained with is skipped. The study can so be built over several sittings and machines: commit the
+cells as they finish (``docs/study/cells/<cell>/``). Grid and paths: ``configs/study.yaml``; ``train_overrides``
+are added to every cell's training command (e.g. ``trainer=gpu``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf, open_dict
+
+from icl.analysis.results import find_jobs
+from icl.lab.study.compact import CELL_JSON, cell_name, config_fingerprint, export
+from icl.run.configs import CONFIG_DIR, check_yaml
+
+log = logging.getLogger(__name__)
+
+
+def cell_overrides(grid: Mapping[str, Any], arm: str, task: str, attn: str, seed: int,
+                   extra: Sequence[str]) -> list[str]:
+    """The training command's overrides for one cell."""
+    return [f"experiment={grid['experiment']}", *grid["arms"][arm]["overrides"], f"task={task}", f"attn={attn}",
+            f"seed={seed}", *extra]
+
+
+def expected_fingerprint(overrides: Sequence[str], seed: int | None = None) -> str:
+    """The fingerprint of the config a cell would train with (composed, not run), under an initialised Hydra;
+    ``seed``: that training seed instead of the composed one (one composition serves every seed of a cell)."""
+    return expected_fingerprints(overrides, [seed])[0]
+
+
+def expected_fingerprints(overrides: Sequence[str], seeds: Sequence[int | None]) -> list[str]:
+    from hydra import compose
+
+    cfg = compose("train", overrides=list(overrides))
+    out = []
+    with open_dict(cfg):  # where the job would run is not hashed; the runtime output dir exists only in a run
+        cfg.paths.output_dir = "unset"
+        for seed in seeds:
+            if seed is not None:
+                cfg.seed = seed  # set before resolving, so keys that interpolate the seed follow it
+            out.append(config_fingerprint(OmegaConf.to_container(cfg, resolve=True)))
+    return out
+
+
+def committed_fingerprint(cells: Path, name: str) -> str | None:
+    path = cells / name / CELL_JSON
+    return json.loads(path.read_text()).get("fingerprint") if path.is_file() else None
+
+
+def plan(cfg: Mapping[str, Any]) -> list[tuple[str, str, list[str], str]]:
+    """(cell, arm, overrides, why) of every cell to (re)train; the rest match their config."""
+    grid, cells = cfg["grid"], Path(cfg["cells"])
+    todo = []
+    for arm in grid["arms"]:
+        for task, spec in grid["tasks"].items():
+            for attn in grid["attns"]:
+                seeds = list(range(int(spec["seeds"])))
+                wanted = expected_fingerprints(cell_overrides(grid, arm, task, attn, 0, cfg["train_overrides"]), seeds)
+                for seed, want in zip(seeds, wanted):
+                    name = cell_name(arm, task, attn, seed)
+                    overrides = cell_overrides(grid, arm, task, attn, seed, cfg["train_overrides"])
+                    have = committed_fingerprint(cells, name)
+                    if have != want:
+                        todo.append((name, arm, overrides, "missing" if have is None else "config changed"))
+    return todo
+
+
+def run_cell(cfg: Mapping[str, Any], name: str, arm: str, overrides: Sequence[str]) -> Path:
+    """Train and evaluate one cell (a sweep over its quant modes), then export its compact results."""
+    grid = cfg["grid"]
+    sweep = Path(cfg["study_dir"]) / name
+    cmd = [sys.executable, "-m", "icl.train", "-m", *overrides, f"hydra.sweep.dir={sweep}",
+           f"quant={','.join(grid['quants'])}"]
+    log.info("training %s: %s", name, " ".join(cmd[2:]))
+    subprocess.run(cmd, check=True)
+    (written,) = export(find_jobs([sweep]), Path(cfg["cells"]), arm, int(cfg["paper_d"]))
+    return written
+
+
+def build(cfg: Mapping[str, Any], todo: Sequence[tuple[str, str, list[str], str]]) -> list[Path]:
+    log.info("%d cell(s) to train: %s", len(todo), ", ".join(f"{n} ({why})" for n, _, _, why in todo) or "none")
+    written = []
+    for name, arm, overrides, _ in todo:
+        start = time.perf_counter()
+        written.append(run_cell(cfg, name, arm, overrides))
+        log.info("exported %s in %.0f s", written[-1], time.perf_counter() - start)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m icl.lab.study.make [override ...]``: overrides of configs/study.yaml, as for ``icl.study``."""
+    from hydra import compose, initialize_config_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_yaml()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = OmegaConf.to_container(compose("study", overrides=list(sys.argv[1:] if argv is None else argv)),
+                                         resolve=True)
+            todo = plan(cfg)
+        build(cfg, todo)
+    except (ValueError, subprocess.CalledProcessError) as err:
+        log.error("error: %s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

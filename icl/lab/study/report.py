@@ -1,0 +1,198 @@
+"""The study report: claims, failure table, figures and ``docs/RESULTS_STUDY.md`` from committed cells alone.
+
+``python -m icl.study`` (``configs/study.yaml``): reads ``<cells>/*/`` (``icl.lab.study.compact``) and the timing
+CSV, fills the template ``report.md`` beside this module, writes the page, its CSVs and figures, and the README's
+study block. No job folder is read: a fresh clone regenerates the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from icl.files import atomic_write
+from icl.lab.study import claims as C
+from icl.lab.study.compact import cell_name, load_cells
+from icl.lab.study.figures import figures
+from icl.lab.study.timing import read_bench, timing_rows
+from icl.run.configs import HYDRA_CONFIGS, run_cli
+
+log = logging.getLogger(__name__)
+TEMPLATE = Path(__file__).with_name("report.md")
+README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
+
+
+def expected_cells(grid: Mapping[str, Any]) -> list[str]:
+    """Every cell name the grid defines (arm × task × attention × seed)."""
+    return [cell_name(arm, task, attn, seed) for arm in grid["arms"] for task, spec in grid["tasks"].items()
+            for attn in grid["attns"] for seed in range(int(spec["seeds"]))]
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A markdown table (every report table goes through here)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else f"{v:.3f}"
+        return str(v).replace("|", "\\|")
+    head = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+    return "\n".join(head + [f"| {' | '.join(fmt(r.get(c, '')) for c in columns)} |" for r in rows])
+
+
+def relative(path: Path, base: Path) -> str:
+    """``path`` as a link from a page in ``base``."""
+    return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+
+
+def _seeds_text(row: C.Row) -> str:
+    return "; ".join(f"s{s.seed}: {s.point:+.3f} [{s.low:+.3f}, {s.high:+.3f}]{'' if s.learned else ' ×'}"
+                     for s in row.seeds) or "—"
+
+
+def claim_tables(rows: Sequence[C.Row], ci: float) -> str:
+    out = []
+    for claim, text in C.CLAIMS.items():
+        mine = [r for r in rows if r.claim == claim]
+        if not mine:
+            continue
+        lines = []
+        for r in mine:
+            iv = r.interval
+            seed_ci = "—" if iv is None or iv.n == 0 else f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] (n = {iv.n})"
+            absolute = ", ".join(f"{k} {v:.3f}" for k, v in r.absolute.items() if not math.isnan(v)) or "—"
+            lines.append({"arm": r.arm, "subject": r.subject, "part": r.part, "statistic": r.statistic,
+                          f"seed-level {ci:.0%} t-interval": seed_ci, "per seed [prompt CI]": _seeds_text(r),
+                          "absolute (normalised; zero: raw)": absolute, "verdict": f"**{r.verdict}**",
+                          "why": r.why, "flags": r.flags or "—"})
+        out += [f"### ({claim}) {text}", "", table(lines, list(lines[0])), ""]
+    return "\n".join(out)
+
+
+def status_text(cfg: Mapping[str, Any], present: set[str]) -> str:
+    expected = expected_cells(cfg["grid"])
+    missing = [c for c in expected if c not in present]
+    if not missing:
+        return f"All {len(expected)} cells of the grid are committed."
+    shown = ", ".join(missing[:12]) + (f", … ({len(missing) - 12} more)" if len(missing) > 12 else "")
+    return (f"**{len(expected) - len(missing)} of {len(expected)} cells committed; missing: {shown}.** Verdicts "
+            "below use only the committed cells; a claim without its cells is absent. `make study` trains the "
+            "missing cells (any order, any sitting) and exports each one as it finishes.")
+
+
+def cost_text(cells: Sequence[Any], cfg: Mapping[str, Any]) -> str:
+    train = sum((c.meta["quants"].get("none", {}).get("train_seconds") or 0) for c in cells)
+    evals = sum((q.get("eval_seconds") or 0) for c in cells for q in c.meta["quants"].values())
+    return (f"training {train / 60:.1f} min and evaluation {evals / 60:.1f} min summed over the committed cells "
+            "(status.json, one core per job)")
+
+
+def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[Path]]:
+    cells_dir, out_dir = Path(cfg["cells"]), Path(cfg["out_dir"])
+    cells = load_cells(cells_dir)
+    if not cells:  # nothing trained yet: the page says what is missing and states no finding
+        return (f"# Results: the seed study v2\n\n[← README](../README.md) · written by `python -m icl.study` from "
+                f"`{cells_dir}`.\n\n## Status\n{status_text(cfg, set())}\n"), {}, []
+    study = C.Study(cells, cfg)
+    bench = read_bench(Path(cfg["bench_csv"])) if cfg.get("bench_csv") else None
+    rows = C.claim_rows(study) + timing_rows(bench, float(cfg["margins"]["time"]))
+    verdicts = C.claim_verdicts(rows)
+    failures = C.failure_table(study)
+    figs = figures(study, out_dir / "study")
+    first = cells[0].meta
+    grid = cfg["grid"]
+    arms = "; ".join(f"**{arm}**: {spec['describe']}" for arm, spec in grid["arms"].items())
+    recipes = sorted({f"{c.meta['arm']}/{c.meta['attn']}: lr {c.meta['recipe']['lr']:g}, qk_norm "
+                      f"{c.meta['recipe']['qk_norm']}, clip {c.meta['recipe']['gradient_clip_val']}, warm-up "
+                      f"{c.meta['recipe']['warmup_steps']}" for c in cells})
+    scale = "; ".join(sorted({f"{c.meta['task']}: d = {c.meta['n_dims']}, {c.meta['k_train'] + 1} training points, "
+                              f"n_positions {c.meta['n_positions']}, {c.meta['steps']} steps, {c.meta['model']} model, "
+                              f"batch {c.meta['recipe']['batch']}" for c in cells}))
+    versions = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items() if k in ("torch", "torchao"))
+    g, conv, m = cfg["guard"], cfg["convergence"], cfg["margins"]
+    fields = {
+        "cells_rel": relative(cells_dir, out_dir) if cells_dir.resolve().is_relative_to(out_dir.resolve()) else str(cells_dir),
+        "status": status_text(cfg, {c.dir.name for c in cells}),
+        "grid": ", ".join(f"{t} × {len(grid['attns'])} variants × {s['seeds']} seeds" for t, s in grid["tasks"].items())
+        + f", quant modes {', '.join(grid['quants'])}, in each arm",
+        "arms": arms + ". Recipes trained with: " + "; ".join(recipes),
+        "scale": scale, "machine": (cfg.get("machine") or "see each cell's cell.json") + f" ({versions})",
+        "cost": cost_text(cells, cfg),
+        "ci_pct": f"{float(cfg['ci']):.0%}", "bootstrap": cfg["bootstrap"], "min_seeds": cfg["min_seeds"],
+        "zero_fraction": g["zero_fraction"], "baseline_margin": g["baseline_margin"],
+        "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
+        "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
+        "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}"} for v in verdicts],
+                          ["claim", "arm", "subject", "verdict", "rows", "refuted"]),
+        "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
+        "tables": claim_tables(rows, float(cfg["ci"])),
+        "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",
+                                          "rel_diff_max", "proof_prompts"]) if C.proofs(study) else "none committed",
+        "figures": "\n\n".join(f"![{p.stem}]({relative(p, out_dir)})" for p in figs),
+    }
+    text = Template(TEMPLATE.read_text()).substitute(fields)
+    frames = {"claims": pd.DataFrame([{"claim": r.claim, "arm": r.arm, "subject": r.subject, "part": r.part,
+                                       "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
+                                       "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
+                                       "improving": s.improving, "verdict": r.verdict, "with_failed": r.with_failed}
+                                      for r in rows for s in r.seeds]),
+              "verdicts": pd.DataFrame(verdicts), "failures": pd.DataFrame(failures)}
+    return text, frames, figs
+
+
+def report(cfg: Mapping[str, Any]) -> Path:
+    start = time.perf_counter()
+    out_dir = Path(cfg["out_dir"])
+    text, frames, figs = render(cfg)
+    path = out_dir / str(cfg["page"])
+    for name, frame in frames.items():
+        atomic_write(out_dir / "study" / f"{name}.csv",
+                     lambda tmp, f=frame: f.to_csv(tmp, index=False, float_format="%.6g"))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    if cfg.get("readme"):
+        present = {p.parent.name for p in Path(cfg["cells"]).glob("*/cell.json")}
+        update_readme(Path(cfg["readme"]), path, figs, complete=set(expected_cells(cfg["grid"])) <= present)
+    log.info("wrote %s, %d figures, in %.1f s", path, len(figs), time.perf_counter() - start)
+    return path
+
+
+def update_readme(readme: Path, page: Path, figs: Sequence[Path], complete: bool) -> None:
+    """The README's study block: a link to the page and the dense-linear figure of the first arm; until every
+    cell is committed it says the study is being rebuilt."""
+    if not readme.is_file():
+        return
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        log.warning("%s has no %s … %s block: not updated", readme, README_BEGIN, README_END)
+        return
+    base = readme.resolve().parent
+    shown = [p for p in figs if p.name.startswith("error_vs_k_") and "_linear" in p.name][:1]
+    state = ("is complete: [its page]({}) gives every claim's verdict, computed from the committed cells"
+             if complete else "is being rebuilt cell by cell: [its page]({}) says which cells are committed and "
+             "computes every verdict from them")
+    block = [README_BEGIN, "The seed study v2 (seeds as the unit of inference, one guard for both sides, two recipe "
+             f"arms) {state.format(relative(page, base))}.", ""]
+    block += [f"![{p.stem}]({relative(p, base)})" for p in shown] + [README_END]
+    head, rest = text.split(README_BEGIN, 1)
+    atomic_write(readme, lambda tmp: tmp.write_text(head + "\n".join(block) + rest.split(README_END, 1)[1]))
+
+
+@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="study")
+def main(cfg: DictConfig) -> None:
+    """``python -m icl.study``; a bad input is one line."""
+    try:
+        report(OmegaConf.to_container(cfg, resolve=True))
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
+
+
+def cli() -> None:
+    run_cli(main)

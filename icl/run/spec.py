@@ -1,0 +1,164 @@
+"""The job spec: the composed config parsed once, at the Hydra boundary, into one typed spec per concern.
+
+``JobSpec.from_config(cfg)`` checks every group through the dataclass of the code it configures (``TaskSpec``,
+``ModelSpec``, ``OptimSpec``, ``DataSpec``, ``EvalConfig``, ``QuantSpec``; ``paths`` and the top-level keys here;
+``trainer`` keys against ``lightning.Trainer``'s signature) and the values that need two groups (prompt length vs
+``model.n_positions``). A misspelt key or an impossible value is one ``ValueError`` line naming the dotted key.
+``train()`` and the evaluate CLI build it once and hand it down; ``ValidateSweep`` builds the spec of every cell
+of a ``-m`` sweep before the first job starts. Free-form groups (``attn``, ``callbacks``, ``logger``, ``recipe``)
+are checked by what consumes them (the kernel's constructor, Hydra's instantiate).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from icl import baselines
+from icl.data import DataSpec
+from icl.evaluation import EvalConfig
+from icl.module import OptimSpec
+from icl.quantize import QuantSpec
+from icl.spec import known_keys, require, typed_fields
+from icl.tasks import TaskSpec
+from icl.transformer import ModelSpec
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("task", "model", "data", "optim", "paths", "attn", "quant", "trainer", "callbacks", "logger", "eval",
+          "experiment", "tune", "recipe", "regime", "seed", "threads", "ckpt_path", "skip_done")
+
+
+@dataclass(frozen=True)
+class PathsSpec:
+    """``paths``: where a job writes (``output_dir``), and the trained-model store (None: off)."""
+
+    root_dir: str
+    output_dir: str
+    store: str | None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One training job, checked. ``cfg`` is the composed config itself: written to the job folder, hashed by
+    the trained-model store, and the source of the groups Hydra instantiates (trainer, callbacks, logger)."""
+
+    cfg: DictConfig
+    task: TaskSpec
+    model: ModelSpec
+    attn: dict[str, Any]
+    optim: OptimSpec
+    data: DataSpec
+    eval: EvalConfig
+    quant: QuantSpec
+    paths: PathsSpec
+    seed: int
+    threads: int | None
+    ckpt_path: str | None
+    skip_done: bool
+    gpu: bool  # trainer.accelerator is gpu or cuda
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "JobSpec":
+        """Every check the config alone allows."""
+        known_keys({k: None for k in cfg if k != "hydra"}, GROUPS, "")
+        node = lambda key: _plain(cfg, key)
+        check_trainer_keys(node("trainer") or {})
+        top = {k: node(k) for k in ("seed", "threads", "ckpt_path", "skip_done")}
+        for key, ok, allowed in (("seed", isinstance(top["seed"], int), "must be an integer"),
+                                 ("threads", top["threads"] is None or isinstance(top["threads"], int)
+                                  and top["threads"] >= 1, "must be >= 1 or null"),
+                                 ("skip_done", isinstance(top["skip_done"], bool), "must be true or false")):
+            require(ok, key, allowed, top[key])
+        spec = cls(cfg=cfg, task=TaskSpec.from_config(node("task")), model=ModelSpec.from_config(node("model")),
+                   attn=dict(node("attn") or {"name": "softmax"}), optim=OptimSpec.from_config(node("optim")),
+                   data=DataSpec.from_config(node("data")), eval=EvalConfig.from_config(node("eval")),
+                   quant=QuantSpec.from_config(node("quant")),
+                   paths=PathsSpec(**typed_fields(PathsSpec, node("paths"), "paths")),
+                   gpu=str((node("trainer") or {}).get("accelerator")) in ("gpu", "cuda"), **top)
+        spec.check_prompt_length()
+        if "bayes" in spec.eval.baselines:
+            baselines.bayes_predictor(spec.task.task)  # a task without an exact one fails here, before training
+        return spec
+
+    @property
+    def eval_points(self) -> int:
+        """Points per evaluation prompt."""
+        return self.eval.points(self.task.curriculum.points.end)
+
+    def check_prompt_length(self) -> None:
+        n_points = max(self.task.curriculum.points.end, self.eval_points)
+        if n_points > self.model.n_positions:
+            raise ValueError(f"prompts reach {n_points} points but model.n_positions is {self.model.n_positions}: "
+                             "raise model.n_positions or lower task.curriculum.points.end / eval.n_points")
+
+    def labels(self) -> dict[str, Any]:
+        """The identifying columns of the job in eval.csv."""
+        return {"task": self.task.name, "attn": self.attn["name"], "quant": self.quant.name, "model": self.model.name,
+                "seed": self.seed}
+
+
+def _plain(cfg: DictConfig, key: str) -> Any:
+    """A group as plain Python values; an interpolation that cannot resolve is one line naming the key."""
+    try:
+        value = cfg.get(key)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    except OmegaConfBaseException as err:
+        raise ValueError(f"config key '{getattr(err, 'full_key', key) or key}': {str(err).splitlines()[0]}") from None
+
+
+def check_trainer_keys(trainer: dict[str, Any]) -> None:
+    import lightning
+
+    known = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(trainer) - known - {"_target_"})
+    if unknown:
+        raise ValueError(f"unknown config key 'trainer.{unknown[0]}': not an argument of lightning.Trainer "
+                         "(see its docs for the allowed ones)")
+
+
+def validate(cfg: DictConfig) -> JobSpec:
+    """The spec of a composed config (``JobSpec.from_config``), for callers that only check."""
+    return JobSpec.from_config(cfg)
+
+
+def sweep_cells(overrides: list[str]) -> list[list[str]]:
+    """The override list of every job a basic-sweeper ``-m`` run launches (its cartesian product)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    return [cell for batch in BasicSweeper.split_arguments(parsed, None) for cell in batch]
+
+
+class ValidateSweep(Callback):
+    """Hydra callback: before a multirun launches anything, compose every cell of the sweep and build its spec,
+    so a misspelt key or an impossible value fails once, in one line, before the first job (not in every job,
+    after a SLURM array was submitted). It exits 1: Hydra only warns about a callback's exception. Sweepers
+    other than the basic one pick their cells as they go: there the config without the sweep is checked."""
+
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        from hydra import compose
+
+        overrides = list(config.hydra.overrides.task)
+        basic = str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+        try:
+            cells = sweep_cells(overrides) if basic else [[o for o in overrides if "," not in o and "(" not in o]]
+        except Exception as err:  # noqa: BLE001 - Hydra reports a bad override itself when it launches
+            log.warning("sweep not checked before launch: %s", str(err).splitlines()[0])
+            return
+        for cell in cells:
+            cfg = compose(config_name=config_name, overrides=cell)
+            cfg.paths.output_dir = "<job folder>"  # Hydra's per-job folder: not known before the job runs
+            try:
+                JobSpec.from_config(cfg)
+            except ValueError as err:  # SystemExit: Hydra turns a callback's Exception into a warning and goes on
+                log.error("%s (sweep cell: %s; no job was started)", err, " ".join(cell))
+                raise SystemExit(1) from None
+        log.info("sweep checked: %d job config(s) valid", len(cells))
