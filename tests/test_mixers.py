@@ -344,3 +344,17 @@ def test_a_checkpoint_from_before_model_pos_loads_with_learned_positions(tmp_pat
     assert loaded.model.pos == "learned" and loaded.model.config.pattern is None
     xs, ys = torch.randn(2, 6, 3), torch.randn(2, 6)
     torch.testing.assert_close(loaded(xs, ys), module(xs, ys))
+
+
+@pytest.mark.parametrize("attn", ["mamba", "softmax"])
+def test_per_layer_readout_uses_the_models_own_embedding(attn):
+    """icl.readout reads the residual stream through ICLTransformer.embed: no learned positions to look up for a
+    recurrent mixer, and the last layer's read-out is the model's prediction."""
+    from icl.readout import layer_readouts
+
+    torch.manual_seed(0)
+    model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=6, n_layer=2, attn=attn))
+    xs, ys = torch.randn(3, 6, 4), torch.randn(3, 6)
+    out = layer_readouts(model, xs, ys)
+    assert out.shape == (3, 3, 6)
+    torch.testing.assert_close(out[-1], model(xs, ys).detach())
