@@ -358,3 +358,12 @@ def test_per_layer_readout_uses_the_models_own_embedding(attn):
     out = layer_readouts(model, xs, ys)
     assert out.shape == (3, 3, 6)
     torch.testing.assert_close(out[-1], model(xs, ys).detach())
+
+
+@pytest.mark.parametrize("options", [{"attn": "mamba"}, {"attn": "softmax", "pos": "alibi"}], ids=["mamba", "alibi"])
+def test_attention_internal_fake_quant_refuses_mixers_without_a_plain_kernel(options):
+    from icl.fakequant import wrap_kernels
+
+    model = ICLTransformer(TransformerConfig(n_dims=4, n_positions=6, n_layer=1, **options))
+    with pytest.raises(ValueError, match="attention-internal fake-quant needs a \\(q, k, v\\) kernel without ALiBi"):
+        wrap_kernels(model, 8, "head", ("q", "k"))
