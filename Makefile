@@ -57,8 +57,9 @@ figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
 	$(PY) -m icl.figures $(ARGS)
 
-bench-attn: install ## time every attention kernel alone at T = 128…8192 (outputs/bench_attn/, ~3 min on 2 CPU cores)
+bench-attn: install ## time every attention kernel alone at T = 128…8192, then every sequence mixer (outputs/bench_attn/)
 	$(PY) -m icl.bench.attention $(ARGS)
+	$(PY) -m icl.bench.mixers
 
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
 	$(PY) -m icl.bench $(ARGS)

@@ -99,9 +99,10 @@ class AttentionDiagnostics(L.Callback):
             q, k = args[0].detach(), args[1].detach()
             self.values.update({f"{name}/l{layer}": v for name, v in kernel_stats(kernel, q, k).items()})
 
-        return [block.register_forward_pre_hook(keep_residual),
-                block.drop.register_forward_hook(ratio),  # the attention branch, as it is added (after LayerScale)
-                block.attn.kernel.register_forward_pre_hook(scores)]
+        handles = [block.register_forward_pre_hook(keep_residual),
+                   block.drop.register_forward_hook(ratio)]  # the mixer branch, as it is added (after LayerScale)
+        kernel = getattr(block.attn, "kernel", None)  # recurrent mixers (icl.mixers) have no (q, k) kernel
+        return handles + ([kernel.register_forward_pre_hook(scores)] if kernel is not None else [])
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if self.step is not None:

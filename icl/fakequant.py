@@ -74,6 +74,11 @@ def wrap_kernels(model: nn.Module, bits: int, granularity: str, tensors: tuple[s
     wrapped = 0
     for i, block in enumerate(getattr(model, "blocks", ())):
         if blocks is None or i in blocks:
-            block.attn.kernel = QuantizedKernel(block.attn.kernel, bits, granularity, tensors)
+            kernel = getattr(block.attn, "kernel", None)  # recurrent mixers (icl.mixers) have none
+            if kernel is None or getattr(block.attn, "pos", None) == "alibi":
+                raise ValueError(f"attention-internal fake-quant needs a (q, k, v) kernel without ALiBi; layer {i} is "
+                                 f"{type(block.attn).__name__} (pos={getattr(block.attn, 'pos', None)}): quantise its "
+                                 "weights instead")
+            block.attn.kernel = QuantizedKernel(kernel, bits, granularity, tensors)
             wrapped += 1
     return wrapped

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 LAYER_GROUPS: dict[str, str] = {  # layer group -> module names it covers (regex, full match)
     "read_in": r"read_in",
-    "attn": r"blocks\.\d+\.attn\.(qkv|proj)",
+    "attn": r"blocks\.\d+\.attn\.(qkv|proj|in_proj)",  # in_proj: the recurrent mixers (icl.mixers)
     "mlp": r"blocks\.\d+\.mlp\.net\.\d+",
     "read_out": r"read_out",
 }

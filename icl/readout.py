@@ -20,7 +20,7 @@ from torch import Tensor
 from icl import learners
 from icl.prompts import Prompts
 from icl.stats import bootstrap_ratio
-from icl.transformer import ICLTransformer, interleave
+from icl.transformer import ICLTransformer
 
 
 @torch.inference_mode()
@@ -31,7 +31,7 @@ def layer_readouts(model: ICLTransformer, xs: Tensor, ys: Tensor) -> Tensor:
     device = next(model.parameters()).device
     model.eval()
     xs, ys = xs.to(device), ys.to(device)
-    h = model.drop(model.read_in(interleave(xs, ys)) + model.wpe(torch.arange(2 * xs.shape[1], device=device)))
+    h = model.embed(xs, ys)
     states = [h]
     for block in model.blocks:
         h = block(h)

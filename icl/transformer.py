@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from icl.attention import build_attention
+from icl.mixers import POSITIONS, SelfAttention, build_mixer, check_mixer, default_pos, family
 from icl.spec import known_keys, require, typed_fields
+
+__all__ = ["ICLTransformer", "SelfAttention", "TransformerConfig", "interleave"]
 
 
 def interleave(xs: Tensor, ys: Tensor) -> Tensor:
@@ -31,35 +33,6 @@ def interleave(xs: Tensor, ys: Tensor) -> Tensor:
     else:
         y_tokens[..., 0] = ys
     return torch.stack((xs, y_tokens), dim=2).reshape(batch, 2 * n, d)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head projections around a pluggable attention kernel (``icl.attention``)."""
-
-    def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None = None,
-                 qk_norm: bool = False) -> None:
-        super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
-        self.n_head = n_head
-        self.qkv = nn.Linear(n_embd, 3 * n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.kernel = build_attention(attn, head_dim=n_embd // n_head, **(attn_params or {}))
-        # qk-norm (ViT-22B, Wortsman et al. 2023, Ramapuram et al. 2024): LayerNorm over the head dim of q and k,
-        # shared by the heads, before the kernel; per-token, so causality is untouched. Off: plain identity.
-        self.q_norm = nn.LayerNorm(n_embd // n_head) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(n_embd // n_head) if qk_norm else nn.Identity()
-
-    def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
-        """(B, T, C) → (B, T, C), or (B, T/2, C) at the x positions (even tokens) only with ``x_only``."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        q, k = self.q_norm(q), self.k_norm(k)
-        y = self.kernel(q, k, v)  # (B, nh, T, hs)
-        if x_only:
-            y = y[:, :, ::2]  # (B, nh, T/2, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, y.shape[2], C))
 
 
 # model.activation -> the GELU it builds: exact erf (ours) or GPT-2's tanh approximation ("gelu_new"), which
@@ -91,18 +64,20 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x)).
+    """Pre-LayerNorm residual block: x + mixer(ln(x)), then x + mlp(ln(x)).
 
-    ``qk_norm`` and ``layer_scale`` (the attention branch's LayerScale init; null = none) are training options
-    that leave the attention kernel itself unchanged."""
+    The mixer (``icl.mixers``: attention = projections + kernel, or a recurrent mixer) sits in ``self.attn``, the
+    name every checkpoint's keys use. ``qk_norm`` and ``layer_scale`` (the mixer branch's LayerScale init; null =
+    none) are training options that leave the kernel itself unchanged; ``pos`` is the positional encoding."""
 
     def __init__(self, n_embd: int, n_head: int, attn: str, attn_params: dict[str, Any] | None,
                  dropout: float, activation: str = "gelu", qk_norm: bool = False,
-                 layer_scale: float | None = None, mlp: bool = True, layer_norm: bool = True) -> None:
+                 layer_scale: float | None = None, mlp: bool = True, layer_norm: bool = True,
+                 pos: str = "learned") -> None:
         super().__init__()
         norm = partial(nn.LayerNorm, n_embd) if layer_norm else nn.Identity
         self.ln_1, self.ln_2 = norm(), norm() if mlp else nn.Identity()  # no parameter goes unused (DDP)
-        self.attn = SelfAttention(n_embd, n_head, attn, attn_params, qk_norm)
+        self.attn = build_mixer(attn, n_embd, n_head, attn_params, qk_norm, pos)
         self.attn_scale = nn.Identity() if layer_scale is None else LayerScale(n_embd, layer_scale)
         self.mlp = MLP(n_embd, dropout, activation) if mlp else None  # None: an attention-only block
         self.drop = nn.Dropout(dropout)
@@ -133,6 +108,31 @@ class TransformerConfig:
     layer_scale: float | None = None  # LayerScale on the attention branch, γ's initial value; None = off
     mlp: bool = True  # False: attention-only blocks (von Oswald et al. 2023; docs/algorithms.md)
     layer_norm: bool = True  # False: no LayerNorm in the blocks nor before the read-out
+    pos: str | None = None  # learned | none | rope | alibi; None = the mixers' default (learned if any layer attends)
+    pattern: list[str] | None = None  # mixer names per layer, repeated to n_layer (a hybrid); None = attn everywhere
+
+
+def layer_mixers(c: TransformerConfig) -> list[str]:
+    """The mixer of every layer: ``pattern`` repeated to n_layer (it must contain ``attn``), or ``attn`` everywhere."""
+    check_mixer(c.attn)
+    if not c.pattern:
+        return [c.attn] * c.n_layer
+    names = [check_mixer(n) for n in c.pattern]
+    if c.n_layer % len(names) or c.attn not in names:
+        raise ValueError(f"model.pattern {names} must divide model.n_layer ({c.n_layer}) and contain attn={c.attn} "
+                         "(whose options it takes; the other names use their defaults)")
+    return names * (c.n_layer // len(names))
+
+
+def resolve_pos(c: TransformerConfig, names: list[str]) -> str:
+    """``c.pos``, or the default of the layers' mixers; rope and alibi need an attention layer to act on."""
+    pos = c.pos if c.pos is not None else default_pos(names)
+    if pos not in POSITIONS:
+        raise ValueError(f"unknown model.pos '{pos}'; choose one of: {', '.join(POSITIONS)}")
+    if pos in ("rope", "alibi") and not any(family(n) == "attention" for n in names):
+        raise ValueError(f"model.pos={pos} acts inside attention, and {sorted(set(names))} has none: "
+                         "use model.pos=none or learned")
+    return pos
 
 
 class ICLTransformer(nn.Module):
@@ -143,12 +143,19 @@ class ICLTransformer(nn.Module):
         self.config = c = config
         if not 1 <= c.y_dim <= c.n_dims:
             raise ValueError(f"y_dim ({c.y_dim}) must be in 1..n_dims ({c.n_dims}): a y token is as wide as an x token")
+        names = layer_mixers(c)
+        self.pos = resolve_pos(c, names)
+        if c.qk_norm and not any(family(n) == "attention" for n in names):
+            raise ValueError(f"model.qk_norm applies to attention layers; {sorted(set(names))} has none: "
+                             "set model.qk_norm=false")
         self.read_in = nn.Linear(c.n_dims, c.n_embd)
-        self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
+        if self.pos == "learned":  # the only positions with parameters (old checkpoints: always these)
+            self.wpe = nn.Embedding(2 * c.n_positions, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.attn, c.attn_params, c.dropout, c.activation,
-                                          c.qk_norm, c.layer_scale, c.mlp, c.layer_norm)
-                                    for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, name, c.attn_params if name == c.attn else None,
+                                          c.dropout, c.activation, c.qk_norm and family(name) == "attention",
+                                          c.layer_scale, c.mlp, c.layer_norm, self.pos)
+                                    for name in names)
         self.ln_f = nn.LayerNorm(c.n_embd) if c.layer_norm else nn.Identity()
         self.read_out = nn.Linear(c.n_embd, c.y_dim)
         self.apply(self._init_weights)
@@ -161,6 +168,13 @@ class ICLTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def embed(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """The residual stream before the first block: read-in of the interleaved tokens (+ learned positions)."""
+        h = self.read_in(interleave(xs, ys))  # (B, T, C)
+        if self.pos == "learned":
+            h = h + self.wpe(torch.arange(h.shape[1], device=h.device))
+        return self.drop(h)
+
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         """xs (B, n, d), ys (B, n) → predictions (B, n) read at the x positions ((B, n, y_dim) for vector y)."""
         B, n, d = xs.shape
@@ -170,9 +184,7 @@ class ICLTransformer(nn.Module):
             raise ValueError(f"prompts have {n} points but model.n_positions is {self.config.n_positions}")
         if (ys.shape[-1] if ys.ndim == 3 else 1) != self.config.y_dim:
             raise ValueError(f"ys {tuple(ys.shape)} do not match the model's y_dim = {self.config.y_dim}")
-        tokens = interleave(xs, ys)  # (B, T, d)
-        pos = torch.arange(2 * n, device=xs.device)
-        h = self.drop(self.read_in(tokens) + self.wpe(pos))  # (B, T, C)
+        h = self.embed(xs, ys)  # (B, T, C)
         # Only the x positions are read out, and after the last attention every op is per token: the last block
         # returns the x positions only, and LayerNorm and read-out run on those (half the tokens).
         last = len(self.blocks) - 1

@@ -46,7 +46,7 @@ def test_model_sizes(model, tmp_path):
     _, module = build(cfg)
     c = module.model.config
     assert (c.n_embd, c.n_layer, c.n_head) == {"tiny": (64, 3, 2), "small": (128, 6, 4), "standard": (256, 12, 8),
-                                               "attn_only": (64, 3, 2)}[model]
+                                              "attn_only": (64, 3, 2), "hybrid": (64, 3, 2)}[model]
     assert c.mlp == (model != "attn_only")
     assert c.n_positions == cfg.task.curriculum.points.end
 

@@ -43,7 +43,7 @@ def test_prediction_i_ignores_later_tokens():
 def test_clear_errors():
     with pytest.raises(ValueError, match="divisible"):
         ICLTransformer(TransformerConfig(n_dims=4, n_embd=64, n_head=3))
-    with pytest.raises(ValueError, match="unknown attention 'nope'"):
+    with pytest.raises(ValueError, match="unknown sequence mixer 'nope'"):
         ICLTransformer(TransformerConfig(n_dims=4, attn="nope"))
     with pytest.raises(ValueError, match="attention 'softmax': .*'window'"):
         ICLTransformer(TransformerConfig(n_dims=4, attn_params={"window": 3}))

@@ -41,7 +41,8 @@ from icl.files import atomic_write, sha256_file, source_hash, write_json
 
 log = logging.getLogger(__name__)
 
-TRAINING_SOURCES = ("icl.tasks", "icl.physics", "icl.curriculum", "icl.data", "icl.attention", "icl.transformer", "icl.module")
+TRAINING_SOURCES = ("icl.tasks", "icl.physics", "icl.curriculum", "icl.data", "icl.attention", "icl.mixers", "icl.scans",
+                    "icl.transformer", "icl.module")
 IGNORED = {  # config keys that cannot change the trained weights
     "": {"paths", "eval", "callbacks", "logger", "hydra", "experiment", "ckpt_path", "quant", "threads", "skip_done",
          "recipe"},  # the recipe table: the values it sets (optim, model, trainer) are hashed where they land

@@ -1,0 +1,33 @@
+"""The sequence-mixer benchmark (icl.bench.mixers): cost rows with state memory and FLOPs, training-step ratios."""
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from icl.bench.mixers import run
+
+CFG = {"parts": ["cost", "train_step"], "variants": ["softmax", "sliding_window", "mamba"], "lengths": [16, 32],
+       "modes": ["forward", "forward_backward"], "batch": 1, "n_embd": 16, "n_head": 2, "dtype": "float32",
+       "device": "cpu", "threads": None, "warmup": 0, "repeats": 2, "train_repeats": 2, "seed": 0}
+
+
+def test_mixer_bench_rows_state_memory_and_train_step_ratios(tmp_path):
+    out = run(OmegaConf.create({**CFG, "out_dir": str(tmp_path)}))
+    cost, steps = out["cost"], out["train_step"]
+    assert len(cost) == 3 * 2 * 2 and cost.median_ms.notna().all()
+    state = cost.drop_duplicates(["variant", "T"]).set_index(["variant", "T"]).state_floats
+    assert state["softmax", 32] == 2 * state["softmax", 16] == 2 * 16 * 32  # the KV cache grows with T
+    assert state["mamba", 16] == state["mamba", 32]  # a recurrent state does not
+    flops = cost.drop_duplicates(["variant", "T"]).set_index(["variant", "T"]).kernel_flops
+    assert flops["softmax", 16] == 4 * 16 * 16 * 17 // 2 and math.isnan(flops["mamba", 16])
+    assert flops["sliding_window", 32] < flops["softmax", 32]
+    assert list(steps.mixer) == ["softmax", "sliding_window", "mamba"] and steps.ratio_to_softmax.iloc[0] == 1.0
+    assert {"mixers.csv", "mixers_slopes.csv", "mixers.md", "train_step.csv"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_unknown_mixer_or_part_is_one_line(tmp_path):
+    with pytest.raises(ValueError, match="unknown sequence mixer 'nope'"):
+        run(OmegaConf.create({**CFG, "variants": ["nope"], "out_dir": str(tmp_path)}))
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['speed'\]"):
+        run(OmegaConf.create({**CFG, "parts": ["speed"], "out_dir": str(tmp_path)}))
