@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from icl.attention import CausalReLUAttention, ReLUAttention, SigmoidAttention
+from icl.tables import markdown_table
 
 PREFIX = "diag/"
 
@@ -148,9 +149,8 @@ def main() -> None:
     rows = [{"attn": name, "qk_norm": qk, **at_init(name, qk)} for name in sorted(ATTENTION) for qk in (False, True)]
     columns = ["attn", "qk_norm", "score_std/l0", "attn_ratio/l0", "frac_positive/l0", "mean_weight/l0"]
     table = pd.DataFrame(rows).reindex(columns=columns)
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for row in table.itertuples(index=False):
-        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row).replace("nan", "—") + " |")
+    print(markdown_table(columns, ([f"{v:.4f}".replace("nan", "—") if isinstance(v, float) else v for v in row]
+                                   for row in table.itertuples(index=False))))
 
 
 if __name__ == "__main__":
