@@ -1,36 +1,10 @@
-"""Evaluation: the transformer and the task's baselines on the same fresh prompts → tidy ``eval.csv``.
+"""Evaluation: the transformer and the task's baselines on the same fresh prompts → tidy ``eval.csv`` and
+``errors.npz`` (their columns and keys: ``icl.contract``; what each column means: docs/jobs.md#evalcsv).
 
-One row per (strategy, param, predictor, k), k = number of in-context examples before the query
-(0 … n_points − 1); strategies and their parameters come from ``eval.strategies`` (``icl.prompts``;
-``param`` is empty for strategies without one). ``error`` is normalised so the zero estimator scores
-1: for regression it is the mean squared error at k divided by the zero estimator's mean squared
-error (mean of the target²) on the same prompts — a ratio of means, ≈ squared error / d on isotropic
-linear prompts; for classification it is the error rate divided by 0.5 (chance). ``ci_low``/``ci_high``
-are a percentile bootstrap over prompts (the ratio recomputed on every resample). ``error_raw`` keeps
-the un-normalised mean and ``error_per_dim`` = ``error_raw`` / d is Garg et al.'s normalisation (the
-two agree on standard isotropic prompts, not under scale_x/scale_y, where only ``error`` stays
-comparable). Vector outputs (``task.y_dim`` > 1, the mujoco_* tasks): the squared error and the zero
-estimator's are first averaged over the output coordinates (which the task standardises, so each weighs
-alike), then the same ratio of means; ``error_raw`` is that coordinate mean. Prompts come from ``eval.seed``,
-not the training seed, so every job of a study is scored on the very same prompts.
-
-Baseline rows carry ``diff_transformer`` [``diff_low``, ``diff_high``]: the baseline's error minus this job's
-transformer's on the same prompts, in units of ``error`` (Σ err_baseline − Σ err_transformer over Σ err_zero),
-with a paired percentile bootstrap CI (negative: the baseline is better). Differences between jobs (a variant vs
-the softmax/float reference) are paired at aggregation (``icl.analysis.results.paired_differences``).
-
-One failing cell never sinks the evaluation: an exception while drawing a strategy's prompts, predicting with the
-transformer or a baseline, or scoring, is caught at that cell and logged in one line; the cell's rows are NaN with
-the error line in ``failure`` (empty everywhere else), and every other cell is scored and written as usual
-(``failures(df)`` lists them, for status.json).
-
-Beside ``eval.csv`` a job writes ``errors.npz``: the transformer's and the zero estimator's per-prompt
-errors (float32, (P, n), key ``<strategy>/<param>/<predictor>``), from which ``icl.analysis.results`` computes
-paired differences between jobs scored on the same prompts. Baseline predictions are cached across
-jobs (``eval.cache``, ``icl.cache``).
-
-This is the library part (no Hydra, no job folder): ``icl.run.evaluate`` evaluates a job and writes its
-``eval.csv``; run alone on a finished job: ``python -m icl.evaluate run_dir=outputs/…``.
+One row per (strategy, param, predictor, k); errors are normalised so the zero estimator scores 1, with percentile
+bootstrap CIs over prompts and, on baseline rows, the paired difference to the transformer. A cell that raises
+becomes NaN rows with its error line in ``failure``; the other cells are still scored. No Hydra, no job folder
+here: ``icl.run.evaluate`` evaluates a job.
 """
 
 from __future__ import annotations
