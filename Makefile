@@ -14,7 +14,7 @@ STUDY_DIR = multirun/seed_study/$(STUDY)
 BENCH_CSV = $(if $(filter paper,$(STUDY)),bench_paper.csv,bench.csv)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo study status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate clean
+.PHONY: help install demo study status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate quant-sweep clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench: install ## latency per attention x quant x k + ours vs the GPT2Model refe
 
 bench-overhead: install ## the smoke job's step vs a bare loop + tiny/standard train step vs GPT2Model (~1 min; docs/benchmarks.md)
 	$(PY) -m icl.bench bench=overhead threads=2 $(ARGS)
+
+quant-sweep: install ## post-training width sweeps + one-block sensitivity on trained jobs (RUNS=folders; outputs/quant_sweep/)
+	$(PY) -m icl.bench.quant_sweep $(or $(RUNS),outputs multirun) $(ARGS)
 
 bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS=grid=true adds the sparse grid)
 	$(PY) -m icl.bench.eval $(ARGS)

@@ -1,7 +1,9 @@
 """Atomic file writes: a job's result files are either absent or complete, never half-written.
 
-Write to ``<name>.tmp`` beside the target, then rename (atomic on one filesystem), so a crash or a
-reader racing the writer (``make figures`` during a sweep) never sees a truncated CSV or JSON.
+Write to a temporary file beside the target, with a name unique to this write (``tempfile.mkstemp``: two processes
+writing one file at once never share it), then rename (atomic on one filesystem), so a crash, a reader racing the
+writer (``make figures`` during a sweep) or a second writer never leaves a truncated or mixed CSV, JSON or checkpoint:
+the target is always one writer's whole file.
 """
 
 from __future__ import annotations
@@ -9,17 +11,60 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it): mkstemp's files are 0600, ours follow it
+os.umask(_UMASK)
+
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` fills a temporary file, which then replaces ``path`` in one step."""
+    """``write(tmp)`` fills a temporary file (``.<name>.<random>.tmp`` in the same folder), which then replaces
+    ``path`` in one step; the temporary file is removed if ``write`` raises."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)  # writers open the path themselves (torch.save, DataFrame.to_csv, np.save ...)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def temporary_files(folder: Path) -> Iterator[Path]:
+    """Temporary files of unfinished writes under ``folder`` (``atomic_write``'s, and the ``<name>.tmp`` of older
+    versions): what a killed writer leaves behind."""
+    return (p for p in Path(folder).rglob(f"*{TMP_SUFFIX}") if p.is_file())
+
+
+def filesystem_of(path: Path) -> str:
+    """One phrase naming the filesystem ``path`` is on: its mount point and the space left there."""
+    mount = Path(path).resolve()
+    while not mount.exists() or not os.path.ismount(mount):
+        mount = mount.parent
+    stat = os.statvfs(mount)
+    return f"the filesystem mounted at {mount} ({stat.f_bavail * stat.f_frsize / 2**20:.1f} MiB free)"
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks (checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` at ``path``, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,9 +1,13 @@
 """Quantisation modes (``quant=NAME``) through torchao, and the proof that a model really is quantised.
 
-Modes (README "Quantization" has the table): ``none``; post-training ``int8_weight`` (Int8WeightOnlyConfig),
-``int8_dynamic`` (Int8DynamicActivationInt8WeightConfig), ``bf16`` (a dtype cast) and ``int4_weight``
-(Int4WeightOnlyConfig, CUDA only); and ``qat_int8``: torchao's QATConfig fake-quantises during training
-(``prepare_qat``, called by ICLModule so a reload or resume rebuilds it) and converts to real int8 afterwards.
+Modes (docs/quantization.md has the table): ``none``; post-training ``int8_weight`` (Int8WeightOnlyConfig),
+``int8_dynamic`` (Int8DynamicActivationInt8WeightConfig), ``bf16`` (a dtype cast), ``int4_weight``
+(Int4WeightOnlyConfig, CUDA only), ``intx_weight`` (IntxWeightOnlyConfig: ``bits`` 2..8, ``group_size`` or per
+channel), ``int8_fbgemm`` (PyTorch's x86/FBGEMM dynamic int8, ``torch.ao.quantization.quantize_dynamic``: the int8
+kernels that are faster than float on a CPU) and ``attn_fq`` (fake quantisation of q, k, v, the attention weights
+and the kernel output, ``icl.fakequant``); and ``qat_int8`` / ``qat_intx``: torchao's QATConfig fake-quantises during training
+(``prepare_qat``, called by ICLModule so a reload or resume rebuilds it) and converts to real integers afterwards.
+``quant.blocks`` limits any mode to some blocks (per-layer sensitivity, ``icl.bench.quant_sweep``).
 
 Only linear layers are quantised; ``quant.layers`` picks which of ``read_in``, ``attn`` (qkv and output
 projections), ``mlp`` and ``read_out``. The default ``[attn, mlp]`` holds > 98 % of the linear weights; the
@@ -21,8 +25,10 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import math
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from icl.errors import first_line
+from icl.fakequant import GRANULARITIES, TENSORS, wrap_kernels
 from icl.registry import Registry
 from icl.transformer import predict_model
 
@@ -50,8 +57,10 @@ PROOF_PROMPTS = 256  # the fixed batch (the first evaluation prompts) for the ou
 @dataclass(frozen=True)
 class Mode:
     stage: str  # none | post (applied to the trained model) | qat (acts during training)
-    dtype: str  # how a quantised layer stores its weights
+    dtype: str  # how a quantised layer stores its weights ("intx": int<bits>)
     cuda_only: bool = False
+    linears: bool = True  # False: the mode quantises no linear layer (attention internals only)
+    options: frozenset[str] = frozenset()  # the mode's own settings besides name, layers and blocks
 
 
 MODES: Registry[Mode] = Registry("quant mode", "quant")
@@ -60,7 +69,38 @@ MODES.add("int8_weight", Mode("post", "int8"))
 MODES.add("int8_dynamic", Mode("post", "int8"))
 MODES.add("qat_int8", Mode("qat", "int8"))
 MODES.add("bf16", Mode("post", "bfloat16"))
-MODES.add("int4_weight", Mode("post", "int4", cuda_only=True))
+MODES.add("int4_weight", Mode("post", "int4", cuda_only=True, options=frozenset({"group_size", "packing"})))
+MODES.add("intx_weight", Mode("post", "intx", options=frozenset({"bits", "group_size"})))
+MODES.add("qat_intx", Mode("qat", "intx", options=frozenset({"bits", "group_size"})))
+MODES.add("int8_fbgemm", Mode("post", "int8"))
+MODES.add("attn_fq", Mode("post", "float32", linears=False, options=frozenset({"bits", "granularity", "tensors"})))
+WEIGHT_BITS = range(2, 9)  # intx widths: int1 has no symmetric range
+ATTN_BITS = range(2, 33)
+DEFAULTS: dict[str, dict[str, Any]] = {  # a mode's settings when its config leaves them out
+    "int4_weight": {"group_size": 32, "packing": "tile_packed_to_4d"},
+    "intx_weight": {"bits": 4, "group_size": None},
+    "qat_intx": {"bits": 4, "group_size": 32},
+    "attn_fq": {"bits": 8, "granularity": "head", "tensors": list(TENSORS)},
+}
+
+
+def _check_params(name: str, params: dict[str, Any]) -> None:
+    """One ValueError line for a width or granularity that cannot exist."""
+    bits = params.get("bits")
+    widths = ATTN_BITS if name == "attn_fq" else WEIGHT_BITS
+    if "bits" in params and (not isinstance(bits, int) or isinstance(bits, bool) or bits not in widths):
+        raise ValueError(f"quant.bits={bits!r} is impossible for quant={name}: use an integer in "
+                         f"{widths.start}..{widths.stop - 1}")
+    group = params.get("group_size")
+    if group is not None and (not isinstance(group, int) or isinstance(group, bool) or group < 1):
+        raise ValueError(f"quant.group_size={group!r} must be a positive integer (or null: one scale per channel)")
+    if name == "attn_fq":
+        if params.get("granularity") not in GRANULARITIES:
+            raise ValueError(f"quant.granularity={params.get('granularity')!r} is unknown; choose from "
+                             f"{list(GRANULARITIES)}")
+        bad = sorted(set(params.get("tensors") or ()) - set(TENSORS))
+        if bad or not params.get("tensors"):
+            raise ValueError(f"quant.tensors={params.get('tensors')!r}: list some of {list(TENSORS)}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +110,7 @@ class QuantSpec:
     name: str = "none"
     layers: tuple[str, ...] = DEFAULT_LAYERS
     params: dict[str, Any] = field(default_factory=dict)  # the mode's own settings (int4: group_size)
+    blocks: tuple[int, ...] | None = None  # only these blocks (None: all)
 
     @classmethod
     def from_config(cls, node: dict[str, Any] | None) -> "QuantSpec":
@@ -80,28 +121,65 @@ class QuantSpec:
         unknown = sorted(set(layers) - set(LAYER_GROUPS))
         if unknown:
             raise ValueError(f"unknown quant.layers {unknown}; choose from {list(LAYER_GROUPS)}")
-        if name != "none" and not layers:
+        if name != "none" and MODES[name].linears and not layers:
             raise ValueError(f"quant={name} with quant.layers=[] quantises nothing: list layers or use quant=none")
-        allowed = {"int4_weight": {"group_size", "packing"}}.get(name, set())
+        blocks = node.pop("blocks", None)
+        if blocks is not None:
+            if not blocks or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
+                raise ValueError(f"quant.blocks={blocks!r} must be a non-empty list of block indices (or null: all)")
+            blocks = tuple(blocks)
+        allowed = MODES[name].options
         extra = sorted(set(node) - allowed)
         if extra:
-            known = sorted(allowed | {"name", "layers"})
+            known = sorted(allowed | {"name", "layers", "blocks"})
             raise ValueError(f"unknown quant option(s) {extra} for quant={name}; known: {known}")
-        return cls(name, layers, node)
+        params = {**DEFAULTS.get(name, {}), **node}
+        _check_params(name, params)
+        return cls(name, layers, params, blocks)
 
     @property
     def mode(self) -> Mode:
         return MODES[self.name]
 
+    @property
+    def bits(self) -> int | None:
+        return self.params.get("bits")
+
+    @property
+    def dtype(self) -> str:
+        """How a quantised layer stores its values (intx modes: int<bits>)."""
+        return f"int{self.bits}" if self.mode.dtype == "intx" else self.mode.dtype
+
+    @property
+    def label(self) -> str:
+        """The mode with its width and grouping, e.g. ``intx_weight_w4_g32`` (the ``quant`` column of eval.csv)."""
+        if self.name in ("intx_weight", "qat_intx"):
+            group = self.params.get("group_size")
+            tail = f"_w{self.bits}_{'g' + str(group) if group else 'pc'}"
+        elif self.name == "attn_fq":
+            tensors = list(self.params["tensors"])
+            tail = f"_a{self.bits}_{self.params['granularity']}" + ("" if tensors == list(TENSORS) else
+                                                                    "_" + "-".join(tensors))
+        else:
+            tail = ""
+        return self.name + tail + ("_b" + "-".join(map(str, self.blocks)) if self.blocks is not None else "")
+
     def selects(self, module: nn.Module, name: str) -> bool:
-        """torchao ``filter_fn``: a linear layer in one of the chosen groups."""
-        return isinstance(module, nn.Linear) and any(re.fullmatch(LAYER_GROUPS[g], name) for g in self.layers)
+        """torchao ``filter_fn``: a linear layer in one of the chosen groups (and blocks)."""
+        if not (self.mode.linears and isinstance(module, nn.Linear)):
+            return False
+        if self.blocks is not None and not any(name.startswith(f"blocks.{b}.") for b in self.blocks):
+            return False
+        return any(re.fullmatch(LAYER_GROUPS[g], name) for g in self.layers)
 
 
 def training_part(quant: "QuantSpec | dict[str, Any] | None") -> dict[str, Any] | None:
     """What of the quant config changes training (for the trained-model fingerprint): QAT only."""
     spec = quant if isinstance(quant, QuantSpec) else QuantSpec.from_config(quant)
-    return {"name": spec.name, "layers": list(spec.layers), **spec.params} if spec.mode.stage == "qat" else None
+    if spec.mode.stage != "qat":
+        return None
+    blocks = {} if spec.blocks is None else {"blocks": list(spec.blocks)}
+    return {"name": spec.name, "layers": list(spec.layers), **spec.params, **blocks}
 
 
 @contextmanager
@@ -113,7 +191,11 @@ def quiet() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():  # torch.ao.quantization (int8_fbgemm) warns that it is deprecated
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
+            warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*deprecated")
+            warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -130,10 +212,20 @@ def torchao() -> Any:
     return ao
 
 
-def _qat_base() -> Any:
-    """The PTQ config QAT imitates while training and applies at conversion:
-    int8 per-channel weights, int8 per-token (asymmetric) activations."""
+def _intx_config(spec: QuantSpec) -> Any:
+    """IntxWeightOnlyConfig at the spec's width: symmetric, one scale per group or per output channel."""
     q = torchao().quantization
+    group = spec.params.get("group_size")
+    return q.IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{spec.bits}"),
+                                  granularity=q.PerGroup(group) if group else q.PerAxis(0))
+
+
+def _qat_base(spec: QuantSpec) -> Any:
+    """The PTQ config QAT imitates while training and applies at conversion: qat_int8: int8 per-channel weights,
+    int8 per-token (asymmetric) activations; qat_intx: int<bits> weights (grouped), float activations."""
+    q = torchao().quantization
+    if spec.name == "qat_intx":
+        return _intx_config(spec)
     return q.Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=q.PerAxis(0))
 
 
@@ -141,7 +233,7 @@ def prepare_qat(model: nn.Module, spec: QuantSpec) -> None:
     """Swap the chosen linears for torchao's fake-quantised ones, in place (before the optimiser is built)."""
     q = torchao().quantization
     with quiet():
-        q.quantize_(model, q.qat.QATConfig(_qat_base(), step="prepare"), filter_fn=spec.selects)
+        q.quantize_(model, q.qat.QATConfig(_qat_base(spec), step="prepare"), filter_fn=spec.selects)
 
 
 def _cast_in(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -172,7 +264,26 @@ def _ptq_config(spec: QuantSpec) -> Any:
     if spec.name == "int4_weight":
         return q.Int4WeightOnlyConfig(group_size=int(spec.params.get("group_size", 32)),
                                       int4_packing_format=spec.params.get("packing", "tile_packed_to_4d"))
+    if spec.name == "intx_weight":
+        return _intx_config(spec)
     raise AssertionError(spec.name)
+
+
+def fbgemm_engine() -> str | None:
+    """PyTorch's x86 quantized engine (FBGEMM, or "x86" which dispatches to it) if this build has one."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in ("x86", "fbgemm") if e in engines), None)
+
+
+def _to_fbgemm(model: nn.Module, spec: QuantSpec) -> None:
+    """Dynamic int8 (per-channel weights, activations per tensor at run time) via torch.ao's x86 engine, in place."""
+    engine = fbgemm_engine()
+    if engine is None:
+        raise RuntimeError("this PyTorch build has no x86/FBGEMM quantized engine")
+    torch.backends.quantized.engine = engine
+    ao = torch.ao.quantization
+    chosen = {name: ao.per_channel_dynamic_qconfig for name, m in model.named_modules() if spec.selects(m, name)}
+    ao.quantize_dynamic(model, chosen, dtype=torch.qint8, inplace=True)
 
 
 def is_fake_quantized(model: nn.Module) -> bool:
@@ -203,11 +314,16 @@ def _quantized_copy(model: nn.Module, spec: QuantSpec) -> nn.Module:
     out = copy.deepcopy(model)
     if spec.mode.stage == "qat":
         if not is_fake_quantized(model):
-            raise ValueError("quant=qat_int8 needs a model trained with fake quantisation (its checkpoint has none)")
+            raise ValueError(f"quant={spec.name} needs a model trained with fake quantisation (its checkpoint has none)")
         ao = torchao()
-        ao.quantization.quantize_(out, ao.quantization.qat.QATConfig(_qat_base(), step="convert"), filter_fn=None)
+        ao.quantization.quantize_(out, ao.quantization.qat.QATConfig(_qat_base(spec), step="convert"), filter_fn=None)
     elif spec.name == "bf16":
         _to_bf16(out, spec)
+    elif spec.name == "int8_fbgemm":
+        _to_fbgemm(out, spec)
+    elif spec.name == "attn_fq":
+        p = spec.params
+        wrap_kernels(out, p["bits"], p["granularity"], tuple(p["tensors"]), spec.blocks)
     else:
         if spec.name == "int4_weight":  # tinygemm int4 works on bfloat16 weights and activations
             _to_bf16(out, spec)
@@ -234,8 +350,32 @@ def serialized_bytes(tensors: dict[str, Any]) -> int:
     return buffer.tell()
 
 
-def linears(model: nn.Module) -> dict[str, nn.Linear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+def is_fbgemm_linear(module: nn.Module) -> bool:
+    """A torch.ao dynamic quantized linear (int8_fbgemm): its weight lives in FBGEMM's packed parameters."""
+    dynamic = sys.modules.get("torch.ao.nn.quantized.dynamic")  # imported by quantize_dynamic, never before
+    return dynamic is not None and isinstance(module, dynamic.Linear)
+
+
+def linears(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) or is_fbgemm_linear(m)}
+
+
+def layer_dtype(module: nn.Module) -> str:
+    """How a linear layer stores its weight (an FBGEMM-packed layer: int8)."""
+    return "int8" if is_fbgemm_linear(module) else storage_dtype(module.weight)
+
+
+def packed_bytes(weight: Tensor) -> int | None:
+    """Bytes a torchao int<b> weight held one value per int8 would take with b bits per value (values + scales,
+    + zero points where any is non-zero); None for anything else."""
+    target = getattr(weight, "target_dtype", None)
+    qdata, scale = getattr(weight, "qdata", None), getattr(weight, "scale", None)
+    if not isinstance(target, torch.dtype) or qdata is None or scale is None or target == torch.int8:
+        return None
+    bits = int(str(target).removeprefix("torch.int"))
+    zero = getattr(weight, "zero_point", None)
+    zero_bytes = zero.numel() * zero.element_size() if zero is not None and bool(zero.ne(0).any()) else 0
+    return math.ceil(qdata.numel() * bits / 8) + scale.numel() * scale.element_size() + zero_bytes
 
 
 @torch.inference_mode()
@@ -246,27 +386,63 @@ def relative_difference(reference: nn.Module, other: nn.Module, xs: Tensor, ys: 
     return (out - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)
 
 
+def _layer_entries(state: dict[str, Any], name: str) -> dict[str, Any]:
+    """A layer's weight; an FBGEMM layer's packed parameters (weight and bias together, as FBGEMM stores them)."""
+    if f"{name}.weight" in state:
+        return {f"{name}.weight": state[f"{name}.weight"]}
+    return {k: v for k, v in state.items() if k.startswith(f"{name}.")}
+
+
 def _weight_bytes(state: dict[str, Any], layers: list[str]) -> int:
-    return serialized_bytes({f"{n}.weight": state[f"{n}.weight"] for n in layers}) if layers else 0
+    return serialized_bytes({k: v for n in layers for k, v in _layer_entries(state, n).items()}) if layers else 0
+
+
+def _packed_layer_bytes(state: dict[str, Any], layers: list[str]) -> int:
+    """The chosen layers' weights with sub-8-bit values packed (``packed_bytes``); as stored where already packed."""
+    total, rest = 0, []
+    for n in layers:
+        size = packed_bytes(state.get(f"{n}.weight"))
+        if size is None:
+            rest.append(n)
+        else:
+            total += size
+    return total + (_weight_bytes(state, rest) if rest else 0)
+
+
+def storage(spec: QuantSpec) -> str:
+    """Whether the mode's width is real storage or only simulated accuracy."""
+    if spec.name == "none":
+        return "float32"
+    if spec.name == "attn_fq":
+        return "simulated: fake-quantised attention internals, float32 storage"
+    if spec.mode.dtype == "intx" and spec.bits != 8:
+        return f"real int{spec.bits} values held one per int8 byte (bytes); bytes_packed: {spec.bits} bits each"
+    return f"real: {spec.dtype} storage"
 
 
 def proof(reference: nn.Module, quantized: nn.Module, spec: QuantSpec, xs: Tensor, ys: Tensor) -> dict[str, Any]:
     """The evidence that ``quantized`` is quantised: sizes, stored dtypes and how far its outputs move."""
     chosen = [name for name, m in linears(reference).items() if spec.selects(m, name)] if spec.name != "none" else []
     q_linears = linears(quantized)
-    stored = {name: storage_dtype(m.weight) for name, m in q_linears.items()}
+    stored = {name: layer_dtype(m) for name, m in q_linears.items()}
     ref_state, q_state = reference.state_dict(), quantized.state_dict()
     diff = relative_difference(reference, quantized, xs, ys)
+    total, layer = serialized_bytes(q_state), _weight_bytes(q_state, chosen)
+    layer_packed = _packed_layer_bytes(q_state, chosen)
     return {
-        "quant": spec.name, "stage": spec.mode.stage, "layers": list(spec.layers) if chosen else [],
-        "quantized_dtype": spec.mode.dtype,
+        "quant": spec.name, "label": spec.label, "stage": spec.mode.stage,
+        "layers": list(spec.layers) if chosen else [], "blocks": None if spec.blocks is None else list(spec.blocks),
+        "params": spec.params, "quantized_dtype": spec.dtype, "storage": storage(spec),
         "linear_layers": len(q_linears),
-        "quantized_linears": sum(dtype == spec.mode.dtype for dtype in stored.values()) if chosen else 0,
+        "quantized_linears": sum(dtype == spec.dtype for dtype in stored.values()) if chosen else 0,
         "weight_dtypes": stored,
+        "attention_kernels_quantized": sum(type(m).__name__ == "QuantizedKernel" for m in quantized.modules()),
         "bytes_float": serialized_bytes(ref_state),
-        "bytes": serialized_bytes(q_state),
+        "bytes": total,
+        "bytes_packed": total - layer + layer_packed,
         "layer_bytes_float": _weight_bytes(ref_state, chosen),
-        "layer_bytes": _weight_bytes(q_state, chosen),
+        "layer_bytes": layer,
+        "layer_bytes_packed": layer_packed,
         "proof_prompts": len(xs),
         "rel_diff_max": float(diff.max()),
         "rel_diff_mean": float(diff.mean()),
@@ -276,21 +452,30 @@ def proof(reference: nn.Module, quantized: nn.Module, spec: QuantSpec, xs: Tenso
 
 def summary(report: dict[str, Any]) -> str:
     """One log line from a ``quant.json`` report."""
-    return (f"quant={report['quant']}: {report['quantized_linears']}/{report['linear_layers']} linear layers stored as "
-            f"{report['quantized_dtype']}, {report['bytes']:,} bytes (float {report['bytes_float']:,}; quantised layers "
-            f"{report['layer_bytes']:,} vs {report['layer_bytes_float']:,}), output vs float: relative difference "
+    return (f"quant={report.get('label', report['quant'])}: {report['quantized_linears']}/{report['linear_layers']} "
+            f"linear layers stored as {report['quantized_dtype']}, {report['bytes']:,} bytes (float "
+            f"{report['bytes_float']:,}; quantised layers {report['layer_bytes']:,} vs {report['layer_bytes_float']:,}; "
+            f"packed {report.get('bytes_packed', report['bytes']):,}), attention kernels fake-quantised: "
+            f"{report.get('attention_kernels_quantized', 0)}, output vs float: relative difference "
             f"max {report['rel_diff_max']:.2e} mean {report['rel_diff_mean']:.2e}")
 
 
 def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
     """Fail in one line, before training, when the mode cannot run here: apply it to the untrained model and run it."""
-    if spec.name == "int4_weight":
-        group = int(spec.params.get("group_size", 32))
+    group = spec.params.get("group_size")
+    if group:
         bad = {n: m.in_features for n, m in linears(model).items() if spec.selects(m, n) and m.in_features % group}
         if bad:  # torchao would silently leave these layers in float
             raise ValueError(f"quant.group_size={group} does not divide the input width of {sorted(bad)} "
                              f"({sorted(set(bad.values()))}): pick a group size that does, or drop them from "
                              "quant.layers")
+    n_blocks = len(getattr(model, "blocks", ()))
+    if spec.blocks is not None and max(spec.blocks) >= n_blocks:
+        raise ValueError(f"quant.blocks={list(spec.blocks)} names a block the model lacks (it has {n_blocks}: "
+                         f"0..{n_blocks - 1})")
+    if spec.name == "int8_fbgemm" and fbgemm_engine() is None:
+        raise ValueError(f"quant=int8_fbgemm needs PyTorch's x86/FBGEMM quantized engine, which this build lacks "
+                         f"(engines: {torch.backends.quantized.supported_engines}): use quant=int8_dynamic")
     if spec.mode.cuda_only and not (on_gpu and torch.cuda.is_available()):
         raise ValueError(f"quant={spec.name} needs a CUDA GPU (torchao's int4 kernels are CUDA-only) and this job runs "
                          "on the CPU: use quant=int8_weight here, or trainer=gpu on a machine with a CUDA GPU")

@@ -123,8 +123,8 @@ def test_latency_grid_and_reference_comparison(tmp_path):
 
 def test_every_variant_and_cpu_quant_mode_runs(tmp_path):
     df = run(bench_cfg(tmp_path, "parts=[latency]", "latency.ks=[1]", "latency.batch=2", "latency.repeats=1",
-                       "latency.warmup=0", "latency.quant=[none,int8_weight,int8_dynamic,qat_int8,bf16]"))
-    assert set(df.attn) == set(ATTENTION) and len(df) == len(ATTENTION) * 5
+                       "latency.warmup=0", "latency.quant=[none,int8_weight,int8_dynamic,int8_fbgemm,qat_int8,bf16]"))
+    assert set(df.attn) == set(ATTENTION) and len(df) == len(ATTENTION) * 6
     assert df.note.fillna("").eq("").all(), df[df.note.fillna("") != ""][["attn", "quant", "note"]]
 
 
@@ -133,7 +133,7 @@ def test_bad_settings_are_one_clear_line(tmp_path):
         run(bench_cfg(tmp_path, "latency.variants=[nope]"))
     with pytest.raises(ValueError, match="unknown quant mode.*'int2'"):
         run(bench_cfg(tmp_path, "latency.quant=[int2]"))
-    with pytest.raises(ValueError, match="unknown model 'huge'; choose from: small, standard, tiny"):
+    with pytest.raises(ValueError, match="unknown model 'huge'; choose from: attn_only, small, standard, tiny"):
         run(bench_cfg(tmp_path, "latency.model=huge"))
     with pytest.raises(ValueError, match="unknown part"):
         run(bench_cfg(tmp_path, "parts=[speed]"))

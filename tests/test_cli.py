@@ -130,3 +130,22 @@ def test_a_second_process_in_a_busy_job_folder_refuses_and_the_first_is_intact(t
     df = pd.read_csv(job / "eval.csv")
     assert df[df.predictor == "transformer"].error.notna().all() and df.failure.isna().all()
 
+
+
+def test_a_reordered_sweep_into_a_fixed_sweep_dir_resumes_no_other_cell(tmp_path):
+    """The same 2-job sweep rerun into its hydra.sweep.dir with its values in another order: job n is now another
+    cell, so each job stops in one line instead of resuming (and relabelling) the other cell's model."""
+    from icl.run.train import train
+    from tests.helpers import compose_train
+
+    sweep, tiny = tmp_path / "sweep", [*TINY, "trainer.max_steps=3", "paths.store=null"]
+    for n, seed in enumerate((0, 1)):  # the first sweep, `seed=0,1`: job n trained in-process (one CLI start less)
+        train(compose_train([*tiny, f"seed={seed}"], sweep / str(n)))
+    before = {sweep / str(n): (sweep / str(n) / "eval.csv").read_bytes() for n in (0, 1)}
+    proc = run(["-m", "icl.train", "-m", *tiny, f"hydra.sweep.dir={sweep}", "seed=1,0"], tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    for job in before:
+        assert f"{job} holds the checkpoints of another training config (seed:" in out, out[-3000:]
+    assert proc.returncode == 1 and "2 job(s) failed" in out  # the sweep says so at its end
+    assert {j: (j / "eval.csv").read_bytes() for j in before} == before
+    assert [OmegaConf.load(j / "config.yaml").seed for j in sorted(before)] == [0, 1]

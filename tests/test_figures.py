@@ -123,7 +123,8 @@ def test_broken_and_unfinished_jobs_are_listed_and_skipped(jobs: Path, capsys) -
     make_figures([jobs / "outputs"], out, formats=("png",))
     text = capsys.readouterr().out
     assert f"not aggregated: {failed.resolve()} (failed: FloatingPointError: NaN loss)" in text
-    assert f"{running.resolve()} (running)" in text and "incomplete" in text
+    assert f"{running.resolve()} (interrupted: status.json says running but no process holds" in text  # died
+    assert "incomplete" in text
     assert f"{corrupt.resolve()} (done, but its eval.csv is unreadable)" in text
     assert "6 of 11 jobs aggregated" in text
     assert (out / "error_vs_k_linear.png").read_bytes() == before  # the same jobs went in

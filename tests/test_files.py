@@ -1,10 +1,13 @@
 """Atomic writes: the target is either the old complete file or the new complete one."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from icl.files import atomic_write, source_hash, write_json
+from tests.helpers import ENV
 
 
 def test_write_json_replaces_and_leaves_no_temporary(tmp_path):
@@ -49,3 +52,39 @@ def test_the_fingerprinted_modules_exist():
     from icl.run.store import TRAINING_SOURCES
 
     assert len(source_hash(TRAINING_SOURCES)) == len(source_hash(SOURCES)) == 16
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from icl.files import atomic_write
+
+def chunks(tmp, byte):
+    with open(tmp, "wb") as f:  # many small writes, so two writers sharing a temporary file would interleave
+        for _ in range(64):
+            f.write(byte * 1024)
+            f.flush()
+
+path, byte = Path(sys.argv[1]), sys.argv[2].encode()
+for _ in range(int(sys.argv[3])):
+    atomic_write(path, lambda tmp: chunks(tmp, byte))
+"""
+
+
+def test_two_processes_writing_one_file_always_leave_a_whole_file(tmp_path):
+    """Two writers replace the same file many times at once; every read (during and after) is one writer's whole
+    file, and no temporary file is left behind."""
+    path = tmp_path / "figure.png"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), byte, "150"], env=ENV,
+                                stderr=subprocess.PIPE, text=True) for byte in "ab"]
+    seen = set()
+    while any(w.poll() is None for w in writers):
+        if path.is_file():
+            data = path.read_bytes()
+            assert len(data) == 64 * 1024 and len(set(data)) == 1, "a reader saw a mixed or partial file"
+            seen.add(data[:1])
+    for w in writers:
+        assert w.wait() == 0, w.stderr.read()
+    data = path.read_bytes()
+    assert len(data) == 64 * 1024 and data in (b"a" * 65536, b"b" * 65536)
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]

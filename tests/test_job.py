@@ -90,3 +90,70 @@ def test_extra_ddp_ranks_take_no_lock(tmp_path, monkeypatch):
         with pytest.raises(JobLocked):
             with job_lock(job):
                 pass
+
+
+def test_a_running_status_without_a_lock_holder_reads_as_interrupted(tmp_path, holder):
+    """While a live process holds the folder, `running` is read as running; once it is gone (SIGKILL: nothing could
+    write the failure), every reader — JobDir.status and the analysis layer — says interrupted and how to resume."""
+    from icl.analysis.results import SKIP_STATUSES, read_status
+
+    job = JobDir(tmp_path)
+    job.write_status("running")
+    assert job.status()["status"] == "running" and read_status(tmp_path)["status"] == "running"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    status = read_status(tmp_path)
+    assert status["status"] == "interrupted" and "interrupted" in SKIP_STATUSES
+    assert str(tmp_path) in status["error"] and "resume" in status["error"]
+    assert job.status()["status"] == "interrupted"
+    with job.lock("training"):  # and the reader's probe left the lock free
+        assert job.status()["status"] == "running"  # held by this process
+
+
+FULL_DISK = """
+import errno, json, sys
+from pathlib import Path
+from icl.run.job import JobDir
+
+def fill(path):
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 4096)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+
+disk = Path(sys.argv[1])
+job = JobDir(disk / "job")
+job.write_status("running")
+(job.checkpoints).mkdir()
+leftover = job.checkpoints / ".last.ckpt.k1ll3d.tmp"  # a killed writer's temporary file fills the disk
+fill(leftover)
+job.write_status("failed", error="boom")
+print(json.loads(job.status_file.read_text())["status"], leftover.exists(), flush=True)
+fill(job.metrics_csv)  # now full of the job's own results: nothing to free
+try:
+    job.write_status("done")
+except OSError as err:
+    print("ERROR", err, flush=True)
+"""
+
+
+def test_a_status_write_on_a_full_disk_frees_temporary_files_then_names_the_filesystem(tmp_path):
+    """On a real 256 KiB tmpfs (mounted in a user+mount namespace): status.json is written after removing the job's
+    leftover temporary files; when nothing can be freed the error line names the filesystem."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=256k tmpfs "$0" && exec "$@"', str(disk)]
+    try:
+        probe = subprocess.run([*mount, "true"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
+    proc = subprocess.run([*mount, sys.executable, "-c", FULL_DISK, str(disk)], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first == "failed False"  # written, after the leftover temporary file was removed
+    assert second.startswith("ERROR [Errno 28]") and f"mounted at {disk}" in second and "status.json" in second

@@ -65,7 +65,7 @@ def test_failed_and_running_jobs_skipped_with_warning(tmp_path: Path, caplog) ->
     assert "bad" in caplog.text and "busy" in caplog.text
     table = jobs_table([tmp_path])
     assert dict(zip(table["run_dir"].map(lambda p: Path(p).name), table["status"])) == {
-        "ok": "done", "bad": "failed", "busy": "running"}
+        "ok": "done", "bad": "failed", "busy": "interrupted"}  # `running`, but no process holds its lock
 
 
 def test_missing_csv_skipped_and_empty_result_has_columns(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import Callback
 
 from icl.data import PromptStream
+from icl.run.job import JobDir
 from icl.run.train import build, train
 from tests.helpers import REPO, TINY, compose_train
 
@@ -127,6 +128,7 @@ def test_killed_job_resumes_with_the_same_command(tmp_path, sig, straight):
         assert saved == stopped + 1 or saved == stopped, (saved, stopped)
     else:
         assert status(job)["status"] == "running"  # SIGKILL leaves no chance to write: the rerun fixes it
+        assert JobDir(job).status()["status"] == "interrupted"  # and every reader says what happened
         assert 12 <= saved <= stopped and stopped - saved <= 6
         # the folder's lock went with the process (a SLURM/submitit requeue is this rerun): its .lock file still
         # names the dead holder, and means nothing

@@ -1,6 +1,7 @@
 """Shared trained models: one fingerprint per training config, one training per fingerprint, safe across processes."""
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -105,3 +106,65 @@ def test_a_crashed_holder_releases_its_claim(tmp_path):
         assert entry.done
         entry.publish(lambda p: p.write_text("other"), {"trained_by": "later"})  # never overwrites
     assert entry.meta()["trained_by"] == "next" and entry.ckpt.read_text() == "w"
+
+
+def test_a_truncated_entry_is_moved_aside_and_the_job_retrains_and_republishes(tmp_path, tiny_overrides, caplog):
+    store = f"paths.store={tmp_path / 'store'}"
+    first = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store], tmp_path / "a"))
+    reused = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store, "quant=bf16"], tmp_path / "r"))
+    entry = Entry(tmp_path / "store" / first["fingerprint"])
+    entry.ckpt.write_bytes(entry.ckpt.read_bytes()[:2000])  # a copy cut short
+    with pytest.raises(ValueError, match=r"shared trained model .* is damaged .*rerun the training command"):
+        load_job(JobDir(tmp_path / "r"))  # `icl.evaluate` of a job that used the entry: one line, what to do
+    with caplog.at_level(logging.WARNING, logger="icl.run.store"):
+        again = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store, "quant=int8_weight"], tmp_path / "b"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(entry.dir) in warnings[0] and "moved aside" in warnings[0]
+    assert again["train_seconds"] > 0 and again["trained_by"] == str(tmp_path / "b")  # retrained, republished
+    assert entry.verify() is None and entry.meta()["trained_by"] == str(tmp_path / "b")
+    reused = train(compose_train([*tiny_overrides, "trainer.max_steps=5", store, "quant=int8_dynamic"], tmp_path / "c"))
+    assert reused["train_seconds"] == 0 and reused["trained_by"] == str(tmp_path / "b")
+
+
+HEAL = """
+import sys, time
+from pathlib import Path
+from icl.run.store import claim
+with claim(Path(sys.argv[1]), "abc", Path("job-" + sys.argv[2])) as entry:
+    if entry.done:
+        print("loaded", entry.ckpt.read_text(), flush=True)
+    else:
+        time.sleep(0.5)  # training
+        entry.publish(lambda p: p.write_text("weights of " + sys.argv[2]), {"trained_by": sys.argv[2]})
+        print("published", flush=True)
+"""
+
+
+def test_two_jobs_finding_one_damaged_entry_end_with_one_good_entry(tmp_path):
+    with claim(tmp_path, "abc", tmp_path / "old") as entry:
+        entry.publish(lambda p: p.write_text("weights of old"), {"trained_by": "old"})
+    entry.ckpt.write_text("weights of o")  # truncated on disk
+    procs = [subprocess.Popen([sys.executable, "-c", HEAL, str(tmp_path), who], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for who in ("x", "y")]
+    outs = [(p.communicate(timeout=60), p.returncode) for p in procs]
+    assert all(rc == 0 for _, rc in outs), outs
+    said = sorted(out.strip() for (out, _), _ in outs)
+    assert said[1] == "published" and said[0].startswith("loaded weights of "), said  # one retrains, one loads it
+    assert entry.verify() is None and entry.ckpt.read_text() == said[0].removeprefix("loaded ")
+    assert sum("moved aside" in err for (_, err), _ in outs) == 1
+    aside = [p for p in entry.dir.iterdir() if p.is_dir()]
+    assert len(aside) == 1 and (aside[0] / "model.ckpt").read_text() == "weights of o"
+
+
+def test_entries_published_before_checksums_are_probed(tmp_path):
+    """meta.json without a `file` record (older entries): the checkpoint must load as a training checkpoint."""
+    import torch
+
+    good, bad = Entry(tmp_path / "good"), Entry(tmp_path / "bad")
+    for entry in (good, bad):
+        entry.dir.mkdir()
+        entry.meta_path.write_text(json.dumps({"trained_by": "old"}))
+    torch.save({"global_step": 3, "state_dict": {}}, good.ckpt)
+    bad.ckpt.write_bytes(good.ckpt.read_bytes()[:100])
+    assert good.verify() is None
+    assert "does not load" in bad.verify()

@@ -151,3 +151,24 @@ def test_a_baseline_failing_in_evaluation_leaves_the_job_done_with_the_failure_r
     assert status["failures"] == [{"strategy": "standard", "param": None, "predictor": "least_squares",
                                    "error": "LinAlgError: forced: the input matrix is singular"}]
     assert metrics["failures"] == status["failures"]
+
+
+@pytest.mark.parametrize("other", [["seed=1"], ["task=sparse_linear"]])
+def test_a_folder_of_another_training_config_is_never_resumed(tmp_path, tiny_overrides, other):
+    """A job into a folder holding another training run's checkpoints stops in one line naming the folder and the
+    differing keys, before touching it; post-training changes (quant, eval) still reuse the folder's model."""
+    job = tmp_path / "x"
+    overrides = [*tiny_overrides, "trainer.max_steps=5", "paths.store=null"]
+    train(compose_train(overrides, job))
+    before = {name: (job / name).read_bytes() for name in ("config.yaml", "eval.csv", "status.json")}
+    with pytest.raises(ValueError) as err:
+        train(compose_train([*overrides, *other], job))
+    line = str(err.value)
+    assert "\n" not in line and str(job) in line and other[0].split("=")[0].split(".")[0] in line
+    assert "hydra.run.dir" in line  # what to do
+    assert {name: (job / name).read_bytes() for name in before} == before  # the folder is untouched
+    again = train(compose_train([*overrides, "quant=int8_weight", "eval.n_prompts=32"], job))
+    assert not pd.isna(again["error_at_2d"])  # the folder's own model (resumed at its last step), evaluated
+    assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert set(pd.read_csv(job / "eval.csv").quant) == {"int8_weight"}
+

@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 
 from icl.analysis.styles import attn_color, quant_style
+from icl.files import atomic_write
 
 
 def plot_latency(df: pd.DataFrame, path: Path) -> Path | None:
@@ -33,7 +34,7 @@ def plot_latency(df: pd.DataFrame, path: Path) -> Path | None:
            ylabel="median latency per prompt (ms)", title=f"inference latency, model={lat.model.iloc[0]}")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format=Path(path).suffix[1:]))
     plt.close(fig)
     return path
 

@@ -55,7 +55,7 @@ JOB_COLUMNS: list[str] = [
     "run_dir", "status", "error", "failures", "task", "model", "attn", "quant", "seed",
     "experiment", "n_dims",
 ]  # failures: evaluation cells of a done job that could not be computed (status.json's list; NaN rows in eval.csv)
-SKIP_STATUSES = frozenset({"failed", "running"})
+SKIP_STATUSES = frozenset({"failed", "running", "interrupted"})
 # Config keys that differ between replicates or runs without defining a variant.
 _NUISANCE_SUFFIXES = ("seed", "dir", "path", "root", "ckpt", "checkpoint")
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from icl.attention import ATTENTION, build_attention
 from icl.bench.timing import interleaved, loglog_slope, summarise
+from icl.files import atomic_write, write_text
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
 from icl.tables import markdown_table
 
@@ -134,7 +135,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
            title="attention kernel cost")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format=Path(path).suffix[1:]))
     plt.close(fig)
 
 
@@ -162,12 +163,12 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     slope_df = slopes(df)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "bench_attn.csv", index=False)
-    slope_df.to_csv(out / "slopes.csv", index=False)
+    atomic_write(out / "bench_attn.csv", lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(out / "slopes.csv", lambda tmp: slope_df.to_csv(tmp, index=False))
     title = (f"Attention kernels alone, {device_name(device)}, torch {torch.__version__}, batch {cfg.batch}, "
              f"{cfg.heads} heads × head_dim {cfg.head_dim}, {cfg.dtype}; median ms [IQR] over {cfg.repeats} runs")
     text = "\n\n".join([title] + [f"**{mode}**\n\n{markdown(df, slope_df, mode)}" for mode in cfg.modes]) + "\n"
-    (out / "bench_attn.md").write_text(text)
+    write_text(out / "bench_attn.md", text)
     plot(df, out / "bench_attn.png")
     print(text)
     return df

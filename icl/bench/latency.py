@@ -39,6 +39,7 @@ from icl.bench.flops import forward_flops, matmul_peak, train_flops
 from icl.bench.timing import interleaved as timed_rounds
 from icl.bench.timing import summarise
 from icl.errors import first_line
+from icl.files import atomic_write, write_text
 from icl.module import make_optimizer
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
@@ -340,7 +341,7 @@ def write_profile(call: Callable[[], None], path: Path) -> None:
     with profile(activities=activities) as prof:
         call()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20) + "\n")
+    write_text(path, prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20) + "\n")
     log.info("wrote %s", path)
 
 
@@ -463,14 +464,14 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     df["torch"] = torch.__version__
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "bench.csv", index=False)
+    atomic_write(out / "bench.csv", lambda tmp: df.to_csv(tmp, index=False))
     header = (f"{device_name(device)}, torch {torch.__version__}, {platform.machine()}; matmul peak measured in this "
               f"run (fastest {cfg.peak_size}² product, interleaved with the timings): "
               + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.flops().items())
               + f"; {cfg.latency.repeats} timed runs per latency cell after {cfg.latency.warmup} warm-up, "
               f"{cfg.ci:.0%} bootstrap CIs")
     text = "\n\n".join([markdown(df, header).rstrip("\n"), *sections]) + "\n"
-    (out / "bench.md").write_text(text)
+    write_text(out / "bench.md", text)
     plot_latency(df, out / "bench_latency.png")  # the analysis layer draws it, as `make figures` would
     print(text)
     flagged = df["flag"].astype(str).str.startswith("ERROR").sum() if "flag" in df else 0

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into ``<path>.tmp`` in the same folder, then ``os.replace``: never a half-written checkpoint."""
+    """``torch.save`` into a temporary file in the same folder, then ``os.replace``: never a half-written checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:

@@ -25,6 +25,7 @@ from icl.quantize import PROOF_PROMPTS, float_model, proof, quantize, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
 from icl.run.job import JobDir, JobLocked
 from icl.run.spec import JobSpec
+from icl.run.store import Entry
 from icl.stats import error_at
 
 if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
@@ -130,6 +131,9 @@ def load_job(job: JobDir, ckpt: str = "last") -> tuple[DictConfig, "ICLModule"]:
     path = job.model_ckpt(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: train first, or pass ckpt=<path to a .ckpt>")
+    if ckpt == "last" and path != job.last_ckpt and (why := Entry(path.parent).verify()) is not None:
+        raise ValueError(f"the shared trained model {path} that {job.path} used is damaged ({why}): rerun the "
+                         f"training command of {job.path} (it moves the entry aside, retrains and republishes)")
     return cfg, ICLModule.load_from_checkpoint(path, map_location="cpu")
 
 

@@ -4,7 +4,8 @@ A job folder is self-describing; aggregation needs nothing else::
 
     <job>/.hydra/config.yaml   Hydra's composed config (interpolations such as ${hydra:…} unresolved)
     <job>/config.yaml          the same, resolved (written by training; what every reader prefers)
-    <job>/status.json          running → done (metrics) | failed (the error line)
+    <job>/status.json          running → done (metrics) | failed (the error line); read as interrupted when it
+                               says running but no process holds <job>/.lock (``JobDir.status``)
     <job>/versions.json        seed, threads, library versions, git commit
     <job>/checkpoints/         last.ckpt + periodic step_*.ckpt (not when the model came from the store)
     <job>/metrics.csv          training curve (icl.run.loggers)
@@ -22,6 +23,7 @@ one. No torch here: the analysis layer reads job folders through this class too.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -38,10 +40,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from icl import contract
-from icl.files import atomic_write, write_json
+from icl.files import atomic_write, filesystem_of, temporary_files, write_json
 from icl.run.versions import write_versions
 
 INTERRUPTED = "interrupted: rerun with hydra.run.dir=<this job> to resume"
+STALE = "interrupted"  # what a reader reports for a `running` status whose process is gone
 
 
 class JobLocked(RuntimeError):
@@ -70,6 +73,19 @@ def _close_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_close_in_child)
+
+
+def _try_lock(fd: int, tries: int = 5) -> bool:
+    """Take the exclusive lock without waiting on a holder; a few quick retries ride out a reader's probe
+    (``JobDir.held``), which holds a shared lock for an instant."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.02)
+    return False
 
 
 @dataclass(frozen=True)
@@ -175,18 +191,59 @@ class JobDir:
 
     # -- status --------------------------------------------------------------------------------------------------
     def write_status(self, status: str, **extra: Any) -> None:
+        """status.json, atomically. On a full disk it is tried once more after removing this job's temporary files
+        (a killed writer's leftovers); failing again raises ENOSPC in one line naming the filesystem."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.status_file, {"status": status, **extra})
+        data = {"status": status, **extra}
+        try:
+            write_json(self.status_file, data)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            freed = 0
+            for tmp in temporary_files(self.path):
+                tmp.unlink(missing_ok=True)
+                freed += 1
+            try:
+                write_json(self.status_file, data)
+            except OSError as again:
+                if again.errno != errno.ENOSPC:
+                    raise
+                raise OSError(errno.ENOSPC, f"no space left to write {self.status_file} (status {status}) on "
+                              f"{filesystem_of(self.path)}, even after removing {freed} temporary file(s) of this job: "
+                              "free space there, then rerun to resume") from None
 
     def status(self) -> dict[str, Any]:
-        """status.json as a dict; a folder without one counts as done once eval.csv exists (older jobs)."""
+        """status.json as a dict; a folder without one counts as done once eval.csv exists (older jobs). The one
+        reader of status every reader calls: ``running`` while no process holds the folder's lock (the job was
+        killed, or died unable to write its failure) is reported as ``interrupted``, with how to resume."""
         if not self.status_file.exists():
             return {"status": "done" if self.eval_csv.exists() else "incomplete", "error": None}
         try:
             data = json.loads(self.status_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             return {"status": "unknown", "error": f"unreadable {self.STATUS}: {exc}"}
+        if data.get("status") == "running" and not self.held():
+            return {**data, "status": STALE, "error": f"status.json says running but no process holds {self.lock_file} "
+                    f"(killed, out of memory, node lost or disk full): rerun with hydra.run.dir={self.path} to resume"}
         return {**data, "status": data.get("status", "unknown"), "error": data.get("error")}
+
+    def held(self) -> bool:
+        """Whether a live process holds the folder's lock. Probed with a shared lock taken and dropped at once (a
+        job starting at that instant retries, see ``lock``); no lock file means no holder."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:  # cannot probe (permissions): say what status.json says, as before
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the probe's shared lock
+        return False
 
     @contextmanager
     def lifecycle(self, write: bool = True) -> Iterator[dict[str, Any]]:
@@ -212,7 +269,8 @@ class JobDir:
     # -- one writer -----------------------------------------------------------------------------------------------
     @contextmanager
     def lock(self, purpose: str) -> Iterator[None]:
-        """Hold ``<job>/.lock`` for the body, or raise ``JobLocked`` at once (never wait) if a live process holds it.
+        """Hold ``<job>/.lock`` for the body, or raise ``JobLocked`` at once (never wait on a holder: only ~0.1 s of
+        retries that ride out a reader's probe, ``held``) if a live process holds it.
 
         ``fcntl.flock`` belongs to the open file, so the OS drops it when its holder exits or dies (SIGKILL, OOM,
         a SLURM timeout): a requeued or rerun job takes it again, and a stale ``.lock`` file means nothing. Forked
@@ -224,9 +282,7 @@ class JobDir:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(fd):
                 raise JobLocked(self._locked_message(os.pread(fd, 4096, 0))) from None
             _HELD.add(fd)
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "since": time.time()}

@@ -16,6 +16,7 @@ import pandas as pd
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from icl.files import write_text
 from icl.run.job import JobDir
 
 
@@ -33,7 +34,7 @@ class ResumableCSVLogger(CSVLogger):
             warnings.filterwarnings("ignore", message="Experiment logs directory")
             writer = super().experiment  # this deletes metrics.csv ...
         if previous:  # ... so put it back and continue with its columns
-            path.write_text(previous)
+            write_text(path, previous)
             header = next(csv.reader(previous.splitlines()))
             writer.metrics_keys = sorted(header)
         return writer

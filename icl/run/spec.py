@@ -100,7 +100,7 @@ class JobSpec:
 
     def labels(self) -> dict[str, Any]:
         """The identifying columns of the job in eval.csv."""
-        return {"task": self.task.name, "attn": self.attn["name"], "quant": self.quant.name, "model": self.model.name,
+        return {"task": self.task.name, "attn": self.attn["name"], "quant": self.quant.label, "model": self.model.name,
                 "seed": self.seed}
 
 

@@ -13,8 +13,6 @@ there would continue a different run. ``dry_run=true`` prints the commands inste
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shlex
 import subprocess
 import sys
@@ -35,19 +33,8 @@ RERUN = ("failed", "interrupted", "not started")
 
 
 def lock_held(job: JobDir) -> bool:
-    """Whether a live process holds the job folder's lock (``JobDir.lock``), without taking it for longer than a
-    probe. (The reliab branch adds this to icl.run.job; switch to it there: same meaning.)"""
-    try:
-        fd = os.open(job.lock_file, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also releases the probe's shared lock
-    return False
+    """Whether a live process holds the job folder's lock (``JobDir.held``: the one probe every reader uses)."""
+    return job.held()
 
 
 @dataclass

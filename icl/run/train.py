@@ -40,13 +40,19 @@ from icl.quantize import check as quant_check
 from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.evaluate import error_at_2d, evaluate_job, failures, quantize_job, summary_line
-from icl.run.job import INTERRUPTED, JobDir, JobLocked, failure_message
+from icl.run.job import INTERRUPTED, STALE, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
 from icl.run.spec import JobSpec
-from icl.run.store import Entry, claim, fingerprint, training_identity
+from icl.run.store import Entry, claim, fingerprint, training_differences, training_identity
 from icl.run.tracking import check_trackers, log_evaluation
 
 log = logging.getLogger(__name__)
+
+REFUSED: list[str] = []  # this process's multirun jobs refused by check_same_training (reported at the sweep's end)
+
+
+class OtherTrainingConfig(ValueError):
+    """The job folder holds another training config's checkpoints: nothing was done (the message says what to do)."""
 
 
 def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
@@ -164,6 +170,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         if cfg.get("skip_done") and (done := finished(cfg, job)) is not None:
             log.info("skipping %s: done with this config (skip_done=true)", job.path)
             return done
+        check_same_training(cfg, job)
         with job.lifecycle(write=rank_zero_only.rank == 0) as metrics:
             metrics.update(_train(JobSpec.from_config(cfg), job, callbacks))
     return metrics
@@ -180,6 +187,21 @@ def finished(cfg: DictConfig, job: JobDir) -> dict[str, Any] | None:
         raise ValueError(f"{job.path} holds a finished job with another config: delete that folder (or choose "
                          "another hydra.sweep.dir / hydra.run.dir) to run this one, or drop skip_done")
     return dict(status.get("metrics") or {})
+
+
+def check_same_training(cfg: DictConfig, job: JobDir) -> None:
+    """Refuse, in one line and before the folder is touched, to resume a folder holding another training config's
+    checkpoints or training curve (compared on what decides the trained weights: ``icl.run.store``'s fingerprint
+    rule); post-training changes (evaluation, quant mode, logging) resume the folder's model as before."""
+    has_state = job.metrics_csv.is_file() or any(job.checkpoints.glob("*.ckpt"))
+    if not has_state or not job.config_file.is_file():
+        return
+    if diffs := training_differences(OmegaConf.load(job.config_file), cfg):
+        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise OtherTrainingConfig(
+            f"{job.path} holds the checkpoints of another training config ({shown}; the folder's → this job's): "
+            f"rerun with the folder's config to resume it, give this job its own folder (hydra.run.dir=… or another "
+            f"hydra.sweep.dir), or delete {job.path} to train it there")
 
 
 def same_job(saved: DictConfig, cfg: DictConfig) -> bool:
@@ -284,7 +306,9 @@ def shared_model(spec: JobSpec, job: JobDir, world_size: int = 1) -> Iterator[En
 
 
 class FailOnFailedJobs(Callback):
-    """Hydra callback: after a multirun, list the jobs whose status.json says failed and exit 1.
+    """Hydra callback: after a multirun, list the jobs whose status says failed (or interrupted), and those this
+    process refused to run in a folder of another training config (``REFUSED``: the basic launcher runs jobs in this
+    process; a launcher running them elsewhere reports only their log lines), and exit 1.
 
     Hydra's basic launcher goes on after a failed job (what we want: the other cells still run) but
     then exits 0; this makes a sweep with failures visible to scripts and CI.
@@ -294,8 +318,9 @@ class FailOnFailedJobs(Callback):
         failed = []
         for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{JobDir.STATUS}")):
             status = JobDir(path.parent).status()
-            if status["status"] == "failed":
+            if status["status"] in ("failed", STALE):
                 failed.append(f"{path.parent}: {status['error']}")
+        failed += REFUSED
         if failed:
             log.error("%d job(s) failed:\n  %s", len(failed), "\n  ".join(failed))
             raise SystemExit(1)
@@ -309,6 +334,12 @@ def main(cfg: DictConfig) -> float | None:
     except JobLocked as err:  # nothing was done, and the folder's status belongs to the holder
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None
+        raise SystemExit(1) from None
+    except OtherTrainingConfig as err:  # nothing was done: the folder's files are the other job's
+        log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            REFUSED.append(str(err))
             return None
         raise SystemExit(1) from None
     except BaseException as err:  # noqa: BLE001 - recorded by train(), then skipped (multirun) or exit 1
