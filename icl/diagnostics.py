@@ -7,7 +7,7 @@ plain model) and writes, per layer ``l``:
 - ``diag/attn_ratio/l<l>``: ‖attention branch output‖ / ‖residual stream it is added to‖ (Frobenius norms over the
   batch, at the positions the block returns). ≪ 1 means the attention path contributes nothing yet (a saddle);
 - ``diag/score_std/l<l>``: standard deviation of the pre-kernel scores s·q_i·k_j over causal pairs j ≤ i (how far
-  from uniform/zero the kernel's input is; ~0.03 at GPT-2's 0.02 init);
+  from uniform/zero the kernel's input is; measured at init: docs/variants.md);
 - ``diag/frac_positive/l<l>`` (relu, relu_causal): fraction of causal scores > 0, i.e. pairs that pass the ReLU;
 - ``diag/mean_weight/l<l>`` (sigmoid): mean attention weight sigmoid(s·q·k + b) over causal pairs;
 

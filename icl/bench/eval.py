@@ -12,7 +12,7 @@ table says so. It also reports how far the predictions moved (max |new − old| 
 with ``grid=true``, one whole default-grid evaluation of sparse_linear at d = 20 (every strategy, all baselines of
 the task, no cache), the issue's 5-minute target.
 
-    python -m icl.bench.eval                     # lasso, gd_2nn, trees + xgboost, bayes (~5 min on 2 busy cores)
+    python -m icl.bench.eval                     # lasso, gd_2nn, trees + xgboost, bayes (times: docs/baselines.md)
     python -m icl.bench.eval parts=[lasso] grid=true
 """
 
