@@ -40,9 +40,9 @@ study: install ## the seed study v2: train the cells missing or stale in docs/st
 	$(PY) -m icl.study $(if $(filter paper,$(STUDY)),study=paper,)
 
 SWEEP ?= multirun
-status: ## each job under SWEEP (a sweep folder): done/running/failed/interrupted, steps, ETA (ARGS=--rerun reruns the failed)
+status: ## each job under SWEEP (a sweep folder): done/running/failed/interrupted, steps, ETA (ARGS=rerun=true reruns the failed)
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
-	$(PY) -m icl.run.status $(SWEEP) $(ARGS)
+	$(PY) -m icl.run.status sweep=$(SWEEP) $(ARGS)
 
 test: install ## run the whole test suite (what CI runs, after lint)
 	$(PY) -m pytest $(ARGS)
@@ -70,7 +70,7 @@ bench-overhead: install ## the smoke job's step vs a bare loop + tiny/standard t
 quant-sweep: install ## post-training width sweeps + one-block sensitivity on trained jobs (RUNS=folders; outputs/quant_sweep/)
 	$(PY) -m icl.bench.quant_sweep $(or $(RUNS),outputs multirun) $(ARGS)
 
-bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS="--grid" adds the sparse grid)
+bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS=grid=true adds the sparse grid)
 	$(PY) -m icl.bench.eval $(ARGS)
 
 bench-aggregate: install ## make figures over 192 synthetic job folders (docs/baselines.md)

@@ -1,72 +1,8 @@
 """Baseline predictors, scored on the same prompts as the transformer.
 
-Every baseline maps a batch of prompts ``xs`` (B, n, d) and ``ys`` (B, n) to
-predictions (B, n), float32 on CPU. ``preds[:, i]`` is the prediction for
-``xs[:, i]`` from the in-context examples ``(xs[:, :i], ys[:, :i])`` only: no
-baseline ever reads ``ys[:, i:]`` (or ``xs[:, i+1:]``) for position i, so it is
-compared with the transformer on equal terms. With no examples (i = 0) every
-baseline predicts 0. ``queries`` (B, n, d), optional, replaces the query of
-position i by ``queries[:, i]`` (the prefix stays ``xs[:, :i]``): the query
-strategies of ``icl.prompts`` (orthogonal, overlapping, opposite-orthant).
-
-Cheap, batched in torch (float64 inside):
-  zero           0 everywhere; its error is the normaliser (E[y^2]).
-  least_squares  minimum-norm least squares w = pinv(X) y. With k < d examples
-                 this is the projection of w onto their span, the optimal
-                 estimator for noiseless isotropic linear regression.
-  ridge          w = (X^T X + alpha I)^-1 X^T y, alpha = 1.0: the posterior mean
-                 for w ~ N(0, I) and noise std 1 (pinv where X^T X + alpha I is
-                 numerically singular, e.g. inputs scaled by 1e9: never raises).
-  averaging      w = (1/k) sum_j y_j x_j, prediction w . x_i (one step of GD
-                 from zero, roughly).
-  knn_3          mean y of the 3 nearest prefix points (Euclidean); with fewer
-                 than 3 examples, the mean of all of them (Garg et al.).
-  bayes          the posterior mean under the task's training prior, where exact
-                 (``bayes_predictor``: linear, noisy_linear, quadratic, sparse_linear).
-  gd_1step_opt, gd_<T>, pgd_<T>, ridge_<λ>
-                 the linear reference learners of ``icl.learners`` (one GD step from zero with the
-                 prior-optimal step, T steps of plain / Jacobi-preconditioned GD, ridge at other λ),
-                 predicting w · x_query; docs/algorithms.md.
-
-  lasso_<alpha>  sklearn's Lasso(alpha, fit_intercept=False) objective, alpha in
-                 {1, 0.1, 0.01, 0.001, 0.0001}, solved for every prompt, prefix and
-                 alpha at once (``solvers.lasso_predict``: homotopy path, exact solve
-                 on its support, duality gap <= 1e-8 ||y||^2). The per-prompt sklearn
-                 loop it replaced is ``icl.lab.reference.LOOPS`` (docs/baselines.md).
-
-Per prompt and position library fits (slow; ``is_slow`` is True, callers cap
-the number of prompts):
-  tree_depth4, tree_unbounded
-                 sklearn DecisionTreeRegressor(max_depth=4 / None, random_state=0),
-                 fitted without its input validation on the float32 copy it makes (``_Tree``).
-  xgboost        XGBRegressor(n_estimators=50, max_depth=4, learning_rate=0.3,
-                 tree_method="hist", n_jobs=1, random_state=0), as xgboost.train on a
-                 DMatrix (``_XGB``); ~10 ms a fit; device="cuda" when torch sees a GPU
-                 (not run here: no GPU). The estimators through scikit-learn in one
-                 process are ``icl.lab.reference.LOOPS`` (the same numbers).
-                 Trees and xgboost split the prompts among torch.get_num_threads()
-                 joblib processes (``_parallel_prefix_fit``): the same fits.
-  gd_2nn         a 2-layer ReLU net (hidden 100, PyTorch default init) trained
-                 from scratch on each prefix with Adam (lr 5e-3, 100 steps,
-                 minibatch of 100 prefix points, i.e. the whole prefix when
-                 i <= 100), as in Garg et al.; the nets of all prompts and of
-                 neighbouring positions trained together (``solvers.gd_2nn_predict``;
-                 the same initial weights as the loop ``icl.lab.reference.LOOPS["gd_2nn"]``, which
-                 trains one position at a time, batched over prompts with bmm).
-
-Model-based (``task`` metadata; only for tasks that have a ``nominal`` method, the mujoco_* tasks):
-  nominal        the simulator at the prior's midpoint parameters, whatever the context: what a model
-                 that knows the system class but learns nothing in context could use. It predicts at
-                 k = 0 as well (the one exception to "0 with no examples").
-
-Vector outputs (``task.y_dim`` > 1, ys (B, n, m)): baselines marked ``per_output`` (zero, least_squares,
-ridge, averaging, knn_3, gd_2nn) fit each coordinate on its own — coordinate c of prompt b runs as a prompt of
-its own with the same inputs — and return (B, n, m); the others are skipped by the evaluation (``skip_reason``).
-
-Failure policy: a library fit that raises on one prompt/position writes NaN
-there and the rest carry on; library warnings (e.g. ConvergenceWarning) are
-silenced. The batched baselines likewise give NaN at positions whose prefix or
-query holds a non-finite value. Callers average with NaN-aware reductions.
+Every baseline maps prompts ``xs`` (B, n, d), ``ys`` (B, n) (and optional per-position ``queries``) to
+predictions (B, n): ``preds[:, i]`` reads only the examples before position i, so baselines and the transformer
+compare on equal terms. The list of baselines, how each is computed, and the failure policy: docs/baselines.md.
 """
 
 from __future__ import annotations

@@ -83,3 +83,7 @@ class CurriculumSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"dims": asdict(self.dims), "points": asdict(self.points)}
+
+    def start(self) -> Curriculum:
+        """A fresh schedule at step 0 (each data module steps its own)."""
+        return Curriculum(self.dims, self.points)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from icl.curriculum import Curriculum
 from icl.spec import require, typed_fields
-from icl.tasks import TRAIN_STREAM, PromptSampler, build_task, seeded
+from icl.tasks import TRAIN_STREAM, PromptSampler, Task, build_task, seeded
 
 
 @dataclass(frozen=True)
@@ -67,21 +67,29 @@ def as_is(batch: dict[str, Any]) -> dict[str, Any]:
 class PromptDataModule(L.LightningDataModule):
     """Fresh training prompts for one task, with the curriculum and optional finite pools.
 
-    Built from plain values (the ``task`` config node as a dict) so it is easy to construct in tests.
+    Takes the built task and curriculum (a job's ``TaskSpec`` holds them); ``from_config`` builds them from the
+    plain ``task`` node, for tests and scripts.
     """
 
-    def __init__(self, task: dict[str, Any], batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, task: Task, curriculum: Curriculum, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 num_tasks: int | None = None, num_training_examples: int | None = None) -> None:
         super().__init__()
-        self.task_cfg = task
-        self.task = build_task(task["name"], task["n_dims"], task.get("params"))
-        self.curriculum = Curriculum.from_config(task["curriculum"])
+        self.task, self.curriculum = task, curriculum
         if self.curriculum.dims.end > self.task.n_dims:
             raise ValueError(
                 f"curriculum dims end at {self.curriculum.dims.end} but task.n_dims is {self.task.n_dims}: "
                 "set task.curriculum.dims.end <= task.n_dims")
-        self.sampler = PromptSampler(self.task, task.get("num_tasks"), task.get("num_training_examples"),
+        self.sampler = PromptSampler(self.task, num_tasks, num_training_examples,
                                      pool_seed=seed, max_points=self.curriculum.points.end)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    @classmethod
+    def from_config(cls, task: dict[str, Any], batch_size: int = 64, num_workers: int = 0,
+                    seed: int = 0) -> "PromptDataModule":
+        """The data module of a plain ``task`` node (name, n_dims, params, curriculum, optional pool sizes)."""
+        return cls(build_task(task["name"], task["n_dims"], task.get("params")),
+                   Curriculum.from_config(task["curriculum"]), batch_size, num_workers, seed,
+                   task.get("num_tasks"), task.get("num_training_examples"))
 
     @property
     def step(self) -> int:

@@ -7,7 +7,7 @@ plain model) and writes, per layer ``l``:
 - ``diag/attn_ratio/l<l>``: ‖attention branch output‖ / ‖residual stream it is added to‖ (Frobenius norms over the
   batch, at the positions the block returns). ≪ 1 means the attention path contributes nothing yet (a saddle);
 - ``diag/score_std/l<l>``: standard deviation of the pre-kernel scores s·q_i·k_j over causal pairs j ≤ i (how far
-  from uniform/zero the kernel's input is; ~0.03 at GPT-2's 0.02 init);
+  from uniform/zero the kernel's input is; measured at init: docs/variants.md);
 - ``diag/frac_positive/l<l>`` (relu, relu_causal): fraction of causal scores > 0, i.e. pairs that pass the ReLU;
 - ``diag/mean_weight/l<l>`` (sigmoid): mean attention weight sigmoid(s·q·k + b) over causal pairs;
 
@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from icl.attention import CausalReLUAttention, ReLUAttention, SigmoidAttention
+from icl.tables import markdown_table
 
 PREFIX = "diag/"
 
@@ -149,9 +150,8 @@ def main() -> None:
     rows = [{"attn": name, "qk_norm": qk, **at_init(name, qk)} for name in sorted(ATTENTION) for qk in (False, True)]
     columns = ["attn", "qk_norm", "score_std/l0", "attn_ratio/l0", "frac_positive/l0", "mean_weight/l0"]
     table = pd.DataFrame(rows).reindex(columns=columns)
-    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for row in table.itertuples(index=False):
-        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row).replace("nan", "—") + " |")
+    print(markdown_table(columns, ([f"{v:.4f}".replace("nan", "—") if isinstance(v, float) else v for v in row]
+                                   for row in table.itertuples(index=False))))
 
 
 if __name__ == "__main__":

@@ -1,36 +1,10 @@
-"""Evaluation: the transformer and the task's baselines on the same fresh prompts → tidy ``eval.csv``.
+"""Evaluation: the transformer and the task's baselines on the same fresh prompts → tidy ``eval.csv`` and
+``errors.npz`` (their columns and keys: ``icl.contract``; what each column means: docs/jobs.md#evalcsv).
 
-One row per (strategy, param, predictor, k), k = number of in-context examples before the query
-(0 … n_points − 1); strategies and their parameters come from ``eval.strategies`` (``icl.prompts``;
-``param`` is empty for strategies without one). ``error`` is normalised so the zero estimator scores
-1: for regression it is the mean squared error at k divided by the zero estimator's mean squared
-error (mean of the target²) on the same prompts — a ratio of means, ≈ squared error / d on isotropic
-linear prompts; for classification it is the error rate divided by 0.5 (chance). ``ci_low``/``ci_high``
-are a percentile bootstrap over prompts (the ratio recomputed on every resample). ``error_raw`` keeps
-the un-normalised mean and ``error_per_dim`` = ``error_raw`` / d is Garg et al.'s normalisation (the
-two agree on standard isotropic prompts, not under scale_x/scale_y, where only ``error`` stays
-comparable). Vector outputs (``task.y_dim`` > 1, the mujoco_* tasks): the squared error and the zero
-estimator's are first averaged over the output coordinates (which the task standardises, so each weighs
-alike), then the same ratio of means; ``error_raw`` is that coordinate mean. Prompts come from ``eval.seed``,
-not the training seed, so every job of a study is scored on the very same prompts.
-
-Baseline rows carry ``diff_transformer`` [``diff_low``, ``diff_high``]: the baseline's error minus this job's
-transformer's on the same prompts, in units of ``error`` (Σ err_baseline − Σ err_transformer over Σ err_zero),
-with a paired percentile bootstrap CI (negative: the baseline is better). Differences between jobs (a variant vs
-the softmax/float reference) are paired at aggregation (``icl.analysis.results.paired_differences``).
-
-One failing cell never sinks the evaluation: an exception while drawing a strategy's prompts, predicting with the
-transformer or a baseline, or scoring, is caught at that cell and logged in one line; the cell's rows are NaN with
-the error line in ``failure`` (empty everywhere else), and every other cell is scored and written as usual
-(``failures(df)`` lists them, for status.json).
-
-Beside ``eval.csv`` a job writes ``errors.npz``: the transformer's and the zero estimator's per-prompt
-errors (float32, (P, n), key ``<strategy>/<param>/<predictor>``), from which ``icl.analysis.results`` computes
-paired differences between jobs scored on the same prompts. Baseline predictions are cached across
-jobs (``eval.cache``, ``icl.cache``).
-
-This is the library part (no Hydra, no job folder): ``icl.run.evaluate`` evaluates a job and writes its
-``eval.csv``; run alone on a finished job: ``python -m icl.evaluate run_dir=outputs/…``.
+One row per (strategy, param, predictor, k); errors are normalised so the zero estimator scores 1, with percentile
+bootstrap CIs over prompts and, on baseline rows, the paired difference to the transformer. A cell that raises
+becomes NaN rows with its error line in ``failure``; the other cells are still scored. No Hydra, no job folder
+here: ``icl.run.evaluate`` evaluates a job.
 """
 
 from __future__ import annotations
@@ -120,10 +94,19 @@ def prompt_errors(task: Task, preds: Tensor, targets: Tensor) -> tuple[np.ndarra
     return err, ref.numpy().astype(np.float64)
 
 
-def score(task: Task, preds: Tensor, ys: Tensor, cfg: EvalConfig) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Resampling:
+    """The bootstrap of every interval: resamples, confidence level and the seed of the resampling."""
+
+    bootstrap: int
+    ci: float
+    seed: int
+
+
+def score(task: Task, preds: Tensor, ys: Tensor, resampling: Resampling) -> pd.DataFrame:
     """Per-k normalised error, CI, raw error and prompt count for one predictor's predictions."""
     err, ref = prompt_errors(task, preds, ys)
-    point, low, high, raw, n = bootstrap_ratio(err, ref, cfg.bootstrap, cfg.ci, cfg.seed)
+    point, low, high, raw, n = bootstrap_ratio(err, ref, resampling.bootstrap, resampling.ci, resampling.seed)
     frame = pd.DataFrame({"k": np.arange(err.shape[1]), "error": point, "ci_low": low, "ci_high": high,
                           "error_raw": raw})
     return finite(frame).assign(n_prompts=n)
@@ -147,19 +130,6 @@ def predict_queries(model: torch.nn.Module, p: prompts.Prompts, batch_size: int)
     return out
 
 
-def strategy_runs(task: Task, cfg: EvalConfig, n_points: int, n_positions: int | None) -> list[tuple[str, Any, int]]:
-    """(strategy, param, points) to evaluate; strategies that do not apply are logged and skipped."""
-    runs = []
-    for name, params in cfg.strategies.items():
-        for param in params:
-            reason = prompts.skip_reason(name, task, n_points, n_positions, param)
-            if reason:
-                log.info("skipping strategy %s: %s", name, reason)
-                continue
-            runs.append((name, param, prompts.points_for(name, param, n_points, n_positions)))
-    return runs
-
-
 def _baseline_preds(name: str, p: prompts.Prompts, n: int, cache: BaselineCache, key: dict[str, Any],
                     task: Task | None = None) -> Tensor:
     queries = None if p.queries is None else p.queries[:n]
@@ -175,85 +145,119 @@ def evaluate(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, n_point
     ``errors``, if given, receives the transformer's and the zero estimator's per-prompt errors (errors.npz).
     A cell that raises becomes NaN rows with the error in ``failure`` (module doc); the others are unaffected.
     """
-    cache = BaselineCache(cfg.cache)
-    task_id = {"task": task.name, "n_dims": task.n_dims, "params": {k: getattr(task, k) for k in task.param_names()}}
+    run = _Run(model, task, n_prompts=cfg.n_prompts, batch_size=cfg.batch_size, seed=cfg.seed,
+               resampling=Resampling(cfg.bootstrap, cfg.ci, cfg.seed), baselines=cfg.baselines,
+               slow_prompts=cfg.slow_baseline_prompts, slow_strategies=cfg.slow_baseline_strategies,
+               strategies=cfg.strategies, cache=BaselineCache(cfg.cache), errors=errors)
     frames = []
-    for strategy, param, n in strategy_runs(task, cfg, n_points, n_positions):
-        frames += _evaluate_strategy(model, task, cfg, strategy, param, n, cache, task_id, errors)
-    if cache.root is not None:
-        log.info("baseline cache %s: %d reused, %d computed", cache.root, cache.hits, cache.misses)
+    for strategy, param, n in run.runs(n_points, n_positions):
+        frames += run.strategy(strategy, param, n)
+    if run.cache.root is not None:
+        log.info("baseline cache %s: %d reused, %d computed", run.cache.root, run.cache.hits, run.cache.misses)
     df = pd.concat(frames, ignore_index=True)
     df = df.assign(metric=task.metric, n_dims=task.n_dims, error_per_dim=df["error_raw"] / task.n_dims, **labels)
     return df.reindex(columns=COLUMNS)  # diff_* stay NaN on transformer rows (and without a model)
 
 
-def _predictors(model: torch.nn.Module | None, task: Task, cfg: EvalConfig,
-                strategy: str) -> list[tuple[str, str, int]]:
-    """(name, kind, prompts scored) of every predictor of a strategy: the transformer first, then the baselines
-    that apply to the task (slow ones capped to ``slow_baseline_prompts`` and to ``slow_baseline_strategies``)."""
-    out = [("transformer", "transformer", cfg.n_prompts)] if model is not None else []
-    for name in cfg.baselines:
-        if reason := baselines.skip_reason(name, task):
-            log.info("skipping baseline %s: %s", name, reason)
-            continue
-        slow = baselines.is_slow(name)
-        if slow and cfg.slow_baseline_strategies is not None and strategy not in cfg.slow_baseline_strategies:
-            continue
-        out.append((name, "baseline", min(cfg.n_prompts, cfg.slow_baseline_prompts) if slow else cfg.n_prompts))
-    return out
+@dataclass
+class _Run:
+    """One evaluation: what every cell shares (model, task, the settings it reads, the cache, the errors.npz
+    dict), set once from ``EvalConfig`` so the per-cell steps take only the cell."""
 
+    model: torch.nn.Module | None
+    task: Task
+    n_prompts: int
+    batch_size: int
+    seed: int
+    resampling: Resampling
+    baselines: tuple[str, ...]
+    slow_prompts: int
+    slow_strategies: tuple[str, ...] | None
+    strategies: dict[str, list[Any]]
+    cache: BaselineCache
+    errors: dict[str, np.ndarray] | None
 
-def _evaluate_strategy(model: torch.nn.Module | None, task: Task, cfg: EvalConfig, strategy: str, param: Any,
-                       n: int, cache: BaselineCache, task_id: dict[str, Any],
-                       errors: dict[str, np.ndarray] | None) -> list[pd.DataFrame]:
-    """Every predictor's rows on one strategy × parameter, each predictor a cell of its own (``_guarded``)."""
-    cell = {"strategy": strategy, "param": param}
-    predictors = _predictors(model, task, cfg, strategy)
-    try:
-        p = prompts.make_prompts(strategy, task, cfg.n_prompts, n, cfg.seed, param)
-    except Exception as err:  # noqa: BLE001 - no prompts: every predictor of this strategy fails with the same line
-        _log_failure("prompts", strategy, param, err)
-        return [failed_rows(name, kind, n, count, first_line(err), cell) for name, kind, count in predictors]
-    # `drawn`: the first prompts of a draw depend on its size (functions are sampled after all inputs)
-    key = {**task_id, "strategy": strategy, "param": param_key(param), "seed": cfg.seed, "n_points": n,
-           "drawn": cfg.n_prompts}
-    mine: list[tuple[np.ndarray, np.ndarray]] = []  # the transformer's per-prompt errors and the zero estimator's
-    frames = []
-    for name, kind, count in predictors:  # the transformer first: the baselines' paired differences need it
-        compute = partial(_transformer_frame, model, task, cfg, p, cell, errors, mine) if kind == "transformer" \
-            else partial(_baseline_frame, name, task, cfg, p, count, cache, key, cell, mine)
-        frames.append(_guarded(name, kind, n, count, cell, compute))
-    return frames
+    def __post_init__(self) -> None:
+        task = self.task
+        self.task_id = {"task": task.name, "n_dims": task.n_dims,
+                        "params": {k: getattr(task, k) for k in task.param_names()}}
 
+    def runs(self, n_points: int, n_positions: int | None) -> list[tuple[str, Any, int]]:
+        """(strategy, param, points) to evaluate; strategies that do not apply are logged and skipped."""
+        runs = []
+        for name, params in self.strategies.items():
+            for param in params:
+                reason = prompts.skip_reason(name, self.task, n_points, n_positions, param)
+                if reason:
+                    log.info("skipping strategy %s: %s", name, reason)
+                    continue
+                runs.append((name, param, prompts.points_for(name, param, n_points, n_positions)))
+        return runs
 
-def _transformer_frame(model: torch.nn.Module, task: Task, cfg: EvalConfig, p: prompts.Prompts, cell: dict[str, Any],
-                       errors: dict[str, np.ndarray] | None, mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """The transformer's rows; its per-prompt errors go into ``mine`` (paired differences) and ``errors``."""
-    preds = predict_model(model, p.xs, p.ys, cfg.batch_size) if p.queries is None else \
-        predict_queries(model, p, cfg.batch_size)
-    frame = score(task, preds, p.targets, cfg).assign(predictor="transformer", kind="transformer", **cell)
-    err, ref = prompt_errors(task, preds, p.targets)
-    mine.append((err, ref))
-    if errors is not None:
-        errors[errors_key(cell["strategy"], cell["param"], "transformer")] = err.astype(np.float32)
-        errors[errors_key(cell["strategy"], cell["param"], "zero")] = ref.astype(np.float32)
-    return frame
+    def predictors(self, strategy: str) -> list[tuple[str, str, int]]:
+        """(name, kind, prompts scored) of every predictor of a strategy: the transformer first, then the baselines
+        that apply to the task (slow ones capped to ``slow_baseline_prompts`` and to ``slow_baseline_strategies``)."""
+        out = [("transformer", "transformer", self.n_prompts)] if self.model is not None else []
+        for name in self.baselines:
+            if reason := baselines.skip_reason(name, self.task):
+                log.info("skipping baseline %s: %s", name, reason)
+                continue
+            slow = baselines.is_slow(name)
+            if slow and self.slow_strategies is not None and strategy not in self.slow_strategies:
+                continue
+            out.append((name, "baseline", min(self.n_prompts, self.slow_prompts) if slow else self.n_prompts))
+        return out
 
+    def strategy(self, strategy: str, param: Any, n: int) -> list[pd.DataFrame]:
+        """Every predictor's rows on one strategy × parameter, each predictor a cell of its own (``_guarded``)."""
+        cell = {"strategy": strategy, "param": param}
+        predictors = self.predictors(strategy)
+        try:
+            p = prompts.make_prompts(strategy, self.task, self.n_prompts, n, self.seed, param)
+        except Exception as err:  # noqa: BLE001 - no prompts: every predictor of this strategy fails with the same line
+            _log_failure("prompts", strategy, param, err)
+            return [failed_rows(name, kind, n, count, first_line(err), cell) for name, kind, count in predictors]
+        # `drawn`: the first prompts of a draw depend on its size (functions are sampled after all inputs)
+        key = {**self.task_id, "strategy": strategy, "param": param_key(param), "seed": self.seed, "n_points": n,
+               "drawn": self.n_prompts}
+        mine: list[tuple[np.ndarray, np.ndarray]] = []  # the transformer's per-prompt errors and the zero estimator's
+        frames = []
+        for name, kind, count in predictors:  # the transformer first: the baselines' paired differences need it
+            compute = partial(self.transformer_frame, p, cell, mine) if kind == "transformer" \
+                else partial(self.baseline_frame, name, p, count, key, cell, mine)
+            frames.append(_guarded(name, kind, n, count, cell, compute))
+        return frames
 
-def _baseline_frame(name: str, task: Task, cfg: EvalConfig, p: prompts.Prompts, count: int, cache: BaselineCache,
-                    key: dict[str, Any], cell: dict[str, Any], mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """A baseline's rows on the first ``count`` prompts (its predictions cached under ``key``), with its paired
-    difference to the transformer when the transformer was scored."""
-    preds, targets = _baseline_preds(name, p, count, cache, key, task), p.targets[:count]
-    frame = score(task, preds, targets, cfg).assign(predictor=name, kind="baseline", **cell)
-    if mine:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
-        err, _ = prompt_errors(task, preds, targets)
-        theirs, zero = mine[0]
-        diff, low, high, _ = paired_bootstrap(err, theirs[: len(err)], zero[: len(err)], cfg.bootstrap, cfg.ci,
-                                              cfg.seed)
-        diffs = finite(pd.DataFrame({"diff_transformer": diff, "diff_low": low, "diff_high": high}))
-        frame = frame.assign(**{c: diffs[c].to_numpy() for c in diffs})
-    return frame
+    def transformer_frame(self, p: prompts.Prompts, cell: dict[str, Any],
+                          mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+        """The transformer's rows; its per-prompt errors go into ``mine`` (paired differences) and ``errors``."""
+        model, task = self.model, self.task
+        preds = predict_model(model, p.xs, p.ys, self.batch_size) if p.queries is None else \
+            predict_queries(model, p, self.batch_size)
+        frame = score(task, preds, p.targets, self.resampling).assign(predictor="transformer", kind="transformer",
+                                                                      **cell)
+        err, ref = prompt_errors(task, preds, p.targets)
+        mine.append((err, ref))
+        if self.errors is not None:
+            self.errors[errors_key(cell["strategy"], cell["param"], "transformer")] = err.astype(np.float32)
+            self.errors[errors_key(cell["strategy"], cell["param"], "zero")] = ref.astype(np.float32)
+        return frame
+
+    def baseline_frame(self, name: str, p: prompts.Prompts, count: int, key: dict[str, Any], cell: dict[str, Any],
+                       mine: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+        """A baseline's rows on the first ``count`` prompts (its predictions cached under ``key``), with its paired
+        difference to the transformer when the transformer was scored."""
+        task, rs = self.task, self.resampling
+        preds, targets = _baseline_preds(name, p, count, self.cache, key, task), p.targets[:count]
+        frame = score(task, preds, targets, rs).assign(predictor=name, kind="baseline", **cell)
+        if mine:  # baseline − transformer on the same (first len(err)) prompts, paired bootstrap
+            err, _ = prompt_errors(task, preds, targets)
+            theirs, zero = mine[0]
+            diff, low, high, _ = paired_bootstrap(err, theirs[: len(err)], zero[: len(err)], rs.bootstrap, rs.ci,
+                                                  rs.seed)
+            diffs = finite(pd.DataFrame({"diff_transformer": diff, "diff_low": low, "diff_high": high}))
+            frame = frame.assign(**{c: diffs[c].to_numpy() for c in diffs})
+        return frame
 
 
 def _guarded(name: str, kind: str, n: int, count: int, cell: dict[str, Any],

@@ -54,10 +54,11 @@ class ICLModule(L.LightningModule):
     """
 
     def __init__(self, task: dict[str, Any], model: dict[str, Any], attn: dict[str, Any] | str | None = None,
-                 optim: dict[str, Any] | None = None, quant: dict[str, Any] | None = None) -> None:
+                 optim: dict[str, Any] | None = None, quant: dict[str, Any] | None = None,
+                 built_task: Task | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.task: Task = build_task(task["name"], task["n_dims"], task.get("params"))
+        self.save_hyperparameters(ignore=["built_task"])  # a checkpoint rebuilds the task from the plain node
+        self.task: Task = built_task or build_task(task["name"], task["n_dims"], task.get("params"))
         # The attn config node: its name plus the variant's own settings (a bare name also works).
         attn_params = {"name": attn} if isinstance(attn, str) else dict(attn or {"name": "softmax"})
         config = TransformerConfig(n_dims=task["n_dims"], attn=attn_params.pop("name"), attn_params=attn_params,
@@ -81,7 +82,7 @@ class ICLModule(L.LightningModule):
         from icl.quantize import training_part
 
         return cls(task=task.as_dict(), model={"name": model.name, **model.transformer_keys()}, attn=dict(attn),
-                   optim=asdict(optim), quant=training_part(quant))
+                   optim=asdict(optim), quant=training_part(quant), built_task=task.task)
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         return self.model(xs, ys)

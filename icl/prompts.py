@@ -1,27 +1,9 @@
 """Evaluation prompt strategies: the training distribution and out-of-distribution variants of it.
 
-A strategy maps (task, number of prompts, points, eval seed, parameter) to ``Prompts``, which the
-transformer *and* every baseline are scored on. Every strategy starts from the very same draw as
-``standard`` (inputs x ~ N(0, I_d), then one function per prompt, then the task's own noise, all from
-``seeded(EVAL_STREAM, seed, 0, 0)``), so ``scale_x`` at c = 1 *is* ``standard`` prompt for prompt, and
-the strategy's own randomness (directions, subspaces, signs) comes from a separate generator.
-
-| strategy | parameter | prompts |
-|---|---|---|
-| standard | — | the training distribution |
-| scale_x | c | inputs c·x (labels f(c·x)) |
-| scale_y | c | labels c·f(x) (regression only) |
-| shift_x | r | inputs x + r·u, u a random unit vector per prompt (labels f(x + r·u)) |
-| noisy_y | σ | in-context labels f(x) + N(0, σ²); the query is scored against f(x) (regression only) |
-| half_subspace | — | inputs projected onto a random ⌊d/2⌋-dimensional subspace per prompt (d ≥ 2) |
-| skewed | — | x ~ N(0, Σ), Σ = U diag(λ) Uᵀ, λ_i ∝ 1/i², Σλ = d (same trace as I_d), one random rotation U |
-| orthogonal_query | — | query i: x_i minus its projection on span(x_0…x_{i−1}), rescaled to ‖x_i‖; k < d only |
-| overlapping_query | — | query i (i ≥ 1) repeats a uniformly chosen earlier input x_j, j < i |
-| opposite_quadrants | — | in-context inputs |x|·s in one orthant (signs s per prompt), query −|x_i|·s |
-| long_context | n (null: model.n_positions) | standard prompts with n points, beyond the training length |
-
-The last three "query" strategies (and orthogonal_query) change only the query at each position, so
-the prediction at position i is made on (x_0, y_0, …, x_{i−1}, y_{i−1}, q_i): ``Prompts.queries``.
+A strategy maps (task, number of prompts, points, eval seed, parameter) to ``Prompts``, which the transformer and
+every baseline are scored on. Every strategy starts from the very same draw as ``standard`` and takes its own
+randomness from a separate generator, so ``scale_x`` at c = 1 is ``standard`` prompt for prompt. The strategies
+and their parameters: docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import hashlib
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,16 +32,6 @@ def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.float64)
     counts.flags.writeable = False
     return counts
-
-
-def _percentiles(boots: np.ndarray, point: np.ndarray, n_boot: int, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    alpha = (1 - ci) / 2
-    if not n_boot:
-        return point, point
-    with warnings.catch_warnings():  # a column with no valid prompt (a failed cell, an overflow) is NaN, as meant
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanquantile(boots, [alpha, 1 - alpha], axis=0)
-    return low, high
 
 
 def ratio_replicates(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +53,18 @@ def bootstrap_ratio(err: np.ndarray, ref: np.ndarray, n_boot: int, ci: float, se
     e, r = np.where(valid, err, 0.0), np.where(valid, ref, 0.0)
     point, boots = ratio_replicates(e, r, n_boot, seed)
     with np.errstate(invalid="ignore"):
-        low, high = _percentiles(boots, point, n_boot, ci)
+        low, high = percentile_interval(boots, ci) if n_boot else (point, point)
     raw = np.where(valid.any(0), e.sum(0) / np.maximum(valid.sum(0), 1), np.nan)
     return point, low, high, raw, valid.sum(0)
 
 
-def _percentile_columns(boots: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column percentile interval; NaN-aware only on the columns that hold a NaN (nanquantile is slower)."""
+def percentile_interval(boots: np.ndarray, ci: float) -> tuple[Any, Any]:
+    """The ``ci`` percentile interval of bootstrap replicates along axis 0: per column of (n_boot, m), floats for
+    (n_boot,). NaN replicates are skipped (a column with none valid stays NaN); nanquantile only where a NaN is,
+    since it is slower."""
+    if boots.ndim == 1:
+        low, high = percentile_interval(boots[:, None], ci)
+        return float(low[0]), float(high[0])
     alpha = (1 - ci) / 2
     low, high = np.empty(boots.shape[1]), np.empty(boots.shape[1])
     bad = np.isnan(boots).any(0)
@@ -119,7 +115,7 @@ def paired_bootstrap_many(triples: Sequence[tuple[np.ndarray, np.ndarray, np.nda
             point = delta.sum(0) / z.sum(0)
             if n_boot:
                 counts = resample_counts(n, n_boot, seed)
-                low, high = _percentile_columns((counts @ delta) / _resampled_zero(counts, z, seed), ci)
+                low, high = percentile_interval((counts @ delta) / _resampled_zero(counts, z, seed), ci)
             else:
                 low, high = point, point
         count = np.concatenate([v.sum(0) for v in valids])

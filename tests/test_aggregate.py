@@ -57,3 +57,16 @@ def test_varying_cfg_columns_are_the_ones_that_differ(tmp_path: Path):
     assert results.variant_label(slim).equals(results.variant_label(full))
     with pytest.raises(ValueError, match="cfg_columns"):
         results.load_results([tmp_path], cfg_columns="some")
+
+
+def test_percentile_interval_is_nanquantile_per_column_and_takes_one_column():
+    from icl.stats import percentile_interval
+
+    boots = np.random.default_rng(0).normal(size=(200, 4))
+    boots[:5, 1] = np.nan
+    boots[:, 3] = np.nan
+    low, high = percentile_interval(boots, 0.9)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+        ref = np.nanquantile(boots, [0.05, 0.95], axis=0)
+    np.testing.assert_allclose(np.stack([low, high]), ref, rtol=1e-14)  # NaN where a column has no replicate
+    np.testing.assert_allclose(percentile_interval(boots[:, 0], 0.9), ref[:, 0], rtol=1e-14)

@@ -40,7 +40,7 @@ def test_bad_stage():
 
 
 def _stream(start=0):
-    dm = PromptDataModule(TASK, batch_size=4, seed=7)
+    dm = PromptDataModule.from_config(TASK, batch_size=4, seed=7)
     return PromptStream(dm.sampler, dm.curriculum, 4, seed=7, start_step=start)
 
 
@@ -63,8 +63,8 @@ def test_workers_split_steps_in_order():
 def test_datamodule_checks_dims_and_saves_curriculum():
     bad = {**TASK, "curriculum": {**TASK["curriculum"], "dims": {"start": 5, "end": 25}}}
     with pytest.raises(ValueError, match="task.n_dims"):
-        PromptDataModule(bad)
-    dm = PromptDataModule(TASK)
+        PromptDataModule.from_config(bad)
+    dm = PromptDataModule.from_config(TASK)
     dm.load_state_dict({"curriculum": {"step": 6000}})
     assert dm.step == 6000 and dm.state_dict()["curriculum"]["n_points"] == 17
     assert next(iter(dm.train_dataloader()))["step"] == 6000

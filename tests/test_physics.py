@@ -142,8 +142,8 @@ def test_a_dataloader_worker_draws_the_same_batches():
 
     cfg = {"name": "mujoco_pendulum", "n_dims": 3, "curriculum": {"dims": {"start": 3, "end": 3},
                                                                 "points": {"start": 5, "end": 5}}}
-    inline = PromptDataModule(cfg, batch_size=4, num_workers=0, seed=1)
-    worker = PromptDataModule(cfg, batch_size=4, num_workers=1, seed=1)
+    inline = PromptDataModule.from_config(cfg, batch_size=4, num_workers=0, seed=1)
+    worker = PromptDataModule.from_config(cfg, batch_size=4, num_workers=1, seed=1)
     a, b = next(iter(inline.train_dataloader())), next(iter(worker.train_dataloader()))
     assert torch.equal(a["xs"], b["xs"]) and torch.equal(a["ys"], b["ys"])
 
@@ -176,7 +176,7 @@ def test_without_mujoco_a_task_fails_in_one_line(monkeypatch):
 def test_nominal_baseline_and_the_no_change_predictor():
     """nominal = the simulator at the prior's midpoint, from k = 0; exact when every prompt is that system.
     zero (no change, in delta form) scores exactly 1 by construction."""
-    from icl.evaluation import EvalConfig, score
+    from icl.evaluation import Resampling, score
 
     task = build_task("mujoco_pendulum", 3)
     xs = task.sample_xs(16, 5, 3, seeded(2))
@@ -184,8 +184,7 @@ def test_nominal_baseline_and_the_no_change_predictor():
     nominal = bl.predict("nominal", xs, ys, task=task)
     assert nominal.shape == ys.shape and (nominal[:, 0] != 0).all()
     torch.testing.assert_close(nominal, task.nominal(xs))
-    cfg = EvalConfig(n_prompts=16, batch_size=16, n_points=None, seed=0, bootstrap=20, ci=0.95, baselines=(),
-                     slow_baseline_prompts=2, slow_baseline_strategies=None, strategies={"standard": [None]}, cache=None)
+    cfg = Resampling(bootstrap=20, ci=0.95, seed=0)
     np.testing.assert_array_equal(score(task, bl.predict("zero", xs, ys), ys, cfg).error, 1.0)
     err = score(task, nominal, ys, cfg).error
     assert (err > 0).all() and (err < 1).all()

@@ -52,7 +52,7 @@ def test_each_job_gets_its_state_steps_and_eta(sweep):
 
 
 def test_the_cli_prints_one_line_per_job_and_a_count(sweep, capsys):
-    assert main([str(sweep)]) == 0
+    assert main([f"sweep={sweep}"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:2] == ["1", "failed"] and "simulated crash at step 40" in out[1]
     assert out[2].split()[:3] == ["2", "interrupted", "30/100"]
@@ -65,7 +65,7 @@ def test_rerun_resumes_each_cell_in_its_folder_and_refuses_a_folder_with_another
     make_job(sweep, "4", {"status": "failed", "error": "x"}, 10, config=[*TINY, "trainer.max_steps=99"])
     with pytest.raises(ValueError, match="holds another config"):
         rerun_command(JobDir(sweep / "4"))
-    assert main([str(sweep), "--dry-run"]) == 1  # the refused cell makes it non-zero; the others are listed
+    assert main([f"sweep={sweep}", "dry_run=true"]) == 1  # the refused cell makes it non-zero; the others are listed
     captured = capsys.readouterr()
     assert "refused:" in captured.err and str(sweep / "4") in captured.err
     planned = [line for line in captured.out.splitlines() if "-m icl.train" in line]

@@ -248,7 +248,7 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
     run(["-m", "icl.train", "-m", "experiment=seed_study/cpu_cell", "recipe=smoke", "task=linear",
          "attn=softmax,relu", "seed=0,1,2", "quant=none", "hydra/launcher=basic", f"hydra.sweep.dir={jobs}",
          "hydra.sweep.subdir=${attn.name}-${seed}", *TINY, *common], tmp_path)
-    run(["-m", "icl.lab.study.compact", str(jobs), "--cells", str(cells), "--arm", "tuned"], tmp_path)
+    run(["-m", "icl.lab.study.compact", f"jobs=[{jobs}]", f"cells={cells}", "arm=tuned"], tmp_path)
     assert len(list(cells.glob(f"*/{CELL_JSON}"))) == 6
     meta = json.loads((cells / "tuned-linear-relu-seed1" / CELL_JSON).read_text())
     means = meta["quants"]["none"]["means"]

@@ -64,7 +64,7 @@ def test_selection_refuses_jobs_scored_on_the_reporting_prompts(tmp_path):
     validation, reporting = sweeps(tmp_path)
     with pytest.raises(ValueError, match="evaluated with eval.seed=0, the reporting seed"):
         select(load_cells([validation, reporting]), reporting_seed=0)
-    assert main([str(reporting), "--reporting-seed", "0"]) == 1
+    assert main([f"sweeps=[{reporting}]", "reporting_seed=0"]) == 1
 
 
 def test_recipe_rows_rescale_the_warm_up_to_the_full_run(tmp_path, capsys):
@@ -72,7 +72,7 @@ def test_recipe_rows_rescale_the_warm_up_to_the_full_run(tmp_path, capsys):
     best = rescale_warmup(select(load_cells([validation])), full_steps=15000)
     assert list(best.full_warmup_steps) == [500, 3000]
     assert "relu: {lr: 1.0e-04, warmup_steps: 500, qk_norm: true, gradient_clip_val: 1.0}" in recipe_yaml(best)
-    assert main([str(validation), "--out", str(tmp_path / "out")]) == 0
+    assert main([f"sweeps=[{validation}]", f"out={tmp_path / 'out'}"]) == 0
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"cells.csv", "cells.md", "best.csv", "best.md"}
     assert "softmax: {lr: 1.0e-03, warmup_steps: 3000" in capsys.readouterr().out
 
@@ -123,7 +123,7 @@ def test_verdict_is_computed_against_the_targets(tmp_path):
     assert judged["met"].to_dict() == {"linear": True, "relu": False, "sigmoid": True, "softmax": False}
     with pytest.raises(ValueError, match="reporting prompts"):
         verdict(load_cells([tmp_path]), reporting_seed=1000)
-    assert main([str(tmp_path), "--final", "--out", str(tmp_path / "out")]) == 0
+    assert main([f"sweeps=[{tmp_path}]", "final=true", f"out={tmp_path / 'out'}"]) == 0
     assert (tmp_path / "out" / "final.md").read_text().count("|") > 20
 
 

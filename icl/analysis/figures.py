@@ -55,6 +55,7 @@ from icl.contract import strategies
 from icl.files import atomic_write
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.job import JobDir
+from icl.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -293,11 +294,11 @@ def markdown(summary: pd.DataFrame, reference: dict[str, str]) -> str:
     ref = ", ".join(f"{k} {v}" for k, v in reference.items())
     lines = [f"Normalised error [95% CI] on standard prompts; Δ = paired difference to the reference job's transformer "
              f"({ref}) on the same prompts (a variant: same task, d, model and seed; a baseline: scored in the "
-             "reference job), negative: better.", "",
-             "| task | d | predictor | k = d/2 | k = d | k = 2d |", "|---|---|---|---|---|---|"]
-    for _, row in summary.sort_values(["task", "n_dims", "kind", "variant"], ascending=[True, True, False, True]).iterrows():
-        ks = [f"({row[f'k_{t}']}) {cell(row, t)}" for t in ("half", "d", "2d")]
-        lines.append(f"| {row['task']} | {row['n_dims']} | {row['variant']} | " + " | ".join(ks) + " |")
+             "reference job), negative: better.", ""]
+    order = summary.sort_values(["task", "n_dims", "kind", "variant"], ascending=[True, True, False, True])
+    rows = ([row["task"], row["n_dims"], row["variant"], *(f"({row[f'k_{t}']}) {cell(row, t)}" for t in ("half", "d", "2d"))]
+            for _, row in order.iterrows())
+    lines.append(markdown_table(["task", "d", "predictor", "k = d/2", "k = d", "k = 2d"], rows))
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,12 @@
 """The quantisation table: per job, its quant.json proof beside the transformer's error at k = d, 2d; and the
 breaking points, sensitivity tables and figures of ``icl.bench.quant_sweep``'s quant_sweep.csv.
 
-``python -m icl.analysis.quant <sweep or job folder> …`` prints the table as markdown (docs/quantization.md's table).
+``python -m icl.analysis.quant folders=[<sweep or job folder>,…]`` prints the table as markdown (docs/quantization.md's table).
 """
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +14,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs
 from icl.analysis.styles import QUANT_STYLES, attn_color
 from icl.contract import STANDARD, read_eval_csv
+from icl.run.cli import parse
 from icl.run.job import JobDir
 from icl.stats import error_at
 from icl.tables import markdown_table
@@ -149,13 +151,17 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
     return written
 
 
-def main(argv: list[str]) -> None:
-    """``python -m icl.analysis.quant <folder> …``: the quant.json table of every job under the folders (markdown)."""
-    if not argv:
-        raise SystemExit("usage: python -m icl.analysis.quant <sweep or job folder> [...]")
-    df = table(find_jobs(argv))
+@dataclass
+class Options:
+    folders: list[str] = field(default=MISSING, metadata={"help": "sweep or job folders (searched for jobs)"})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m icl.analysis.quant folders=[…]``: the quant.json table of every job under the folders (markdown)."""
+    args = parse(Options, argv, "python -m icl.analysis.quant", __doc__)
+    df = table(find_jobs(args.folders))
     if df.empty:
-        raise SystemExit(f"error: no job with quant.json and eval.csv under {' '.join(argv)}")
+        raise SystemExit(f"error: no job with quant.json and eval.csv under {' '.join(args.folders)}")
     print(markdown(df.drop(columns="job")))
 
 
@@ -167,7 +173,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 def cli() -> None:
     """Console script ``icl-quant-table``."""
-    main(sys.argv[1:])
+    main()
 
 
 if __name__ == "__main__":

@@ -10,12 +10,11 @@ Then ``icl.figures.make_figures`` runs on the whole grid in a fresh process (wal
 (``reference_paired_bootstrap``: the counts drawn afresh per call) on the first ``check`` jobs.
 
     python -m icl.bench.aggregate                    # 8 attn × 3 quant × 8 seeds = 192 folders
-    python -m icl.bench.aggregate --seeds 2 --keep   # 48 folders, left in place to profile
+    python -m icl.bench.aggregate seeds=2 keep=true  # 48 folders, left in place to profile
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -24,10 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from icl.run.cli import parse
 
 ATTNS = ("softmax", "relu", "relu_causal", "linear", "sigmoid", "performer", "nystrom", "combiner")
 QUANTS = ("none", "int8_weight", "int8_dynamic")
@@ -181,14 +183,17 @@ def check_paired(root: Path, jobs: int) -> float:
     return float(np.nanmax(np.abs(new[cols].to_numpy(float) - old[cols].to_numpy(float))))
 
 
+@dataclass
+class Options:
+    seeds: int = field(default=8, metadata={"help": "seeds per attn × quant cell"})
+    check: int = field(default=24, metadata={"help": "jobs on which new and reference pairs are compared"})
+    root: str | None = field(default=None, metadata={"help": "where to build the grid (null: a temp dir)"})
+    keep: bool = field(default=False, metadata={"help": "leave the grid in place"})
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m icl.bench.aggregate", description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--check", type=int, default=24, help="jobs on which new and reference pairs are compared")
-    parser.add_argument("--root", type=Path, default=None, help="where to build the grid (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="leave the grid in place")
-    args = parser.parse_args(argv)
-    root = args.root or Path(tempfile.mkdtemp(prefix="icl_bench_aggregate_"))
+    args = parse(Options, argv, "python -m icl.bench.aggregate", __doc__)
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="icl_bench_aggregate_"))
     t = time.perf_counter()
     base = smoke_job(root / "base")
     jobs = copy_grid(base, root / "grid", args.seeds)

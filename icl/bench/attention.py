@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from icl.attention import ATTENTION, build_attention
 from icl.bench.timing import interleaved, loglog_slope, summarise
 from icl.files import atomic_write, write_text
-from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
+from icl.tables import markdown_table
 
 log = logging.getLogger(__name__)
 MODES = ("forward", "forward_backward")
@@ -109,8 +110,7 @@ def slopes(df: pd.DataFrame) -> pd.DataFrame:
 def markdown(df: pd.DataFrame, slope_df: pd.DataFrame, mode: str) -> str:
     """One table per mode: median ms [IQR] per length, then the slopes."""
     lengths = sorted(df["T"].unique())
-    head = "| variant | " + " | ".join(f"T={T}" for T in lengths) + " | slope (all) | slope (top two) |"
-    lines = [head, "|" + "---|" * (len(lengths) + 3)]
+    rows = []
     for name in df["variant"].unique():
         cells = []
         for T in lengths:
@@ -119,8 +119,8 @@ def markdown(df: pd.DataFrame, slope_df: pd.DataFrame, mode: str) -> str:
                          f"{row.median_ms.iloc[0]:.3g} [{row.iqr_ms.iloc[0]:.2g}]")
         s = slope_df[(slope_df.variant == name) & (slope_df["mode"] == mode)]
         fit = [f"{s[c].iloc[0]:.2f}" if not s.empty else "—" for c in ("slope_all", "slope_top")]
-        lines.append(f"| {name} | " + " | ".join(cells + fit) + " |")
-    return "\n".join(lines)
+        rows.append([name, *cells, *fit])
+    return markdown_table(["variant", *(f"T={T}" for T in lengths), "slope (all)", "slope (top two)"], rows)
 
 
 def plot(df: pd.DataFrame, path: Path) -> None:
@@ -176,11 +176,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench_attn")
 def main(cfg: DictConfig) -> None:
-    try:
+    with refusals(ValueError):
         run(cfg)
-    except ValueError as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
 
 
 def cli() -> None:

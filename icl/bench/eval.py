@@ -5,22 +5,22 @@ xgboost) and the new implementation run on the same evaluation prompts, alternat
 so a drift of this shared machine hits both alike; the table gives median seconds and the ratio old / new with a
 bootstrap CI. Times are this process's CPU seconds (``time.process_time``: on a machine shared with other jobs,
 wall time mostly measures their load), except for the trees, whose new path runs in joblib worker processes
-that the process clock does not see: wall time there (``--clock`` overrides both). Where the loop is too slow
-for all prompts it runs on the first ``--loop-prompts`` and its time is
+that the process clock does not see: wall time there (``clock=`` overrides both). Where the loop is too slow
+for all prompts it runs on the first ``loop_prompts`` and its time is
 scaled linearly to the new one's prompt count (the loop's cost is exactly linear in prompts: one fit each); the
 table says so. It also reports how far the predictions moved (max |new − old| over the prompts both ran) and,
-with ``--grid``, one whole default-grid evaluation of sparse_linear at d = 20 (every strategy, all baselines of
+with ``grid=true``, one whole default-grid evaluation of sparse_linear at d = 20 (every strategy, all baselines of
 the task, no cache), the issue's 5-minute target.
 
-    python -m icl.bench.eval                     # lasso, gd_2nn, trees + xgboost, bayes (~5 min on 2 busy cores)
-    python -m icl.bench.eval --parts lasso --grid
+    python -m icl.bench.eval                     # lasso, gd_2nn, trees + xgboost, bayes (times: docs/baselines.md)
+    python -m icl.bench.eval parts=[lasso] grid=true
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,9 @@ import torch
 from icl import baselines, prompts
 from icl.bench.timing import interleaved
 from icl.lab.reference import LOOPS
+from icl.run.cli import parse
 from icl.stats import ratio_ci
+from icl.tables import markdown_table
 from icl.tasks import build_task
 
 
@@ -130,8 +132,7 @@ def grid_seconds() -> float:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| baseline | setting | clock | old loop (s) | new (s) | old / new [95% CI] | change: max, median (÷ max abs y) |",
-             "|---|---|---|---|---|---|---|"]
+    cells = []
     for r in rows:
         if "old_s" in r:
             old = f"{r['old_s']:.1f}" + (f" (from {r['old_prompts']} prompts, ×{r['new_prompts'] // r['old_prompts']})"
@@ -140,22 +141,31 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             change = f"{r['max_change']:.2g}, {r['median_change']:.2g}"
         else:
             old, ratio, change = "—", "—", "—"
-        lines.append(f"| {r['part']} ({r['what']}) | {r['setting']}, {r['new_prompts']} prompts | {r['clock']} | {old} | "
-                     f"{r['new_s']:.1f} | {ratio} | {change} |")
-    return "\n".join(lines) + "\n"
+        cells.append([f"{r['part']} ({r['what']})", f"{r['setting']}, {r['new_prompts']} prompts", r["clock"], old,
+                      f"{r['new_s']:.1f}", ratio, change])
+    return markdown_table(["baseline", "setting", "clock", "old loop (s)", "new (s)", "old / new [95% CI]",
+                           "change: max, median (÷ max abs y)"], cells) + "\n"
+
+
+@dataclass
+class Options:
+    parts: list[str] = field(default_factory=lambda: list(PARTS), metadata={"help": "baselines to time"})
+    repeats: int = field(default=3, metadata={"help": "interleaved old/new repeats"})
+    loop_prompts: int | None = field(default=None, metadata={"help": "prompts the old loops run on"})
+    prompts: int | None = field(default=None, metadata={"help": "prompts the new versions run on"})
+    grid: bool = field(default=False, metadata={"help": "also time the default grid of sparse_linear d=20"})
+    clock: str = field(default="auto", metadata={
+        "help": "cpu: this process's CPU seconds; wall; auto: cpu except trees (joblib workers)"})
+    threads: int = field(default=1, metadata={"help": "torch threads (the job's budget)"})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m icl.bench.eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--loop-prompts", type=int, default=None, help="prompts the old loops run on")
-    parser.add_argument("--prompts", type=int, default=None, help="prompts the new versions run on")
-    parser.add_argument("--grid", action="store_true", help="also time the default grid of sparse_linear d=20")
-    parser.add_argument("--clock", default="auto", choices=["auto", *CLOCKS],
-                        help="cpu: this process's CPU seconds; wall; auto: cpu except trees (joblib workers)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the job's budget)")
-    args = parser.parse_args(argv)
+    args = parse(Options, argv, "python -m icl.bench.eval", __doc__)
+    for name in args.parts:
+        if name not in PARTS:
+            raise SystemExit(f"error: python -m icl.bench.eval: unknown part {name!r}: choose from {', '.join(PARTS)}")
+    if args.clock not in ("auto", *CLOCKS):
+        raise SystemExit(f"error: python -m icl.bench.eval: clock={args.clock}: choose auto, {', '.join(CLOCKS)}")
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.parts:

@@ -42,6 +42,7 @@ from omegaconf import DictConfig
 from icl.data import PromptDataModule, PromptStream
 from icl.module import ICLModule, lr_lambda, make_optimizer
 from icl.run.configs import CONFIG_DIR
+from icl.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -205,16 +206,14 @@ def markdown(rows: list[dict], per_step: dict[str, float], ci: float) -> str:
     lines = [f"**The job's training step vs a bare PyTorch loop** ({job['overrides']}: model {job['model']}, "
              f"d = {job['n_dims']}, {job['n_points']} points, batch {job['batch']}; {job['rounds']} alternating rounds "
              f"of {job['steps_per_round']} steps, {job['clock']} clock)", "",
-             "| side | ms per step (median of rounds) [IQR] | steps/s | job / bare [CI] |", "|---|---|---|---|"]
-    for r in rows:
-        ratio = (f"{r['ratio']:.3f} [{r['ratio_ci_low']:.3f}, {r['ratio_ci_high']:.3f}] ({ci:.0%})"
-                 if r["impl"] == "job" else "1")
-        lines.append(f"| {r['impl']} | {r['median_ms']:.3g} [{r['q1_ms']:.3g}, {r['q3_ms']:.3g}] | "
-                     f"{r['steps_per_s']:.3g} | {ratio} |")
+             markdown_table(["side", "ms per step (median of rounds) [IQR]", "steps/s", "job / bare [CI]"],
+                            ([r["impl"], f"{r['median_ms']:.3g} [{r['q1_ms']:.3g}, {r['q3_ms']:.3g}]",
+                              f"{r['steps_per_s']:.3g}",
+                              f"{r['ratio']:.3f} [{r['ratio_ci_low']:.3f}, {r['ratio_ci_high']:.3f}] ({ci:.0%})"
+                              if r["impl"] == "job" else "1"] for r in rows))]
     if per_step:
         top = sorted(per_step.items(), key=lambda kv: -kv[1])[:25]
         lines += ["", f"Where the job's step goes (Lightning SimpleProfiler, ms per step; bare step "
                       f"{bare['median_ms']:.3g} ms; nested actions overlap):", "",
-                  "| action | ms per step |", "|---|---|"]
-        lines += [f"| `{name}` | {ms:.3g} |" for name, ms in top]
+                  markdown_table(["action", "ms per step"], ([f"`{name}`", f"{ms:.3g}"] for name, ms in top))]
     return "\n".join(lines)

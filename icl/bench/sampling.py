@@ -1,23 +1,25 @@
-"""Prompt sampling vs the training step: ``python -m icl.bench.sampling [task …] [--threads N] [--steps N] [--set K=V …]``.
+"""Prompt sampling vs the training step: ``python -m icl.bench.sampling [tasks=[…]] [threads=N] [steps=N] [set=[K=V,…]]``.
 
 For each task (default: the mujoco_* ones) under ``experiment=smoke_mujoco`` it builds the job's data and model as
-``icl.train`` would, then alternates, ``--steps`` times: draw the batch of step s (``PromptStream.batch_at``), then one
+``icl.train`` would, then alternates, ``steps`` times: draw the batch of step s (``PromptStream.batch_at``), then one
 optimiser step on it (forward, loss, backward, Adam). It prints the medians — sampling ms per batch, prompts/s, the
 training step's ms — and the share of a step spent sampling, which issue 18 bounds at 20 % (docs/mujoco.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
 from hydra import compose, initialize_config_dir
 
 from icl.data import PromptStream
+from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR
 from icl.run.train import build
+from icl.tables import markdown_table
 
 MUJOCO_TASKS = ("mujoco_pendulum", "mujoco_cartpole", "mujoco_reacher")
 
@@ -46,21 +48,24 @@ def measure(task: str, steps: int, overrides: tuple[str, ...] = ()) -> dict[str,
     return {"sample_s": s, "train_s": t, "prompts_per_s": int(cfg.data.batch_size) / s, "share": s / (s + t)}
 
 
+@dataclass
+class Options:
+    tasks: list[str] = field(default_factory=lambda: list(MUJOCO_TASKS), metadata={"help": "tasks to time"})
+    threads: int = field(default=1, metadata={"help": "torch threads (1: what smoke jobs use here)"})
+    steps: int = field(default=50, metadata={"help": "interleaved sampling/training steps"})
+    set: list[str] = field(default_factory=list, metadata={
+        "help": "Hydra overrides of the job, e.g. set='[task.params.timestep=0.01,task.params.frame_skip=5]'"})
+
+
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m icl.bench.sampling", description=__doc__.splitlines()[0])
-    parser.add_argument("tasks", nargs="*", default=list(MUJOCO_TASKS))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: what smoke jobs use here)")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="Hydra overrides of the job, e.g. task.params.timestep=0.01 task.params.frame_skip=5")
-    args = parser.parse_args(argv)
+    args = parse(Options, argv, "python -m icl.bench.sampling", __doc__)
     torch.set_num_threads(args.threads)
-    print("| task | sampling ms/batch | prompts/s | training step ms | sampling share |")
-    print("|---|---|---|---|---|")
+    rows = []
     for task in args.tasks:
         r = measure(task, args.steps, tuple(args.set))
-        print(f"| {task} | {1e3 * r['sample_s']:.1f} | {r['prompts_per_s']:.0f} | {1e3 * r['train_s']:.1f} | "
-              f"{100 * r['share']:.0f} % |")
+        rows.append([task, f"{1e3 * r['sample_s']:.1f}", f"{r['prompts_per_s']:.0f}", f"{1e3 * r['train_s']:.1f}",
+                     f"{100 * r['share']:.0f} %"])
+    print(markdown_table(["task", "sampling ms/batch", "prompts/s", "training step ms", "sampling share"], rows))
 
 
 if __name__ == "__main__":

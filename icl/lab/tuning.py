@@ -1,15 +1,15 @@
 """Pick a training recipe per attention variant from a tuning sweep, on validation prompts only.
 
-``python -m icl.lab.tuning <sweep dir>... [--reporting-seed 0] [--out DIR] [--full-steps 15000]``
+``python -m icl.lab.tuning sweeps=[<dir>,…] [reporting_seed=0] [out=DIR] [full_steps=15000]``
 
 A tuning sweep is any set of job folders (``icl.train -m …``) that differ in training options; each job's
 ``eval.csv`` holds its transformer's error on the prompts of *its* ``eval.seed``. Selection must not look at the
 prompts the final numbers are reported on, so every job of the sweep must have been evaluated with an
-``eval.seed`` different from the reporting one (``--reporting-seed``, default 0 = ``configs/eval``'s seed); a sweep
+``eval.seed`` different from the reporting one (``reporting_seed``, default 0 = ``configs/eval``'s seed); a sweep
 that was not is refused with one line, before anything is picked. Per variant the cell with the lowest error at
-k = 2d over its training seeds (its worst seed, or ``--rank median``; ``--shared``: one recipe for all) wins
+k = 2d over its training seeds (its worst seed, or ``rank=median``; ``shared=true``: one recipe for all) wins
 (ties: the lower upper CI bound, then the smaller lr). Writes ``cells.csv`` / ``cells.md`` (every cell)
-and ``best.csv`` / ``best.md`` (the winners, with the warm-up rescaled to ``--full-steps``: screening runs are
+and ``best.csv`` / ``best.md`` (the winners, with the warm-up rescaled to ``full_steps``: screening runs are
 shorter and keep the warm-up's share of the run) and prints the rows for ``configs/recipe/smoke.yaml``.
 
 Reads job folders through ``icl.results`` only: no torch.
@@ -17,15 +17,17 @@ Reads job folders through ``icl.results`` only: no torch.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_status
 from icl.contract import EVAL, STANDARD, cap_k, errors_key, read_eval_csv, strategies
+from icl.run.cli import parse
 from icl.stats import paired_bootstrap
 from icl.tables import markdown_table
 
@@ -181,22 +183,31 @@ def varying(cells: pd.DataFrame) -> list[str]:
     return [c for c in ("num_landmarks", "ridge", "seed") if c in cells and cells[c].fillna(0).nunique() > 1]
 
 
+@dataclass
+class Options:
+    """``python -m icl.lab.tuning sweeps=[<dir>,…] [key=value …]``."""
+
+    sweeps: list[str] = field(default=MISSING, metadata={"help": "sweep folders (searched recursively for job folders)"})
+    reporting_seed: int = field(default=0, metadata={"help": "eval.seed the final numbers are reported on"})
+    full_steps: int = field(default=15000, metadata={"help": "trainer.max_steps of the recipe's runs"})
+    rank: str = field(default="worst", metadata={"help": "rank a recipe by this seed: worst or median"})
+    shared: bool = field(default=False, metadata={"help": "one recipe for every variant (its worst variant)"})
+    out: str | None = field(default=None, metadata={"help": "write cells.{csv,md} and best.{csv,md} here"})
+    final: bool = field(default=False, metadata={
+        "help": "the folders hold the final runs (reporting seed): judge them against the targets instead"})
+    softmax_reference: str | None = field(default=None, metadata={
+        "help": "with final=true: softmax trained with the former recipe at the same steps (paired check)"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icl.lab.tuning", description=__doc__.splitlines()[0])
-    parser.add_argument("sweeps", nargs="+", help="sweep folders (searched recursively for job folders)")
-    parser.add_argument("--reporting-seed", type=int, default=0, help="eval.seed the final numbers are reported on")
-    parser.add_argument("--full-steps", type=int, default=15000, help="trainer.max_steps of the recipe's runs")
-    parser.add_argument("--rank", choices=("worst", "median"), default="worst", help="rank a recipe by this seed")
-    parser.add_argument("--shared", action="store_true", help="one recipe for every variant (its worst variant)")
-    parser.add_argument("--out", type=Path, default=None, help="write cells.{csv,md} and best.{csv,md} here")
-    parser.add_argument("--final", action="store_true",
-                        help="the folders hold the final runs (reporting seed): judge them against the targets instead")
-    parser.add_argument("--softmax-reference", type=Path, default=None,
-                        help="with --final: softmax trained with the former recipe at the same steps (paired check)")
-    args = parser.parse_args(argv)
+    args = parse(Options, argv, "python -m icl.lab.tuning", __doc__)
+    if args.rank not in ("worst", "median"):
+        raise SystemExit(f"error: python -m icl.lab.tuning: rank={args.rank}: choose worst or median")
+    out = Path(args.out) if args.out else None
     cells = load_cells(args.sweeps)
     if args.final:
-        return report_final(cells, args.reporting_seed, args.out, args.softmax_reference)
+        reference = Path(args.softmax_reference) if args.softmax_reference else None
+        return report_final(cells, args.reporting_seed, out, reference)
     try:
         best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
     except ValueError as err:
@@ -204,12 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     cell_cols = ["attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps", *varying(cells)]
     cells = cells.sort_values(["task", "attn", "lr", "qk_norm", "warmup_steps"]).reset_index(drop=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        cells.drop(columns="run_dir").to_csv(args.out / "cells.csv", index=False)
-        (args.out / "cells.md").write_text(markdown(cells, cell_cols))
-        best.drop(columns="run_dir").to_csv(args.out / "best.csv", index=False)
-        (args.out / "best.md").write_text(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        cells.drop(columns="run_dir").to_csv(out / "cells.csv", index=False)
+        (out / "cells.md").write_text(markdown(cells, cell_cols))
+        best.drop(columns="run_dir").to_csv(out / "best.csv", index=False)
+        (out / "best.md").write_text(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(recipe_yaml(best))
     return 0

@@ -9,8 +9,10 @@ traceback; ``check_yaml`` runs first in every entry point so the user instead se
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -50,3 +52,13 @@ def run_cli(main: Callable[[], object]) -> None:
     warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     check_yaml()
     main()
+
+
+@contextmanager
+def refusals(*errors: type[BaseException]) -> Iterator[None]:
+    """A command's bad input (one of ``errors``) ends it with the error's one line and exit 1, no traceback."""
+    try:
+        yield
+    except errors as err:
+        logging.getLogger("icl").error("%s", err)
+        raise SystemExit(1) from None

@@ -22,7 +22,7 @@ from icl import prompts
 from icl.contract import cap_k, failures
 from icl.evaluation import evaluate
 from icl.quantize import PROOF_PROMPTS, float_model, proof, quantize, summary
-from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
 from icl.run.job import JobDir, JobLocked
 from icl.run.spec import JobSpec
 from icl.run.store import Entry
@@ -155,12 +155,8 @@ def main(cfg: DictConfig) -> None:
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     folders = [run, out] if run.is_job() else []  # not a job: load_job says so, and no .lock is left behind
     out.path.mkdir(parents=True, exist_ok=True) if folders else None  # a new out_dir is locked as well
-    try:
-        with locked(*folders):
-            reevaluate(cfg)
-    except (FileNotFoundError, ValueError, JobLocked) as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
+    with refusals(FileNotFoundError, ValueError, JobLocked), locked(*folders):
+        reevaluate(cfg)
 
 
 @contextmanager

@@ -1,32 +1,32 @@
-"""``icl-status <sweep dir> [--rerun | --dry-run]`` (``make status SWEEP=…``): where each job of a sweep stands.
+"""``icl-status sweep=<dir> [rerun=true | dry_run=true]`` (``make status SWEEP=…``): where each job of a sweep stands.
 
 Per job folder under the directory: ``done``, ``running`` (status.json says running and a live process holds the
 folder's lock), ``interrupted`` (says running, but no process holds the lock: killed, pre-empted, or the machine went
 down; or it recorded a Ctrl-C), ``failed`` (with its error line) or ``not started``; the steps done of the total
 (metrics.csv's last step, ``trainer.max_steps``) and, for a running job, an ETA at the rate since it last started.
 
-``--rerun`` reruns the failed, interrupted and not-started jobs one after another, each into its own folder with the
+``rerun=true`` reruns the failed, interrupted and not-started jobs one after another, each into its own folder with the
 overrides it was launched with (``.hydra/overrides.yaml``), so each resumes from its last checkpoint; a job whose
 folder holds a config other than those overrides compose to today (configs edited since) is refused: resuming
-there would continue a different run. ``--dry-run`` prints the commands instead.
+there would continue a different run. ``dry_run=true`` prints the commands instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
+from icl.run.cli import parse
 from icl.run.job import INTERRUPTED, JobDir
 
 RERUN = ("failed", "interrupted", "not started")
@@ -146,19 +146,25 @@ def check_same_config(job: JobDir, overrides: list[str]) -> None:
                          "rerun the cell afresh, or rerun it by hand")
 
 
+@dataclass
+class Options:
+    """``icl-status sweep=<dir> [rerun=true | dry_run=true]``."""
+
+    sweep: str = field(default=MISSING, metadata={"help": "a sweep folder (multirun/<date>/<time>) or any folder of jobs"})
+    rerun: bool = field(default=False, metadata={"help": "rerun the failed, interrupted and not-started jobs"})
+    dry_run: bool = field(default=False, metadata={"help": "print the rerun commands only"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="icl-status", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, help="a sweep folder (multirun/<date>/<time>) or any folder of jobs")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--rerun", action="store_true", help="rerun the failed, interrupted and not-started jobs")
-    group.add_argument("--dry-run", action="store_true", help="print the rerun commands only")
-    args = parser.parse_args(argv)
+    args = parse(Options, argv, "icl-status", __doc__)
+    if args.rerun and args.dry_run:
+        raise SystemExit("error: icl-status: rerun=true and dry_run=true exclude each other: pass one")
     try:
-        states = sweep_states(args.sweep)
+        states = sweep_states(Path(args.sweep))
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(table(states, args.sweep))
+    print(table(states, Path(args.sweep)))
     if not (args.rerun or args.dry_run):
         return 0
     refused, commands = [], []

@@ -69,8 +69,10 @@ def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
                          "raise data.batch_size instead")
-    datamodule = PromptDataModule(spec.task.as_dict(), seed=spec.seed, batch_size=spec.data.batch_size,
-                                  num_workers=spec.data.num_workers)
+    task = spec.task
+    datamodule = PromptDataModule(task.task, task.curriculum.start(), seed=spec.seed, batch_size=spec.data.batch_size,
+                                  num_workers=spec.data.num_workers, num_tasks=task.num_tasks,
+                                  num_training_examples=task.num_training_examples)
     if spec.eval.algorithms is not None:
         from icl.agreement import AlgorithmsConfig, check_task
 
@@ -128,12 +130,11 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def check_launch(cfg: DictConfig) -> None:
-    """Refuse a local multirun with ``strategy=ddp``: Lightning starts each extra rank by re-running the command
+def check_launch(strategy: str) -> None:
+    """Refuse a local multirun with ``trainer.strategy=ddp``: Lightning starts each extra rank by re-running the command
     line, which for ``-m`` is the whole sweep. Under SLURM (srun starts the ranks) it is fine."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    strategy = str(cfg.trainer.get("strategy") or "")
     if strategy.startswith("ddp") and strategy not in ("ddp_spawn", "ddp_notebook") and "SLURM_NTASKS" not in os.environ:
         raise ValueError(f"trainer.strategy={strategy} in a local multirun (-m) would re-run the whole sweep per rank: "
                          "run DDP jobs one per command, or use hydra/launcher=submitit_slurm, or trainer.strategy=ddp_spawn")
@@ -238,7 +239,7 @@ def job_lock(job: JobDir) -> AbstractContextManager[None]:
 
 def _train(spec: JobSpec, job: JobDir, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     cfg = spec.cfg
-    check_launch(cfg)
+    check_launch(str(cfg.trainer.get("strategy") or ""))
     threads = set_threads(spec.threads)
     L.seed_everything(spec.seed, workers=True, verbose=False)
     datamodule, module = build(spec)

@@ -28,7 +28,7 @@ from icl.lab.study.inference import (
     still_improving,
     verdict,
 )
-from icl.stats import ratio_replicates
+from icl.stats import percentile_interval, ratio_replicates
 
 REFERENCE = "softmax"
 SEED_MODEL, PROPOSED_FIX = "relu", "relu_causal"
@@ -180,8 +180,7 @@ class Study:
         if result is None:
             return None
         point, boots = result
-        alpha = (1 - self.ci) / 2
-        low, high = (np.quantile(boots, [alpha, 1 - alpha]) if np.isfinite(boots).all() else (math.nan, math.nan))
+        low, high = percentile_interval(boots, self.ci) if np.isfinite(boots).all() else (math.nan, math.nan)
         return SeedValue(seed, float(point), float(low), float(high), all(ok for ok, _ in checks),
                          any(self.improving(c) for c, _ in models),
                          "; ".join(why for ok, why in checks if not ok))

@@ -12,27 +12,28 @@ from finished job folders and read back by the report, which needs nothing else.
 - ``curve.csv``: the training curve (step, loss ÷ the zero estimator's), at most ``CURVE_ROWS`` rows;
 - ``quant/<mode>.json``: each quant mode's quant.json (how far the quantised model's predictions moved).
 
-``python -m icl.lab.study.compact <job folder>... --cells docs/study/cells --arm tuned`` exports finished jobs.
+``python -m icl.lab.study.compact jobs=[<job folder>,…] cells=docs/study/cells arm=tuned`` exports finished jobs.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs, flat_config, load_errors, read_eval_csv
 from icl.files import atomic_write
+from icl.run.cli import parse
 from icl.run.job import JobDir
 
 CELL_JSON, ERRORS, CURVE, QUANT_DIR = "cell.json", "errors.npz", "curve.csv", "quant"
@@ -263,15 +264,18 @@ def load_cells(root: Path) -> list[Cell]:
     return [Cell(p.parent, json.loads(p.read_text())) for p in sorted(Path(root).glob(f"*/{CELL_JSON}"))]
 
 
+@dataclass
+class Options:
+    jobs: list[str] = field(default=MISSING, metadata={"help": "job folders or folders holding them"})
+    cells: str = field(default=MISSING, metadata={"help": "where the cell folders go (docs/study/cells)"})
+    arm: str = field(default=MISSING, metadata={"help": "the study arm these jobs belong to (tuned, shared)"})
+    paper_d: int = field(default=20, metadata={"help": "the d the paper's k windows are given for (scaled by d / paper_d)"})
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icl.lab.study.compact", description=__doc__.splitlines()[0])
-    parser.add_argument("jobs", nargs="+", type=Path, help="job folders or folders holding them")
-    parser.add_argument("--cells", type=Path, required=True, help="where the cell folders go (docs/study/cells)")
-    parser.add_argument("--arm", required=True, help="the study arm these jobs belong to (tuned, shared)")
-    parser.add_argument("--paper-d", type=int, default=20)
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parse(Options, None if argv is None else list(argv), "python -m icl.lab.study.compact", __doc__)
     try:
-        written = export(find_jobs(args.jobs), args.cells, args.arm, args.paper_d)
+        written = export(find_jobs([Path(j) for j in args.jobs]), Path(args.cells), args.arm, args.paper_d)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -24,7 +24,8 @@ from icl.lab.study import claims as C
 from icl.lab.study.compact import cell_name, load_cells
 from icl.lab.study.figures import figures
 from icl.lab.study.timing import read_bench, timing_rows
-from icl.run.configs import HYDRA_CONFIGS, run_cli
+from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
+from icl.tables import markdown_table
 
 log = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("report.md")
@@ -43,8 +44,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
         if isinstance(v, float):
             return "—" if math.isnan(v) else f"{v:.3f}"
         return str(v).replace("|", "\\|")
-    head = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
-    return "\n".join(head + [f"| {' | '.join(fmt(r.get(c, '')) for c in columns)} |" for r in rows])
+    return markdown_table(columns, ([fmt(r.get(c, "")) for c in columns] for r in rows))
 
 
 def relative(path: Path, base: Path) -> str:
@@ -187,11 +187,8 @@ def update_readme(readme: Path, page: Path, figs: Sequence[Path], complete: bool
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="study")
 def main(cfg: DictConfig) -> None:
     """``python -m icl.study``; a bad input is one line."""
-    try:
+    with refusals(ValueError, FileNotFoundError):
         report(OmegaConf.to_container(cfg, resolve=True))
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
 
 
 def cli() -> None:
