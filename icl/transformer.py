@@ -112,21 +112,21 @@ class TransformerConfig:
     pattern: list[str] | None = None  # mixer names per layer, repeated to n_layer (a hybrid); None = attn everywhere
 
 
-def layer_mixers(c: TransformerConfig) -> list[str]:
+def layer_mixers(attn: str, pattern: list[str] | None, n_layer: int) -> list[str]:
     """The mixer of every layer: ``pattern`` repeated to n_layer (it must contain ``attn``), or ``attn`` everywhere."""
-    check_mixer(c.attn)
-    if not c.pattern:
-        return [c.attn] * c.n_layer
-    names = [check_mixer(n) for n in c.pattern]
-    if c.n_layer % len(names) or c.attn not in names:
-        raise ValueError(f"model.pattern {names} must divide model.n_layer ({c.n_layer}) and contain attn={c.attn} "
+    check_mixer(attn)
+    if not pattern:
+        return [attn] * n_layer
+    names = [check_mixer(n) for n in pattern]
+    if n_layer % len(names) or attn not in names:
+        raise ValueError(f"model.pattern {names} must divide model.n_layer ({n_layer}) and contain attn={attn} "
                          "(whose options it takes; the other names use their defaults)")
-    return names * (c.n_layer // len(names))
+    return names * (n_layer // len(names))
 
 
-def resolve_pos(c: TransformerConfig, names: list[str]) -> str:
-    """``c.pos``, or the default of the layers' mixers; rope and alibi need an attention layer to act on."""
-    pos = c.pos if c.pos is not None else default_pos(names)
+def resolve_pos(pos: str | None, names: list[str]) -> str:
+    """``pos``, or the default of the layers' mixers; rope and alibi need an attention layer to act on."""
+    pos = pos if pos is not None else default_pos(names)
     if pos not in POSITIONS:
         raise ValueError(f"unknown model.pos '{pos}'; choose one of: {', '.join(POSITIONS)}")
     if pos in ("rope", "alibi") and not any(family(n) == "attention" for n in names):
@@ -143,8 +143,8 @@ class ICLTransformer(nn.Module):
         self.config = c = config
         if not 1 <= c.y_dim <= c.n_dims:
             raise ValueError(f"y_dim ({c.y_dim}) must be in 1..n_dims ({c.n_dims}): a y token is as wide as an x token")
-        names = layer_mixers(c)
-        self.pos = resolve_pos(c, names)
+        names = layer_mixers(c.attn, c.pattern, c.n_layer)
+        self.pos = resolve_pos(c.pos, names)
         if c.qk_norm and not any(family(n) == "attention" for n in names):
             raise ValueError(f"model.qk_norm applies to attention layers; {sorted(set(names))} has none: "
                              "set model.qk_norm=false")

@@ -1,12 +1,23 @@
 """Fixtures; the helpers they build on are in tests/helpers.py (import those, never this file)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
 from tests.helpers import TINY, compose_train
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """A test that runs a job or a benchmark in-process sets torch's thread count (``threads=``); later tests that
+    compare an in-process run with a CLI run bit for bit need the default back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
