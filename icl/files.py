@@ -67,6 +67,28 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def write_csv(path: Path, frame: Any, **to_csv: Any) -> None:
+    """A pandas DataFrame as CSV at ``path``, atomically."""
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, **to_csv))
+
+
+def save_figure(path: Path, fig: Any, **savefig: Any) -> None:
+    """A matplotlib figure at ``path`` (format from its suffix: the temporary name has none), atomically."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), **savefig))
+
+
+def write_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Compressed numpy arrays at ``path``, atomically (a file object: np.savez would add .npz to the tmp name)."""
+
+    def write(tmp: Path) -> None:
+        import numpy as np
+
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON at ``path``, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str) + "\n"))

@@ -88,3 +88,25 @@ def test_two_processes_writing_one_file_always_leave_a_whole_file(tmp_path):
     data = path.read_bytes()
     assert len(data) == 64 * 1024 and data in (b"a" * 65536, b"b" * 65536)
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+
+
+def test_csv_figure_and_npz_writers_leave_whole_files_and_no_temporaries(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from icl.files import save_figure, temporary_files, write_csv, write_npz
+
+    write_csv(tmp_path / "a.csv", pd.DataFrame({"k": [1, 2]}), index=False)
+    fig = plt.figure()
+    save_figure(tmp_path / "a.png", fig, dpi=20)  # the format comes from the target's suffix, not the tmp name
+    plt.close(fig)
+    write_npz(tmp_path / "a.npz", {"x": np.arange(3)})
+    assert pd.read_csv(tmp_path / "a.csv").k.tolist() == [1, 2]
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.load(tmp_path / "a.npz")["x"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.npz", "a.png"]
+    assert not list(temporary_files(tmp_path))

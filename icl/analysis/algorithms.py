@@ -31,6 +31,7 @@ from matplotlib.ticker import MaxNLocator
 from icl.analysis.results import find_jobs, read_status
 from icl.analysis.styles import attn_color, quant_style
 from icl.errors import first_line
+from icl.files import save_figure, write_csv
 from icl.run.job import JobDir
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
     table = closest_learner(df)
     if not table.empty:
         path = out / "closest_learner.csv"
-        table.to_csv(path, index=False)
+        write_csv(path, table, index=False)
         written.append(path)
     order = list(dict.fromkeys(df[df.metric == "pred_diff"].learner))
     for task, rows in table.groupby("task"):
@@ -247,7 +248,7 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
     if df.metric.isin(POOL_METRICS).any():
         curves = pool_curves(df)
         path = out / "task_diversity.csv"
-        diversity_threshold(curves).to_csv(path, index=False)
+        write_csv(path, diversity_threshold(curves), index=False)
         written.append(path)
         for task, rows in curves.groupby("task"):
             written += _save(plot_task_diversity(str(task), rows), out / f"task_diversity_{task}", formats)
@@ -260,7 +261,7 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
 def _dynamics_files(dyn: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
     curves = dynamics_curves(dyn)
     path = out / "first_below.csv"
-    first_below(curves).to_csv(path, index=False)
+    write_csv(path, first_below(curves), index=False)
     written = [path]
     for task, rows in curves.groupby("task"):
         written += _save(plot_dynamics(str(task), rows), out / f"dynamics_{task}", formats)
@@ -270,6 +271,6 @@ def _dynamics_files(dyn: pd.DataFrame, out: Path, formats: Sequence[str]) -> lis
 def _save(fig: plt.Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
     paths = [stem.with_suffix(f".{fmt}") for fmt in formats]
     for path in paths:
-        fig.savefig(path, dpi=120)
+        save_figure(path, fig, dpi=120)
     plt.close(fig)
     return paths

@@ -19,6 +19,7 @@ from omegaconf import MISSING
 from icl.analysis.results import find_jobs
 from icl.analysis.styles import QUANT_STYLES, attn_color
 from icl.contract import STANDARD, read_eval_csv
+from icl.files import save_figure
 from icl.run.cli import parse
 from icl.run.job import JobDir
 from icl.stats import error_at
@@ -145,7 +146,7 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
             fig = plot_sweep(df, task)
             for fmt in formats:
                 path = Path(out_dir) / f"quant_sweep_{csv.parent.name}_{task}.{fmt}"
-                fig.savefig(path, dpi=120)
+                save_figure(path, fig, dpi=120)
                 written.append(path)
             plt.close(fig)
     return written

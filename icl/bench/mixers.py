@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from icl.bench.attention import device_name, pick_device, slopes, variant_params
 from icl.bench.timing import interleaved, summarise
+from icl.files import write_csv, write_text
 from icl.mixers import MaskedSoftmax, build_mixer, check_mixer, family, mixer_names
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.stats import ratio_ci
@@ -140,8 +141,8 @@ def run(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         df = pd.DataFrame(rows)
         df.insert(3, "device", device_name(device))
         slope_df = slopes(df)
-        df.to_csv(out / "mixers.csv", index=False)
-        slope_df.to_csv(out / "mixers_slopes.csv", index=False)
+        write_csv(out / "mixers.csv", df, index=False)
+        write_csv(out / "mixers_slopes.csv", slope_df, index=False)
         text.append(f"Sequence mixers (projections included), {device_name(device)}, torch {torch.__version__}, "
                     f"batch {cfg.batch}, n_embd {cfg.n_embd}, {cfg.n_head} heads, {cfg.dtype}; median ms over "
                     f"{cfg.repeats} runs; state floats per sequence and layer")
@@ -149,13 +150,13 @@ def run(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         result["cost"] = df
     if "train_step" in cfg.parts:
         steps = train_step_ratios(names, repeats=int(cfg.train_repeats), seed=int(cfg.seed))
-        steps.to_csv(out / "train_step.csv", index=False)
+        write_csv(out / "train_step.csv", steps, index=False)
         text.append("Training step at the smoke scale (d = 5, 11 points, tiny, batch 64), CPU ms, ratio to softmax "
                     "[95% bootstrap]\n\n" + "\n".join(
                         f"| {r.mixer} | {r.median_ms:.2f} | {r.ratio_to_softmax:.2f} [{r.ratio_low:.2f}, "
                         f"{r.ratio_high:.2f}] |" for r in steps.itertuples()))
         result["train_step"] = steps
-    (out / "mixers.md").write_text("\n\n".join(text) + "\n")
+    write_text(out / "mixers.md", "\n\n".join(text) + "\n")
     print("\n\n".join(text))
     return result
 

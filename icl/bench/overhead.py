@@ -40,6 +40,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from icl.data import PromptDataModule, PromptStream
+from icl.files import write_text
 from icl.module import ICLModule, lr_lambda, make_optimizer
 from icl.run.configs import CONFIG_DIR
 from icl.tables import markdown_table
@@ -169,7 +170,7 @@ def profiled_job(cfg: DictConfig, steps: int, out_dir: Path, seed: int) -> tuple
                 for name, d in profiler.recorded_durations.items() if len(d) >= steps}  # the per-step actions
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
-    (out_dir / "profile_overhead_cprofile.txt").write_text(text.getvalue())
+    write_text(out_dir / "profile_overhead_cprofile.txt", text.getvalue())
     return per_step, text.getvalue()
 
 

@@ -36,6 +36,7 @@ import torch
 from icl import prompts
 from icl.analysis.quant import breaking_points, sweep_markdown
 from icl.evaluation import prompt_errors
+from icl.files import write_csv, write_text
 from icl.quantize import QuantSpec, check, float_model, quantize
 from icl.run.evaluate import load_job
 from icl.run.job import JobDir
@@ -159,8 +160,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     df = pd.concat([sweep_job(job, probe_args, args.n_prompts, args.margin) for job in jobs], ignore_index=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "quant_sweep.csv", index=False)
-    (out / "quant_sweep.md").write_text(sweep_markdown(df))
+    write_csv(out / "quant_sweep.csv", df, index=False)
+    write_text(out / "quant_sweep.md", sweep_markdown(df))
     print(breaking_points(df).to_string(index=False))
     print(f"{len(jobs)} job(s), {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
           f"{out / 'quant_sweep.csv'}")

@@ -27,6 +27,7 @@ from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_status
 from icl.contract import EVAL, STANDARD, cap_k, errors_key, read_eval_csv, strategies
+from icl.files import write_csv, write_text
 from icl.run.cli import parse
 from icl.stats import paired_bootstrap
 from icl.tables import markdown_table
@@ -217,10 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = cells.sort_values(["task", "attn", "lr", "qk_norm", "warmup_steps"]).reset_index(drop=True)
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        cells.drop(columns="run_dir").to_csv(out / "cells.csv", index=False)
-        (out / "cells.md").write_text(markdown(cells, cell_cols))
-        best.drop(columns="run_dir").to_csv(out / "best.csv", index=False)
-        (out / "best.md").write_text(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
+        write_csv(out / "cells.csv", cells.drop(columns="run_dir"), index=False)
+        write_text(out / "cells.md", markdown(cells, cell_cols))
+        write_csv(out / "best.csv", best.drop(columns="run_dir"), index=False)
+        write_text(out / "best.md", markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(recipe_yaml(best))
     return 0
@@ -239,8 +240,8 @@ def report_final(cells: pd.DataFrame, reporting_seed: int, out: Path | None,
     text = markdown(judged, columns)
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        judged.drop(columns="run_dir").to_csv(out / "final.csv", index=False)
-        (out / "final.md").write_text(text)
+        write_csv(out / "final.csv", judged.drop(columns="run_dir"), index=False)
+        write_text(out / "final.md", text)
     for _, row in judged[judged["attn"] == "softmax"].iterrows():
         if "diff" in judged and pd.notna(row.get("diff")):
             text += (f"\nsoftmax minus the reference ({softmax_reference}) at k = {row['k']}, paired on the same prompts: "

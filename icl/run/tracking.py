@@ -20,6 +20,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger
 
+from icl.files import save_figure
 from icl.run.job import JobDir
 from icl.stats import error_at
 
@@ -113,7 +114,7 @@ def job_figures(df: pd.DataFrame, out: Path) -> list[Path]:
         axes[0, -1].legend(fontsize=7)
         fig.tight_layout()
         written.append(out / f"error_vs_k_{strategy}.png")
-        fig.savefig(written[-1], dpi=100)
+        save_figure(written[-1], fig, dpi=100)
         plt.close(fig)
     return written
 

@@ -32,7 +32,7 @@ import pandas as pd
 from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs, flat_config, load_errors, read_eval_csv
-from icl.files import atomic_write
+from icl.files import atomic_write, write_csv, write_npz, write_text
 from icl.run.cli import parse
 from icl.run.job import JobDir
 
@@ -207,11 +207,11 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
         "n_prompts": int(next(iter(arrays.values())).shape[0]) if arrays else 0,
         "quants": summary, "versions": versions.get("versions", {}),
     }
-    np.savez_compressed(out / ERRORS, **arrays)
-    _curve(float_job).to_csv(out / CURVE, index=False, float_format="%.5g")
+    write_npz(out / ERRORS, arrays)
+    write_csv(out / CURVE, _curve(float_job), index=False, float_format="%.5g")
     for quant, job, _ in members:
         if (job / "quant.json").is_file():
-            shutil.copyfile(job / "quant.json", out / QUANT_DIR / f"{quant}.json")
+            write_text(out / QUANT_DIR / f"{quant}.json", (job / "quant.json").read_text())
     atomic_write(out / CELL_JSON, lambda tmp: tmp.write_text(json.dumps(cell, indent=1, sort_keys=True)))
     return out
 
