@@ -303,3 +303,13 @@ def test_timing_rows_name_the_machine_and_kernel_and_judge_the_ratio():
     assert rows["relu/none"].verdict == CONFIRMED and rows["relu_causal/none"].verdict == REFUTED
     assert all(w in rows["relu/none"].statistic for w in ("cpu (x86_64)", "batch 256", "model tiny", "kernel"))
     assert timing_rows(None, 0.10)[0].verdict == UNRESOLVED
+
+
+def test_an_option_added_later_at_null_keeps_a_cells_fingerprint():
+    from icl.lab.study.compact import config_fingerprint
+
+    before = {"seed": 0, "model": {"n_embd": 64, "n_layer": 3}, "optim": {"lr": 1e-3}}
+    added = {"seed": 0, "model": {"n_embd": 64, "n_layer": 3, "pos": None, "pattern": None}, "optim": {"lr": 1e-3}}
+    assert config_fingerprint(added) == config_fingerprint(before)
+    assert config_fingerprint({**added, "model": {**added["model"], "pos": "rope"}}) != config_fingerprint(before)
+    assert config_fingerprint({**before, "optim": {"lr": 3e-4}}) != config_fingerprint(before)

@@ -53,7 +53,15 @@ def config_fingerprint(config: Mapping[str, Any]) -> str:
         kept["eval"] = {k: v for k, v in kept["eval"].items() if k != "cache"}
     if isinstance(kept.get("data"), dict):
         kept["data"] = {k: v for k, v in kept["data"].items() if k != "num_workers"}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_without_nulls(kept), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _without_nulls(node: Any) -> Any:
+    """``node`` without its null entries: an option added later defaults to null (= its former behaviour), so a
+    cell trained before the option existed keeps its fingerprint."""
+    if isinstance(node, Mapping):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    return node
 
 
 @dataclass(frozen=True)
