@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 # The versions the tests passed with (pip -c): what makes identical configs give identical results. CONSTRAINTS= drops it.
 CONSTRAINTS ?= constraints.txt
 ARGS ?=
+comma := ,
+empty :=
+space := $(empty) $(empty)
 # make study: the scale (cpu | paper: configs/experiment/seed_study/<STUDY>_cell.yaml), where its jobs run, its timing CSV.
 STUDY ?= cpu
 STUDY_DIR = multirun/seed_study/$(STUDY)
@@ -68,7 +71,7 @@ bench-overhead: install ## the smoke job's step vs a bare loop + tiny/standard t
 	$(PY) -m icl.bench bench=overhead threads=2 $(ARGS)
 
 quant-sweep: install ## post-training width sweeps + one-block sensitivity on trained jobs (RUNS=folders; outputs/quant_sweep/)
-	$(PY) -m icl.bench.quant_sweep $(or $(RUNS),outputs multirun) $(ARGS)
+	$(PY) -m icl.bench.quant_sweep "inputs=[$(subst $(space),$(comma),$(or $(RUNS),outputs multirun))]" $(ARGS)
 
 bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS=grid=true adds the sparse grid)
 	$(PY) -m icl.bench.eval $(ARGS)

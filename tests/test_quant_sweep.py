@@ -34,23 +34,23 @@ def test_probes_cover_widths_and_every_block_and_branch():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bits", "8", "1"], "quant.bits=1 is impossible for quant=intx_weight"),
-    (["--attn-bits", "40"], "quant.bits=40 is impossible for quant=attn_fq"),
-    (["--group-size", "-4"], "quant.group_size=-4 must be a positive integer"),
-    (["--n-prompts", "0"], "--n-prompts=0 must be a positive number"),
+    (["bits=[8,1]"], "quant.bits=1 is impossible for quant=intx_weight"),
+    (["attn_bits=[40]"], "quant.bits=40 is impossible for quant=attn_fq"),
+    (["group_size=-4"], "quant.group_size=-4 must be a positive integer"),
+    (["n_prompts=0"], "n_prompts=0 must be a positive number"),
 ])
 def test_cli_refuses_impossible_settings_before_loading_anything(tmp_path, args, message):
     from icl.bench.quant_sweep import main
 
     with pytest.raises(ValueError, match=message):
-        main([str(tmp_path / "nowhere"), *args])
+        main([f"inputs=[{tmp_path / 'nowhere'}]", *args])
 
 
 def test_cli_without_trained_jobs_says_so(tmp_path):
     from icl.bench.quant_sweep import main
 
     with pytest.raises(SystemExit, match="no trained job"):
-        main([str(tmp_path)])
+        main([f"inputs=[{tmp_path}]"])
 
 
 @pytest.mark.slow
@@ -64,8 +64,8 @@ def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     train(compose_train([*tiny_overrides, "trainer.max_steps=20"], job))
     ckpt = job / "checkpoints" / "last.ckpt"
     before = ckpt.stat().st_mtime_ns
-    df = main([str(tmp_path), "--out", str(tmp_path / "sweep"), "--bits", "8", "2", "--attn-bits", "16", "2",
-               "--n-prompts", "128"])
+    df = main([f"inputs=[{tmp_path}]", f"out={tmp_path / 'sweep'}", "bits=[8,2]", "attn_bits=[16,2]",
+               "n_prompts=128"])
     assert ckpt.stat().st_mtime_ns == before  # the trained model is read, never retrained
     assert len(df) == 2 + 2 + 3 + 3  # 2 weight widths, 2 attention widths, 3 int8 backends, 1 block x 3 branches
     assert (df.k == 5).all() and df.n_prompts.eq(128).all()  # k = 2d = 6 past the 6-point prompts: the last k

@@ -1,33 +1,32 @@
 """Post-training quantisation sweeps on trained jobs: the breaking point and per-layer sensitivity.
 
-``python -m icl.bench.quant_sweep <job or sweep folder> … [--out outputs/quant_sweep]`` (``make quant-sweep``)
+``python -m icl.bench.quant_sweep inputs=[<job or sweep folder>, …] [out=outputs/quant_sweep]`` (``make quant-sweep``)
 loads each finished job's trained model (no retraining), scores it in float and under every probe on the job's
 own standard evaluation prompts (the same prompts for every probe, so differences are paired), and writes
 ``quant_sweep.csv`` (one row per job × probe) and ``quant_sweep.md`` (breaking points, sensitivity tables).
 
 Probes (``kind``):
 
-- ``weights``: ``intx_weight`` at ``--bits`` (8 6 5 4 3 2), every attention and MLP linear.
-- ``attention``: ``attn_fq`` at ``--attn-bits`` (16 8 6 5 4 3 2): q, k, v and the kernel output of every block.
+- ``weights``: ``intx_weight`` at ``bits`` (8 6 5 4 3 2), every attention and MLP linear.
+- ``attention``: ``attn_fq`` at ``attn_bits`` (16 8 6 5 4 3 2): q, k, v and the kernel output of every block.
 - ``int8``: the int8 backends ``int8_weight``, ``int8_dynamic`` (torchao) and ``int8_fbgemm`` (PyTorch x86).
 - ``sensitivity``: one block and one branch at a time at a low width: ``attn`` (the block's qkv and output
-  projections) and ``mlp`` at ``--low-bits`` weights, ``internals`` (the block's kernel) at ``--low-attn-bits``.
+  projections) and ``mlp`` at ``low_bits`` weights, ``internals`` (the block's kernel) at ``low_attn_bits``.
 
 Every row holds the normalised error at k = 2d (``error``; float: ``float_error``), and the paired difference
 quantised − float on identical prompts (``diff``) with a paired percentile bootstrap CI (``icl.stats``); a width is
-inside the margin when the CI's upper end is ≤ ``--margin`` (normalised-error units; the zero estimator scores 1).
+inside the margin when the CI's upper end is ≤ ``margin`` (normalised-error units; the zero estimator scores 1).
 The breaking point (``icl.analysis.quant.breaking_points``) is the smallest width with it and every wider width
 inside. ``seconds`` is the evaluation time of the probe (quantise + predict): the sweep's whole cost.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ from icl.analysis.quant import breaking_points, sweep_markdown
 from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
 from icl.quantize import QuantSpec, check, float_model, quantize
+from icl.run.cli import parse
 from icl.run.evaluate import load_job
 from icl.run.job import JobDir
 from icl.run.spec import JobSpec
@@ -128,30 +128,31 @@ def find_jobs(inputs: list[str]) -> list[Path]:
     return sorted(by_ckpt.values())
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m icl.bench.quant_sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("inputs", nargs="+", help="job or sweep folders (trained jobs are found below them)")
-    parser.add_argument("--out", default="outputs/quant_sweep", help="where quant_sweep.csv / .md go")
-    parser.add_argument("--bits", type=int, nargs="+", default=list(WEIGHT_BITS))
-    parser.add_argument("--attn-bits", type=int, nargs="+", default=list(ATTN_BITS))
-    parser.add_argument("--low-bits", type=int, default=3, help="weight width of the sensitivity probes")
-    parser.add_argument("--low-attn-bits", type=int, default=4, help="attention width of the sensitivity probes")
-    parser.add_argument("--group-size", type=int, default=32, help="weights per scale (0: one per channel)")
-    parser.add_argument("--margin", type=float, default=0.05, help="largest tolerated paired error increase")
-    parser.add_argument("--n-prompts", type=int, default=None, help="default: the job's eval.n_prompts")
-    return parser.parse_args(argv)
+@dataclass
+class Options:
+    """``python -m icl.bench.quant_sweep inputs=[<job or sweep folder>, …] [key=value …]``."""
+
+    inputs: list[str] = field(default=MISSING, metadata={"help": "job or sweep folders (trained jobs below them)"})
+    out: str = field(default="outputs/quant_sweep", metadata={"help": "where quant_sweep.csv / .md go"})
+    bits: list[int] = field(default_factory=lambda: list(WEIGHT_BITS), metadata={"help": "weight widths"})
+    attn_bits: list[int] = field(default_factory=lambda: list(ATTN_BITS), metadata={"help": "attention widths"})
+    low_bits: int = field(default=3, metadata={"help": "weight width of the sensitivity probes"})
+    low_attn_bits: int = field(default=4, metadata={"help": "attention width of the sensitivity probes"})
+    group_size: int = field(default=32, metadata={"help": "weights per scale (0: one per channel)"})
+    margin: float = field(default=0.05, metadata={"help": "largest tolerated paired error increase"})
+    n_prompts: Optional[int] = field(default=None, metadata={"help": "default: the job's eval.n_prompts"})
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    args = parse(argv)
+    args = parse(Options, argv, "python -m icl.bench.quant_sweep", __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     probe_args = {"bits": tuple(args.bits), "attn_bits": tuple(args.attn_bits), "low_bits": args.low_bits,
                   "low_attn_bits": args.low_attn_bits, "group_size": args.group_size or None}
     if args.n_prompts is not None and args.n_prompts < 1:
-        raise ValueError(f"--n-prompts={args.n_prompts} must be a positive number of prompts")
-    for b in args.bits + [args.low_bits]:  # a bad width: one line before any model is loaded
+        raise ValueError(f"n_prompts={args.n_prompts} must be a positive number of prompts")
+    for b in [*args.bits, args.low_bits]:  # a bad width: one line before any model is loaded
         QuantSpec.from_config({"name": "intx_weight", "bits": b, "group_size": probe_args["group_size"]})
-    for b in args.attn_bits + [args.low_attn_bits]:
+    for b in [*args.attn_bits, args.low_attn_bits]:
         QuantSpec.from_config({"name": "attn_fq", "bits": b})
     jobs = find_jobs(args.inputs)
     if not jobs:
