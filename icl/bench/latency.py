@@ -42,7 +42,7 @@ from icl.errors import first_line
 from icl.files import atomic_write, write_text
 from icl.module import make_optimizer
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
-from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, run_cli
+from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
 from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
@@ -482,11 +482,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench")
 def main(cfg: DictConfig) -> None:
-    try:
+    with refusals(ValueError, ImportError):
         run(cfg)
-    except (ValueError, ImportError) as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
 
 
 def cli() -> None:

@@ -27,7 +27,7 @@ from icl.bench.attention import device_name, pick_device, slopes, variant_params
 from icl.bench.timing import interleaved, summarise
 from icl.files import write_csv, write_text
 from icl.mixers import MaskedSoftmax, build_mixer, check_mixer, family, mixer_names
-from icl.run.configs import HYDRA_CONFIGS, run_cli
+from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
 from icl.stats import ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
@@ -163,11 +163,8 @@ def run(cfg: DictConfig) -> dict[str, pd.DataFrame]:
 
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench_mixers")
 def main(cfg: DictConfig) -> None:
-    try:
+    with refusals(ValueError):
         run(cfg)
-    except ValueError as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
 
 
 def cli() -> None:
