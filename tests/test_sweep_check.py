@@ -18,3 +18,12 @@ def test_a_bad_4_job_sweep_fails_before_its_first_job(tmp_path, sweep, expected)
     assert proc.returncode != 0 and expected in out and "no job was started" in out
     assert out.count(expected) == 1 and "Traceback" not in proc.stderr
     assert jobs(tmp_path) == [] and not list(tmp_path.glob("sweep/*/")), "a job folder was created"
+
+
+def test_the_sweep_a_config_declares_is_checked_too():
+    from icl.run.spec import sweep_cells, with_sweeper_params
+
+    overrides = with_sweeper_params(["seed=1,2"], {"quant": "none,int8_weight", "seed": "7"})
+    assert overrides == ["quant=none,int8_weight", "seed=1,2"]  # the command line's seed wins
+    assert len(sweep_cells(overrides)) == 4
+    assert with_sweeper_params(["+x=1"], None) == ["+x=1"]

@@ -137,6 +137,14 @@ def sweep_cells(overrides: list[str]) -> list[list[str]]:
     return [cell for batch in BasicSweeper.split_arguments(parsed, None) for cell in batch]
 
 
+def with_sweeper_params(overrides: list[str], params: Any) -> list[str]:
+    """The command line's overrides plus the sweep a config declares (``hydra.sweeper.params``, e.g. an experiment
+    file's quant modes); for a key in both the command line wins, as in Hydra's basic sweeper."""
+    given = {o.split("=", 1)[0].lstrip("~+") for o in overrides}
+    declared = [f"{key}={value}" for key, value in (params or {}).items() if str(key).lstrip("~+") not in given]
+    return [*declared, *overrides]
+
+
 class ValidateSweep(Callback):
     """Hydra callback: before a multirun launches anything, compose every cell of the sweep and build its spec,
     so a misspelt key or an impossible value fails once, in one line, before the first job (not in every job,
@@ -146,7 +154,7 @@ class ValidateSweep(Callback):
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         from hydra import compose
 
-        overrides = list(config.hydra.overrides.task)
+        overrides = with_sweeper_params(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
         basic = str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
         try:
             cells = sweep_cells(overrides) if basic else [[o for o in overrides if "," not in o and "(" not in o]]
