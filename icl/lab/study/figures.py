@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,16 @@ def _band(ax, x: Sequence[float], curves: list[tuple[np.ndarray, bool]], color, 
         ax.plot([], [], color=color, linestyle="--", label=f"{label} (0/{len(curves)} learned)")
 
 
+def _in_and_past_training(cell: Any, ks: Sequence[int]) -> np.ndarray:
+    """The standard prompts' error where they reach, then long_context's past the training length (claim d): a
+    long prompt changes a ÷ L kernel's output at every k, so long_context is not drawn where standard exists."""
+    standard = np.array([cell.mean("none", "standard", None, "transformer", k) for k in ks])
+    if "long_context/" not in cell.meta["quants"]["none"]["means"]:
+        return standard
+    long = np.array([cell.mean("none", "long_context", None, "transformer", k) for k in ks])
+    return np.where(np.isnan(standard), long, standard)
+
+
 def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
@@ -57,10 +68,7 @@ def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
         for sd in seeds:
             c = study.cell(arm, task, attn, sd)
             if c is not None:
-                # long_context runs past the training length (claim d); elsewhere the standard prompts
-                strategy = "long_context" if "long_context/" in c.meta["quants"]["none"]["means"] else "standard"
-                curves.append((np.array([c.mean("none", strategy, None, "transformer", k) for k in ks]),
-                               study.learned(c)[0]))
+                curves.append((_in_and_past_training(c, ks), study.learned(c)[0]))
         if curves:
             _band(ax, ks, curves, attn_color(attn), attn, study.ci)
     ref = cells[0]
@@ -71,7 +79,8 @@ def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
     ax.axhline(1.0, color="black", linewidth=0.7, linestyle="-.", label="zero estimator")
     ax.axvline(int(ref.meta["k_train"]) + 0.5, color="black", linewidth=0.6)
     ax.set(xlabel="k (in-context examples)", ylabel="normalised squared error", ylim=(0, 1.4),
-           title=f"{task}, {arm} arm: each seed faint (dashed ×: did not learn), band: {study.ci:.0%} t-interval")
+           title=f"{task}, {arm} arm: each seed faint (dashed ×: did not learn), band: {study.ci:.0%} t-interval"
+                 + ("; right of the line: long_context prompts" if k_max > int(ref.meta["k_train"]) else ""))
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, frameon=False, ncol=2)
     return _save(fig, out / f"error_vs_k_{arm}_{task}.png")
