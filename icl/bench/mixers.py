@@ -4,7 +4,8 @@
 ``part=cost``: the whole mixer (projections included, so attention and recurrent mixers compare like for like) on
 (batch, T, n_embd) inputs, forward (no grad) and forward+backward, every name interleaved within each repeat; with
 the state / KV memory one sequence keeps after T tokens (``state_floats``: floats per layer) and the kernel FLOPs
-where they are counted (the pairwise softmax-family kernels: 4·C per scored pair; NaN = not counted).
+where they are counted (the pairwise softmax-family kernels: 4·C per scored pair; the recurrent mixers: their
+recurrence per token; NaN = not counted).
 ``part=train_step``: one training step (forward, loss, backward, Adam) of the smoke-scale model (d = 5, 11 points,
 the tiny size) per mixer, interleaved with softmax's in one process, in this process's CPU seconds, and the ratio
 of medians to softmax's with a bootstrap interval. Writes ``mixers.csv``, ``mixers_slopes.csv``, ``mixers.md`` and
@@ -36,7 +37,11 @@ PARTS = ("cost", "train_step")
 
 
 def kernel_flops(mixer: torch.nn.Module, T: int) -> float:
-    """4·C per scored causal pair for the pairwise kernels (QKᵀ and AV); NaN where the kernel's FLOPs are not counted."""
+    """The mixing between the projections, 2 FLOPs per multiply-add: 4·C per scored causal pair for the pairwise
+    kernels (QKᵀ and AV); the recurrent mixers' own count (``kernel_flops``: their recurrence run token by token,
+    as generation runs it); NaN where the kernel's FLOPs are not counted (the linear-cost attention kernels)."""
+    if hasattr(mixer, "kernel_flops"):
+        return float(mixer.kernel_flops(T))
     kernel = getattr(mixer, "kernel", None)
     if kernel is None or not getattr(kernel, "pairwise", False):
         return float("nan")
