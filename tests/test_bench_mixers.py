@@ -31,3 +31,17 @@ def test_unknown_mixer_or_part_is_one_line(tmp_path):
         run(OmegaConf.create({**CFG, "variants": ["nope"], "out_dir": str(tmp_path)}))
     with pytest.raises(ValueError, match=r"unknown part\(s\) \['speed'\]"):
         run(OmegaConf.create({**CFG, "parts": ["speed"], "out_dir": str(tmp_path)}))
+
+
+def test_inference_cost_rows_per_mixer_and_quant_mode():
+    """CPU time per prompt at k = 2d and the whole model's state floats: the rows the error-vs-cost chart joins."""
+    from icl.bench.mixers import inference_costs
+
+    rows = inference_costs(["softmax", "mamba"], ["none", "int8_dynamic"], batch=4, warmup=0, repeats=2)
+    assert list(zip(rows.attn, rows.quant)) == [("softmax", "none"), ("softmax", "int8_dynamic"),
+                                                ("mamba", "none"), ("mamba", "int8_dynamic")]
+    assert (rows.latency_ms > 0).all() and (rows.latency_low_ms <= rows.latency_high_ms).all()
+    state = rows.set_index("attn").state_floats
+    assert state["softmax"].iloc[0] == 3 * 2 * 64 * 22  # 3 layers' KV caches of 22 tokens
+    assert state["mamba"].iloc[0] == 3 * 128 * (16 + 3)  # 3 layers' SSM states and conv buffers
+    assert set(rows.n_dims) == {5} and set(rows.k) == {10} and set(rows.model) == {"tiny"}
