@@ -56,7 +56,7 @@ def test_extended_context_rows_pairs_and_verdicts(tmp_path):
     assert np.isclose(learned.error_mid, 0.5)
     assert not learned.extrapolates and rope.extrapolates and mamba.extrapolates
     assert np.isclose(rope.diff_vs_learned, 0.2 - 0.8) and rope.diff_high < 0  # paired on the same prompts
-    assert np.isnan(learned.diff_vs_learned) and np.isnan(mamba.diff_vs_learned)  # the reference; no partner
+    assert np.isnan(learned.diff_vs_learned) and np.isnan(mamba.diff_vs_learned)  # the reference; no learned mamba
 
 
 def test_files_only_where_jobs_were_scored_past_their_training_length(tmp_path):

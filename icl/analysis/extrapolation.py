@@ -6,7 +6,7 @@ n_positions − 1. Per job (mixer × ``model.pos`` × quant × seed) the table g
 (n_train − 1, standard prompts), at about twice that and at the longest k, each with its 95% bootstrap CI, and the
 paired difference at the longest k to the job of the same mixer, quant mode and seed with ``pos: learned`` (the
 same prompts: paired bootstrap over them). ``pos: null`` (the mixer's default: learned when it attends, none for
-the recurrent mixers) is labelled ``default`` and pairs with nothing. A row *extrapolates* when its error at the
+the recurrent mixers) is labelled ``default``. A row *extrapolates* when its error at the
 longest k is not above its error at the last trained k: the lower end of the first CI at most the upper end of
 the second. ``make figures`` writes ``extended_context.{csv,md}``. Pandas only: never imports torch.
 """
@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from icl.analysis.results import load_results, paired_differences
@@ -34,7 +35,7 @@ COLUMNS = [*KEYS, "n_train", "k_trained", "error_trained", "trained_low", "train
 
 def _with_pos(results: pd.DataFrame) -> pd.DataFrame:
     pos = results["cfg.model.pos"] if "cfg.model.pos" in results else pd.Series(None, index=results.index)
-    return results.assign(pos=pos.where(pos.notna(), "default").astype(str),
+    return results.assign(pos=np.where(pos.isna(), "default", pos.astype(str)),
                           n_train=results["cfg.task.curriculum.points.end"].astype(int))
 
 

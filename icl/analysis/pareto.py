@@ -101,6 +101,8 @@ def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
                         fmt=marker or "o", color=attn_color(str(row.attn)), ms=7, capsize=2, lw=1,
                         mfc="none" if row.quant != "none" else attn_color(str(row.attn)))
             on_front = getattr(row, f"front_{cost}")
+            if cost == "state_floats" and row.quant != "none":  # a quant mode keeps the float state: same x, no label
+                continue
             ax.annotate(f"{row.attn}" + ("" if row.quant == "none" else f" / {row.quant}") + (" *" if on_front else ""),
                         (x, row.error), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
         front = points[points[f"front_{cost}"]].sort_values(cost)
