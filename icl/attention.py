@@ -89,9 +89,26 @@ class SoftmaxAttention(Kernel):
     """
 
     pairwise = True
+    x_queries = True  # forward takes x_only: the even queries only (the last block's)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    def __init__(self, head_dim: int) -> None:
+        super().__init__(head_dim)
+        self._x_masks: dict[tuple[int, torch.device], Tensor] = {}
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, x_only: bool = False) -> Tensor:
+        """(B, nh, T, hs) → (B, nh, T, hs), or with ``x_only`` the outputs at the even positions (B, nh, T/2, hs),
+        computed for those queries only (the same values as slicing the full output)."""
+        if not x_only:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q[:, :, ::2], k, v, attn_mask=self.x_mask(q.shape[-2], q.device))
+
+    def x_mask(self, T: int, device: torch.device) -> Tensor:
+        """(⌈T/2⌉, T) bool: the query at position 2i reads keys j <= 2i; built once per length and device."""
+        key = (T, device)
+        if key not in self._x_masks:
+            self._x_masks[key] = (torch.arange(T, device=device)[None, :]
+                                  <= torch.arange(0, T, 2, device=device)[:, None])
+        return self._x_masks[key]
 
 
 def causal_weighted_sum(q: Tensor, k: Tensor, v: Tensor, weight: Callable[[Tensor], Tensor],
