@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from icl.bench.targets import check, markdown, verdicts
 from icl.run.configs import CONFIG_DIR
@@ -43,7 +44,8 @@ def test_only_measured_targets_get_a_verdict():
     ({"speed": 2}, r"unknown targets \['speed'\]"),
     ({"train": {"tiny": {"peak": 0.4}}}, r"unknown targets.train.tiny key\(s\) \['peak'\]"),
     ({"job_over_bare": -1}, "targets.job_over_bare must be a positive number or null, got -1"),
-    ({"train": {"tiny": {"ratio": "fast"}}}, "targets.train.tiny.ratio must be a positive number")])
+    ({"train": {"tiny": {"ratio": "fast"}}}, "targets.train.tiny.ratio must be a positive number"),
+    ({"train": {"tiny": 1.5}}, r"targets.train.tiny must be a mapping \{ratio: X, frac_of_peak: X\}, got 1.5")])
 def test_bad_targets_are_one_line(targets, message):
     with pytest.raises(ValueError, match=message):
         check(targets)
@@ -53,5 +55,5 @@ def test_overhead_preset_sets_the_issue_targets():
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         assert compose("bench").targets is None
         preset = compose("bench", overrides=["bench=overhead"]).targets
-    check(dict(preset))
+    check(OmegaConf.to_container(preset))
     assert preset.job_over_bare == 1.10 and preset.train.tiny.ratio == 1.5 and preset.train.standard.frac_of_peak == 0.7

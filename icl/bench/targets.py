@@ -25,11 +25,15 @@ def check(targets: dict[str, Any] | None) -> None:
     """Every bad target is one line."""
     if targets is None:
         return
+    if not isinstance(targets, dict) or not isinstance(targets.get("train") or {}, dict):
+        raise ValueError("targets must be a mapping {job_over_bare: X, train: {<model>: {ratio: X, frac_of_peak: X}}}")
     unknown = sorted(set(targets) - {"job_over_bare", "train"})
     if unknown:
         raise ValueError(f"unknown targets {unknown}; choose from: job_over_bare, train")
     values = [("targets.job_over_bare", targets.get("job_over_bare"))]
     for model, node in (targets.get("train") or {}).items():
+        if not isinstance(node, dict):
+            raise ValueError(f"targets.train.{model} must be a mapping {{ratio: X, frac_of_peak: X}}, got {node!r}")
         bad = sorted(set(node) - set(TRAIN_KEYS))
         if bad:
             raise ValueError(f"unknown targets.train.{model} key(s) {bad}; choose from: {', '.join(TRAIN_KEYS)}")
