@@ -18,8 +18,8 @@ from icl.quantize import (
     float_model,
     linears,
     prepare_qat,
-    proof,
     quantize,
+    quantize_with_proof,
     serialized_bytes,
     storage_dtype,
     torchao,
@@ -63,7 +63,8 @@ def test_int8_modes_store_int8_weights_and_stay_close(name):
     model = tiny_model()
     float_state = copy.deepcopy(model.state_dict())
     spec = QuantSpec.from_config({"name": name})
-    q = quantize(model, spec)
+    xs, ys = prompts()
+    q, report = quantize_with_proof(model, spec, xs, ys)
     assert isinstance(q, ICLTransformer)  # still a plain module called as model(xs, ys): timeable like float
     picked = chosen(q, spec)
     assert sorted(picked) == sorted(n for n in linears(q) if n.startswith("blocks."))
@@ -75,8 +76,6 @@ def test_int8_modes_store_int8_weights_and_stay_close(name):
     for key, value in model.state_dict().items():  # the float model is left as it was
         assert type(value) is torch.Tensor and torch.equal(value, float_state[key])
 
-    xs, ys = prompts()
-    report = proof(model, q, spec, xs, ys)
     assert report["quantized_linears"] == len(picked) == 8 and report["linear_layers"] == 10
     assert 3.3 < report["layer_bytes_float"] / report["layer_bytes"] < 4.0  # int8 + per-channel scales
     assert report["bytes"] < 0.5 * report["bytes_float"]
@@ -111,10 +110,9 @@ def test_layers_setting_picks_what_is_quantised():
 
 def test_bf16_halves_the_chosen_layers():
     model, spec = tiny_model(), QuantSpec.from_config({"name": "bf16"})
-    q = quantize(model, spec)
-    assert {storage_dtype(m.weight) for m in chosen(q, spec).values()} == {"bfloat16"}
     xs, ys = prompts()
-    report = proof(model, q, spec, xs, ys)
+    q, report = quantize_with_proof(model, spec, xs, ys)
+    assert {storage_dtype(m.weight) for m in chosen(q, spec).values()} == {"bfloat16"}
     assert 1.8 < report["layer_bytes_float"] / report["layer_bytes"] < 2.1
     assert 1e-4 < report["rel_diff_mean"] < 0.05
     assert q(xs, ys).dtype == torch.float32

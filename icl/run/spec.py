@@ -11,11 +11,13 @@ are checked by what consumes them (the kernel's constructor, Hydra's instantiate
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,8 +25,10 @@ from omegaconf.errors import OmegaConfBaseException
 from icl import baselines
 from icl.data import DataSpec
 from icl.evaluation import EvalConfig
-from icl.module import OptimSpec
+from icl.module import ICLModule, OptimSpec
 from icl.quantize import QuantSpec
+from icl.quantize import check as check_quant
+from icl.run.tracking import check_trackers
 from icl.spec import known_keys, require, typed_fields
 from icl.tasks import TaskSpec
 from icl.transformer import ModelSpec
@@ -66,10 +70,11 @@ class JobSpec:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "JobSpec":
-        """Every check the config alone allows."""
+        """Every check the config and this environment allow (a GPU job's quant mode only where a GPU is seen)."""
         known_keys({k: None for k in cfg if k != "hydra"}, GROUPS, "")
         node = lambda key: _plain(cfg, key)
         check_trainer_keys(node("trainer") or {})
+        check_loggers(node("logger") or {})
         top = {k: node(k) for k in ("seed", "threads", "ckpt_path", "skip_done")}
         for key, ok, allowed in (("seed", isinstance(top["seed"], int), "must be an integer"),
                                  ("threads", top["threads"] is None or isinstance(top["threads"], int)
@@ -83,9 +88,31 @@ class JobSpec:
                    paths=PathsSpec(**typed_fields(PathsSpec, node("paths"), "paths")),
                    gpu=str((node("trainer") or {}).get("accelerator")) in ("gpu", "cuda"), **top)
         spec.check_prompt_length()
+        task = spec.task.task  # built once, here: the task class checks task.params
         if "bayes" in spec.eval.baselines:
-            baselines.bayes_predictor(spec.task.task)  # a task without an exact one fails here, before training
+            baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
+        if spec.eval.algorithms is not None:
+            from icl.agreement import AlgorithmsConfig, check_task
+
+            check_task(task, AlgorithmsConfig.from_config(spec.eval.algorithms))
+        spec.check_quant_runs()
         return spec
+
+    @property
+    def module_hparams(self) -> dict[str, Any]:
+        """``ICLModule``'s keyword arguments: each concern as the plain dict its checkpoint saves (of quant, only
+        what changes training)."""
+        return {"task": self.task.as_dict(), "model": {"name": self.model.name, **self.model.transformer_keys()},
+                "attn": dict(self.attn), "optim": asdict(self.optim), "quant": self.quant.training_part}
+
+    def check_quant_runs(self) -> None:
+        """Apply the quant mode to the untrained model and run it, so a mode that cannot work fails before
+        training (and before a sweep launches); a GPU job parsed where no GPU is seen is checked where it runs."""
+        if (self.quant.name == "none" and self.quant.blocks is None) or (self.gpu and not torch.cuda.is_available()):
+            return
+        with torch.random.fork_rng(devices=[]):  # the trial's initial weights must not move the job's seeded RNG
+            model = ICLModule(**self.module_hparams, built_task=self.task.task).model
+        check_quant(self.quant, model, on_gpu=self.gpu)
 
     @property
     def eval_points(self) -> int:
@@ -121,6 +148,16 @@ def check_trainer_keys(trainer: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"unknown config key 'trainer.{unknown[0]}': not an argument of lightning.Trainer "
                          "(see its docs for the allowed ones)")
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
+                         "raise data.batch_size instead")
+
+
+def check_loggers(loggers: dict[str, Any]) -> None:
+    """Every logger the config names is installed (and an experiment tracker's settings are valid)."""
+    if "tensorboard" in loggers and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ValueError("logger=tensorboard needs TensorBoard: pip install -e '.[tensorboard]' (or use logger=csv)")
+    check_trackers(loggers)
 
 
 def validate(cfg: DictConfig) -> JobSpec:
