@@ -10,6 +10,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("sweep, expected", [
     (["task=linear,sparse_linear", "+optim.lrr=1e-3,2e-3"], "unknown config key 'optim.lrr'"),  # every cell
     (["task=linear,sparse_linear", "optim.lr=1e-3,0"], "optim.lr=0 is not allowed"),  # the 2nd and 4th cells
+    (["quant=intx_weight", "quant.group_size=32,48", "seed=0,1"],  # the quant mode tried on the untrained model
+     "quant.group_size=48 does not divide the input width"),
 ])
 def test_a_bad_4_job_sweep_fails_before_its_first_job(tmp_path, sweep, expected):
     proc = run(["-m", "icl.train", "-m", *FAST, *sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path,

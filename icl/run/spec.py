@@ -69,12 +69,14 @@ class JobSpec:
     gpu: bool  # trainer.accelerator is gpu or cuda
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "JobSpec":
-        """Every check the config and this environment allow (a GPU job's quant mode only where a GPU is seen)."""
+    def from_config(cls, cfg: DictConfig, here: bool = True) -> "JobSpec":
+        """Every check the config allows; ``here``: also what this machine must provide to run the job (its loggers
+        installed, its quant mode running on the untrained model; a GPU job's only where a GPU is seen)."""
         known_keys({k: None for k in cfg if k != "hydra"}, GROUPS, "")
         node = lambda key: _plain(cfg, key)
         check_trainer_keys(node("trainer") or {})
-        check_loggers(node("logger") or {})
+        if here:
+            check_loggers(node("logger") or {})
         top = {k: node(k) for k in ("seed", "threads", "ckpt_path", "skip_done")}
         for key, ok, allowed in (("seed", isinstance(top["seed"], int), "must be an integer"),
                                  ("threads", top["threads"] is None or isinstance(top["threads"], int)
@@ -95,7 +97,8 @@ class JobSpec:
             from icl.agreement import AlgorithmsConfig, check_task
 
             check_task(task, AlgorithmsConfig.from_config(spec.eval.algorithms))
-        spec.check_quant_runs()
+        if here:
+            spec.check_quant_runs()
         return spec
 
     @property
@@ -161,8 +164,8 @@ def check_loggers(loggers: dict[str, Any]) -> None:
 
 
 def validate(cfg: DictConfig) -> JobSpec:
-    """The spec of a composed config (``JobSpec.from_config``), for callers that only check."""
-    return JobSpec.from_config(cfg)
+    """The spec of a composed config checked on its own (``JobSpec.from_config``, not what this machine provides)."""
+    return JobSpec.from_config(cfg, here=False)
 
 
 def sweep_cells(overrides: list[str]) -> list[list[str]]:
