@@ -9,7 +9,7 @@ A job folder is self-describing; aggregation needs nothing else::
     <job>/versions.json        seed, threads, library versions, git commit
     <job>/checkpoints/         last.ckpt + periodic step_*.ckpt (not when the model came from the store)
     <job>/metrics.csv          training curve (icl.run.loggers)
-    <job>/quant.json           the proof of quantisation (icl.quantize.proof)
+    <job>/quant.json           the proof of quantisation (icl.quantize.quantize_with_proof)
     <job>/eval.csv             tidy evaluation rows (icl.contract.EVAL_COLUMNS)
     <job>/errors.npz           per-prompt errors for paired differences
     <job>/.lock                held (``fcntl.flock``) by the one process working in the folder; its holder's pid/host
