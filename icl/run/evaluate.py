@@ -18,7 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from icl import prompts
+from icl import contract, prompts
 from icl.contract import cap_k, failures
 from icl.evaluation import evaluate
 from icl.quantize import PROOF_PROMPTS, quantize_with_proof, summary
@@ -51,7 +51,7 @@ def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job
     df = evaluate(getattr(module, "model", module), spec.task.task, spec.eval, spec.eval_points, spec.labels(),
                   n_positions=spec.model.n_positions, errors=errors)
     job.write_eval(df, errors)
-    log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
+    log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), contract.ERRORS)
     if spec.eval.algorithms is not None and module is not None:
         write_algorithms(spec, getattr(module, "model", module), job)
     if failed := failures(df):
@@ -83,7 +83,7 @@ def write_dynamics(spec: JobSpec, job: JobDir, n_prompts: int) -> None:
 
     found = step_checkpoints(job.checkpoints)[::-1]  # oldest first
     if not found:
-        log.info("no periodic checkpoints in %s: no %s", job.checkpoints, job.DYNAMICS)
+        log.info("no periodic checkpoints in %s: no %s", job.checkpoints, contract.DYNAMICS)
         return
     task = spec.task.task
     p = prompts.make_prompts("standard", task, n_prompts, spec.eval_points, spec.eval.seed)
@@ -96,7 +96,7 @@ def write_dynamics(spec: JobSpec, job: JobDir, n_prompts: int) -> None:
     frame = dynamics_frame(models(), task, p.xs, p.ys, spec.eval.bootstrap, spec.eval.ci, spec.eval.seed,
                            spec.eval.batch_size)
     job.write_dynamics(frame.assign(**spec.labels()).reindex(columns=DYNAMICS_COLUMNS))
-    log.info("wrote %s (%d checkpoints)", job.path / job.DYNAMICS, len(found))
+    log.info("wrote %s (%d checkpoints)", job.path / contract.DYNAMICS, len(found))
 
 
 def _pool(spec: JobSpec) -> tuple[int, int] | None:

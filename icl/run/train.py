@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from icl import contract
 from icl.data import PromptDataModule
 from icl.module import ICLModule
 from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
@@ -86,7 +87,7 @@ def save_last(trainer: L.Trainer) -> None:
     """Make last.ckpt the final model: ModelCheckpoint only writes it every n steps."""
     callback = trainer.checkpoint_callback
     if callback is not None and callback.save_last and callback.dirpath:
-        trainer.save_checkpoint(Path(callback.dirpath) / JobDir.LAST_CKPT)
+        trainer.save_checkpoint(Path(callback.dirpath) / contract.LAST_CKPT)
 
 
 def launcher_threads() -> int | None:
@@ -300,7 +301,7 @@ class FailOnFailedJobs(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = []
-        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{JobDir.STATUS}")):
+        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{contract.STATUS}")):
             status = JobDir(path.parent).status()
             if status["status"] in ("failed", STALE):
                 failed.append(f"{path.parent}: {status['error']}")
