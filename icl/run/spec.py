@@ -171,12 +171,19 @@ def validate(cfg: DictConfig) -> JobSpec:
 
 
 def sweep_cells(overrides: list[str]) -> list[list[str]]:
-    """The override list of every job a basic-sweeper ``-m`` run launches (its cartesian product)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override list of every job a basic-sweeper ``-m`` run launches (its cartesian product): the one shim
+    over Hydra's private ``BasicSweeper.split_arguments`` (tests/test_sweep_check.py fails if Hydra changes it)."""
+    import hydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        split = BasicSweeper.split_arguments
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"hydra-core {hydra.__version__} has no BasicSweeper.split_arguments ({err}): "
+                           "update icl.run.spec.sweep_cells") from None
     parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-    return [cell for batch in BasicSweeper.split_arguments(parsed, None) for cell in batch]
+    return [cell for batch in split(parsed, None) for cell in batch]
 
 
 def with_sweeper_params(overrides: list[str], params: Any) -> list[str]:
