@@ -24,6 +24,7 @@ from icl.quantize import (
     storage_dtype,
     torchao,
 )
+from icl.run.spec import JobSpec, validate
 from icl.run.train import build, train
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import CrashAt, compose_train
@@ -230,8 +231,22 @@ def test_int4_group_that_does_not_divide_a_layer_is_refused(tmp_path):
         build(compose_train(["quant=int4_weight", "quant.group_size=48"], tmp_path))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_the_parse_tries_the_mode_here_without_moving_the_seeded_rng(tmp_path):
+    """JobSpec.from_config applies the mode to an untrained model (its weights drawn aside from the job's RNG);
+    validate() checks the config alone, so a mode this machine cannot run is still a valid config."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert JobSpec.from_config(compose_train(["quant=int8_weight"], tmp_path)).quant.name == "int8_weight"
+    assert torch.equal(torch.get_rng_state(), before)
+    int4 = compose_train(["quant=int4_weight"], tmp_path)
+    assert validate(int4).quant.name == "int4_weight"
+    with pytest.raises(ValueError, match="quant=int4_weight needs a CUDA GPU"):
+        JobSpec.from_config(int4)
+
+
 def test_check_runs_the_mode_on_the_untrained_model():
-    """build() calls this: a mode that cannot run on the model fails there, as one line."""
+    """The job spec's parse calls this: a mode that cannot run on the model fails there, as one line."""
     model = tiny_model()
     for name in ("int8_weight", "int8_dynamic", "bf16"):
         check(QuantSpec.from_config({"name": name}), model, on_gpu=False)
