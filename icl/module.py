@@ -126,9 +126,9 @@ def logs_this_step(trainer: L.Trainer) -> bool:
 
 
 def make_optimizer(params: Iterable[Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The training optimiser: Adam. ``foreach``: one multi-tensor kernel per
-    update op instead of one small op per parameter, the same arithmetic (tests/test_bench_overhead.py); torch picks
-    it by default on GPUs only. (``fused`` would be faster still on a CPU but rounds differently.)"""
+    """The training optimiser: Adam. ``foreach``: one multi-tensor kernel per update op instead of one small op per
+    parameter, the same arithmetic (tests/test_bench_overhead.py); torch picks it by default on GPUs only. (``fused``
+    would be faster still on a CPU but rounds differently.)"""
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
