@@ -271,7 +271,7 @@ def train_call(model: nn.Module, xs: Tensor, ys: Tensor, device: torch.device, a
     never waits (and uses ``amp``). Otherwise both see the same fixed batch (model only)."""
     # Ours steps with the job's optimiser (icl.module.make_optimizer); the reference with torch's default Adam.
     opt = (torch.optim.Adam(model.parameters(), lr=1e-4) if reference
-           else make_optimizer(model.parameters(), {"lr": 1e-4, "weight_decay": 0.0}))
+           else make_optimizer(model.parameters(), lr=1e-4, weight_decay=0.0))
     model.train()
     host = torch.device("cpu")
     gen = torch.Generator(device=host if reference else device).manual_seed(0)
