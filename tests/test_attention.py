@@ -336,3 +336,11 @@ def test_model_with_x_queries_matches_the_full_last_block():
     (ref - ys).square().mean().backward()
     for a, b in zip(model.parameters(), old.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_x_mask_is_one_tensor_per_device_serving_every_shorter_length():
+    kernel = build_attention("softmax", head_dim=HS)
+    for T in (30, 10, 7, 44, 12):
+        i, j = torch.arange(0, T, 2)[:, None], torch.arange(T)[None, :]
+        assert torch.equal(kernel.x_mask(T, torch.device("cpu")), j <= i)
+    assert [tuple(m.shape) for m in kernel._x_masks.values()] == [(22, 44)]
