@@ -31,6 +31,12 @@ def test_unknown_mixer_or_part_is_one_line(tmp_path):
         run(OmegaConf.create({**CFG, "variants": ["nope"], "out_dir": str(tmp_path)}))
     with pytest.raises(ValueError, match=r"unknown part\(s\) \['speed'\]"):
         run(OmegaConf.create({**CFG, "parts": ["speed"], "out_dir": str(tmp_path)}))
+    inference = {**CFG, "parts": ["inference"], "quant": ["none"], "inference_batch": 0, "inference_repeats": 2,
+                 "out_dir": str(tmp_path)}
+    with pytest.raises(ValueError, match="inference_batch must be a positive integer, got 0"):
+        run(OmegaConf.create(inference))
+    with pytest.raises(ValueError, match="unknown quant mode 'int3'"):
+        run(OmegaConf.create({**inference, "inference_batch": 2, "quant": ["int3"]}))
 
 
 def test_inference_cost_rows_per_mixer_and_quant_mode():

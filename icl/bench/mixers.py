@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from icl.attention import positive
 from icl.bench.attention import device_name, pick_device, slopes, variant_params
 from icl.bench.latency import quantized
 from icl.bench.timing import interleaved, summarise
@@ -211,8 +212,8 @@ def run(cfg: DictConfig) -> dict[str, pd.DataFrame]:
                         f"{r.ratio_high:.2f}] |" for r in steps.itertuples()))
         result["train_step"] = steps
     if "inference" in cfg.parts:
-        costs = inference_costs(names, list(cfg.quant), int(cfg.inference_batch), int(cfg.warmup),
-                                int(cfg.inference_repeats), int(cfg.seed))
+        costs = inference_costs(names, list(cfg.quant), positive("inference_batch", cfg.inference_batch),
+                                int(cfg.warmup), positive("inference_repeats", cfg.inference_repeats), int(cfg.seed))
         write_csv(out / COST_FILE, costs, index=False)
         text.append("Inference per prompt at k = 2d (smoke model, batch "
                     f"{cfg.inference_batch}), CPU ms [95% bootstrap], state floats per sequence\n\n" + "\n".join(
