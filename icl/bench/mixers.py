@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from icl.analysis.pareto import COST_FILE
 from icl.attention import positive
 from icl.bench.attention import device_name, pick_device, slopes, variant_params
 from icl.bench.latency import quantized
@@ -42,7 +43,6 @@ from icl.transformer import ICLTransformer, TransformerConfig
 
 log = logging.getLogger(__name__)
 PARTS = ("cost", "train_step", "inference")
-COST_FILE = "inference_cost.csv"  # read by icl.analysis.pareto
 
 
 def kernel_flops(mixer: torch.nn.Module, T: int) -> float:
