@@ -67,7 +67,9 @@ def test_only_finished_jobs_are_swept(tmp_path):
     for name, status in (("done", "done"), ("running", "running"), ("failed", "failed")):
         job = tmp_path / name
         (job / "checkpoints").mkdir(parents=True)
-        (job / "config.yaml").write_text("seed: 0\n")
+        (job / ".hydra").mkdir()
+        for config in (job / "config.yaml", job / ".hydra" / "config.yaml"):  # Hydra's copy is no second job
+            config.write_text("seed: 0\n")
         (job / "checkpoints" / "last.ckpt").write_bytes(b"")
         (job / "status.json").write_text(json.dumps({"status": status}))
     assert find_jobs([str(tmp_path)]) == [(tmp_path / "done").resolve()]

@@ -149,6 +149,8 @@ def find_jobs(inputs: list[str]) -> list[Path]:
     by_ckpt: dict[Path, Path] = {}
     for root in map(Path, inputs):
         for config in sorted(root.rglob(JobDir.CONFIG)):  # the resolved config every job writes
+            if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
+                continue
             job = config.parent.resolve()
             status = JobDir(job).status()["status"]
             if status != "done":
