@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from icl.analysis.quant import breaking_points, sweep_markdown
-from icl.bench.quant_sweep import find_jobs, probes, seed_level
+from icl.bench.quant_sweep import find_jobs, probes, seed_level, variant_breaking_points
 
 
 def frame(inside: dict[int, bool], kind: str = "weights") -> pd.DataFrame:
@@ -59,8 +59,13 @@ def test_seed_level_verdict_is_the_studys_t_interval_over_seeds():
     assert seeds.loc[4, "seed"] == "3 seeds" and seeds.loc[4, "seeds"] == "0 1 2"
     assert list(seeds.verdict) == ["refuted", "not resolved at this scale", "confirmed"]  # 2, 4 (CI spans 0.05), 8
     assert breaking_points(seeds.reset_index()).smallest_bits_inside.item() == 8
-    two = seed_level(seeds_frame({8: [0.0, 0.001], 4: [0.01, 0.01]}))
+    three = variant_breaking_points(seeds_frame(diffs), seeds.reset_index())
+    assert three.rule.item() == "t-interval over 3 seeds" and three.breaking_point.item() == "8 bits"
+    assert three.per_seed.item() == "2 2 2"  # each seed alone: its prompt CI is inside at every width
+    pair = seeds_frame({8: [0.0, 0.001], 4: [0.01, 0.01]})
+    two = seed_level(pair)
     assert (two.verdict == "not resolved at this scale").all() and not two.inside_margin.any()  # < 3 seeds
+    assert variant_breaking_points(pair, two).rule.item() == "per seed (paired CI over prompts)"
 
 
 def test_only_finished_jobs_are_swept(tmp_path):

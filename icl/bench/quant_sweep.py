@@ -175,7 +175,8 @@ def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.Dat
         interval = seed_interval(g["diff"].tolist(), ci)
         margin = float(g.margin.iat[0])
         word, _ = verdict("noninferior", interval.low, interval.high, margin, min_seeds, interval.n)
-        rows.append({"task": task, "attn": attn, "seed": f"{interval.n} seeds", "run_dir": "", "kind": kind,
+        rows.append({"task": task, "attn": attn, "seed": f"{interval.n} seed{'s' * (interval.n != 1)}", "run_dir": "",
+                     "kind": kind,
                      "bits": bits, "margin": margin, "float_error": float(g.float_error.mean()),
                      "diff": interval.mean, "diff_low": interval.low, "diff_high": interval.high,
                      "inside_margin": word == CONFIRMED, "verdict": word, "seeds": " ".join(map(str, sorted(g.seed)))})
@@ -228,26 +229,48 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     write_csv(out / "quant_sweep_compact.csv", compact(df), index=False)
     seeds = seed_level(df, args.min_seeds)
     write_csv(out / "quant_sweep_seeds.csv", seeds, index=False)
-    write_text(out / "quant_sweep.md", sweep_markdown(df) + seed_markdown(seeds))
+    write_text(out / "quant_sweep.md", sweep_markdown(df) + seed_markdown(df, seeds, args.min_seeds))
     print(breaking_points(df).to_string(index=False))
-    print(breaking_points(seeds).drop(columns=["run_dir"]).to_string(index=False))
+    print(variant_breaking_points(df, seeds, args.min_seeds).to_string(index=False))
     print(f"{len(jobs)} job(s), {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
           f"{out / 'quant_sweep.csv'}")
     return df
 
 
-def seed_markdown(seeds: pd.DataFrame) -> str:
-    """quant_sweep.md's seed-level part: per variant, each width's t-interval over seeds and verdict, and the
-    breaking point from those verdicts."""
+def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
+    """Per task × variant × width kind: the breaking point read at the seed level where ``min_seeds`` or more seeds
+    exist, else each seed's own (its paired CI over prompts), with the seeds it rests on."""
+    per_seed, pooled = breaking_points(df), breaking_points(seeds)
+    rows = []
+    for (task, attn, kind), g in per_seed.groupby(["task", "attn", "kind"], sort=True):
+        own = " ".join("–" if pd.isna(b) else str(int(b)) for b in g.smallest_bits_inside)
+        row = pooled[(pooled.task == task) & (pooled.attn == attn) & (pooled.kind == kind)]
+        seed_level_read = len(g) >= min_seeds and len(row) == 1
+        point = row.smallest_bits_inside.iat[0] if seed_level_read else float("nan")
+        rows.append({"task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
+                     "seeds": " ".join(map(str, g.seed)), "float_error": " ".join(f"{e:.3f}" for e in g.float_error),
+                     "rule": f"t-interval over {len(g)} seeds" if seed_level_read else "per seed (paired CI over prompts)",
+                     "breaking_point": ("–" if pd.isna(point) else f"{int(point)} bits") if seed_level_read else own,
+                     "per_seed": own})
+    return pd.DataFrame(rows)
+
+
+def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> str:
+    """quant_sweep.md's seed-level part: per variant, each width's t-interval over seeds with its verdict
+    (✓ inside the margin, ✗ outside, ? not resolved), and the breaking point per variant."""
     if seeds.empty:
         return ""
-    cell = lambda r: f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}] {r.verdict}"
+    mark = {CONFIRMED: "✓", "refuted": "✗"}
+    cell = lambda r: (f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}] {mark.get(r.verdict, '?')}"
+                      if r.verdict in mark else f"{r['diff']:+.3f} ?")
     wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=["task", "attn", "seed", "kind"],
                                                                  columns="bits", values="c", aggfunc="first")
-    wide = wide[sorted(wide.columns, reverse=True)].reset_index()
-    points = breaking_points(seeds).drop(columns=["run_dir", "widths"])
-    return ("\n## Seed level: t-interval over training seeds of the paired difference, non-inferiority verdict\n\n"
-            + markdown(wide) + "\n\n## Breaking points, seed level\n\n" + markdown(points) + "\n")
+    wide = wide[sorted(wide.columns, reverse=True)].fillna("").reset_index()  # weights have no 16-bit probe
+    points = variant_breaking_points(df, seeds, min_seeds)
+    return ("\n## Seed level: mean paired difference over training seeds [t-interval] (✓ inside the margin, ✗ "
+            "outside, ? not resolved: fewer seeds or the interval spans the margin)\n\n" + markdown(wide)
+            + "\n\n## Breaking point per variant (seed level where there are enough seeds)\n\n" + markdown(points)
+            + "\n")
 
 
 def cli() -> None:
