@@ -9,7 +9,7 @@ from icl import attention, mixers, scans
 from icl.attention import causal_linear_attention
 from icl.bench.attention import variant_params
 from icl.mixers import build_mixer
-from icl.quantize import QuantSpec, proof, quantize
+from icl.quantize import QuantSpec, check, proof, quantize
 from icl.scans import decay_linear_attention, delta_rule, selective_scan
 from icl.statequant import (
     RECURRENT_MIXERS,
@@ -87,6 +87,8 @@ def test_attention_kernels_without_a_recurrence_are_told_apart_and_refused():
         QuantizedMixer(mixer("relu"), 8)(torch.randn(1, 4, EMBD))
     with pytest.raises(ValueError, match=r"layer 0 is SoftmaxAttention: use quant=attn_fq"):
         quantize(tiny_model(), QuantSpec.from_config({"name": "state_fq"}))
+    with pytest.raises(ValueError, match=r"^quant=state_fq does not run on this model here \(state fake-quant needs"):
+        check(QuantSpec.from_config({"name": "state_fq"}), tiny_model(), on_gpu=False)  # the pre-training check
 
 
 def linear_model(pattern: list[str] | None = None) -> ICLTransformer:
