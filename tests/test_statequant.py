@@ -87,7 +87,7 @@ def test_attention_kernels_without_a_recurrence_are_told_apart_and_refused():
         QuantizedMixer(mixer("relu"), 8)(torch.randn(1, 4, EMBD))
     with pytest.raises(ValueError, match=r"layer 0 is SoftmaxAttention: use quant=attn_fq"):
         quantize(tiny_model(), QuantSpec.from_config({"name": "state_fq"}))
-    with pytest.raises(ValueError, match=r"^quant=state_fq does not run on this model here \(state fake-quant needs"):
+    with pytest.raises(ValueError, match=r"^quant=state_fq does not run on this model here \(ValueError: state fake-quant needs"):
         check(QuantSpec.from_config({"name": "state_fq"}), tiny_model(), on_gpu=False)  # the pre-training check
 
 
