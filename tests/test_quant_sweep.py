@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from icl.analysis.quant import breaking_points, sweep_markdown
-from icl.bench.quant_sweep import find_jobs, probes, seed_level, variant_breaking_points
+from icl.bench.quant_sweep import find_jobs, probes, seed_level, sensitivity_over_seeds, variant_breaking_points
 
 
 def frame(inside: dict[int, bool], kind: str = "weights") -> pd.DataFrame:
@@ -128,3 +128,10 @@ def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     assert "run_dir" not in pd.read_csv(tmp_path / "sweep" / "quant_sweep_compact.csv").columns
     assert (tmp_path / "sweep" / "quant_sweep.md").read_text().startswith("# Quantisation sweep")
     assert [p.name for p in quant_sweep_figures([tmp_path / "sweep"], tmp_path / "fig")] == ["quant_sweep_sweep_linear.png"]
+
+
+def test_sensitivity_over_seeds_is_mean_and_range_per_block_and_branch():
+    rows = frame({3: True}).assign(kind="sensitivity", block=0, branch="mlp")
+    df = pd.concat([rows.assign(seed=s, diff=d) for s, d in enumerate([0.01, 0.03, 0.02])], ignore_index=True)
+    out = sensitivity_over_seeds(df)
+    assert out["mlp@3"].item() == "+0.020 (+0.010 … +0.030)" and out.n_seeds.item() == 3

@@ -255,6 +255,19 @@ def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: in
     return pd.DataFrame(rows)
 
 
+def sensitivity_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task × variant × block: each branch's paired difference (one block quantised) as mean over seeds and
+    the range of the seeds' values."""
+    sens = df[df.kind == "sensitivity"]
+    if sens.empty:
+        return pd.DataFrame()
+    cell = lambda g: (f"{g.mean():+.3f} ({g.min():+.3f} … {g.max():+.3f})" if len(g) > 1 else f"{g.iat[0]:+.3f}")
+    out = sens.assign(col=sens.branch + "@" + sens.bits.astype(str)).groupby(
+        ["task", "attn", "block", "col"])["diff"].agg(cell).unstack("col").fillna("").reset_index()
+    n = sens.groupby(["task", "attn"]).seed.nunique().rename("n_seeds").reset_index()
+    return out.merge(n, on=["task", "attn"])
+
+
 def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> str:
     """quant_sweep.md's seed-level part: per variant, each width's t-interval over seeds with its verdict
     (✓ inside the margin, ✗ outside, ? not resolved), and the breaking point per variant."""
@@ -270,7 +283,8 @@ def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> 
     return ("\n## Seed level: mean paired difference over training seeds [t-interval] (✓ inside the margin, ✗ "
             "outside, ? not resolved: fewer seeds or the interval spans the margin)\n\n" + markdown(wide)
             + "\n\n## Breaking point per variant (seed level where there are enough seeds)\n\n" + markdown(points)
-            + "\n")
+            + "\n\n## Sensitivity over seeds: one block quantised, mean (range) of the seeds' paired differences\n\n"
+            + markdown(sensitivity_over_seeds(df)) + "\n")
 
 
 def cli() -> None:
