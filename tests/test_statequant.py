@@ -125,3 +125,20 @@ def test_state_fq_mode_wraps_every_block_and_reports_simulated():
 def test_bad_state_fq_settings_are_one_line(node, message):
     with pytest.raises(ValueError, match=message):
         QuantSpec.from_config(node)
+
+
+def test_state_fq_job_through_the_pipeline(tmp_path, tiny_overrides):
+    """A real job: a linear-attention model trained a few steps, evaluated with its state at 6 bits."""
+    import json
+
+    import pandas as pd
+
+    from icl.run.train import train
+    from tests.helpers import compose_train
+
+    train(compose_train([*tiny_overrides, "attn=linear", "quant=state_fq", "quant.bits=6", "trainer.max_steps=4"],
+                        tmp_path))
+    report = json.loads((tmp_path / "quant.json").read_text())
+    assert report["label"] == "state_fq_s6" and report["recurrent_mixers_quantized"] >= 1
+    assert report["storage"].startswith("simulated") and report["rel_diff_max"] > 0
+    assert set(pd.read_csv(tmp_path / "eval.csv").quant) == {"state_fq_s6"}
