@@ -186,7 +186,7 @@ def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.Dat
 def compact(df: pd.DataFrame) -> pd.DataFrame:
     """The sweep's rows without paths, numbers to 4 significant digits (for docs/)."""
     out = df.drop(columns=["run_dir"]).copy()
-    for column in ("float_error", "error", "diff", "diff_low", "diff_high", "seconds"):
+    for column in {"float_error", "error", "diff", "diff_low", "diff_high", "seconds"} & set(out.columns):
         out[column] = out[column].map(lambda v: float(f"{v:.4g}"))
     return out
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     write_csv(out / "quant_sweep.csv", df, index=False)
     write_csv(out / "quant_sweep_compact.csv", compact(df), index=False)
     seeds = seed_level(df, args.min_seeds)
-    write_csv(out / "quant_sweep_seeds.csv", seeds, index=False)
+    write_csv(out / "quant_sweep_seeds.csv", compact(seeds), index=False)
     write_text(out / "quant_sweep.md", sweep_markdown(df) + seed_markdown(df, seeds, args.min_seeds))
     print(breaking_points(df).to_string(index=False))
     print(variant_breaking_points(df, seeds, args.min_seeds).to_string(index=False))
