@@ -9,7 +9,7 @@ from icl import attention, mixers, scans
 from icl.attention import causal_linear_attention
 from icl.bench.attention import variant_params
 from icl.mixers import build_mixer
-from icl.quantize import QuantSpec, check, proof, quantize
+from icl.quantize import QuantSpec, check, quantize, quantize_with_proof
 from icl.scans import decay_linear_attention, delta_rule, selective_scan
 from icl.statequant import (
     RECURRENT_MIXERS,
@@ -103,10 +103,9 @@ def linear_model(pattern: list[str] | None = None) -> ICLTransformer:
 def test_state_fq_mode_wraps_every_block_and_reports_simulated():
     model, (xs, ys) = linear_model(), prompts()
     spec = QuantSpec.from_config({"name": "state_fq", "bits": 8})
-    q = quantize(model, spec)
+    q, report = quantize_with_proof(model, spec, xs, ys)
     assert all(type(b.attn) is QuantizedMixer for b in q.blocks)
     assert all(type(b.attn) is not QuantizedMixer for b in model.blocks)
-    report = proof(model, q, spec, xs, ys)
     assert report["recurrent_mixers_quantized"] == 2 and report["quantized_linears"] == 0
     assert report["storage"].startswith("simulated") and 1e-5 < report["rel_diff_mean"] < 0.05
     assert report["label"] == "state_fq_s8"

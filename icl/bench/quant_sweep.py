@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from icl import prompts
+from icl import contract, prompts
 from icl.analysis.quant import WIDTH_KINDS, breaking_points, markdown, sweep_markdown
 from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
@@ -148,7 +148,7 @@ def find_jobs(inputs: list[str]) -> list[Path]:
     failed) is skipped with a log line: its checkpoint is not the trained model."""
     by_ckpt: dict[Path, Path] = {}
     for root in map(Path, inputs):
-        for config in sorted(root.rglob(JobDir.CONFIG)):  # the resolved config every job writes
+        for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
             if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
                 continue
             job = config.parent.resolve()
