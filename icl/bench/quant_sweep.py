@@ -275,7 +275,7 @@ def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> 
         return ""
     mark = {CONFIRMED: "✓", "refuted": "✗"}
     cell = lambda r: (f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}] {mark.get(r.verdict, '?')}"
-                      if r.verdict in mark else f"{r['diff']:+.3f} ?")
+                      if np.isfinite(r.diff_high) else f"{r['diff']:+.3f} ?")  # one or no seed: no interval
     wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=["task", "attn", "seed", "kind"],
                                                                  columns="bits", values="c", aggfunc="first")
     wide = wide[sorted(wide.columns, reverse=True)].fillna("").reset_index()  # weights have no 16-bit probe
