@@ -121,16 +121,19 @@ def fit_step(preds: Tensor, direction: Tensor, targets: Tensor) -> tuple[np.ndar
 
 def weight_shift_frame(model: ICLTransformer, xs: Tensor, ys: Tensor, preds: Tensor) -> pd.DataFrame:
     """Tidy rows (k, metric, learner, layer, value, n_prompts): ``step_fit`` η̂_k (k + d + 1) and ``step_fit_gap``
-    (learner gd_1step_fit), and per softmax block (layer = block index + 1) the linearisation rows: mean gap, mean
-    bound, the fraction of (prompt, head) pairs where the bound fails (0 by the theorem), the median score spread,
-    the mean GD-like term, the fraction where the bound is below the GD-like term (the expansion *explains* the head),
-    and Li et al.'s median log10 M."""
+    (learner gd_1step_fit), ``pred_power`` Σ_p ŷ² / Σ_p y² (1 − step_fit_gap / pred_power: the share of the model's
+    prediction one fitted GD step explains), and per softmax block (layer = block index + 1) the linearisation rows:
+    mean gap, mean bound, the fraction of (prompt, head) pairs where the bound fails (0 by the theorem), the median
+    score spread, the mean GD-like term, the fraction where the bound is below the GD-like term (the expansion
+    *explains* the head), and Li et al.'s median log10 M."""
     n, d = xs.shape[1], xs.shape[-1]
     eta, gap = fit_step(preds, one_step_direction(xs, ys), ys)
     ks = np.arange(n)
-    frames = [pd.DataFrame({"k": ks, "metric": "step_fit", "value": eta * (ks + d + 1)}),
-              pd.DataFrame({"k": ks, "metric": "step_fit_gap", "value": gap})]
-    frames = [f.assign(learner="gd_1step_fit", layer=pd.NA) for f in frames]
+    power = (preds.double().pow(2).sum(0) / ys.double().pow(2).sum(0).clamp(min=1e-300)).numpy()
+    frames = [pd.DataFrame({"k": ks, "metric": "step_fit", "value": eta * (ks + d + 1), "learner": "gd_1step_fit"}),
+              pd.DataFrame({"k": ks, "metric": "step_fit_gap", "value": gap, "learner": "gd_1step_fit"}),
+              pd.DataFrame({"k": ks, "metric": "pred_power", "value": power, "learner": "transformer"})]
+    frames = [f.assign(layer=pd.NA) for f in frames]
     for index, head in enumerate(softmax_heads(model, xs, ys)):
         tolerance = 1e-9 * (1 + head.bound)
         per_k = {"linearisation_gap": head.gap.mean((0, 1)),
