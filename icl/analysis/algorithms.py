@@ -7,7 +7,8 @@
   task_diversity_<task>.png    error at k = 2d on pool tasks and on fresh tasks vs the training pool's size, the model
                                beside the pool's Bayes predictor and the prior's (jobs trained with task.num_tasks);
   dynamics_<task>.png          error at k = d and 2d vs training step, from every job's dynamics.csv (its periodic checkpoints);
-and ``closest_learner.csv`` (the choice as a table, with the runner-up) and ``task_diversity.csv`` (per variant, the
+and ``closest_learner.csv`` (the choice as a table, with the runner-up), ``weight_shift.csv`` (per job: how close to
+one step of GD, with computed verdicts; ``icl.analysis.weight_shift``) and ``task_diversity.csv`` (per variant, the
 pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's), and
 ``first_below.csv`` (per variant and k: the first checkpoint step whose error is below each of ``LEVELS``).
 Never imports torch.
@@ -30,6 +31,7 @@ from matplotlib.ticker import MaxNLocator
 
 from icl.analysis.results import find_jobs, read_status
 from icl.analysis.styles import attn_color, quant_style
+from icl.analysis.weight_shift import weight_shift_table
 from icl.errors import first_line
 from icl.files import save_figure, write_csv
 from icl.run.job import JobDir
@@ -252,6 +254,11 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
         written.append(path)
         for task, rows in curves.groupby("task"):
             written += _save(plot_task_diversity(str(task), rows), out / f"task_diversity_{task}", formats)
+    shifts = weight_shift_table(df)
+    if not shifts.empty:
+        path = out / "weight_shift.csv"
+        write_csv(path, shifts, index=False)
+        written.append(path)
     readout = df[df.metric == "readout_error"]
     for task, rows in readout.groupby("task"):
         written += _save(plot_readout(str(task), rows), out / f"readout_{task}", formats)
