@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from icl.analysis.algorithms import algorithm_files, load_algorithms
-from icl.analysis.weight_shift import weight_shift_table
+from icl.analysis.weight_shift import weight_shift_markdown, weight_shift_table
 
 D = 2
 
@@ -51,5 +51,7 @@ def test_verdicts_are_computed_from_the_rows(tmp_path: Path) -> None:
     assert at["near"].bound_holds and not at["broken"].bound_holds
     assert pd.isna(at["linear"].bound_holds) and at["linear"].one_step_gd and at["linear"].error == 0.2
     assert not at["near"].layer_norm and at["near"].score_spread_max == pytest.approx(0.2)
+    doc = weight_shift_markdown(weight_shift_table(load_algorithms([tmp_path])))
+    assert doc.count("\n") == 2 + 2 * 5 - 1 and "| softmax | False | 4 | 0.2 |" in doc
     written = algorithm_files([tmp_path], tmp_path / "fig", ("png",))
     assert tmp_path / "fig" / "weight_shift.csv" in written

@@ -25,6 +25,7 @@ import pandas as pd
 
 from icl.analysis.results import load_config
 from icl.run.job import JobDir
+from icl.tables import markdown_table
 
 REGIME_SHARE = 0.5
 GD_SHARE = 0.9
@@ -89,3 +90,20 @@ def weight_shift_table(df: pd.DataFrame) -> pd.DataFrame:
     jobs = df[df.metric == "step_fit"].run_dir.unique()
     out = [row for job in jobs for row in job_rows(df[df.run_dir == job])]
     return pd.DataFrame(out, columns=COLUMNS)
+
+
+def weight_shift_markdown(table: pd.DataFrame) -> str:
+    """The table as docs/algorithms.md shows it: one line per job and k, verdicts as computed."""
+    def fmt(value: object, digits: int = 3) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "–"
+        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+    header = ["attn", "LayerNorm", "k", "error", "pred_diff to gd_1step_opt", "sensitivity cos", "η̂(k+d+1)",
+              "gd_share", "max score spread a", "gap / bound (max layer)", "bound holds", "linear regime",
+              "one-step GD", "prediction met"]
+    rows = [[r.attn, r.layer_norm, r.k, fmt(r.error), fmt(r.pred_diff_gd_1step_opt), fmt(r.sensitivity_cos_gd_1step_opt),
+             fmt(r.step_fit), fmt(r.gd_share), fmt(r.score_spread_max),
+             f"{fmt(r.linearisation_gap_max)} / {fmt(r.linearisation_bound_max)}", fmt(r.bound_holds),
+             fmt(r.linear_regime), fmt(r.one_step_gd), fmt(r.prediction_met)] for r in table.itertuples()]
+    return markdown_table(header, rows)
