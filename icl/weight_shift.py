@@ -31,6 +31,9 @@ from torch import Tensor
 from icl.attention import SoftmaxAttention
 from icl.transformer import ICLTransformer
 
+METRICS = ("step_fit", "step_fit_gap", "pred_power", "linearisation_gap", "linearisation_bound",
+           "linearisation_violations", "score_spread", "gd_like_term", "linearisation_explains", "li_log10_m")
+
 
 def linearisation_bound(spread: Tensor, value_radius: Tensor) -> Tensor:
     """(2 + a)(e^a − 1 − a) · r: the bound on ‖softmax attention − its first-order expansion‖ (module docstring)."""
