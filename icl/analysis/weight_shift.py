@@ -100,10 +100,11 @@ def weight_shift_markdown(table: pd.DataFrame) -> str:
         return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
     header = ["attn", "LayerNorm", "k", "error", "pred_diff to gd_1step_opt", "sensitivity cos", "η̂(k+d+1)",
-              "gd_share", "max score spread a", "gap / bound (max layer)", "bound holds", "linear regime",
-              "one-step GD", "prediction met"]
+              "gd_share", "max score spread a", "gap / bound (max layer)", "expansion explains (min layer)",
+              "bound holds", "linear regime", "one-step GD", "prediction met"]
     rows = [[r.attn, r.layer_norm, r.k, fmt(r.error), fmt(r.pred_diff_gd_1step_opt), fmt(r.sensitivity_cos_gd_1step_opt),
              fmt(r.step_fit), fmt(r.gd_share), fmt(r.score_spread_max),
-             f"{fmt(r.linearisation_gap_max)} / {fmt(r.linearisation_bound_max)}", fmt(r.bound_holds),
+             f"{fmt(r.linearisation_gap_max)} / {fmt(r.linearisation_bound_max)}", fmt(r.explained_min),
+             fmt(r.bound_holds),
              fmt(r.linear_regime), fmt(r.one_step_gd), fmt(r.prediction_met)] for r in table.itertuples()]
     return markdown_table(header, rows)
