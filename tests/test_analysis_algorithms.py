@@ -91,3 +91,15 @@ def test_first_below_is_the_first_step_under_each_level() -> None:
     assert table.loc[(2, 0.5), "first_step"] == 200 and table.loc[(2, 0.1), "first_step"] == 400
     assert table.loc[(4, 0.5), "first_step"] == 400 and pd.isna(table.loc[(4, 0.1), "first_step"])
     assert len(plot_dynamics("linear", dynamics_curves(pd.DataFrame(rows))).axes) == 2
+
+
+def test_task_diversity_files_include_the_figures_points(tmp_path: Path) -> None:
+    for m in (1, 4):
+        job = tmp_path / f"softmax{m}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text("attn: {name: softmax}\n")
+        _pool_rows("softmax", m, 0.3).drop(columns="run_dir").to_csv(job / "algorithms.csv", index=False)
+    written = {p.name for p in algorithm_files([tmp_path], tmp_path / "fig", ("png",))}
+    assert {"task_diversity.csv", "task_diversity_curves.csv", "task_diversity_noisy_linear.png"} <= written
+    curves = pd.read_csv(tmp_path / "fig" / "task_diversity_curves.csv")
+    assert sorted(curves[curves.learner == "transformer"].num_tasks.unique()) == [1, 4]

@@ -9,7 +9,8 @@
   dynamics_<task>.png          error at k = d and 2d vs training step, from every job's dynamics.csv (its periodic checkpoints);
 and ``closest_learner.csv`` (the choice as a table, with the runner-up), ``weight_shift.csv`` (per job: how close to
 one step of GD, with computed verdicts; ``icl.analysis.weight_shift``) and ``task_diversity.csv`` (per variant, the
-pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's), and
+pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's; the
+figure's points in ``task_diversity_curves.csv``), and
 ``first_below.csv`` (per variant and k: the first checkpoint step whose error is below each of ``LEVELS``).
 Never imports torch.
 """
@@ -251,7 +252,8 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
         curves = pool_curves(df)
         path = out / "task_diversity.csv"
         write_csv(path, diversity_threshold(curves), index=False)
-        written.append(path)
+        write_csv(out / "task_diversity_curves.csv", curves, index=False)  # the figure's points
+        written += [path, out / "task_diversity_curves.csv"]
         for task, rows in curves.groupby("task"):
             written += _save(plot_task_diversity(str(task), rows), out / f"task_diversity_{task}", formats)
     shifts = weight_shift_table(df)
