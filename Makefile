@@ -67,7 +67,7 @@ bench-attn: install ## time every attention kernel alone at T = 128…8192, then
 bench: install ## latency per attention x quant x k + ours vs the GPT2Model reference (outputs/bench/; ARGS=bench=quick: minutes)
 	$(PY) -m icl.bench $(ARGS)
 
-bench-overhead: install ## the smoke job's step vs a bare loop + tiny/standard train step vs GPT2Model (~1 min; docs/benchmarks.md)
+bench-overhead: install ## the smoke job's step vs a bare loop + tiny/standard train step vs GPT2Model, each target met or not (~1 min)
 	$(PY) -m icl.bench bench=overhead threads=2 $(ARGS)
 
 quant-sweep: install ## post-training width sweeps + one-block sensitivity on trained jobs (RUNS=folders; outputs/quant_sweep/)

@@ -89,9 +89,27 @@ class SoftmaxAttention(Kernel):
     """
 
     pairwise = True
+    x_queries = True  # forward takes x_only: the even queries only (the last block's)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    def __init__(self, head_dim: int) -> None:
+        super().__init__(head_dim)
+        self._x_masks: dict[torch.device, Tensor] = {}  # per device, the mask of the longest prompt seen so far
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, x_only: bool = False) -> Tensor:
+        """(B, nh, T, hs) → (B, nh, T, hs), or with ``x_only`` the outputs at the even positions (B, nh, T/2, hs),
+        computed for those queries only (the same values as slicing the full output)."""
+        if not x_only:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q[:, :, ::2], k, v, attn_mask=self.x_mask(q.shape[-2], q.device))
+
+    def x_mask(self, T: int, device: torch.device) -> Tensor:
+        """(⌈T/2⌉, T) bool: the query at position 2i reads keys j <= 2i. It does not depend on T, so one mask per
+        device serves every shorter length as its top-left corner (evaluation runs many lengths)."""
+        mask = self._x_masks.get(device)
+        if mask is None or mask.shape[1] < T:
+            mask = torch.arange(T, device=device)[None, :] <= torch.arange(0, T, 2, device=device)[:, None]
+            self._x_masks[device] = mask
+        return mask[: (T + 1) // 2, :T]
 
 
 def causal_weighted_sum(q: Tensor, k: Tensor, v: Tensor, weight: Callable[[Tensor], Tensor],

@@ -215,11 +215,14 @@ class SelfAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if self.pos == "rope":
             q, k = rope(q), rope(k)
+        x_queries = x_only and getattr(self.kernel, "x_queries", False)  # the kernel computes the x queries only
         if self.pos == "alibi":
             y = self.kernel(q, k, v, bias=alibi_bias(self.slopes, T, q.dtype))
+        elif x_queries:
+            y = self.kernel(q, k, v, x_only=True)  # (B, nh, T/2, hs)
         else:
             y = self.kernel(q, k, v)  # (B, nh, T, hs)
-        if x_only:
+        if x_only and not x_queries:
             y = y[:, :, ::2]  # (B, nh, T/2, hs)
         return self.proj(y.transpose(1, 2).reshape(B, y.shape[2], C))
 

@@ -2,14 +2,15 @@
 
 Built from plain hyper-parameters (task, model and optimiser as dicts, attention as a name, ``quant`` only for
 quantisation-aware training, whose fake quantisers it then builds), so
-``ICLModule.load_from_checkpoint(path)`` rebuilds it without Hydra or the config files.
+``ICLModule.load_from_checkpoint(path)`` rebuilds it without Hydra or the config files; a job's come from its
+spec (``icl.run.spec.JobSpec.module_hparams``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import lightning as L
@@ -75,15 +76,6 @@ class ICLModule(L.LightningModule):
         self.optim = optim
         self.last_batch: tuple[Tensor, Tensor, int, int] | None = None  # what on_train_batch_end logs
 
-    @classmethod
-    def from_spec(cls, task: Any, model: Any, attn: dict[str, Any], optim: OptimSpec, quant: Any) -> "ICLModule":
-        """The module of a job's specs (``TaskSpec``, ``ModelSpec``, the attn node, ``OptimSpec``, ``QuantSpec``;
-        quant matters only for QAT). Hyper-parameters are saved as plain dicts, so a checkpoint needs no spec."""
-        from icl.quantize import training_part
-
-        return cls(task=task.as_dict(), model={"name": model.name, **model.transformer_keys()}, attn=dict(attn),
-                   optim=asdict(optim), quant=training_part(quant), built_task=task.task)
-
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         return self.model(xs, ys)
 
@@ -118,7 +110,7 @@ class ICLModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optim is None:
             raise ValueError("this ICLModule was built without optim settings (inference only): pass optim=…")
-        opt = make_optimizer(self.parameters(), self.optim)
+        opt = make_optimizer(self.parameters(), lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
         total = int(self.trainer.max_steps)
         if self.optim["schedule"] == "cosine" and total <= 0:
             raise ValueError("optim.schedule=cosine needs trainer.max_steps > 0 (it decays to 0 at max_steps)")
@@ -133,11 +125,11 @@ def logs_this_step(trainer: L.Trainer) -> bool:
     return bool(trainer._logger_connector.should_update_logs)
 
 
-def make_optimizer(params: Iterable[Tensor], optim: dict[str, Any]) -> torch.optim.Optimizer:
-    """The training optimiser: Adam with ``optim``'s lr and weight decay. ``foreach``: one multi-tensor kernel per
-    update op instead of one small op per parameter, the same arithmetic (tests/test_bench_overhead.py); torch picks
-    it by default on GPUs only. (``fused`` would be faster still on a CPU but rounds differently.)"""
-    return torch.optim.Adam(params, lr=optim["lr"], weight_decay=optim["weight_decay"], foreach=True)
+def make_optimizer(params: Iterable[Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The training optimiser: Adam. ``foreach``: one multi-tensor kernel per update op instead of one small op per
+    parameter, the same arithmetic (tests/test_bench_overhead.py); torch picks it by default on GPUs only. (``fused``
+    would be faster still on a CPU but rounds differently.)"""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):

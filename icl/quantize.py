@@ -14,7 +14,8 @@ projections), ``mlp`` and ``read_out``. The default ``[attn, mlp]`` holds > 98 %
 read-in (d → width) and read-out (width → 1) are tiny, the read-out writes the prediction itself, and a
 read-in of width d (5, 20) fits no int4 group.
 
-``icl.run.evaluate.quantize_job`` applies a job's mode to its trained model and writes ``quant.json``: serialised bytes
+``quantize_with_proof`` applies a mode to a trained model and returns, with the quantised copy, the report that
+``icl.run.evaluate.quantize_job`` writes to ``quant.json``: serialised bytes
 (``torch.save`` of the state dict, tensor subclasses included) of the whole model and of the quantised
 layers' weights, float vs quantised; how many linear layers store weights in the quantised dtype; and the
 relative output difference against the float model on a fixed batch of evaluation prompts.
@@ -164,6 +165,25 @@ class QuantSpec:
             tail = ""
         return self.name + tail + ("_b" + "-".join(map(str, self.blocks)) if self.blocks is not None else "")
 
+    @property
+    def training_part(self) -> dict[str, Any] | None:
+        """What of the spec changes training (ICLModule's ``quant`` and the trained-model fingerprint): QAT only."""
+        if self.mode.stage != "qat":
+            return None
+        blocks = {} if self.blocks is None else {"blocks": list(self.blocks)}
+        return {"name": self.name, "layers": list(self.layers), **self.params, **blocks}
+
+    @property
+    def storage(self) -> str:
+        """Whether the mode's width is real storage or only simulated accuracy."""
+        if self.name == "none":
+            return "float32"
+        if self.name == "attn_fq":
+            return "simulated: fake-quantised attention internals, float32 storage"
+        if self.mode.dtype == "intx" and self.bits != 8:
+            return f"real int{self.bits} values held one per int8 byte (bytes); bytes_packed: {self.bits} bits each"
+        return f"real: {self.dtype} storage"
+
     def selects(self, module: nn.Module, name: str) -> bool:
         """torchao ``filter_fn``: a linear layer in one of the chosen groups (and blocks)."""
         if not (self.mode.linears and isinstance(module, nn.Linear)):
@@ -171,15 +191,6 @@ class QuantSpec:
         if self.blocks is not None and not any(name.startswith(f"blocks.{b}.") for b in self.blocks):
             return False
         return any(re.fullmatch(LAYER_GROUPS[g], name) for g in self.layers)
-
-
-def training_part(quant: "QuantSpec | dict[str, Any] | None") -> dict[str, Any] | None:
-    """What of the quant config changes training (for the trained-model fingerprint): QAT only."""
-    spec = quant if isinstance(quant, QuantSpec) else QuantSpec.from_config(quant)
-    if spec.mode.stage != "qat":
-        return None
-    blocks = {} if spec.blocks is None else {"blocks": list(spec.blocks)}
-    return {"name": spec.name, "layers": list(spec.layers), **spec.params, **blocks}
 
 
 @contextmanager
@@ -409,19 +420,11 @@ def _packed_layer_bytes(state: dict[str, Any], layers: list[str]) -> int:
     return total + (_weight_bytes(state, rest) if rest else 0)
 
 
-def storage(spec: QuantSpec) -> str:
-    """Whether the mode's width is real storage or only simulated accuracy."""
-    if spec.name == "none":
-        return "float32"
-    if spec.name == "attn_fq":
-        return "simulated: fake-quantised attention internals, float32 storage"
-    if spec.mode.dtype == "intx" and spec.bits != 8:
-        return f"real int{spec.bits} values held one per int8 byte (bytes); bytes_packed: {spec.bits} bits each"
-    return f"real: {spec.dtype} storage"
-
-
-def proof(reference: nn.Module, quantized: nn.Module, spec: QuantSpec, xs: Tensor, ys: Tensor) -> dict[str, Any]:
-    """The evidence that ``quantized`` is quantised: sizes, stored dtypes and how far its outputs move."""
+def quantize_with_proof(model: nn.Module, spec: QuantSpec, xs: Tensor,
+                        ys: Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """``quantize(model, spec)`` and the evidence that it is quantised (quant.json): sizes, stored dtypes and how far
+    its outputs on ``xs, ys`` move from the float model's (for QAT, the trained weights without fake quantisation)."""
+    reference, quantized = float_model(model), quantize(model, spec)
     chosen = [name for name, m in linears(reference).items() if spec.selects(m, name)] if spec.name != "none" else []
     q_linears = linears(quantized)
     stored = {name: layer_dtype(m) for name, m in q_linears.items()}
@@ -429,10 +432,10 @@ def proof(reference: nn.Module, quantized: nn.Module, spec: QuantSpec, xs: Tenso
     diff = relative_difference(reference, quantized, xs, ys)
     total, layer = serialized_bytes(q_state), _weight_bytes(q_state, chosen)
     layer_packed = _packed_layer_bytes(q_state, chosen)
-    return {
+    return quantized, {
         "quant": spec.name, "label": spec.label, "stage": spec.mode.stage,
         "layers": list(spec.layers) if chosen else [], "blocks": None if spec.blocks is None else list(spec.blocks),
-        "params": spec.params, "quantized_dtype": spec.dtype, "storage": storage(spec),
+        "params": spec.params, "quantized_dtype": spec.dtype, "storage": spec.storage,
         "linear_layers": len(q_linears),
         "quantized_linears": sum(dtype == spec.dtype for dtype in stored.values()) if chosen else 0,
         "weight_dtypes": stored,
@@ -461,7 +464,8 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
-    """Fail in one line, before training, when the mode cannot run here: apply it to the untrained model and run it."""
+    """Fail in one line when the mode cannot run here: apply it to the untrained model and run it (the job spec's
+    parse calls this, so a -m sweep is refused before its first job)."""
     group = spec.params.get("group_size")
     if group:
         bad = {n: m.in_features for n, m in linears(model).items() if spec.selects(m, n) and m.in_features % group}

@@ -172,7 +172,7 @@ class ICLTransformer(nn.Module):
         """The residual stream before the first block: read-in of the interleaved tokens (+ learned positions)."""
         h = self.read_in(interleave(xs, ys))  # (B, T, C)
         if self.pos == "learned":
-            h = h + self.wpe(torch.arange(h.shape[1], device=h.device))
+            h = h + self.wpe.weight[: h.shape[1]]  # = wpe(arange(T)), without building the indices every step
         return self.drop(h)
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:

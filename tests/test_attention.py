@@ -300,3 +300,47 @@ def test_model_with_nystrom_ridge_is_causal():
     torch.manual_seed(0)
     cfg = TransformerConfig(n_dims=4, n_positions=12, n_layer=2, attn="nystrom", attn_params={"ridge": 0.2})
     assert_model_causal(ICLTransformer(cfg).eval())
+
+
+# --- the last block's x queries (the training step's fast path) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [7, 22, 82, 202])
+def test_softmax_x_queries_are_the_full_output_at_the_x_positions(T):
+    """The last block asks softmax for the even queries only: the same outputs bit for bit as slicing the full
+    output; the gradients differ from the full output's by round-off only (flash backward sums over fewer rows)."""
+    q, k, v = (t.requires_grad_() for t in qkv(T, 2.0, batch=3))
+    kernel = build_attention("softmax", head_dim=HS)
+    full, part = kernel(q, k, v)[:, :, ::2], kernel(q, k, v, x_only=True)
+    assert torch.equal(full, part)
+    grad = torch.randn_like(full)
+    for a, b in zip(torch.autograd.grad(full, (q, k, v), grad), torch.autograd.grad(part, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_model_with_x_queries_matches_the_full_last_block():
+    """The whole model: predictions bit for bit, one step's gradients at round-off, and the kernel's forward hooks
+    (the diagnostics callback's) still see every layer's full q and k."""
+    torch.manual_seed(0)
+    model = ICLTransformer(TransformerConfig(n_dims=5, n_positions=11, n_layer=2))
+    old = ICLTransformer(TransformerConfig(n_dims=5, n_positions=11, n_layer=2))
+    old.load_state_dict(model.state_dict())
+    for block in old.blocks:
+        block.attn.kernel.x_queries = False  # the path every other kernel takes: full output, then sliced
+    seen = []
+    model.blocks[-1].attn.kernel.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[2]))
+    xs, ys = torch.randn(8, 11, 5), torch.randn(8, 11)
+    out, ref = model(xs, ys), old(xs, ys)
+    assert torch.equal(out, ref) and seen == [22]
+    (out - ys).square().mean().backward()
+    (ref - ys).square().mean().backward()
+    for a, b in zip(model.parameters(), old.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_x_mask_is_one_tensor_per_device_serving_every_shorter_length():
+    kernel = build_attention("softmax", head_dim=HS)
+    for T in (30, 10, 7, 44, 12):
+        i, j = torch.arange(0, T, 2)[:, None], torch.arange(T)[None, :]
+        assert torch.equal(kernel.x_mask(T, torch.device("cpu")), j <= i)
+    assert [tuple(m.shape) for m in kernel._x_masks.values()] == [(22, 44)]

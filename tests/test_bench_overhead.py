@@ -102,7 +102,7 @@ def test_job_optimiser_is_plain_adams_arithmetic(weight_decay):
     xs, ys = torch.randn(16, 6, 4), torch.randn(16, 6)
     optim = {"lr": 1e-3, "weight_decay": weight_decay}
     trained = []
-    for make in (lambda p: make_optimizer(p, optim), lambda p: torch.optim.Adam(p, foreach=False, **optim)):
+    for make in (lambda p: make_optimizer(p, **optim), lambda p: torch.optim.Adam(p, foreach=False, **optim)):
         copy = ICLTransformer(model.config)
         copy.load_state_dict(model.state_dict())
         opt = make(copy.parameters())

@@ -2,6 +2,7 @@
 `make figures` on what they produced, and one-line errors for bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -49,6 +50,17 @@ def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
     assert status["status"] == "done" and status["metrics"]["evaluated_from"] == str(job)
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
     assert OmegaConf.load(tmp_path / "config.yaml").eval.n_prompts == 40
+
+
+def test_reevaluation_does_not_check_the_jobs_loggers(workdir, tmp_path):
+    """Re-evaluation logs to no tracker, so a job trained with one that this machine lacks is still re-scored."""
+    (job,) = jobs(workdir / "outputs")
+    shutil.copytree(job, tmp_path / "job")
+    cfg = OmegaConf.load(tmp_path / "job" / "config.yaml")
+    cfg.logger = {"wandb": {"_target_": "icl.run.tracking.wandb_logger", "mode": "not-a-mode"}}  # refused by a parse
+    OmegaConf.save(cfg, tmp_path / "job" / "config.yaml")
+    run(["-m", "icl.evaluate", f"run_dir={tmp_path / 'job'}", "eval.n_prompts=40"], workdir)
+    assert pd.read_csv(tmp_path / "job" / "eval.csv").n_prompts.max() == 40
 
 
 def test_make_figures_on_the_produced_folders(workdir):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from icl import baselines, prompts
+from icl import baselines, contract, prompts
 from icl.evaluation import COLUMNS, EvalConfig, failures, predict_model, predict_queries
 from icl.run.evaluate import evaluate_job
 from icl.run.job import JobDir
@@ -53,7 +53,7 @@ def test_eval_csv_rows_per_strategy_param_and_k(job):
 
 def test_errors_npz_reproduces_the_transformer_rows(job):
     _, df, out = job
-    with np.load(out / JobDir.ERRORS) as data:
+    with np.load(out / contract.ERRORS) as data:
         arrays = {k: data[k] for k in data.files}
     assert set(arrays) == {f"{s}/{p}/{w}" for s, p in [("standard", ""), ("scale_x", "0.5"), ("scale_x", "2.0"),
                                                          ("orthogonal_query", ""), ("long_context", "")]

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from icl import contract
 from icl.run.job import JobDir, JobLocked
 from tests.helpers import ENV
 
@@ -57,9 +58,9 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path, holder):
     holder.wait(timeout=30)
     os.kill(holder.child, 0)  # its forked child still lives, and holds no copy of the lock
     with JobDir(tmp_path).lock("training"):
-        info = json.loads((tmp_path / JobDir.LOCK).read_text())
+        info = json.loads((tmp_path / contract.LOCK).read_text())
         assert info["pid"] == os.getpid() and info["purpose"] == "training"
-    assert (tmp_path / JobDir.LOCK).read_text() == ""  # emptied on release
+    assert (tmp_path / contract.LOCK).read_text() == ""  # emptied on release
 
 
 def test_the_lock_is_free_again_after_the_body_and_after_an_error(tmp_path):

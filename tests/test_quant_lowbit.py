@@ -11,7 +11,7 @@ from icl import quantize as qz
 from icl.attention import ATTENTION, build_attention
 from icl.bench.attention import variant_params
 from icl.fakequant import QuantizedKernel, fake_quant, mixing_matrix
-from icl.quantize import QuantSpec, check, linears, packed_bytes, prepare_qat, proof, quantize, storage_dtype
+from icl.quantize import QuantSpec, check, linears, packed_bytes, prepare_qat, quantize, quantize_with_proof, storage_dtype
 from icl.run.train import build
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import compose_train
@@ -23,7 +23,8 @@ from tests.test_quantize import N_DIMS, chosen, prompts, tiny_model
 def test_intx_weight_stores_bits_wide_values_within_half_a_step(bits, group):
     model = tiny_model()
     spec = QuantSpec.from_config({"name": "intx_weight", "bits": bits, "group_size": group})
-    q = quantize(model, spec)
+    xs, ys = prompts()
+    q, report = quantize_with_proof(model, spec, xs, ys)
     picked = chosen(q, spec)
     assert len(picked) == 8 and {storage_dtype(m.weight) for m in picked.values()} == {f"int{bits}"}
     for name, layer in picked.items():
@@ -35,8 +36,6 @@ def test_intx_weight_stores_bits_wide_values_within_half_a_step(bits, group):
         assert ((w.dequantize() - ref).abs() <= step / 2 + 1e-6).all()
         expected = math.ceil(ref.numel() * bits / 8) + w.scale.numel() * 4
         assert packed_bytes(w) == (None if bits == 8 else expected)
-    xs, ys = prompts()
-    report = proof(model, q, spec, xs, ys)
     assert report["quantized_linears"] == 8 and report["label"] == f"intx_weight_w{bits}_{'g32' if group else 'pc'}"
     assert report["bytes"] < 0.5 * report["bytes_float"] and report["bytes_packed"] <= report["bytes"]
     assert (report["bytes_packed"] < report["bytes"]) == (bits < 8)
@@ -45,7 +44,7 @@ def test_intx_weight_stores_bits_wide_values_within_half_a_step(bits, group):
 
 def test_fewer_bits_move_predictions_further():
     model, (xs, ys) = tiny_model(), prompts()
-    moved = [proof(model, quantize(model, s), s, xs, ys)["rel_diff_mean"]
+    moved = [quantize_with_proof(model, s, xs, ys)[1]["rel_diff_mean"]
              for s in (QuantSpec.from_config({"name": "intx_weight", "bits": b, "group_size": 32}) for b in (8, 4, 2))]
     assert moved[0] < moved[1] < moved[2]
 
@@ -78,7 +77,8 @@ def test_qat_intx_trains_through_int4_fake_quantisation_and_converts_to_it():
 
 def test_int8_fbgemm_packs_int8_and_matches_its_dequantised_reference():
     model, spec = tiny_model(), QuantSpec.from_config({"name": "int8_fbgemm"})
-    q = quantize(model, spec)
+    xs, ys = prompts()
+    q, report = quantize_with_proof(model, spec, xs, ys)
     layers = {n: m for n, m in linears(q).items() if qz.is_fbgemm_linear(m)}
     assert sorted(layers) == sorted(n for n in linears(model) if n.startswith("blocks."))
     x = torch.randn(16, 64)
@@ -90,8 +90,6 @@ def test_int8_fbgemm_packs_int8_and_matches_its_dequantised_reference():
         ref = torch.nn.functional.linear(x, w.dequantize(), layer.bias())  # int8 weights, float activations
         out = layer(x)
         assert (out - ref).abs().max() < 0.02 * ref.abs().max()  # only the activation rounding differs
-    xs, ys = prompts()
-    report = proof(model, q, spec, xs, ys)
     assert report["quantized_linears"] == 8 and report["linear_layers"] == 10
     assert report["bytes"] < 0.5 * report["bytes_float"]
     assert 1e-4 < report["rel_diff_mean"] < 0.05
@@ -143,10 +141,9 @@ def test_attention_fake_quant_equals_float_at_16_bits_and_stays_causal(name):
 def test_attn_fq_mode_wraps_every_block_and_reports_simulated():
     model, (xs, ys) = tiny_model(), prompts()
     spec = QuantSpec.from_config({"name": "attn_fq", "bits": 8})
-    q = quantize(model, spec)
+    q, report = quantize_with_proof(model, spec, xs, ys)
     assert all(type(b.attn.kernel) is QuantizedKernel for b in q.blocks)
     assert all(type(b.attn.kernel) is not QuantizedKernel for b in model.blocks)  # the float model is untouched
-    report = proof(model, q, spec, xs, ys)
     assert report["attention_kernels_quantized"] == 2 and report["quantized_linears"] == 0
     assert report["storage"].startswith("simulated") and 1e-5 < report["rel_diff_mean"] < 0.05
     assert report["label"] == "attn_fq_a8_head"

@@ -18,12 +18,13 @@ from icl.quantize import (
     float_model,
     linears,
     prepare_qat,
-    proof,
     quantize,
+    quantize_with_proof,
     serialized_bytes,
     storage_dtype,
     torchao,
 )
+from icl.run.spec import JobSpec, validate
 from icl.run.train import build, train
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import CrashAt, compose_train
@@ -63,7 +64,8 @@ def test_int8_modes_store_int8_weights_and_stay_close(name):
     model = tiny_model()
     float_state = copy.deepcopy(model.state_dict())
     spec = QuantSpec.from_config({"name": name})
-    q = quantize(model, spec)
+    xs, ys = prompts()
+    q, report = quantize_with_proof(model, spec, xs, ys)
     assert isinstance(q, ICLTransformer)  # still a plain module called as model(xs, ys): timeable like float
     picked = chosen(q, spec)
     assert sorted(picked) == sorted(n for n in linears(q) if n.startswith("blocks."))
@@ -75,8 +77,6 @@ def test_int8_modes_store_int8_weights_and_stay_close(name):
     for key, value in model.state_dict().items():  # the float model is left as it was
         assert type(value) is torch.Tensor and torch.equal(value, float_state[key])
 
-    xs, ys = prompts()
-    report = proof(model, q, spec, xs, ys)
     assert report["quantized_linears"] == len(picked) == 8 and report["linear_layers"] == 10
     assert 3.3 < report["layer_bytes_float"] / report["layer_bytes"] < 4.0  # int8 + per-channel scales
     assert report["bytes"] < 0.5 * report["bytes_float"]
@@ -111,10 +111,9 @@ def test_layers_setting_picks_what_is_quantised():
 
 def test_bf16_halves_the_chosen_layers():
     model, spec = tiny_model(), QuantSpec.from_config({"name": "bf16"})
-    q = quantize(model, spec)
-    assert {storage_dtype(m.weight) for m in chosen(q, spec).values()} == {"bfloat16"}
     xs, ys = prompts()
-    report = proof(model, q, spec, xs, ys)
+    q, report = quantize_with_proof(model, spec, xs, ys)
+    assert {storage_dtype(m.weight) for m in chosen(q, spec).values()} == {"bfloat16"}
     assert 1.8 < report["layer_bytes_float"] / report["layer_bytes"] < 2.1
     assert 1e-4 < report["rel_diff_mean"] < 0.05
     assert q(xs, ys).dtype == torch.float32
@@ -232,8 +231,22 @@ def test_int4_group_that_does_not_divide_a_layer_is_refused(tmp_path):
         build(compose_train(["quant=int4_weight", "quant.group_size=48"], tmp_path))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_the_parse_tries_the_mode_here_without_moving_the_seeded_rng(tmp_path):
+    """JobSpec.from_config applies the mode to an untrained model (its weights drawn aside from the job's RNG);
+    validate() checks the config alone, so a mode this machine cannot run is still a valid config."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert JobSpec.from_config(compose_train(["quant=int8_weight"], tmp_path)).quant.name == "int8_weight"
+    assert torch.equal(torch.get_rng_state(), before)
+    int4 = compose_train(["quant=int4_weight"], tmp_path)
+    assert validate(int4).quant.name == "int4_weight"
+    with pytest.raises(ValueError, match="quant=int4_weight needs a CUDA GPU"):
+        JobSpec.from_config(int4)
+
+
 def test_check_runs_the_mode_on_the_untrained_model():
-    """build() calls this: a mode that cannot run on the model fails there, as one line."""
+    """The job spec's parse calls this: a mode that cannot run on the model fails there, as one line."""
     model = tiny_model()
     for name in ("int8_weight", "int8_dynamic", "bf16"):
         check(QuantSpec.from_config({"name": name}), model, on_gpu=False)

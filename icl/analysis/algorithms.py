@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from icl import contract
 from icl.analysis.results import find_jobs, read_status
 from icl.analysis.styles import attn_color, quant_style
 from icl.analysis.weight_shift import weight_shift_table
 from icl.errors import first_line
 from icl.files import save_figure, write_csv
-from icl.run.job import JobDir
 
 log = logging.getLogger(__name__)
 KEYS = ["task", "attn", "quant", "model"]
@@ -45,7 +45,7 @@ def load_algorithms(roots: Iterable[str | Path]) -> pd.DataFrame:
     """Every finished job's algorithms.csv rows, with ``run_dir``; jobs without one are skipped silently (opt-in)."""
     frames = []
     for job in find_jobs(roots):
-        path = Path(job) / JobDir.ALGORITHMS
+        path = Path(job) / contract.ALGORITHMS
         if not path.is_file() or read_status(job)["status"] in ("failed", "running"):
             continue
         try:
@@ -206,7 +206,7 @@ def load_dynamics(roots: Iterable[str | Path]) -> pd.DataFrame:
     """Every finished job's dynamics.csv rows, with ``run_dir``."""
     frames = []
     for job in find_jobs(roots):
-        path = Path(job) / JobDir.DYNAMICS
+        path = Path(job) / contract.DYNAMICS
         if path.is_file() and read_status(job)["status"] not in ("failed", "running"):
             frames.append(pd.read_csv(path).assign(run_dir=str(job)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from icl import contract
 from icl.analysis.results import find_jobs, flatten_config, load_config
 from icl.analysis.styles import attn_color
 
@@ -58,7 +59,7 @@ def load_curves(roots: Iterable[str | Path]) -> pd.DataFrame:
     """Every job's metrics.csv rows with ``run_dir``, ``task``, ``n_dims``, ``attn`` columns (empty if none)."""
     frames = []
     for job in find_jobs(roots):
-        path = job / "metrics.csv"
+        path = job / contract.METRICS
         if not path.is_file():
             continue
         try:

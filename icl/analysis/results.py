@@ -34,6 +34,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf._utils import get_yaml_loader
 
+from icl import contract
 from icl.contract import EVAL_COLUMNS, read_eval_csv, upgrade_columns  # noqa: F401 - re-exported
 from icl.errors import first_line
 from icl.run.job import JobDir
@@ -72,7 +73,7 @@ def find_jobs(roots: Iterable[str | Path]) -> list[Path]:
         root = Path(root)
         if not root.is_dir():
             continue
-        for cfg_file in root.rglob(Path(JobDir.HYDRA_CONFIG).name):
+        for cfg_file in root.rglob(Path(contract.HYDRA_CONFIG).name):
             if JobDir(cfg_file.parent.parent).is_job():
                 jobs.add(cfg_file.parent.parent.resolve())
     return sorted(jobs)
@@ -130,7 +131,7 @@ def _has_interpolation(node: Any) -> bool:
 
 @lru_cache(maxsize=4096)
 def _flat_config_cached(job: str, mtime_ns: int) -> dict[str, Any]:
-    resolved = Path(job) / JobDir.CONFIG
+    resolved = Path(job) / contract.CONFIG
     if resolved.is_file():
         plain = yaml.load(resolved.read_text(), Loader=_FastLoader)
         if isinstance(plain, Mapping) and not _has_interpolation(plain):
@@ -144,7 +145,7 @@ def flat_config(job: str | Path) -> dict[str, Any]:
     resolved config.yaml has no interpolations, so plain YAML (OmegaConf's scalar rules) gives the same dict;
     anything else takes the OmegaConf path."""
     job = Path(job)
-    cfg = job / JobDir.CONFIG if (job / JobDir.CONFIG).is_file() else job / JobDir.HYDRA_CONFIG
+    cfg = job / contract.CONFIG if (job / contract.CONFIG).is_file() else job / contract.HYDRA_CONFIG
     return dict(_flat_config_cached(str(job), cfg.stat().st_mtime_ns))
 
 
@@ -185,7 +186,7 @@ def _load_job(job: Path, filename: str) -> pd.DataFrame | None:
     return frame
 
 
-def load_results(roots: Iterable[str | Path], filename: str = JobDir.EVAL, cfg_columns: str = "all") -> pd.DataFrame:
+def load_results(roots: Iterable[str | Path], filename: str = contract.EVAL, cfg_columns: str = "all") -> pd.DataFrame:
     """All jobs' `filename` rows with `run_dir`, `status` and `cfg.*` columns added.
 
     Failed or still-running jobs are skipped (with a warning) so a half-finished
@@ -307,7 +308,7 @@ def load_errors(job: str | Path) -> dict[str, np.ndarray] | None:
     try:
         return JobDir(job).read_errors()
     except Exception as err:  # noqa: BLE001 - a corrupt file costs its paired rows only
-        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, JobDir.ERRORS, first_line(err))
+        log.warning("skipping paired differences of %s: unreadable %s (%s)", job, contract.ERRORS, first_line(err))
         return None
 
 

@@ -29,8 +29,12 @@ def dense_flops(config: TransformerConfig, n_points: int, every_token: bool = Fa
     return 2 * T * config.n_dims * C + max(L - 1, 0) * 24 * T * C * C + last + 2 * n_points * C
 
 
-def attention_pairs(T: int, causal: bool = True) -> int:
-    """(i, j) pairs scored: T(T+1)/2 with the causal mask skipped, T² when the full matrix is computed."""
+def attention_pairs(T: int, causal: bool = True, x_queries: bool = False) -> int:
+    """(i, j) pairs scored: T(T+1)/2 with the causal mask skipped, T² when the full matrix is computed; with
+    ``x_queries`` (a last block that scores the even queries only) (T/2)² causal, T²/2 full."""
+    if x_queries:
+        n = (T + 1) // 2
+        return n * n if causal else n * T
     return T * (T + 1) // 2 if causal else T * T
 
 
@@ -38,11 +42,15 @@ def forward_flops(config: TransformerConfig, n_points: int, causal: bool = True,
     """Matmul FLOPs of one prompt's forward pass: dense layers + 4·C per scored pair and layer (QKᵀ and AV) for the
     pairwise kernels (softmax, relu, relu_causal, sigmoid); the linear-cost kernels' own FLOPs are not counted.
 
-    ``causal=False`` counts the full T×T matrix, as ``torch.utils.flop_counter`` does for fused attention.
+    ``causal=False`` counts the full T×T matrix, as ``torch.utils.flop_counter`` does for fused attention. The last
+    block of a kernel with ``x_queries`` (softmax) scores the x queries only, unless ``every_token``.
     """
-    pairwise = getattr(ATTENTION[config.attn], "pairwise", False)
-    attn = 4 * config.n_embd * attention_pairs(2 * n_points, causal) * config.n_layer if pairwise else 0
-    return dense_flops(config, n_points, every_token) + attn
+    kernel, T = ATTENTION[config.attn], 2 * n_points
+    if not getattr(kernel, "pairwise", False) or not config.n_layer:
+        return dense_flops(config, n_points, every_token)
+    x_queries = getattr(kernel, "x_queries", False) and config.pos != "alibi" and not every_token
+    pairs = attention_pairs(T, causal) * (config.n_layer - 1) + attention_pairs(T, causal, x_queries)
+    return dense_flops(config, n_points, every_token) + 4 * config.n_embd * pairs
 
 
 def train_flops(config: TransformerConfig, n_points: int, every_token: bool = False) -> int:

@@ -36,6 +36,9 @@ from icl.analysis.bench_figures import plot_latency
 from icl.attention import ATTENTION
 from icl.bench.attention import device_name, pick_device, variant_params
 from icl.bench.flops import forward_flops, matmul_peak, train_flops
+from icl.bench.targets import check as check_targets
+from icl.bench.targets import markdown as targets_markdown
+from icl.bench.targets import verdicts
 from icl.bench.timing import interleaved as timed_rounds
 from icl.bench.timing import summarise
 from icl.errors import first_line
@@ -268,7 +271,7 @@ def train_call(model: nn.Module, xs: Tensor, ys: Tensor, device: torch.device, a
     never waits (and uses ``amp``). Otherwise both see the same fixed batch (model only)."""
     # Ours steps with the job's optimiser (icl.module.make_optimizer); the reference with torch's default Adam.
     opt = (torch.optim.Adam(model.parameters(), lr=1e-4) if reference
-           else make_optimizer(model.parameters(), {"lr": 1e-4, "weight_decay": 0.0}))
+           else make_optimizer(model.parameters(), lr=1e-4, weight_decay=0.0))
     model.train()
     host = torch.device("cpu")
     gen = torch.Generator(device=host if reference else device).manual_seed(0)
@@ -419,6 +422,7 @@ def check(cfg: DictConfig) -> None:
         from icl.bench.overhead import check as check_overhead
 
         check_overhead(cfg.overhead)
+    check_targets(OmegaConf.to_container(cfg.targets) if cfg.get("targets") is not None else None)
 
 
 def with_common(cfg: DictConfig, part: DictConfig) -> DictConfig:
@@ -470,7 +474,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
               + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.flops().items())
               + f"; {cfg.latency.repeats} timed runs per latency cell after {cfg.latency.warmup} warm-up, "
               f"{cfg.ci:.0%} bootstrap CIs")
-    text = "\n\n".join([markdown(df, header).rstrip("\n"), *sections]) + "\n"
+    if cfg.get("targets") is not None:
+        sections.append(targets_markdown(verdicts(df, OmegaConf.to_container(cfg.targets))))
+    text = "\n\n".join([markdown(df, header).rstrip("\n"), *filter(None, sections)]) + "\n"
     write_text(out / "bench.md", text)
     plot_latency(df, out / "bench_latency.png")  # the analysis layer draws it, as `make figures` would
     print(text)

@@ -67,7 +67,7 @@ class BareLoop:
         self.model = copy.deepcopy(module.model).train()
         self.initial = {name: p.detach().clone() for name, p in self.model.named_parameters()}
         self.task, self.clip, self.step = module.task, clip, 0
-        self.opt = make_optimizer(self.model.parameters(), module.optim)
+        self.opt = make_optimizer(self.model.parameters(), lr=module.optim["lr"], weight_decay=module.optim["weight_decay"])
         schedule = lr_lambda(module.optim["schedule"], int(module.optim["warmup_steps"]), max(max_steps, 1))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         self.stream = PromptStream(datamodule.sampler, datamodule.curriculum, datamodule.batch_size, datamodule.seed)

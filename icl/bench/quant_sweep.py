@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from icl import prompts
+from icl import contract, prompts
 from icl.analysis.quant import breaking_points, sweep_markdown
 from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
@@ -117,7 +117,7 @@ def find_jobs(inputs: list[str]) -> list[Path]:
     post-training sweep share their trainer's checkpoint, and it is swept once."""
     by_ckpt: dict[Path, Path] = {}
     for root in map(Path, inputs):
-        for config in sorted(root.rglob(JobDir.CONFIG)):  # the resolved config every job writes
+        for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
             job = config.parent.resolve()
             try:
                 ckpt = JobDir(job).model_ckpt("last")

@@ -28,9 +28,9 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from icl import contract
 from icl.errors import first_line
 from icl.files import atomic_write
-from icl.run.job import JobDir
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,11 @@ class CheckpointOnSigterm(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         callback = trainer.checkpoint_callback
         if isinstance(exception, SIGTERMException) and callback is not None and callback.dirpath:
-            path = Path(callback.dirpath) / "last.ckpt"
+            path = Path(callback.dirpath) / contract.LAST_CKPT
             trainer.save_checkpoint(path)
             log.info("SIGTERM: saved %s at step %d", path, trainer.global_step)
 
 
-LAST = JobDir.LAST_CKPT
 UNREADABLE = ".unreadable"  # suffix an unreadable checkpoint is renamed with when an older one is resumed from
 _STEP_NAME = re.compile(r"step_(\d+)(?:-v\d+)?\.ckpt$")  # configs/callbacks/default.yaml: filename step_{step}
 
@@ -132,7 +131,7 @@ def choose_resume(folder: Path, logged_step: int | None = None, main: bool = Tru
     last step in metrics.csv) says how many steps are redone. Raises ``CheckpointsUnreadable`` when none can be read,
     naming ``folder`` and ``afresh`` (e.g. metrics.csv) as what to delete to start afresh.
     """
-    last = folder / LAST
+    last = folder / contract.LAST_CKPT
     candidates = ([last] if last.is_file() else []) + step_checkpoints(folder)
     bad: list[tuple[Path, str]] = []
     for path in candidates:
@@ -152,7 +151,7 @@ def choose_resume(folder: Path, logged_step: int | None = None, main: bool = Tru
 
 
 def _fallback_line(folder: Path, path: Path, step: int, bad: list[tuple[Path, str]], logged: int | None) -> str:
-    why = f"{bad[0][0].name} is unreadable ({bad[0][1]})" if bad else f"no {LAST}"
+    why = f"{bad[0][0].name} is unreadable ({bad[0][1]})" if bad else f"no {contract.LAST_CKPT}"
     if len(bad) > 1:
         why += f", and so are {', '.join(p.name for p, _ in bad[1:])}"
     lost = None if logged is None else logged + 1 - step  # metrics.csv's step counts from 0: step s is batch s + 1

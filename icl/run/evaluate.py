@@ -18,10 +18,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from icl import prompts
+from icl import contract, prompts
 from icl.contract import cap_k, failures
 from icl.evaluation import evaluate
-from icl.quantize import PROOF_PROMPTS, float_model, proof, quantize, summary
+from icl.quantize import PROOF_PROMPTS, quantize_with_proof, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
 from icl.run.job import JobDir, JobLocked
 from icl.run.spec import JobSpec
@@ -38,9 +38,7 @@ def quantize_job(spec: JobSpec | DictConfig, model: torch.nn.Module, job: JobDir
     """Apply the job's ``quant`` mode to its trained model, write ``quant.json``, return the model to evaluate."""
     spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
     p = prompts.make_prompts("standard", spec.task.task, PROOF_PROMPTS, spec.eval_points, spec.eval.seed)  # eval's first
-    reference = float_model(model)
-    quantized = quantize(model, spec.quant)
-    report = proof(reference, quantized, spec.quant, p.xs, p.ys)
+    quantized, report = quantize_with_proof(model, spec.quant, p.xs, p.ys)
     job.write_quant(report)
     log.info(summary(report))
     return quantized
@@ -53,7 +51,7 @@ def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job
     df = evaluate(getattr(module, "model", module), spec.task.task, spec.eval, spec.eval_points, spec.labels(),
                   n_positions=spec.model.n_positions, errors=errors)
     job.write_eval(df, errors)
-    log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), job.ERRORS)
+    log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), contract.ERRORS)
     if spec.eval.algorithms is not None and module is not None:
         write_algorithms(spec, getattr(module, "model", module), job)
     if failed := failures(df):
@@ -85,7 +83,7 @@ def write_dynamics(spec: JobSpec, job: JobDir, n_prompts: int) -> None:
 
     found = step_checkpoints(job.checkpoints)[::-1]  # oldest first
     if not found:
-        log.info("no periodic checkpoints in %s: no %s", job.checkpoints, job.DYNAMICS)
+        log.info("no periodic checkpoints in %s: no %s", job.checkpoints, contract.DYNAMICS)
         return
     task = spec.task.task
     p = prompts.make_prompts("standard", task, n_prompts, spec.eval_points, spec.eval.seed)
@@ -98,7 +96,7 @@ def write_dynamics(spec: JobSpec, job: JobDir, n_prompts: int) -> None:
     frame = dynamics_frame(models(), task, p.xs, p.ys, spec.eval.bootstrap, spec.eval.ci, spec.eval.seed,
                            spec.eval.batch_size)
     job.write_dynamics(frame.assign(**spec.labels()).reindex(columns=DYNAMICS_COLUMNS))
-    log.info("wrote %s (%d checkpoints)", job.path / job.DYNAMICS, len(found))
+    log.info("wrote %s (%d checkpoints)", job.path / contract.DYNAMICS, len(found))
 
 
 def _pool(spec: JobSpec) -> tuple[int, int] | None:
@@ -177,6 +175,7 @@ def reevaluate(cfg: DictConfig) -> None:
     if cfg.get("strategies_from"):  # e.g. `default`: an older job evaluated on today's full strategy grid
         strategies = OmegaConf.load(CONFIG_DIR / "eval" / f"{cfg.strategies_from}.yaml").strategies
     job_cfg.eval = OmegaConf.merge(job_cfg.eval, overrides)
+    job_cfg.logger = None  # re-evaluation logs to no tracker: the job's need not be installed here
     if strategies is not None:  # replaced, not merged key by key
         job_cfg.eval.strategies = strategies
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)

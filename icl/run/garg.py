@@ -157,7 +157,7 @@ def write_job(checkpoint: Path, out_dir: Path, overrides: list[str]) -> Path:
     if spec.quant.mode.stage == "qat":
         raise ValueError("quant=qat_int8 needs a model trained with fake quantisation: convert with a "
                          "post-training mode (none, int8_weight, int8_dynamic, bf16, int4_weight)")
-    module = ICLModule.from_spec(spec.task, spec.model, spec.attn, spec.optim, spec.quant)
+    module = ICLModule(**spec.module_hparams, built_task=spec.task.task)
     if module.model.config.attn != "softmax":
         raise ValueError(f"Garg et al.'s model uses softmax attention: drop attn={module.model.config.attn}")
     module.model.load_state_dict(convert_state(state, size["n_layer"]))

@@ -9,7 +9,7 @@ A job folder is self-describing; aggregation needs nothing else::
     <job>/versions.json        seed, threads, library versions, git commit
     <job>/checkpoints/         last.ckpt + periodic step_*.ckpt (not when the model came from the store)
     <job>/metrics.csv          training curve (icl.run.loggers)
-    <job>/quant.json           the proof of quantisation (icl.quantize.proof)
+    <job>/quant.json           the proof of quantisation (icl.quantize.quantize_with_proof)
     <job>/eval.csv             tidy evaluation rows (icl.contract.EVAL_COLUMNS)
     <job>/errors.npz           per-prompt errors for paired differences
     <job>/.lock                held (``fcntl.flock``) by the one process working in the folder; its holder's pid/host
@@ -94,20 +94,6 @@ class JobDir:
 
     path: Path
 
-    CONFIG = contract.CONFIG
-    HYDRA_CONFIG = contract.HYDRA_CONFIG
-    STATUS = contract.STATUS
-    VERSIONS = contract.VERSIONS
-    CHECKPOINTS = contract.CHECKPOINTS
-    LAST_CKPT = contract.LAST_CKPT
-    METRICS = contract.METRICS
-    QUANT = contract.QUANT
-    EVAL = contract.EVAL
-    ERRORS = contract.ERRORS
-    ALGORITHMS = contract.ALGORITHMS
-    DYNAMICS = contract.DYNAMICS
-    LOCK = contract.LOCK
-
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
 
@@ -117,47 +103,47 @@ class JobDir:
     # -- paths ---------------------------------------------------------------------------------------------------
     @property
     def config_file(self) -> Path:
-        return self.path / self.CONFIG
+        return self.path / contract.CONFIG
 
     @property
     def hydra_config_file(self) -> Path:
-        return self.path / self.HYDRA_CONFIG
+        return self.path / contract.HYDRA_CONFIG
 
     @property
     def status_file(self) -> Path:
-        return self.path / self.STATUS
+        return self.path / contract.STATUS
 
     @property
     def checkpoints(self) -> Path:
-        return self.path / self.CHECKPOINTS
+        return self.path / contract.CHECKPOINTS
 
     @property
     def last_ckpt(self) -> Path:
-        return self.checkpoints / self.LAST_CKPT
+        return self.checkpoints / contract.LAST_CKPT
 
     @property
     def metrics_csv(self) -> Path:
-        return self.path / self.METRICS
+        return self.path / contract.METRICS
 
     @property
     def quant_json(self) -> Path:
-        return self.path / self.QUANT
+        return self.path / contract.QUANT
 
     @property
     def eval_csv(self) -> Path:
-        return self.path / self.EVAL
+        return self.path / contract.EVAL
 
     @property
     def errors_npz(self) -> Path:
-        return self.path / self.ERRORS
+        return self.path / contract.ERRORS
 
     @property
     def algorithms_csv(self) -> Path:
-        return self.path / self.ALGORITHMS
+        return self.path / contract.ALGORITHMS
 
     @property
     def lock_file(self) -> Path:
-        return self.path / self.LOCK
+        return self.path / contract.LOCK
 
     def is_job(self) -> bool:
         """A folder written by a job: it has Hydra's config (what ``find_jobs`` looks for)."""
@@ -187,7 +173,7 @@ class JobDir:
         return cfg
 
     def write_versions(self, **extra: Any) -> None:
-        write_versions(self.path / self.VERSIONS, **extra)
+        write_versions(self.path / contract.VERSIONS, **extra)
 
     # -- status --------------------------------------------------------------------------------------------------
     def write_status(self, status: str, **extra: Any) -> None:
@@ -222,7 +208,7 @@ class JobDir:
         try:
             data = json.loads(self.status_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            return {"status": "unknown", "error": f"unreadable {self.STATUS}: {exc}"}
+            return {"status": "unknown", "error": f"unreadable {contract.STATUS}: {exc}"}
         if data.get("status") == "running" and not self.held():
             return {**data, "status": STALE, "error": f"status.json says running but no process holds {self.lock_file} "
                     f"(killed, out of memory, node lost or disk full): rerun with hydra.run.dir={self.path} to resume"}
@@ -333,7 +319,7 @@ class JobDir:
 
     def write_dynamics(self, df: pd.DataFrame) -> None:
         """dynamics.csv (``icl.agreement.DYNAMICS_COLUMNS``), atomically."""
-        atomic_write(self.path / self.DYNAMICS, lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(self.path / contract.DYNAMICS, lambda tmp: df.to_csv(tmp, index=False))
 
     def read_errors(self) -> dict[str, np.ndarray] | None:
         """Per-prompt errors (``<strategy>/<param>/<predictor>`` → (P, n)), or None when absent. Raises on a

@@ -4,6 +4,8 @@
 ``ModelSpec``, ``OptimSpec``, ``DataSpec``, ``EvalConfig``, ``QuantSpec``; ``paths`` and the top-level keys here;
 ``trainer`` keys against ``lightning.Trainer``'s signature) and the values that need two groups (prompt length vs
 ``model.n_positions``). A misspelt key or an impossible value is one ``ValueError`` line naming the dotted key.
+The parse also builds the task (its class checks ``task.params``) and checks what this machine must provide: the
+loggers installed, the quant mode applied to the untrained model and run (``here=False``: the config alone).
 ``train()`` and the evaluate CLI build it once and hand it down; ``ValidateSweep`` builds the spec of every cell
 of a ``-m`` sweep before the first job starts. Free-form groups (``attn``, ``callbacks``, ``logger``, ``recipe``)
 are checked by what consumes them (the kernel's constructor, Hydra's instantiate).
@@ -11,11 +13,13 @@ are checked by what consumes them (the kernel's constructor, Hydra's instantiate
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,8 +27,10 @@ from omegaconf.errors import OmegaConfBaseException
 from icl import baselines
 from icl.data import DataSpec
 from icl.evaluation import EvalConfig
-from icl.module import OptimSpec
+from icl.module import ICLModule, OptimSpec
 from icl.quantize import QuantSpec
+from icl.quantize import check as check_quant
+from icl.run.tracking import check_trackers
 from icl.spec import known_keys, require, typed_fields
 from icl.tasks import TaskSpec
 from icl.transformer import ModelSpec
@@ -65,11 +71,14 @@ class JobSpec:
     gpu: bool  # trainer.accelerator is gpu or cuda
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "JobSpec":
-        """Every check the config alone allows."""
+    def from_config(cls, cfg: DictConfig, here: bool = True) -> "JobSpec":
+        """Every check the config allows; ``here``: also what this machine must provide to run the job (its loggers
+        installed, its quant mode running on the untrained model; a GPU job's only where a GPU is seen)."""
         known_keys({k: None for k in cfg if k != "hydra"}, GROUPS, "")
         node = lambda key: _plain(cfg, key)
         check_trainer_keys(node("trainer") or {})
+        if here:
+            check_loggers(node("logger") or {})
         top = {k: node(k) for k in ("seed", "threads", "ckpt_path", "skip_done")}
         for key, ok, allowed in (("seed", isinstance(top["seed"], int), "must be an integer"),
                                  ("threads", top["threads"] is None or isinstance(top["threads"], int)
@@ -83,9 +92,32 @@ class JobSpec:
                    paths=PathsSpec(**typed_fields(PathsSpec, node("paths"), "paths")),
                    gpu=str((node("trainer") or {}).get("accelerator")) in ("gpu", "cuda"), **top)
         spec.check_prompt_length()
+        task = spec.task.task  # built once, here: the task class checks task.params
         if "bayes" in spec.eval.baselines:
-            baselines.bayes_predictor(spec.task.task)  # a task without an exact one fails here, before training
+            baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
+        if spec.eval.algorithms is not None:
+            from icl.agreement import AlgorithmsConfig, check_task
+
+            check_task(task, AlgorithmsConfig.from_config(spec.eval.algorithms))
+        if here:
+            spec.check_quant_runs()
         return spec
+
+    @property
+    def module_hparams(self) -> dict[str, Any]:
+        """``ICLModule``'s keyword arguments: each concern as the plain dict its checkpoint saves (of quant, only
+        what changes training)."""
+        return {"task": self.task.as_dict(), "model": {"name": self.model.name, **self.model.transformer_keys()},
+                "attn": dict(self.attn), "optim": asdict(self.optim), "quant": self.quant.training_part}
+
+    def check_quant_runs(self) -> None:
+        """Apply the quant mode to the untrained model and run it, so a mode that cannot work fails before
+        training (and before a sweep launches); a GPU job parsed where no GPU is seen is checked where it runs."""
+        if (self.quant.name == "none" and self.quant.blocks is None) or (self.gpu and not torch.cuda.is_available()):
+            return
+        with torch.random.fork_rng(devices=[]):  # the trial's initial weights must not move the job's seeded RNG
+            model = ICLModule(**self.module_hparams, built_task=self.task.task).model
+        check_quant(self.quant, model, on_gpu=self.gpu)
 
     @property
     def eval_points(self) -> int:
@@ -121,20 +153,37 @@ def check_trainer_keys(trainer: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"unknown config key 'trainer.{unknown[0]}': not an argument of lightning.Trainer "
                          "(see its docs for the allowed ones)")
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
+                         "raise data.batch_size instead")
+
+
+def check_loggers(loggers: dict[str, Any]) -> None:
+    """Every logger the config names is installed (and an experiment tracker's settings are valid)."""
+    if "tensorboard" in loggers and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ValueError("logger=tensorboard needs TensorBoard: pip install -e '.[tensorboard]' (or use logger=csv)")
+    check_trackers(loggers)
 
 
 def validate(cfg: DictConfig) -> JobSpec:
-    """The spec of a composed config (``JobSpec.from_config``), for callers that only check."""
-    return JobSpec.from_config(cfg)
+    """The spec of a composed config checked on its own (``JobSpec.from_config``, not what this machine provides)."""
+    return JobSpec.from_config(cfg, here=False)
 
 
 def sweep_cells(overrides: list[str]) -> list[list[str]]:
-    """The override list of every job a basic-sweeper ``-m`` run launches (its cartesian product)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override list of every job a basic-sweeper ``-m`` run launches (its cartesian product): the one shim
+    over Hydra's private ``BasicSweeper.split_arguments`` (tests/test_sweep_check.py fails if Hydra changes it)."""
+    import hydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        split = BasicSweeper.split_arguments
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"hydra-core {hydra.__version__} has no BasicSweeper.split_arguments ({err}): "
+                           "update icl.run.spec.sweep_cells") from None
     parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-    return [cell for batch in BasicSweeper.split_arguments(parsed, None) for cell in batch]
+    return [cell for batch in split(parsed, None) for cell in batch]
 
 
 def with_sweeper_params(overrides: list[str], params: Any) -> list[str]:

@@ -70,14 +70,14 @@ def _source_hash(qat: bool) -> str:
 def training_config(cfg: DictConfig) -> dict[str, Any]:
     """The part of the resolved config that decides the trained weights (without the ``IGNORED`` keys; of
     ``quant``, only what QAT trains with)."""
-    from icl.quantize import training_part
+    from icl.quantize import QuantSpec
 
     container = OmegaConf.to_container(cfg, resolve=True)
     config = {k: v for k, v in container.items() if k not in IGNORED[""]}
     for group, keys in IGNORED.items():
         if group and isinstance(config.get(group), dict):
             config[group] = {k: v for k, v in config[group].items() if k not in keys}
-    config["quant"] = training_part(container.get("quant"))
+    config["quant"] = QuantSpec.from_config(container.get("quant")).training_part
     return config
 
 

@@ -15,7 +15,6 @@ and then hold no checkpoints/ or metrics.csv of their own (status.json names the
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
@@ -34,9 +33,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from icl import contract
 from icl.data import PromptDataModule
 from icl.module import ICLModule
-from icl.quantize import check as quant_check
 from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
 from icl.run.configs import HYDRA_CONFIGS, run_cli
 from icl.run.evaluate import error_at_2d, evaluate_job, failures, quantize_job, summary_line
@@ -44,7 +43,7 @@ from icl.run.job import INTERRUPTED, STALE, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
 from icl.run.spec import JobSpec
 from icl.run.store import Entry, claim, fingerprint, training_differences, training_identity
-from icl.run.tracking import check_trackers, log_evaluation
+from icl.run.tracking import log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +55,16 @@ class OtherTrainingConfig(ValueError):
 
 
 def build(spec: JobSpec | DictConfig) -> tuple[PromptDataModule, ICLModule]:
-    """Data and model of a job spec (a config is checked into one first); what the config alone cannot show —
-    this machine, the model itself — fails here, before any training."""
+    """Data and model of a job spec (a config is parsed into one first: every check the config allows runs
+    there); a GPU job on a machine without one fails here, before any training."""
     spec = spec if isinstance(spec, JobSpec) else JobSpec.from_config(spec)  # a composed config: tests
-    cfg = spec.cfg
     if spec.gpu and not torch.cuda.is_available():
         raise ValueError("trainer=gpu but torch sees no CUDA GPU here: use trainer=cpu (or a CUDA build of torch)")
-    if "tensorboard" in (cfg.get("logger") or {}) and not any(
-            importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
-        raise ValueError("logger=tensorboard needs TensorBoard: pip install -e '.[tensorboard]' (or use logger=csv)")
-    check_trackers(cfg.get("logger"))
-    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
-        raise ValueError("trainer.accumulate_grad_batches must be 1 (the prompt stream is keyed by optimiser step): "
-                         "raise data.batch_size instead")
     task = spec.task
     datamodule = PromptDataModule(task.task, task.curriculum.start(), seed=spec.seed, batch_size=spec.data.batch_size,
                                   num_workers=spec.data.num_workers, num_tasks=task.num_tasks,
                                   num_training_examples=task.num_training_examples)
-    if spec.eval.algorithms is not None:
-        from icl.agreement import AlgorithmsConfig, check_task
-
-        check_task(datamodule.task, AlgorithmsConfig.from_config(spec.eval.algorithms))  # before training, not after
-    module = ICLModule.from_spec(spec.task, spec.model, spec.attn, spec.optim, spec.quant)
-    quant_check(spec.quant, module.model, on_gpu=spec.gpu)
-    return datamodule, module
+    return datamodule, ICLModule(**spec.module_hparams, built_task=task.task)
 
 
 def resume_path(ckpt_path: str | None, job: JobDir, main: bool = True) -> str | None:
@@ -102,7 +87,7 @@ def save_last(trainer: L.Trainer) -> None:
     """Make last.ckpt the final model: ModelCheckpoint only writes it every n steps."""
     callback = trainer.checkpoint_callback
     if callback is not None and callback.save_last and callback.dirpath:
-        trainer.save_checkpoint(Path(callback.dirpath) / JobDir.LAST_CKPT)
+        trainer.save_checkpoint(Path(callback.dirpath) / contract.LAST_CKPT)
 
 
 def launcher_threads() -> int | None:
@@ -316,7 +301,7 @@ class FailOnFailedJobs(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = []
-        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{JobDir.STATUS}")):
+        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{contract.STATUS}")):
             status = JobDir(path.parent).status()
             if status["status"] in ("failed", STALE):
                 failed.append(f"{path.parent}: {status['error']}")

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING
 
+from icl import contract
 from icl.analysis.results import find_jobs, flat_config, load_errors, read_eval_csv
 from icl.files import atomic_write, write_csv, write_npz, write_text
 from icl.run.cli import parse
@@ -117,11 +118,11 @@ def cell_name(arm: str, task: str, attn: str, seed: int) -> str:
 def _resolved(job: Path) -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load((job / JobDir.CONFIG).read_text())
+    return yaml.safe_load((job / contract.CONFIG).read_text())
 
 
 def _curve(job: Path) -> pd.DataFrame:
-    path = job / "metrics.csv"
+    path = job / contract.METRICS
     if not path.is_file():
         return pd.DataFrame(columns=["step", "loss_rel_zero"])
     df = pd.read_csv(path)
@@ -203,7 +204,7 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
     if out.exists():
         shutil.rmtree(out)
     (out / QUANT_DIR).mkdir(parents=True)
-    versions_path = float_job / JobDir.VERSIONS
+    versions_path = float_job / contract.VERSIONS
     versions = json.loads(versions_path.read_text()) if versions_path.is_file() else {}
     cell = {
         "cell": out.name, "arm": arm, "task": task, "attn": attn, "seed": seed,
@@ -218,8 +219,8 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
     write_npz(out / ERRORS, arrays)
     write_csv(out / CURVE, _curve(float_job), index=False, float_format="%.5g")
     for quant, job, _ in members:
-        if (job / "quant.json").is_file():
-            write_text(out / QUANT_DIR / f"{quant}.json", (job / "quant.json").read_text())
+        if (job / contract.QUANT).is_file():
+            write_text(out / QUANT_DIR / f"{quant}.json", (job / contract.QUANT).read_text())
     atomic_write(out / CELL_JSON, lambda tmp: tmp.write_text(json.dumps(cell, indent=1, sort_keys=True)))
     return out
 
