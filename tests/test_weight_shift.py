@@ -68,7 +68,8 @@ def test_the_captured_heads_are_the_kernels_own() -> None:
     (q, k, v), out = seen[0]
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     torch.testing.assert_close(weight_shift.softmax_linearisation(scores, v).gap[..., ::2], heads[1].gap)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    full = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, full if out.shape == full.shape else full[:, :, ::2])  # the last block: x queries
     assert len(heads) == 2
     linear = ICLTransformer(TransformerConfig(n_dims=3, n_positions=6, n_embd=16, n_layer=2, n_head=2, attn="linear"))
     assert weight_shift.softmax_heads(linear, xs, ys) == []

@@ -43,7 +43,7 @@ def _value(rows: pd.DataFrame, metric: str, k: int, learner: str | None = None) 
 
 
 def _model_error(run_dir: Path, k: int) -> float:
-    path = run_dir / JobDir.EVAL
+    path = JobDir(run_dir).eval_csv
     if not path.is_file():
         return np.nan
     ev = pd.read_csv(path)
