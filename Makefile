@@ -60,7 +60,7 @@ figures: ## aggregate every eval.csv under outputs/ and multirun/ into figures/
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
 	$(PY) -m icl.figures $(ARGS)
 
-bench-attn: install ## time every attention kernel alone at T = 128…8192, then every sequence mixer (outputs/bench_attn/)
+bench-attn: install ## time every attention kernel alone at T = 128…8192, then every sequence mixer + its cost per prompt (outputs/bench_attn/)
 	$(PY) -m icl.bench.attention $(ARGS)
 	$(PY) -m icl.bench.mixers
 

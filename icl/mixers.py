@@ -321,6 +321,12 @@ class Mamba(nn.Module):
     def state_floats(self, T: int) -> int:
         return self.d_inner * (self.d_state + self.d_conv - 1)
 
+    def kernel_flops(self, T: int) -> int:
+        """The scan, as its recurrence runs per token: Δ·A (DN), Δ·u (D), (Δu)·B (DN), a⊙h + b (2DN), C·h (2DN),
+        + D·u (2D); exp, softplus and the projections not counted."""
+        D, N = self.d_inner, self.d_state
+        return T * (6 * D * N + 3 * D)
+
 
 @MIXERS.register("mamba2", family="recurrent")
 class Mamba2(nn.Module):
@@ -367,6 +373,11 @@ class Mamba2(nn.Module):
     def state_floats(self, T: int) -> int:
         return self.d_inner * self.d_state + (self.d_inner + 2 * self.d_state) * (self.d_conv - 1)
 
+    def kernel_flops(self, T: int) -> int:
+        """The SSD recurrence per token: Δ·A_h (H), Δ·u (D), a·S (DN), + (Δu)Bᵀ (2DN), S·C (2DN), + D_h·u (2D)."""
+        D, N = self.d_inner, self.d_state
+        return T * (5 * D * N + 3 * D + self.n_heads)
+
 
 class _HeadsMixer(nn.Module):
     """q, k, v projections split into heads, an output projection; subclasses mix (B, nh, T, hs) in ``mix``."""
@@ -412,6 +423,10 @@ class DeltaNet(_HeadsMixer):
     def state_floats(self, T: int) -> int:
         return super().state_floats(T) + 3 * self.qkv.in_features * (self.d_conv - 1)
 
+    def kernel_flops(self, T: int) -> int:
+        """The delta rule per token and head: S·k (2hs²), v − Sk (hs), β·(…) (hs), S += u·kᵀ (2hs²), S·q (2hs²)."""
+        return T * self.n_head * (6 * self.head_size ** 2 + 2 * self.head_size)
+
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.heads(x)
@@ -442,6 +457,10 @@ class RetNet(_HeadsMixer):
         self.gate = nn.Linear(n_embd, n_embd)
         self.norm = nn.GroupNorm(n_head, n_embd)
         self.register_buffer("log_decay", torch.log1p(-(2.0 ** (-5.0 - torch.arange(n_head, dtype=torch.float32)))))
+
+    def kernel_flops(self, T: int) -> int:
+        """Retention per token and head: q/√hs (hs), γ·S (hs²), + k·vᵀ (2hs²), Sᵀ·q (2hs²); the rotation not counted."""
+        return T * self.n_head * (5 * self.head_size ** 2 + self.head_size)
 
     def forward(self, x: Tensor, x_only: bool = False) -> Tensor:
         B, T, C = x.shape

@@ -5,7 +5,8 @@ Modes (docs/quantization.md has the table): ``none``; post-training ``int8_weigh
 (Int4WeightOnlyConfig, CUDA only), ``intx_weight`` (IntxWeightOnlyConfig: ``bits`` 2..8, ``group_size`` or per
 channel), ``int8_fbgemm`` (PyTorch's x86/FBGEMM dynamic int8, ``torch.ao.quantization.quantize_dynamic``: the int8
 kernels that are faster than float on a CPU) and ``attn_fq`` (fake quantisation of q, k, v, the attention weights
-and the kernel output, ``icl.fakequant``); and ``qat_int8`` / ``qat_intx``: torchao's QATConfig fake-quantises during training
+and the kernel output, ``icl.fakequant``), ``state_fq`` (fake quantisation of a linear-cost mixer's feature maps and
+recurrent state, ``icl.statequant``); and ``qat_int8`` / ``qat_intx``: torchao's QATConfig fake-quantises during training
 (``prepare_qat``, called by ICLModule so a reload or resume rebuilds it) and converts to real integers afterwards.
 ``quant.blocks`` limits any mode to some blocks (per-layer sensitivity, ``icl.bench.quant_sweep``).
 
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 from icl.errors import first_line
 from icl.fakequant import GRANULARITIES, TENSORS, wrap_kernels
 from icl.registry import Registry
+from icl.statequant import STATE_TENSORS, wrap_mixers
 from icl.transformer import predict_model
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ MODES.add("intx_weight", Mode("post", "intx", options=frozenset({"bits", "group_
 MODES.add("qat_intx", Mode("qat", "intx", options=frozenset({"bits", "group_size"})))
 MODES.add("int8_fbgemm", Mode("post", "int8"))
 MODES.add("attn_fq", Mode("post", "float32", linears=False, options=frozenset({"bits", "granularity", "tensors"})))
+MODES.add("state_fq", Mode("post", "float32", linears=False, options=frozenset({"bits", "tensors"})))
 WEIGHT_BITS = range(2, 9)  # intx widths: int1 has no symmetric range
 ATTN_BITS = range(2, 33)
 DEFAULTS: dict[str, dict[str, Any]] = {  # a mode's settings when its config leaves them out
@@ -82,13 +85,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {  # a mode's settings when its config lea
     "intx_weight": {"bits": 4, "group_size": None},
     "qat_intx": {"bits": 4, "group_size": 32},
     "attn_fq": {"bits": 8, "granularity": "head", "tensors": list(TENSORS)},
+    "state_fq": {"bits": 8, "tensors": list(STATE_TENSORS)},
 }
+FAKE_QUANT = {"attn_fq": TENSORS, "state_fq": STATE_TENSORS}  # simulated modes -> the tensors they may round
 
 
 def _check_params(name: str, params: dict[str, Any]) -> None:
     """One ValueError line for a width or granularity that cannot exist."""
     bits = params.get("bits")
-    widths = ATTN_BITS if name == "attn_fq" else WEIGHT_BITS
+    widths = ATTN_BITS if name in FAKE_QUANT else WEIGHT_BITS
     if "bits" in params and (not isinstance(bits, int) or isinstance(bits, bool) or bits not in widths):
         raise ValueError(f"quant.bits={bits!r} is impossible for quant={name}: use an integer in "
                          f"{widths.start}..{widths.stop - 1}")
@@ -99,9 +104,10 @@ def _check_params(name: str, params: dict[str, Any]) -> None:
         if params.get("granularity") not in GRANULARITIES:
             raise ValueError(f"quant.granularity={params.get('granularity')!r} is unknown; choose from "
                              f"{list(GRANULARITIES)}")
-        bad = sorted(set(params.get("tensors") or ()) - set(TENSORS))
+    if name in FAKE_QUANT:
+        bad = sorted(set(params.get("tensors") or ()) - set(FAKE_QUANT[name]))
         if bad or not params.get("tensors"):
-            raise ValueError(f"quant.tensors={params.get('tensors')!r}: list some of {list(TENSORS)}")
+            raise ValueError(f"quant.tensors={params.get('tensors')!r}: list some of {list(FAKE_QUANT[name])}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,9 @@ class QuantSpec:
             tensors = list(self.params["tensors"])
             tail = f"_a{self.bits}_{self.params['granularity']}" + ("" if tensors == list(TENSORS) else
                                                                     "_" + "-".join(tensors))
+        elif self.name == "state_fq":
+            tensors = list(self.params["tensors"])
+            tail = f"_s{self.bits}" + ("" if tensors == list(STATE_TENSORS) else "_" + "-".join(tensors))
         else:
             tail = ""
         return self.name + tail + ("_b" + "-".join(map(str, self.blocks)) if self.blocks is not None else "")
@@ -180,6 +189,8 @@ class QuantSpec:
             return "float32"
         if self.name == "attn_fq":
             return "simulated: fake-quantised attention internals, float32 storage"
+        if self.name == "state_fq":
+            return "simulated: fake-quantised feature maps and recurrent state, float32 storage"
         if self.mode.dtype == "intx" and self.bits != 8:
             return f"real int{self.bits} values held one per int8 byte (bytes); bytes_packed: {self.bits} bits each"
         return f"real: {self.dtype} storage"
@@ -335,6 +346,8 @@ def _quantized_copy(model: nn.Module, spec: QuantSpec) -> nn.Module:
     elif spec.name == "attn_fq":
         p = spec.params
         wrap_kernels(out, p["bits"], p["granularity"], tuple(p["tensors"]), spec.blocks)
+    elif spec.name == "state_fq":
+        wrap_mixers(out, spec.params["bits"], tuple(spec.params["tensors"]), spec.blocks)
     else:
         if spec.name == "int4_weight":  # tinygemm int4 works on bfloat16 weights and activations
             _to_bf16(out, spec)
@@ -440,6 +453,7 @@ def quantize_with_proof(model: nn.Module, spec: QuantSpec, xs: Tensor,
         "quantized_linears": sum(dtype == spec.dtype for dtype in stored.values()) if chosen else 0,
         "weight_dtypes": stored,
         "attention_kernels_quantized": sum(type(m).__name__ == "QuantizedKernel" for m in quantized.modules()),
+        "recurrent_mixers_quantized": sum(type(m).__name__ == "QuantizedMixer" for m in quantized.modules()),
         "bytes_float": serialized_bytes(ref_state),
         "bytes": total,
         "bytes_packed": total - layer + layer_packed,

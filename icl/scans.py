@@ -45,17 +45,20 @@ def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) ->
 
 
 class _FusedSelectiveScan(torch.autograd.Function):
-    """Forward: the recurrence step by step (one fused multiply-add per token), keeping every h_t. Backward: the
-    reverse recurrence g_t = C_t dy_t + a_{t+1} ⊙ g_{t+1} (g = ∂loss/∂h_t) step by step, then every gradient of
-    a_t = exp(Δ_t A), b_t = Δ_t x_t B_t and C_t at once. Inputs are time-major (T, batch, …), so each step reads
-    contiguous memory."""
+    """Forward: the decays a_t = exp(Δ_t A) and inputs b_t = Δ_t x_t B_t in one pass each, then the recurrence
+    h_t = a_t ⊙ h_{t−1} + b_t in place token by token, keeping every h_t. Backward: the reverse recurrence
+    g_t = C_t dy_t + a_{t+1} ⊙ g_{t+1} (g = ∂loss/∂h_t) token by token, each token's gradients taken while its
+    (batch, D, N) slices are in cache (whole-tensor passes over (T, batch, D, N) are memory-bound on a CPU).
+    Inputs are time-major (T, batch, …), so each step reads contiguous memory."""
 
     @staticmethod
     def forward(ctx, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        decay = torch.exp(delta.unsqueeze(-1) * A)  # (T, batch, D, N)
-        hs = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # b_t, overwritten in place by h_t
-        for t in range(1, x.shape[0]):
-            hs[t].addcmul_(decay[t], hs[t - 1])
+        T, batch, D = x.shape
+        decay = torch.mul(delta.unsqueeze(-1), A, out=x.new_empty(T, batch, D, A.shape[1]))  # Δ_t A, exp per step
+        hs = torch.mul((delta * x).unsqueeze(-1), B.unsqueeze(2), out=torch.empty_like(decay))  # b_t, then h_t
+        decay[0].exp_()
+        for t in range(1, T):
+            hs[t].addcmul_(decay[t].exp_(), hs[t - 1])
         ctx.save_for_backward(x, delta, A, B, C, hs, decay)
         return (hs @ C.unsqueeze(-1))[..., 0]
 
@@ -63,22 +66,22 @@ class _FusedSelectiveScan(torch.autograd.Function):
     def backward(ctx, dy: Tensor) -> tuple[Tensor, ...]:
         x, delta, A, B, C, hs, decay = ctx.saved_tensors
         dy = dy.contiguous()
-        dx, ddelta, dB, dC = (torch.empty_like(t) for t in (x, delta, B, C))
-        dA = torch.zeros_like(hs[0])
-        g = torch.zeros_like(hs[0])  # a_{t+1} ⊙ ∂loss/∂h_{t+1}
-        for t in reversed(range(x.shape[0])):  # one step's tensors stay in cache
-            g = torch.addcmul(g, dy[t].unsqueeze(-1), C[t].unsqueeze(1))  # ∂loss/∂h_t
-            dC[t] = torch.bmm(dy[t].unsqueeze(1), hs[t])[:, 0]
-            grad_dx = torch.bmm(g, B[t].unsqueeze(-1))[..., 0]  # ∂loss/∂(Δ_t x_t)
-            dB[t] = torch.bmm((delta[t] * x[t]).unsqueeze(1), g)[:, 0]
-            dx[t] = grad_dx * delta[t]
-            ddelta[t] = grad_dx * x[t]
-            g = g * decay[t]
+        dy_col, C_row, B_col, dx_row = dy.unsqueeze(-1), C.unsqueeze(2), B.unsqueeze(-1), (delta * x).unsqueeze(2)
+        dB, dC, grad_dx = torch.empty_like(B), torch.empty_like(C), torch.empty_like(x)
+        ddelta_decay = torch.zeros_like(x)
+        g = torch.zeros_like(hs[0])  # ∂loss/∂h_t once C_t dy_t is added
+        dA, grad_log_a = torch.zeros_like(g), torch.empty_like(g)
+        for t in reversed(range(x.shape[0])):
+            g.addcmul_(dy_col[t], C_row[t])
+            torch.bmm(dy[t].unsqueeze(1), hs[t], out=dC[t].unsqueeze(1))
+            torch.bmm(g, B_col[t], out=grad_dx[t].unsqueeze(-1))  # ∂loss/∂(Δ_t x_t)
+            torch.bmm(dx_row[t], g, out=dB[t].unsqueeze(1))
             if t:
-                grad_log_a = g * hs[t - 1]  # ∂loss/∂(Δ_t A) = ∂loss/∂h_t ⊙ a_t ⊙ h_{t−1}
+                g.mul_(decay[t])
+                torch.mul(g, hs[t - 1], out=grad_log_a)  # ∂loss/∂(Δ_t A) = ∂loss/∂h_t ⊙ a_t ⊙ h_{t−1}
                 dA.addcmul_(grad_log_a, delta[t].unsqueeze(-1))
-                ddelta[t] += (grad_log_a * A).sum(-1)
-        return dx, ddelta, dA.sum(0), dB, dC
+                torch.sum(grad_log_a.mul_(A), -1, out=ddelta_decay[t])
+        return grad_dx * delta, grad_dx * x + ddelta_decay, dA.sum(0), dB, dC
 
 
 def selective_scan_fused(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:

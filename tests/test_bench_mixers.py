@@ -1,6 +1,5 @@
 """The sequence-mixer benchmark (icl.bench.mixers): cost rows with state memory and FLOPs, training-step ratios."""
 
-import math
 
 import pytest
 from omegaconf import OmegaConf
@@ -20,7 +19,8 @@ def test_mixer_bench_rows_state_memory_and_train_step_ratios(tmp_path):
     assert state["softmax", 32] == 2 * state["softmax", 16] == 2 * 16 * 32  # the KV cache grows with T
     assert state["mamba", 16] == state["mamba", 32]  # a recurrent state does not
     flops = cost.drop_duplicates(["variant", "T"]).set_index(["variant", "T"]).kernel_flops
-    assert flops["softmax", 16] == 4 * 16 * 16 * 17 // 2 and math.isnan(flops["mamba", 16])
+    assert flops["softmax", 16] == 4 * 16 * 16 * 17 // 2
+    assert flops["mamba", 32] == 2 * flops["mamba", 16] == 2 * 16 * (6 * 32 * 16 + 3 * 32)  # D = 2·16, N = 16
     assert flops["sliding_window", 32] < flops["softmax", 32]
     assert list(steps.mixer) == ["softmax", "sliding_window", "mamba"] and steps.ratio_to_softmax.iloc[0] == 1.0
     assert {"mixers.csv", "mixers_slopes.csv", "mixers.md", "train_step.csv"} <= {p.name for p in tmp_path.iterdir()}
@@ -31,3 +31,23 @@ def test_unknown_mixer_or_part_is_one_line(tmp_path):
         run(OmegaConf.create({**CFG, "variants": ["nope"], "out_dir": str(tmp_path)}))
     with pytest.raises(ValueError, match=r"unknown part\(s\) \['speed'\]"):
         run(OmegaConf.create({**CFG, "parts": ["speed"], "out_dir": str(tmp_path)}))
+    inference = {**CFG, "parts": ["inference"], "quant": ["none"], "inference_batch": 0, "inference_repeats": 2,
+                 "out_dir": str(tmp_path)}
+    with pytest.raises(ValueError, match="inference_batch must be a positive integer, got 0"):
+        run(OmegaConf.create(inference))
+    with pytest.raises(ValueError, match="unknown quant mode 'int3'"):
+        run(OmegaConf.create({**inference, "inference_batch": 2, "quant": ["int3"]}))
+
+
+def test_inference_cost_rows_per_mixer_and_quant_mode():
+    """CPU time per prompt at k = 2d and the whole model's state floats: the rows the error-vs-cost chart joins."""
+    from icl.bench.mixers import inference_costs
+
+    rows = inference_costs(["softmax", "mamba"], ["none", "int8_dynamic"], batch=4, warmup=0, repeats=2)
+    assert list(zip(rows.attn, rows.quant)) == [("softmax", "none"), ("softmax", "int8_dynamic"),
+                                                ("mamba", "none"), ("mamba", "int8_dynamic")]
+    assert (rows.latency_ms > 0).all() and (rows.latency_low_ms <= rows.latency_high_ms).all()
+    state = rows.set_index("attn").state_floats
+    assert state["softmax"].iloc[0] == 3 * 2 * 64 * 22  # 3 layers' KV caches of 22 tokens
+    assert state["mamba"].iloc[0] == 3 * 128 * (16 + 3)  # 3 layers' SSM states and conv buffers
+    assert set(rows.n_dims) == {5} and set(rows.k) == {10} and set(rows.model) == {"tiny"}

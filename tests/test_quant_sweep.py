@@ -1,12 +1,14 @@
 """The post-training sweep: breaking points computed from paired CIs, and the CLI end to end on a trained job."""
 
+import json
 import math
 
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from icl.analysis.quant import breaking_points, sweep_markdown
-from icl.bench.quant_sweep import probes
+from icl.bench.quant_sweep import find_jobs, probes, seed_level, sensitivity_over_seeds, variant_breaking_points
 
 
 def frame(inside: dict[int, bool], kind: str = "weights") -> pd.DataFrame:
@@ -31,6 +33,51 @@ def test_probes_cover_widths_and_every_block_and_branch():
     assert [p.node["name"] for p in got if p.kind == "int8"] == ["int8_weight", "int8_dynamic", "int8_fbgemm"]
     sens = {(p.block, p.branch) for p in got if p.kind == "sensitivity"}
     assert sens == {(b, br) for b in range(3) for br in ("attn", "mlp", "internals")}
+    hybrid = probes(3, (8,), (16, 8), 3, 4, 32, kernel_blocks=(2,), state_blocks=(0, 1))
+    assert [p.node["blocks"] for p in hybrid if p.kind == "attention"] == [[2], [2]]
+    assert [(p.bits, p.node["name"], p.node["blocks"]) for p in hybrid if p.kind == "state"] == [
+        (16, "state_fq", [0, 1]), (8, "state_fq", [0, 1])]
+    sens = {(p.block, p.branch) for p in hybrid if p.kind == "sensitivity"}
+    assert sens == {(0, "attn"), (0, "mlp"), (0, "state"), (1, "attn"), (1, "mlp"), (1, "state"), (2, "attn"),
+                    (2, "mlp"), (2, "internals")}
+    recurrent = probes(2, (8,), (8,), 3, 4, 32, kernel_blocks=(), state_blocks=(0, 1))
+    assert not [p for p in recurrent if p.kind == "attention" or p.branch == "internals"]
+    assert [p.node["blocks"] for p in recurrent if p.kind == "state"] == [None]  # every block: no list
+
+
+def seeds_frame(diffs: dict[int, list[float]]) -> pd.DataFrame:
+    return pd.concat([frame({b: True for b in diffs}).assign(seed=s, run_dir=f"r{s}", diff=[diffs[b][s] for b in diffs])
+                      for s in range(len(next(iter(diffs.values()))))], ignore_index=True)
+
+
+def test_seed_level_verdict_is_the_studys_t_interval_over_seeds():
+    diffs = {8: [0.001, 0.002, 0.0], 4: [0.01, 0.05, 0.03], 2: [0.2, 0.3, 0.25]}
+    seeds = seed_level(seeds_frame(diffs)).set_index("bits")
+    x = diffs[4]
+    half = sps.t.ppf(0.975, 2) * pd.Series(x).std() / math.sqrt(3)
+    assert seeds.loc[4, "diff_high"] == pytest.approx(sum(x) / 3 + half)
+    assert seeds.loc[4, "seed"] == "3 seeds" and seeds.loc[4, "seeds"] == "0 1 2"
+    assert list(seeds.verdict) == ["refuted", "not resolved at this scale", "confirmed"]  # 2, 4 (CI spans 0.05), 8
+    assert breaking_points(seeds.reset_index()).smallest_bits_inside.item() == 8
+    three = variant_breaking_points(seeds_frame(diffs), seeds.reset_index())
+    assert three.rule.item() == "t-interval over 3 seeds" and three.breaking_point.item() == "8 bits"
+    assert three.per_seed.item() == "2 2 2"  # each seed alone: its prompt CI is inside at every width
+    pair = seeds_frame({8: [0.0, 0.001], 4: [0.01, 0.01]})
+    two = seed_level(pair)
+    assert (two.verdict == "not resolved at this scale").all() and not two.inside_margin.any()  # < 3 seeds
+    assert variant_breaking_points(pair, two).rule.item() == "per seed (paired CI over prompts)"
+
+
+def test_only_finished_jobs_are_swept(tmp_path):
+    for name, status in (("done", "done"), ("running", "running"), ("failed", "failed")):
+        job = tmp_path / name
+        (job / "checkpoints").mkdir(parents=True)
+        (job / ".hydra").mkdir()
+        for config in (job / "config.yaml", job / ".hydra" / "config.yaml"):  # Hydra's copy is no second job
+            config.write_text("seed: 0\n")
+        (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+        (job / "status.json").write_text(json.dumps({"status": status}))
+    assert find_jobs([str(tmp_path)]) == [(tmp_path / "done").resolve()]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -61,18 +108,30 @@ def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     from tests.helpers import compose_train
 
     job = tmp_path / "job"
-    train(compose_train([*tiny_overrides, "trainer.max_steps=20"], job))
+    train(compose_train([*tiny_overrides, "trainer.max_steps=20", "attn=linear"], job))
     ckpt = job / "checkpoints" / "last.ckpt"
     before = ckpt.stat().st_mtime_ns
     df = main([f"inputs=[{tmp_path}]", f"out={tmp_path / 'sweep'}", "bits=[8,2]", "attn_bits=[16,2]",
                "n_prompts=128"])
     assert ckpt.stat().st_mtime_ns == before  # the trained model is read, never retrained
-    assert len(df) == 2 + 2 + 3 + 3  # 2 weight widths, 2 attention widths, 3 int8 backends, 1 block x 3 branches
+    assert len(df) == 2 + 2 + 2 + 3 + 4  # 2 weight, 2 attention, 2 state widths, 3 int8 backends, 1 block x 4 branches
     assert (df.k == 5).all() and df.n_prompts.eq(128).all()  # k = 2d = 6 past the 6-point prompts: the last k
     w = df[df.kind == "weights"].set_index("bits")
     assert abs(w.loc[8, "diff"]) < abs(w.loc[2, "diff"])  # fewer bits move the error further
     assert (df.diff_low <= df["diff"]).all() and (df["diff"] <= df.diff_high).all()
     a = df[df.kind == "attention"].set_index("bits")
     assert abs(a.loc[16, "diff"]) < 1e-3
+    st = df[df.kind == "state"].set_index("bits")
+    assert abs(st.loc[16, "diff"]) < 1e-3 and st.loc[16, "label"] == "state_fq_s16"
+    assert set(df[df.kind == "sensitivity"].branch) == {"attn", "mlp", "internals", "state"}
+    assert (tmp_path / "sweep" / "quant_sweep_seeds.csv").is_file()
+    assert "run_dir" not in pd.read_csv(tmp_path / "sweep" / "quant_sweep_compact.csv").columns
     assert (tmp_path / "sweep" / "quant_sweep.md").read_text().startswith("# Quantisation sweep")
     assert [p.name for p in quant_sweep_figures([tmp_path / "sweep"], tmp_path / "fig")] == ["quant_sweep_sweep_linear.png"]
+
+
+def test_sensitivity_over_seeds_is_mean_and_range_per_block_and_branch():
+    rows = frame({3: True}).assign(kind="sensitivity", block=0, branch="mlp")
+    df = pd.concat([rows.assign(seed=s, diff=d) for s, d in enumerate([0.01, 0.03, 0.02])], ignore_index=True)
+    out = sensitivity_over_seeds(df)
+    assert out["mlp@3"].item() == "+0.020 (+0.010 … +0.030)" and out.n_seeds.item() == 3

@@ -42,6 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 from icl.analysis.algorithms import algorithm_files
 from icl.analysis.bench_figures import bench_figures
 from icl.analysis.curves import curve_figures
+from icl.analysis.extrapolation import extended_context_files
+from icl.analysis.pareto import error_vs_cost_files
 from icl.analysis.quant import quant_sweep_figures
 from icl.analysis.results import (
     DEFAULT_REFERENCE,
@@ -356,6 +358,8 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     bench += quant_sweep_figures(inputs, out, tuple(formats))  # any `make quant-sweep` output found
     bench += curve_files(inputs, out, formats)  # training curves + diagnostics from every metrics.csv (curves)
     bench += algorithm_files(inputs, out, tuple(formats))  # closest learner vs k, read-out vs depth (algorithms.csv)
+    bench += error_vs_cost_files(inputs, out, tuple(formats))  # error at k = 2d vs inference cost (pareto)
+    bench += extended_context_files(inputs, out, bootstrap, ci)  # error past the training length per model.pos
     if df.empty:
         if bench:
             return _report(bench, out, "no eval.csv; benchmark and training-curve figures only")

@@ -57,13 +57,14 @@ def table(jobs: list[Path]) -> pd.DataFrame:
 # icl.bench.quant_sweep's output: breaking points, sensitivity, figures
 
 JOB_KEYS = ["task", "attn", "seed", "run_dir"]
+WIDTH_KINDS = ("weights", "attention", "state")  # probes swept over widths (state: linear-cost mixers only)
 
 
 def breaking_points(df: pd.DataFrame) -> pd.DataFrame:
-    """Per job and kind (weights, attention): the smallest width whose paired difference to float, and every wider
+    """Per job and kind (``WIDTH_KINDS``): the smallest width whose paired difference to float, and every wider
     width's, has its CI's upper end inside the margin (``inside_margin``); NaN when even the widest is outside."""
     rows = []
-    widths = df[df.kind.isin(["weights", "attention"])]
+    widths = df[df.kind.isin(WIDTH_KINDS)]
     for (task, attn, seed, run_dir, kind), g in widths.groupby([*JOB_KEYS, "kind"], sort=True):
         g = g.sort_values("bits", ascending=False)
         inside = g.inside_margin.astype(bool).cummin()  # inside at this width and every wider one
@@ -82,7 +83,7 @@ def sweep_markdown(df: pd.DataFrame) -> str:
     cell = lambda r: f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}]{'' if r.inside_margin else ' ✗'}"
     parts = [f"# Quantisation sweep (k = 2d, margin {df.margin.iat[0]:g}; ✗ = CI upper end outside the margin)",
              "## Breaking points\n\n" + markdown(breaking_points(df).drop(columns=["run_dir", "widths"]))]
-    for kind, g in df[df.kind.isin(["weights", "attention"])].groupby("kind", sort=False):
+    for kind, g in df[df.kind.isin(WIDTH_KINDS)].groupby("kind", sort=False):
         wide = g.assign(c=g.apply(cell, axis=1)).pivot_table(index=["task", "attn", "seed"], columns="bits",
                                                              values="c", aggfunc="first")
         wide = wide[sorted(wide.columns, reverse=True)].reset_index()
@@ -103,11 +104,12 @@ def sweep_markdown(df: pd.DataFrame) -> str:
 
 
 def plot_sweep(df: pd.DataFrame, task: str) -> plt.Figure:
-    """One task: error − float vs width for weights and attention internals (mean over seeds, CI bars of each
-    seed's paired difference averaged), margin line; and per-block sensitivity per branch."""
+    """One task: error − float vs width per swept kind (weights, attention internals, recurrent state; mean over
+    seeds, CI bars of each seed's paired difference averaged), margin line; and per-block sensitivity per branch."""
     sub = df[df.task == task]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    for ax, kind in zip(axes[:2], ("weights", "attention")):
+    kinds = [k for k in WIDTH_KINDS if (sub.kind == k).any()] or list(WIDTH_KINDS[:2])
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.4 * (len(kinds) + 1), 3.6), constrained_layout=True)
+    for ax, kind in zip(axes[:-1], kinds):
         for attn, g in sub[sub.kind == kind].groupby("attn", sort=True):
             m = g.groupby("bits")[["diff", "diff_low", "diff_high"]].mean().sort_index()
             ax.errorbar(m.index, m["diff"], yerr=[m["diff"] - m.diff_low, m.diff_high - m["diff"]], marker="o",
@@ -117,15 +119,16 @@ def plot_sweep(df: pd.DataFrame, task: str) -> plt.Figure:
         ax.set(xlabel="bits", ylabel="error − float at k = 2d", title=f"{task}: {kind}", yscale="symlog")
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.invert_xaxis()
-    ax = axes[2]
+    ax = axes[-1]
     sens = sub[sub.kind == "sensitivity"]
     branches = sorted(sens.branch.unique())
     for i, (attn, g) in enumerate(sens.groupby("attn", sort=True)):
         m = g.groupby(["block", "branch"])["diff"].mean()
         for j, branch in enumerate(branches):
             vals = [m.get((b, branch), float("nan")) for b in sorted(g.block.unique())]
-            xs = [b + (j - 1) * 0.25 + i * 0.05 for b in sorted(g.block.unique())]
-            ax.bar(xs, vals, width=0.2, color=attn_color(str(attn)), alpha=0.4 + 0.3 * j,
+            width = 0.8 / len(branches)
+            xs = [b + (j - (len(branches) - 1) / 2) * width + i * 0.05 for b in sorted(g.block.unique())]
+            ax.bar(xs, vals, width=0.8 * width, color=attn_color(str(attn)), alpha=0.4 + 0.6 * j / max(len(branches) - 1, 1),
                    label=f"{attn} {branch}")
     ax.set_xticks(sorted(sens.block.dropna().unique().astype(int)))
     ax.set(xlabel="block (bars: " + ", ".join(branches) + ")", ylabel="error − float", title=f"{task}: one block at a time",

@@ -322,7 +322,7 @@ def paired_differences(results: pd.DataFrame, reference: Mapping[str, str] | Non
     if results.empty or "run_dir" not in results:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     keys = ["task", "n_dims", "model", "seed", *(c for c in match if c not in reference)]
-    jobs = results.drop_duplicates("run_dir")[list(dict.fromkeys(["run_dir", "attn", "quant", *keys]))]
+    jobs = results.drop_duplicates("run_dir")[list(dict.fromkeys(["run_dir", "attn", "quant", *keys, *reference]))]
     is_ref = np.logical_and.reduce([jobs[c].astype(str) == str(v) for c, v in reference.items()])
     refs = {tuple(r[keys]): r["run_dir"] for _, r in jobs[is_ref].iterrows()}
     rows: list[pd.DataFrame] = []

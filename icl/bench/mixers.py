@@ -4,16 +4,23 @@
 ``part=cost``: the whole mixer (projections included, so attention and recurrent mixers compare like for like) on
 (batch, T, n_embd) inputs, forward (no grad) and forward+backward, every name interleaved within each repeat; with
 the state / KV memory one sequence keeps after T tokens (``state_floats``: floats per layer) and the kernel FLOPs
-where they are counted (the pairwise softmax-family kernels: 4·C per scored pair; NaN = not counted).
+where they are counted (the pairwise softmax-family kernels: 4·C per scored pair; the recurrent mixers: their
+recurrence per token; NaN = not counted).
 ``part=train_step``: one training step (forward, loss, backward, Adam) of the smoke-scale model (d = 5, 11 points,
 the tiny size) per mixer, interleaved with softmax's in one process, in this process's CPU seconds, and the ratio
-of medians to softmax's with a bootstrap interval. Writes ``mixers.csv``, ``mixers_slopes.csv``, ``mixers.md`` and
-``train_step.csv`` under ``out_dir``.
+of medians to softmax's with a bootstrap interval.
+``part=inference``: the inference cost per prompt of the smoke-scale model per mixer × quant mode (``quant``): CPU
+time of a forward pass over a batch of prompts at k = 2d (d = 5, 11 points), per prompt, interleaved, and the
+state / KV memory one sequence keeps in the whole model (every layer's ``state_floats``); the rows the error-vs-cost
+chart of ``make figures`` joins with the jobs' errors on (model, attn, quant, n_dims) (``icl.analysis.pareto``).
+Writes ``mixers.csv``, ``mixers_slopes.csv``, ``mixers.md``, ``train_step.csv`` and ``inference_cost.csv`` under
+``out_dir``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,20 +30,27 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from icl.analysis.pareto import COST_FILE
+from icl.attention import positive
 from icl.bench.attention import device_name, pick_device, slopes, variant_params
+from icl.bench.latency import quantized
 from icl.bench.timing import interleaved, summarise
 from icl.files import write_csv, write_text
 from icl.mixers import MaskedSoftmax, build_mixer, check_mixer, family, mixer_names
 from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
-from icl.stats import ratio_ci
+from icl.stats import bootstrap_median_ci, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
 log = logging.getLogger(__name__)
-PARTS = ("cost", "train_step")
+PARTS = ("cost", "train_step", "inference")
 
 
 def kernel_flops(mixer: torch.nn.Module, T: int) -> float:
-    """4·C per scored causal pair for the pairwise kernels (QKᵀ and AV); NaN where the kernel's FLOPs are not counted."""
+    """The mixing between the projections, 2 FLOPs per multiply-add: 4·C per scored causal pair for the pairwise
+    kernels (QKᵀ and AV); the recurrent mixers' own count (``kernel_flops``: their recurrence run token by token,
+    as generation runs it); NaN where the kernel's FLOPs are not counted (the linear-cost attention kernels)."""
+    if hasattr(mixer, "kernel_flops"):
+        return float(mixer.kernel_flops(T))
     kernel = getattr(mixer, "kernel", None)
     if kernel is None or not getattr(kernel, "pairwise", False):
         return float("nan")
@@ -123,6 +137,47 @@ def train_step_ratios(names: list[str], batch: int = 64, warmup: int = 3, repeat
     return pd.DataFrame(rows)
 
 
+def model_state_floats(model: ICLTransformer, tokens: int) -> int:
+    """Floats one sequence keeps in the whole model to produce the next token after ``tokens`` tokens."""
+    return sum(block.attn.state_floats(tokens) for block in model.blocks)
+
+
+def inference_costs(names: list[str], quants: list[str], batch: int = 64, warmup: int = 2, repeats: int = 20,
+                    seed: int = 0) -> pd.DataFrame:
+    """CPU ms per prompt of the smoke-scale model's forward pass at k = 2d (d = 5, 11 points), every mixer × quant
+    mode interleaved in this process (``time.process_time``: other processes do not count), with the median's
+    bootstrap interval and the state / KV floats per sequence; a mode that cannot run here is a row with its note."""
+    n_dims, n_points = 5, 11
+    gen = torch.Generator().manual_seed(seed)
+    xs, ys = torch.randn(batch, n_points, n_dims, generator=gen), torch.randn(batch, n_points, generator=gen)
+    calls, notes, state = {}, {}, {}
+    for name in names:
+        model = smoke_model(name, seed).eval()
+        state[name] = model_state_floats(model, 2 * n_points)
+        for quant in quants:
+            qmodel, notes[(name, quant)] = quantized(model, quant, torch.device("cpu"))
+            if qmodel is not None:
+                calls[(name, quant)] = lambda m=qmodel: _no_grad_model(m, xs, ys)
+    times, failed = interleaved(calls, torch.device("cpu"), warmup, repeats, clock=time.process_time)
+    notes.update(failed)
+    rows = []
+    for (name, quant), note in notes.items():
+        per_prompt = [1e3 * t / batch for t in times.get((name, quant), [])]
+        lo, hi = bootstrap_median_ci(per_prompt, 2000, 0.95, seed) if per_prompt and not note else (math.nan,) * 2
+        rows.append({"model": "tiny", "attn": name, "quant": quant, "family": family(name), "n_dims": n_dims,
+                     "k": 2 * n_dims, "tokens": 2 * n_points, "batch": batch,
+                     "latency_ms": summarise(per_prompt)["median"] if per_prompt and not note else math.nan,
+                     "latency_low_ms": lo, "latency_high_ms": hi, "state_floats": state[name],
+                     "clock": "process CPU time", "threads": torch.get_num_threads(),
+                     "device": device_name(torch.device("cpu")), "note": note})
+    return pd.DataFrame(rows)
+
+
+def _no_grad_model(model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> None:
+    with torch.inference_mode():
+        model(xs, ys)
+
+
 def run(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     names = [check_mixer(n) for n in cfg.variants] if cfg.variants else mixer_names()
     bad = sorted(set(cfg.parts) - set(PARTS))
@@ -156,6 +211,15 @@ def run(cfg: DictConfig) -> dict[str, pd.DataFrame]:
                         f"| {r.mixer} | {r.median_ms:.2f} | {r.ratio_to_softmax:.2f} [{r.ratio_low:.2f}, "
                         f"{r.ratio_high:.2f}] |" for r in steps.itertuples()))
         result["train_step"] = steps
+    if "inference" in cfg.parts:
+        costs = inference_costs(names, list(cfg.quant), positive("inference_batch", cfg.inference_batch),
+                                int(cfg.warmup), positive("inference_repeats", cfg.inference_repeats), int(cfg.seed))
+        write_csv(out / COST_FILE, costs, index=False)
+        text.append("Inference per prompt at k = 2d (smoke model, batch "
+                    f"{cfg.inference_batch}), CPU ms [95% bootstrap], state floats per sequence\n\n" + "\n".join(
+                        f"| {r.attn} | {r.quant} | {r.latency_ms:.4f} [{r.latency_low_ms:.4f}, {r.latency_high_ms:.4f}] "
+                        f"| {r.state_floats:,} | {r.note} |" for r in costs.itertuples()))
+        result["inference"] = costs
     write_text(out / "mixers.md", "\n\n".join(text) + "\n")
     print("\n\n".join(text))
     return result

@@ -8,16 +8,26 @@ own standard evaluation prompts (the same prompts for every probe, so difference
 Probes (``kind``):
 
 - ``weights``: ``intx_weight`` at ``bits`` (8 6 5 4 3 2), every attention and MLP linear.
-- ``attention``: ``attn_fq`` at ``attn_bits`` (16 8 6 5 4 3 2): q, k, v and the kernel output of every block.
+- ``attention``: ``attn_fq`` at ``attn_bits`` (16 8 6 5 4 3 2): q, k, v, the attention weights and the kernel output
+  of every block with a (q, k, v) kernel.
+- ``state``: ``state_fq`` at ``attn_bits``: the feature maps and the recurrent state of every block whose mixer is
+  linear-cost (linear, performer, mamba, mamba2, deltanet, retnet; ``icl.statequant``); absent for the others.
 - ``int8``: the int8 backends ``int8_weight``, ``int8_dynamic`` (torchao) and ``int8_fbgemm`` (PyTorch x86).
 - ``sensitivity``: one block and one branch at a time at a low width: ``attn`` (the block's qkv and output
-  projections) and ``mlp`` at ``low_bits`` weights, ``internals`` (the block's kernel) at ``low_attn_bits``.
+  projections) and ``mlp`` at ``low_bits`` weights, ``internals`` (the block's kernel) and ``state`` (its
+  recurrence) at ``low_attn_bits``.
 
 Every row holds the normalised error at k = 2d (``error``; float: ``float_error``), and the paired difference
 quantised − float on identical prompts (``diff``) with a paired percentile bootstrap CI (``icl.stats``); a width is
 inside the margin when the CI's upper end is ≤ ``margin`` (normalised-error units; the zero estimator scores 1).
 The breaking point (``icl.analysis.quant.breaking_points``) is the smallest width with it and every wider width
 inside. ``seconds`` is the evaluation time of the probe (quantise + predict): the sweep's whole cost.
+
+With several training seeds of one variant × task, seeds are the unit (``seed_level``): per width the seed-level
+values Δ_s (each seed's paired difference) give the study's t-interval over seeds (``icl.lab.study.inference``), a
+width is inside when that interval's upper end is ≤ margin (the study's ``noninferior`` verdict, confirmed) with at
+least ``min_seeds`` seeds, and the breaking point is computed from those verdicts by the same rule. Only finished jobs
+(status ``done``) are swept.
 """
 
 from __future__ import annotations
@@ -33,14 +43,16 @@ import pandas as pd
 import torch
 
 from icl import contract, prompts
-from icl.analysis.quant import breaking_points, sweep_markdown
+from icl.analysis.quant import WIDTH_KINDS, breaking_points, markdown, sweep_markdown
 from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
+from icl.lab.study.inference import CONFIRMED, seed_interval, verdict
 from icl.quantize import QuantSpec, check, float_model, quantize
 from icl.run.cli import parse
 from icl.run.evaluate import load_job
 from icl.run.job import JobDir
 from icl.run.spec import JobSpec
+from icl.statequant import recurrent_blocks
 from icl.stats import paired_bootstrap
 from icl.transformer import predict_model
 
@@ -52,27 +64,44 @@ INT8_BACKENDS = ("int8_weight", "int8_dynamic", "int8_fbgemm")  # is the fast CP
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # weights | attention | sensitivity
+    kind: str  # weights | int8 | attention | state | sensitivity
     bits: int
     node: dict[str, Any]  # the quant config it applies
     block: int | None = None
-    branch: str = ""  # sensitivity: attn | mlp | internals
+    branch: str = ""  # sensitivity: attn | mlp | internals | state
 
 
 def probes(n_layer: int, bits: tuple[int, ...], attn_bits: tuple[int, ...], low_bits: int, low_attn_bits: int,
-           group_size: int | None) -> list[Probe]:
-    """Every probe of one job (module doc)."""
+           group_size: int | None, kernel_blocks: tuple[int, ...] | None = None,
+           state_blocks: tuple[int, ...] = ()) -> list[Probe]:
+    """Every probe of one job (module doc); ``kernel_blocks`` (None: all) have a (q, k, v) kernel for ``attn_fq``,
+    ``state_blocks`` a recurrence for ``state_fq``."""
+    kernels = tuple(range(n_layer)) if kernel_blocks is None else tuple(kernel_blocks)
+    only = lambda chosen: None if len(chosen) == n_layer else list(chosen)  # None: every block
     out = [Probe("weights", b, {"name": "intx_weight", "bits": b, "group_size": group_size}) for b in bits]
     out += [Probe("int8", 8, {"name": name}) for name in INT8_BACKENDS]
-    out += [Probe("attention", b, {"name": "attn_fq", "bits": b}) for b in attn_bits]
+    if kernels:
+        out += [Probe("attention", b, {"name": "attn_fq", "bits": b, "blocks": only(kernels)}) for b in attn_bits]
+    if state_blocks:
+        out += [Probe("state", b, {"name": "state_fq", "bits": b, "blocks": only(state_blocks)}) for b in attn_bits]
     for block in range(n_layer):
         for branch in ("attn", "mlp"):
             node = {"name": "intx_weight", "bits": low_bits, "group_size": group_size, "layers": [branch],
                     "blocks": [block]}
             out.append(Probe("sensitivity", low_bits, node, block, branch))
-        out.append(Probe("sensitivity", low_attn_bits, {"name": "attn_fq", "bits": low_attn_bits, "blocks": [block]},
-                         block, "internals"))
+        if block in kernels:
+            out.append(Probe("sensitivity", low_attn_bits, {"name": "attn_fq", "bits": low_attn_bits,
+                                                            "blocks": [block]}, block, "internals"))
+        if block in state_blocks:
+            out.append(Probe("sensitivity", low_attn_bits, {"name": "state_fq", "bits": low_attn_bits,
+                                                            "blocks": [block]}, block, "state"))
     return out
+
+
+def kernel_blocks(model: torch.nn.Module) -> tuple[int, ...]:
+    """Blocks whose mixer has a (q, k, v) kernel without ALiBi: what ``attn_fq`` can wrap."""
+    return tuple(i for i, b in enumerate(model.blocks)
+                 if getattr(b.attn, "kernel", None) is not None and getattr(b.attn, "pos", None) != "alibi")
 
 
 def normalised(err: np.ndarray, zero: np.ndarray) -> float:
@@ -96,7 +125,8 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
               "n_dims": d, "k": k, "n_prompts": len(p.xs), "margin": margin,
               "float_error": normalised(err_f[:, k], zero[:, k])}
     rows = []
-    for probe in probes(len(model.blocks), **probe_args):
+    blocks = {"kernel_blocks": kernel_blocks(model), "state_blocks": tuple(recurrent_blocks(model))}
+    for probe in probes(len(model.blocks), **probe_args, **blocks):
         spec = QuantSpec.from_config(probe.node)
         start = time.perf_counter()
         check(spec, model, on_gpu=False)
@@ -113,12 +143,19 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
 
 
 def find_jobs(inputs: list[str]) -> list[Path]:
-    """Finished jobs (a config and a trained model) under the inputs, one per trained model: the jobs of a
-    post-training sweep share their trainer's checkpoint, and it is swept once."""
+    """Finished jobs (status done, a config and a trained model) under the inputs, one per trained model: the jobs
+    of a post-training sweep share their trainer's checkpoint, and it is swept once. A job still training (or
+    failed) is skipped with a log line: its checkpoint is not the trained model."""
     by_ckpt: dict[Path, Path] = {}
     for root in map(Path, inputs):
         for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
+            if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
+                continue
             job = config.parent.resolve()
+            status = JobDir(job).status()["status"]
+            if status != "done":
+                log.info("skipped %s: status %s", job, status)
+                continue
             try:
                 ckpt = JobDir(job).model_ckpt("last")
             except (OSError, ValueError):  # not a job folder after all
@@ -126,6 +163,32 @@ def find_jobs(inputs: list[str]) -> list[Path]:
             if ckpt.is_file():
                 by_ckpt.setdefault(ckpt.resolve(), job)
     return sorted(by_ckpt.values())
+
+
+def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.DataFrame:
+    """Per task × variant × width kind × width: the t-interval over training seeds of the seed-level paired
+    differences, and the study's non-inferiority verdict against the margin (module doc). One row each, shaped
+    like the sweep's rows (``seed`` = how many seeds), so ``breaking_points`` reads it as one job per variant."""
+    rows = []
+    widths = df[df.kind.isin(WIDTH_KINDS)]
+    for (task, attn, kind, bits), g in widths.groupby(["task", "attn", "kind", "bits"], sort=True):
+        interval = seed_interval(g["diff"].tolist(), ci)
+        margin = float(g.margin.iat[0])
+        word, _ = verdict("noninferior", interval.low, interval.high, margin, min_seeds, interval.n)
+        rows.append({"task": task, "attn": attn, "seed": f"{interval.n} seed{'s' * (interval.n != 1)}", "run_dir": "",
+                     "kind": kind,
+                     "bits": bits, "margin": margin, "float_error": float(g.float_error.mean()),
+                     "diff": interval.mean, "diff_low": interval.low, "diff_high": interval.high,
+                     "inside_margin": word == CONFIRMED, "verdict": word, "seeds": " ".join(map(str, sorted(g.seed)))})
+    return pd.DataFrame(rows)
+
+
+def compact(df: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's rows without paths, numbers to 4 significant digits (for docs/)."""
+    out = df.drop(columns=["run_dir"]).copy()
+    for column in {"float_error", "error", "diff", "diff_low", "diff_high", "seconds"} & set(out.columns):
+        out[column] = out[column].map(lambda v: float(f"{v:.4g}"))
+    return out
 
 
 @dataclass
@@ -140,6 +203,7 @@ class Options:
     low_attn_bits: int = field(default=4, metadata={"help": "attention width of the sensitivity probes"})
     group_size: int = field(default=32, metadata={"help": "weights per scale (0: one per channel)"})
     margin: float = field(default=0.05, metadata={"help": "largest tolerated paired error increase"})
+    min_seeds: int = field(default=3, metadata={"help": "fewest seeds for a seed-level verdict"})
     n_prompts: Optional[int] = field(default=None, metadata={"help": "default: the job's eval.n_prompts"})
 
 
@@ -162,11 +226,65 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "quant_sweep.csv", df, index=False)
-    write_text(out / "quant_sweep.md", sweep_markdown(df))
+    write_csv(out / "quant_sweep_compact.csv", compact(df), index=False)
+    seeds = seed_level(df, args.min_seeds)
+    write_csv(out / "quant_sweep_seeds.csv", compact(seeds), index=False)
+    write_text(out / "quant_sweep.md", sweep_markdown(df) + seed_markdown(df, seeds, args.min_seeds))
     print(breaking_points(df).to_string(index=False))
+    print(variant_breaking_points(df, seeds, args.min_seeds).to_string(index=False))
     print(f"{len(jobs)} job(s), {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
           f"{out / 'quant_sweep.csv'}")
     return df
+
+
+def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
+    """Per task × variant × width kind: the breaking point read at the seed level where ``min_seeds`` or more seeds
+    exist, else each seed's own (its paired CI over prompts), with the seeds it rests on."""
+    per_seed, pooled = breaking_points(df), breaking_points(seeds)
+    rows = []
+    for (task, attn, kind), g in per_seed.groupby(["task", "attn", "kind"], sort=True):
+        own = " ".join("–" if pd.isna(b) else str(int(b)) for b in g.smallest_bits_inside)
+        row = pooled[(pooled.task == task) & (pooled.attn == attn) & (pooled.kind == kind)]
+        seed_level_read = len(g) >= min_seeds and len(row) == 1
+        point = row.smallest_bits_inside.iat[0] if seed_level_read else float("nan")
+        rows.append({"task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
+                     "seeds": " ".join(map(str, g.seed)), "float_error": " ".join(f"{e:.3f}" for e in g.float_error),
+                     "rule": f"t-interval over {len(g)} seeds" if seed_level_read else "per seed (paired CI over prompts)",
+                     "breaking_point": ("–" if pd.isna(point) else f"{int(point)} bits") if seed_level_read else own,
+                     "per_seed": own})
+    return pd.DataFrame(rows)
+
+
+def sensitivity_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task × variant × block: each branch's paired difference (one block quantised) as mean over seeds and
+    the range of the seeds' values."""
+    sens = df[df.kind == "sensitivity"]
+    if sens.empty:
+        return pd.DataFrame()
+    cell = lambda g: (f"{g.mean():+.3f} ({g.min():+.3f} … {g.max():+.3f})" if len(g) > 1 else f"{g.iat[0]:+.3f}")
+    out = sens.assign(col=sens.branch + "@" + sens.bits.astype(str)).groupby(
+        ["task", "attn", "block", "col"])["diff"].agg(cell).unstack("col").fillna("").reset_index()
+    n = sens.groupby(["task", "attn"]).seed.nunique().rename("n_seeds").reset_index()
+    return out.merge(n, on=["task", "attn"])
+
+
+def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> str:
+    """quant_sweep.md's seed-level part: per variant, each width's t-interval over seeds with its verdict
+    (✓ inside the margin, ✗ outside, ? not resolved), and the breaking point per variant."""
+    if seeds.empty:
+        return ""
+    mark = {CONFIRMED: "✓", "refuted": "✗"}
+    cell = lambda r: (f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}] {mark.get(r.verdict, '?')}"
+                      if np.isfinite(r.diff_high) else f"{r['diff']:+.3f} ?")  # one or no seed: no interval
+    wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=["task", "attn", "seed", "kind"],
+                                                                 columns="bits", values="c", aggfunc="first")
+    wide = wide[sorted(wide.columns, reverse=True)].fillna("").reset_index()  # weights have no 16-bit probe
+    points = variant_breaking_points(df, seeds, min_seeds)
+    return ("\n## Seed level: mean paired difference over training seeds [t-interval] (✓ inside the margin, ✗ "
+            "outside, ? not resolved: fewer seeds or the interval spans the margin)\n\n" + markdown(wide)
+            + "\n\n## Breaking point per variant (seed level where there are enough seeds)\n\n" + markdown(points)
+            + "\n\n## Sensitivity over seeds: one block quantised, mean (range) of the seeds' paired differences\n\n"
+            + markdown(sensitivity_over_seeds(df)) + "\n")
 
 
 def cli() -> None:
