@@ -208,6 +208,12 @@ def evaluate_algorithms(model: Model, task: Task, cfg: AlgorithmsConfig, n_point
         model.eval()
     p = prompts.make_prompts("standard", task, cfg.n_prompts, n_points, eval_seed)
     frames = [agreement(model, task, p.xs, p.ys, p.targets, cfg, boot, ci, eval_seed, batch_size)]
+    from icl.transformer import ICLTransformer
+
+    if isinstance(model, ICLTransformer):  # the weight-shifting view: one fitted GD step, softmax linearisation
+        from icl.weight_shift import weight_shift_frame
+
+        frames.append(weight_shift_frame(model, p.xs, p.ys, model_predictions(model, p.xs, p.ys, batch_size)))
     if cfg.readout:
         from icl import readout
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from icl import agreement, learners, readout
+from icl import agreement, learners, readout, weight_shift
 from icl.prompts import make_prompts
 from icl.tasks import build_task
 from icl.transformer import ICLTransformer, TransformerConfig
@@ -116,7 +116,8 @@ def test_evaluate_algorithms_writes_tidy_rows_with_readout() -> None:
                                        "quant": "none", "model": "tiny", "seed": 0}, boot=10)
     assert list(df.columns) == agreement.COLUMNS
     assert set(df.metric) == {"pred_diff", "weight_dist", "sensitivity_cos", "icl_regression_score",
-                              "implicit_fit_r2", "readout_error", "readout_error_raw", "readout_gd_diff"}
+                              "implicit_fit_r2", "readout_error", "readout_error_raw", "readout_gd_diff",
+                              *weight_shift.METRICS}  # an ICLTransformer also gets the weight-shifting rows
     assert set(df[df.metric == "readout_gd_diff"].learner) == {"gd_1", "gd_2"}  # layer l vs l GD steps
     last = df[(df.metric == "readout_error_raw") & (df.layer == 2)].value.to_numpy()
     assert np.isfinite(last[1:]).all()

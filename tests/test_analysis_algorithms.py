@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from icl.analysis.algorithms import (
+    GAIN_SHARE,
     algorithm_files,
     closest_learner,
     diversity_threshold,
@@ -16,6 +18,7 @@ from icl.analysis.algorithms import (
     plot_dynamics,
     plot_task_diversity,
     pool_curves,
+    pool_gain,
 )
 
 
@@ -76,6 +79,10 @@ def test_diversity_threshold_is_where_the_model_stays_with_the_prior() -> None:
     table = diversity_threshold(pool_curves(df)).set_index("attn")
     assert table.loc["softmax", "threshold_num_tasks"] == 16
     assert pd.isna(table.loc["relu", "threshold_num_tasks"])
+    # pool_gain: (fresh − pool error) of the model over that of the pool's predictor (1.0 − 0.01), model pool error 0.1
+    gains = pool_gain(pool_curves(df)).set_index(["attn", "num_tasks"]).pool_gain
+    assert gains[("softmax", 8)] == pytest.approx((0.7 - 0.1) / 0.99) and gains[("relu", 1)] > GAIN_SHARE
+    assert table.loc["softmax", "threshold_by_pool_gain"] == 16 and pd.isna(table.loc["relu", "threshold_by_pool_gain"])
     fig = plot_task_diversity("noisy_linear", pool_curves(df))
     assert len(fig.axes) == 2
 
@@ -91,3 +98,15 @@ def test_first_below_is_the_first_step_under_each_level() -> None:
     assert table.loc[(2, 0.5), "first_step"] == 200 and table.loc[(2, 0.1), "first_step"] == 400
     assert table.loc[(4, 0.5), "first_step"] == 400 and pd.isna(table.loc[(4, 0.1), "first_step"])
     assert len(plot_dynamics("linear", dynamics_curves(pd.DataFrame(rows))).axes) == 2
+
+
+def test_task_diversity_files_include_the_figures_points(tmp_path: Path) -> None:
+    for m in (1, 4):
+        job = tmp_path / f"softmax{m}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text("attn: {name: softmax}\n")
+        _pool_rows("softmax", m, 0.3).drop(columns="run_dir").to_csv(job / "algorithms.csv", index=False)
+    written = {p.name for p in algorithm_files([tmp_path], tmp_path / "fig", ("png",))}
+    assert {"task_diversity.csv", "task_diversity_curves.csv", "task_diversity_noisy_linear.png"} <= written
+    curves = pd.read_csv(tmp_path / "fig" / "task_diversity_curves.csv")
+    assert sorted(curves[curves.learner == "transformer"].num_tasks.unique()) == [1, 4]

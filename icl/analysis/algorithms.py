@@ -7,8 +7,10 @@
   task_diversity_<task>.png    error at k = 2d on pool tasks and on fresh tasks vs the training pool's size, the model
                                beside the pool's Bayes predictor and the prior's (jobs trained with task.num_tasks);
   dynamics_<task>.png          error at k = d and 2d vs training step, from every job's dynamics.csv (its periodic checkpoints);
-and ``closest_learner.csv`` (the choice as a table, with the runner-up) and ``task_diversity.csv`` (per variant, the
-pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's), and
+and ``closest_learner.csv`` (the choice as a table, with the runner-up), ``weight_shift.csv`` (per job: how close to
+one step of GD, with computed verdicts; ``icl.analysis.weight_shift``) and ``task_diversity.csv`` (per variant, the
+pool size from which on the model's fresh-task error is closer to the prior's predictor than to the pool's; the
+figure's points in ``task_diversity_curves.csv``), and
 ``first_below.csv`` (per variant and k: the first checkpoint step whose error is below each of ``LEVELS``).
 Never imports torch.
 """
@@ -31,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 from icl import contract
 from icl.analysis.results import find_jobs, read_status
 from icl.analysis.styles import attn_color, quant_style
+from icl.analysis.weight_shift import weight_shift_table
 from icl.errors import first_line
 from icl.files import save_figure, write_csv
 
@@ -130,9 +133,28 @@ def pool_curves(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([model, refs]).groupby(keys, as_index=False)["value"].mean()
 
 
+GAIN_SHARE = 0.5  # pool_gain below this: the model no longer favours its pool (threshold_by_pool_gain)
+
+
+def pool_gain(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per task × attn × quant × model × num_tasks: the model's advantage on its pool's tasks over fresh ones
+    (fresh − pool error) as a share of the pool's Bayes predictor's advantage: 1 = favours the pool as much as the
+    pool's posterior does, 0 = not at all (the prior's predictor has none). Differences of the same model's errors, so
+    a model that is uniformly worse than both references (under-trained) still reads right."""
+    wide = curves.pivot_table(index=["task", "attn", "quant", "model", "learner", "num_tasks"], columns="metric",
+                              values="value").reset_index()
+    wide["gain"] = wide["error_fresh_tasks"] - wide["error_pool_tasks"]
+    ref = wide[wide.learner == "pool_bayes"][["task", "num_tasks", "gain"]].rename(columns={"gain": "ref_gain"})
+    model = wide[wide.learner == "transformer"].merge(ref, on=["task", "num_tasks"])
+    model["pool_gain"] = model["gain"] / model["ref_gain"]
+    return model[[*KEYS, "num_tasks", "pool_gain"]]
+
+
 def diversity_threshold(curves: pd.DataFrame) -> pd.DataFrame:
     """Per task × attn × quant × model: the smallest pool size from which on (every larger one as well) the model's
-    fresh-task error is closer to the prior's Bayes predictor than to the pool's; empty when it never is."""
+    fresh-task error is closer to the prior's Bayes predictor than to the pool's (empty when it never is), and
+    ``threshold_by_pool_gain``: the smallest from which on its ``pool_gain`` stays below ``GAIN_SHARE``."""
+    gains = pool_gain(curves).set_index([*KEYS, "num_tasks"]).pool_gain
     fresh = curves[curves.metric == "error_fresh_tasks"]
     refs = fresh[fresh.learner != "transformer"].pivot_table(index=["task", "num_tasks"], columns="learner",
                                                              values="value")
@@ -144,8 +166,11 @@ def diversity_threshold(curves: pd.DataFrame) -> pd.DataFrame:
         sizes = rows.num_tasks.to_numpy()
         prior_side = to_prior < to_pool
         tail = [i for i in range(len(sizes)) if prior_side[i:].all()]
+        shares = gains.reindex([(task, attn, quant, model, m) for m in sizes]).to_numpy()
+        low = [i for i in range(len(sizes)) if (shares[i:] < GAIN_SHARE).all()]
         out.append({"task": task, "attn": attn, "quant": quant, "model": model,
                     "threshold_num_tasks": int(sizes[tail[0]]) if tail else None,
+                    "threshold_by_pool_gain": int(sizes[low[0]]) if low else None,
                     "largest_pool": int(sizes.max())})
     return pd.DataFrame(out)
 
@@ -249,9 +274,17 @@ def algorithm_files(inputs: Sequence[str | Path], out: Path, formats: Sequence[s
         curves = pool_curves(df)
         path = out / "task_diversity.csv"
         write_csv(path, diversity_threshold(curves), index=False)
-        written.append(path)
+        gains = pool_gain(curves).rename(columns={"pool_gain": "value"}).assign(metric="pool_gain",
+                                                                                learner="transformer")
+        write_csv(out / "task_diversity_curves.csv", pd.concat([curves, gains]), index=False)  # the figure's points
+        written += [path, out / "task_diversity_curves.csv"]
         for task, rows in curves.groupby("task"):
             written += _save(plot_task_diversity(str(task), rows), out / f"task_diversity_{task}", formats)
+    shifts = weight_shift_table(df)
+    if not shifts.empty:
+        path = out / "weight_shift.csv"
+        write_csv(path, shifts, index=False)
+        written.append(path)
     readout = df[df.metric == "readout_error"]
     for task, rows in readout.groupby("task"):
         written += _save(plot_readout(str(task), rows), out / f"readout_{task}", formats)
