@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icl import contract
 from icl.run.cli import parse
 
 ATTNS = ("softmax", "relu", "relu_causal", "linear", "sigmoid", "performer", "nystrom", "combiner")
@@ -78,7 +79,7 @@ def smoke_job(folder: Path) -> Path:
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
     evaluate_job(cfg, RunningMean(), JobDir(folder))
-    (folder / "status.json").write_text(json.dumps({"status": "done", "error": None}))
+    (folder / contract.STATUS).write_text(json.dumps({"status": "done", "error": None}))
     return folder
 
 
@@ -86,8 +87,8 @@ def copy_grid(base: Path, root: Path, seeds: int) -> list[Path]:
     """``ATTNS × QUANTS × seeds`` copies of ``base``, each naming its variant and with its own transformer errors."""
     from omegaconf import OmegaConf
 
-    frame = pd.read_csv(base / "eval.csv")
-    with np.load(base / "errors.npz") as data:
+    frame = pd.read_csv(base / contract.EVAL)
+    with np.load(base / contract.ERRORS) as data:
         errors = {k: data[k] for k in data.files}
     cfg = OmegaConf.load(base / "config.yaml")
     jobs = []
@@ -101,11 +102,11 @@ def copy_grid(base: Path, root: Path, seeds: int) -> list[Path]:
         out = frame.assign(attn=attn, quant=quant, seed=seed)
         is_tf = out["kind"] == "transformer"
         out.loc[is_tf, ["error", "ci_low", "ci_high", "error_raw", "error_per_dim"]] *= factor
-        out.to_csv(job / "eval.csv", index=False)
+        out.to_csv(job / contract.EVAL, index=False)
         mine = {k: (v * np.float32(factor) if k.endswith("/transformer") else v) for k, v in errors.items()}
-        with open(job / "errors.npz", "wb") as f:
+        with open(job / contract.ERRORS, "wb") as f:
             np.savez_compressed(f, **mine)
-        shutil.copy(base / "status.json", job / "status.json")
+        shutil.copy(base / contract.STATUS, job / contract.STATUS)
         jobs.append(job)
     return jobs
 
