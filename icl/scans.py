@@ -7,7 +7,8 @@ least float32 whatever the input dtype (long products of decays and sums in bflo
 - ``selective_scan``: Mamba's diagonal recurrence h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t (per channel and state),
   by a log-depth (Hillis–Steele) scan of the affine maps (a, b): h ↦ a·h + b; ``selective_scan_fused`` is the same
   recurrence token by token with a hand-written backward (one (batch, D, N) state in cache per step instead of
-  (batch, T, D, N) tensors per pass: the faster one on a CPU at short lengths).
+  (batch, T, D, N) tensors per pass, the states the only such tensor it keeps: the faster one on a CPU at short
+  lengths).
 - ``decay_linear_attention``: S_t = a_t S_{t−1} + k_t v_tᵀ, o_t = S_tᵀ q_t with one scalar decay a_t per head and
   token (Mamba-2's SSD, retention): exact inside a chunk through the (L × L) decay-weighted product, chunk states
   carried across chunks.
@@ -45,43 +46,57 @@ def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) ->
 
 
 class _FusedSelectiveScan(torch.autograd.Function):
-    """Forward: the decays a_t = exp(Δ_t A) and inputs b_t = Δ_t x_t B_t in one pass each, then the recurrence
-    h_t = a_t ⊙ h_{t−1} + b_t in place token by token, keeping every h_t. Backward: the reverse recurrence
-    g_t = C_t dy_t + a_{t+1} ⊙ g_{t+1} (g = ∂loss/∂h_t) token by token, each token's gradients taken while its
-    (batch, D, N) slices are in cache (whole-tensor passes over (T, batch, D, N) are memory-bound on a CPU).
-    Inputs are time-major (T, batch, …), so each step reads contiguous memory."""
+    """Forward: token by token, b_t = Δ_t x_t B_t written into the state buffer, the decay a_t = exp(Δ_t A) into
+    one (batch, D, N) scratch, then h_t = a_t ⊙ h_{t−1} + b_t in place; only the states h_t are kept. Backward: the
+    reverse recurrence g_t = C_t dy_t + a_{t+1} ⊙ g_{t+1} (g = ∂loss/∂h_t) token by token, a_t recomputed into the
+    scratch, each token's gradients taken while its (batch, D, N) slices are in cache. Why: every fresh
+    (T, batch, D, N) tensor costs its page faults and a pass through memory, more than recomputing the exps.
+    Inputs are time-major (T, batch, …), so each step reads contiguous memory. The decays are taken as
+    2^(Δ_t A log₂e): the same values, and torch's exp2 kernel is the cheaper one on a CPU."""
 
     @staticmethod
     def forward(ctx, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
         T, batch, D = x.shape
-        decay = torch.mul(delta.unsqueeze(-1), A, out=x.new_empty(T, batch, D, A.shape[1]))  # Δ_t A, exp per step
-        hs = torch.mul((delta * x).unsqueeze(-1), B.unsqueeze(2), out=torch.empty_like(decay))  # b_t, then h_t
-        decay[0].exp_()
-        for t in range(1, T):
-            hs[t].addcmul_(decay[t].exp_(), hs[t - 1])
-        ctx.save_for_backward(x, delta, A, B, C, hs, decay)
-        return (hs @ C.unsqueeze(-1))[..., 0]
+        dx_col, B_row = (delta * x).unsqueeze(-1), B.unsqueeze(2)
+        hs = x.new_empty(T, batch, D, A.shape[1])
+        decay, A2 = torch.empty_like(hs[0]), A * _LOG2_E
+        for t in range(T):
+            torch.mul(dx_col[t], B_row[t], out=hs[t])
+            if t:
+                hs[t].addcmul_(_decay(delta[t], A2, decay), hs[t - 1])
+        ctx.save_for_backward(x, delta, A, B, C, hs)
+        return (C.unsqueeze(-2) @ hs.transpose(-1, -2))[..., 0, :]  # row vector × matrix: BLAS's fast layout
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, ...]:
-        x, delta, A, B, C, hs, decay = ctx.saved_tensors
+        x, delta, A, B, C, hs = ctx.saved_tensors
         dy = dy.contiguous()
-        dy_col, C_row, B_col, dx_row = dy.unsqueeze(-1), C.unsqueeze(2), B.unsqueeze(-1), (delta * x).unsqueeze(2)
-        dB, dC, grad_dx = torch.empty_like(B), torch.empty_like(C), torch.empty_like(x)
-        ddelta_decay = torch.zeros_like(x)
-        g = torch.zeros_like(hs[0])  # ∂loss/∂h_t once C_t dy_t is added
-        dA, grad_log_a = torch.zeros_like(g), torch.empty_like(g)
+        dy_col, C_row, B_row, dx_row = dy.unsqueeze(-1), C.unsqueeze(2), B.unsqueeze(2), (delta * x).unsqueeze(2)
+        dB, dC, grad_dx, ddelta_decay = torch.empty_like(B), torch.empty_like(C), torch.empty_like(x), torch.empty_like(x)
+        ddelta_decay[0] = 0  # h_{−1} = 0: the first decay multiplies nothing
+        g = torch.mul(dy_col[-1], C_row[-1])  # ∂loss/∂h_t once C_t dy_t is added
+        dA, decay, grad_log_a = torch.zeros_like(g), torch.empty_like(g), torch.empty_like(g)
+        A2 = A * _LOG2_E
         for t in reversed(range(x.shape[0])):
-            g.addcmul_(dy_col[t], C_row[t])
+            if t < x.shape[0] - 1:
+                g.addcmul_(dy_col[t], C_row[t])
             torch.bmm(dy[t].unsqueeze(1), hs[t], out=dC[t].unsqueeze(1))
-            torch.bmm(g, B_col[t], out=grad_dx[t].unsqueeze(-1))  # ∂loss/∂(Δ_t x_t)
+            torch.bmm(B_row[t], g.transpose(1, 2), out=grad_dx[t].unsqueeze(1))  # ∂loss/∂(Δ_t x_t)
             torch.bmm(dx_row[t], g, out=dB[t].unsqueeze(1))
             if t:
-                g.mul_(decay[t])
+                g.mul_(_decay(delta[t], A2, decay))
                 torch.mul(g, hs[t - 1], out=grad_log_a)  # ∂loss/∂(Δ_t A) = ∂loss/∂h_t ⊙ a_t ⊙ h_{t−1}
                 dA.addcmul_(grad_log_a, delta[t].unsqueeze(-1))
                 torch.sum(grad_log_a.mul_(A), -1, out=ddelta_decay[t])
         return grad_dx * delta, grad_dx * x + ddelta_decay, dA.sum(0), dB, dC
+
+
+_LOG2_E = 1.4426950408889634
+
+
+def _decay(delta_t: Tensor, A2: Tensor, out: Tensor) -> Tensor:
+    """a_t = exp(Δ_t A) = 2^(Δ_t A2) with A2 = A log₂e, for one token: (batch, D) × (D, N) → ``out``."""
+    return torch.mul(delta_t.unsqueeze(-1), A2, out=out).exp2_()
 
 
 def selective_scan_fused(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
