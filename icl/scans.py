@@ -22,12 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from icl.routing import recurrence
+
 
 def _wide(t: Tensor) -> Tensor:
     """At least float32 (float64 stays: the references and gradient checks use it)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+@recurrence("selective_scan")
 def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """y_t = Σ_n h_t[:, n] C_t[n] with h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t, h_{−1} = 0.
 
@@ -99,6 +102,7 @@ def _decay(delta_t: Tensor, A2: Tensor, out: Tensor) -> Tensor:
     return torch.mul(delta_t.unsqueeze(-1), A2, out=out).exp2_()
 
 
+@recurrence("selective_scan")
 def selective_scan_fused(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """``selective_scan`` token by token with a hand-written backward: O(T · D · N) time, one state in flight."""
     x, delta, B, C = (_wide(t).transpose(0, 1).contiguous() for t in (x, delta, B, C))
@@ -112,6 +116,7 @@ def _chunks(t: Tensor, n: int, L: int) -> Tensor:
     return F.pad(t, (0, n * L - t.shape[-1])).unflatten(-1, (n, L))
 
 
+@recurrence("decay_linear_attention")
 def decay_linear_attention(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, chunk: int = 64) -> Tensor:
     """o_t = Σ_{j≤t} (q_t · k_j) · exp(Σ_{j<s≤t} log a_s) · v_j: the recurrence S_t = a_t S_{t−1} + k_t v_tᵀ.
 
@@ -144,6 +149,7 @@ def decay_linear_attention(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, chunk
     return out.flatten(2, 3)[:, :, :T]
 
 
+@recurrence("delta_rule")
 def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, chunk: int = 64) -> Tensor:
     """o_t = S_t q_t with S_t = S_{t−1} + β_t (v_t − S_{t−1} k_t) k_tᵀ, S_{−1} = 0 (one step of online regression).
 
