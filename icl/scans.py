@@ -18,6 +18,8 @@ least float32 whatever the input dtype (long products of decays and sums in bflo
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -48,6 +50,30 @@ def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) ->
     return (b * C.unsqueeze(2)).sum(-1)  # b_t is now h_t
 
 
+class _Workspace(threading.local):
+    """Per thread, the fused scan's state and scratch buffers once a pass is done with them, reused by the next
+    passes of the same shapes: on a CPU a fresh buffer this large costs its page faults at every step (the C
+    allocator hands memory that large back to the system when it is freed)."""
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list[Tensor]] = {}
+
+    def take(self, like: Tensor, shape: tuple[int, ...]) -> Tensor:
+        free = self.free.get((tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled()))
+        return free.pop() if free else like.new_empty(shape)
+
+    def give_back(self, *buffers: Tensor) -> None:
+        for buffer in buffers:  # an inference tensor stays one: it is only ever handed out in inference mode
+            key = (tuple(buffer.shape), buffer.dtype, buffer.device, buffer.is_inference())
+            if key not in self.free and len(self.free) >= 4:  # a run uses few shapes: drop the others' buffers
+                self.free.clear()
+            if len(free := self.free.setdefault(key, [])) < 16:
+                free.append(buffer)
+
+
+_workspace = _Workspace()
+
+
 class _FusedSelectiveScan(torch.autograd.Function):
     """Forward: token by token, b_t = Δ_t x_t B_t written into the state buffer, the decay a_t = exp(Δ_t A) into
     one (batch, D, N) scratch, then h_t = a_t ⊙ h_{t−1} + b_t in place; only the states h_t are kept. Backward: the
@@ -61,29 +87,32 @@ class _FusedSelectiveScan(torch.autograd.Function):
     def forward(ctx, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
         T, batch, D = x.shape
         dx_col, B_row = (delta * x).unsqueeze(-1), B.unsqueeze(2)
-        hs = x.new_empty(T, batch, D, A.shape[1])
-        decay, A2 = torch.empty_like(hs[0]), A * _LOG2_E
+        hs = _workspace.take(x, (T, batch, D, A.shape[1]))
+        decay, A2 = _workspace.take(x, hs.shape[1:]), A * _LOG2_E
         for t in range(T):
             torch.mul(dx_col[t], B_row[t], out=hs[t])
             if t:
                 hs[t].addcmul_(_decay(delta[t], A2, decay), hs[t - 1])
+        _workspace.give_back(decay)
         ctx.save_for_backward(x, delta, A, B, C, hs)
         return (C.unsqueeze(-2) @ hs.transpose(-1, -2))[..., 0, :]  # row vector × matrix: BLAS's fast layout
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, ...]:
+        if getattr(ctx, "done", False):  # its states went back to the workspace after the first backward
+            raise RuntimeError("attn.scan=fused runs backward once per forward (no retain_graph): use attn.scan=parallel")
         x, delta, A, B, C, hs = ctx.saved_tensors
         dy = dy.contiguous()
         dy_col, C_row, B_row, dx_row = dy.unsqueeze(-1), C.unsqueeze(2), B.unsqueeze(2), (delta * x).unsqueeze(2)
-        dB, dC, grad_dx, ddelta_decay = torch.empty_like(B), torch.empty_like(C), torch.empty_like(x), torch.empty_like(x)
+        dB, grad_dx, ddelta_decay = torch.empty_like(B), torch.empty_like(x), torch.empty_like(x)
         ddelta_decay[0] = 0  # h_{−1} = 0: the first decay multiplies nothing
-        g = torch.mul(dy_col[-1], C_row[-1])  # ∂loss/∂h_t once C_t dy_t is added
-        dA, decay, grad_log_a = torch.zeros_like(g), torch.empty_like(g), torch.empty_like(g)
+        g, dA, decay, grad_log_a = (_workspace.take(x, hs.shape[1:]) for _ in range(4))
+        torch.mul(dy_col[-1], C_row[-1], out=g)  # ∂loss/∂h_t once C_t dy_t is added
+        dA.zero_()
         A2 = A * _LOG2_E
         for t in reversed(range(x.shape[0])):
             if t < x.shape[0] - 1:
                 g.addcmul_(dy_col[t], C_row[t])
-            torch.bmm(dy[t].unsqueeze(1), hs[t], out=dC[t].unsqueeze(1))
             torch.bmm(B_row[t], g.transpose(1, 2), out=grad_dx[t].unsqueeze(1))  # ∂loss/∂(Δ_t x_t)
             torch.bmm(dx_row[t], g, out=dB[t].unsqueeze(1))
             if t:
@@ -91,7 +120,11 @@ class _FusedSelectiveScan(torch.autograd.Function):
                 torch.mul(g, hs[t - 1], out=grad_log_a)  # ∂loss/∂(Δ_t A) = ∂loss/∂h_t ⊙ a_t ⊙ h_{t−1}
                 dA.addcmul_(grad_log_a, delta[t].unsqueeze(-1))
                 torch.sum(grad_log_a.mul_(A), -1, out=ddelta_decay[t])
-        return grad_dx * delta, grad_dx * x + ddelta_decay, dA.sum(0), dB, dC
+        ctx.done = True
+        dA_sum = dA.sum(0)
+        dC = (dy.unsqueeze(-2) @ hs)[..., 0, :]  # ∂loss/∂C_t = h_tᵀ dy_t, every token in one product
+        _workspace.give_back(hs, g, dA, decay, grad_log_a)
+        return grad_dx * delta, grad_dx * x + ddelta_decay, dA_sum, dB, dC
 
 
 _LOG2_E = 1.4426950408889634
