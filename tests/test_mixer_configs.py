@@ -33,7 +33,8 @@ def test_tune_mixers_grid_is_six_mixers_by_two_lrs_on_validation_prompts():
         assert (c.task.n_dims, c.task.curriculum.points.end, c.model.name) == (5, 11, "tiny")  # the smoke scale
         assert (c.optim.warmup_steps, c.model.qk_norm, c.trainer.gradient_clip_val) == (500, False, 1.0)
         assert c.quant.name == "none"
-        validate(c)
+        if c.optim.lr == 1e-3:  # a launch's checks, once per mixer (the lr changes none of them)
+            validate(c)
     assert {family(c.attn.name) for c in cells} == {"attention", "recurrent"}
 
 
@@ -46,4 +47,5 @@ def test_extended_context_pos_grid_pairs_every_pos_with_learned_on_the_reporting
         assert c.trainer.max_steps == 15000 and c.eval.seed == 0 and c.quant.name == "none"
         assert c.task.curriculum.points.end == 11 and c.model.n_positions == 28  # trained on 11, scored to 27
         assert list(c.eval.strategies.long_context) == [None]
-        validate(c)
+        if c.seed == 0:  # a launch's checks, once per mixer and pos (the seed changes none of them)
+            validate(c)
