@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from scipy import stats as sps
 
-from icl.lab.study.claims import Study, claim_rows, failure_table
+from icl.lab.study.claims import Row, SeedValue, Study, claim_rows, claim_verdicts, failure_table
 from icl.lab.study.compact import CELL_JSON, CURVE, ERRORS, Windows, load_cells, window_sums
 from icl.lab.study.inference import (
     CONFIRMED,
@@ -205,6 +205,18 @@ def test_tuning_grids_have_enough_seeds():
         params = dict(cfg.hydra.sweeper.params)
         assert len(str(params["seed"]).split(",")) >= least, name
         assert int(cfg.eval.seed) != 0, name                        # validation prompts, never the reporting ones
+
+
+def test_a_claims_verdict_is_combined_per_task():
+    """A task where no float model learned leaves (e) open there, not on the task where it was tested."""
+    def row(task: str, points: list[float], learned: bool) -> Row:
+        seeds = [SeedValue(i, p, p - 0.001, p + 0.001, learned, False) for i, p in enumerate(points)]
+        return Row("e", "part", "tuned", "int8_weight", "stat", "equal", 0.05, seeds, task=task).decide(0.95, 3)
+
+    rows = [row("linear", [0.001, -0.002, 0.0], True), row("linear", [0.003, 0.0, 0.001], True),
+            row("sparse_linear", [0.2, 0.1, 0.3], False)]
+    verdicts = {v["task"]: (v["verdict"], v["rows"]) for v in claim_verdicts(rows)}
+    assert verdicts == {"linear": ("confirmed", 2), "sparse_linear": ("not resolved at this scale", 1)}
 
 
 # -- images in git -------------------------------------------------------------------------------------------------
