@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from scipy import stats as sps
@@ -325,3 +326,27 @@ def test_an_option_added_later_at_null_keeps_a_cells_fingerprint():
     assert config_fingerprint(added) == config_fingerprint(before)
     assert config_fingerprint({**added, "model": {**added["model"], "pos": "rope"}}) != config_fingerprint(before)
     assert config_fingerprint({**before, "optim": {"lr": 3e-4}}) != config_fingerprint(before)
+
+
+def test_recipe_selection_section_checks_the_arm_against_its_chosen_recipe(tmp_path):
+    from icl.lab.study.recipes import arm_check, section
+    from icl.lab.study.report import table
+
+    base = {"task": "linear", "n_dims": 5, "qk_norm": True, "gradient_clip_val": 1.0, "warmup_steps": 500,
+            "eval_seed": 1000, "train_seconds": 600.0}
+    cells = pd.DataFrame([{**base, "attn": a, "seed": s, "lr": lr, "error": e}
+                          for a, s, lr, e in (("relu", 0, 1e-4, 0.05), ("softmax", 0, 1e-4, 0.07),
+                                              ("relu", 0, 1e-3, 0.90))])
+    cands = pd.DataFrame([{**base, "attn": "softmax", "seed": 0, "lr": 1e-4, "error": 0.07, "jobs": 2,
+                           "status": "chosen"},
+                          {**base, "attn": "relu", "seed": 0, "lr": 1e-3, "error": 0.90, "jobs": 1,
+                           "status": "dominated"}])
+    (tmp_path / "shared").mkdir()
+    cells.to_csv(tmp_path / "shared" / "cells.csv", index=False)
+    cands.to_csv(tmp_path / "shared" / "candidates.csv", index=False)
+    same = {"lr": 1e-4, "qk_norm": True, "gradient_clip_val": 1.0, "warmup_steps": 500}
+    assert "all 2 committed cells trained with it" in arm_check(cands, [same, same])
+    assert "does not use its selection" in arm_check(cands, [same, {**same, "lr": 3e-4}])
+    text = section(tmp_path, {"shared": {"tuning": "shared"}}, {"shared": [same]}, table)
+    assert "### shared (arm **shared**)" in text and "dominated" in text and "30 min of training" in text
+    assert "| lr 0.001, qk_norm True, clip 1.0, warm-up 500 | 0.900 | — | 0.900 |" in text  # softmax: not trained

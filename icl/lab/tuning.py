@@ -18,6 +18,7 @@ Reads job folders through ``icl.results`` only: no torch.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import pandas as pd
 from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_status
-from icl.contract import EVAL, STANDARD, cap_k, errors_key, read_eval_csv, strategies
+from icl.contract import EVAL, STANDARD, STATUS, cap_k, errors_key, read_eval_csv, strategies
 from icl.files import write_csv, write_text
 from icl.run.cli import parse
 from icl.stats import paired_bootstrap
@@ -80,8 +81,17 @@ def load_cells(roots: Iterable[str | Path]) -> pd.DataFrame:
                      **{col: flat.get(key) for key, col in CELL_KEYS.items()},
                      "eval_seed": int(flat["eval.seed"]), "n_prompts": int(at["n_prompts"].iat[0]),
                      "k": int(at["k"].iat[0]), "error": float(at["error"].iat[0]),
-                     "ci_low": float(at["ci_low"].iat[0]), "ci_high": float(at["ci_high"].iat[0]), "run_dir": str(job)})
+                     "ci_low": float(at["ci_low"].iat[0]), "ci_high": float(at["ci_high"].iat[0]),
+                     "train_seconds": train_seconds(job), "run_dir": str(job)})
     return pd.DataFrame(rows)
+
+
+def train_seconds(job: Path) -> float | None:
+    """The job's training time (status.json), None for a job that re-scored a model trained elsewhere."""
+    try:
+        return json.loads((job / STATUS).read_text()).get("metrics", {}).get("train_seconds")
+    except (OSError, ValueError):
+        return None
 
 
 def check_validation(cells: pd.DataFrame, reporting_seed: int) -> None:
@@ -239,21 +249,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = Path(args.softmax_reference) if args.softmax_reference else None
         return report_final(cells, args.reporting_seed, out, reference)
     try:
-        best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
         ranked = candidates(cells, args.reporting_seed, args.rank, args.shared)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     cell_cols = ["attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps", *varying(cells)]
     cells = cells.sort_values(["task", "attn", "lr", "qk_norm", "warmup_steps"]).reset_index(drop=True)
-    if out:
+    if out:  # written while the sweep is partial too: candidates.md says what is still missing
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "cells.csv", cells.drop(columns="run_dir"), index=False)
         write_text(out / "cells.md", markdown(cells, cell_cols))
-        write_csv(out / "best.csv", best.drop(columns="run_dir"), index=False)
-        write_text(out / "best.md", markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
         write_csv(out / "candidates.csv", ranked.drop(columns="run_dir"), index=False)
         write_text(out / "candidates.md", markdown(ranked, [*cell_cols, "jobs", "status"]))
+    try:
+        best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if out:
+        write_csv(out / "best.csv", best.drop(columns="run_dir"), index=False)
+        write_text(out / "best.md", markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     if (ranked["status"] == "incomplete").any():
         print(f"provisional: {int((ranked['status'] == 'incomplete').sum())} partial recipe(s) could still win; "

@@ -23,6 +23,7 @@ from icl.files import atomic_write
 from icl.lab.study import claims as C
 from icl.lab.study.compact import cell_name, load_cells
 from icl.lab.study.figures import figures
+from icl.lab.study.recipes import section as recipe_section
 from icl.lab.study.timing import read_bench, timing_rows
 from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
 from icl.tables import markdown_table
@@ -131,6 +132,9 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
                            for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted"]),
+        "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
+                                  {arm: [c.meta["recipe"] for c in cells if c.meta["arm"] == arm] for arm in grid["arms"]},
+                                  table),
         "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
         "tables": claim_tables(rows, float(cfg["ci"])),
         "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",
