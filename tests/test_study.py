@@ -343,10 +343,14 @@ def test_recipe_selection_section_checks_the_arm_against_its_chosen_recipe(tmp_p
                            "status": "dominated"}])
     (tmp_path / "shared").mkdir()
     cells.to_csv(tmp_path / "shared" / "cells.csv", index=False)
-    cands.to_csv(tmp_path / "shared" / "candidates.csv", index=False)
+    cands.assign(selection="shared").to_csv(tmp_path / "shared" / "candidates.csv", index=False)
     same = {"lr": 1e-4, "qk_norm": True, "gradient_clip_val": 1.0, "warmup_steps": 500}
-    assert "all 2 committed cells trained with it" in arm_check(cands, [same, same])
-    assert "does not use its selection" in arm_check(cands, [same, {**same, "lr": 3e-4}])
-    text = section(tmp_path, {"shared": {"tuning": "shared"}}, {"shared": [same]}, table)
+    cands["selection"] = "shared"
+    assert "all 2 committed cells trained with it" in arm_check(cands, [("relu", same), ("softmax", same)])
+    assert "does not use its selection" in arm_check(cands, [("relu", same), ("softmax", {**same, "lr": 3e-4})])
+    per_variant = cands.assign(selection="per variant", status=["chosen", "chosen"])  # softmax 1e-4, relu 1e-3
+    assert "all 2 committed" in arm_check(per_variant, [("softmax", same), ("relu", {**same, "lr": 1e-3})])
+    assert "does not use" in arm_check(per_variant, [("relu", same)])
+    text = section(tmp_path, {"shared": {"tuning": "shared"}}, {"shared": [("relu", same)]}, table)
     assert "### shared (arm **shared**)" in text and "dominated" in text and "30 min of training" in text
     assert "| lr 0.001, qk_norm True, clip 1.0, warm-up 500 | 0.900 | — | 0.900 |" in text  # softmax: not trained

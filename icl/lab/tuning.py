@@ -113,7 +113,7 @@ def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shar
     the sweep holds) can win: a partial one's worst seed is not yet known."""
     ranked = candidates(cells, reporting_seed, by, shared)
     group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
-    best = ranked[ranked["status"] == "chosen"]
+    best = ranked[ranked["status"] == "chosen"].drop(columns="selection")
     if best.empty:
         raise ValueError("no recipe has a job for every training seed (and variant) of the sweep yet: nothing can "
                          "be chosen; finish the sweep")
@@ -140,7 +140,7 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
     if by == "worst":
         status[~complete & (ranked["error"] > bar)] = "dominated"
     status[chosen.index] = "chosen"
-    return ranked.assign(status=status)
+    return ranked.assign(status=status, selection="shared" if shared else "per variant")
 
 
 def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool) -> pd.DataFrame:

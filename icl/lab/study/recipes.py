@@ -63,29 +63,37 @@ def train_minutes(cells: pd.DataFrame) -> float:
     return float(pd.to_numeric(cells.get("train_seconds"), errors="coerce").fillna(0).sum()) / 60
 
 
-def chosen(candidates: pd.DataFrame) -> dict[str, Any] | None:
+def chosen(candidates: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The chosen recipe per variant (``{"*": row}`` for a shared selection)."""
     rows = candidates[candidates["status"] == "chosen"]
-    return None if rows.empty else rows.iloc[0].to_dict()
+    if rows.empty:
+        return {}
+    if (candidates.get("selection", pd.Series(["per variant"])) == "shared").all():
+        return {"*": rows.iloc[0].to_dict()}
+    return {str(r["attn"]): r.to_dict() for _, r in rows.iterrows()}
 
 
-def arm_check(candidates: pd.DataFrame, trained: Sequence[Mapping[str, Any]]) -> str:
-    """Whether every cell trained under this selection used the chosen recipe (``trained``: the cells' recipes)."""
+def arm_check(candidates: pd.DataFrame, trained: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Whether every cell trained under this selection used the recipe chosen for it (``trained``: each committed
+    cell's (variant, recipe))."""
     best = chosen(candidates)
-    if best is None:
+    if not best:
         return "No complete recipe yet: nothing chosen"
+    text = "; ".join(f"{'' if attn == '*' else attn + ': '}{recipe_text(row)}" for attn, row in best.items())
     if not trained:
-        return f"Chosen: {recipe_text(best)}; no cell trained with it is committed yet"
-    wrong = [r for r in trained if _key(r) != _key(best)]
+        return f"Chosen: {text}; no cell trained with it is committed yet"
+    wrong = [(attn, r) for attn, r in trained if _key(r) != _key(best.get("*", best.get(attn, {})))]
     if wrong:
-        return (f"Chosen: {recipe_text(best)}, but {len(wrong)} of {len(trained)} cells trained with another "
-                f"recipe (e.g. {recipe_text(wrong[0])}): **the arm does not use its selection**")
-    return f"Chosen: {recipe_text(best)}; all {len(trained)} committed cells trained with it"
+        attn, r = wrong[0]
+        return (f"Chosen: {text}; but {len(wrong)} of {len(trained)} cells trained with another recipe (e.g. {attn}: "
+                f"{recipe_text(r)}): **the arm does not use its selection**")
+    return f"Chosen: {text}; all {len(trained)} committed cells trained with it"
 
 
 def section(tuning_dir: Path | None, arms: Mapping[str, Mapping[str, Any]],
-            trained: Mapping[str, Sequence[Mapping[str, Any]]], table: Any) -> str:
+            trained: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]], table: Any) -> str:
     """The report's "Recipe selection" text: per committed selection, the arm check, its candidates and its jobs.
-    ``trained``: arm -> the recipes its committed cells trained with; ``table``: the report's table writer."""
+    ``trained``: arm -> (variant, recipe) of its committed cells; ``table``: the report's table writer."""
     selections = load(tuning_dir) if tuning_dir is not None and Path(tuning_dir).is_dir() else {}
     if not selections:
         return "No tuning selection is committed (`python -m icl.lab.tuning ... out=<tuning>/<name>`)."
@@ -94,7 +102,8 @@ def section(tuning_dir: Path | None, arms: Mapping[str, Mapping[str, Any]],
     for name, (cells, candidates) in selections.items():
         arm = by_selection.get(name)
         check = arm_check(candidates, trained.get(arm, []) if arm else [])
-        status = [{"recipe": recipe_text(r), "jobs": int(r["jobs"]), "worst job (error at k = 2d)": float(r["error"]),
+        status = [{"attn": "all" if r.get("selection") == "shared" else r["attn"], "recipe": recipe_text(r),
+                   "jobs": int(r["jobs"]), "worst job (error at k = 2d)": float(r["error"]),
                    "worst: attn, seed": f"{r['attn']}, {int(r['seed'])}", "status": r["status"]}
                   for _, r in candidates.iterrows()]
         jobs = job_table(cells)

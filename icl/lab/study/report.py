@@ -133,7 +133,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
                            for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted"]),
         "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
-                                  {arm: [c.meta["recipe"] for c in cells if c.meta["arm"] == arm] for arm in grid["arms"]},
+                                  {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
+                                   for arm in grid["arms"]},
                                   table),
         "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
         "tables": claim_tables(rows, float(cfg["ci"])),
