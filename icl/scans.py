@@ -51,9 +51,12 @@ def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) ->
 
 
 class _Workspace(threading.local):
-    """Per thread, the fused scan's state and scratch buffers once a pass is done with them, reused by the next
+    """Per thread, the fused scan's CPU state and scratch buffers once a pass is done with them, reused by the next
     passes of the same shapes: on a CPU a fresh buffer this large costs its page faults at every step (the C
-    allocator hands memory that large back to the system when it is freed)."""
+    allocator hands memory that large back to the system when it is freed). A GPU's caching allocator already
+    keeps its memory; at most ``MAX_BYTES`` are held."""
+
+    MAX_BYTES = 1 << 28
 
     def __init__(self) -> None:
         self.free: dict[tuple, list[Tensor]] = {}
@@ -64,11 +67,14 @@ class _Workspace(threading.local):
 
     def give_back(self, *buffers: Tensor) -> None:
         for buffer in buffers:  # an inference tensor stays one: it is only ever handed out in inference mode
+            if buffer.device.type != "cpu":
+                continue
             key = (tuple(buffer.shape), buffer.dtype, buffer.device, buffer.is_inference())
             if key not in self.free and len(self.free) >= 4:  # a run uses few shapes: drop the others' buffers
                 self.free.clear()
-            if len(free := self.free.setdefault(key, [])) < 16:
-                free.append(buffer)
+            held = sum(b.nbytes for free in self.free.values() for b in free)
+            if held + buffer.nbytes <= self.MAX_BYTES:
+                self.free.setdefault(key, []).append(buffer)
 
 
 _workspace = _Workspace()
