@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,13 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 from icl import baselines
 from icl.data import DataSpec
 from icl.evaluation import EvalConfig
-from icl.module import ICLModule, OptimSpec
-from icl.quantize import QuantSpec
+from icl.module import OptimSpec
+from icl.quantize import QuantSpec, check_blocks
 from icl.quantize import check as check_quant
 from icl.run.tracking import check_trackers
 from icl.spec import known_keys, require, typed_fields
 from icl.tasks import TaskSpec
-from icl.transformer import ModelSpec
+from icl.transformer import MODEL_KEYS, ICLTransformer, ModelSpec, TransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,26 @@ class JobSpec:
                 "attn": dict(self.attn), "optim": asdict(self.optim), "quant": self.quant.training_part}
 
     def check_quant_runs(self) -> None:
-        """Apply the quant mode to the untrained model and run it, so a mode that cannot work fails before
-        training (and before a sweep launches); a GPU job parsed where no GPU is seen is checked where it runs."""
+        """Apply the quant mode to a stand-in of the untrained model and run it, so a mode that cannot work fails
+        before training (and before a sweep launches); a GPU job parsed where no GPU is seen is checked where it runs."""
         if (self.quant.name == "none" and self.quant.blocks is None) or (self.gpu and not torch.cuda.is_available()):
             return
-        with torch.random.fork_rng(devices=[]):  # the trial's initial weights must not move the job's seeded RNG
-            model = ICLModule(**self.module_hparams, built_task=self.task.task).model
-        check_quant(self.quant, model, on_gpu=self.gpu)
+        check_blocks(self.quant, self.model.n_layer)
+        with torch.random.fork_rng(devices=[]):  # the stand-in's initial weights must not move the job's seeded RNG
+            stand_in = ICLTransformer(self.stand_in_config())
+        check_quant(self.quant, stand_in, on_gpu=self.gpu, in_place=True)
+
+    def stand_in_config(self) -> TransformerConfig:
+        """The job's model with what the quant check cannot tell apart cut: the same layer types and widths, only
+        as many blocks as the mixer pattern's period (or up to the last block ``quant.blocks`` names), 2 points."""
+        hp = self.module_hparams
+        attn = dict(hp["attn"])
+        keys = {k: v for k, v in hp["model"].items() if k in MODEL_KEYS}
+        period = len(keys.get("pattern") or ()) or 1
+        needed = max(self.quant.blocks) + 1 if self.quant.blocks is not None else 1
+        keys.update(n_layer=period * math.ceil(needed / period), n_positions=2)  # the check runs 2 points
+        return TransformerConfig(n_dims=self.task.n_dims, attn=attn.pop("name"), attn_params=attn,
+                                 y_dim=self.task.task.y_dim, **keys)
 
     @property
     def eval_points(self) -> int:
