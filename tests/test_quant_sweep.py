@@ -135,3 +135,69 @@ def test_sensitivity_over_seeds_is_mean_and_range_per_block_and_branch():
     df = pd.concat([rows.assign(seed=s, diff=d) for s, d in enumerate([0.01, 0.03, 0.02])], ignore_index=True)
     out = sensitivity_over_seeds(df)
     assert out["mlp@3"].item() == "+0.020 (+0.010 … +0.030)" and out.n_seeds.item() == 3
+
+
+def test_two_roots_keep_their_seeds_apart_and_the_guard_leaves_out_seeds_that_did_not_learn():
+    diffs = {8: [0.001, 0.002, 0.0, 0.9], 4: [0.01, 0.02, 0.015, 0.9]}
+    tuned = seeds_frame(diffs).assign(source="cpu", learned=lambda f: f.seed < 3)  # seed 3 did not learn
+    shared = seeds_frame({8: [0.0, 0.0, 0.001], 4: [0.2, 0.3, 0.25]}).assign(
+        source="tune_shared", run_dir=lambda f: "s" + f.run_dir, learned=True)
+    df = pd.concat([tuned, shared], ignore_index=True)
+    seeds = seed_level(df)
+    assert set(zip(seeds.source, seeds.seeds)) == {("cpu", "0 1 2"), ("tune_shared", "0 1 2")}
+    points = variant_breaking_points(df, seeds).set_index("source")
+    assert points.loc["cpu", "breaking_point"] == "4 bits" and points.loc["cpu", "seeds"] == "0 1 2"
+    assert points.loc["cpu", "did_not_learn"] == "3 (0.100)" and points.loc["tune_shared", "did_not_learn"] == ""
+    assert points.loc["tune_shared", "breaking_point"] == "8 bits"
+    sens = sensitivity_over_seeds(df.assign(kind="sensitivity", block=0, branch="mlp"))
+    assert list(sens.n_seeds) == [3, 3]  # the failed seed is not averaged in
+    alone = seed_level(tuned.assign(learned=True))
+    assert alone.set_index("bits").loc[4, "seeds"] == "0 1 2 3"  # without the guard it would count
+
+
+def test_the_guard_is_the_studys_rule_on_the_sweeps_prompts():
+    import numpy as np
+
+    from icl import baselines, prompts
+    from icl.bench.quant_sweep import GuardRule
+    from icl.evaluation import prompt_errors
+    from icl.tasks import build_task
+
+    rule = GuardRule.from_study()
+    assert rule.baselines["linear"] == ["least_squares"] and rule.guard.zero_fraction == 0.5
+    task = build_task("linear", 5, None)
+    p = prompts.make_prompts("standard", task, 64, 11, 0)
+    ls, zero = prompt_errors(task, baselines.predict("least_squares", p.xs, p.ys), p.targets)
+    good = rule.check("linear", task, p, ls + 0.05 * zero, zero, 10, 16)  # 0.05 above least squares: learned
+    assert good["learned"] and good["guard_baseline"] == "least_squares" and good["guard_k"] == 10
+    assert good["guard_error"] == pytest.approx(float(ls[:, 10].sum() / zero[:, 10].sum()) + 0.05)
+    assert not rule.check("linear", task, p, ls + 0.2 * zero, zero, 10, 16)["learned"]  # 0.2 above: > margin 0.1
+    assert not rule.check("linear", task, p, np.full_like(zero, np.nan), zero, 10, 16)["learned"]
+
+
+def test_jobs_of_two_roots_are_found_with_their_root_and_a_store_model_relative_to_their_project(tmp_path):
+    from icl.bench.quant_sweep import source_of, trained_model
+
+    project = tmp_path / "other_worktree"
+    model = project / "outputs" / "store" / "abc" / "model.ckpt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    jobs = {"cpu": project / "multirun" / "cpu" / "a", "tune_shared": project / "multirun" / "tune_shared" / "b"}
+    for root, job in jobs.items():
+        job.mkdir(parents=True)
+        (job / "config.yaml").write_text("seed: 0\n")
+        metrics = {"model": "outputs/store/abc/model.ckpt"} if root == "tune_shared" else {}
+        if root == "cpu":
+            (job / "checkpoints").mkdir()
+            (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+        (job / "status.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
+    trial = project / "multirun" / "tune_shared" / "trial"  # a tuning trial keeps no model: skipped
+    trial.mkdir()
+    (trial / "config.yaml").write_text("seed: 0\n")
+    (trial / "status.json").write_text(json.dumps({"status": "done"}))
+    roots = [str(project / "multirun" / "cpu"), str(project / "multirun" / "tune_shared")]
+    found = find_jobs(roots)
+    assert found == sorted(j.resolve() for j in jobs.values())
+    assert [source_of(j, roots) for j in found] == ["cpu", "tune_shared"]
+    assert trained_model(jobs["tune_shared"].resolve()) == (model, str(model))  # not relative to this cwd
+    assert trained_model(jobs["cpu"].resolve())[1] == "last"
