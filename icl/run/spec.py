@@ -96,10 +96,10 @@ class JobSpec:
         task = spec.task.task  # built once, here: the task class checks task.params
         if "bayes" in spec.eval.baselines:
             baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
-        if spec.eval.algorithms is not None:
-            from icl.agreement import AlgorithmsConfig, check_task
+        if spec.eval.algorithms.enabled:
+            from icl.agreement import check_task
 
-            check_task(task, AlgorithmsConfig.from_config(spec.eval.algorithms))
+            check_task(task, spec.eval.algorithms)
         if here:
             spec.check_quant_runs()
         return spec
