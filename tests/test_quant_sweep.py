@@ -201,3 +201,18 @@ def test_jobs_of_two_roots_are_found_with_their_root_and_a_store_model_relative_
     assert [source_of(j, roots) for j in found] == ["cpu", "tune_shared"]
     assert trained_model(jobs["tune_shared"].resolve()) == (model, str(model))  # not relative to this cwd
     assert trained_model(jobs["cpu"].resolve())[1] == "last"
+
+
+def test_rescore_reads_a_sweep_again_at_another_margin(tmp_path):
+    from icl.bench.quant_sweep import main
+
+    diffs = {8: [0.001, 0.002, 0.0], 4: [0.02, 0.03, 0.025], 2: [0.2, 0.3, 0.25]}
+    df = seeds_frame(diffs).assign(source="cpu", learned=True, diff_high=lambda f: f["diff"] + 0.004)
+    df.to_csv(tmp_path / "quant_sweep.csv", index=False)
+    strict = main([f"inputs=[{tmp_path / 'unused'}]", f"rescore={tmp_path / 'quant_sweep.csv'}", "margin=0.01",
+                   f"out={tmp_path / 'strict'}"])
+    assert list(strict.groupby("bits").inside_margin.all().sort_index()) == [False, False, True]  # 2, 4, 8 bits
+    assert (strict.margin == 0.01).all() and (strict.source == "cpu").all()
+    assert "| cpu | linear | softmax | weights | 3 |" in (tmp_path / "strict" / "quant_sweep.md").read_text()
+    with pytest.raises(ValueError, match="rescore=.*no such quant_sweep.csv"):
+        main([f"inputs=[{tmp_path}]", f"rescore={tmp_path / 'nope.csv'}"])

@@ -274,7 +274,20 @@ class Options:
     margin: float = field(default=0.05, metadata={"help": "largest tolerated paired error increase"})
     min_seeds: int = field(default=3, metadata={"help": "fewest seeds for a seed-level verdict"})
     n_prompts: Optional[int] = field(default=None, metadata={"help": "default: the job's eval.n_prompts"})
+    rescore: Optional[str] = field(default=None, metadata={
+        "help": "a quant_sweep.csv to read again at this margin instead of evaluating (inputs are then ignored)"})
     guard: bool = field(default=True, metadata={"help": "leave out seeds that did not learn (configs/study.yaml guard)"})
+
+
+def rescored(csv: Path, margin: float) -> pd.DataFrame:
+    """A sweep's rows read at another margin: the measurements (paired differences and their CIs) do not depend on
+    it, only which widths count as inside."""
+    if not csv.is_file():
+        raise ValueError(f"rescore={csv}: no such quant_sweep.csv (write one with inputs=[…] first)")
+    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "run_dir": str})
+    for column in {"branch", "source"} & set(df.columns):  # empty strings, not NaN, as the sweep wrote them
+        df[column] = df[column].fillna("")
+    return df.assign(margin=margin, inside_margin=df.diff_high <= margin)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -288,13 +301,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         QuantSpec.from_config({"name": "intx_weight", "bits": b, "group_size": probe_args["group_size"]})
     for b in [*args.attn_bits, args.low_attn_bits]:
         QuantSpec.from_config({"name": "attn_fq", "bits": b})
-    jobs = find_jobs(args.inputs)
-    if not jobs:
-        raise SystemExit(f"error: no trained job (config.yaml + a trained model) under {args.inputs}")
     start = time.perf_counter()
-    guard = GuardRule.from_study() if args.guard else None
-    df = pd.concat([sweep_job(job, probe_args, args.n_prompts, args.margin, guard, source_of(job, args.inputs))
-                    for job in jobs], ignore_index=True)
+    if args.rescore:
+        df, what = rescored(Path(args.rescore), args.margin), f"rescored {args.rescore}"
+    else:
+        jobs = find_jobs(args.inputs)
+        if not jobs:
+            raise SystemExit(f"error: no trained job (config.yaml + a trained model) under {args.inputs}")
+        guard = GuardRule.from_study() if args.guard else None
+        df = pd.concat([sweep_job(job, probe_args, args.n_prompts, args.margin, guard, source_of(job, args.inputs))
+                        for job in jobs], ignore_index=True)
+        what = f"{len(jobs)} job(s)"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "quant_sweep.csv", df, index=False)
@@ -304,7 +321,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     write_text(out / "quant_sweep.md", sweep_markdown(df) + seed_markdown(df, seeds, args.min_seeds))
     print(breaking_points(df).to_string(index=False))
     print(variant_breaking_points(df, seeds, args.min_seeds).to_string(index=False))
-    print(f"{len(jobs)} job(s), {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
+    print(f"{what}, {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
           f"{out / 'quant_sweep.csv'}")
     return df
 
