@@ -176,31 +176,31 @@ def test_the_guard_is_the_studys_rule_on_the_sweeps_prompts():
 
 
 def test_jobs_of_two_roots_are_found_with_their_root_and_a_store_model_relative_to_their_project(tmp_path):
+    """Another worktree's jobs: a store model and a re-evaluation's origin are named relative to that project."""
     from icl.bench.quant_sweep import source_of, trained_model
 
     project = tmp_path / "other_worktree"
     model = project / "outputs" / "store" / "abc" / "model.ckpt"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"")
-    jobs = {"cpu": project / "multirun" / "cpu" / "a", "tune_shared": project / "multirun" / "tune_shared" / "b"}
-    for root, job in jobs.items():
+    cpu, shared = project / "multirun" / "cpu", project / "multirun" / "tune_shared"
+    statuses = {cpu / "a": {}, cpu / "b": {"model": "outputs/store/abc/model.ckpt"},
+                shared / "a_again": {"evaluated_from": "multirun/cpu/a"},  # cpu/a's model on validation prompts
+                shared / "trial": {}}  # keeps no model: skipped
+    for job, metrics in statuses.items():
         job.mkdir(parents=True)
         (job / "config.yaml").write_text("seed: 0\n")
-        metrics = {"model": "outputs/store/abc/model.ckpt"} if root == "tune_shared" else {}
-        if root == "cpu":
-            (job / "checkpoints").mkdir()
-            (job / "checkpoints" / "last.ckpt").write_bytes(b"")
         (job / "status.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
-    trial = project / "multirun" / "tune_shared" / "trial"  # a tuning trial keeps no model: skipped
-    trial.mkdir()
-    (trial / "config.yaml").write_text("seed: 0\n")
-    (trial / "status.json").write_text(json.dumps({"status": "done"}))
-    roots = [str(project / "multirun" / "cpu"), str(project / "multirun" / "tune_shared")]
+    (cpu / "a" / "checkpoints").mkdir()
+    (cpu / "a" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    roots = [str(cpu), str(shared)]
     found = find_jobs(roots)
-    assert found == sorted(j.resolve() for j in jobs.values())
-    assert [source_of(j, roots) for j in found] == ["cpu", "tune_shared"]
-    assert trained_model(jobs["tune_shared"].resolve()) == (model, str(model))  # not relative to this cwd
-    assert trained_model(jobs["cpu"].resolve())[1] == "last"
+    assert found == [(cpu / "a").resolve(), (cpu / "b").resolve(), (shared / "a_again").resolve()]
+    assert [source_of(j, roots) for j in found] == ["cpu", "cpu", "tune_shared"]
+    assert trained_model(found[0])[1] == "last"
+    assert trained_model(found[1]) == (model, str(model))  # not relative to this process's cwd
+    own = (cpu / "a" / "checkpoints" / "last.ckpt").resolve()
+    assert trained_model(found[2])[0].resolve() == own and trained_model(found[2])[1] != "last"
 
 
 def test_rescore_reads_a_sweep_again_at_another_margin(tmp_path):

@@ -184,21 +184,31 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
     return pd.DataFrame(rows)
 
 
+def in_project(job: Path, path: Path) -> Path:
+    """``path`` as written in ``job``'s status (relative to the project the job ran in, maybe another worktree)."""
+    if path.is_absolute():
+        return path
+    return next((a / path for a in job.parents if (a / path).exists()), path)  # the job's project before the cwd
+
+
 def trained_model(job: Path) -> tuple[Path, str]:
-    """The job's trained model and the ``ckpt`` argument that loads it: 'last', or the path when the status names a
-    shared model relative to the project the job ran in (another worktree's ``outputs/store``)."""
+    """The job's trained model and the ``ckpt`` argument that loads it: 'last', or the model's path when it is not
+    the job's own (a shared model named relative to its project, or the model of the job a re-evaluation folder
+    was ``evaluated_from``)."""
     ckpt = JobDir(job).model_ckpt("last")
-    if ckpt.is_absolute() or ckpt.is_file():
-        return ckpt, "last"
-    found = next((a / ckpt for a in job.parents if (a / ckpt).is_file()), ckpt)
-    return found, str(found) if found.is_file() else "last"
+    if not ckpt.is_file() and (source := (JobDir(job).status().get("metrics") or {}).get("evaluated_from")):
+        origin = in_project(job, Path(source))
+        ckpt = trained_model(origin)[0] if origin.is_dir() else ckpt
+    found = in_project(job, ckpt)
+    return found, "last" if found == JobDir(job).model_ckpt("last") else str(found)
 
 
 def find_jobs(inputs: list[str]) -> list[Path]:
     """Finished jobs (status done, a config and a trained model) under the inputs, one per trained model: the jobs
     of a post-training sweep share their trainer's checkpoint, and it is swept once. A job still training (or
-    failed), or one that kept no model (a tuning trial), is skipped with a log line."""
-    by_ckpt: dict[Path, Path] = {}
+    failed), or one that kept no model, is skipped with a log line. A re-evaluation folder (``python -m icl.evaluate
+    out_dir=…``, e.g. on validation prompts) is swept on its own prompts with the model it was evaluated from."""
+    by_ckpt: dict[tuple[Path, Path], Path] = {}  # per root: a model under two roots is swept under each
     for root in map(Path, inputs):
         for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
             if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
@@ -213,10 +223,10 @@ def find_jobs(inputs: list[str]) -> list[Path]:
             except (OSError, ValueError):  # not a job folder after all
                 continue
             if ckpt.is_file():
-                by_ckpt.setdefault(ckpt.resolve(), job)
+                by_ckpt.setdefault((root, ckpt.resolve()), job)
             else:
                 log.info("skipped %s: no trained model (%s)", job, ckpt)
-    return sorted(by_ckpt.values())
+    return sorted(set(by_ckpt.values()))
 
 
 def source_of(job: Path, inputs: list[str]) -> str:
