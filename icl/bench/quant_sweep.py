@@ -181,6 +181,8 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
                      "label": spec.label, "error": normalised(err_q[:, k], zero[:, k]), "diff": float(diff[0]),
                      "diff_low": float(low[0]), "diff_high": float(high[0]),
                      "inside_margin": bool(high[0] <= margin), "seconds": seconds})
+    log.info("swept %s: %d probes, %.1f s of evaluation%s", path, len(rows), sum(r["seconds"] for r in rows),
+             "" if learned["learned"] else " (did not learn: left out of the seed level)")
     return pd.DataFrame(rows)
 
 
