@@ -17,7 +17,7 @@ STUDY_DIR = multirun/seed_study/$(STUDY)
 BENCH_CSV = $(if $(filter paper,$(STUDY)),bench_paper.csv,bench.csv)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo study status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate quant-sweep clean
+.PHONY: help install demo study study-tuning status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate quant-sweep clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
 	$(MAKE) figures PY=$(PY) ARGS=
+
+TUNE_DIR = multirun/seed_study
+study-tuning: ## summarise the study's tuning sweeps into docs/study/tuning/{shared,tuned} (committed; the report shows them)
+	@# each call exits 1 while no recipe is complete ("nothing chosen yet") but writes its tables all the same
+	$(PY) -m icl.lab.tuning "sweeps=[$(TUNE_DIR)/tune_shared]" rank=worst shared=true out=docs/study/tuning/shared || true
+	$(PY) -m icl.lab.tuning "sweeps=[$(TUNE_DIR)/tune_shared,$(TUNE_DIR)/tune_former_softmax]" rank=worst out=docs/study/tuning/tuned || true
 
 study: install ## the seed study v2: train the cells missing or stale in docs/study/cells, time, write docs/RESULTS_STUDY.md (STUDY=cpu|paper)
 	$(PY) -m icl.lab.study.make $(if $(filter paper,$(STUDY)),study=paper,) $(ARGS)

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from scipy import stats as sps
 
-from icl.lab.study.claims import Study, claim_rows, failure_table
+from icl.lab.study.claims import Row, SeedValue, Study, claim_rows, claim_verdicts, failure_table
 from icl.lab.study.compact import CELL_JSON, CURVE, ERRORS, Windows, load_cells, window_sums
 from icl.lab.study.inference import (
     CONFIRMED,
@@ -207,6 +208,18 @@ def test_tuning_grids_have_enough_seeds():
         assert int(cfg.eval.seed) != 0, name                        # validation prompts, never the reporting ones
 
 
+def test_a_claims_verdict_is_combined_per_task():
+    """A task where no float model learned leaves (e) open there, not on the task where it was tested."""
+    def row(task: str, points: list[float], learned: bool) -> Row:
+        seeds = [SeedValue(i, p, p - 0.001, p + 0.001, learned, False) for i, p in enumerate(points)]
+        return Row("e", "part", "tuned", "int8_weight", "stat", "equal", 0.05, seeds, task=task).decide(0.95, 3)
+
+    rows = [row("linear", [0.001, -0.002, 0.0], True), row("linear", [0.003, 0.0, 0.001], True),
+            row("sparse_linear", [0.2, 0.1, 0.3], False)]
+    verdicts = {v["task"]: (v["verdict"], v["rows"]) for v in claim_verdicts(rows)}
+    assert verdicts == {"linear": ("confirmed", 2), "sparse_linear": ("not resolved at this scale", 1)}
+
+
 # -- images in git -------------------------------------------------------------------------------------------------
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)|<img[^>]*src=\"([^\"]+)\"")
 
@@ -313,3 +326,31 @@ def test_an_option_added_later_at_null_keeps_a_cells_fingerprint():
     assert config_fingerprint(added) == config_fingerprint(before)
     assert config_fingerprint({**added, "model": {**added["model"], "pos": "rope"}}) != config_fingerprint(before)
     assert config_fingerprint({**before, "optim": {"lr": 3e-4}}) != config_fingerprint(before)
+
+
+def test_recipe_selection_section_checks_the_arm_against_its_chosen_recipe(tmp_path):
+    from icl.lab.study.recipes import arm_check, section
+    from icl.lab.study.report import table
+
+    base = {"task": "linear", "n_dims": 5, "qk_norm": True, "gradient_clip_val": 1.0, "warmup_steps": 500,
+            "eval_seed": 1000, "train_seconds": 600.0}
+    cells = pd.DataFrame([{**base, "attn": a, "seed": s, "lr": lr, "error": e}
+                          for a, s, lr, e in (("relu", 0, 1e-4, 0.05), ("softmax", 0, 1e-4, 0.07),
+                                              ("relu", 0, 1e-3, 0.90))])
+    cands = pd.DataFrame([{**base, "attn": "softmax", "seed": 0, "lr": 1e-4, "error": 0.07, "jobs": 2,
+                           "status": "chosen"},
+                          {**base, "attn": "relu", "seed": 0, "lr": 1e-3, "error": 0.90, "jobs": 1,
+                           "status": "dominated"}])
+    (tmp_path / "shared").mkdir()
+    cells.to_csv(tmp_path / "shared" / "cells.csv", index=False)
+    cands.assign(selection="shared").to_csv(tmp_path / "shared" / "candidates.csv", index=False)
+    same = {"lr": 1e-4, "qk_norm": True, "gradient_clip_val": 1.0, "warmup_steps": 500}
+    cands["selection"] = "shared"
+    assert "all 2 committed cells trained with it" in arm_check(cands, [("relu", same), ("softmax", same)])
+    assert "does not use its selection" in arm_check(cands, [("relu", same), ("softmax", {**same, "lr": 3e-4})])
+    per_variant = cands.assign(selection="per variant", status=["chosen", "chosen"])  # softmax 1e-4, relu 1e-3
+    assert "all 2 committed" in arm_check(per_variant, [("softmax", same), ("relu", {**same, "lr": 1e-3})])
+    assert "does not use" in arm_check(per_variant, [("relu", same)])
+    text = section(tmp_path, {"shared": {"tuning": "shared"}}, {"shared": [("relu", same)]}, table)
+    assert "### shared (arm **shared**)" in text and "dominated" in text and "30 min of training" in text
+    assert "| lr 0.001, qk_norm True, clip 1.0, warm-up 500 | 0.900 | — | 0.900 |" in text  # softmax: not trained

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from icl import prompts
-from icl.lab.tuning import load_cells, main, recipe_yaml, rescale_warmup, select
+from icl.lab.tuning import candidates, load_cells, main, recipe_yaml, rescale_warmup, select
 from icl.tasks import build_task
 from tests.helpers import compose_train
 
@@ -55,6 +55,7 @@ def test_selection_uses_the_validation_sweep(tmp_path):
 def test_selection_ranks_a_recipe_by_its_worst_seed_not_the_luckiest(tmp_path):
     validation, _ = sweeps(tmp_path)
     cell_job(validation / "b_seed1", "relu", 1e-3, False, 1000, 0.01, seed=1)  # cell b, another seed: luckier
+    cell_job(validation / "a_seed1", "relu", 1e-4, True, 1000, 0.04, seed=1)
     best = select(load_cells([validation]), reporting_seed=0)
     relu = best[best.attn == "relu"].iloc[0]
     assert (relu.lr, relu.seed, relu.error, relu.cells) == (1e-4, 0, pytest.approx(0.05), 2)
@@ -73,7 +74,8 @@ def test_recipe_rows_rescale_the_warm_up_to_the_full_run(tmp_path, capsys):
     assert list(best.full_warmup_steps) == [500, 3000]
     assert "relu: {lr: 1.0e-04, warmup_steps: 500, qk_norm: true, gradient_clip_val: 1.0}" in recipe_yaml(best)
     assert main([f"sweeps=[{validation}]", f"out={tmp_path / 'out'}"]) == 0
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"cells.csv", "cells.md", "best.csv", "best.md"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"cells.csv", "cells.md", "best.csv", "best.md",
+                                                       "candidates.csv", "candidates.md"}
     assert "softmax: {lr: 1.0e-03, warmup_steps: 3000" in capsys.readouterr().out
 
 
@@ -161,3 +163,22 @@ def test_median_rank_and_one_shared_recipe(tmp_path):
     assert len(shared) == 1 and shared.iloc[0].lr == 1e-3 and shared.iloc[0].error == pytest.approx(0.50)
     with pytest.raises(ValueError, match="worst or the median"):
         select(cells, by="best")
+
+
+def test_only_a_complete_recipe_wins_and_a_dominated_partial_one_needs_no_more_jobs(tmp_path):
+    v = tmp_path / "v"
+    for seed in (0, 1, 2):  # recipe a: complete over relu and softmax, worst job 0.10
+        cell_job(v / f"a_relu{seed}", "relu", 1e-4, True, 1000, 0.05 + 0.01 * seed, seed=seed)
+        cell_job(v / f"a_soft{seed}", "softmax", 1e-4, True, 1000, 0.08 + 0.01 * seed, seed=seed)
+    cell_job(v / "b_relu0", "relu", 1e-3, True, 1000, 0.90)    # recipe b: one job, already worse than a's worst
+    cell_job(v / "c_relu0", "relu", 3e-4, True, 1000, 0.02)    # recipe c: one job, better so far: could still win
+    ranked = candidates(load_cells([v]), shared=True).set_index("lr")
+    assert ranked.loc[1e-4, "status"] == "chosen" and ranked.loc[1e-4, "jobs"] == 6
+    assert (ranked.loc[1e-3, "status"], ranked.loc[3e-4, "status"]) == ("dominated", "incomplete")
+    assert select(load_cells([v]), shared=True).iloc[0].lr == 1e-4
+    assert main([f"sweeps=[{v}]", "shared=true", f"out={tmp_path / 'out'}"]) == 0
+    assert "incomplete" in (tmp_path / "out" / "candidates.md").read_text()
+    cell_job(tmp_path / "w" / "x", "relu", 1e-4, True, 1000, 0.05, seed=0)   # two recipes, each missing a seed
+    cell_job(tmp_path / "w" / "y", "relu", 1e-3, True, 1000, 0.05, seed=1)
+    with pytest.raises(ValueError, match="no recipe has a job for every training seed"):
+        select(load_cells([tmp_path / "w"]), shared=True)

@@ -10,13 +10,15 @@ that was not is refused with one line, before anything is picked. Per variant th
 k = 2d over its training seeds (its worst seed, or ``rank=median``; ``shared=true``: one recipe for all) wins
 (ties: the lower upper CI bound, then the smaller lr). Writes ``cells.csv`` / ``cells.md`` (every cell)
 and ``best.csv`` / ``best.md`` (the winners, with the warm-up rescaled to ``full_steps``: screening runs are
-shorter and keep the warm-up's share of the run) and prints the rows for ``configs/recipe/smoke.yaml``.
+shorter and keep the warm-up's share of the run), ``candidates.csv`` / ``candidates.md`` (every recipe with its
+status: only a complete recipe can win; see ``candidates``) and prints the rows for ``configs/recipe/smoke.yaml``.
 
 Reads job folders through ``icl.results`` only: no torch.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import pandas as pd
 from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_status
-from icl.contract import EVAL, STANDARD, cap_k, errors_key, read_eval_csv, strategies
+from icl.contract import EVAL, STANDARD, STATUS, cap_k, errors_key, read_eval_csv, strategies
 from icl.files import write_csv, write_text
 from icl.run.cli import parse
 from icl.stats import paired_bootstrap
@@ -79,8 +81,17 @@ def load_cells(roots: Iterable[str | Path]) -> pd.DataFrame:
                      **{col: flat.get(key) for key, col in CELL_KEYS.items()},
                      "eval_seed": int(flat["eval.seed"]), "n_prompts": int(at["n_prompts"].iat[0]),
                      "k": int(at["k"].iat[0]), "error": float(at["error"].iat[0]),
-                     "ci_low": float(at["ci_low"].iat[0]), "ci_high": float(at["ci_high"].iat[0]), "run_dir": str(job)})
+                     "ci_low": float(at["ci_low"].iat[0]), "ci_high": float(at["ci_high"].iat[0]),
+                     "train_seconds": train_seconds(job), "run_dir": str(job)})
     return pd.DataFrame(rows)
+
+
+def train_seconds(job: Path) -> float | None:
+    """The job's training time (status.json), None for a job that re-scored a model trained elsewhere."""
+    try:
+        return json.loads((job / STATUS).read_text()).get("metrics", {}).get("train_seconds")
+    except (OSError, ValueError):
+        return None
 
 
 def check_validation(cells: pd.DataFrame, reporting_seed: int) -> None:
@@ -98,31 +109,59 @@ def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shar
     """The best recipe per (task, d, variant) by validation error at k = 2d over its training seeds; see the module
     doc for ties. ``by``: ``worst`` or ``median`` seed ranks a recipe (never the luckiest seed, nor seed 0 alone:
     a recipe that strands one seed on the plateau loses). ``shared``: one recipe for every variant, ranked by its
-    worst variant."""
+    worst variant. Only a complete recipe (a job for every training seed, and with ``shared`` every variant, that
+    the sweep holds) can win: a partial one's worst seed is not yet known."""
+    ranked = candidates(cells, reporting_seed, by, shared)
+    group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
+    best = ranked[ranked["status"] == "chosen"].drop(columns="selection")
+    if best.empty:
+        raise ValueError("no recipe has a job for every training seed (and variant) of the sweep yet: nothing can "
+                         "be chosen; finish the sweep")
+    counts = ranked.groupby(group).size().rename("cells")
+    return best.drop(columns="status").join(counts, on=group).sort_values(group).reset_index(drop=True)
+
+
+def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shared: bool = False) -> pd.DataFrame:
+    """One row per recipe (its worst or median job, ``jobs`` = how many it has) with a ``status``: ``chosen``,
+    ``complete``, ``dominated`` (partial, but with ``by=worst`` one of its jobs is already worse than the chosen
+    recipe's worst: it cannot win whatever its missing jobs score, so they need not be trained) or ``incomplete``
+    (partial and not dominated: the choice is provisional until it is complete)."""
     check_validation(cells, reporting_seed)
     group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
     ranked = rank_over_seeds(cells, group, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
-    best = ranked.groupby(group, sort=True).head(1)
-    counts = ranked.groupby(group).size().rename("cells")
-    return best.join(counts, on=group).sort_values(group).reset_index(drop=True)
+    ranked = ranked.reset_index(drop=True)
+    unit = ["attn", "seed"] if shared else ["seed"]  # what a complete recipe has one job of
+    expected = cells.drop_duplicates(group + unit).groupby(group).size().rename("expected").reset_index()
+    complete = ranked["jobs"] == ranked[group].merge(expected, on=group, how="left")["expected"]
+    chosen = ranked[complete].groupby(group, sort=False).head(1)
+    bar = ranked[group].merge(chosen[group + ["error"]].rename(columns={"error": "bar"}), on=group, how="left")["bar"]
+    status = pd.Series("complete", index=ranked.index)
+    status[~complete] = "incomplete"
+    if by == "worst":
+        status[~complete & (ranked["error"] > bar)] = "dominated"
+    status[chosen.index] = "chosen"
+    return ranked.assign(status=status, selection="shared" if shared else "per variant")
 
 
 def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool) -> pd.DataFrame:
-    """One row per recipe: the row of its worst (or median) training seed (and variant, when ``shared``)."""
+    """One row per recipe: the row of its worst (or median) training seed (and variant, when ``shared``), with
+    ``jobs``, the number of jobs the recipe has."""
     if by not in ("worst", "median"):
         raise ValueError(f"rank recipes by the worst or the median seed, got {by!r}")
     recipe = [c for c in CELL_KEYS.values() if c in cells and c != "seed" and not (shared and c in ("num_landmarks",
                                                                                                     "ridge"))]
     keys = group + [c for c in recipe if c not in group]
     filled = cells.assign(**{c: cells[c].fillna(-1) for c in recipe})
+    jobs = filled.groupby(keys, sort=False)["error"].transform("size")
     if by == "worst":
         idx = filled.groupby(keys, sort=False)["error"].idxmax()
-        return cells.loc[idx.values]
+        return cells.assign(jobs=jobs).loc[idx.values]
     rows = []
     for _, sub in filled.groupby(keys, sort=False):
         med = sub["error"].median()
         row = cells.loc[(sub["error"] - med).abs().idxmin()].copy()
         row["error"] = med
+        row["jobs"] = len(sub)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -210,19 +249,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = Path(args.softmax_reference) if args.softmax_reference else None
         return report_final(cells, args.reporting_seed, out, reference)
     try:
-        best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
+        ranked = candidates(cells, args.reporting_seed, args.rank, args.shared)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     cell_cols = ["attn", "lr", "qk_norm", "warmup_steps", "gradient_clip_val", "max_steps", *varying(cells)]
     cells = cells.sort_values(["task", "attn", "lr", "qk_norm", "warmup_steps"]).reset_index(drop=True)
-    if out:
+    if out:  # written while the sweep is partial too: candidates.md says what is still missing
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "cells.csv", cells.drop(columns="run_dir"), index=False)
         write_text(out / "cells.md", markdown(cells, cell_cols))
+        write_csv(out / "candidates.csv", ranked.drop(columns="run_dir"), index=False)
+        write_text(out / "candidates.md", markdown(ranked, [*cell_cols, "jobs", "status"]))
+    try:
+        best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if out:
         write_csv(out / "best.csv", best.drop(columns="run_dir"), index=False)
         write_text(out / "best.md", markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
     print(markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
+    if (ranked["status"] == "incomplete").any():
+        print(f"provisional: {int((ranked['status'] == 'incomplete').sum())} partial recipe(s) could still win; "
+              "train their missing jobs (candidates.md)")
     print(recipe_yaml(best))
     return 0
 

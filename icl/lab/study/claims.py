@@ -72,6 +72,7 @@ class Row:
     verdict: str = UNRESOLVED
     why: str = ""
     with_failed: str = ""   # the verdict when failed seeds are counted, when it differs
+    task: str = ""          # the task the row tests: a claim's verdict is combined per task
 
     def decide(self, ci: float, min_seeds: int) -> "Row":
         learned = [s.point for s in self.seeds if s.learned]
@@ -249,11 +250,12 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _row(study: Study, claim: str, part: str, arm: str, subject: str, statistic: str, kind: str, margin: float,
-         seeds: Sequence[SeedValue | None], absolute: dict[str, float]) -> Row | None:
+         seeds: Sequence[SeedValue | None], absolute: dict[str, float], task: str = "linear") -> Row | None:
     kept = [s for s in seeds if s is not None]
     if not kept:
         return None
-    return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute).decide(study.ci, study.min_seeds)
+    return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute,
+               task=task).decide(study.ci, study.min_seeds)
 
 
 def claim_rows(study: Study) -> list[Row]:
@@ -276,7 +278,8 @@ def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strate
         what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
         stat = (f"[Δ(c = {param:g}) − Δ(c = 1)], Δ = {relu} − softmax" if baseline else f"Δ = {relu} − softmax")
         rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu], f"{stat}, {task}, {what}, {window_text(ks)}",
-                         kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks)))
+                         kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks),
+                         task))
     return rows
 
 
@@ -375,7 +378,7 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                                f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}", "equal",
                                margin if not math.isnan(margin) else 0.0, seeds,
                                study.absolute(arm, task, (attn,), strategy, param, ks, quant) |
-                               study.absolute(arm, task, (attn,), strategy, param, ks))
+                               study.absolute(arm, task, (attn,), strategy, param, ks), task)
                     if row is not None and math.isnan(margin):
                         row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
                     rows.append(row)
@@ -412,11 +415,13 @@ def failure_table(study: Study) -> list[dict[str, Any]]:
 
 
 def claim_verdicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Per claim × arm × subject: the combined verdict of its rows."""
+    """Per claim × arm × subject × task: the combined verdict of its rows (per task, so a task on which no model
+    learned leaves the claim open there without hiding its verdict on the others)."""
     out = []
-    keys = sorted({(r.claim, r.arm, r.subject) for r in rows}, key=lambda k: (list(CLAIMS).index(k[0]), k[1], k[2]))
-    for claim, arm, subject in keys:
-        words = [r.verdict for r in rows if (r.claim, r.arm, r.subject) == (claim, arm, subject)]
-        out.append({"claim": claim, "arm": arm, "subject": subject, "verdict": combine(words), "rows": len(words),
-                    "refuted": words.count(REFUTED)})
+    keys = sorted({(r.claim, r.arm, r.subject, r.task) for r in rows},
+                  key=lambda k: (list(CLAIMS).index(k[0]), k[1], k[2], k[3]))
+    for claim, arm, subject, task in keys:
+        words = [r.verdict for r in rows if (r.claim, r.arm, r.subject, r.task) == (claim, arm, subject, task)]
+        out.append({"claim": claim, "arm": arm, "subject": subject, "task": task, "verdict": combine(words),
+                    "rows": len(words), "refuted": words.count(REFUTED)})
     return out

@@ -23,6 +23,7 @@ from icl.files import atomic_write
 from icl.lab.study import claims as C
 from icl.lab.study.compact import cell_name, load_cells
 from icl.lab.study.figures import figures
+from icl.lab.study.recipes import section as recipe_section
 from icl.lab.study.timing import read_bench, timing_rows
 from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
 from icl.tables import markdown_table
@@ -129,8 +130,12 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "zero_fraction": g["zero_fraction"], "baseline_margin": g["baseline_margin"],
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
-        "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}"} for v in verdicts],
-                          ["claim", "arm", "subject", "verdict", "rows", "refuted"]),
+        "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
+                           for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted"]),
+        "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
+                                  {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
+                                   for arm in grid["arms"]},
+                                  table),
         "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
         "tables": claim_tables(rows, float(cfg["ci"])),
         "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",
@@ -138,7 +143,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "figures": "\n\n".join(f"![{p.stem}]({relative(p, out_dir)})" for p in figs),
     }
     text = Template(TEMPLATE.read_text()).substitute(fields)
-    frames = {"claims": pd.DataFrame([{"claim": r.claim, "arm": r.arm, "subject": r.subject, "part": r.part,
+    frames = {"claims": pd.DataFrame([{"claim": r.claim, "arm": r.arm, "subject": r.subject, "task": r.task,
+                                       "part": r.part,
                                        "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
                                        "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
                                        "improving": s.improving, "verdict": r.verdict, "with_failed": r.with_failed}

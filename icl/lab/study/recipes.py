@@ -1,0 +1,118 @@
+"""The study's recipe selections, from committed tuning tables: which recipe each arm was chosen to train with.
+
+A tuning sweep (``configs/experiment/seed_study/tune_*.yaml``) is summarised by ``python -m icl.lab.tuning … out=
+<tuning>/<name>`` into ``cells.csv`` (one row per job: validation error at k = 2d) and ``candidates.csv`` (one row
+per recipe: its worst job, how many jobs it has, and its status). This module turns those committed files into the
+report's "Recipe selection" section and checks that the cells of an arm trained with the recipe its selection chose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RECIPE = ["lr", "qk_norm", "gradient_clip_val", "warmup_steps"]
+
+
+def _key(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A recipe as comparable values (clip None and NaN alike; lr to 3 significant digits)."""
+    out = []
+    for name in RECIPE:
+        v = values.get(name)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+        elif name == "qk_norm":
+            out.append(str(v).lower() == "true")
+        else:
+            out.append(float(f"{float(v):.3g}"))
+    return tuple(out)
+
+
+def recipe_text(values: Mapping[str, Any]) -> str:
+    lr, qk, clip, warmup = _key(values)
+    return f"lr {lr:g}, qk_norm {qk}, clip {clip}, warm-up {int(warmup) if warmup is not None else '—'}"
+
+
+def load(tuning_dir: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """``{name: (cells, candidates)}`` for every committed selection under ``tuning_dir``."""
+    out = {}
+    for folder in sorted(p for p in Path(tuning_dir).glob("*") if (p / "candidates.csv").is_file()):
+        out[folder.name] = (pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "candidates.csv"))
+    return out
+
+
+def job_table(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per recipe: each variant × seed's validation error at k = 2d, and the recipe's worst job."""
+    rows = []
+    for _, sub in cells.groupby(RECIPE, dropna=False, sort=True):
+        first = sub.iloc[0].to_dict()
+        row: dict[str, Any] = {"recipe": recipe_text(first)}
+        for _, job in sub.sort_values(["attn", "seed"]).iterrows():
+            row[f"{job['attn']} s{int(job['seed'])}"] = float(job["error"])
+        row["worst"] = float(sub["error"].max())
+        rows.append(row)
+    return rows
+
+
+def train_minutes(cells: pd.DataFrame) -> float:
+    """Training time of the sweep's own jobs (re-scored ones trained elsewhere count nothing)."""
+    return float(pd.to_numeric(cells.get("train_seconds"), errors="coerce").fillna(0).sum()) / 60
+
+
+def chosen(candidates: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The chosen recipe per variant (``{"*": row}`` for a shared selection)."""
+    rows = candidates[candidates["status"] == "chosen"]
+    if rows.empty:
+        return {}
+    if (candidates.get("selection", pd.Series(["per variant"])) == "shared").all():
+        return {"*": rows.iloc[0].to_dict()}
+    return {str(r["attn"]): r.to_dict() for _, r in rows.iterrows()}
+
+
+def arm_check(candidates: pd.DataFrame, trained: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Whether every cell trained under this selection used the recipe chosen for it (``trained``: each committed
+    cell's (variant, recipe))."""
+    best = chosen(candidates)
+    if not best:
+        return "No complete recipe yet: nothing chosen"
+    text = "; ".join(f"{'' if attn == '*' else attn + ': '}{recipe_text(row)}" for attn, row in best.items())
+    if not trained:
+        return f"Chosen: {text}; no cell trained with it is committed yet"
+    wrong = [(attn, r) for attn, r in trained if _key(r) != _key(best.get("*", best.get(attn, {})))]
+    if wrong:
+        attn, r = wrong[0]
+        return (f"Chosen: {text}; but {len(wrong)} of {len(trained)} cells trained with another recipe (e.g. {attn}: "
+                f"{recipe_text(r)}): **the arm does not use its selection**")
+    return f"Chosen: {text}; all {len(trained)} committed cells trained with it"
+
+
+def section(tuning_dir: Path | None, arms: Mapping[str, Mapping[str, Any]],
+            trained: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]], table: Any) -> str:
+    """The report's "Recipe selection" text: per committed selection, the arm check, its candidates and its jobs.
+    ``trained``: arm -> (variant, recipe) of its committed cells; ``table``: the report's table writer."""
+    selections = load(tuning_dir) if tuning_dir is not None and Path(tuning_dir).is_dir() else {}
+    if not selections:
+        return "No tuning selection is committed (`python -m icl.lab.tuning ... out=<tuning>/<name>`)."
+    by_selection = {spec.get("tuning"): arm for arm, spec in arms.items() if spec.get("tuning")}
+    out = []
+    for name, (cells, candidates) in selections.items():
+        arm = by_selection.get(name)
+        check = arm_check(candidates, trained.get(arm, []) if arm else [])
+        status = [{"attn": "all" if r.get("selection") == "shared" else r["attn"], "recipe": recipe_text(r),
+                   "jobs": int(r["jobs"]), "worst job (error at k = 2d)": float(r["error"]),
+                   "worst: attn, seed": f"{r['attn']}, {int(r['seed'])}", "status": r["status"]}
+                  for _, r in candidates.iterrows()]
+        jobs = job_table(cells)
+        columns = ["recipe", *sorted({k for r in jobs for k in r} - {"recipe", "worst"}), "worst"]
+        jobs = [{c: r.get(c, math.nan) for c in columns} for r in jobs]  # a job not trained (yet): —
+        rescored = int(pd.to_numeric(cells.get("train_seconds"), errors="coerce").isna().sum())
+        out += [f"### {name}" + (f" (arm **{arm}**)" if arm else ""),
+                f"{len(cells)} jobs on validation prompts (eval.seed {', '.join(map(str, sorted(set(cells['eval_seed']))))}), "
+                f"{train_minutes(cells):.0f} min of training in the sweep's own jobs ({rescored} re-scored models trained "
+                f"elsewhere with the same training config). {check}.", "",
+                table(status, list(status[0])), "", table(jobs, columns), ""]
+    return "\n".join(out)
