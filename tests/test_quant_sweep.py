@@ -183,8 +183,10 @@ def test_jobs_of_two_roots_are_found_with_their_root_and_a_store_model_relative_
     model = project / "outputs" / "store" / "abc" / "model.ckpt"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"")
+    (model.parent.parent / "f1.ckpt").write_bytes(b"")  # the store's copy of cpu/a's model (same fingerprint)
     cpu, shared = project / "multirun" / "cpu", project / "multirun" / "tune_shared"
-    statuses = {cpu / "a": {}, cpu / "b": {"model": "outputs/store/abc/model.ckpt"},
+    statuses = {cpu / "a": {"fingerprint": "f1"}, cpu / "a_int8": {"fingerprint": "f1", "model": "outputs/store/f1.ckpt"},
+                cpu / "b": {"fingerprint": "f2", "model": "outputs/store/abc/model.ckpt"},
                 shared / "a_again": {"evaluated_from": "multirun/cpu/a"},  # cpu/a's model on validation prompts
                 shared / "trial": {}}  # keeps no model: skipped
     for job, metrics in statuses.items():
@@ -195,7 +197,7 @@ def test_jobs_of_two_roots_are_found_with_their_root_and_a_store_model_relative_
     (cpu / "a" / "checkpoints" / "last.ckpt").write_bytes(b"")
     roots = [str(cpu), str(shared)]
     found = find_jobs(roots)
-    assert found == [(cpu / "a").resolve(), (cpu / "b").resolve(), (shared / "a_again").resolve()]
+    assert found == [(cpu / "a").resolve(), (cpu / "b").resolve(), (shared / "a_again").resolve()]  # a_int8: a's model
     assert [source_of(j, roots) for j in found] == ["cpu", "cpu", "tune_shared"]
     assert trained_model(found[0])[1] == "last"
     assert trained_model(found[1]) == (model, str(model))  # not relative to this process's cwd

@@ -210,7 +210,7 @@ def find_jobs(inputs: list[str]) -> list[Path]:
     of a post-training sweep share their trainer's checkpoint, and it is swept once. A job still training (or
     failed), or one that kept no model, is skipped with a log line. A re-evaluation folder (``python -m icl.evaluate
     out_dir=…``, e.g. on validation prompts) is swept on its own prompts with the model it was evaluated from."""
-    by_ckpt: dict[tuple[Path, Path], Path] = {}  # per root: a model under two roots is swept under each
+    by_ckpt: dict[tuple[Path, Any], Path] = {}  # per root: a model under two roots is swept under each
     for root in map(Path, inputs):
         for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
             if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
@@ -221,13 +221,16 @@ def find_jobs(inputs: list[str]) -> list[Path]:
                 log.info("skipped %s: status %s", job, status)
                 continue
             try:
-                ckpt, _ = trained_model(job)
+                ckpt, how = trained_model(job)
             except (OSError, ValueError):  # not a job folder after all
                 continue
-            if ckpt.is_file():
-                by_ckpt.setdefault((root, ckpt.resolve()), job)
-            else:
+            if not ckpt.is_file():
                 log.info("skipped %s: no trained model (%s)", job, ckpt)
+                continue
+            # The trainer's last.ckpt and the store's copy are one model: the training fingerprint says so.
+            key = (root, (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
+            if key not in by_ckpt or how == "last":  # the job that trained it (its own checkpoint) is the one kept
+                by_ckpt[key] = job
     return sorted(set(by_ckpt.values()))
 
 
