@@ -149,6 +149,8 @@ def test_two_roots_keep_their_seeds_apart_and_the_guard_leaves_out_seeds_that_di
     assert points.loc["cpu", "breaking_point"] == "4 bits" and points.loc["cpu", "seeds"] == "0 1 2"
     assert points.loc["cpu", "did_not_learn"] == "3 (0.100)" and points.loc["tune_shared", "did_not_learn"] == ""
     assert points.loc["tune_shared", "breaking_point"] == "8 bits"
+    nobody = variant_breaking_points(tuned.assign(learned=False), seed_level(tuned.assign(learned=False)))
+    assert nobody.rule.item() == "no seed learned (study guard)" and nobody.n_seeds.item() == 0
     sens = sensitivity_over_seeds(df.assign(kind="sensitivity", block=0, branch="mlp"))
     assert list(sens.n_seeds) == [3, 3]  # the failed seed is not averaged in
     alone = seed_level(tuned.assign(learned=True))

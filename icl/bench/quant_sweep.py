@@ -361,7 +361,8 @@ def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: in
         point = row.smallest_bits_inside.iat[0] if seed_level_read else float("nan")
         rows.append({"source": source, "task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
                      "seeds": " ".join(map(str, g.seed)), "float_error": " ".join(f"{e:.3f}" for e in g.float_error),
-                     "rule": f"t-interval over {len(g)} seeds" if seed_level_read else "per seed (paired CI over prompts)",
+                     "rule": (f"t-interval over {len(g)} seeds" if seed_level_read else
+                              "per seed (paired CI over prompts)" if len(g) else "no seed learned (study guard)"),
                      "breaking_point": ("–" if pd.isna(point) else f"{int(point)} bits") if seed_level_read else own,
                      "per_seed": own,
                      "did_not_learn": " ".join(f"{s} ({e:.3f})" for s, e in zip(failed.seed, failed.float_error))})
