@@ -124,6 +124,7 @@ def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     st = df[df.kind == "state"].set_index("bits")
     assert abs(st.loc[16, "diff"]) < 1e-3 and st.loc[16, "label"] == "state_fq_s16"
     assert set(df[df.kind == "sensitivity"].branch) == {"attn", "mlp", "internals", "state"}
+    assert (df.guard_baseline == "least_squares").all() and df.learned.nunique() == 1  # one guard verdict per model
     assert (tmp_path / "sweep" / "quant_sweep_seeds.csv").is_file()
     assert "run_dir" not in pd.read_csv(tmp_path / "sweep" / "quant_sweep_compact.csv").columns
     assert (tmp_path / "sweep" / "quant_sweep.md").read_text().startswith("# Quantisation sweep")

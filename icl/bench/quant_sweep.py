@@ -247,6 +247,10 @@ def with_guard_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{c: v for c, v in (("learned", True), ("source", "")) if c not in df.columns})
 
 
+SEED_COLUMNS = ["source", "task", "attn", "seed", "run_dir", "kind", "bits", "margin", "float_error", "diff", "diff_low",
+                "diff_high", "inside_margin", "verdict", "seeds"]
+
+
 def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.DataFrame:
     """Per source × task × variant × width kind × width: the t-interval over the learned training seeds of the
     seed-level paired differences, and the study's non-inferiority verdict against the margin (module doc). One row
@@ -264,7 +268,7 @@ def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.Dat
                      "bits": bits, "margin": margin, "float_error": float(g.float_error.mean()),
                      "diff": interval.mean, "diff_low": interval.low, "diff_high": interval.high,
                      "inside_margin": word == CONFIRMED, "verdict": word, "seeds": " ".join(map(str, sorted(g.seed)))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)  # no learned seed: no rows, the same columns
 
 
 def compact(df: pd.DataFrame) -> pd.DataFrame:
@@ -349,7 +353,8 @@ def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: in
     seeds = seeds.assign(source=seeds.get("source", ""))
     per_seed = breaking_points(df)
     per_seed = per_seed.join(df.drop_duplicates("run_dir").set_index("run_dir")[["source", "learned"]], on="run_dir")
-    pooled = breaking_points(seeds).rename(columns={"run_dir": "source"})
+    pooled = (breaking_points(seeds).rename(columns={"run_dir": "source"}) if len(seeds) else
+              pd.DataFrame(columns=["source", "task", "attn", "kind", "smallest_bits_inside"]))
     rows = []
     for (source, task, attn, kind), everyone in per_seed.groupby(["source", "task", "attn", "kind"], sort=True):
         g = everyone[everyone.learned.astype(bool)]
