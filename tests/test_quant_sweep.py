@@ -221,3 +221,14 @@ def test_rescore_reads_a_sweep_again_at_another_margin(tmp_path):
     assert "| cpu | linear | softmax | weights | 3 |" in (tmp_path / "strict" / "quant_sweep.md").read_text()
     with pytest.raises(ValueError, match="rescore=.*no such quant_sweep.csv"):
         main([f"inputs=[{tmp_path}]", f"rescore={tmp_path / 'nope.csv'}"])
+
+
+def test_the_sweep_figure_leaves_out_seeds_that_did_not_learn(tmp_path):
+    from icl.analysis.quant import quant_sweep_figures
+
+    rows = seeds_frame({8: [0.0, 0.001, 0.9], 4: [0.01, 0.02, 0.9]}).assign(learned=lambda f: f.seed < 2)
+    (tmp_path / "a").mkdir()
+    rows.to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
+    assert [p.name for p in quant_sweep_figures([tmp_path / "a"], tmp_path / "fig")] == ["quant_sweep_a_linear.png"]
+    rows.assign(learned=False).to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
+    assert quant_sweep_figures([tmp_path / "a"], tmp_path / "none") == []  # no learned model: nothing to draw

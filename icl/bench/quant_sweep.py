@@ -274,7 +274,8 @@ def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.Dat
 def compact(df: pd.DataFrame) -> pd.DataFrame:
     """The sweep's rows without paths, numbers to 4 significant digits (for docs/)."""
     out = df.drop(columns=["run_dir"], errors="ignore").copy()  # no column at all: no seed had enough to pool
-    for column in {"float_error", "error", "diff", "diff_low", "diff_high", "seconds"} & set(out.columns):
+    for column in {"float_error", "error", "diff", "diff_low", "diff_high", "seconds", "guard_error",
+                   "guard_baseline_error"} & set(out.columns):
         out[column] = out[column].map(lambda v: float(f"{v:.4g}"))
     return out
 
