@@ -226,7 +226,8 @@ def test_rescore_reads_a_sweep_again_at_another_margin(tmp_path):
 def test_the_sweep_figure_leaves_out_seeds_that_did_not_learn(tmp_path):
     from icl.analysis.quant import quant_sweep_figures
 
-    rows = seeds_frame({8: [0.0, 0.001, 0.9], 4: [0.01, 0.02, 0.9]}).assign(learned=lambda f: f.seed < 2)
+    rows = seeds_frame({8: [0.0, 0.001, 0.9], 4: [0.01, 0.02, 0.9]}).assign(
+        learned=lambda f: f.seed < 2, diff_low=lambda f: f["diff"] - 0.005, diff_high=lambda f: f["diff"] + 0.005)
     (tmp_path / "a").mkdir()
     rows.to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
     assert [p.name for p in quant_sweep_figures([tmp_path / "a"], tmp_path / "fig")] == ["quant_sweep_a_linear.png"]
