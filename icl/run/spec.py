@@ -5,7 +5,7 @@
 ``trainer`` keys against ``lightning.Trainer``'s signature) and the values that need two groups (prompt length vs
 ``model.n_positions``). A misspelt key or an impossible value is one ``ValueError`` line naming the dotted key.
 The parse also builds the task (its class checks ``task.params``) and checks what this machine must provide: the
-loggers installed, the quant mode applied to the untrained model and run (``here=False``: the config alone).
+loggers installed, the quant mode applied to an untrained stand-in of the model and run (``here=False``: the config alone).
 ``train()`` and the evaluate CLI build it once and hand it down; ``ValidateSweep`` builds the spec of every cell
 of a ``-m`` sweep before the first job starts. Free-form groups (``attn``, ``callbacks``, ``logger``, ``recipe``)
 are checked by what consumes them (the kernel's constructor, Hydra's instantiate).
