@@ -54,10 +54,18 @@ class AlgorithmsConfig:
     probes: int
     readout: bool
     dynamics: bool = False  # also score every periodic checkpoint (dynamics.csv; icl.run.evaluate)
+    enabled: bool = True  # False: eval.algorithms=null, no algorithms.csv (``off()``)
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "AlgorithmsConfig":
-        known = [f.name for f in fields(cls)]
+    def off(cls) -> "AlgorithmsConfig":
+        """``eval.algorithms: null``: nothing to score (the other fields are unused)."""
+        return cls(n_prompts=0, learners=(), probes=0, readout=False, enabled=False)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> "AlgorithmsConfig":
+        if cfg is None:
+            return cls.off()
+        known = [f.name for f in fields(cls) if f.name != "enabled"]
         if unknown := sorted(set(cfg) - set(known)):
             raise ValueError(f"unknown eval.algorithms option(s) {unknown}; known: {known}")
         if missing := [k for k in known if k not in cfg and k != "dynamics"]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from icl import baselines, prompts
+from icl.agreement import AlgorithmsConfig
 from icl.cache import BaselineCache
 from icl.contract import EVAL_COLUMNS, errors_key, failures, param_key  # noqa: F401 - failures re-exported
 from icl.errors import first_line
@@ -49,7 +50,7 @@ class EvalConfig:
     slow_baseline_strategies: tuple[str, ...] | None  # strategies the slow baselines run on (None: all)
     strategies: dict[str, list[Any]]
     cache: str | None  # folder of cached baseline predictions (icl.cache); None: no cache
-    algorithms: dict[str, Any] | None = None  # icl.agreement.AlgorithmsConfig's keys; None: no algorithms.csv
+    algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig.off)  # off: no algorithms.csv
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "EvalConfig":
@@ -63,15 +64,12 @@ class EvalConfig:
         slow_on = cfg.get("slow_baseline_strategies")
         out = cls(**{**cfg, "baselines": tuple(cfg.get("baselines") or ()),
                      "slow_baseline_strategies": None if slow_on is None else tuple(slow_on),
-                     "strategies": dict(cfg.get("strategies") or {"standard": [None]})})
+                     "strategies": dict(cfg.get("strategies") or {"standard": [None]}),
+                     "algorithms": AlgorithmsConfig.from_config(cfg.get("algorithms"))})  # a bad option fails here
         for name in out.baselines:
             baselines.is_slow(name)  # unknown names fail here, before any training
             baselines.check_installed(name)
         prompts.check(out.strategies)
-        if out.algorithms is not None:
-            from icl.agreement import AlgorithmsConfig
-
-            AlgorithmsConfig.from_config(out.algorithms)  # a bad option fails here, before any training
         if out.n_prompts < 2:
             raise ValueError(f"eval.n_prompts must be >= 2, got {out.n_prompts}")
         require(out.batch_size >= 1, "eval.batch_size", "must be >= 1", out.batch_size)

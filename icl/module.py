@@ -75,6 +75,7 @@ class ICLModule(L.LightningModule):
                 raise ValueError(f"optim options: unknown {unknown}, missing {missing}; known: {list(OPTIM_KEYS)}")
         self.optim = optim
         self.last_batch: tuple[Tensor, Tensor, int, int] | None = None  # what on_train_batch_end logs
+        self.nonfinite = NonFinite()
 
     def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         return self.model(xs, ys)
@@ -82,11 +83,7 @@ class ICLModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         xs, ys = batch["xs"], batch["ys"]
         loss = self.task.loss(self(xs, ys), ys)
-        # Checked every step (a device sync on GPU, but a NaN must stop the run before a checkpoint keeps it).
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr or add "
-                "trainer.gradient_clip_val (finished checkpoints are kept)")
+        self.nonfinite.record(loss.detach(), self.global_step)
         self.last_batch = (loss.detach(), ys, batch["n_dims"], xs.shape[1])
         return loss
 
@@ -101,11 +98,18 @@ class ICLModule(L.LightningModule):
         # walks Lightning's result collection, and what it records on the other steps is never written.
         if not (logs_this_step(self.trainer) or self.global_step >= self.trainer.max_steps > 0):
             return
+        self.nonfinite.check(self.global_step - 1)
         loss, ys, n_dims, n_points = self.last_batch
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/loss_rel_zero", loss / self.task.zero_loss(ys).to(loss), prog_bar=True)
         self.log("curriculum/n_dims", float(n_dims))
         self.log("curriculum/n_points", float(n_points))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite.check(self.global_step - 1)  # no checkpoint of a run whose loss went non-finite
+
+    def on_train_end(self) -> None:
+        self.nonfinite.check(self.global_step - 1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optim is None:
@@ -117,6 +121,38 @@ class ICLModule(L.LightningModule):
         schedule = lr_lambda(self.optim["schedule"], int(self.optim["warmup_steps"]), max(total, 1))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class NonFinite:
+    """The training loss's NaN/inf check without a host sync per step: ``record`` keeps, on the loss's device, the
+    first non-finite loss and its step; ``check`` reads them (the one sync) on the steps the loggers write, before a
+    checkpoint and at the end, and raises naming that step and the steps checked. (On a CPU nothing is asynchronous,
+    so there the saving is only the per-step branch.)"""
+
+    def __init__(self) -> None:
+        self.step: Tensor | None = None  # first non-finite step, -1: none yet
+        self.loss: Tensor | None = None
+        self.checked = 0  # the first step the next check covers
+
+    def record(self, loss: Tensor, step: int) -> None:
+        if self.step is None:  # the first step of this run (a resumed run starts past 0)
+            self.checked = step
+            self.step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self.loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss, self.loss)
+
+    def check(self, last_step: int) -> None:
+        """Raise if a loss up to ``last_step`` was not finite."""
+        if self.step is None or last_step < self.checked:
+            return
+        first = int(self.step)
+        if first >= 0:
+            raise FloatingPointError(
+                f"training loss is {self.loss.item()} at step {first} (found by the check of steps {self.checked}–"
+                f"{last_step}): lower optim.lr or add trainer.gradient_clip_val (finished checkpoints are kept)")
+        self.checked = last_step + 1
 
 
 def logs_this_step(trainer: L.Trainer) -> bool:

@@ -477,9 +477,17 @@ def summary(report: dict[str, Any]) -> str:
             f"max {report['rel_diff_max']:.2e} mean {report['rel_diff_mean']:.2e}")
 
 
-def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
+def check_blocks(spec: QuantSpec, n_blocks: int) -> None:
+    """``quant.blocks`` names blocks a model of ``n_blocks`` has."""
+    if spec.blocks is not None and max(spec.blocks) >= n_blocks:
+        raise ValueError(f"quant.blocks={list(spec.blocks)} names a block the model lacks (it has {n_blocks}: "
+                         f"0..{n_blocks - 1})")
+
+
+def check(spec: QuantSpec, model: nn.Module, on_gpu: bool, in_place: bool = False) -> None:
     """Fail in one line when the mode cannot run here: apply it to the untrained model and run it (the job spec's
-    parse calls this, so a -m sweep is refused before its first job)."""
+    parse calls this, so a -m sweep is refused before its first job). ``in_place``: ``model`` is a throwaway
+    stand-in, quantised without a copy."""
     group = spec.params.get("group_size")
     if group:
         bad = {n: m.in_features for n, m in linears(model).items() if spec.selects(m, n) and m.in_features % group}
@@ -487,10 +495,7 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
             raise ValueError(f"quant.group_size={group} does not divide the input width of {sorted(bad)} "
                              f"({sorted(set(bad.values()))}): pick a group size that does, or drop them from "
                              "quant.layers")
-    n_blocks = len(getattr(model, "blocks", ()))
-    if spec.blocks is not None and max(spec.blocks) >= n_blocks:
-        raise ValueError(f"quant.blocks={list(spec.blocks)} names a block the model lacks (it has {n_blocks}: "
-                         f"0..{n_blocks - 1})")
+    check_blocks(spec, len(getattr(model, "blocks", ())))
     if spec.name == "int8_fbgemm" and fbgemm_engine() is None:
         raise ValueError(f"quant=int8_fbgemm needs PyTorch's x86/FBGEMM quantized engine, which this build lacks "
                          f"(engines: {torch.backends.quantized.supported_engines}): use quant=int8_dynamic")
@@ -501,7 +506,7 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool) -> None:
         return
     device = torch.device("cuda" if spec.mode.cuda_only else "cpu")
     try:
-        trial = copy.deepcopy(model).to(device)
+        trial = (model if in_place else copy.deepcopy(model)).to(device)
         if spec.mode.stage == "qat" and not is_fake_quantized(trial):
             prepare_qat(trial, spec)
         n_dims = trial.config.n_dims

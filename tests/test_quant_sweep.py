@@ -124,10 +124,15 @@ def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     st = df[df.kind == "state"].set_index("bits")
     assert abs(st.loc[16, "diff"]) < 1e-3 and st.loc[16, "label"] == "state_fq_s16"
     assert set(df[df.kind == "sensitivity"].branch) == {"attn", "mlp", "internals", "state"}
+    assert (df.guard_baseline == "least_squares").all()
     assert (tmp_path / "sweep" / "quant_sweep_seeds.csv").is_file()
     assert "run_dir" not in pd.read_csv(tmp_path / "sweep" / "quant_sweep_compact.csv").columns
     assert (tmp_path / "sweep" / "quant_sweep.md").read_text().startswith("# Quantisation sweep")
-    assert [p.name for p in quant_sweep_figures([tmp_path / "sweep"], tmp_path / "fig")] == ["quant_sweep_sweep_linear.png"]
+    assert not df.learned.any()  # 20 steps: the study's guard says it did not learn, so nothing is drawn
+    assert quant_sweep_figures([tmp_path / "sweep"], tmp_path / "fig") == []
+    main([f"inputs=[{tmp_path}]", f"out={tmp_path / 'all'}", "bits=[8,2]", "attn_bits=[16,2]", "n_prompts=128",
+          "guard=false"])
+    assert [p.name for p in quant_sweep_figures([tmp_path / "all"], tmp_path / "fig")] == ["quant_sweep_all_linear.png"]
 
 
 def test_sensitivity_over_seeds_is_mean_and_range_per_block_and_branch():
@@ -135,3 +140,100 @@ def test_sensitivity_over_seeds_is_mean_and_range_per_block_and_branch():
     df = pd.concat([rows.assign(seed=s, diff=d) for s, d in enumerate([0.01, 0.03, 0.02])], ignore_index=True)
     out = sensitivity_over_seeds(df)
     assert out["mlp@3"].item() == "+0.020 (+0.010 … +0.030)" and out.n_seeds.item() == 3
+
+
+def test_two_roots_keep_their_seeds_apart_and_the_guard_leaves_out_seeds_that_did_not_learn():
+    diffs = {8: [0.001, 0.002, 0.0, 0.9], 4: [0.01, 0.02, 0.015, 0.9]}
+    tuned = seeds_frame(diffs).assign(source="cpu", learned=lambda f: f.seed < 3)  # seed 3 did not learn
+    shared = seeds_frame({8: [0.0, 0.0, 0.001], 4: [0.2, 0.3, 0.25]}).assign(
+        source="tune_shared", run_dir=lambda f: "s" + f.run_dir, learned=True)
+    df = pd.concat([tuned, shared], ignore_index=True)
+    seeds = seed_level(df)
+    assert set(zip(seeds.source, seeds.seeds)) == {("cpu", "0 1 2"), ("tune_shared", "0 1 2")}
+    points = variant_breaking_points(df, seeds).set_index("source")
+    assert points.loc["cpu", "breaking_point"] == "4 bits" and points.loc["cpu", "seeds"] == "0 1 2"
+    assert points.loc["cpu", "did_not_learn"] == "3 (0.100)" and points.loc["tune_shared", "did_not_learn"] == ""
+    assert points.loc["tune_shared", "breaking_point"] == "8 bits"
+    nobody = variant_breaking_points(tuned.assign(learned=False), seed_level(tuned.assign(learned=False)))
+    assert nobody.rule.item() == "no seed learned (study guard)" and nobody.n_seeds.item() == 0
+    sens = sensitivity_over_seeds(df.assign(kind="sensitivity", block=0, branch="mlp"))
+    assert list(sens.n_seeds) == [3, 3]  # the failed seed is not averaged in
+    alone = seed_level(tuned.assign(learned=True))
+    assert alone.set_index("bits").loc[4, "seeds"] == "0 1 2 3"  # without the guard it would count
+
+
+def test_the_guard_is_the_studys_rule_on_the_sweeps_prompts():
+    import numpy as np
+
+    from icl import baselines, prompts
+    from icl.bench.quant_sweep import GuardRule
+    from icl.evaluation import prompt_errors
+    from icl.tasks import build_task
+
+    rule = GuardRule.from_study()
+    assert rule.baselines["linear"] == ["least_squares"] and rule.guard.zero_fraction == 0.5
+    task = build_task("linear", 5, None)
+    p = prompts.make_prompts("standard", task, 64, 11, 0)
+    ls, zero = prompt_errors(task, baselines.predict("least_squares", p.xs, p.ys), p.targets)
+    good = rule.check("linear", task, p, ls + 0.05 * zero, zero, 10, 16)  # 0.05 above least squares: learned
+    assert good["learned"] and good["guard_baseline"] == "least_squares" and good["guard_k"] == 10
+    assert good["guard_error"] == pytest.approx(float(ls[:, 10].sum() / zero[:, 10].sum()) + 0.05)
+    assert not rule.check("linear", task, p, ls + 0.2 * zero, zero, 10, 16)["learned"]  # 0.2 above: > margin 0.1
+    assert not rule.check("linear", task, p, np.full_like(zero, np.nan), zero, 10, 16)["learned"]
+
+
+def test_jobs_of_two_roots_are_found_with_their_root_and_a_store_model_relative_to_their_project(tmp_path):
+    """Another worktree's jobs: a store model and a re-evaluation's origin are named relative to that project."""
+    from icl.bench.quant_sweep import source_of, trained_model
+
+    project = tmp_path / "other_worktree"
+    model = project / "outputs" / "store" / "abc" / "model.ckpt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    (model.parent.parent / "f1.ckpt").write_bytes(b"")  # the store's copy of cpu/a's model (same fingerprint)
+    cpu, shared = project / "multirun" / "cpu", project / "multirun" / "tune_shared"
+    statuses = {cpu / "a": {"fingerprint": "f1"}, cpu / "a_int8": {"fingerprint": "f1", "model": "outputs/store/f1.ckpt"},
+                cpu / "b": {"fingerprint": "f2", "model": "outputs/store/abc/model.ckpt"},
+                shared / "a_again": {"evaluated_from": "multirun/cpu/a"},  # cpu/a's model on validation prompts
+                shared / "trial": {}}  # keeps no model: skipped
+    for job, metrics in statuses.items():
+        job.mkdir(parents=True)
+        (job / "config.yaml").write_text("seed: 0\n")
+        (job / "status.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
+    (cpu / "a" / "checkpoints").mkdir()
+    (cpu / "a" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    roots = [str(cpu), str(shared)]
+    found = find_jobs(roots)
+    assert found == [(cpu / "a").resolve(), (cpu / "b").resolve(), (shared / "a_again").resolve()]  # a_int8: a's model
+    assert [source_of(j, roots) for j in found] == ["cpu", "cpu", "tune_shared"]
+    assert trained_model(found[0])[1] == "last"
+    assert trained_model(found[1]) == (model, str(model))  # not relative to this process's cwd
+    own = (cpu / "a" / "checkpoints" / "last.ckpt").resolve()
+    assert trained_model(found[2])[0].resolve() == own and trained_model(found[2])[1] != "last"
+
+
+def test_rescore_reads_a_sweep_again_at_another_margin(tmp_path):
+    from icl.bench.quant_sweep import main
+
+    diffs = {8: [0.001, 0.002, 0.0], 4: [0.02, 0.03, 0.025], 2: [0.2, 0.3, 0.25]}
+    df = seeds_frame(diffs).assign(source="cpu", learned=True, diff_high=lambda f: f["diff"] + 0.004)
+    df.to_csv(tmp_path / "quant_sweep.csv", index=False)
+    strict = main([f"inputs=[{tmp_path / 'unused'}]", f"rescore={tmp_path / 'quant_sweep.csv'}", "margin=0.01",
+                   f"out={tmp_path / 'strict'}"])
+    assert list(strict.groupby("bits").inside_margin.all().sort_index()) == [False, False, True]  # 2, 4, 8 bits
+    assert (strict.margin == 0.01).all() and (strict.source == "cpu").all()
+    assert "| cpu | linear | softmax | weights | 3 |" in (tmp_path / "strict" / "quant_sweep.md").read_text()
+    with pytest.raises(ValueError, match="rescore=.*no such quant_sweep.csv"):
+        main([f"inputs=[{tmp_path}]", f"rescore={tmp_path / 'nope.csv'}"])
+
+
+def test_the_sweep_figure_leaves_out_seeds_that_did_not_learn(tmp_path):
+    from icl.analysis.quant import quant_sweep_figures
+
+    rows = seeds_frame({8: [0.0, 0.001, 0.9], 4: [0.01, 0.02, 0.9]}).assign(
+        learned=lambda f: f.seed < 2, diff_low=lambda f: f["diff"] - 0.005, diff_high=lambda f: f["diff"] + 0.005)
+    (tmp_path / "a").mkdir()
+    rows.to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
+    assert [p.name for p in quant_sweep_figures([tmp_path / "a"], tmp_path / "fig")] == ["quant_sweep_a_linear.png"]
+    rows.assign(learned=False).to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
+    assert quant_sweep_figures([tmp_path / "a"], tmp_path / "none") == []  # no learned model: nothing to draw

@@ -144,6 +144,8 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
     written = []
     for csv in sorted({p for root in inputs for p in Path(root).rglob("quant_sweep.csv")}):
         df = pd.read_csv(csv)
+        if "learned" in df:  # the study guard's verdict per model: seeds that did not learn are left out, as in the tables
+            df = df[df.learned.astype(bool)]
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for task in sorted(df.task.unique()):
             fig = plot_sweep(df, task)

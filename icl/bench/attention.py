@@ -16,16 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from icl.attention import ATTENTION, build_attention
+from icl.bench.entry import hydra_cli
 from icl.bench.timing import interleaved, loglog_slope, summarise
 from icl.files import atomic_write, write_text
-from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
+from icl.run.configs import CONFIG_DIR
 from icl.tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -174,16 +174,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     return df
 
 
-@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench_attn")
-def main(cfg: DictConfig) -> None:
-    with refusals(ValueError):
-        run(cfg)
-
-
-def cli() -> None:
-    """Console script ``icl-bench-attn`` (and ``python -m icl.bench.attention``)."""
-    run_cli(main)
-
+cli = hydra_cli(run, "bench_attn")  # console script icl-bench-attn (and python -m icl.bench.attention)
 
 if __name__ == "__main__":
     cli()

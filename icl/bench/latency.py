@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 from icl.analysis.bench_figures import plot_latency
 from icl.attention import ATTENTION
 from icl.bench.attention import device_name, pick_device, variant_params
+from icl.bench.entry import hydra_cli
 from icl.bench.flops import forward_flops, matmul_peak, train_flops
 from icl.bench.targets import check as check_targets
 from icl.bench.targets import markdown as targets_markdown
@@ -45,7 +45,7 @@ from icl.errors import first_line
 from icl.files import atomic_write, write_text
 from icl.module import make_optimizer
 from icl.quantize import MODES, QuantSpec, prepare_qat, quantize
-from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
+from icl.run.configs import CONFIG_DIR
 from icl.stats import bootstrap_median_ci, mann_whitney_p, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
@@ -486,16 +486,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     return df
 
 
-@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench")
-def main(cfg: DictConfig) -> None:
-    with refusals(ValueError, ImportError):
-        run(cfg)
-
-
-def cli() -> None:
-    """Console script ``icl-bench`` (and ``python -m icl.bench``)."""
-    run_cli(main)
-
+cli = hydra_cli(run, "bench", (ValueError, ImportError))  # console script icl-bench (and python -m icl.bench)
 
 if __name__ == "__main__":
     cli()

@@ -28,6 +28,12 @@ values Δ_s (each seed's paired difference) give the study's t-interval over see
 width is inside when that interval's upper end is ≤ margin (the study's ``noninferior`` verdict, confirmed) with at
 least ``min_seeds`` seeds, and the breaking point is computed from those verdicts by the same rule. Only finished jobs
 (status ``done``) are swept.
+
+A seed whose float model did not learn is left out of every seed-level interval, breaking point and sensitivity
+summary (its per-job rows stay, with ``learned`` false): the study's guard (``configs/study.yaml`` ``guard``,
+``icl.lab.study.inference.Guard``) on the float model's error at the guard's k against the best baseline the config
+lists for the task, computed on the sweep's prompts. Several input roots (e.g. two arms of the study) are kept
+apart: ``source`` (the root's folder name) is part of every seed-level group.
 """
 
 from __future__ import annotations
@@ -41,14 +47,16 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
-from icl import contract, prompts
+from icl import baselines, contract, prompts
 from icl.analysis.quant import WIDTH_KINDS, breaking_points, markdown, sweep_markdown
 from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
-from icl.lab.study.inference import CONFIRMED, seed_interval, verdict
+from icl.lab.study.inference import CONFIRMED, Guard, seed_interval, verdict
 from icl.quantize import QuantSpec, check, float_model, quantize
 from icl.run.cli import parse
+from icl.run.configs import CONFIG_DIR
 from icl.run.evaluate import load_job
 from icl.run.job import JobDir
 from icl.run.spec import JobSpec
@@ -108,9 +116,41 @@ def normalised(err: np.ndarray, zero: np.ndarray) -> float:
     return float(err.sum() / zero.sum())
 
 
-def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, margin: float) -> pd.DataFrame:
-    """Every probe on one job's trained model: one row each (module doc)."""
-    cfg, module = load_job(JobDir(path))
+@dataclass(frozen=True)
+class GuardRule:
+    """The study's "did this model learn?" rule as configs/study.yaml states it (``guard``)."""
+
+    guard: Guard
+    k: dict[str, int]  # the guard's k per task; unlisted: the sweep's k
+    baselines: dict[str, list[str]]  # the baselines that can fit each task
+
+    @classmethod
+    def from_study(cls, path: Path = CONFIG_DIR / "study.yaml") -> GuardRule:
+        g = OmegaConf.to_container(OmegaConf.load(path).guard)
+        return cls(Guard(float(g["zero_fraction"]), float(g["baseline_margin"])), dict(g.get("k") or {}),
+                   {task: list(names) for task, names in (g.get("baselines") or {}).items()})
+
+    def check(self, task_name: str, task: Any, p: prompts.Prompts, err: np.ndarray, zero: np.ndarray,
+              k: int, slow_prompts: int) -> dict[str, Any]:
+        """The guard on a float model whose per-prompt errors on ``p`` are ``err``: its columns of a sweep row."""
+        k = min(int(self.k.get(task_name, k)), err.shape[1] - 1)
+        best_name, best = "—", float("nan")
+        for name in self.baselines.get(task_name, []):
+            n = slow_prompts if baselines.is_slow(name) else len(p.xs)  # per-prompt fits: capped as in evaluation
+            b_err, b_zero = prompt_errors(task, baselines.predict(name, p.xs[:n], p.ys[:n], task=task), p.targets[:n])
+            value = normalised(b_err[:, k], b_zero[:, k])
+            if not best <= value:  # the first, or a better one
+                best_name, best = name, value
+        error = normalised(err[:, k], zero[:, k])
+        return {"guard_k": k, "guard_error": error, "guard_baseline": best_name, "guard_baseline_error": best,
+                "learned": self.guard.learned(error, best)}
+
+
+def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, margin: float,
+              guard: GuardRule | None = None, source: str = "") -> pd.DataFrame:
+    """Every probe on one job's trained model: one row each (module doc); ``guard`` (None: every model counts as
+    learned) says whether the float model learned."""
+    cfg, module = load_job(JobDir(path), trained_model(path)[1])
     spec_job = JobSpec.from_config(cfg)
     model = float_model(module.model).eval()
     task, eval_cfg, n_points = spec_job.task.task, spec_job.eval, spec_job.eval_points
@@ -120,10 +160,12 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
     batch = int(eval_cfg.batch_size)
     with torch.inference_mode():
         err_f, zero = prompt_errors(task, predict_model(model, p.xs, p.ys, batch), p.targets)
-    labels = {"run_dir": str(path), "task": spec_job.task.name, "attn": spec_job.attn["name"],
+    learned = ({"learned": True} if guard is None else
+               guard.check(spec_job.task.name, task, p, err_f, zero, k, int(eval_cfg.slow_baseline_prompts)))
+    labels = {"source": source, "run_dir": str(path), "task": spec_job.task.name, "attn": spec_job.attn["name"],
               "trained_quant": spec_job.quant.label, "model": spec_job.model.name, "seed": spec_job.seed,
               "n_dims": d, "k": k, "n_prompts": len(p.xs), "margin": margin,
-              "float_error": normalised(err_f[:, k], zero[:, k])}
+              "float_error": normalised(err_f[:, k], zero[:, k]), **learned}
     rows = []
     blocks = {"kernel_blocks": kernel_blocks(model), "state_blocks": tuple(recurrent_blocks(model))}
     for probe in probes(len(model.blocks), **probe_args, **blocks):
@@ -139,14 +181,36 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
                      "label": spec.label, "error": normalised(err_q[:, k], zero[:, k]), "diff": float(diff[0]),
                      "diff_low": float(low[0]), "diff_high": float(high[0]),
                      "inside_margin": bool(high[0] <= margin), "seconds": seconds})
+    log.info("swept %s: %d probes, %.1f s of evaluation%s", path, len(rows), sum(r["seconds"] for r in rows),
+             "" if learned["learned"] else " (did not learn: left out of the seed level)")
     return pd.DataFrame(rows)
+
+
+def in_project(job: Path, path: Path) -> Path:
+    """``path`` as written in ``job``'s status (relative to the project the job ran in, maybe another worktree)."""
+    if path.is_absolute():
+        return path
+    return next((a / path for a in job.parents if (a / path).exists()), path)  # the job's project before the cwd
+
+
+def trained_model(job: Path) -> tuple[Path, str]:
+    """The job's trained model and the ``ckpt`` argument that loads it: 'last', or the model's path when it is not
+    the job's own (a shared model named relative to its project, or the model of the job a re-evaluation folder
+    was ``evaluated_from``)."""
+    ckpt = JobDir(job).model_ckpt("last")
+    if not ckpt.is_file() and (source := (JobDir(job).status().get("metrics") or {}).get("evaluated_from")):
+        origin = in_project(job, Path(source))
+        ckpt = trained_model(origin)[0] if origin.is_dir() else ckpt
+    found = in_project(job, ckpt)
+    return found, "last" if found == JobDir(job).model_ckpt("last") else str(found)
 
 
 def find_jobs(inputs: list[str]) -> list[Path]:
     """Finished jobs (status done, a config and a trained model) under the inputs, one per trained model: the jobs
     of a post-training sweep share their trainer's checkpoint, and it is swept once. A job still training (or
-    failed) is skipped with a log line: its checkpoint is not the trained model."""
-    by_ckpt: dict[Path, Path] = {}
+    failed), or one that kept no model, is skipped with a log line. A re-evaluation folder (``python -m icl.evaluate
+    out_dir=…``, e.g. on validation prompts) is swept on its own prompts with the model it was evaluated from."""
+    by_ckpt: dict[tuple[Path, Any], Path] = {}  # per root: a model under two roots is swept under each
     for root in map(Path, inputs):
         for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
             if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
@@ -157,36 +221,61 @@ def find_jobs(inputs: list[str]) -> list[Path]:
                 log.info("skipped %s: status %s", job, status)
                 continue
             try:
-                ckpt = JobDir(job).model_ckpt("last")
+                ckpt, how = trained_model(job)
             except (OSError, ValueError):  # not a job folder after all
                 continue
-            if ckpt.is_file():
-                by_ckpt.setdefault(ckpt.resolve(), job)
-    return sorted(by_ckpt.values())
+            if not ckpt.is_file():
+                log.info("skipped %s: no trained model (%s)", job, ckpt)
+                continue
+            # The trainer's last.ckpt and the store's copy are one model: the training fingerprint says so.
+            key = (root, (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
+            if key not in by_ckpt or how == "last":  # the job that trained it (its own checkpoint) is the one kept
+                by_ckpt[key] = job
+    return sorted(set(by_ckpt.values()))
+
+
+def source_of(job: Path, inputs: list[str]) -> str:
+    """The folder name of the first input root holding ``job``: what keeps two roots' seeds apart."""
+    for root in inputs:
+        if job.is_relative_to(Path(root).resolve()):
+            return Path(root).resolve().name
+    return ""
+
+
+def with_guard_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows from before the guard and the source existed: every model learned, one source."""
+    return df.assign(**{c: v for c, v in (("learned", True), ("source", "")) if c not in df.columns})
+
+
+SEED_COLUMNS = ["source", "task", "attn", "seed", "run_dir", "kind", "bits", "margin", "float_error", "diff", "diff_low",
+                "diff_high", "inside_margin", "verdict", "seeds"]
 
 
 def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.DataFrame:
-    """Per task × variant × width kind × width: the t-interval over training seeds of the seed-level paired
-    differences, and the study's non-inferiority verdict against the margin (module doc). One row each, shaped
-    like the sweep's rows (``seed`` = how many seeds), so ``breaking_points`` reads it as one job per variant."""
+    """Per source × task × variant × width kind × width: the t-interval over the learned training seeds of the
+    seed-level paired differences, and the study's non-inferiority verdict against the margin (module doc). One row
+    each, shaped like the sweep's rows (``seed`` = how many seeds, ``run_dir`` = the source), so
+    ``breaking_points`` reads it as one job per variant."""
     rows = []
-    widths = df[df.kind.isin(WIDTH_KINDS)]
-    for (task, attn, kind, bits), g in widths.groupby(["task", "attn", "kind", "bits"], sort=True):
+    df = with_guard_columns(df)
+    widths = df[df.kind.isin(WIDTH_KINDS) & df.learned.astype(bool)]
+    for (source, task, attn, kind, bits), g in widths.groupby(["source", "task", "attn", "kind", "bits"], sort=True):
         interval = seed_interval(g["diff"].tolist(), ci)
         margin = float(g.margin.iat[0])
         word, _ = verdict("noninferior", interval.low, interval.high, margin, min_seeds, interval.n)
-        rows.append({"task": task, "attn": attn, "seed": f"{interval.n} seed{'s' * (interval.n != 1)}", "run_dir": "",
-                     "kind": kind,
+        rows.append({"source": source, "task": task, "attn": attn,
+                     "seed": f"{interval.n} seed{'s' * (interval.n != 1)}", "run_dir": source, "kind": kind,
                      "bits": bits, "margin": margin, "float_error": float(g.float_error.mean()),
                      "diff": interval.mean, "diff_low": interval.low, "diff_high": interval.high,
                      "inside_margin": word == CONFIRMED, "verdict": word, "seeds": " ".join(map(str, sorted(g.seed)))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)  # no learned seed: no rows, the same columns
 
 
 def compact(df: pd.DataFrame) -> pd.DataFrame:
     """The sweep's rows without paths, numbers to 4 significant digits (for docs/)."""
-    out = df.drop(columns=["run_dir"]).copy()
-    for column in {"float_error", "error", "diff", "diff_low", "diff_high", "seconds"} & set(out.columns):
+    out = df.drop(columns=["run_dir"], errors="ignore").copy()  # no column at all: no seed had enough to pool
+    for column in {"float_error", "error", "diff", "diff_low", "diff_high", "seconds", "guard_error",
+                   "guard_baseline_error"} & set(out.columns):
         out[column] = out[column].map(lambda v: float(f"{v:.4g}"))
     return out
 
@@ -205,6 +294,20 @@ class Options:
     margin: float = field(default=0.05, metadata={"help": "largest tolerated paired error increase"})
     min_seeds: int = field(default=3, metadata={"help": "fewest seeds for a seed-level verdict"})
     n_prompts: Optional[int] = field(default=None, metadata={"help": "default: the job's eval.n_prompts"})
+    rescore: Optional[str] = field(default=None, metadata={
+        "help": "a quant_sweep.csv to read again at this margin instead of evaluating (inputs are then ignored)"})
+    guard: bool = field(default=True, metadata={"help": "leave out seeds that did not learn (configs/study.yaml guard)"})
+
+
+def rescored(csv: Path, margin: float) -> pd.DataFrame:
+    """A sweep's rows read at another margin: the measurements (paired differences and their CIs) do not depend on
+    it, only which widths count as inside."""
+    if not csv.is_file():
+        raise ValueError(f"rescore={csv}: no such quant_sweep.csv (write one with inputs=[…] first)")
+    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "run_dir": str})
+    for column in {"branch", "source"} & set(df.columns):  # empty strings, not NaN, as the sweep wrote them
+        df[column] = df[column].fillna("")
+    return df.assign(margin=margin, inside_margin=df.diff_high <= margin)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -218,11 +321,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         QuantSpec.from_config({"name": "intx_weight", "bits": b, "group_size": probe_args["group_size"]})
     for b in [*args.attn_bits, args.low_attn_bits]:
         QuantSpec.from_config({"name": "attn_fq", "bits": b})
-    jobs = find_jobs(args.inputs)
-    if not jobs:
-        raise SystemExit(f"error: no trained job (config.yaml + a trained model) under {args.inputs}")
     start = time.perf_counter()
-    df = pd.concat([sweep_job(job, probe_args, args.n_prompts, args.margin) for job in jobs], ignore_index=True)
+    if args.rescore:
+        df, what = rescored(Path(args.rescore), args.margin), f"rescored {args.rescore}"
+    else:
+        jobs = find_jobs(args.inputs)
+        if not jobs:
+            raise SystemExit(f"error: no trained job (config.yaml + a trained model) under {args.inputs}")
+        guard = GuardRule.from_study() if args.guard else None
+        df = pd.concat([sweep_job(job, probe_args, args.n_prompts, args.margin, guard, source_of(job, args.inputs))
+                        for job in jobs], ignore_index=True)
+        what = f"{len(jobs)} job(s)"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "quant_sweep.csv", df, index=False)
@@ -232,40 +341,52 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     write_text(out / "quant_sweep.md", sweep_markdown(df) + seed_markdown(df, seeds, args.min_seeds))
     print(breaking_points(df).to_string(index=False))
     print(variant_breaking_points(df, seeds, args.min_seeds).to_string(index=False))
-    print(f"{len(jobs)} job(s), {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
+    print(f"{what}, {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
           f"{out / 'quant_sweep.csv'}")
     return df
 
 
 def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
-    """Per task × variant × width kind: the breaking point read at the seed level where ``min_seeds`` or more seeds
-    exist, else each seed's own (its paired CI over prompts), with the seeds it rests on."""
-    per_seed, pooled = breaking_points(df), breaking_points(seeds)
+    """Per source × task × variant × width kind: the breaking point read at the seed level where ``min_seeds`` or
+    more learned seeds exist, else each learned seed's own (its paired CI over prompts), with the seeds it rests on
+    and the seeds the guard left out."""
+    df = with_guard_columns(df)
+    seeds = seeds.assign(source=seeds.get("source", ""))
+    per_seed = breaking_points(df)
+    per_seed = per_seed.join(df.drop_duplicates("run_dir").set_index("run_dir")[["source", "learned"]], on="run_dir")
+    pooled = (breaking_points(seeds).rename(columns={"run_dir": "source"}) if len(seeds) else
+              pd.DataFrame(columns=["source", "task", "attn", "kind", "smallest_bits_inside"]))
     rows = []
-    for (task, attn, kind), g in per_seed.groupby(["task", "attn", "kind"], sort=True):
+    for (source, task, attn, kind), everyone in per_seed.groupby(["source", "task", "attn", "kind"], sort=True):
+        g = everyone[everyone.learned.astype(bool)]
+        failed = everyone[~everyone.learned.astype(bool)]
         own = " ".join("–" if pd.isna(b) else str(int(b)) for b in g.smallest_bits_inside)
-        row = pooled[(pooled.task == task) & (pooled.attn == attn) & (pooled.kind == kind)]
+        row = pooled[(pooled.source == source) & (pooled.task == task) & (pooled.attn == attn)
+                     & (pooled.kind == kind)]
         seed_level_read = len(g) >= min_seeds and len(row) == 1
         point = row.smallest_bits_inside.iat[0] if seed_level_read else float("nan")
-        rows.append({"task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
+        rows.append({"source": source, "task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
                      "seeds": " ".join(map(str, g.seed)), "float_error": " ".join(f"{e:.3f}" for e in g.float_error),
-                     "rule": f"t-interval over {len(g)} seeds" if seed_level_read else "per seed (paired CI over prompts)",
+                     "rule": (f"t-interval over {len(g)} seeds" if seed_level_read else
+                              "per seed (paired CI over prompts)" if len(g) else "no seed learned (study guard)"),
                      "breaking_point": ("–" if pd.isna(point) else f"{int(point)} bits") if seed_level_read else own,
-                     "per_seed": own})
+                     "per_seed": own,
+                     "did_not_learn": " ".join(f"{s} ({e:.3f})" for s, e in zip(failed.seed, failed.float_error))})
     return pd.DataFrame(rows)
 
 
 def sensitivity_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Per task × variant × block: each branch's paired difference (one block quantised) as mean over seeds and
-    the range of the seeds' values."""
-    sens = df[df.kind == "sensitivity"]
+    """Per source × task × variant × block: each branch's paired difference (one block quantised) as mean over the
+    learned seeds and the range of their values."""
+    df = with_guard_columns(df)
+    sens = df[(df.kind == "sensitivity") & df.learned.astype(bool)]
     if sens.empty:
         return pd.DataFrame()
     cell = lambda g: (f"{g.mean():+.3f} ({g.min():+.3f} … {g.max():+.3f})" if len(g) > 1 else f"{g.iat[0]:+.3f}")
     out = sens.assign(col=sens.branch + "@" + sens.bits.astype(str)).groupby(
-        ["task", "attn", "block", "col"])["diff"].agg(cell).unstack("col").fillna("").reset_index()
-    n = sens.groupby(["task", "attn"]).seed.nunique().rename("n_seeds").reset_index()
-    return out.merge(n, on=["task", "attn"])
+        ["source", "task", "attn", "block", "col"])["diff"].agg(cell).unstack("col").fillna("").reset_index()
+    n = sens.groupby(["source", "task", "attn"]).seed.nunique().rename("n_seeds").reset_index()
+    return out.merge(n, on=["source", "task", "attn"])
 
 
 def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> str:
@@ -276,12 +397,13 @@ def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> 
     mark = {CONFIRMED: "✓", "refuted": "✗"}
     cell = lambda r: (f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}] {mark.get(r.verdict, '?')}"
                       if np.isfinite(r.diff_high) else f"{r['diff']:+.3f} ?")  # one or no seed: no interval
-    wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=["task", "attn", "seed", "kind"],
+    wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=["source", "task", "attn", "seed", "kind"],
                                                                  columns="bits", values="c", aggfunc="first")
     wide = wide[sorted(wide.columns, reverse=True)].fillna("").reset_index()  # weights have no 16-bit probe
     points = variant_breaking_points(df, seeds, min_seeds)
     return ("\n## Seed level: mean paired difference over training seeds [t-interval] (✓ inside the margin, ✗ "
-            "outside, ? not resolved: fewer seeds or the interval spans the margin)\n\n" + markdown(wide)
+            "outside, ? not resolved: fewer seeds or the interval spans the margin; seeds whose float model did not "
+            "learn, by the study's guard, left out)\n\n" + markdown(wide)
             + "\n\n## Breaking point per variant (seed level where there are enough seeds)\n\n" + markdown(points)
             + "\n\n## Sensitivity over seeds: one block quantised, mean (range) of the seeds' paired differences\n\n"
             + markdown(sensitivity_over_seeds(df)) + "\n")

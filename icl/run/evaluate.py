@@ -52,7 +52,7 @@ def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job
                   n_positions=spec.model.n_positions, errors=errors)
     job.write_eval(df, errors)
     log.info("wrote %s (%d rows) and %s", job.eval_csv, len(df), contract.ERRORS)
-    if spec.eval.algorithms is not None and module is not None:
+    if spec.eval.algorithms.enabled and module is not None:
         write_algorithms(spec, getattr(module, "model", module), job)
     if failed := failures(df):
         log.warning("%d evaluation cell(s) failed (NaN rows, reason in the failure column): %s", len(failed),
@@ -63,9 +63,9 @@ def evaluate_job(spec: JobSpec | DictConfig, module: torch.nn.Module | None, job
 
 def write_algorithms(spec: JobSpec, model: torch.nn.Module, job: JobDir) -> None:
     """algorithms.csv (agreement with reference learners, per-layer read-out) and, if asked, dynamics.csv."""
-    from icl.agreement import AlgorithmsConfig, evaluate_algorithms
+    from icl.agreement import evaluate_algorithms
 
-    algo_cfg = AlgorithmsConfig.from_config(spec.eval.algorithms)
+    algo_cfg = spec.eval.algorithms
     algos = evaluate_algorithms(model, spec.task.task, algo_cfg, spec.eval_points, spec.eval.seed, spec.labels(),
                                 spec.eval.bootstrap, spec.eval.ci, spec.eval.batch_size, pool=_pool(spec))
     job.write_algorithms(algos)

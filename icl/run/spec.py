@@ -5,7 +5,7 @@
 ``trainer`` keys against ``lightning.Trainer``'s signature) and the values that need two groups (prompt length vs
 ``model.n_positions``). A misspelt key or an impossible value is one ``ValueError`` line naming the dotted key.
 The parse also builds the task (its class checks ``task.params``) and checks what this machine must provide: the
-loggers installed, the quant mode applied to the untrained model and run (``here=False``: the config alone).
+loggers installed, the quant mode applied to an untrained stand-in of the model and run (``here=False``: the config alone).
 ``train()`` and the evaluate CLI build it once and hand it down; ``ValidateSweep`` builds the spec of every cell
 of a ``-m`` sweep before the first job starts. Free-form groups (``attn``, ``callbacks``, ``logger``, ``recipe``)
 are checked by what consumes them (the kernel's constructor, Hydra's instantiate).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,13 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 from icl import baselines
 from icl.data import DataSpec
 from icl.evaluation import EvalConfig
-from icl.module import ICLModule, OptimSpec
-from icl.quantize import QuantSpec
+from icl.module import OptimSpec
+from icl.quantize import QuantSpec, check_blocks
 from icl.quantize import check as check_quant
 from icl.run.tracking import check_trackers
 from icl.spec import known_keys, require, typed_fields
 from icl.tasks import TaskSpec
-from icl.transformer import ModelSpec
+from icl.transformer import MODEL_KEYS, ICLTransformer, ModelSpec, TransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,10 @@ class JobSpec:
         task = spec.task.task  # built once, here: the task class checks task.params
         if "bayes" in spec.eval.baselines:
             baselines.bayes_predictor(task)  # a task without an exact one fails here, before training
-        if spec.eval.algorithms is not None:
-            from icl.agreement import AlgorithmsConfig, check_task
+        if spec.eval.algorithms.enabled:
+            from icl.agreement import check_task
 
-            check_task(task, AlgorithmsConfig.from_config(spec.eval.algorithms))
+            check_task(task, spec.eval.algorithms)
         if here:
             spec.check_quant_runs()
         return spec
@@ -111,13 +112,26 @@ class JobSpec:
                 "attn": dict(self.attn), "optim": asdict(self.optim), "quant": self.quant.training_part}
 
     def check_quant_runs(self) -> None:
-        """Apply the quant mode to the untrained model and run it, so a mode that cannot work fails before
-        training (and before a sweep launches); a GPU job parsed where no GPU is seen is checked where it runs."""
+        """Apply the quant mode to a stand-in of the untrained model and run it, so a mode that cannot work fails
+        before training (and before a sweep launches); a GPU job parsed where no GPU is seen is checked where it runs."""
         if (self.quant.name == "none" and self.quant.blocks is None) or (self.gpu and not torch.cuda.is_available()):
             return
-        with torch.random.fork_rng(devices=[]):  # the trial's initial weights must not move the job's seeded RNG
-            model = ICLModule(**self.module_hparams, built_task=self.task.task).model
-        check_quant(self.quant, model, on_gpu=self.gpu)
+        check_blocks(self.quant, self.model.n_layer)
+        with torch.random.fork_rng(devices=[]):  # the stand-in's initial weights must not move the job's seeded RNG
+            stand_in = ICLTransformer(self.stand_in_config())
+        check_quant(self.quant, stand_in, on_gpu=self.gpu, in_place=True)
+
+    def stand_in_config(self) -> TransformerConfig:
+        """The job's model with what the quant check cannot tell apart cut: the same layer types and widths, only
+        as many blocks as the mixer pattern's period (or up to the last block ``quant.blocks`` names), 2 points."""
+        hp = self.module_hparams
+        attn = dict(hp["attn"])
+        keys = {k: v for k, v in hp["model"].items() if k in MODEL_KEYS}
+        period = len(keys.get("pattern") or ()) or 1
+        needed = max(self.quant.blocks) + 1 if self.quant.blocks is not None else 1
+        keys.update(n_layer=period * math.ceil(needed / period), n_positions=2)  # the check runs 2 points
+        return TransformerConfig(n_dims=self.task.n_dims, attn=attn.pop("name"), attn_params=attn,
+                                 y_dim=self.task.task.y_dim, **keys)
 
     @property
     def eval_points(self) -> int:
