@@ -79,3 +79,18 @@ def test_a_dead_link_and_a_wrong_anchor_are_caught(tmp_path):
     doc.write_text("[ok](a.md#cost-make-x) [ok](a.md#cost-make-x-1) [bad](a.md#not-a-heading) [gone](c.md) "
                    "[web](https://example.org/x.md)\n")
     assert dead_links(doc) == ["a.md#not-a-heading (no heading with that anchor)", "c.md (no such file)"]
+
+
+def split_table_cells(text: str) -> list[str]:
+    """Code spans in Markdown table rows that hold an unescaped `|` (GitHub splits the row's cells there)."""
+    rows = (line for line in re.sub(r"(?s)```.*?```", "", text).splitlines() if line.startswith("|"))
+    return [span for row in rows for span in re.findall(r"`([^`]*)`", row) if re.search(r"(?<!\\)\|", span)]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_no_table_cell_is_split_by_a_pipe_in_code(doc):
+    assert not split_table_cells(doc.read_text()), f"{doc.name}: escape | as \\| in {split_table_cells(doc.read_text())}"
+
+
+def test_a_pipe_in_a_table_code_span_is_caught():
+    assert split_table_cells("| a | `x=1|2` | `y=1\\|2` |\n`z|w` outside a table\n") == ["x=1|2"]
