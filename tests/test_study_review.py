@@ -1,0 +1,51 @@
+"""Review of the seed study's inference code (issue 25): each test pins one finding (docs/study.md, "Review")."""
+
+import math
+
+import pandas as pd
+
+from tests.test_tuning import cell_job
+
+
+# -- recipe selection (icl.lab.tuning) -----------------------------------------------------------------------------
+def test_a_rerun_job_does_not_make_a_recipe_missing_a_seed_complete(tmp_path):
+    from icl.lab.tuning import candidates, load_cells, select
+
+    v = tmp_path / "v"
+    for seed in (0, 1, 2):  # recipe a: complete, worst 0.10
+        cell_job(v / f"a{seed}", "relu", 1e-4, True, 1000, 0.08 + 0.01 * seed, seed=seed)
+    cell_job(v / "b0", "relu", 1e-3, True, 1000, 0.02, seed=0)    # recipe b: seed 0 twice (a rerun), no seed 2
+    cell_job(v / "b0_again", "relu", 1e-3, True, 1000, 0.03, seed=0)
+    cell_job(v / "b1", "relu", 1e-3, True, 1000, 0.02, seed=1)
+    for by in ("worst", "median"):
+        ranked = candidates(load_cells([v]), by=by).set_index("lr")
+        assert ranked.loc[1e-3, "status"] == "incomplete", by     # its seed 2 is unknown: it cannot win yet
+        assert select(load_cells([v]), by=by).iloc[0].lr == 1e-4, by
+
+
+def test_a_shared_recipe_missing_a_variant_is_not_complete(tmp_path):
+    from icl.lab.tuning import candidates, load_cells
+
+    v = tmp_path / "v"
+    for seed in (0, 1):
+        for attn in ("relu", "softmax"):
+            cell_job(v / f"a_{attn}{seed}", attn, 1e-4, True, 1000, 0.10, seed=seed)
+        cell_job(v / f"b_relu{seed}", "relu", 1e-3, True, 1000, 0.02, seed=seed)    # b: relu twice per seed,
+        cell_job(v / f"b_relu{seed}x", "relu", 1e-3, True, 1000, 0.03, seed=seed)   # never softmax
+    ranked = candidates(load_cells([v]), shared=True).set_index("lr")
+    assert ranked.loc[1e-3, "status"] == "incomplete" and ranked.loc[1e-4, "status"] == "chosen"
+
+
+def test_a_seed_without_an_error_at_2d_ranks_its_recipe_last(tmp_path):
+    from icl.lab.tuning import candidates, load_cells, select
+
+    v = tmp_path / "v"
+    for seed in (0, 1, 2):
+        cell_job(v / f"a{seed}", "relu", 1e-4, True, 1000, 0.10, seed=seed)
+        job = cell_job(v / f"b{seed}", "relu", 1e-3, True, 1000, 0.02, seed=seed)
+    frame = pd.read_csv(job / "eval.csv")   # b's seed 2: NaN at k = 2d (every prompt non-finite there)
+    frame.loc[frame["k"] == 10, "error"] = math.nan
+    frame.to_csv(job / "eval.csv", index=False)
+    ranked = candidates(load_cells([v])).set_index("lr")
+    assert ranked.loc[1e-3, "status"] == "complete"              # b's seed 2 is its worst job, not skipped
+    assert math.isinf(ranked.loc[1e-3, "error"]) and select(load_cells([v])).iloc[0].lr == 1e-4
