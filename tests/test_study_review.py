@@ -2,7 +2,9 @@
 
 import math
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from tests.test_tuning import cell_job
 
@@ -49,3 +51,14 @@ def test_a_seed_without_an_error_at_2d_ranks_its_recipe_last(tmp_path):
     ranked = candidates(load_cells([v])).set_index("lr")
     assert ranked.loc[1e-3, "status"] == "complete"              # b's seed 2 is its worst job, not skipped
     assert math.isinf(ranked.loc[1e-3, "error"]) and select(load_cells([v])).iloc[0].lr == 1e-4
+
+
+# -- compact results (icl.lab.study.compact) -----------------------------------------------------------------------
+def test_a_window_sum_that_overflows_float16_is_kept_in_float32_beside_a_non_finite_prompt():
+    from icl.lab.study.compact import Windows, window_sums
+
+    errors = np.ones((3, 11))
+    errors[0, 5] = np.nan        # a prompt whose model output was not finite
+    errors[1, 5] = 1e5           # a finite sum float16 cannot hold (max 65504)
+    (ks, sums), = window_sums(errors, Windows.of(5, 10, 11, 20), "standard").values()
+    assert np.isnan(sums[0]) and float(sums[1]) == pytest.approx(1e5 + 5) and sums[2] == len(ks)
