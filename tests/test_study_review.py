@@ -62,3 +62,22 @@ def test_a_window_sum_that_overflows_float16_is_kept_in_float32_beside_a_non_fin
     errors[1, 5] = 1e5           # a finite sum float16 cannot hold (max 65504)
     (ks, sums), = window_sums(errors, Windows.of(5, 10, 11, 20), "standard").values()
     assert np.isnan(sums[0]) and float(sums[1]) == pytest.approx(1e5 + 5) and sums[2] == len(ks)
+
+
+# -- claims (icl.lab.study.claims) ---------------------------------------------------------------------------------
+def test_a_difference_in_differences_refuses_cells_scored_on_other_prompts_at_the_baseline_scale(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import ERRORS, load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(3):
+        for attn in ("softmax", "relu"):
+            write_cell(root, attn, seed, 0.05)
+    path = root / "tuned-linear-relu-seed1" / ERRORS   # relu seed 1: other prompts at c = 1 only
+    arrays = dict(np.load(path))
+    for key in [k for k in arrays if k.startswith("none/scale_x/1.0/")]:
+        arrays[key] = arrays[key][::-1].copy()
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(ValueError, match="different scale_x prompts"):
+        claim_rows(Study(load_cells(root), study_cfg(root)))

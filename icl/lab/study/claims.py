@@ -198,9 +198,9 @@ class Study:
         """Δ = norm(a) − norm(b) on the same prompts; with ``baseline`` params, the difference in differences
         [Δ(param) − Δ(baseline param)]."""
         def stat() -> tuple[float, np.ndarray] | None:
-            self._same_prompts(a[0], b[0], strategy, param, ks)
             out = []
             for p in (param, *baseline):
+                self._same_prompts(a[0], b[0], strategy, p, ks)
                 na, nb = self._norm(a[0], a[1], strategy, p, ks), self._norm(b[0], b[1], strategy, p, ks)
                 if na is None or nb is None:
                     return None
