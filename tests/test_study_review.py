@@ -81,3 +81,25 @@ def test_a_difference_in_differences_refuses_cells_scored_on_other_prompts_at_th
     np.savez_compressed(path, **arrays)
     with pytest.raises(ValueError, match="different scale_x prompts"):
         claim_rows(Study(load_cells(root), study_cfg(root)))
+
+
+def test_a_model_with_non_finite_errors_is_a_failed_seed_not_a_silently_dropped_one(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows, failure_table
+    from icl.lab.study.compact import ERRORS, load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(5):
+        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
+            write_cell(root, attn, seed, level)
+    path = root / "tuned-linear-relu-seed1" / ERRORS   # relu seed 1: NaN on one prompt (eval.csv's mean skips it)
+    arrays = dict(np.load(path))
+    for key in [k for k in arrays if "/transformer/" in k]:
+        arrays[key][3] = np.nan
+    np.savez_compressed(path, **arrays)
+    study = Study(load_cells(root), study_cfg(root))
+    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    assert [s.seed for s in row.seeds if not s.learned] == [1] and "did not learn: seed 1" in row.flags
+    assert row.interval.n == 4
+    table = {(r["attn"], r["quant"]): r["failed"] for r in failure_table(study)}
+    assert table[("relu", "none")] == 1
