@@ -103,3 +103,25 @@ def test_a_model_with_non_finite_errors_is_a_failed_seed_not_a_silently_dropped_
     assert row.interval.n == 4
     table = {(r["attn"], r["quant"]): r["failed"] for r in failure_table(study)}
     assert table[("relu", "none")] == 1
+
+
+def test_an_int8_row_without_a_noise_margin_claims_nothing_even_counting_failed_seeds(tmp_path):
+    import json
+
+    from icl.lab.study.claims import UNRESOLVED, Study, claim_rows
+    from icl.lab.study.compact import CELL_JSON, ERRORS, load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(3):   # only seed 0 learned: no seed-to-seed SD of the float model, so no margin
+        write_cell(root, "relu", seed, 0.05 if seed == 0 else 0.9)
+        folder = root / f"tuned-linear-relu-seed{seed}"
+        arrays = dict(np.load(folder / ERRORS))
+        arrays |= {"int8_weight" + k[4:]: v + 0.1 * arrays[k.replace("/transformer/", "/zero/")]
+                   for k, v in arrays.items() if k.startswith("none/") and "/transformer/" in k}  # int8: +0.1 always
+        np.savez_compressed(folder / ERRORS, **arrays)
+        meta = json.loads((folder / CELL_JSON).read_text())
+        meta["quants"]["int8_weight"] = meta["quants"]["none"]
+        (folder / CELL_JSON).write_text(json.dumps(meta))
+    rows = [r for r in claim_rows(Study(load_cells(root), study_cfg(root))) if r.claim == "e"]
+    assert rows and all(r.verdict == UNRESOLVED and not r.with_failed for r in rows)

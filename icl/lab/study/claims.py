@@ -380,7 +380,7 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                     what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
                     row = _row(study, "e", f"{attn} on {task}, {what}", arm, quant,
                                f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}", "equal",
-                               margin if not math.isnan(margin) else 0.0, seeds,
+                               margin, seeds,  # NaN: no margin, so neither verdict (nor with_failed) can resolve
                                study.absolute(arm, task, (attn,), strategy, param, ks, quant) |
                                study.absolute(arm, task, (attn,), strategy, param, ks), task)
                     if row is not None and math.isnan(margin):
