@@ -125,3 +125,17 @@ def test_an_int8_row_without_a_noise_margin_claims_nothing_even_counting_failed_
         (folder / CELL_JSON).write_text(json.dumps(meta))
     rows = [r for r in claim_rows(Study(load_cells(root), study_cfg(root))) if r.claim == "e"]
     assert rows and all(r.verdict == UNRESOLVED and not r.with_failed for r in rows)
+
+
+def test_median_rank_survives_a_recipe_with_no_error_at_2d_on_any_seed(tmp_path):
+    from icl.lab.tuning import candidates, load_cells
+
+    v = tmp_path / "v"
+    for seed in (0, 1):
+        cell_job(v / f"a{seed}", "relu", 1e-4, True, 1000, 0.10, seed=seed)
+        job = cell_job(v / f"b{seed}", "relu", 1e-3, True, 1000, 0.02, seed=seed)
+        frame = pd.read_csv(job / "eval.csv")
+        frame.loc[frame["k"] == 10, "error"] = math.nan
+        frame.to_csv(job / "eval.csv", index=False)
+    ranked = candidates(load_cells([v]), by="median").set_index("lr")
+    assert ranked.loc[1e-4, "status"] == "chosen" and math.isinf(ranked.loc[1e-3, "error"])

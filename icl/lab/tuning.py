@@ -163,7 +163,7 @@ def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool
     rows = []
     for _, sub in filled.groupby(keys, sort=False):
         med = sub["error"].median()
-        row = cells.loc[(sub["error"] - med).abs().idxmin()].copy()
+        row = cells.loc[(sub["error"] - med).abs().fillna(0).idxmin()].copy()  # NaN: inf − inf, at the median
         row["error"] = med
         row["jobs"] = jobs.loc[sub.index].iat[0]
         rows.append(row)
