@@ -139,3 +139,18 @@ def test_median_rank_survives_a_recipe_with_no_error_at_2d_on_any_seed(tmp_path)
         frame.to_csv(job / "eval.csv", index=False)
     ranked = candidates(load_cells([v]), by="median").set_index("lr")
     assert ranked.loc[1e-4, "status"] == "chosen" and math.isinf(ranked.loc[1e-3, "error"])
+
+
+def test_a_seed_committed_for_one_model_of_a_pair_only_is_named_in_the_row(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(4):
+        write_cell(root, "relu", seed, 0.08)
+        if seed != 3:
+            write_cell(root, "softmax", seed, 0.05)
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "a" and r.subject.startswith("relu ")]
+    assert row.interval.n == 3 and "one model only, left out: seed 3" in row.flags

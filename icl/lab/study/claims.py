@@ -73,6 +73,7 @@ class Row:
     why: str = ""
     with_failed: str = ""   # the verdict when failed seeds are counted, when it differs
     task: str = ""          # the task the row tests: a claim's verdict is combined per task
+    unpaired: list[int] = field(default_factory=list)   # seeds committed for one model of the pair only
 
     def decide(self, ci: float, min_seeds: int) -> "Row":
         learned = [s.point for s in self.seeds if s.learned]
@@ -96,6 +97,8 @@ class Row:
             out.append(f"still improving: seed {', '.join(map(str, improving))}")
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
+        if self.unpaired:
+            out.append(f"one model only, left out: seed {', '.join(map(str, self.unpaired))}")
         return "; ".join(out)
 
 
@@ -254,12 +257,13 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _row(study: Study, claim: str, part: str, arm: str, subject: str, statistic: str, kind: str, margin: float,
-         seeds: Sequence[SeedValue | None], absolute: dict[str, float], task: str = "linear") -> Row | None:
+         seeds: Sequence[SeedValue | None], absolute: dict[str, float], task: str = "linear",
+         unpaired: Sequence[int] = ()) -> Row | None:
     kept = [s for s in seeds if s is not None]
     if not kept:
         return None
-    return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute,
-               task=task).decide(study.ci, study.min_seeds)
+    return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute, task=task,
+               unpaired=list(unpaired)).decide(study.ci, study.min_seeds)
 
 
 def claim_rows(study: Study) -> list[Row]:
@@ -279,11 +283,13 @@ def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strate
         seeds = [study.difference((study.cell(arm, task, relu, sd), "none"), (study.cell(arm, task, REFERENCE, sd),
                                                                               "none"), strategy, param, ks, sd,
                                   baseline) for sd in study.seeds(arm, task)]
+        unpaired = [sd for sd in study.seeds(arm, task)
+                     if (study.cell(arm, task, relu, sd) is None) != (study.cell(arm, task, REFERENCE, sd) is None)]
         what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
         stat = (f"[Δ(c = {param:g}) − Δ(c = 1)], Δ = {relu} − softmax" if baseline else f"Δ = {relu} − softmax")
         rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu], f"{stat}, {task}, {what}, {window_text(ks)}",
                          kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks),
-                         task))
+                         task, unpaired))
     return rows
 
 
