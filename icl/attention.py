@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icl.registry import Registry
+from icl.routing import recurrence
 
 ATTENTION: Registry[type[nn.Module]] = Registry("attention", "attn")
 register = ATTENTION.register  # class decorator: make a kernel available as ``attn=<name>``
@@ -182,6 +183,7 @@ class SigmoidAttention(Kernel):
 # Kernelised (linear-cost) attention: out_i = Σ_{j≤i} φ(q_i)·φ(k_j) v_j / Σ_{j≤i} φ(q_i)·φ(k_j).
 
 
+@recurrence("causal_linear_attention")  # a hook for quant=state_fq (icl.routing)
 def causal_linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk: int = 64) -> Tensor:
     """The causal kernelised attention above, by prefix sums over chunks of ``chunk`` tokens.
 

@@ -7,7 +7,8 @@ least float32 whatever the input dtype (long products of decays and sums in bflo
 - ``selective_scan``: Mamba's diagonal recurrence h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t (per channel and state),
   by a log-depth (Hillis–Steele) scan of the affine maps (a, b): h ↦ a·h + b; ``selective_scan_fused`` is the same
   recurrence token by token with a hand-written backward (one (batch, D, N) state in cache per step instead of
-  (batch, T, D, N) tensors per pass: the faster one on a CPU at short lengths).
+  (batch, T, D, N) tensors per pass, the states the only such tensor it keeps: the faster one on a CPU at short
+  lengths).
 - ``decay_linear_attention``: S_t = a_t S_{t−1} + k_t v_tᵀ, o_t = S_tᵀ q_t with one scalar decay a_t per head and
   token (Mamba-2's SSD, retention): exact inside a chunk through the (L × L) decay-weighted product, chunk states
   carried across chunks.
@@ -17,9 +18,13 @@ least float32 whatever the input dtype (long products of decays and sums in bflo
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from icl.routing import recurrence
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -27,6 +32,7 @@ def _wide(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+@recurrence("selective_scan")
 def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """y_t = Σ_n h_t[:, n] C_t[n] with h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t, h_{−1} = 0.
 
@@ -44,46 +50,98 @@ def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) ->
     return (b * C.unsqueeze(2)).sum(-1)  # b_t is now h_t
 
 
+class _Workspace(threading.local):
+    """Per thread, the fused scan's CPU state and scratch buffers once a pass is done with them, reused by the next
+    passes of the same shapes: on a CPU a fresh buffer this large costs its page faults at every step (the C
+    allocator hands memory that large back to the system when it is freed). A GPU's caching allocator already
+    keeps its memory; at most ``MAX_BYTES`` are held."""
+
+    MAX_BYTES = 1 << 28
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list[Tensor]] = {}
+
+    def take(self, like: Tensor, shape: tuple[int, ...]) -> Tensor:
+        free = self.free.get((tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled()))
+        return free.pop() if free else like.new_empty(shape)
+
+    def give_back(self, *buffers: Tensor) -> None:
+        for buffer in buffers:  # an inference tensor stays one: it is only ever handed out in inference mode
+            if buffer.device.type != "cpu":
+                continue
+            key = (tuple(buffer.shape), buffer.dtype, buffer.device, buffer.is_inference())
+            if key not in self.free and len(self.free) >= 4:  # a run uses few shapes: drop the others' buffers
+                self.free.clear()
+            held = sum(b.nbytes for free in self.free.values() for b in free)
+            if held + buffer.nbytes <= self.MAX_BYTES:
+                self.free.setdefault(key, []).append(buffer)
+
+
+_workspace = _Workspace()
+
+
 class _FusedSelectiveScan(torch.autograd.Function):
-    """Forward: the decays a_t = exp(Δ_t A) and inputs b_t = Δ_t x_t B_t in one pass each, then the recurrence
-    h_t = a_t ⊙ h_{t−1} + b_t in place token by token, keeping every h_t. Backward: the reverse recurrence
-    g_t = C_t dy_t + a_{t+1} ⊙ g_{t+1} (g = ∂loss/∂h_t) token by token, each token's gradients taken while its
-    (batch, D, N) slices are in cache (whole-tensor passes over (T, batch, D, N) are memory-bound on a CPU).
-    Inputs are time-major (T, batch, …), so each step reads contiguous memory."""
+    """Forward: token by token, b_t = Δ_t x_t B_t written into the state buffer, the decay a_t = exp(Δ_t A) into
+    one (batch, D, N) scratch, then h_t = a_t ⊙ h_{t−1} + b_t in place; only the states h_t are kept. Backward: the
+    reverse recurrence g_t = C_t dy_t + a_{t+1} ⊙ g_{t+1} (g = ∂loss/∂h_t) token by token, a_t recomputed into the
+    scratch, each token's gradients taken while its (batch, D, N) slices are in cache. Why: every fresh
+    (T, batch, D, N) tensor costs its page faults and a pass through memory, more than recomputing the exps.
+    Inputs are time-major (T, batch, …), so each step reads contiguous memory. The decays are taken as
+    2^(Δ_t A log₂e): the same values, and torch's exp2 kernel is the cheaper one on a CPU."""
 
     @staticmethod
     def forward(ctx, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
         T, batch, D = x.shape
-        decay = torch.mul(delta.unsqueeze(-1), A, out=x.new_empty(T, batch, D, A.shape[1]))  # Δ_t A, exp per step
-        hs = torch.mul((delta * x).unsqueeze(-1), B.unsqueeze(2), out=torch.empty_like(decay))  # b_t, then h_t
-        decay[0].exp_()
-        for t in range(1, T):
-            hs[t].addcmul_(decay[t].exp_(), hs[t - 1])
-        ctx.save_for_backward(x, delta, A, B, C, hs, decay)
-        return (hs @ C.unsqueeze(-1))[..., 0]
+        dx_col, B_row = (delta * x).unsqueeze(-1), B.unsqueeze(2)
+        hs = _workspace.take(x, (T, batch, D, A.shape[1]))
+        decay, A2 = _workspace.take(x, hs.shape[1:]), A * _LOG2_E
+        for t in range(T):
+            torch.mul(dx_col[t], B_row[t], out=hs[t])
+            if t:
+                hs[t].addcmul_(_decay(delta[t], A2, decay), hs[t - 1])
+        _workspace.give_back(decay)
+        ctx.save_for_backward(x, delta, A, B, C, hs)
+        return (C.unsqueeze(-2) @ hs.transpose(-1, -2))[..., 0, :]  # row vector × matrix: BLAS's fast layout
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor, ...]:
-        x, delta, A, B, C, hs, decay = ctx.saved_tensors
+        if getattr(ctx, "done", False):  # its states went back to the workspace after the first backward
+            raise RuntimeError("attn.scan=fused runs backward once per forward (no retain_graph): use attn.scan=parallel")
+        x, delta, A, B, C, hs = ctx.saved_tensors
         dy = dy.contiguous()
-        dy_col, C_row, B_col, dx_row = dy.unsqueeze(-1), C.unsqueeze(2), B.unsqueeze(-1), (delta * x).unsqueeze(2)
-        dB, dC, grad_dx = torch.empty_like(B), torch.empty_like(C), torch.empty_like(x)
-        ddelta_decay = torch.zeros_like(x)
-        g = torch.zeros_like(hs[0])  # ∂loss/∂h_t once C_t dy_t is added
-        dA, grad_log_a = torch.zeros_like(g), torch.empty_like(g)
+        dy_col, C_row, B_row, dx_row = dy.unsqueeze(-1), C.unsqueeze(2), B.unsqueeze(2), (delta * x).unsqueeze(2)
+        dB, grad_dx, ddelta_decay = torch.empty_like(B), torch.empty_like(x), torch.empty_like(x)
+        ddelta_decay[0] = 0  # h_{−1} = 0: the first decay multiplies nothing
+        g, dA, decay, grad_log_a = (_workspace.take(x, hs.shape[1:]) for _ in range(4))
+        torch.mul(dy_col[-1], C_row[-1], out=g)  # ∂loss/∂h_t once C_t dy_t is added
+        dA.zero_()
+        A2 = A * _LOG2_E
         for t in reversed(range(x.shape[0])):
-            g.addcmul_(dy_col[t], C_row[t])
-            torch.bmm(dy[t].unsqueeze(1), hs[t], out=dC[t].unsqueeze(1))
-            torch.bmm(g, B_col[t], out=grad_dx[t].unsqueeze(-1))  # ∂loss/∂(Δ_t x_t)
+            if t < x.shape[0] - 1:
+                g.addcmul_(dy_col[t], C_row[t])
+            torch.bmm(B_row[t], g.transpose(1, 2), out=grad_dx[t].unsqueeze(1))  # ∂loss/∂(Δ_t x_t)
             torch.bmm(dx_row[t], g, out=dB[t].unsqueeze(1))
             if t:
-                g.mul_(decay[t])
+                g.mul_(_decay(delta[t], A2, decay))
                 torch.mul(g, hs[t - 1], out=grad_log_a)  # ∂loss/∂(Δ_t A) = ∂loss/∂h_t ⊙ a_t ⊙ h_{t−1}
                 dA.addcmul_(grad_log_a, delta[t].unsqueeze(-1))
                 torch.sum(grad_log_a.mul_(A), -1, out=ddelta_decay[t])
-        return grad_dx * delta, grad_dx * x + ddelta_decay, dA.sum(0), dB, dC
+        ctx.done = True
+        dA_sum = dA.sum(0)
+        dC = (dy.unsqueeze(-2) @ hs)[..., 0, :]  # ∂loss/∂C_t = h_tᵀ dy_t, every token in one product
+        _workspace.give_back(hs, g, dA, decay, grad_log_a)
+        return grad_dx * delta, grad_dx * x + ddelta_decay, dA_sum, dB, dC
 
 
+_LOG2_E = 1.4426950408889634
+
+
+def _decay(delta_t: Tensor, A2: Tensor, out: Tensor) -> Tensor:
+    """a_t = exp(Δ_t A) = 2^(Δ_t A2) with A2 = A log₂e, for one token: (batch, D) × (D, N) → ``out``."""
+    return torch.mul(delta_t.unsqueeze(-1), A2, out=out).exp2_()
+
+
+@recurrence("selective_scan")
 def selective_scan_fused(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """``selective_scan`` token by token with a hand-written backward: O(T · D · N) time, one state in flight."""
     x, delta, B, C = (_wide(t).transpose(0, 1).contiguous() for t in (x, delta, B, C))
@@ -97,6 +155,7 @@ def _chunks(t: Tensor, n: int, L: int) -> Tensor:
     return F.pad(t, (0, n * L - t.shape[-1])).unflatten(-1, (n, L))
 
 
+@recurrence("decay_linear_attention")
 def decay_linear_attention(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, chunk: int = 64) -> Tensor:
     """o_t = Σ_{j≤t} (q_t · k_j) · exp(Σ_{j<s≤t} log a_s) · v_j: the recurrence S_t = a_t S_{t−1} + k_t v_tᵀ.
 
@@ -129,6 +188,7 @@ def decay_linear_attention(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, chunk
     return out.flatten(2, 3)[:, :, :T]
 
 
+@recurrence("delta_rule")
 def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, chunk: int = 64) -> Tensor:
     """o_t = S_t q_t with S_t = S_{t−1} + β_t (v_t − S_{t−1} k_t) k_tᵀ, S_{−1} = 0 (one step of online regression).
 

@@ -16,30 +16,26 @@ delta_rule                 deltanet                               q, k          
 selective_scan(_fused)     mamba                                  B_t, C_t                h_t (D × d_state)
 =========================  =====================================  ======================  =======================
 
-``QuantizedMixer`` wraps a block's mixer and, while it runs, rebinds the names under which icl's modules call these
-primitives (module globals and class-level tables such as ``Mamba.SCANS``) to their quantised forms, then restores
-them: no mixer holds quantisation code and a new mixer built on a primitive is covered. Features are rounded once
+``QuantizedMixer`` wraps a block's mixer and runs it inside ``icl.routing.routed``: each primitive carries a hook
+that, for the calls made inside that block and in that thread only, runs its quantised form from here instead; no
+global is rebound, so differently quantised models can run in parallel threads. No mixer holds quantisation code and
+a new mixer built on a primitive is covered. Features are rounded once
 per token (one scale per token and head over the feature dimension); with ``state`` the recurrence runs token by
 token and its state is rounded after every update (one scale per state row), the precision a state stored in
 ``bits``-bit integers between tokens would have. Every scale reads one token's values or the state at that token,
-so causality is unchanged. A simulation (float32 storage, O(T) Python steps): for evaluation, not training; the
-rebinding is process-wide while the wrapped mixer runs, so it is not thread-safe.
+so causality is unchanged. A simulation (float32 storage, O(T) Python steps): for evaluation, not training.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from icl.attention import causal_linear_attention
 from icl.fakequant import fake_quant
-from icl.scans import decay_linear_attention, delta_rule, selective_scan, selective_scan_fused
+from icl.routing import routed
 
 STATE_TENSORS = ("features", "state")  # what the wrapper rounds: the recurrence's q/k-like inputs, its state
 RECURRENT_MIXERS = ("linear", "performer", "mamba", "mamba2", "deltanet", "retnet")  # for messages and docs
@@ -107,63 +103,34 @@ def selective_steps(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     return torch.stack(outs, dim=1)
 
 
-def quantized_primitives(bits: int, tensors: tuple[str, ...], calls: list[int]) -> dict[Callable, Callable]:
-    """Each primitive → its quantised form at ``bits`` (features and/or state); each call counts in ``calls[0]``."""
+def quantized_primitives(bits: int, tensors: tuple[str, ...], calls: list[int]) -> dict[str, Callable]:
+    """Each primitive's route (``icl.routing``) to its quantised form at ``bits`` (features and/or state); each call
+    counts in ``calls[0]``. With the state in float, the primitive itself (``plain``) runs on the rounded features."""
     feat = _rows(bits) if "features" in tensors else (lambda x: x)
     state = _rows(bits) if "state" in tensors else None
 
-    def linear(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk: int = 64) -> Tensor:
+    def linear(plain: Callable, phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk: int = 64) -> Tensor:
         calls[0] += 1
         phi_q, phi_k = feat(phi_q), feat(phi_k)
-        return linear_attention_steps(phi_q, phi_k, v, state) if state else causal_linear_attention(phi_q, phi_k, v,
-                                                                                                     chunk)
+        return linear_attention_steps(phi_q, phi_k, v, state) if state else plain(phi_q, phi_k, v, chunk)
 
-    def decay(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, chunk: int = 64) -> Tensor:
+    def decay(plain: Callable, q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, chunk: int = 64) -> Tensor:
         calls[0] += 1
         q, k = feat(q), feat(k)
-        return decay_steps(q, k, v, log_a, state) if state else decay_linear_attention(q, k, v, log_a, chunk)
+        return decay_steps(q, k, v, log_a, state) if state else plain(q, k, v, log_a, chunk)
 
-    def delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, chunk: int = 64) -> Tensor:
+    def delta(plain: Callable, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, chunk: int = 64) -> Tensor:
         calls[0] += 1
         q, k = feat(q), feat(k)
-        return delta_steps(q, k, v, beta, state) if state else delta_rule(q, k, v, beta, chunk)
+        return delta_steps(q, k, v, beta, state) if state else plain(q, k, v, beta, chunk)
 
-    def scan(x: Tensor, delta_t: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    def scan(plain: Callable, x: Tensor, delta_t: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
         calls[0] += 1
         B, C = feat(B), feat(C)
-        return selective_steps(x, delta_t, A, B, C, state) if state else selective_scan(x, delta_t, A, B, C)
+        return selective_steps(x, delta_t, A, B, C, state) if state else plain(x, delta_t, A, B, C)
 
-    return {causal_linear_attention: linear, decay_linear_attention: decay, delta_rule: delta,
-            selective_scan: scan, selective_scan_fused: scan}
-
-
-@contextmanager
-def routed(replacements: dict[Callable, Callable]) -> Iterator[None]:
-    """While inside: every icl module global bound to a primitive, and every entry of a class-level dict of
-    primitives (``Mamba.SCANS``), points at its replacement; restored on exit."""
-    saved: list[tuple[Any, Any, Any]] = []  # (namespace setter target, key, original)
-    is_primitive = lambda value: isinstance(value, types.FunctionType) and value in replacements
-    try:
-        for name, module in list(sys.modules.items()):
-            if not (name == "icl" or name.startswith("icl.")) or name == __name__ or module is None:
-                continue
-            for key, value in list(vars(module).items()):
-                if is_primitive(value):
-                    saved.append((module, key, value))
-                    setattr(module, key, replacements[value])
-                elif isinstance(value, type) and value.__module__ == name:
-                    for table in (t for t in vars(value).values() if isinstance(t, dict)):
-                        for entry, fn in list(table.items()):
-                            if is_primitive(fn):
-                                saved.append((table, entry, fn))
-                                table[entry] = replacements[fn]
-        yield
-    finally:
-        for target, key, original in reversed(saved):
-            if isinstance(target, dict):
-                target[key] = original
-            else:
-                setattr(target, key, original)
+    return {"causal_linear_attention": linear, "decay_linear_attention": decay, "delta_rule": delta,
+            "selective_scan": scan}
 
 
 def uses_recurrence(mixer: nn.Module, n_embd: int) -> bool:

@@ -141,3 +141,26 @@ def test_state_fq_job_through_the_pipeline(tmp_path, tiny_overrides):
     assert report["label"] == "state_fq_s6" and report["recurrent_mixers_quantized"] >= 1
     assert report["storage"].startswith("simulated") and report["rel_diff_max"] > 0
     assert set(pd.read_csv(tmp_path / "eval.csv").quant) == {"state_fq_s6"}
+
+
+def test_differently_quantised_mixers_in_two_threads_each_give_their_single_thread_output():
+    """The routing is per thread: a 4-bit and an 8-bit Mamba (the same primitive) and a float one, run over and
+    over at once in three threads, each give what they give alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    inner, x = mixer("mamba"), torch.randn(2, T, EMBD)
+    models = {"float": inner, 8: QuantizedMixer(inner, 8), 4: QuantizedMixer(inner, 4)}
+    with torch.no_grad():
+        alone = {key: m(x) for key, m in models.items()}
+    assert (alone[4] - alone[8]).abs().max() > 1e-3 and (alone[8] - alone["float"]).abs().max() > 1e-4
+    start = threading.Barrier(len(models))
+
+    def run(key):
+        start.wait()
+        with torch.no_grad():
+            return max((models[key](x) - alone[key]).abs().max().item() for _ in range(15))
+
+    with ThreadPoolExecutor(len(models)) as pool:
+        worst = dict(zip(models, pool.map(run, models)))  # a thread's exception is raised here
+    assert all(value <= 1e-5 for value in worst.values()), worst
