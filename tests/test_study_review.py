@@ -154,3 +154,18 @@ def test_a_seed_committed_for_one_model_of_a_pair_only_is_named_in_the_row(tmp_p
     (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
               if r.claim == "a" and r.subject.startswith("relu ")]
     assert row.interval.n == 3 and "one model only, left out: seed 3" in row.flags
+
+
+def test_relus_extended_context_verdict_needs_the_softmax_it_beats_to_degrade():
+    """(d) "then better than a *degrading* softmax": a refuted softmax-degrades row refutes each ReLU's (d)."""
+    from icl.lab.study.claims import REFUTED, Row, SeedValue, claim_verdicts
+
+    def row(part: str, subject: str, kind: str, points: list[float]) -> Row:
+        seeds = [SeedValue(i, p, p - 0.001, p + 0.001, True, False) for i, p in enumerate(points)]
+        return Row("d", part, "tuned", subject, "stat", kind, 0.0, seeds).decide(0.95, 3)
+
+    rows = [row("first worse", "relu", "greater", [0.10, 0.12, 0.11]),
+            row("then better", "relu", "less", [-0.10, -0.12, -0.11]),
+            row("softmax degrades", "softmax", "greater", [-0.10, -0.12, -0.11])]
+    verdicts = {v["subject"]: (v["verdict"], v["rows"]) for v in claim_verdicts(rows)}
+    assert verdicts == {"relu": (REFUTED, 3), "softmax": (REFUTED, 1)}

@@ -426,12 +426,14 @@ def failure_table(study: Study) -> list[dict[str, Any]]:
 
 def claim_verdicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Per claim × arm × subject × task: the combined verdict of its rows (per task, so a task on which no model
-    learned leaves the claim open there without hiding its verdict on the others)."""
+    learned leaves the claim open there without hiding its verdict on the others). (d)'s softmax-degrades row is
+    part of each ReLU subject's (d) too: the seed claims ReLU ends below a *degrading* softmax."""
     out = []
     keys = sorted({(r.claim, r.arm, r.subject, r.task) for r in rows},
                   key=lambda k: (list(CLAIMS).index(k[0]), k[1], k[2], k[3]))
     for claim, arm, subject, task in keys:
-        words = [r.verdict for r in rows if (r.claim, r.arm, r.subject, r.task) == (claim, arm, subject, task)]
+        words = [r.verdict for r in rows if (r.claim, r.arm, r.task) == (claim, arm, task)
+                 and (r.subject == subject or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
         out.append({"claim": claim, "arm": arm, "subject": subject, "task": task, "verdict": combine(words),
                     "rows": len(words), "refuted": words.count(REFUTED)})
     return out
