@@ -169,3 +169,13 @@ def test_relus_extended_context_verdict_needs_the_softmax_it_beats_to_degrade():
             row("softmax degrades", "softmax", "greater", [-0.10, -0.12, -0.11])]
     verdicts = {v["subject"]: (v["verdict"], v["rows"]) for v in claim_verdicts(rows)}
     assert verdicts == {"relu": (REFUTED, 3), "softmax": (REFUTED, 1)}
+
+
+def test_a_timing_row_shows_the_interval_its_verdict_comes_from():
+    from icl.lab.study.timing import timing_rows
+
+    bench = pd.DataFrame([{"device": "cpu", "threads": 1, "part": "latency", "model": "tiny", "batch": 256,
+                           "attn": "relu", "quant": "none", "k": 10, "ratio": 1.02, "ratio_ci_low": 0.99,
+                           "ratio_ci_high": 1.05}])
+    (row,) = timing_rows(bench, 0.10)
+    assert (row.interval.low, row.interval.high) == pytest.approx((math.log(0.99), math.log(1.05)))
