@@ -179,3 +179,18 @@ def test_a_timing_row_shows_the_interval_its_verdict_comes_from():
                            "ratio_ci_high": 1.05}])
     (row,) = timing_rows(bench, 0.10)
     assert (row.interval.low, row.interval.high) == pytest.approx((math.log(0.99), math.log(1.05)))
+
+
+def test_the_absolute_errors_beside_a_paired_row_use_the_seeds_its_verdict_uses(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(5):
+        write_cell(root, "relu", seed, 0.05 + 0.01 * seed)
+        write_cell(root, "softmax", seed, 0.9 if seed == 3 else 0.05)   # softmax seed 3 did not learn
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "a" and r.subject.startswith("relu ")]
+    assert row.absolute["relu"] == pytest.approx(np.mean([0.05, 0.06, 0.07, 0.09]))   # seeds 0, 1, 2, 4
+    assert row.absolute["relu"] - row.absolute["softmax"] == pytest.approx(row.interval.mean, abs=2e-3)

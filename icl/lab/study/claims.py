@@ -225,16 +225,20 @@ class Study:
             lambda strategy, param, ks: self._norm(cell, "none", strategy, param, ks)))
 
     def absolute(self, arm: str, task: str, attns: Sequence[str], strategy: str, param: float | None,
-                 ks: Sequence[int], quant: str = "none") -> dict[str, float]:
-        """Mean normalised error over ks and learned seeds of each model, the best fitting baseline, and the zero
-        estimator's raw mean squared error (the normaliser)."""
+                 ks: Sequence[int], quants: Sequence[str] = ("none",)) -> dict[str, float]:
+        """Mean normalised error over ks of each model (attn × quant), over the seeds where every one of them
+        learned (the seeds a paired row's verdict uses), the best fitting baseline, and the zero estimator's raw
+        mean squared error (the normaliser)."""
         out: dict[str, float] = {}
-        for attn in attns:
-            vals = []
-            for sd in self.seeds(arm, task):
-                c = self.cell(arm, task, attn, sd)
-                if c is not None and self.learned(c, quant)[0]:
-                    vals.append(_mean([c.mean(quant, strategy, param, "transformer", k) for k in ks]))
+        models = [(attn, quant) for attn in attns for quant in quants]
+        seeds = []
+        for sd in self.seeds(arm, task):
+            cells = [(self.cell(arm, task, attn, sd), quant) for attn, quant in models]
+            if all(c is not None and self.learned(c, q)[0] for c, q in cells):
+                seeds.append(cells)
+        for i, (attn, quant) in enumerate(models):
+            vals = [_mean([c.mean(q, strategy, param, "transformer", k) for k in ks]) for c, q in
+                    (cells[i] for cells in seeds)]
             out[f"{attn}{'' if quant == 'none' else ' ' + quant}"] = float(np.mean(vals)) if vals else math.nan
         cell = next((c for c in self.cells.values() if c.meta["arm"] == arm and c.meta["task"] == task), None)
         if cell is not None:
@@ -387,8 +391,7 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                     row = _row(study, "e", f"{attn} on {task}, {what}", arm, quant,
                                f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}", "equal",
                                margin, seeds,  # NaN: no margin, so neither verdict (nor with_failed) can resolve
-                               study.absolute(arm, task, (attn,), strategy, param, ks, quant) |
-                               study.absolute(arm, task, (attn,), strategy, param, ks), task)
+                               study.absolute(arm, task, (attn,), strategy, param, ks, (quant, "none")), task)
                     if row is not None and math.isnan(margin):
                         row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
                     rows.append(row)
