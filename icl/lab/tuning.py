@@ -19,6 +19,7 @@ Reads job folders through ``icl.results`` only: no torch.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -145,23 +146,26 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
 
 def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool) -> pd.DataFrame:
     """One row per recipe: the row of its worst (or median) training seed (and variant, when ``shared``), with
-    ``jobs``, the number of jobs the recipe has."""
+    ``jobs``, the number of distinct seeds (seed × variant pairs, when ``shared``) the recipe's jobs cover."""
     if by not in ("worst", "median"):
         raise ValueError(f"rank recipes by the worst or the median seed, got {by!r}")
     recipe = [c for c in CELL_KEYS.values() if c in cells and c != "seed" and not (shared and c in ("num_landmarks",
                                                                                                     "ridge"))]
     keys = group + [c for c in recipe if c not in group]
+    cells = cells.assign(error=cells["error"].fillna(math.inf))  # no error at 2d ranks as the worst, not skipped
     filled = cells.assign(**{c: cells[c].fillna(-1) for c in recipe})
-    jobs = filled.groupby(keys, sort=False)["error"].transform("size")
+    unit = filled[["attn", "seed"] if shared else ["seed"]].astype(str).agg("/".join, axis=1)
+    # distinct seeds (× variants) covered, not rows: a rerun job must not stand in for a missing seed
+    jobs = unit.groupby([filled[k] for k in keys], sort=False).transform("nunique")
     if by == "worst":
         idx = filled.groupby(keys, sort=False)["error"].idxmax()
         return cells.assign(jobs=jobs).loc[idx.values]
     rows = []
     for _, sub in filled.groupby(keys, sort=False):
         med = sub["error"].median()
-        row = cells.loc[(sub["error"] - med).abs().idxmin()].copy()
+        row = cells.loc[(sub["error"] - med).abs().fillna(0).idxmin()].copy()  # NaN: inf − inf, at the median
         row["error"] = med
-        row["jobs"] = len(sub)
+        row["jobs"] = jobs.loc[sub.index].iat[0]
         rows.append(row)
     return pd.DataFrame(rows)
 

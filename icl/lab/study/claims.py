@@ -73,6 +73,7 @@ class Row:
     why: str = ""
     with_failed: str = ""   # the verdict when failed seeds are counted, when it differs
     task: str = ""          # the task the row tests: a claim's verdict is combined per task
+    unpaired: list[int] = field(default_factory=list)   # seeds committed for one model of the pair only
 
     def decide(self, ci: float, min_seeds: int) -> "Row":
         learned = [s.point for s in self.seeds if s.learned]
@@ -96,6 +97,8 @@ class Row:
             out.append(f"still improving: seed {', '.join(map(str, improving))}")
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
+        if self.unpaired:
+            out.append(f"one model only, left out: seed {', '.join(map(str, self.unpaired))}")
         return "; ".join(out)
 
 
@@ -152,8 +155,12 @@ class Study:
             k = self.guard_k(cell)
             err = cell.mean(quant, "standard", None, "transformer", k)
             name, base = self.best_baseline(cell, k)
-            ok = self.guard.learned(err, base)
-            self._learned[key] = (ok, f"{cell.meta['attn']} {quant}: {err:.3f} at k = {k} ({name} {base:.3f})")
+            # eval.csv's means skip a non-finite prompt; the window sums the claims use would turn NaN instead
+            finite = all(np.isfinite(v).all() for n, v in cell.errors().items()
+                         if n.startswith(f"{quant}/") and "/transformer/" in n)
+            ok = self.guard.learned(err, base) and finite
+            self._learned[key] = (ok, f"{cell.meta['attn']} {quant}: {err:.3f} at k = {k} ({name} {base:.3f})"
+                                  + ("" if finite else ", non-finite errors on some prompt"))
         return self._learned[key]
 
     def improving(self, cell: Cell) -> bool:
@@ -198,9 +205,9 @@ class Study:
         """Δ = norm(a) − norm(b) on the same prompts; with ``baseline`` params, the difference in differences
         [Δ(param) − Δ(baseline param)]."""
         def stat() -> tuple[float, np.ndarray] | None:
-            self._same_prompts(a[0], b[0], strategy, param, ks)
             out = []
             for p in (param, *baseline):
+                self._same_prompts(a[0], b[0], strategy, p, ks)
                 na, nb = self._norm(a[0], a[1], strategy, p, ks), self._norm(b[0], b[1], strategy, p, ks)
                 if na is None or nb is None:
                     return None
@@ -218,16 +225,20 @@ class Study:
             lambda strategy, param, ks: self._norm(cell, "none", strategy, param, ks)))
 
     def absolute(self, arm: str, task: str, attns: Sequence[str], strategy: str, param: float | None,
-                 ks: Sequence[int], quant: str = "none") -> dict[str, float]:
-        """Mean normalised error over ks and learned seeds of each model, the best fitting baseline, and the zero
-        estimator's raw mean squared error (the normaliser)."""
+                 ks: Sequence[int], quants: Sequence[str] = ("none",)) -> dict[str, float]:
+        """Mean normalised error over ks of each model (attn × quant), over the seeds where every one of them
+        learned (the seeds a paired row's verdict uses), the best fitting baseline, and the zero estimator's raw
+        mean squared error (the normaliser)."""
         out: dict[str, float] = {}
-        for attn in attns:
-            vals = []
-            for sd in self.seeds(arm, task):
-                c = self.cell(arm, task, attn, sd)
-                if c is not None and self.learned(c, quant)[0]:
-                    vals.append(_mean([c.mean(quant, strategy, param, "transformer", k) for k in ks]))
+        models = [(attn, quant) for attn in attns for quant in quants]
+        seeds = []
+        for sd in self.seeds(arm, task):
+            cells = [(self.cell(arm, task, attn, sd), quant) for attn, quant in models]
+            if all(c is not None and self.learned(c, q)[0] for c, q in cells):
+                seeds.append(cells)
+        for i, (attn, quant) in enumerate(models):
+            vals = [_mean([c.mean(q, strategy, param, "transformer", k) for k in ks]) for c, q in
+                    (cells[i] for cells in seeds)]
             out[f"{attn}{'' if quant == 'none' else ' ' + quant}"] = float(np.mean(vals)) if vals else math.nan
         cell = next((c for c in self.cells.values() if c.meta["arm"] == arm and c.meta["task"] == task), None)
         if cell is not None:
@@ -250,12 +261,13 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _row(study: Study, claim: str, part: str, arm: str, subject: str, statistic: str, kind: str, margin: float,
-         seeds: Sequence[SeedValue | None], absolute: dict[str, float], task: str = "linear") -> Row | None:
+         seeds: Sequence[SeedValue | None], absolute: dict[str, float], task: str = "linear",
+         unpaired: Sequence[int] = ()) -> Row | None:
     kept = [s for s in seeds if s is not None]
     if not kept:
         return None
-    return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute,
-               task=task).decide(study.ci, study.min_seeds)
+    return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute, task=task,
+               unpaired=list(unpaired)).decide(study.ci, study.min_seeds)
 
 
 def claim_rows(study: Study) -> list[Row]:
@@ -275,11 +287,13 @@ def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strate
         seeds = [study.difference((study.cell(arm, task, relu, sd), "none"), (study.cell(arm, task, REFERENCE, sd),
                                                                               "none"), strategy, param, ks, sd,
                                   baseline) for sd in study.seeds(arm, task)]
+        unpaired = [sd for sd in study.seeds(arm, task)
+                     if (study.cell(arm, task, relu, sd) is None) != (study.cell(arm, task, REFERENCE, sd) is None)]
         what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
         stat = (f"[Δ(c = {param:g}) − Δ(c = 1)], Δ = {relu} − softmax" if baseline else f"Δ = {relu} − softmax")
         rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu], f"{stat}, {task}, {what}, {window_text(ks)}",
                          kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks),
-                         task))
+                         task, unpaired))
     return rows
 
 
@@ -376,9 +390,8 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                     what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
                     row = _row(study, "e", f"{attn} on {task}, {what}", arm, quant,
                                f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}", "equal",
-                               margin if not math.isnan(margin) else 0.0, seeds,
-                               study.absolute(arm, task, (attn,), strategy, param, ks, quant) |
-                               study.absolute(arm, task, (attn,), strategy, param, ks), task)
+                               margin, seeds,  # NaN: no margin, so neither verdict (nor with_failed) can resolve
+                               study.absolute(arm, task, (attn,), strategy, param, ks, (quant, "none")), task)
                     if row is not None and math.isnan(margin):
                         row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
                     rows.append(row)
@@ -416,12 +429,14 @@ def failure_table(study: Study) -> list[dict[str, Any]]:
 
 def claim_verdicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Per claim × arm × subject × task: the combined verdict of its rows (per task, so a task on which no model
-    learned leaves the claim open there without hiding its verdict on the others)."""
+    learned leaves the claim open there without hiding its verdict on the others). (d)'s softmax-degrades row is
+    part of each ReLU subject's (d) too: the seed claims ReLU ends below a *degrading* softmax."""
     out = []
     keys = sorted({(r.claim, r.arm, r.subject, r.task) for r in rows},
                   key=lambda k: (list(CLAIMS).index(k[0]), k[1], k[2], k[3]))
     for claim, arm, subject, task in keys:
-        words = [r.verdict for r in rows if (r.claim, r.arm, r.subject, r.task) == (claim, arm, subject, task)]
+        words = [r.verdict for r in rows if (r.claim, r.arm, r.task) == (claim, arm, task)
+                 and (r.subject == subject or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
         out.append({"claim": claim, "arm": arm, "subject": subject, "task": task, "verdict": combine(words),
                     "rows": len(words), "refuted": words.count(REFUTED)})
     return out

@@ -106,8 +106,11 @@ def window_sums(errors: np.ndarray, windows: Windows, strategy: str) -> dict[str
         ks = [k for k in ks if k < errors.shape[1]]
         if ks:
             sums = errors[:, ks].astype(np.float64).sum(1)
-            small = sums.astype(np.float16)
-            out[name] = (ks, small if np.isfinite(small).all() == np.isfinite(sums).all() else sums.astype(np.float32))
+            with np.errstate(over="ignore"):
+                small = sums.astype(np.float16)
+            # per prompt: a NaN prompt elsewhere must not hide a finite sum that float16 turns into inf
+            fits = np.array_equal(np.isfinite(small), np.isfinite(sums))
+            out[name] = (ks, small if fits else sums.astype(np.float32))
     return out
 
 

@@ -57,6 +57,8 @@ def verdict(kind: str, low: float, high: float, margin: float = 0.0, min_seeds: 
         raise ValueError(f"claim kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if n < min_seeds or math.isnan(low) or math.isnan(high):
         return UNRESOLVED, f"{n} usable seed(s), {min_seeds} needed"
+    if math.isnan(margin):
+        return UNRESOLVED, "no margin"
     shown = f"[{low:+.3f}, {high:+.3f}]"
     if kind == "equal":
         if -margin < low and high < margin:

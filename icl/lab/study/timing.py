@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from icl.lab.study.claims import REFERENCE, Row, SeedValue
-from icl.lab.study.inference import UNRESOLVED, seed_interval, verdict
+from icl.lab.study.inference import UNRESOLVED, SeedInterval, verdict
 
 KERNELS = {"softmax": "torch scaled_dot_product_attention (fused)", "relu": "masked matmul, ÷ L",
            "relu_causal": "masked matmul, ÷ tokens seen"}
@@ -42,7 +42,7 @@ def timing_rows(bench: pd.DataFrame | None, time_margin: float) -> list[Row]:
         row = Row("f", f"{r['attn']} {r['quant']} vs softmax none, k = {int(r['k'])}", "—", f"{r['attn']}/{r['quant']}",
                   f"latency ratio {r['ratio']:.3f} [{r['ratio_ci_low']:.3f}, {r['ratio_ci_high']:.3f}]; {where}",
                   "equal", margin, [value])
-        row.interval = seed_interval([value.point])
+        row.interval = SeedInterval(value.point, value.low, value.high, 1)  # the benchmark's CI: what is judged
         row.verdict, row.why = verdict("equal", value.low, value.high, margin, 1, 1)
         row.why = row.why.replace("seed-level CI", "log-ratio CI (interleaved rounds)")
         rows.append(row)

@@ -1,0 +1,196 @@
+"""Review of the seed study's inference code (issue 25): each test pins one finding (docs/study.md, "Review")."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.test_tuning import cell_job
+
+
+# -- recipe selection (icl.lab.tuning) -----------------------------------------------------------------------------
+def test_a_rerun_job_does_not_make_a_recipe_missing_a_seed_complete(tmp_path):
+    from icl.lab.tuning import candidates, load_cells, select
+
+    v = tmp_path / "v"
+    for seed in (0, 1, 2):  # recipe a: complete, worst 0.10
+        cell_job(v / f"a{seed}", "relu", 1e-4, True, 1000, 0.08 + 0.01 * seed, seed=seed)
+    cell_job(v / "b0", "relu", 1e-3, True, 1000, 0.02, seed=0)    # recipe b: seed 0 twice (a rerun), no seed 2
+    cell_job(v / "b0_again", "relu", 1e-3, True, 1000, 0.03, seed=0)
+    cell_job(v / "b1", "relu", 1e-3, True, 1000, 0.02, seed=1)
+    for by in ("worst", "median"):
+        ranked = candidates(load_cells([v]), by=by).set_index("lr")
+        assert ranked.loc[1e-3, "status"] == "incomplete", by     # its seed 2 is unknown: it cannot win yet
+        assert select(load_cells([v]), by=by).iloc[0].lr == 1e-4, by
+
+
+def test_a_shared_recipe_missing_a_variant_is_not_complete(tmp_path):
+    from icl.lab.tuning import candidates, load_cells
+
+    v = tmp_path / "v"
+    for seed in (0, 1):
+        for attn in ("relu", "softmax"):
+            cell_job(v / f"a_{attn}{seed}", attn, 1e-4, True, 1000, 0.10, seed=seed)
+        cell_job(v / f"b_relu{seed}", "relu", 1e-3, True, 1000, 0.02, seed=seed)    # b: relu twice per seed,
+        cell_job(v / f"b_relu{seed}x", "relu", 1e-3, True, 1000, 0.03, seed=seed)   # never softmax
+    ranked = candidates(load_cells([v]), shared=True).set_index("lr")
+    assert ranked.loc[1e-3, "status"] == "incomplete" and ranked.loc[1e-4, "status"] == "chosen"
+
+
+def test_a_seed_without_an_error_at_2d_ranks_its_recipe_last(tmp_path):
+    from icl.lab.tuning import candidates, load_cells, select
+
+    v = tmp_path / "v"
+    for seed in (0, 1, 2):
+        cell_job(v / f"a{seed}", "relu", 1e-4, True, 1000, 0.10, seed=seed)
+        job = cell_job(v / f"b{seed}", "relu", 1e-3, True, 1000, 0.02, seed=seed)
+    frame = pd.read_csv(job / "eval.csv")   # b's seed 2: NaN at k = 2d (every prompt non-finite there)
+    frame.loc[frame["k"] == 10, "error"] = math.nan
+    frame.to_csv(job / "eval.csv", index=False)
+    ranked = candidates(load_cells([v])).set_index("lr")
+    assert ranked.loc[1e-3, "status"] == "complete"              # b's seed 2 is its worst job, not skipped
+    assert math.isinf(ranked.loc[1e-3, "error"]) and select(load_cells([v])).iloc[0].lr == 1e-4
+
+
+# -- compact results (icl.lab.study.compact) -----------------------------------------------------------------------
+def test_a_window_sum_that_overflows_float16_is_kept_in_float32_beside_a_non_finite_prompt():
+    from icl.lab.study.compact import Windows, window_sums
+
+    errors = np.ones((3, 11))
+    errors[0, 5] = np.nan        # a prompt whose model output was not finite
+    errors[1, 5] = 1e5           # a finite sum float16 cannot hold (max 65504)
+    (ks, sums), = window_sums(errors, Windows.of(5, 10, 11, 20), "standard").values()
+    assert np.isnan(sums[0]) and float(sums[1]) == pytest.approx(1e5 + 5) and sums[2] == len(ks)
+
+
+# -- claims (icl.lab.study.claims) ---------------------------------------------------------------------------------
+def test_a_difference_in_differences_refuses_cells_scored_on_other_prompts_at_the_baseline_scale(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import ERRORS, load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(3):
+        for attn in ("softmax", "relu"):
+            write_cell(root, attn, seed, 0.05)
+    path = root / "tuned-linear-relu-seed1" / ERRORS   # relu seed 1: other prompts at c = 1 only
+    arrays = dict(np.load(path))
+    for key in [k for k in arrays if k.startswith("none/scale_x/1.0/")]:
+        arrays[key] = arrays[key][::-1].copy()
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(ValueError, match="different scale_x prompts"):
+        claim_rows(Study(load_cells(root), study_cfg(root)))
+
+
+def test_a_model_with_non_finite_errors_is_a_failed_seed_not_a_silently_dropped_one(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows, failure_table
+    from icl.lab.study.compact import ERRORS, load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(5):
+        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
+            write_cell(root, attn, seed, level)
+    path = root / "tuned-linear-relu-seed1" / ERRORS   # relu seed 1: NaN on one prompt (eval.csv's mean skips it)
+    arrays = dict(np.load(path))
+    for key in [k for k in arrays if "/transformer/" in k]:
+        arrays[key][3] = np.nan
+    np.savez_compressed(path, **arrays)
+    study = Study(load_cells(root), study_cfg(root))
+    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    assert [s.seed for s in row.seeds if not s.learned] == [1] and "did not learn: seed 1" in row.flags
+    assert row.interval.n == 4
+    table = {(r["attn"], r["quant"]): r["failed"] for r in failure_table(study)}
+    assert table[("relu", "none")] == 1
+
+
+def test_an_int8_row_without_a_noise_margin_claims_nothing_even_counting_failed_seeds(tmp_path):
+    import json
+
+    from icl.lab.study.claims import UNRESOLVED, Study, claim_rows
+    from icl.lab.study.compact import CELL_JSON, ERRORS, load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(3):   # only seed 0 learned: no seed-to-seed SD of the float model, so no margin
+        write_cell(root, "relu", seed, 0.05 if seed == 0 else 0.9)
+        folder = root / f"tuned-linear-relu-seed{seed}"
+        arrays = dict(np.load(folder / ERRORS))
+        arrays |= {"int8_weight" + k[4:]: v + 0.1 * arrays[k.replace("/transformer/", "/zero/")]
+                   for k, v in arrays.items() if k.startswith("none/") and "/transformer/" in k}  # int8: +0.1 always
+        np.savez_compressed(folder / ERRORS, **arrays)
+        meta = json.loads((folder / CELL_JSON).read_text())
+        meta["quants"]["int8_weight"] = meta["quants"]["none"]
+        (folder / CELL_JSON).write_text(json.dumps(meta))
+    rows = [r for r in claim_rows(Study(load_cells(root), study_cfg(root))) if r.claim == "e"]
+    assert rows and all(r.verdict == UNRESOLVED and not r.with_failed for r in rows)
+
+
+def test_median_rank_survives_a_recipe_with_no_error_at_2d_on_any_seed(tmp_path):
+    from icl.lab.tuning import candidates, load_cells
+
+    v = tmp_path / "v"
+    for seed in (0, 1):
+        cell_job(v / f"a{seed}", "relu", 1e-4, True, 1000, 0.10, seed=seed)
+        job = cell_job(v / f"b{seed}", "relu", 1e-3, True, 1000, 0.02, seed=seed)
+        frame = pd.read_csv(job / "eval.csv")
+        frame.loc[frame["k"] == 10, "error"] = math.nan
+        frame.to_csv(job / "eval.csv", index=False)
+    ranked = candidates(load_cells([v]), by="median").set_index("lr")
+    assert ranked.loc[1e-4, "status"] == "chosen" and math.isinf(ranked.loc[1e-3, "error"])
+
+
+def test_a_seed_committed_for_one_model_of_a_pair_only_is_named_in_the_row(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(4):
+        write_cell(root, "relu", seed, 0.08)
+        if seed != 3:
+            write_cell(root, "softmax", seed, 0.05)
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "a" and r.subject.startswith("relu ")]
+    assert row.interval.n == 3 and "one model only, left out: seed 3" in row.flags
+
+
+def test_relus_extended_context_verdict_needs_the_softmax_it_beats_to_degrade():
+    """(d) "then better than a *degrading* softmax": a refuted softmax-degrades row refutes each ReLU's (d)."""
+    from icl.lab.study.claims import REFUTED, Row, SeedValue, claim_verdicts
+
+    def row(part: str, subject: str, kind: str, points: list[float]) -> Row:
+        seeds = [SeedValue(i, p, p - 0.001, p + 0.001, True, False) for i, p in enumerate(points)]
+        return Row("d", part, "tuned", subject, "stat", kind, 0.0, seeds).decide(0.95, 3)
+
+    rows = [row("first worse", "relu", "greater", [0.10, 0.12, 0.11]),
+            row("then better", "relu", "less", [-0.10, -0.12, -0.11]),
+            row("softmax degrades", "softmax", "greater", [-0.10, -0.12, -0.11])]
+    verdicts = {v["subject"]: (v["verdict"], v["rows"]) for v in claim_verdicts(rows)}
+    assert verdicts == {"relu": (REFUTED, 3), "softmax": (REFUTED, 1)}
+
+
+def test_a_timing_row_shows_the_interval_its_verdict_comes_from():
+    from icl.lab.study.timing import timing_rows
+
+    bench = pd.DataFrame([{"device": "cpu", "threads": 1, "part": "latency", "model": "tiny", "batch": 256,
+                           "attn": "relu", "quant": "none", "k": 10, "ratio": 1.02, "ratio_ci_low": 0.99,
+                           "ratio_ci_high": 1.05}])
+    (row,) = timing_rows(bench, 0.10)
+    assert (row.interval.low, row.interval.high) == pytest.approx((math.log(0.99), math.log(1.05)))
+
+
+def test_the_absolute_errors_beside_a_paired_row_use_the_seeds_its_verdict_uses(tmp_path):
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(5):
+        write_cell(root, "relu", seed, 0.05 + 0.01 * seed)
+        write_cell(root, "softmax", seed, 0.9 if seed == 3 else 0.05)   # softmax seed 3 did not learn
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "a" and r.subject.startswith("relu ")]
+    assert row.absolute["relu"] == pytest.approx(np.mean([0.05, 0.06, 0.07, 0.09]))   # seeds 0, 1, 2, 4
+    assert row.absolute["relu"] - row.absolute["softmax"] == pytest.approx(row.interval.mean, abs=2e-3)
