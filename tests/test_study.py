@@ -351,6 +351,8 @@ def test_recipe_selection_section_checks_the_arm_against_its_chosen_recipe(tmp_p
     per_variant = cands.assign(selection="per variant", status=["chosen", "chosen"])  # softmax 1e-4, relu 1e-3
     assert "all 2 committed" in arm_check(per_variant, [("softmax", same), ("relu", {**same, "lr": 1e-3})])
     assert "does not use" in arm_check(per_variant, [("relu", same)])
+    assert "did not learn on every seed**: relu seed 0 at 0.900" in arm_check(per_variant, [], learn_bound=0.5)
+    assert "did not learn" not in arm_check(per_variant.iloc[:1], [], learn_bound=0.5)
     text = section(tmp_path, {"shared": {"tuning": "shared"}}, {"shared": [("relu", same)]}, table)
     assert "### shared (arm **shared**)" in text and "dominated" in text and "30 min of training" in text
     assert "| lr 0.001, qk_norm True, clip 1.0, warm-up 500 | 0.900 | — | 0.900 |" in text  # softmax: not trained

@@ -261,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = cells.sort_values(["task", "attn", "lr", "qk_norm", "warmup_steps"]).reset_index(drop=True)
     if out:  # written while the sweep is partial too: candidates.md says what is still missing
         out.mkdir(parents=True, exist_ok=True)
+        for stale in (out / "best.csv", out / "best.md"):  # a winner of an earlier state of the sweep
+            stale.unlink(missing_ok=True)
         write_csv(out / "cells.csv", cells.drop(columns="run_dir"), index=False)
         write_text(out / "cells.md", markdown(cells, cell_cols))
         write_csv(out / "candidates.csv", ranked.drop(columns="run_dir"), index=False)

@@ -73,13 +73,17 @@ def chosen(candidates: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return {str(r["attn"]): r.to_dict() for _, r in rows.iterrows()}
 
 
-def arm_check(candidates: pd.DataFrame, trained: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+def arm_check(candidates: pd.DataFrame, trained: Sequence[tuple[str, Mapping[str, Any]]],
+              learn_bound: float = math.inf) -> str:
     """Whether every cell trained under this selection used the recipe chosen for it (``trained``: each committed
-    cell's (variant, recipe))."""
+    cell's (variant, recipe)); a chosen recipe whose worst job is above ``learn_bound`` (the guard's fraction of the
+    zero estimator) is named as one that did not learn on every seed: the best there is, not a working recipe."""
     best = chosen(candidates)
     if not best:
         return "No complete recipe yet: nothing chosen"
-    text = "; ".join(f"{'' if attn == '*' else attn + ': '}{recipe_text(row)}" for attn, row in best.items())
+    text = "; ".join(f"{'' if attn == '*' else attn + ': '}{recipe_text(row)}" + (
+        f" (**did not learn on every seed**: {row['attn']} seed {int(row['seed'])} at {float(row['error']):.3f})"
+        if not float(row["error"]) <= learn_bound else "") for attn, row in best.items())
     if not trained:
         return f"Chosen: {text}; no cell trained with it is committed yet"
     wrong = [(attn, r) for attn, r in trained if _key(r) != _key(best.get("*", best.get(attn, {})))]
@@ -91,7 +95,8 @@ def arm_check(candidates: pd.DataFrame, trained: Sequence[tuple[str, Mapping[str
 
 
 def section(tuning_dir: Path | None, arms: Mapping[str, Mapping[str, Any]],
-            trained: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]], table: Any) -> str:
+            trained: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]], table: Any,
+            learn_bound: float = math.inf) -> str:
     """The report's "Recipe selection" text: per committed selection, the arm check, its candidates and its jobs.
     ``trained``: arm -> (variant, recipe) of its committed cells; ``table``: the report's table writer."""
     selections = load(tuning_dir) if tuning_dir is not None and Path(tuning_dir).is_dir() else {}
@@ -101,7 +106,7 @@ def section(tuning_dir: Path | None, arms: Mapping[str, Mapping[str, Any]],
     out = []
     for name, (cells, candidates) in selections.items():
         arm = by_selection.get(name)
-        check = arm_check(candidates, trained.get(arm, []) if arm else [])
+        check = arm_check(candidates, trained.get(arm, []) if arm else [], learn_bound)
         status = [{"attn": "all" if r.get("selection") == "shared" else r["attn"], "recipe": recipe_text(r),
                    "jobs": int(r["jobs"]), "worst job (error at k = 2d)": float(r["error"]),
                    "worst: attn, seed": f"{r['attn']}, {int(r['seed'])}", "status": r["status"]}
