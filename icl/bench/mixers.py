@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -33,11 +32,11 @@ from omegaconf import DictConfig
 from icl.analysis.pareto import COST_FILE
 from icl.attention import positive
 from icl.bench.attention import device_name, pick_device, slopes, variant_params
+from icl.bench.entry import hydra_cli
 from icl.bench.latency import quantized
 from icl.bench.timing import interleaved, summarise
 from icl.files import write_csv, write_text
 from icl.mixers import MaskedSoftmax, build_mixer, check_mixer, family, mixer_names
-from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
 from icl.stats import bootstrap_median_ci, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
@@ -225,15 +224,7 @@ def run(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="bench_mixers")
-def main(cfg: DictConfig) -> None:
-    with refusals(ValueError):
-        run(cfg)
-
-
-def cli() -> None:
-    """``python -m icl.bench.mixers``."""
-    run_cli(main)
+cli = hydra_cli(run, "bench_mixers")  # python -m icl.bench.mixers
 
 
 if __name__ == "__main__":
