@@ -53,17 +53,22 @@ def _in_and_past_training(cell: Any, ks: Sequence[int]) -> np.ndarray:
     return np.where(np.isnan(standard), long, standard)
 
 
+def _attns(study: Study) -> list[str]:
+    """The variants drawn: the grid's (the seed study's three kernels, a preset's mixers)."""
+    return list(study.cfg["grid"].get("attns") or ATTNS)
+
+
 def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     seeds = study.seeds(arm, task)
-    cells = [c for sd in seeds for a in ATTNS if (c := study.cell(arm, task, a, sd)) is not None]
+    cells = [c for sd in seeds for a in _attns(study) if (c := study.cell(arm, task, a, sd)) is not None]
     if not cells:
         return None
     k_max = max(int(c.meta["n_positions"]) - 1 for c in cells)
     ks = list(range(k_max + 1))
     fig, ax = plt.subplots(figsize=(WIDTH, 3.2))
-    for attn in ATTNS:
+    for attn in _attns(study):
         curves = []
         for sd in seeds:
             c = study.cell(arm, task, attn, sd)
@@ -92,8 +97,10 @@ def training_curves(study: Study, arm: str, task: str, out: Path) -> Path | None
     seeds = study.seeds(arm, task)
     if not seeds:
         return None
-    fig, axes = plt.subplots(1, len(ATTNS), figsize=(WIDTH, 2.4), sharey=True)
-    for ax, attn in zip(axes, ATTNS):
+    attns = _attns(study)
+    fig, axes = plt.subplots(1, len(attns), figsize=(WIDTH, 2.4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, attn in zip(axes, attns):
         for sd in seeds:
             c = study.cell(arm, task, attn, sd)
             if c is None:

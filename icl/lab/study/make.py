@@ -19,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from icl.analysis.results import find_jobs
 from icl.lab.study.compact import CELL_JSON, cell_name, config_fingerprint, export
+from icl.lab.study.grid import active
 from icl.run.configs import CONFIG_DIR, check_yaml
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def committed_fingerprint(cells: Path, name: str) -> str | None:
 
 def plan(cfg: Mapping[str, Any]) -> list[tuple[str, str, list[str], str]]:
     """(cell, arm, overrides, why) of every cell to (re)train; the rest match their config."""
+    cfg = active(cfg)
     grid, cells = cfg["grid"], Path(cfg["cells"])
     todo = []
     for arm in grid["arms"]:

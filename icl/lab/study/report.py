@@ -23,6 +23,8 @@ from icl.files import atomic_write
 from icl.lab.study import claims as C
 from icl.lab.study.compact import cell_name, load_cells
 from icl.lab.study.figures import figures
+from icl.lab.study.grid import active
+from icl.lab.study.overview import overview_frame_rows, overview_rows, overview_table
 from icl.lab.study.recipes import section as recipe_section
 from icl.lab.study.timing import read_bench, timing_rows
 from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
@@ -31,6 +33,7 @@ from icl.tables import markdown_table
 log = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("report.md")
 README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
+NO_CLAIMS = "No claim row: the committed cells hold no model a claim tests (the Overview section lists every model)."
 
 
 def expected_cells(grid: Mapping[str, Any]) -> list[str]:
@@ -95,18 +98,31 @@ def cost_text(cells: Sequence[Any], cfg: Mapping[str, Any]) -> str:
             "(status.json, one core per job)")
 
 
+def files_dir(cfg: Mapping[str, Any]) -> Path:
+    """Where the page's CSVs and figures go: ``<out_dir>/<files>`` (``files`` default: study)."""
+    files = cfg.get("files") or "study"
+    if Path(files).is_absolute() or ".." in Path(files).parts:
+        raise ValueError(f"study: files must be a folder inside out_dir (e.g. study), got {files!r}")
+    return Path(cfg["out_dir"]) / files
+
+
 def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[Path]]:
+    cfg = active(cfg)
     cells_dir, out_dir = Path(cfg["cells"]), Path(cfg["out_dir"])
     cells = load_cells(cells_dir)
+    title = cfg.get("title") or "the seed study v2"
     if not cells:  # nothing trained yet: the page says what is missing and states no finding
-        return (f"# Results: the seed study v2\n\n[← README](../README.md) · written by `python -m icl.study` from "
+        return (f"# Results: {title}\n\n[← README](../README.md) · written by `python -m icl.study` from "
                 f"`{cells_dir}`.\n\n## Status\n{status_text(cfg, set())}\n"), {}, []
     study = C.Study(cells, cfg)
     bench = read_bench(Path(cfg["bench_csv"])) if cfg.get("bench_csv") else None
-    rows = C.claim_rows(study) + timing_rows(bench, float(cfg["margins"]["time"]))
+    # bench_csv null: the preset tests no claim (f); a set path whose CSV is missing leaves (f) not resolved
+    timing = timing_rows(bench, float(cfg["margins"]["time"])) if cfg.get("bench_csv") else []
+    rows = C.claim_rows(study) + timing
     verdicts = C.claim_verdicts(rows)
     failures = C.failure_table(study)
-    figs = figures(study, out_dir / "study")
+    figs = figures(study, files_dir(cfg))
+    overview = overview_rows(study)
     first = cells[0].meta
     grid = cfg["grid"]
     arms = "; ".join(f"**{arm}**: {spec['describe']}" for arm, spec in grid["arms"].items())
@@ -119,6 +135,7 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
     versions = ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items() if k in ("torch", "torchao"))
     g, conv, m = cfg["guard"], cfg["convergence"], cfg["margins"]
     fields = {
+        "title": title, "overview": overview_table(overview, float(cfg["ci"]), table),
         "cells_rel": relative(cells_dir, out_dir) if cells_dir.resolve().is_relative_to(out_dir.resolve()) else str(cells_dir),
         "status": status_text(cfg, {c.dir.name for c in cells}),
         "grid": ", ".join(f"{t} × {len(grid['attns'])} variants × {s['seeds']} seeds" for t, s in grid["tasks"].items())
@@ -131,13 +148,14 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
-                           for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted"]),
+                           for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted"])
+        if verdicts else NO_CLAIMS,
         "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
                                   {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
                                    for arm in grid["arms"]},
                                   table, float(cfg["guard"]["zero_fraction"])),
         "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
-        "tables": claim_tables(rows, float(cfg["ci"])),
+        "tables": claim_tables(rows, float(cfg["ci"])) or NO_CLAIMS,
         "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",
                                           "rel_diff_max", "proof_prompts"]) if C.proofs(study) else "none committed",
         "figures": "\n\n".join(f"![{p.stem}]({relative(p, out_dir)})" for p in figs),
@@ -149,17 +167,19 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
                                        "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
                                        "improving": s.improving, "verdict": r.verdict, "with_failed": r.with_failed}
                                       for r in rows for s in r.seeds]),
-              "verdicts": pd.DataFrame(verdicts), "failures": pd.DataFrame(failures)}
+              "verdicts": pd.DataFrame(verdicts), "failures": pd.DataFrame(failures),
+              "overview": pd.DataFrame(overview_frame_rows(overview))}
     return text, frames, figs
 
 
 def report(cfg: Mapping[str, Any]) -> Path:
     start = time.perf_counter()
+    cfg = active(cfg)
     out_dir = Path(cfg["out_dir"])
     text, frames, figs = render(cfg)
     path = out_dir / str(cfg["page"])
     for name, frame in frames.items():
-        atomic_write(out_dir / "study" / f"{name}.csv",
+        atomic_write(files_dir(cfg) / f"{name}.csv",
                      lambda tmp, f=frame: f.to_csv(tmp, index=False, float_format="%.6g"))
     atomic_write(path, lambda tmp: tmp.write_text(text))
     if cfg.get("readme"):

@@ -1,0 +1,126 @@
+"""The study report's overview grid (icl.lab.study.overview) on synthetic cells against a naive computation, the
+mixers' study preset (configs/study/mixers.yaml): its plan lists exactly its cells and skips a committed one, and
+its page renders without a relu/softmax pair; a preset's null arms and tasks (icl.lab.study.grid)."""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from scipy import stats as sps
+
+from icl.lab.study.claims import Study, claim_rows
+from icl.lab.study.compact import CELL_JSON, CURVE, Windows, cell_name, load_cells
+from icl.lab.study.grid import active
+from icl.lab.study.overview import overview_rows
+from icl.run.configs import CONFIG_DIR
+from tests.test_study import synthetic_errors, write_cell
+
+MIXERS = ["softmax", "mamba", "mamba2", "deltanet", "retnet", "sliding_window", "bigbird"]
+
+
+def study_cfg(tmp_path: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("study", overrides=[f"cells={tmp_path / 'cells'}", *overrides]),
+                                     resolve=True)
+    return cfg | {"bootstrap": 200, "out_dir": str(tmp_path / "docs"), "readme": None, "bench_csv": None}
+
+
+def test_mixers_preset_plans_exactly_its_cells_and_skips_a_committed_one(tmp_path):
+    from icl.lab.study.make import expected_fingerprint, plan
+
+    cfg = study_cfg(tmp_path, "study=mixers")
+    assert (cfg["cells"], cfg["page"], cfg["readme"], cfg["grid"]["quants"]) == (
+        str(tmp_path / "cells"), "RESULTS_MIXERS.md", None, ["none"])
+    wanted = {cell_name("tuned", "linear", attn, seed) for attn in MIXERS for seed in range(3)}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        todo = plan(cfg)
+        assert {name for name, *_ in todo} == wanted and len(todo) == 21
+        assert all(arm == "tuned" and "recipe=smoke" in ov and "task=linear" in ov for _, arm, ov, _ in todo)
+        # a cell committed with the config it would train with is not trained again: only the new cells train
+        name, _, overrides, _ = next(t for t in todo if t[0] == "tuned-linear-mamba-seed1")
+        (tmp_path / "cells" / name).mkdir(parents=True)
+        (tmp_path / "cells" / name / CELL_JSON).write_text(f'{{"fingerprint": "{expected_fingerprint(overrides)}"}}')
+        assert {n for n, *_ in plan(cfg)} == wanted - {name}
+
+
+def test_a_preset_drops_arms_and_tasks_with_null_and_refuses_an_empty_grid():
+    grid = {"arms": {"tuned": {"overrides": []}, "shared": None}, "tasks": {"linear": {"seeds": 3}, "trees": None},
+            "attns": ["softmax"], "quants": ["none"]}
+    out = active({"grid": grid})["grid"]
+    assert list(out["arms"]) == ["tuned"] and list(out["tasks"]) == ["linear"]
+    with pytest.raises(ValueError, match="grid.arms has no entry left"):
+        active({"grid": {**grid, "arms": {"shared": None}}})
+    with pytest.raises(ValueError, match="each attention once"):
+        active({"grid": {**grid, "attns": ["mamba", "mamba"]}})
+
+
+LEVELS = {"softmax": [0.05, 0.07, 0.9], "mamba": [0.06, 0.09, 0.08]}   # softmax seed 2 does not learn (guard: <= 0.1)
+
+
+def write_cells(tmp_path: Path, levels: dict[str, list[float]]) -> Path:
+    root = tmp_path / "cells"
+    for attn, per_seed in levels.items():
+        for seed, level in enumerate(per_seed):
+            write_cell(root, attn, seed, level)
+    # mamba seed 1's loss still falls by half over the last 20% of training: flagged
+    (root / "tuned-linear-mamba-seed1" / CURVE).write_text(
+        "step,loss_rel_zero\n" + "".join(f"{s},{1 - s / 1000}\n" for s in range(0, 1000, 20)))
+    return root
+
+
+def test_overview_rows_match_a_naive_computation(tmp_path):
+    root = write_cells(tmp_path, LEVELS)
+    study = Study(load_cells(root), study_cfg(tmp_path, "study=mixers"))
+    rows = {r["variant"]: r for r in overview_rows(study)}
+    assert list(rows) == ["softmax", "mamba"]                        # the grid's order of variants
+    fit = Windows.of(5, 10, 28, 20).fit
+    for attn, levels in LEVELS.items():
+        row = rows[attn]
+        learned = [lv for lv in levels if lv <= 0.1]
+        mean, sd, n = np.mean(learned), np.std(learned, ddof=1), len(learned)
+        half = sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        assert (row["k"], row["learned"], row["seeds"], row["quant"]) == (10, n, 3, "none")
+        assert row["mean"] == pytest.approx(mean, abs=1e-9)
+        assert (row["low"], row["high"]) == pytest.approx((mean - half, mean + half), abs=1e-9)
+        assert (row["baseline"], row["baseline_error"]) == ("least_squares", 0.0)
+        # the zero estimator's raw MSE over the fit window, from the per-prompt errors the cells were written from
+        zero = np.mean([synthetic_errors(s, 1.0)[1][:, fit].mean() for s in range(3)])
+        assert row["zero_raw_mse"] == pytest.approx(zero, rel=1e-3)   # errors.npz holds float16 window sums
+    assert rows["mamba"]["improving"] == [1] and rows["softmax"]["improving"] == []
+
+
+TABLE_RULE = re.compile(r"^\|(---\|)+$")
+
+
+def assert_no_empty_table(text: str) -> None:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if TABLE_RULE.match(line):
+            assert i + 1 < len(lines) and lines[i + 1].startswith("|"), f"a table without rows above line {i + 2}"
+
+
+@pytest.mark.parametrize("levels,claims", [({"mamba": LEVELS["mamba"], "retnet": [0.95, 0.97, 0.99]}, False),
+                                           (LEVELS, True)])
+def test_a_mixers_page_renders_with_or_without_claim_rows(tmp_path, levels, claims):
+    from icl.lab.study.report import report
+
+    write_cells(tmp_path, levels)
+    cfg = study_cfg(tmp_path, "study=mixers")
+    page = report(cfg)
+    text = page.read_text()
+    assert page == tmp_path / "docs" / "RESULTS_MIXERS.md" and text.startswith("# Results: the sequence mixers'")
+    assert bool(claim_rows(Study(load_cells(tmp_path / "cells"), cfg))) == claims   # softmax alone: its own rows
+    assert ("No claim row" in text) != claims
+    assert f"{3 * len(levels)} of 21 cells committed" in text
+    overview = text.split("## Overview", 1)[1].split("## Claim tables", 1)[0]
+    assert "| linear | tuned | mamba | none | 10 | 3 of 3 | 0.077 [" in overview
+    if not claims:
+        assert "| linear | tuned | retnet | none | 10 | 0 of 3 | — (no seed learned) |" in overview
+    assert "seed 1" in overview                                       # mamba seed 1 still improving
+    assert_no_empty_table(text)
+    files = tmp_path / "docs" / "mixers" / "study"
+    assert (files / "overview.csv").is_file() and not (tmp_path / "docs" / "study").exists()
