@@ -270,6 +270,23 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
         assert z["none/standard//transformer/fit"].dtype == np.float16 and z["none/standard//transformer/fit"].shape == (64,)
         assert list(z["ks/standard//fit"]) == list(range(5, 11)) and list(z["ks/long_context//late"]) == list(range(20, 28))
     assert sum(p.stat().st_size for p in cells.rglob("*") if p.is_file()) < 1_000_000
+    # a cell's export is refused when a job of another config sits in its sweep, or when it is not the config asked for
+    from icl.lab.study.make import checked_export
+
+    want = json.loads((cells / "tuned-linear-relu-seed1" / CELL_JSON).read_text())["fingerprint"]
+    one = tmp_path / "one"
+    shutil.copytree(jobs / "relu-1", one / "none")
+    assert checked_export(one, tmp_path / "ok", "tuned", 20, want).name == "tuned-linear-relu-seed1"
+    with pytest.raises(ValueError, match="of another config"):
+        checked_export(one, tmp_path / "ok", "tuned", 20, "0" * 16)
+    assert (tmp_path / "ok" / "tuned-linear-relu-seed1" / CELL_JSON).is_file()  # the refused export left it as it was
+    shutil.copytree(jobs / "relu-1", one / "int8_weight")
+    stale = (one / "int8_weight" / "config.yaml").read_text()
+    assert "quant:\n  name: none" in stale and "  max_steps: " in stale
+    (one / "int8_weight" / "config.yaml").write_text(stale.replace("quant:\n  name: none", "quant:\n  name: int8_weight")
+                                                     .replace("  max_steps: ", "  max_steps: 9", 1))
+    with pytest.raises(ValueError, match="another config than the float job"):
+        checked_export(one, tmp_path / "ok", "tuned", 20, want)
     shutil.rmtree(jobs)
     shutil.rmtree(tmp_path / "store")
     out, readme = tmp_path / "docs", tmp_path / "README.md"

@@ -203,6 +203,11 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
         summary[quant] = {"means": _means(eval_csv), "train_seconds": metrics.get("train_seconds"),
                           "eval_seconds": metrics.get("eval_seconds")}
     config = _resolved(float_job)
+    fingerprint = config_fingerprint(config)
+    for quant, job, _ in members:  # a cell is one training: every quant mode's job must be of the float job's config
+        if quant != "none" and config_fingerprint(_resolved(job)) != fingerprint:
+            raise ValueError(f"cell {task}/{attn}/seed {seed}: {job} was run with another config than the float job "
+                             f"{float_job} (an older job folder?): move it away and rerun the cell")
     out = cells / cell_name(arm, task, attn, seed)
     if out.exists():
         shutil.rmtree(out)
@@ -211,7 +216,7 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
     versions = json.loads(versions_path.read_text()) if versions_path.is_file() else {}
     cell = {
         "cell": out.name, "arm": arm, "task": task, "attn": attn, "seed": seed,
-        "fingerprint": config_fingerprint(config), "n_dims": d, "k_train": k_train, "n_positions": n_pos,
+        "fingerprint": fingerprint, "n_dims": d, "k_train": k_train, "n_positions": n_pos,
         "steps": int(flat["trainer.max_steps"]), "model": str(flat.get("model.name", "")),
         "recipe": {"name": flat.get("recipe.name"), "lr": flat.get("optim.lr"),
                    "warmup_steps": flat.get("optim.warmup_steps"), "qk_norm": flat.get("model.qk_norm"),

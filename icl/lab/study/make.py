@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -77,18 +79,38 @@ def plan(cfg: Mapping[str, Any]) -> list[tuple[str, str, list[str], str]]:
 
 
 def run_cell(cfg: Mapping[str, Any], name: str, arm: str, overrides: Sequence[str]) -> Path:
-    """Train and evaluate one cell (a sweep over its quant modes), then export its compact results."""
+    """Train and evaluate one cell (a sweep over its quant modes), then export its compact results — only if the
+    exported cell has the fingerprint of the config it was asked to train (a job of the sweep that failed, or an
+    older job folder left in the sweep, would otherwise be exported in its place). Needs an initialised Hydra."""
     grid = cfg["grid"]
     sweep = Path(cfg["study_dir"]) / name
+    want = expected_fingerprint(overrides)
     cmd = [sys.executable, "-m", "icl.train", "-m", *overrides, f"hydra.sweep.dir={sweep}",
            f"quant={','.join(grid['quants'])}"]
     log.info("training %s: %s", name, " ".join(cmd[2:]))
     subprocess.run(cmd, check=True)
-    (written,) = export(find_jobs([sweep]), Path(cfg["cells"]), arm, int(cfg["paper_d"]))
-    return written
+    return checked_export(sweep, Path(cfg["cells"]), arm, int(cfg["paper_d"]), want)
+
+
+def checked_export(sweep: Path, cells: Path, arm: str, paper_d: int, want: str) -> Path:
+    """Export the one cell in ``sweep`` into ``cells`` if its fingerprint is ``want`` (staged first, so a refused
+    export leaves the committed cell as it was)."""
+    cells.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cells.parent, prefix=".staging-") as staging:
+        (staged,) = export(find_jobs([sweep]), Path(staging), arm, paper_d)
+        have = json.loads((staged / CELL_JSON).read_text())["fingerprint"]
+        if have != want:
+            raise ValueError(f"{sweep.name}: the jobs in {sweep} are of another config (fingerprint {have}, the "
+                             f"cell's {want}): a job failed or an older job folder is there; move it away and rerun")
+        out = cells / staged.name
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(staged), out)
+    return out
 
 
 def build(cfg: Mapping[str, Any], todo: Sequence[tuple[str, str, list[str], str]]) -> list[Path]:
+    """Run every cell of ``todo`` in turn (under an initialised Hydra: each checks its export's fingerprint)."""
     log.info("%d cell(s) to train: %s", len(todo), ", ".join(f"{n} ({why})" for n, _, _, why in todo) or "none")
     written = []
     for name, arm, overrides, _ in todo:
@@ -109,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = OmegaConf.to_container(compose("study", overrides=list(sys.argv[1:] if argv is None else argv)),
                                          resolve=True)
             todo = plan(cfg)
-        build(cfg, todo)
+            build(cfg, todo)
     except (ValueError, subprocess.CalledProcessError) as err:
         log.error("error: %s", err)
         return 1
