@@ -312,6 +312,21 @@ def test_miniature_study_trains_exports_and_reports_from_cells_alone(tmp_path):
         assert expected_fingerprint(changed) != committed_fingerprint(cells, "tuned-linear-relu-seed1")
 
 
+def test_a_cell_whose_model_came_from_the_store_takes_its_curve_from_the_job_that_trained_it(tmp_path):
+    from icl.lab.study.compact import _curve, trained_by
+
+    trainer, cell_job = tmp_path / "tune" / "softmax-seed0", tmp_path / "cell" / "none"
+    for job in (trainer, cell_job):
+        job.mkdir(parents=True)
+    (trainer / "metrics.csv").write_text("step,train/loss_rel_zero\n10,0.9\n20,0.5\n")
+    (trainer / "status.json").write_text(json.dumps({"status": "done", "metrics": {"train_seconds": 60.0}}))
+    (cell_job / "status.json").write_text(json.dumps({"status": "done", "metrics": {"trained_by": str(trainer)}}))
+    assert trained_by(cell_job) == trainer and trained_by(trainer) == trainer
+    assert list(_curve(trained_by(cell_job))["loss_rel_zero"]) == [0.9, 0.5]
+    (cell_job / "status.json").write_text(json.dumps({"status": "done", "metrics": {"trained_by": "/gone/job"}}))
+    assert trained_by(cell_job) == cell_job  # the publisher is not on this machine: nothing to follow
+
+
 def test_export_refuses_a_cell_without_its_float_job(tmp_path):
     from icl.lab.study.compact import write_cell
 

@@ -124,6 +124,14 @@ def _resolved(job: Path) -> dict[str, Any]:
     return yaml.safe_load((job / contract.CONFIG).read_text())
 
 
+def trained_by(job: Path) -> Path:
+    """The job folder that trained ``job``'s model: itself, or — when its model came from the trained-model store
+    (``icl/run/store.py``) — the job that published it (status.json's ``trained_by``), whose metrics.csv holds the
+    training curve. A publisher that no longer exists on this machine leaves ``job``."""
+    by = (JobDir(job).status().get("metrics") or {}).get("trained_by")
+    return Path(by) if by and Path(by).is_dir() else job
+
+
 def _curve(job: Path) -> pd.DataFrame:
     path = job / contract.METRICS
     if not path.is_file():
@@ -223,9 +231,10 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
                    "gradient_clip_val": flat.get("trainer.gradient_clip_val"), "batch": flat.get("data.batch_size")},
         "n_prompts": int(next(iter(arrays.values())).shape[0]) if arrays else 0,
         "quants": summary, "versions": versions.get("versions", {}),
+        "trained_by": None if trained_by(float_job) == float_job else "/".join(trained_by(float_job).parts[-2:]),
     }
     write_npz(out / ERRORS, arrays)
-    write_csv(out / CURVE, _curve(float_job), index=False, float_format="%.5g")
+    write_csv(out / CURVE, _curve(trained_by(float_job)), index=False, float_format="%.5g")
     for quant, job, _ in members:
         if (job / contract.QUANT).is_file():
             write_text(out / QUANT_DIR / f"{quant}.json", (job / contract.QUANT).read_text())
