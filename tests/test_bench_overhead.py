@@ -26,13 +26,14 @@ def overrides_arg(overrides: list[str]) -> str:
     return "overhead.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]"
 
 
-@pytest.mark.parametrize("attn", ["softmax", "relu"])  # relu's smoke recipe: qk_norm and gradient clipping
-def test_job_trains_exactly_the_bare_loop(tmp_path, attn):
-    cfg = job_config([*TOY, f"attn={attn}"], tmp_path)
+@pytest.mark.parametrize(("attn", "extra", "clips"), [("softmax", ["trainer.gradient_clip_val=null"], False),
+                                                     ("relu", [], True)])  # both paths: with and without clipping
+def test_job_trains_exactly_the_bare_loop(tmp_path, attn, extra, clips):
+    cfg = job_config([*TOY, f"attn={attn}", *extra], tmp_path)
     torch.manual_seed(0)
     datamodule, module = build(cfg)
     bare = BareLoop(module, datamodule, int(cfg.trainer.max_steps), clip_value(cfg))
-    assert (clip_value(cfg) is not None) == (attn == "relu")
+    assert (clip_value(cfg) is not None) == clips
     make_trainer(cfg).fit(module, datamodule=datamodule)
     bare.run(int(cfg.trainer.max_steps))
     trained, reference = dict(module.model.named_parameters()), dict(bare.model.named_parameters())
