@@ -35,11 +35,12 @@ from icl.run.cli import parse
 from icl.stats import paired_bootstrap
 from icl.tables import markdown_table
 
-# The options a cell is made of: config key -> column name.
-CELL_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
-             "trainer.gradient_clip_val": "gradient_clip_val", "model.layer_scale": "layer_scale",
-             "trainer.max_steps": "max_steps", "attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge",
-             "seed": "seed"}
+# The options that name a recipe (a row of configs/recipe/*.yaml): config key -> column name.
+RECIPE_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
+               "trainer.gradient_clip_val": "gradient_clip_val"}
+# The options a cell is made of: the recipe's, then what else a tuning sweep may vary, and the training seed.
+CELL_KEYS = {**RECIPE_KEYS, "model.layer_scale": "layer_scale", "trainer.max_steps": "max_steps",
+             "attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge", "seed": "seed"}
 # Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
 # than before its tuning: 0.030 [0.025, 0.035] (README "Every attention variant on the smoke study", 15k steps,
 # shared recipe lr 1e-3, eval.seed 0) — "not worse" = that value lies at or above the lower end of softmax's CI.
@@ -187,8 +188,8 @@ def recipe_yaml(best: pd.DataFrame) -> str:
 
     lines = []
     for _, row in best.iterrows():
-        values = {"lr": row["lr"], "warmup_steps": int(row["full_warmup_steps"]), "qk_norm": bool(row["qk_norm"]),
-                  "gradient_clip_val": row["gradient_clip_val"]}
+        values = {col: row[col] for col in RECIPE_KEYS.values()}
+        values |= {"warmup_steps": int(row["full_warmup_steps"]), "qk_norm": bool(row["qk_norm"])}
         values |= {key: row[key] for key in ("num_landmarks", "ridge") if key in row and pd.notna(row[key])
                    and row[key]}  # attention options a row sets (configs/attn/<name>.yaml reads them)
         lines.append(f"    {row['attn']}: {{" + ", ".join(f"{k}: {fmt(v)}" for k, v in values.items()) + "}")
