@@ -80,3 +80,18 @@ def test_the_driver_never_trains_a_dominated_recipe_s_other_jobs_and_a_rerun_tra
     assert "3 done, 0 trained, 1 dominated, 0 failed" in capsys.readouterr().out
     assert "training job" not in caplog.text
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/status.json")} == stamps
+
+
+def test_a_recipe_with_seeds_beyond_the_grid_is_complete_and_one_missing_a_planned_seed_is_not(tmp_path):
+    """The folder holds seeds the grid does not plan (an earlier, wider sweep): A has seeds 0-2 of the grid and 3
+    besides, B seeds 0, 1 and 3 (its planned seed 2 missing). Without ``grid`` A is the choice (4 of 4 seeds); with
+    it A must still be, and B must not count as complete because it has as many jobs as the grid has seeds."""
+    for lr, seeds, error in ((1e-4, (0, 1, 2, 3), 0.05), (1e-3, (0, 1, 3), 0.04)):
+        for seed in seeds:
+            cell_job(tmp_path / f"{lr}-{seed}", "relu", lr, True, 1000, error, seed=seed)
+    cells = load_cells([tmp_path])
+    grid = pd.DataFrame([{**cells.iloc[0].to_dict(), "lr": lr, "seed": seed} for lr in (1e-4, 1e-3) for seed in (0, 1, 2)])
+    plain = candidates(cells)
+    assert dict(zip(plain["lr"], plain["status"])) == {1e-4: "chosen", 1e-3: "incomplete"}
+    exact = candidates(cells, grid=grid)
+    assert dict(zip(exact["lr"], exact["status"])) == {1e-4: "chosen", 1e-3: "incomplete"}

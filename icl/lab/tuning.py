@@ -135,15 +135,18 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
     ``complete``, ``dominated`` (partial, but with ``by=worst`` one of its jobs is already worse than the chosen
     recipe's worst: it cannot win whatever its missing jobs score, so they need not be trained) or ``incomplete``
     (partial and not dominated: the choice is provisional until it is complete). A recipe is complete with a job
-    for every training seed (× variant, when ``shared``) that ``cells`` hold, or that ``grid`` (every job of the
-    sweep, ``cell_row`` columns) will hold: with ``grid`` a recipe missing a planned seed is never the bar."""
+    for every training seed (× variant, when ``shared``) that ``cells`` hold and, with ``grid`` (every job of the
+    sweep, ``cell_row`` columns), that the grid plans: with ``grid`` a recipe missing a planned seed is never the bar."""
     check_validation(cells, reporting_seed)
     group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
     ranked = rank_over_seeds(cells, group, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
     ranked = ranked.reset_index(drop=True)
     unit = ["attn", "seed"] if shared else ["seed"]  # what a complete recipe has one job of
-    planned = cells if grid is None else grid
-    expected = planned.drop_duplicates(group + unit).groupby(group).size().rename("expected").reset_index()
+    # the units the sweep will hold: those trained so far and, with ``grid``, those it plans (jobs outside the
+    # grid count too: the selection, which knows no grid, needs a job for them as well)
+    planned = cells[group + unit] if grid is None else pd.concat([cells[group + unit], grid[group + unit]])
+    expected = planned.astype(str).drop_duplicates().groupby(group).size().rename("expected").reset_index()
+    expected = expected.astype({c: cells[c].dtype for c in group})
     complete = ranked["jobs"] == ranked[group].merge(expected, on=group, how="left")["expected"]
     chosen = ranked[complete].groupby(group, sort=False).head(1)
     bar = ranked[group].merge(chosen[group + ["error"]].rename(columns={"error": "bar"}), on=group, how="left")["bar"]
