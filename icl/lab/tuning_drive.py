@@ -133,7 +133,7 @@ def launch(job: Job, sweep: Path) -> None:
     cmd = [sys.executable, "-m", "icl.train", "-m", *job.overrides, f"hydra.sweep.dir='{sweep}'",
            f"hydra.sweep.subdir='{job.subdir}'"]
     log.info("training job %d: %s", job.number, " ".join(job.overrides))
-    subprocess.run(cmd, check=False)  # judged by the job's status.json: the sweep's own exit also counts old jobs
+    subprocess.run(cmd, check=False)  # judged by the job's status.json (the caller reads it)
 
 
 def drive(sweep: Path, jobs: Sequence[Job], options: Options) -> dict[str, list[Job]]:
