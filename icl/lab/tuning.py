@@ -120,7 +120,7 @@ def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shar
     worst variant. Only a complete recipe (a job for every training seed, and with ``shared`` every variant, that
     the sweep holds) can win: a partial one's worst seed is not yet known."""
     ranked = candidates(cells, reporting_seed, by, shared)
-    group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
+    group = selection_group(shared)
     best = ranked[ranked["status"] == "chosen"].drop(columns="selection")
     if best.empty:
         raise ValueError("no recipe has a job for every training seed (and variant) of the sweep yet: nothing can "
@@ -138,8 +138,8 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
     for every training seed (× variant, when ``shared``) that ``cells`` hold and, with ``grid`` (every job of the
     sweep, ``cell_row`` columns), that the grid plans: with ``grid`` a recipe missing a planned seed is never the bar."""
     check_validation(cells, reporting_seed)
-    group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
-    ranked = rank_over_seeds(cells, group, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
+    group = selection_group(shared)
+    ranked = rank_over_seeds(cells, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
     ranked = ranked.reset_index(drop=True)
     unit = ["attn", "seed"] if shared else ["seed"]  # what a complete recipe has one job of
     # the units the sweep will hold: those trained so far and, with ``grid``, those it plans (jobs outside the
@@ -158,13 +158,13 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
     return ranked.assign(status=status, selection="shared" if shared else "per variant")
 
 
-def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool) -> pd.DataFrame:
+def rank_over_seeds(cells: pd.DataFrame, by: str, shared: bool) -> pd.DataFrame:
     """One row per recipe: the row of its worst (or median) training seed (and variant, when ``shared``), with
     ``jobs``, the number of distinct seeds (seed × variant pairs, when ``shared``) the recipe's jobs cover."""
     if by not in ("worst", "median"):
         raise ValueError(f"rank recipes by the worst or the median seed, got {by!r}")
     recipe = recipe_columns(cells, shared)
-    keys = group + [c for c in recipe if c not in group]
+    keys = recipe_identity(cells, shared)
     cells = cells.assign(error=cells["error"].fillna(math.inf))  # no error at 2d ranks as the worst, not skipped
     filled = cells.assign(**{c: cells[c].fillna(-1) for c in recipe})
     unit = filled[["attn", "seed"] if shared else ["seed"]].astype(str).agg("/".join, axis=1)
@@ -183,6 +183,16 @@ def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool
     return pd.DataFrame(rows)
 
 
+def selection_group(shared: bool) -> list[str]:
+    """What one choice is made per: (task, d), and the variant unless one recipe is shared by all."""
+    return ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
+
+
+def recipe_identity(cells: pd.DataFrame, shared: bool) -> list[str]:
+    """The columns that tell one candidate recipe from another: its selection group and its recipe columns."""
+    return selection_group(shared) + recipe_columns(cells, shared)
+
+
 def recipe_columns(cells: pd.DataFrame, shared: bool) -> list[str]:
     """The cell columns that tell recipes apart: every ``CELL_KEYS`` option but the seed (and, for one shared recipe,
     but the attention options, which only some variants have)."""
@@ -192,7 +202,7 @@ def recipe_columns(cells: pd.DataFrame, shared: bool) -> list[str]:
 
 def candidate_status(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool) -> str | None:
     """The ``status`` ``candidates`` gave the recipe of ``cell`` (a ``cell_row``), None if none of its jobs is in."""
-    names = ["task", "n_dims", *([] if shared else ["attn"]), *recipe_columns(ranked, shared)]
+    names = recipe_identity(ranked, shared)
     same = pd.Series(True, index=ranked.index)
     for name in names:
         same &= ranked[name].map(lambda value, want=cell.get(name): _same(value, want))

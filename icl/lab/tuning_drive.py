@@ -30,7 +30,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
 from icl.analysis.results import flatten_config, read_status
-from icl.lab.tuning import candidate_status, candidates, cell_row, load_cells, recipe_columns
+from icl.lab.tuning import candidate_status, candidates, cell_row, load_cells, recipe_identity
 from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR, check_yaml
 from icl.run.spec import sweep_cells
@@ -112,7 +112,7 @@ def job_of(number: int, overrides: list[str], sweep: Path) -> Job:
 def seed_major(jobs: Sequence[Job], shared: bool) -> list[Job]:
     """Jobs by training seed, then by recipe (in the order the sweep first reaches it), then Hydra's number."""
     grid = pd.DataFrame([j.cell for j in jobs])
-    names = ["task", "n_dims", *([] if shared else ["attn"]), *recipe_columns(grid, shared)]
+    names = recipe_identity(grid, shared)
     recipes = [tuple(str(job.cell.get(n)) for n in names) for job in jobs]
     first = {recipe: i for i, recipe in reversed(list(enumerate(recipes)))}
     order = sorted(range(len(jobs)), key=lambda i: (jobs[i].cell.get("seed") or 0, first[recipes[i]], jobs[i].number))
