@@ -95,3 +95,13 @@ def test_a_recipe_with_seeds_beyond_the_grid_is_complete_and_one_missing_a_plann
     assert dict(zip(plain["lr"], plain["status"])) == {1e-4: "chosen", 1e-3: "incomplete"}
     exact = candidates(cells, grid=grid)
     assert dict(zip(exact["lr"], exact["status"])) == {1e-4: "chosen", 1e-3: "incomplete"}
+
+
+def test_two_jobs_of_the_sweep_in_one_folder_are_refused_before_anything_runs(tmp_path):
+    """tune_shared's subdir names no quant mode: swept on the command line, both modes' jobs would share a folder
+    and the driver would count the second as done once the first finished."""
+    args = ["experiment=seed_study/tune_shared", "attn=softmax", "optim.lr=1e-4", "seed=0", "quant=none,int8_weight",
+            f"hydra.sweep.dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with pytest.raises(ValueError, match="jobs 0 and 1 of the sweep share the folder .*softmax-lr0.0001"):
+            plan(args)

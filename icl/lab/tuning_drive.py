@@ -84,7 +84,13 @@ def plan(overrides: Sequence[str]) -> tuple[Path, list[Job]]:
     # params first, the command line after: for a key in both Hydra's basic sweeper keeps the params' place and
     # the command line's value, so the job numbers are the ones `icl.train -m` would give
     cells = sweep_cells([*(f"{key}={value}" for key, value in params.items()), *overrides])
-    return sweep, [job_of(number, cell, sweep) for number, cell in enumerate(cells)]
+    jobs = [job_of(number, cell, sweep) for number, cell in enumerate(cells)]
+    first: dict[Path, Job] = {}
+    for job in jobs:  # a later job would find the earlier one's status "done" in its folder and never run
+        if (other := first.setdefault(job.folder, job)) is not job:
+            raise ValueError(f"jobs {other.number} and {job.number} of the sweep share the folder {job.folder}: add "
+                             "the keys they differ in to hydra.sweep.subdir")
+    return sweep, jobs
 
 
 def single_values(overrides: Sequence[str]) -> list[str]:
