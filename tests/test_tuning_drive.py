@@ -105,3 +105,16 @@ def test_two_jobs_of_the_sweep_in_one_folder_are_refused_before_anything_runs(tm
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         with pytest.raises(ValueError, match="jobs 0 and 1 of the sweep share the folder .*softmax-lr0.0001"):
             plan(args)
+
+
+def test_a_folder_done_with_another_cell_is_refused_not_counted_done(tmp_path):
+    """An older grid left a finished 1500-step job where this grid's 15k-step job goes (same folder name)."""
+    from icl.analysis.results import flatten_config, load_config
+    from icl.lab.tuning import cell_row
+    from icl.lab.tuning_drive import check_done_folders
+
+    folder = cell_job(tmp_path / "relu-lr0.0001-seed0", "relu", 1e-4, True, 1000, 0.05, max_steps=1500)
+    cell = cell_row(flatten_config(load_config(folder)))
+    check_done_folders([Job(0, [], folder.name, folder, cell)])  # the same cell: done, nothing to say
+    with pytest.raises(ValueError, match=r"holds a finished job of another cell \(max_steps: 1500 -> 15000\)"):
+        check_done_folders([Job(0, [], folder.name, folder, {**cell, "max_steps": 15000})])

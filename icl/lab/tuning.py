@@ -205,11 +205,11 @@ def candidate_status(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool
     names = recipe_identity(ranked, shared)
     same = pd.Series(True, index=ranked.index)
     for name in names:
-        same &= ranked[name].map(lambda value, want=cell.get(name): _same(value, want))
+        same &= ranked[name].map(lambda value, want=cell.get(name): same_value(value, want))
     return str(ranked.loc[same, "status"].iat[0]) if same.any() else None
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Two config values alike: missing (None, NaN) equal, numbers equal to rounding, else equal."""
     missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in (a, b)]
     if any(missing):

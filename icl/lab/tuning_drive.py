@@ -29,8 +29,8 @@ import pandas as pd
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
-from icl.analysis.results import flatten_config, read_status
-from icl.lab.tuning import candidate_status, candidates, cell_row, load_cells, recipe_identity
+from icl.analysis.results import flatten_config, load_config, read_status
+from icl.lab.tuning import candidate_status, candidates, cell_row, load_cells, recipe_identity, same_value
 from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR, check_yaml
 from icl.run.spec import sweep_cells
@@ -142,9 +142,23 @@ def launch(job: Job, sweep: Path) -> None:
     subprocess.run(cmd, check=False)  # judged by the job's status.json (the caller reads it)
 
 
+def check_done_folders(jobs: Sequence[Job]) -> None:
+    """Refuse a job whose folder holds a finished job of another cell (an older grid with the same folder names):
+    counted done, this job would never run and the other cell would be ranked in its place."""
+    for job in jobs:
+        if read_status(job.folder)["status"] != "done":
+            continue
+        have = cell_row(flatten_config(load_config(job.folder)))
+        if differ := [f"{key}: {have.get(key)} -> {want}" for key, want in job.cell.items()
+                      if not same_value(have.get(key), want)]:
+            raise ValueError(f"{job.folder} holds a finished job of another cell ({', '.join(differ)}): move it "
+                             "away or choose another hydra.sweep.dir")
+
+
 def drive(sweep: Path, jobs: Sequence[Job], options: Options) -> dict[str, list[Job]]:
     """Run the sweep's jobs seed-major, skipping the done ones and those of dominated recipes; each job's outcome:
     ``done`` (before), ``trained``, ``dominated`` (skipped), ``failed``, ``planned`` (dry run)."""
+    check_done_folders(jobs)
     grid = pd.DataFrame([j.cell for j in jobs])
     outcome: dict[str, list[Job]] = {k: [] for k in ("done", "trained", "dominated", "failed", "planned")}
     for job in seed_major(jobs, options.shared):
