@@ -12,6 +12,7 @@ k = 2d over its training seeds (its worst seed, or ``rank=median``; ``shared=tru
 and ``best.csv`` / ``best.md`` (the winners, with the warm-up rescaled to ``full_steps``: screening runs are
 shorter and keep the warm-up's share of the run), ``candidates.csv`` / ``candidates.md`` (every recipe with its
 status: only a complete recipe can win; see ``candidates``) and prints the rows for ``configs/recipe/smoke.yaml``.
+Exits 2 when no recipe is complete yet (the tables are written all the same), 1 on an error.
 
 Reads job folders through ``icl.results`` only: no torch.
 """
@@ -113,6 +114,10 @@ def check_validation(cells: pd.DataFrame, reporting_seed: int) -> None:
                          "so the recipe is chosen on validation prompts")
 
 
+class NothingChosen(ValueError):
+    """No recipe is complete yet: the sweep is partial, not wrong."""
+
+
 def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shared: bool = False) -> pd.DataFrame:
     """The best recipe per (task, d, variant) by validation error at k = 2d over its training seeds; see the module
     doc for ties. ``by``: ``worst`` or ``median`` seed ranks a recipe (never the luckiest seed, nor seed 0 alone:
@@ -123,7 +128,7 @@ def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shar
     group = selection_group(shared)
     best = ranked[ranked["status"] == "chosen"].drop(columns="selection")
     if best.empty:
-        raise ValueError("no recipe has a job for every training seed (and variant) of the sweep yet: nothing can "
+        raise NothingChosen("no recipe has a job for every training seed (and variant) of the sweep yet: nothing can "
                          "be chosen; finish the sweep")
     counts = ranked.groupby(group).size().rename("cells")
     return best.drop(columns="status").join(counts, on=group).sort_values(group).reset_index(drop=True)
@@ -320,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, NothingChosen) else 1
     if out:
         write_csv(out / "best.csv", best.drop(columns="run_dir"), index=False)
         write_text(out / "best.md", markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))
