@@ -118,3 +118,14 @@ def test_a_folder_done_with_another_cell_is_refused_not_counted_done(tmp_path):
     check_done_folders([Job(0, [], folder.name, folder, cell)])  # the same cell: done, nothing to say
     with pytest.raises(ValueError, match=r"holds a finished job of another cell \(max_steps: 1500 -> 15000\)"):
         check_done_folders([Job(0, [], folder.name, folder, {**cell, "max_steps": 15000})])
+
+
+def test_the_summary_says_why_a_job_is_not_done_when_no_error_was_recorded(tmp_path):
+    """A job refused because another process holds its folder leaves that holder's status: the summary says so."""
+    from icl.lab.tuning_drive import Options, summary
+
+    folder = tmp_path / "busy"
+    with JobDir(folder).lock("another driver"):
+        JobDir(folder).write_status("running")
+        text = summary(tmp_path, {"done": [], "failed": [Job(0, [], "busy", folder, {})]}, Options())
+    assert f"1 job(s) failed: {folder} (running)" in text

@@ -183,10 +183,16 @@ def summary(sweep: Path, outcome: Mapping[str, Sequence[Job]], options: Options)
     lines = [f"{sweep}: {counts}"]
     if outcome["failed"]:
         lines.append(f"error: {len(outcome['failed'])} job(s) failed: "
-                     + ", ".join(f"{j.folder} ({read_status(j.folder)['error']})" for j in outcome["failed"]))
+                     + ", ".join(f"{j.folder} ({why_not_done(j.folder)})" for j in outcome["failed"]))
     lines.append(f"select: python -m icl.lab.tuning sweeps=[{sweep}] rank={options.rank} "
                  f"shared={str(options.shared).lower()} reporting_seed={options.reporting_seed}")
     return "\n".join(lines)
+
+
+def why_not_done(folder: Path) -> str:
+    """The folder's error, else its status (``running``: another process holds it; ``incomplete``: never started)."""
+    status = read_status(folder)
+    return status["error"] or status["status"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
