@@ -104,12 +104,13 @@ def sweep_markdown(df: pd.DataFrame) -> str:
 
 
 ARM_STYLES = ("-", "--", ":", "-.")
+ARM_HATCHES = ("", "//", "..", "xx")  # the bars' mark of the same arm
 
 
 def variant_labels(df: pd.DataFrame) -> pd.DataFrame:
     """Per row: the line it belongs to (``variant``: the attention, with its source and recipe when a sweep holds
     several, e.g. two arms of the study) and that arm's line style (``style``)."""
-    arms = df[["source", "recipe"]].fillna("").astype(str) if {"source", "recipe"} <= set(df.columns) else None
+    arms = df[["source", "recipe"]].astype(object).fillna("").astype(str) if {"source", "recipe"} <= set(df.columns) else None
     if arms is None or len(arms.drop_duplicates()) < 2:
         return pd.DataFrame({"variant": df.attn.astype(str), "style": ARM_STYLES[0]}, index=df.index)
     arm = arms.source.where(arms.recipe == "", arms.source + " " + arms.recipe).str.strip()
@@ -134,24 +135,30 @@ def plot_sweep(df: pd.DataFrame, task: str) -> plt.Figure:
         ax.axhline(0, color="black", lw=0.5)
         ax.set(xlabel="bits", ylabel="error − float at k = 2d", title=f"{task}: {kind}", yscale="symlog")
         ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xticks(sorted(sub[sub.kind == kind].bits.unique()))  # the widths swept, not a float scale
         ax.invert_xaxis()
     ax = axes[-1]
     sens = sub[sub.kind == "sensitivity"]
     branches = sorted(sens.branch.unique())
-    for i, ((variant, attn), g) in enumerate(sens.groupby(["variant", "attn"], sort=True)):
+    groups = list(sens.groupby(["variant", "attn", "style"], sort=True))
+    width = 0.8 / max(len(groups) * len(branches), 1)  # one slot per variant × branch inside each block
+    for i, ((variant, attn, style), g) in enumerate(groups):
         m = g.groupby(["block", "branch"])["diff"].mean()
+        blocks = sorted(g.block.unique())
         for j, branch in enumerate(branches):
-            vals = [m.get((b, branch), float("nan")) for b in sorted(g.block.unique())]
-            width = 0.8 / len(branches)
-            xs = [b + (j - (len(branches) - 1) / 2) * width + i * 0.05 for b in sorted(g.block.unique())]
-            ax.bar(xs, vals, width=0.8 * width, color=attn_color(str(attn)), alpha=0.4 + 0.6 * j / max(len(branches) - 1, 1),
-                   label=f"{variant} {branch}")
+            slot = i * len(branches) + j
+            xs = [b - 0.4 + (slot + 0.5) * width for b in blocks]
+            ax.bar(xs, [m.get((b, branch), float("nan")) for b in blocks], width=0.9 * width,
+                   color=attn_color(str(attn)), alpha=0.4 + 0.6 * j / max(len(branches) - 1, 1),
+                   hatch=ARM_HATCHES[ARM_STYLES.index(style)], label=f"{variant} {branch}")
     ax.set_xticks(sorted(sens.block.dropna().unique().astype(int)))
     ax.set(xlabel="block (bars: " + ", ".join(branches) + ")", ylabel="error − float", title=f"{task}: one block at a time",
            yscale="symlog")
     ax.set_yscale("symlog", linthresh=1e-3)
-    for a in axes:
+    for a in axes[:-1]:
         a.legend(fontsize=7)
+    outside = {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if len(groups) > 3 else {}  # many bars: no cover
+    axes[-1].legend(fontsize=6, **outside)
     return fig
 
 

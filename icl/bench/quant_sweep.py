@@ -32,8 +32,10 @@ least ``min_seeds`` seeds, and the breaking point is computed from those verdict
 A seed whose float model did not learn is left out of every seed-level interval, breaking point and sensitivity
 summary (its per-job rows stay, with ``learned`` false): the study's guard (``configs/study.yaml`` ``guard``,
 ``icl.lab.study.inference.Guard``) on the float model's error at the guard's k against the best baseline the config
-lists for the task, computed on the sweep's prompts. Several input roots (e.g. two arms of the study) are kept
-apart: ``source`` (the root's folder name) is part of every seed-level group.
+lists for the task, computed on the sweep's prompts. Several input roots are kept apart: ``source`` (the root's
+folder name) is part of every seed-level group, and so is ``recipe`` (the job config's ``recipe.name``), which keeps
+the study's arms apart within one root. ``reuse=<quant_sweep.csv>`` carries an earlier sweep's rows for the jobs it
+holds and evaluates only the others (a job that is done does not change): polling a root while it trains.
 """
 
 from __future__ import annotations
