@@ -109,3 +109,14 @@ def test_a_store_model_shared_by_a_cells_quant_jobs_is_swept_once_as_its_float_j
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "f1.ckpt").write_bytes(b"")
     assert find_jobs([str(tmp_path / "cpu")]) == [(cell / "none").resolve()]
+
+
+def test_a_folder_retrained_since_the_earlier_sweep_is_evaluated_again(tmp_path):
+    from icl.bench.quant_sweep import split_reused
+
+    a, b = fake_jobs(tmp_path)
+    (b / "status.json").write_text(json.dumps({"status": "done", "metrics": {"fingerprint": "new"}}))
+    earlier = pd.DataFrame({"run_dir": [str(a), str(a), str(b)], "fingerprint": ["", "", "old"], "bits": [8, 4, 8]})
+    kept, fresh = split_reused(earlier, [a, b])
+    assert list(kept.run_dir) == [str(a), str(a)] and fresh == [b]  # b holds another model now
+    assert split_reused(earlier.iloc[:0], [a, b])[1] == [a, b]

@@ -35,7 +35,7 @@ summary (its per-job rows stay, with ``learned`` false): the study's guard (``co
 lists for the task, computed on the sweep's prompts. Several input roots are kept apart: ``source`` (the root's
 folder name) is part of every seed-level group, and so is ``recipe`` (the job config's ``recipe.name``), which keeps
 the study's arms apart within one root. ``reuse=<quant_sweep.csv>`` carries an earlier sweep's rows for the jobs it
-holds and evaluates only the others (a job that is done does not change): polling a root while it trains.
+holds (same folder, same training fingerprint) and evaluates only the others: polling a root while it trains.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
     learned = ({"learned": True} if guard is None else
                guard.check(spec_job.task.name, task, p, err_f, zero, k, int(eval_cfg.slow_baseline_prompts)))
     labels = {"source": source, "recipe": OmegaConf.select(cfg, "recipe.name", default=None) or "",
-              "run_dir": str(path), "task": spec_job.task.name, "attn": spec_job.attn["name"],
+              "run_dir": str(path), "fingerprint": fingerprint(path), "task": spec_job.task.name,
+              "attn": spec_job.attn["name"],
               "trained_quant": spec_job.quant.label, "model": spec_job.model.name, "seed": spec_job.seed,
               "n_dims": d, "k": k, "n_prompts": len(p.xs), "margin": margin,
               "float_error": normalised(err_f[:, k], zero[:, k]), **learned}
@@ -237,6 +238,11 @@ def find_jobs(inputs: list[str]) -> list[Path]:
             if key not in by_ckpt or rank > by_ckpt[key][0]:
                 by_ckpt[key] = (rank, job)
     return sorted({job for _, job in by_ckpt.values()})
+
+
+def fingerprint(job: Path) -> str:
+    """The job's training fingerprint ('' for a job that recorded none): which model a folder held when swept."""
+    return str((JobDir(job).status().get("metrics") or {}).get("fingerprint") or "")
 
 
 def is_float_job(job: Path) -> bool:
@@ -325,16 +331,17 @@ def rescored(csv: Path, margin: float) -> pd.DataFrame:
     it, only which widths count as inside."""
     if not csv.is_file():
         raise ValueError(f"rescore={csv}: no such quant_sweep.csv (write one with inputs=[…] first)")
-    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "recipe": str, "run_dir": str})
+    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "recipe": str, "run_dir": str, "fingerprint": str})
     for column in {"branch", "source", "recipe"} & set(df.columns):  # empty strings, not NaN, as the sweep wrote them
         df[column] = df[column].fillna("")
     return df.assign(margin=margin, inside_margin=df.diff_high <= margin)
 
 
 def reused_rows(csv: Path, margin: float, probe_args: dict[str, Any], n_prompts: int | None) -> pd.DataFrame:
-    """A finished sweep's rows, to carry instead of evaluating their jobs again (a job folder that is done does not
-    change); refused when its probes or prompt count are not the ones asked for."""
+    """A finished sweep's rows, to carry instead of evaluating their jobs again (a folder still holding the model
+    of the same fingerprint); refused when its probes or prompt count are not the ones asked for."""
     df = with_guard_columns(rescored(csv, margin))
+    df["fingerprint"] = df.get("fingerprint", pd.Series("", index=df.index)).fillna("").astype(str)
     if n_prompts is not None and set(df.n_prompts) - {n_prompts}:
         raise ValueError(f"reuse={csv} scored {sorted(set(df.n_prompts))} prompts per job, not n_prompts={n_prompts}: "
                          f"pass the same n_prompts, or leave out reuse")
@@ -346,6 +353,16 @@ def reused_rows(csv: Path, margin: float, probe_args: dict[str, Any], n_prompts:
             raise ValueError(f"reuse={csv} swept {kind} as {sorted(have)}, not {sorted(want)}: pass the same "
                              f"bits/attn_bits/group_size as that sweep, or leave out reuse")
     return df
+
+
+def split_reused(carried: pd.DataFrame, jobs: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """The carried rows of jobs that still hold the model they were swept with (same folder and fingerprint: a
+    folder retrained since holds another model), and the jobs left to evaluate."""
+    if carried.empty:
+        return carried, list(jobs)
+    now = {(str(job), fingerprint(job)) for job in jobs}
+    kept = carried[[(r, f) in now for r, f in zip(carried.run_dir, carried.fingerprint)]]
+    return kept, [job for job in jobs if str(job) not in set(kept.run_dir)]
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -369,8 +386,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         guard = GuardRule.from_study() if args.guard else None
         carried = (reused_rows(Path(args.reuse), args.margin, probe_args, args.n_prompts) if args.reuse else
                    pd.DataFrame(columns=["run_dir"]))
-        carried = carried[carried.run_dir.isin(set(map(str, jobs)))]
-        fresh = [job for job in jobs if str(job) not in set(carried.run_dir)]
+        carried, fresh = split_reused(carried, jobs)
         swept = [sweep_job(job, probe_args, args.n_prompts, args.margin, guard, source_of(job, args.inputs))
                  for job in fresh]
         kept = [carried.assign(learned=carried.learned if args.guard else True)] if len(carried) else []
