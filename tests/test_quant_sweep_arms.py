@@ -120,3 +120,19 @@ def test_a_folder_retrained_since_the_earlier_sweep_is_evaluated_again(tmp_path)
     kept, fresh = split_reused(earlier, [a, b])
     assert list(kept.run_dir) == [str(a), str(a)] and fresh == [b]  # b holds another model now
     assert split_reused(earlier.iloc[:0], [a, b])[1] == [a, b]
+
+
+def test_a_store_model_served_to_both_arms_is_swept_in_each(tmp_path):
+    from icl.bench.quant_sweep import find_jobs
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "f1.ckpt").write_bytes(b"")
+    jobs = []
+    for arm, recipe in (("shared", "study_shared"), ("tuned", "smoke")):
+        job = tmp_path / "cpu" / f"{arm}-linear-softmax-seed0" / "none"
+        job.mkdir(parents=True)
+        (job / "config.yaml").write_text(f"seed: 0\nrecipe:\n  name: {recipe}\n")
+        (job / "status.json").write_text(json.dumps({"status": "done", "metrics": {
+            "fingerprint": "f1", "model": str(tmp_path / "store" / "f1.ckpt")}}))
+        jobs.append(job.resolve())
+    assert find_jobs([str(tmp_path / "cpu")]) == jobs

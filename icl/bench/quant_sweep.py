@@ -164,7 +164,7 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
         err_f, zero = prompt_errors(task, predict_model(model, p.xs, p.ys, batch), p.targets)
     learned = ({"learned": True} if guard is None else
                guard.check(spec_job.task.name, task, p, err_f, zero, k, int(eval_cfg.slow_baseline_prompts)))
-    labels = {"source": source, "recipe": OmegaConf.select(cfg, "recipe.name", default=None) or "",
+    labels = {"source": source, "recipe": recipe(path),
               "run_dir": str(path), "fingerprint": fingerprint(path), "task": spec_job.task.name,
               "attn": spec_job.attn["name"],
               "trained_quant": spec_job.quant.label, "model": spec_job.model.name, "seed": spec_job.seed,
@@ -215,7 +215,7 @@ def find_jobs(inputs: list[str]) -> list[Path]:
     the one that scored it unquantised: a cell whose model came from the store). A job still training (or
     failed), or one that kept no model, is skipped with a log line. A re-evaluation folder (``python -m icl.evaluate
     out_dir=…``, e.g. on validation prompts) is swept on its own prompts with the model it was evaluated from."""
-    by_ckpt: dict[tuple[Path, Any], tuple[tuple[bool, bool], Path]] = {}  # per root: a model under two roots is swept under each
+    by_ckpt: dict[tuple[Path, str, Any], tuple[tuple[bool, bool], Path]] = {}  # a model under two roots: swept in each
     for root in map(Path, inputs):
         for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
             if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
@@ -233,7 +233,8 @@ def find_jobs(inputs: list[str]) -> list[Path]:
                 log.info("skipped %s: no trained model (%s)", job, ckpt)
                 continue
             # The trainer's last.ckpt and the store's copy are one model: the training fingerprint says so.
-            key = (root, (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
+            # Per root and recipe: a model the store served to both arms of the study is swept in each.
+            key = (root, recipe(job), (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
             rank = (how == "last", is_float_job(job))  # the job that trained it, else the float one, is kept
             if key not in by_ckpt or rank > by_ckpt[key][0]:
                 by_ckpt[key] = (rank, job)
@@ -243,6 +244,11 @@ def find_jobs(inputs: list[str]) -> list[Path]:
 def fingerprint(job: Path) -> str:
     """The job's training fingerprint ('' for a job that recorded none): which model a folder held when swept."""
     return str((JobDir(job).status().get("metrics") or {}).get("fingerprint") or "")
+
+
+def recipe(job: Path) -> str:
+    """The job config's ``recipe.name`` ('' without one): which arm of the study trained it."""
+    return OmegaConf.select(JobDir(job).load_config(), "recipe.name", default=None) or ""
 
 
 def is_float_job(job: Path) -> bool:
