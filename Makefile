@@ -17,7 +17,7 @@ STUDY_DIR = multirun/seed_study/$(STUDY)
 BENCH_CSV = $(if $(filter paper,$(STUDY)),bench_paper.csv,bench.csv)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo study study-tuning status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate quant-sweep clean
+.PHONY: help install demo study study-tune study-tuning status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate quant-sweep clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: install ## train + evaluate the smoke study (outputs/demo), then draw figures/
 	$(PY) -m icl.train experiment=smoke hydra.run.dir=outputs/demo $(ARGS)
 	$(MAKE) figures PY=$(PY) ARGS=
+
+TUNE ?= tune_shared
+study-tune: install ## train a study tuning sweep job by job, skipping dominated recipes; a rerun continues (TUNE=tune_shared)
+	$(PY) -m icl.lab.tuning_drive experiment=seed_study/$(TUNE) shared=$(if $(filter tune_shared,$(TUNE)),true,false) $(ARGS)
 
 TUNE_DIR = multirun/seed_study
 study-tuning: ## summarise the study's tuning sweeps into docs/study/tuning/{shared,tuned} (committed; the report shows them)

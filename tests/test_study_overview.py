@@ -39,11 +39,14 @@ def test_mixers_preset_plans_exactly_its_cells_and_skips_a_committed_one(tmp_pat
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         todo = plan(cfg)
         assert {name for name, *_ in todo} == wanted and len(todo) == 21
-        assert all(arm == "tuned" and "recipe=smoke" in ov and "task=linear" in ov for _, arm, ov, _ in todo)
+        assert all(t.arm == "tuned" and "recipe=smoke" in t.overrides and "task=linear" in t.overrides for t in todo)
         # a cell committed with the config it would train with is not trained again: only the new cells train
-        name, _, overrides, _ = next(t for t in todo if t[0] == "tuned-linear-mamba-seed1")
-        (tmp_path / "cells" / name).mkdir(parents=True)
-        (tmp_path / "cells" / name / CELL_JSON).write_text(f'{{"fingerprint": "{expected_fingerprint(overrides)}"}}')
+        cell = next(t for t in todo if t.name == "tuned-linear-mamba-seed1")
+        # the plan carries the fingerprint its export is checked against (run_cell composes nothing again)
+        assert cell.fingerprint == expected_fingerprint(cell.overrides) != todo[0].fingerprint
+        (tmp_path / "cells" / cell.name).mkdir(parents=True)
+        (tmp_path / "cells" / cell.name / CELL_JSON).write_text(f'{{"fingerprint": "{cell.fingerprint}"}}')
+        name = cell.name
         assert {n for n, *_ in plan(cfg)} == wanted - {name}
 
 

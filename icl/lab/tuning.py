@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import MISSING
@@ -35,11 +37,12 @@ from icl.run.cli import parse
 from icl.stats import paired_bootstrap
 from icl.tables import markdown_table
 
-# The options a cell is made of: config key -> column name.
-CELL_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
-             "trainer.gradient_clip_val": "gradient_clip_val", "model.layer_scale": "layer_scale",
-             "trainer.max_steps": "max_steps", "attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge",
-             "seed": "seed"}
+# The options that name a recipe (a row of configs/recipe/*.yaml): config key -> column name.
+RECIPE_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
+               "trainer.gradient_clip_val": "gradient_clip_val"}
+# The options a cell is made of: the recipe's, then what else a tuning sweep may vary, and the training seed.
+CELL_KEYS = {**RECIPE_KEYS, "model.layer_scale": "layer_scale", "trainer.max_steps": "max_steps",
+             "attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge", "seed": "seed"}
 # Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
 # than before its tuning: 0.030 [0.025, 0.035] (README "Every attention variant on the smoke study", 15k steps,
 # shared recipe lr 1e-3, eval.seed 0) — "not worse" = that value lies at or above the lower end of softmax's CI.
@@ -73,18 +76,22 @@ def load_cells(roots: Iterable[str | Path]) -> pd.DataFrame:
         if status != "done" or df is None:
             continue
         flat = flatten_config(load_config(job))
-        d = int(flat["task.n_dims"])
+        cell = cell_row(flat)
         tf = df[(df["predictor"] == "transformer") & (strategies(df) == STANDARD)]
-        at = tf[tf["k"] == cap_k(tf, 2 * d)]
+        at = tf[tf["k"] == cap_k(tf, 2 * cell["n_dims"])]
         if at.empty:
             continue
-        rows.append({"attn": flat["attn.name"], "task": flat["task.name"], "n_dims": d,
-                     **{col: flat.get(key) for key, col in CELL_KEYS.items()},
-                     "eval_seed": int(flat["eval.seed"]), "n_prompts": int(at["n_prompts"].iat[0]),
+        rows.append({**cell, "eval_seed": int(flat["eval.seed"]), "n_prompts": int(at["n_prompts"].iat[0]),
                      "k": int(at["k"].iat[0]), "error": float(at["error"].iat[0]),
                      "ci_low": float(at["ci_low"].iat[0]), "ci_high": float(at["ci_high"].iat[0]),
                      "train_seconds": train_seconds(job), "run_dir": str(job)})
     return pd.DataFrame(rows)
+
+
+def cell_row(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """What names a job's cell — variant, task, d and the ``CELL_KEYS`` options — from its flattened config."""
+    return {"attn": flat["attn.name"], "task": flat["task.name"], "n_dims": int(flat["task.n_dims"]),
+            **{col: flat.get(key) for key, col in CELL_KEYS.items()}}
 
 
 def train_seconds(job: Path) -> float | None:
@@ -122,17 +129,21 @@ def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shar
     return best.drop(columns="status").join(counts, on=group).sort_values(group).reset_index(drop=True)
 
 
-def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shared: bool = False) -> pd.DataFrame:
+def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shared: bool = False,
+               grid: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per recipe (its worst or median job, ``jobs`` = how many it has) with a ``status``: ``chosen``,
     ``complete``, ``dominated`` (partial, but with ``by=worst`` one of its jobs is already worse than the chosen
     recipe's worst: it cannot win whatever its missing jobs score, so they need not be trained) or ``incomplete``
-    (partial and not dominated: the choice is provisional until it is complete)."""
+    (partial and not dominated: the choice is provisional until it is complete). A recipe is complete with a job
+    for every training seed (× variant, when ``shared``) that ``cells`` hold, or that ``grid`` (every job of the
+    sweep, ``cell_row`` columns) will hold: with ``grid`` a recipe missing a planned seed is never the bar."""
     check_validation(cells, reporting_seed)
     group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
     ranked = rank_over_seeds(cells, group, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
     ranked = ranked.reset_index(drop=True)
     unit = ["attn", "seed"] if shared else ["seed"]  # what a complete recipe has one job of
-    expected = cells.drop_duplicates(group + unit).groupby(group).size().rename("expected").reset_index()
+    planned = cells if grid is None else grid
+    expected = planned.drop_duplicates(group + unit).groupby(group).size().rename("expected").reset_index()
     complete = ranked["jobs"] == ranked[group].merge(expected, on=group, how="left")["expected"]
     chosen = ranked[complete].groupby(group, sort=False).head(1)
     bar = ranked[group].merge(chosen[group + ["error"]].rename(columns={"error": "bar"}), on=group, how="left")["bar"]
@@ -149,8 +160,7 @@ def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool
     ``jobs``, the number of distinct seeds (seed × variant pairs, when ``shared``) the recipe's jobs cover."""
     if by not in ("worst", "median"):
         raise ValueError(f"rank recipes by the worst or the median seed, got {by!r}")
-    recipe = [c for c in CELL_KEYS.values() if c in cells and c != "seed" and not (shared and c in ("num_landmarks",
-                                                                                                    "ridge"))]
+    recipe = recipe_columns(cells, shared)
     keys = group + [c for c in recipe if c not in group]
     cells = cells.assign(error=cells["error"].fillna(math.inf))  # no error at 2d ranks as the worst, not skipped
     filled = cells.assign(**{c: cells[c].fillna(-1) for c in recipe})
@@ -170,6 +180,32 @@ def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool
     return pd.DataFrame(rows)
 
 
+def recipe_columns(cells: pd.DataFrame, shared: bool) -> list[str]:
+    """The cell columns that tell recipes apart: every ``CELL_KEYS`` option but the seed (and, for one shared recipe,
+    but the attention options, which only some variants have)."""
+    return [c for c in CELL_KEYS.values() if c in cells and c != "seed"
+            and not (shared and c in ("num_landmarks", "ridge"))]
+
+
+def candidate_status(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool) -> str | None:
+    """The ``status`` ``candidates`` gave the recipe of ``cell`` (a ``cell_row``), None if none of its jobs is in."""
+    names = ["task", "n_dims", *([] if shared else ["attn"]), *recipe_columns(ranked, shared)]
+    same = pd.Series(True, index=ranked.index)
+    for name in names:
+        same &= ranked[name].map(lambda value, want=cell.get(name): _same(value, want))
+    return str(ranked.loc[same, "status"].iat[0]) if same.any() else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two config values alike: missing (None, NaN) equal, numbers equal to rounding, else equal."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in (a, b)]
+    if any(missing):
+        return all(missing)
+    if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (a, b)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return bool(a == b)
+
+
 def rescale_warmup(best: pd.DataFrame, full_steps: int) -> pd.DataFrame:
     """The recipe for a run of ``full_steps``: the warm-up keeps its share of the screening run."""
     share = best["warmup_steps"] / best["max_steps"]
@@ -187,8 +223,8 @@ def recipe_yaml(best: pd.DataFrame) -> str:
 
     lines = []
     for _, row in best.iterrows():
-        values = {"lr": row["lr"], "warmup_steps": int(row["full_warmup_steps"]), "qk_norm": bool(row["qk_norm"]),
-                  "gradient_clip_val": row["gradient_clip_val"]}
+        values = {col: row[col] for col in RECIPE_KEYS.values()}
+        values |= {"warmup_steps": int(row["full_warmup_steps"]), "qk_norm": bool(row["qk_norm"])}
         values |= {key: row[key] for key in ("num_landmarks", "ridge") if key in row and pd.notna(row[key])
                    and row[key]}  # attention options a row sets (configs/attn/<name>.yaml reads them)
         lines.append(f"    {row['attn']}: {{" + ", ".join(f"{k}: {fmt(v)}" for k, v in values.items()) + "}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -35,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from icl import contract
 from icl.data import PromptDataModule
+from icl.files import write_text
 from icl.module import ICLModule
 from icl.run.checkpoints import AtomicCheckpointIO, CheckpointOnSigterm, RngState, choose_resume, probe
 from icl.run.configs import HYDRA_CONFIGS, run_cli
@@ -47,7 +49,7 @@ from icl.run.tracking import log_evaluation
 
 log = logging.getLogger(__name__)
 
-REFUSED: list[str] = []  # this process's multirun jobs refused by check_same_training (reported at the sweep's end)
+FAILED_JOBS = ".failed_jobs"  # in a sweep's folder: one file per job of the running multirun that failed
 
 
 class OtherTrainingConfig(ValueError):
@@ -290,24 +292,40 @@ def shared_model(spec: JobSpec, job: JobDir, world_size: int = 1) -> Iterator[En
         yield entry
 
 
+def note_failed(folder: str, message: str) -> None:
+    """Record a failed job of the running multirun for ``FailOnFailedJobs``: a file in the sweep's folder (a launcher
+    may run the job in another process), so a job that failed before writing a status of its own — a busy folder,
+    a folder done with another config under ``skip_done`` — is counted too."""
+    hydra_cfg = HydraConfig.get()
+    notes = Path(hydra_cfg.sweep.dir) / FAILED_JOBS
+    notes.mkdir(parents=True, exist_ok=True)
+    write_text(notes / f"{hydra_cfg.job.num}.txt", f"{folder}: {message}")
+
+
 class FailOnFailedJobs(Callback):
-    """Hydra callback: after a multirun, list the jobs whose status says failed (or interrupted), and those this
-    process refused to run in a folder of another training config (``REFUSED``: the basic launcher runs jobs in this
-    process; a launcher running them elsewhere reports only their log lines), and exit 1.
+    """Hydra callback: after a multirun, name the jobs that failed — those this multirun's jobs noted
+    (``note_failed``) and those whose status says failed (or interrupted) — and exit 1.
 
     Hydra's basic launcher goes on after a failed job (what we want: the other cells still run) but
     then exits 0; this makes a sweep with failures visible to scripts and CI.
     """
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        shutil.rmtree(Path(config.hydra.sweep.dir) / FAILED_JOBS, ignore_errors=True)  # an earlier multirun's
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failed = []
-        for path in sorted(Path(config.hydra.sweep.dir).glob(f"**/{contract.STATUS}")):
+        sweep = Path(config.hydra.sweep.dir)
+        failed = {}
+        for path in sorted(sweep.glob(f"**/{contract.STATUS}")):
             status = JobDir(path.parent).status()
             if status["status"] in ("failed", STALE):
-                failed.append(f"{path.parent}: {status['error']}")
-        failed += REFUSED
+                failed[str(path.parent.resolve())] = status["error"]
+        for note in sorted((sweep / FAILED_JOBS).glob("*.txt")):
+            folder, _, message = note.read_text().partition(": ")
+            failed.setdefault(str(Path(folder).resolve()), message)
         if failed:
-            log.error("%d job(s) failed:\n  %s", len(failed), "\n  ".join(failed))
+            log.error("%d job(s) failed: %s\n  %s", len(failed), ", ".join(failed),
+                      "\n  ".join(f"{folder}: {error}" for folder, error in failed.items()))
             raise SystemExit(1)
 
 
@@ -319,18 +337,20 @@ def main(cfg: DictConfig) -> float | None:
     except JobLocked as err:  # nothing was done, and the folder's status belongs to the holder
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            note_failed(cfg.paths.output_dir, str(err))
             return None
         raise SystemExit(1) from None
     except OtherTrainingConfig as err:  # nothing was done: the folder's files are the other job's
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            REFUSED.append(str(err))
+            note_failed(cfg.paths.output_dir, str(err))
             return None
         raise SystemExit(1) from None
     except BaseException as err:  # noqa: BLE001 - recorded by train(), then skipped (multirun) or exit 1
         message = failure_message(err)
         log.error("job failed: %s (details in %s)", message, cfg.paths.output_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN and message != INTERRUPTED:
+            note_failed(cfg.paths.output_dir, message)
             return None
         raise SystemExit(1) from None
 

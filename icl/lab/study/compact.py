@@ -34,6 +34,7 @@ from omegaconf import MISSING
 from icl import contract
 from icl.analysis.results import find_jobs, flat_config, load_errors, read_eval_csv
 from icl.files import atomic_write, write_csv, write_npz, write_text
+from icl.lab.tuning import RECIPE_KEYS
 from icl.run.cli import parse
 from icl.run.job import JobDir
 
@@ -226,9 +227,8 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
         "cell": out.name, "arm": arm, "task": task, "attn": attn, "seed": seed,
         "fingerprint": fingerprint, "n_dims": d, "k_train": k_train, "n_positions": n_pos,
         "steps": int(flat["trainer.max_steps"]), "model": str(flat.get("model.name", "")),
-        "recipe": {"name": flat.get("recipe.name"), "lr": flat.get("optim.lr"),
-                   "warmup_steps": flat.get("optim.warmup_steps"), "qk_norm": flat.get("model.qk_norm"),
-                   "gradient_clip_val": flat.get("trainer.gradient_clip_val"), "batch": flat.get("data.batch_size")},
+        "recipe": {"name": flat.get("recipe.name"), **{col: flat.get(key) for key, col in RECIPE_KEYS.items()},
+                   "batch": flat.get("data.batch_size")},
         "n_prompts": int(next(iter(arrays.values())).shape[0]) if arrays else 0,
         "quants": summary, "versions": versions.get("versions", {}),
         "trained_by": None if trained_by(float_job) == float_job else "/".join(trained_by(float_job).parts[-2:]),

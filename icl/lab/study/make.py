@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import OmegaConf, open_dict
 
@@ -59,8 +59,18 @@ def committed_fingerprint(cells: Path, name: str) -> str | None:
     return json.loads(path.read_text()).get("fingerprint") if path.is_file() else None
 
 
-def plan(cfg: Mapping[str, Any]) -> list[tuple[str, str, list[str], str]]:
-    """(cell, arm, overrides, why) of every cell to (re)train; the rest match their config."""
+class Todo(NamedTuple):
+    """A cell to (re)train: its name, arm, training overrides, why, and the fingerprint its export must have."""
+
+    name: str
+    arm: str
+    overrides: list[str]
+    why: str
+    fingerprint: str
+
+
+def plan(cfg: Mapping[str, Any]) -> list[Todo]:
+    """Every cell to (re)train; the rest match their config."""
     cfg = active(cfg)
     grid, cells = cfg["grid"], Path(cfg["cells"])
     todo = []
@@ -74,22 +84,20 @@ def plan(cfg: Mapping[str, Any]) -> list[tuple[str, str, list[str], str]]:
                     overrides = cell_overrides(grid, arm, task, attn, seed, cfg["train_overrides"])
                     have = committed_fingerprint(cells, name)
                     if have != want:
-                        todo.append((name, arm, overrides, "missing" if have is None else "config changed"))
+                        todo.append(Todo(name, arm, overrides, "missing" if have is None else "config changed", want))
     return todo
 
 
-def run_cell(cfg: Mapping[str, Any], name: str, arm: str, overrides: Sequence[str]) -> Path:
+def run_cell(cfg: Mapping[str, Any], cell: Todo) -> Path:
     """Train and evaluate one cell (a sweep over its quant modes), then export its compact results — only if the
-    exported cell has the fingerprint of the config it was asked to train (a job of the sweep that failed, or an
-    older job folder left in the sweep, would otherwise be exported in its place). Needs an initialised Hydra."""
-    grid = cfg["grid"]
-    sweep = Path(cfg["study_dir"]) / name
-    want = expected_fingerprint(overrides)
-    cmd = [sys.executable, "-m", "icl.train", "-m", *overrides, f"hydra.sweep.dir={sweep}",
-           f"quant={','.join(grid['quants'])}"]
-    log.info("training %s: %s", name, " ".join(cmd[2:]))
+    exported cell has the fingerprint ``plan`` computed for it (a job of the sweep that failed, or an older job
+    folder left in the sweep, would otherwise be exported in its place)."""
+    sweep = Path(cfg["study_dir"]) / cell.name
+    cmd = [sys.executable, "-m", "icl.train", "-m", *cell.overrides, f"hydra.sweep.dir={sweep}",
+           f"quant={','.join(cfg['grid']['quants'])}"]
+    log.info("training %s: %s", cell.name, " ".join(cmd[2:]))
     subprocess.run(cmd, check=True)
-    return checked_export(sweep, Path(cfg["cells"]), arm, int(cfg["paper_d"]), want)
+    return checked_export(sweep, Path(cfg["cells"]), cell.arm, int(cfg["paper_d"]), cell.fingerprint)
 
 
 def checked_export(sweep: Path, cells: Path, arm: str, paper_d: int, want: str) -> Path:
@@ -109,13 +117,13 @@ def checked_export(sweep: Path, cells: Path, arm: str, paper_d: int, want: str) 
     return out
 
 
-def build(cfg: Mapping[str, Any], todo: Sequence[tuple[str, str, list[str], str]]) -> list[Path]:
-    """Run every cell of ``todo`` in turn (under an initialised Hydra: each checks its export's fingerprint)."""
-    log.info("%d cell(s) to train: %s", len(todo), ", ".join(f"{n} ({why})" for n, _, _, why in todo) or "none")
+def build(cfg: Mapping[str, Any], todo: Sequence[Todo]) -> list[Path]:
+    """Run every cell of ``todo`` in turn (each checks its export's fingerprint)."""
+    log.info("%d cell(s) to train: %s", len(todo), ", ".join(f"{t.name} ({t.why})" for t in todo) or "none")
     written = []
-    for name, arm, overrides, _ in todo:
+    for cell in todo:
         start = time.perf_counter()
-        written.append(run_cell(cfg, name, arm, overrides))
+        written.append(run_cell(cfg, cell))
         log.info("exported %s in %.0f s", written[-1], time.perf_counter() - start)
     return written
 

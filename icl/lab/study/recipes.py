@@ -15,26 +15,38 @@ from typing import Any
 
 import pandas as pd
 
-RECIPE = ["lr", "qk_norm", "gradient_clip_val", "warmup_steps"]
+from icl.lab import tuning
+
+# How the report names a recipe's options, in the order it lists them (an option without a label: its own name).
+LABELS = {"lr": "lr", "qk_norm": "qk_norm", "gradient_clip_val": "clip", "warmup_steps": "warm-up"}
+
+
+def recipe_columns() -> list[str]:
+    """The columns that name a recipe (``icl.lab.tuning.RECIPE_KEYS``), in the report's order."""
+    columns = list(tuning.RECIPE_KEYS.values())
+    return [c for c in LABELS if c in columns] + [c for c in columns if c not in LABELS]
 
 
 def _key(values: Mapping[str, Any]) -> tuple[Any, ...]:
     """A recipe as comparable values (clip None and NaN alike; lr to 3 significant digits)."""
-    out = []
-    for name in RECIPE:
-        v = values.get(name)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            out.append(None)
-        elif name == "qk_norm":
-            out.append(str(v).lower() == "true")
-        else:
-            out.append(float(f"{float(v):.3g}"))
-    return tuple(out)
+    return tuple(_value(name, values.get(name)) for name in recipe_columns())
+
+
+def _value(name: str, v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if name == "qk_norm":
+        return str(v).lower() == "true"
+    return float(f"{float(v):.3g}")
 
 
 def recipe_text(values: Mapping[str, Any]) -> str:
-    lr, qk, clip, warmup = _key(values)
-    return f"lr {lr:g}, qk_norm {qk}, clip {clip}, warm-up {int(warmup) if warmup is not None else '—'}"
+    def shown(name: str, v: Any) -> str:
+        if name == "warmup_steps":
+            return str(int(v)) if v is not None else "—"
+        return f"{v:g}" if name == "lr" else str(v)
+
+    return ", ".join(f"{LABELS.get(name, name)} {shown(name, v)}" for name, v in zip(recipe_columns(), _key(values)))
 
 
 def load(tuning_dir: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -48,7 +60,7 @@ def load(tuning_dir: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
 def job_table(cells: pd.DataFrame) -> list[dict[str, Any]]:
     """One row per recipe: each variant × seed's validation error at k = 2d, and the recipe's worst job."""
     rows = []
-    for _, sub in cells.groupby(RECIPE, dropna=False, sort=True):
+    for _, sub in cells.groupby(recipe_columns(), dropna=False, sort=True):
         first = sub.iloc[0].to_dict()
         row: dict[str, Any] = {"recipe": recipe_text(first)}
         for _, job in sub.sort_values(["attn", "seed"]).iterrows():

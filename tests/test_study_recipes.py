@@ -1,0 +1,26 @@
+"""The keys that name a recipe are written once (``icl.lab.tuning.RECIPE_KEYS``): the study's recipe section
+(``icl.lab.study.recipes``) groups, names and checks recipes by them."""
+
+import pandas as pd
+
+from icl.lab import tuning
+from icl.lab.study.recipes import arm_check, job_table, recipe_text
+
+
+def test_the_study_names_and_checks_recipes_by_the_tuning_protocol_s_keys(monkeypatch):
+    base = {"task": "linear", "n_dims": 5, "attn": "relu", "lr": 1e-4, "qk_norm": True, "gradient_clip_val": 1.0,
+            "warmup_steps": 500, "eval_seed": 1000}
+    cells = pd.DataFrame([{**base, "seed": 0, "layer_scale": 0.1, "error": 0.05},
+                          {**base, "seed": 1, "layer_scale": None, "error": 0.07}])
+    chosen = pd.DataFrame([{**base, "seed": 1, "layer_scale": 0.1, "error": 0.07, "jobs": 2, "status": "chosen",
+                            "selection": "per variant"}])
+    trained = [("relu", {k: base[k] for k in ("lr", "qk_norm", "gradient_clip_val", "warmup_steps")})]
+    assert [r["recipe"] for r in job_table(cells)] == ["lr 0.0001, qk_norm True, clip 1.0, warm-up 500"]
+    assert "all 1 committed cells trained with it" in arm_check(chosen, trained)
+    # a key added to the one list is a recipe key everywhere: the two jobs are two recipes, the cell another recipe
+    monkeypatch.setattr(tuning, "RECIPE_KEYS", {**tuning.RECIPE_KEYS, "model.layer_scale": "layer_scale"})
+    assert sorted(r["recipe"] for r in job_table(cells)) == [
+        "lr 0.0001, qk_norm True, clip 1.0, warm-up 500, layer_scale 0.1",
+        "lr 0.0001, qk_norm True, clip 1.0, warm-up 500, layer_scale None"]
+    assert "does not use its selection" in arm_check(chosen, trained)
+    assert recipe_text({**base, "layer_scale": 0.1}).endswith("layer_scale 0.1")
