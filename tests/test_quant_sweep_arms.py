@@ -109,6 +109,9 @@ def test_a_store_model_shared_by_a_cells_quant_jobs_is_swept_once_as_its_float_j
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "f1.ckpt").write_bytes(b"")
     assert find_jobs([str(tmp_path / "cpu")]) == [(cell / "none").resolve()]
+    (cell / "int8_weight" / "checkpoints").mkdir()  # the quant job trained it (the store's other jobs waited)
+    (cell / "int8_weight" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert find_jobs([str(tmp_path / "cpu")]) == [(cell / "none").resolve()]  # still swept as the float job
 
 
 def test_a_folder_retrained_since_the_earlier_sweep_is_evaluated_again(tmp_path):

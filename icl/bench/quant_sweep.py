@@ -211,8 +211,8 @@ def trained_model(job: Path) -> tuple[Path, str]:
 
 def find_jobs(inputs: list[str]) -> list[Path]:
     """Finished jobs (status done, a config and a trained model) under the inputs, one per trained model: the jobs
-    of a post-training sweep share their trainer's checkpoint, and it is swept once (as the job that trained it, else
-    the one that scored it unquantised: a cell whose model came from the store). A job still training (or
+    of a post-training sweep share their trainer's checkpoint, and it is swept once: as the job that scored it
+    unquantised (``quant=none``), else as the job that trained it. A job still training (or
     failed), or one that kept no model, is skipped with a log line. A re-evaluation folder (``python -m icl.evaluate
     out_dir=…``, e.g. on validation prompts) is swept on its own prompts with the model it was evaluated from."""
     by_ckpt: dict[tuple[Path, str, Any], tuple[tuple[bool, bool], Path]] = {}  # a model under two roots: swept in each
@@ -235,7 +235,7 @@ def find_jobs(inputs: list[str]) -> list[Path]:
             # The trainer's last.ckpt and the store's copy are one model: the training fingerprint says so.
             # Per root and recipe: a model the store served to both arms of the study is swept in each.
             key = (root, recipe(job), (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
-            rank = (how == "last", is_float_job(job))  # the job that trained it, else the float one, is kept
+            rank = (is_float_job(job), how == "last")  # the cell's float job, else the one that trained it, is kept
             if key not in by_ckpt or rank > by_ckpt[key][0]:
                 by_ckpt[key] = (rank, job)
     return sorted({job for _, job in by_ckpt.values()})
