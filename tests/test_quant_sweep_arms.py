@@ -139,3 +139,11 @@ def test_a_store_model_served_to_both_arms_is_swept_in_each(tmp_path):
             "fingerprint": "f1", "model": str(tmp_path / "store" / "f1.ckpt")}}))
         jobs.append(job.resolve())
     assert find_jobs([str(tmp_path / "cpu")]) == jobs
+
+
+def test_a_width_whose_quantised_model_predicts_nan_is_outside_at_the_seed_level():
+    df = arm_rows("smoke", {8: [0.0, 0.001, 0.0], 2: [0.3, float("nan"), 0.5]})
+    seeds = seed_level(df).set_index("bits")
+    assert seeds.loc[2, "seed"] == "3 seeds" and seeds.loc[2, "verdict"] == "refuted"  # one table row per variant
+    assert not seeds.loc[2, "inside_margin"] and seeds.loc[2, "diff_high"] == float("inf")
+    assert seeds.loc[8, "verdict"] == "confirmed"

@@ -293,12 +293,17 @@ def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.Dat
         interval = seed_interval(g["diff"].tolist(), ci)
         margin = float(g.margin.iat[0])
         word, _ = verdict("noninferior", interval.low, interval.high, margin, min_seeds, interval.n)
+        broken = not np.isfinite(g["diff"]).all()  # a seed's quantised model predicted inf/nan: outside, not dropped
+        n = len(g)
         rows.append({"source": source, "recipe": recipe, "task": task, "attn": attn,
-                     "seed": f"{interval.n} seed{'s' * (interval.n != 1)}", "run_dir": arm_id(source, recipe),
+                     "seed": f"{n} seed{'s' * (n != 1)}", "run_dir": arm_id(source, recipe),
                      "kind": kind,
                      "bits": bits, "margin": margin, "float_error": float(g.float_error.mean()),
-                     "diff": interval.mean, "diff_low": interval.low, "diff_high": interval.high,
-                     "inside_margin": word == CONFIRMED, "verdict": word, "seeds": " ".join(map(str, sorted(g.seed)))})
+                     "diff": float("inf") if broken else interval.mean,
+                     "diff_low": float("inf") if broken else interval.low,
+                     "diff_high": float("inf") if broken else interval.high,
+                     "inside_margin": word == CONFIRMED and not broken, "verdict": "refuted" if broken else word,
+                     "seeds": " ".join(map(str, sorted(g.seed)))})
     return pd.DataFrame(rows, columns=SEED_COLUMNS)  # no learned seed: no rows, the same columns
 
 
@@ -462,7 +467,7 @@ def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> 
         return ""
     mark = {CONFIRMED: "✓", "refuted": "✗"}
     cell = lambda r: (f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}] {mark.get(r.verdict, '?')}"
-                      if np.isfinite(r.diff_high) else f"{r['diff']:+.3f} ?")  # one or no seed: no interval
+                      if np.isfinite(r.diff_high) else f"{r['diff']:+.3f} {mark.get(r.verdict, '?')}")  # one seed: no interval
     wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=[*ARM_KEYS, "seed", "kind"],
                                                                  columns="bits", values="c", aggfunc="first")
     wide = wide[sorted(wide.columns, reverse=True)].fillna("").reset_index()  # weights have no 16-bit probe
