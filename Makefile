@@ -43,9 +43,9 @@ study-tune: install ## train a study tuning sweep job by job, skipping dominated
 
 TUNE_DIR = multirun/seed_study
 study-tuning: ## summarise the study's tuning sweeps into docs/study/tuning/{shared,tuned} (committed; the report shows them)
-	@# each call exits 1 while no recipe is complete ("nothing chosen yet") but writes its tables all the same
-	$(PY) -m icl.lab.tuning "sweeps=[$(TUNE_DIR)/tune_shared]" rank=worst shared=true out=docs/study/tuning/shared || true
-	$(PY) -m icl.lab.tuning "sweeps=[$(TUNE_DIR)/tune_shared,$(TUNE_DIR)/tune_former_softmax,$(TUNE_DIR)/tune_softmax_seeds]" rank=worst out=docs/study/tuning/tuned || true
+	@# each call exits 2 while no recipe is complete ("nothing chosen yet") but writes its tables all the same; 1 is an error
+	$(PY) -m icl.lab.tuning "sweeps=[$(TUNE_DIR)/tune_shared]" rank=worst shared=true out=docs/study/tuning/shared || test $$? -eq 2
+	$(PY) -m icl.lab.tuning "sweeps=[$(TUNE_DIR)/tune_shared,$(TUNE_DIR)/tune_former_softmax,$(TUNE_DIR)/tune_softmax_seeds]" rank=worst out=docs/study/tuning/tuned || test $$? -eq 2
 
 study: install ## the seed study v2: train the cells missing or stale in docs/study/cells, time, write docs/RESULTS_STUDY.md (STUDY=cpu|paper)
 	$(PY) -m icl.lab.study.make $(if $(filter paper,$(STUDY)),study=paper,) $(ARGS)

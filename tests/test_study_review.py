@@ -194,3 +194,16 @@ def test_the_absolute_errors_beside_a_paired_row_use_the_seeds_its_verdict_uses(
               if r.claim == "a" and r.subject.startswith("relu ")]
     assert row.absolute["relu"] == pytest.approx(np.mean([0.05, 0.06, 0.07, 0.09]))   # seeds 0, 1, 2, 4
     assert row.absolute["relu"] - row.absolute["softmax"] == pytest.approx(row.interval.mean, abs=2e-3)
+
+
+def test_cost_counts_the_training_of_whichever_job_of_a_cell_trained_its_model():
+    """A cell's model may be trained by a quant job launched before the float one; the float job then loads it."""
+    from types import SimpleNamespace
+
+    from icl.lab.study.report import cost_text
+
+    by_quant_job = SimpleNamespace(meta={"quants": {"none": {"train_seconds": 0.0, "eval_seconds": 6.0},
+                                                    "int8_weight": {"train_seconds": 600.0, "eval_seconds": 6.0}}})
+    by_float_job = SimpleNamespace(meta={"quants": {"none": {"train_seconds": 300.0, "eval_seconds": 6.0},
+                                                    "int8_weight": {"train_seconds": None, "eval_seconds": 6.0}}})
+    assert cost_text([by_quant_job, by_float_job], {}).startswith("training 15.0 min and evaluation 0.4 min")

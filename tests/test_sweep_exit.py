@@ -30,3 +30,26 @@ def test_a_sweep_with_jobs_that_failed_before_writing_a_status_exits_1_and_keeps
     assert (sweep / "0" / "eval.csv").is_file() and (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
     assert (sweep / "2" / "eval.csv").read_bytes() == before  # the other config's finished job left as it was
     assert not (sweep / "1" / "status.json").exists()
+
+
+def end_of_multirun(sweep, jobs: dict[int, str]) -> None:
+    """FailOnFailedJobs at the end of a multirun whose jobs (number -> folder) noted themselves as they started."""
+    from omegaconf import OmegaConf
+
+    from icl.run.train import MULTIRUN_JOBS, FailOnFailedJobs
+
+    (sweep / MULTIRUN_JOBS).mkdir(parents=True, exist_ok=True)
+    for number, folder in jobs.items():
+        (sweep / MULTIRUN_JOBS / f"{number}.job").write_text(str(sweep / folder))
+    FailOnFailedJobs().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+
+
+def test_a_failed_job_of_an_earlier_sweep_in_the_same_folder_does_not_fail_a_later_sweep(tmp_path, caplog):
+    JobDir(tmp_path / "old").write_status("failed", error="boom")  # an earlier sweep's job, not in this one
+    for n in range(11):
+        JobDir(tmp_path / f"new{n}").write_status("done")
+    end_of_multirun(tmp_path, {n: f"new{n}" for n in range(11)})  # no SystemExit: this sweep's jobs are done
+    JobDir(tmp_path / "new10").write_status("failed", error="nan loss")
+    with pytest.raises(SystemExit):
+        end_of_multirun(tmp_path, {n: f"new{n}" for n in range(11)})
+    assert f"1 job(s) failed: {tmp_path / 'new10'}" in caplog.text and "old" not in caplog.text

@@ -182,3 +182,11 @@ def test_only_a_complete_recipe_wins_and_a_dominated_partial_one_needs_no_more_j
     cell_job(tmp_path / "w" / "y", "relu", 1e-3, True, 1000, 0.05, seed=1)
     with pytest.raises(ValueError, match="no recipe has a job for every training seed"):
         select(load_cells([tmp_path / "w"]), shared=True)
+
+
+def test_a_sweep_with_no_complete_recipe_yet_exits_2_and_writes_its_tables(tmp_path):
+    """2 (nothing chosen yet) is what `make study-tuning` tolerates; 1 (an error, as above) stops it."""
+    cell_job(tmp_path / "sweep" / "a", "relu", 1e-4, True, 1000, 0.05, seed=0)
+    cell_job(tmp_path / "sweep" / "b", "relu", 1e-3, True, 1000, 0.04, seed=1)  # each recipe lacks the other's seed
+    assert main([f"sweeps=[{tmp_path / 'sweep'}]", f"out={tmp_path / 'out'}"]) == 2
+    assert (tmp_path / "out" / "candidates.md").is_file() and not (tmp_path / "out" / "best.md").exists()

@@ -80,3 +80,52 @@ def test_the_driver_never_trains_a_dominated_recipe_s_other_jobs_and_a_rerun_tra
     assert "3 done, 0 trained, 1 dominated, 0 failed" in capsys.readouterr().out
     assert "training job" not in caplog.text
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/status.json")} == stamps
+
+
+def test_a_recipe_with_seeds_beyond_the_grid_is_complete_and_one_missing_a_planned_seed_is_not(tmp_path):
+    """The folder holds seeds the grid does not plan (an earlier, wider sweep): A has seeds 0-2 of the grid and 3
+    besides, B seeds 0, 1 and 3 (its planned seed 2 missing). Without ``grid`` A is the choice (4 of 4 seeds); with
+    it A must still be, and B must not count as complete because it has as many jobs as the grid has seeds."""
+    for lr, seeds, error in ((1e-4, (0, 1, 2, 3), 0.05), (1e-3, (0, 1, 3), 0.04)):
+        for seed in seeds:
+            cell_job(tmp_path / f"{lr}-{seed}", "relu", lr, True, 1000, error, seed=seed)
+    cells = load_cells([tmp_path])
+    grid = pd.DataFrame([{**cells.iloc[0].to_dict(), "lr": lr, "seed": seed} for lr in (1e-4, 1e-3) for seed in (0, 1, 2)])
+    plain = candidates(cells)
+    assert dict(zip(plain["lr"], plain["status"])) == {1e-4: "chosen", 1e-3: "incomplete"}
+    exact = candidates(cells, grid=grid)
+    assert dict(zip(exact["lr"], exact["status"])) == {1e-4: "chosen", 1e-3: "incomplete"}
+
+
+def test_two_jobs_of_the_sweep_in_one_folder_are_refused_before_anything_runs(tmp_path):
+    """tune_shared's subdir names no quant mode: swept on the command line, both modes' jobs would share a folder
+    and the driver would count the second as done once the first finished."""
+    args = ["experiment=seed_study/tune_shared", "attn=softmax", "optim.lr=1e-4", "seed=0", "quant=none,int8_weight",
+            f"hydra.sweep.dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with pytest.raises(ValueError, match="jobs 0 and 1 of the sweep share the folder .*softmax-lr0.0001"):
+            plan(args)
+
+
+def test_a_folder_done_with_another_cell_is_refused_not_counted_done(tmp_path):
+    """An older grid left a finished 1500-step job where this grid's 15k-step job goes (same folder name)."""
+    from icl.analysis.results import flatten_config, load_config
+    from icl.lab.tuning import cell_row
+    from icl.lab.tuning_drive import check_done_folders
+
+    folder = cell_job(tmp_path / "relu-lr0.0001-seed0", "relu", 1e-4, True, 1000, 0.05, max_steps=1500)
+    cell = cell_row(flatten_config(load_config(folder)))
+    check_done_folders([Job(0, [], folder.name, folder, cell)])  # the same cell: done, nothing to say
+    with pytest.raises(ValueError, match=r"holds a finished job of another cell \(max_steps: 1500 -> 15000\)"):
+        check_done_folders([Job(0, [], folder.name, folder, {**cell, "max_steps": 15000})])
+
+
+def test_the_summary_says_why_a_job_is_not_done_when_no_error_was_recorded(tmp_path):
+    """A job refused because another process holds its folder leaves that holder's status: the summary says so."""
+    from icl.lab.tuning_drive import Options, summary
+
+    folder = tmp_path / "busy"
+    with JobDir(folder).lock("another driver"):
+        JobDir(folder).write_status("running")
+        text = summary(tmp_path, {"done": [], "failed": [Job(0, [], "busy", folder, {})]}, Options())
+    assert f"1 job(s) failed: {folder} (running)" in text

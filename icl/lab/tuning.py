@@ -12,6 +12,7 @@ k = 2d over its training seeds (its worst seed, or ``rank=median``; ``shared=tru
 and ``best.csv`` / ``best.md`` (the winners, with the warm-up rescaled to ``full_steps``: screening runs are
 shorter and keep the warm-up's share of the run), ``candidates.csv`` / ``candidates.md`` (every recipe with its
 status: only a complete recipe can win; see ``candidates``) and prints the rows for ``configs/recipe/smoke.yaml``.
+Exits 2 when no recipe is complete yet (the tables are written all the same), 1 on an error.
 
 Reads job folders through ``icl.results`` only: no torch.
 """
@@ -113,6 +114,10 @@ def check_validation(cells: pd.DataFrame, reporting_seed: int) -> None:
                          "so the recipe is chosen on validation prompts")
 
 
+class NothingChosen(ValueError):
+    """No recipe is complete yet: the sweep is partial, not wrong."""
+
+
 def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shared: bool = False) -> pd.DataFrame:
     """The best recipe per (task, d, variant) by validation error at k = 2d over its training seeds; see the module
     doc for ties. ``by``: ``worst`` or ``median`` seed ranks a recipe (never the luckiest seed, nor seed 0 alone:
@@ -120,10 +125,10 @@ def select(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", shar
     worst variant. Only a complete recipe (a job for every training seed, and with ``shared`` every variant, that
     the sweep holds) can win: a partial one's worst seed is not yet known."""
     ranked = candidates(cells, reporting_seed, by, shared)
-    group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
+    group = selection_group(shared)
     best = ranked[ranked["status"] == "chosen"].drop(columns="selection")
     if best.empty:
-        raise ValueError("no recipe has a job for every training seed (and variant) of the sweep yet: nothing can "
+        raise NothingChosen("no recipe has a job for every training seed (and variant) of the sweep yet: nothing can "
                          "be chosen; finish the sweep")
     counts = ranked.groupby(group).size().rename("cells")
     return best.drop(columns="status").join(counts, on=group).sort_values(group).reset_index(drop=True)
@@ -135,15 +140,18 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
     ``complete``, ``dominated`` (partial, but with ``by=worst`` one of its jobs is already worse than the chosen
     recipe's worst: it cannot win whatever its missing jobs score, so they need not be trained) or ``incomplete``
     (partial and not dominated: the choice is provisional until it is complete). A recipe is complete with a job
-    for every training seed (× variant, when ``shared``) that ``cells`` hold, or that ``grid`` (every job of the
-    sweep, ``cell_row`` columns) will hold: with ``grid`` a recipe missing a planned seed is never the bar."""
+    for every training seed (× variant, when ``shared``) that ``cells`` hold and, with ``grid`` (every job of the
+    sweep, ``cell_row`` columns), that the grid plans: with ``grid`` a recipe missing a planned seed is never the bar."""
     check_validation(cells, reporting_seed)
-    group = ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
-    ranked = rank_over_seeds(cells, group, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
+    group = selection_group(shared)
+    ranked = rank_over_seeds(cells, by, shared).sort_values(["error", "ci_high", "lr"], kind="stable")
     ranked = ranked.reset_index(drop=True)
     unit = ["attn", "seed"] if shared else ["seed"]  # what a complete recipe has one job of
-    planned = cells if grid is None else grid
-    expected = planned.drop_duplicates(group + unit).groupby(group).size().rename("expected").reset_index()
+    # the units the sweep will hold: those trained so far and, with ``grid``, those it plans (jobs outside the
+    # grid count too: the selection, which knows no grid, needs a job for them as well)
+    planned = cells[group + unit] if grid is None else pd.concat([cells[group + unit], grid[group + unit]])
+    expected = planned.astype(str).drop_duplicates().groupby(group).size().rename("expected").reset_index()
+    expected = expected.astype({c: cells[c].dtype for c in group})
     complete = ranked["jobs"] == ranked[group].merge(expected, on=group, how="left")["expected"]
     chosen = ranked[complete].groupby(group, sort=False).head(1)
     bar = ranked[group].merge(chosen[group + ["error"]].rename(columns={"error": "bar"}), on=group, how="left")["bar"]
@@ -155,13 +163,13 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
     return ranked.assign(status=status, selection="shared" if shared else "per variant")
 
 
-def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool) -> pd.DataFrame:
+def rank_over_seeds(cells: pd.DataFrame, by: str, shared: bool) -> pd.DataFrame:
     """One row per recipe: the row of its worst (or median) training seed (and variant, when ``shared``), with
     ``jobs``, the number of distinct seeds (seed × variant pairs, when ``shared``) the recipe's jobs cover."""
     if by not in ("worst", "median"):
         raise ValueError(f"rank recipes by the worst or the median seed, got {by!r}")
     recipe = recipe_columns(cells, shared)
-    keys = group + [c for c in recipe if c not in group]
+    keys = recipe_identity(cells, shared)
     cells = cells.assign(error=cells["error"].fillna(math.inf))  # no error at 2d ranks as the worst, not skipped
     filled = cells.assign(**{c: cells[c].fillna(-1) for c in recipe})
     unit = filled[["attn", "seed"] if shared else ["seed"]].astype(str).agg("/".join, axis=1)
@@ -180,6 +188,16 @@ def rank_over_seeds(cells: pd.DataFrame, group: list[str], by: str, shared: bool
     return pd.DataFrame(rows)
 
 
+def selection_group(shared: bool) -> list[str]:
+    """What one choice is made per: (task, d), and the variant unless one recipe is shared by all."""
+    return ["task", "n_dims"] if shared else ["task", "n_dims", "attn"]
+
+
+def recipe_identity(cells: pd.DataFrame, shared: bool) -> list[str]:
+    """The columns that tell one candidate recipe from another: its selection group and its recipe columns."""
+    return selection_group(shared) + recipe_columns(cells, shared)
+
+
 def recipe_columns(cells: pd.DataFrame, shared: bool) -> list[str]:
     """The cell columns that tell recipes apart: every ``CELL_KEYS`` option but the seed (and, for one shared recipe,
     but the attention options, which only some variants have)."""
@@ -189,14 +207,14 @@ def recipe_columns(cells: pd.DataFrame, shared: bool) -> list[str]:
 
 def candidate_status(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool) -> str | None:
     """The ``status`` ``candidates`` gave the recipe of ``cell`` (a ``cell_row``), None if none of its jobs is in."""
-    names = ["task", "n_dims", *([] if shared else ["attn"]), *recipe_columns(ranked, shared)]
+    names = recipe_identity(ranked, shared)
     same = pd.Series(True, index=ranked.index)
     for name in names:
-        same &= ranked[name].map(lambda value, want=cell.get(name): _same(value, want))
+        same &= ranked[name].map(lambda value, want=cell.get(name): same_value(value, want))
     return str(ranked.loc[same, "status"].iat[0]) if same.any() else None
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Two config values alike: missing (None, NaN) equal, numbers equal to rounding, else equal."""
     missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in (a, b)]
     if any(missing):
@@ -307,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = rescale_warmup(select(cells, args.reporting_seed, args.rank, args.shared), args.full_steps)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, NothingChosen) else 1
     if out:
         write_csv(out / "best.csv", best.drop(columns="run_dir"), index=False)
         write_text(out / "best.md", markdown(best, [*cell_cols, "full_warmup_steps", "cells"]))

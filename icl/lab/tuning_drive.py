@@ -29,8 +29,8 @@ import pandas as pd
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
-from icl.analysis.results import flatten_config, read_status
-from icl.lab.tuning import candidate_status, candidates, cell_row, load_cells, recipe_columns
+from icl.analysis.results import flatten_config, load_config, read_status
+from icl.lab.tuning import candidate_status, candidates, cell_row, load_cells, recipe_identity, same_value
 from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR, check_yaml
 from icl.run.spec import sweep_cells
@@ -84,7 +84,13 @@ def plan(overrides: Sequence[str]) -> tuple[Path, list[Job]]:
     # params first, the command line after: for a key in both Hydra's basic sweeper keeps the params' place and
     # the command line's value, so the job numbers are the ones `icl.train -m` would give
     cells = sweep_cells([*(f"{key}={value}" for key, value in params.items()), *overrides])
-    return sweep, [job_of(number, cell, sweep) for number, cell in enumerate(cells)]
+    jobs = [job_of(number, cell, sweep) for number, cell in enumerate(cells)]
+    first: dict[Path, Job] = {}
+    for job in jobs:  # a later job would find the earlier one's status "done" in its folder and never run
+        if (other := first.setdefault(job.folder, job)) is not job:
+            raise ValueError(f"jobs {other.number} and {job.number} of the sweep share the folder {job.folder}: add "
+                             "the keys they differ in to hydra.sweep.subdir")
+    return sweep, jobs
 
 
 def single_values(overrides: Sequence[str]) -> list[str]:
@@ -112,7 +118,7 @@ def job_of(number: int, overrides: list[str], sweep: Path) -> Job:
 def seed_major(jobs: Sequence[Job], shared: bool) -> list[Job]:
     """Jobs by training seed, then by recipe (in the order the sweep first reaches it), then Hydra's number."""
     grid = pd.DataFrame([j.cell for j in jobs])
-    names = ["task", "n_dims", *([] if shared else ["attn"]), *recipe_columns(grid, shared)]
+    names = recipe_identity(grid, shared)
     recipes = [tuple(str(job.cell.get(n)) for n in names) for job in jobs]
     first = {recipe: i for i, recipe in reversed(list(enumerate(recipes)))}
     order = sorted(range(len(jobs)), key=lambda i: (jobs[i].cell.get("seed") or 0, first[recipes[i]], jobs[i].number))
@@ -133,12 +139,26 @@ def launch(job: Job, sweep: Path) -> None:
     cmd = [sys.executable, "-m", "icl.train", "-m", *job.overrides, f"hydra.sweep.dir='{sweep}'",
            f"hydra.sweep.subdir='{job.subdir}'"]
     log.info("training job %d: %s", job.number, " ".join(job.overrides))
-    subprocess.run(cmd, check=False)  # judged by the job's status.json: the sweep's own exit also counts old jobs
+    subprocess.run(cmd, check=False)  # judged by the job's status.json (the caller reads it)
+
+
+def check_done_folders(jobs: Sequence[Job]) -> None:
+    """Refuse a job whose folder holds a finished job of another cell (an older grid with the same folder names):
+    counted done, this job would never run and the other cell would be ranked in its place."""
+    for job in jobs:
+        if read_status(job.folder)["status"] != "done":
+            continue
+        have = cell_row(flatten_config(load_config(job.folder)))
+        if differ := [f"{key}: {have.get(key)} -> {want}" for key, want in job.cell.items()
+                      if not same_value(have.get(key), want)]:
+            raise ValueError(f"{job.folder} holds a finished job of another cell ({', '.join(differ)}): move it "
+                             "away or choose another hydra.sweep.dir")
 
 
 def drive(sweep: Path, jobs: Sequence[Job], options: Options) -> dict[str, list[Job]]:
     """Run the sweep's jobs seed-major, skipping the done ones and those of dominated recipes; each job's outcome:
     ``done`` (before), ``trained``, ``dominated`` (skipped), ``failed``, ``planned`` (dry run)."""
+    check_done_folders(jobs)
     grid = pd.DataFrame([j.cell for j in jobs])
     outcome: dict[str, list[Job]] = {k: [] for k in ("done", "trained", "dominated", "failed", "planned")}
     for job in seed_major(jobs, options.shared):
@@ -163,10 +183,16 @@ def summary(sweep: Path, outcome: Mapping[str, Sequence[Job]], options: Options)
     lines = [f"{sweep}: {counts}"]
     if outcome["failed"]:
         lines.append(f"error: {len(outcome['failed'])} job(s) failed: "
-                     + ", ".join(f"{j.folder} ({read_status(j.folder)['error']})" for j in outcome["failed"]))
+                     + ", ".join(f"{j.folder} ({why_not_done(j.folder)})" for j in outcome["failed"]))
     lines.append(f"select: python -m icl.lab.tuning sweeps=[{sweep}] rank={options.rank} "
                  f"shared={str(options.shared).lower()} reporting_seed={options.reporting_seed}")
     return "\n".join(lines)
+
+
+def why_not_done(folder: Path) -> str:
+    """The folder's error, else its status (``running``: another process holds it; ``incomplete``: never started)."""
+    status = read_status(folder)
+    return status["error"] or status["status"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,7 +49,8 @@ from icl.run.tracking import log_evaluation
 
 log = logging.getLogger(__name__)
 
-FAILED_JOBS = ".failed_jobs"  # in a sweep's folder: one file per job of the running multirun that failed
+# in a sweep's folder, for the running multirun: <job num>.job (the job's folder), <job num>.failed (why it failed)
+MULTIRUN_JOBS = ".multirun_jobs"
 
 
 class OtherTrainingConfig(ValueError):
@@ -292,35 +293,40 @@ def shared_model(spec: JobSpec, job: JobDir, world_size: int = 1) -> Iterator[En
         yield entry
 
 
-def note_failed(folder: str, message: str) -> None:
-    """Record a failed job of the running multirun for ``FailOnFailedJobs``: a file in the sweep's folder (a launcher
-    may run the job in another process), so a job that failed before writing a status of its own — a busy folder,
-    a folder done with another config under ``skip_done`` — is counted too."""
+def note_job(folder: str, failure: str | None = None) -> None:
+    """Record a job of the running multirun for ``FailOnFailedJobs``, a file in the sweep's folder (a launcher may
+    run the job in another process): its folder when it starts (only this multirun's jobs are judged, not an
+    earlier sweep's in the same folder), and why it failed, so a job that failed before writing a status of its
+    own — a busy folder, a folder done with another config under ``skip_done`` — is counted too."""
     hydra_cfg = HydraConfig.get()
-    notes = Path(hydra_cfg.sweep.dir) / FAILED_JOBS
+    notes = Path(hydra_cfg.sweep.dir) / MULTIRUN_JOBS
     notes.mkdir(parents=True, exist_ok=True)
-    write_text(notes / f"{hydra_cfg.job.num}.txt", f"{folder}: {message}")
+    if failure is None:
+        write_text(notes / f"{hydra_cfg.job.num}.job", folder)
+    else:
+        write_text(notes / f"{hydra_cfg.job.num}.failed", f"{folder}: {failure}")
 
 
 class FailOnFailedJobs(Callback):
-    """Hydra callback: after a multirun, name the jobs that failed — those this multirun's jobs noted
-    (``note_failed``) and those whose status says failed (or interrupted) — and exit 1.
+    """Hydra callback: after a multirun, name the jobs of this multirun (``note_job``) that failed — noted so, or
+    whose status says failed (or interrupted) — and exit 1.
 
     Hydra's basic launcher goes on after a failed job (what we want: the other cells still run) but
     then exits 0; this makes a sweep with failures visible to scripts and CI.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        shutil.rmtree(Path(config.hydra.sweep.dir) / FAILED_JOBS, ignore_errors=True)  # an earlier multirun's
+        shutil.rmtree(Path(config.hydra.sweep.dir) / MULTIRUN_JOBS, ignore_errors=True)  # an earlier multirun's
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
+        notes = Path(config.hydra.sweep.dir) / MULTIRUN_JOBS
         failed = {}
-        for path in sorted(sweep.glob(f"**/{contract.STATUS}")):
-            status = JobDir(path.parent).status()
-            if status["status"] in ("failed", STALE):
-                failed[str(path.parent.resolve())] = status["error"]
-        for note in sorted((sweep / FAILED_JOBS).glob("*.txt")):
+        for note in sorted(notes.glob("*.job"), key=lambda path: int(path.stem)):
+            job = JobDir(note.read_text())
+            status = job.status()
+            if job.status_file.exists() and status["status"] in ("failed", STALE):
+                failed[str(job.path.resolve())] = status["error"]
+        for note in sorted(notes.glob("*.failed"), key=lambda path: int(path.stem)):
             folder, _, message = note.read_text().partition(": ")
             failed.setdefault(str(Path(folder).resolve()), message)
         if failed:
@@ -332,25 +338,27 @@ class FailOnFailedJobs(Callback):
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point. Errors become one line (status.json says failed); a multirun goes on to the next job."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        note_job(cfg.paths.output_dir)
     try:
         return train(cfg).get("error_at_2d")
     except JobLocked as err:  # nothing was done, and the folder's status belongs to the holder
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            note_failed(cfg.paths.output_dir, str(err))
+            note_job(cfg.paths.output_dir, str(err))
             return None
         raise SystemExit(1) from None
     except OtherTrainingConfig as err:  # nothing was done: the folder's files are the other job's
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            note_failed(cfg.paths.output_dir, str(err))
+            note_job(cfg.paths.output_dir, str(err))
             return None
         raise SystemExit(1) from None
     except BaseException as err:  # noqa: BLE001 - recorded by train(), then skipped (multirun) or exit 1
         message = failure_message(err)
         log.error("job failed: %s (details in %s)", message, cfg.paths.output_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN and message != INTERRUPTED:
-            note_failed(cfg.paths.output_dir, message)
+            note_job(cfg.paths.output_dir, message)
             return None
         raise SystemExit(1) from None
 

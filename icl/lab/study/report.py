@@ -92,7 +92,8 @@ def status_text(cfg: Mapping[str, Any], present: set[str]) -> str:
 
 
 def cost_text(cells: Sequence[Any], cfg: Mapping[str, Any]) -> str:
-    train = sum((c.meta["quants"].get("none", {}).get("train_seconds") or 0) for c in cells)
+    # every job of a cell: the one that trained its model may be a quant job (launched first); the others load it (0 s)
+    train = sum((q.get("train_seconds") or 0) for c in cells for q in c.meta["quants"].values())
     evals = sum((q.get("eval_seconds") or 0) for c in cells for q in c.meta["quants"].values())
     return (f"training {train / 60:.1f} min and evaluation {evals / 60:.1f} min summed over the committed cells "
             "(status.json, one core per job)")
