@@ -222,7 +222,7 @@ def test_rescore_reads_a_sweep_again_at_another_margin(tmp_path):
                    f"out={tmp_path / 'strict'}"])
     assert list(strict.groupby("bits").inside_margin.all().sort_index()) == [False, False, True]  # 2, 4, 8 bits
     assert (strict.margin == 0.01).all() and (strict.source == "cpu").all()
-    assert "| cpu | linear | softmax | weights | 3 |" in (tmp_path / "strict" / "quant_sweep.md").read_text()
+    assert "| cpu |  | linear | softmax | weights | 3 |" in (tmp_path / "strict" / "quant_sweep.md").read_text()
     with pytest.raises(ValueError, match="rescore=.*no such quant_sweep.csv"):
         main([f"inputs=[{tmp_path}]", f"rescore={tmp_path / 'nope.csv'}"])
 

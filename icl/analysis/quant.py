@@ -103,39 +103,62 @@ def sweep_markdown(df: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+ARM_STYLES = ("-", "--", ":", "-.")
+ARM_HATCHES = ("", "//", "..", "xx")  # the bars' mark of the same arm
+
+
+def variant_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """Per row: the line it belongs to (``variant``: the attention, with its source and recipe when a sweep holds
+    several, e.g. two arms of the study) and that arm's line style (``style``)."""
+    arms = df[["source", "recipe"]].astype(object).fillna("").astype(str) if {"source", "recipe"} <= set(df.columns) else None
+    if arms is None or len(arms.drop_duplicates()) < 2:
+        return pd.DataFrame({"variant": df.attn.astype(str), "style": ARM_STYLES[0]}, index=df.index)
+    arm = arms.source.where(arms.recipe == "", arms.source + " " + arms.recipe).str.strip()
+    order = {name: i for i, name in enumerate(sorted(arm.unique()))}
+    return pd.DataFrame({"variant": df.attn.astype(str) + " (" + arm + ")",
+                         "style": arm.map(lambda a: ARM_STYLES[order[a] % len(ARM_STYLES)])}, index=df.index)
+
+
 def plot_sweep(df: pd.DataFrame, task: str) -> plt.Figure:
     """One task: error − float vs width per swept kind (weights, attention internals, recurrent state; mean over
     seeds, CI bars of each seed's paired difference averaged), margin line; and per-block sensitivity per branch."""
     sub = df[df.task == task]
+    sub = pd.concat([sub, variant_labels(sub)], axis=1)
     kinds = [k for k in WIDTH_KINDS if (sub.kind == k).any()] or list(WIDTH_KINDS[:2])
     fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.4 * (len(kinds) + 1), 3.6), constrained_layout=True)
     for ax, kind in zip(axes[:-1], kinds):
-        for attn, g in sub[sub.kind == kind].groupby("attn", sort=True):
+        for (variant, attn, style), g in sub[sub.kind == kind].groupby(["variant", "attn", "style"], sort=True):
             m = g.groupby("bits")[["diff", "diff_low", "diff_high"]].mean().sort_index()
             ax.errorbar(m.index, m["diff"], yerr=[m["diff"] - m.diff_low, m.diff_high - m["diff"]], marker="o",
-                        capsize=3, color=attn_color(str(attn)), label=str(attn))
+                        capsize=3, color=attn_color(str(attn)), ls=style, label=variant)
         ax.axhline(sub.margin.iat[0], color="grey", ls="--", lw=1, label="margin")
         ax.axhline(0, color="black", lw=0.5)
         ax.set(xlabel="bits", ylabel="error − float at k = 2d", title=f"{task}: {kind}", yscale="symlog")
         ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xticks(sorted(sub[sub.kind == kind].bits.unique()))  # the widths swept, not a float scale
         ax.invert_xaxis()
     ax = axes[-1]
     sens = sub[sub.kind == "sensitivity"]
     branches = sorted(sens.branch.unique())
-    for i, (attn, g) in enumerate(sens.groupby("attn", sort=True)):
+    groups = list(sens.groupby(["variant", "attn", "style"], sort=True))
+    width = 0.8 / max(len(groups) * len(branches), 1)  # one slot per variant × branch inside each block
+    for i, ((variant, attn, style), g) in enumerate(groups):
         m = g.groupby(["block", "branch"])["diff"].mean()
+        blocks = sorted(g.block.unique())
         for j, branch in enumerate(branches):
-            vals = [m.get((b, branch), float("nan")) for b in sorted(g.block.unique())]
-            width = 0.8 / len(branches)
-            xs = [b + (j - (len(branches) - 1) / 2) * width + i * 0.05 for b in sorted(g.block.unique())]
-            ax.bar(xs, vals, width=0.8 * width, color=attn_color(str(attn)), alpha=0.4 + 0.6 * j / max(len(branches) - 1, 1),
-                   label=f"{attn} {branch}")
+            slot = i * len(branches) + j
+            xs = [b - 0.4 + (slot + 0.5) * width for b in blocks]
+            ax.bar(xs, [m.get((b, branch), float("nan")) for b in blocks], width=0.9 * width,
+                   color=attn_color(str(attn)), alpha=0.4 + 0.6 * j / max(len(branches) - 1, 1),
+                   hatch=ARM_HATCHES[ARM_STYLES.index(style)], label=f"{variant} {branch}")
     ax.set_xticks(sorted(sens.block.dropna().unique().astype(int)))
     ax.set(xlabel="block (bars: " + ", ".join(branches) + ")", ylabel="error − float", title=f"{task}: one block at a time",
            yscale="symlog")
     ax.set_yscale("symlog", linthresh=1e-3)
-    for a in axes:
+    for a in axes[:-1]:
         a.legend(fontsize=7)
+    outside = {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if len(groups) > 3 else {}  # many bars: no cover
+    axes[-1].legend(fontsize=6, **outside)
     return fig
 
 

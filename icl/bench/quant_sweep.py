@@ -32,8 +32,10 @@ least ``min_seeds`` seeds, and the breaking point is computed from those verdict
 A seed whose float model did not learn is left out of every seed-level interval, breaking point and sensitivity
 summary (its per-job rows stay, with ``learned`` false): the study's guard (``configs/study.yaml`` ``guard``,
 ``icl.lab.study.inference.Guard``) on the float model's error at the guard's k against the best baseline the config
-lists for the task, computed on the sweep's prompts. Several input roots (e.g. two arms of the study) are kept
-apart: ``source`` (the root's folder name) is part of every seed-level group.
+lists for the task, computed on the sweep's prompts. Several input roots are kept apart: ``source`` (the root's
+folder name) is part of every seed-level group, and so is ``recipe`` (the job config's ``recipe.name``), which keeps
+the study's arms apart within one root. ``reuse=<quant_sweep.csv>`` carries an earlier sweep's rows for the jobs it
+holds (same folder, same training fingerprint) and evaluates only the others: polling a root while it trains.
 """
 
 from __future__ import annotations
@@ -162,7 +164,9 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
         err_f, zero = prompt_errors(task, predict_model(model, p.xs, p.ys, batch), p.targets)
     learned = ({"learned": True} if guard is None else
                guard.check(spec_job.task.name, task, p, err_f, zero, k, int(eval_cfg.slow_baseline_prompts)))
-    labels = {"source": source, "run_dir": str(path), "task": spec_job.task.name, "attn": spec_job.attn["name"],
+    labels = {"source": source, "recipe": recipe(path),
+              "run_dir": str(path), "fingerprint": fingerprint(path), "task": spec_job.task.name,
+              "attn": spec_job.attn["name"],
               "trained_quant": spec_job.quant.label, "model": spec_job.model.name, "seed": spec_job.seed,
               "n_dims": d, "k": k, "n_prompts": len(p.xs), "margin": margin,
               "float_error": normalised(err_f[:, k], zero[:, k]), **learned}
@@ -207,10 +211,11 @@ def trained_model(job: Path) -> tuple[Path, str]:
 
 def find_jobs(inputs: list[str]) -> list[Path]:
     """Finished jobs (status done, a config and a trained model) under the inputs, one per trained model: the jobs
-    of a post-training sweep share their trainer's checkpoint, and it is swept once. A job still training (or
+    of a post-training sweep share their trainer's checkpoint, and it is swept once: as the job that scored it
+    unquantised (``quant=none``), else as the job that trained it. A job still training (or
     failed), or one that kept no model, is skipped with a log line. A re-evaluation folder (``python -m icl.evaluate
     out_dir=…``, e.g. on validation prompts) is swept on its own prompts with the model it was evaluated from."""
-    by_ckpt: dict[tuple[Path, Any], Path] = {}  # per root: a model under two roots is swept under each
+    by_ckpt: dict[tuple[Path, str, Any], tuple[tuple[bool, bool], Path]] = {}  # a model under two roots: swept in each
     for root in map(Path, inputs):
         for config in sorted(root.rglob(contract.CONFIG)):  # the resolved config every job writes
             if config.parent.name.startswith("."):  # Hydra's copy of the config (<job>/.hydra/config.yaml)
@@ -228,10 +233,27 @@ def find_jobs(inputs: list[str]) -> list[Path]:
                 log.info("skipped %s: no trained model (%s)", job, ckpt)
                 continue
             # The trainer's last.ckpt and the store's copy are one model: the training fingerprint says so.
-            key = (root, (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
-            if key not in by_ckpt or how == "last":  # the job that trained it (its own checkpoint) is the one kept
-                by_ckpt[key] = job
-    return sorted(set(by_ckpt.values()))
+            # Per root and recipe: a model the store served to both arms of the study is swept in each.
+            key = (root, recipe(job), (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
+            rank = (is_float_job(job), how == "last")  # the cell's float job, else the one that trained it, is kept
+            if key not in by_ckpt or rank > by_ckpt[key][0]:
+                by_ckpt[key] = (rank, job)
+    return sorted({job for _, job in by_ckpt.values()})
+
+
+def fingerprint(job: Path) -> str:
+    """The job's training fingerprint ('' for a job that recorded none): which model a folder held when swept."""
+    return str((JobDir(job).status().get("metrics") or {}).get("fingerprint") or "")
+
+
+def recipe(job: Path) -> str:
+    """The job config's ``recipe.name`` ('' without one): which arm of the study trained it."""
+    return OmegaConf.select(JobDir(job).load_config(), "recipe.name", default=None) or ""
+
+
+def is_float_job(job: Path) -> bool:
+    """The job scored its model unquantised (``quant=none``): the row to carry when a model has several jobs."""
+    return OmegaConf.select(JobDir(job).load_config(), "quant.name", default="none") == "none"
 
 
 def source_of(job: Path, inputs: list[str]) -> str:
@@ -243,31 +265,45 @@ def source_of(job: Path, inputs: list[str]) -> str:
 
 
 def with_guard_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows from before the guard and the source existed: every model learned, one source."""
-    return df.assign(**{c: v for c, v in (("learned", True), ("source", "")) if c not in df.columns})
+    """Rows from before the guard, the source and the recipe existed: every model learned, one source, one recipe."""
+    return df.assign(**{c: v for c, v in (("learned", True), ("source", ""), ("recipe", "")) if c not in df.columns})
 
 
-SEED_COLUMNS = ["source", "task", "attn", "seed", "run_dir", "kind", "bits", "margin", "float_error", "diff", "diff_low",
-                "diff_high", "inside_margin", "verdict", "seeds"]
+ARM_KEYS = ["source", "recipe", "task", "attn"]  # one variant of one arm: the seeds pooled at the seed level
+
+
+def arm_id(source: str, recipe: str) -> str:
+    """The ``run_dir`` of a seed-level row: one per source × recipe, so ``breaking_points`` keeps two arms apart."""
+    return f"{source}:{recipe}"
+
+
+SEED_COLUMNS = ["source", "recipe", "task", "attn", "seed", "run_dir", "kind", "bits", "margin", "float_error", "diff",
+                "diff_low", "diff_high", "inside_margin", "verdict", "seeds"]
 
 
 def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.DataFrame:
-    """Per source × task × variant × width kind × width: the t-interval over the learned training seeds of the
-    seed-level paired differences, and the study's non-inferiority verdict against the margin (module doc). One row
-    each, shaped like the sweep's rows (``seed`` = how many seeds, ``run_dir`` = the source), so
+    """Per source × recipe × task × variant × width kind × width: the t-interval over the learned training seeds of
+    the seed-level paired differences, and the study's non-inferiority verdict against the margin (module doc). One
+    row each, shaped like the sweep's rows (``seed`` = how many seeds, ``run_dir`` = ``arm_id``), so
     ``breaking_points`` reads it as one job per variant."""
     rows = []
     df = with_guard_columns(df)
     widths = df[df.kind.isin(WIDTH_KINDS) & df.learned.astype(bool)]
-    for (source, task, attn, kind, bits), g in widths.groupby(["source", "task", "attn", "kind", "bits"], sort=True):
+    for (source, recipe, task, attn, kind, bits), g in widths.groupby([*ARM_KEYS, "kind", "bits"], sort=True):
         interval = seed_interval(g["diff"].tolist(), ci)
         margin = float(g.margin.iat[0])
         word, _ = verdict("noninferior", interval.low, interval.high, margin, min_seeds, interval.n)
-        rows.append({"source": source, "task": task, "attn": attn,
-                     "seed": f"{interval.n} seed{'s' * (interval.n != 1)}", "run_dir": source, "kind": kind,
+        broken = not np.isfinite(g["diff"]).all()  # a seed's quantised model predicted inf/nan: outside, not dropped
+        n = len(g)
+        rows.append({"source": source, "recipe": recipe, "task": task, "attn": attn,
+                     "seed": f"{n} seed{'s' * (n != 1)}", "run_dir": arm_id(source, recipe),
+                     "kind": kind,
                      "bits": bits, "margin": margin, "float_error": float(g.float_error.mean()),
-                     "diff": interval.mean, "diff_low": interval.low, "diff_high": interval.high,
-                     "inside_margin": word == CONFIRMED, "verdict": word, "seeds": " ".join(map(str, sorted(g.seed)))})
+                     "diff": float("inf") if broken else interval.mean,
+                     "diff_low": float("inf") if broken else interval.low,
+                     "diff_high": float("inf") if broken else interval.high,
+                     "inside_margin": word == CONFIRMED and not broken, "verdict": "refuted" if broken else word,
+                     "seeds": " ".join(map(str, sorted(g.seed)))})
     return pd.DataFrame(rows, columns=SEED_COLUMNS)  # no learned seed: no rows, the same columns
 
 
@@ -297,6 +333,8 @@ class Options:
     rescore: Optional[str] = field(default=None, metadata={
         "help": "a quant_sweep.csv to read again at this margin instead of evaluating (inputs are then ignored)"})
     guard: bool = field(default=True, metadata={"help": "leave out seeds that did not learn (configs/study.yaml guard)"})
+    reuse: Optional[str] = field(default=None, metadata={
+        "help": "a quant_sweep.csv of the same probes: its jobs' rows are carried, only the other jobs are evaluated"})
 
 
 def rescored(csv: Path, margin: float) -> pd.DataFrame:
@@ -304,10 +342,38 @@ def rescored(csv: Path, margin: float) -> pd.DataFrame:
     it, only which widths count as inside."""
     if not csv.is_file():
         raise ValueError(f"rescore={csv}: no such quant_sweep.csv (write one with inputs=[…] first)")
-    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "run_dir": str})
-    for column in {"branch", "source"} & set(df.columns):  # empty strings, not NaN, as the sweep wrote them
+    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "recipe": str, "run_dir": str, "fingerprint": str})
+    for column in {"branch", "source", "recipe"} & set(df.columns):  # empty strings, not NaN, as the sweep wrote them
         df[column] = df[column].fillna("")
     return df.assign(margin=margin, inside_margin=df.diff_high <= margin)
+
+
+def reused_rows(csv: Path, margin: float, probe_args: dict[str, Any], n_prompts: int | None) -> pd.DataFrame:
+    """A finished sweep's rows, to carry instead of evaluating their jobs again (a folder still holding the model
+    of the same fingerprint); refused when its probes or prompt count are not the ones asked for."""
+    df = with_guard_columns(rescored(csv, margin))
+    df["fingerprint"] = df.get("fingerprint", pd.Series("", index=df.index)).fillna("").astype(str)
+    if n_prompts is not None and set(df.n_prompts) - {n_prompts}:
+        raise ValueError(f"reuse={csv} scored {sorted(set(df.n_prompts))} prompts per job, not n_prompts={n_prompts}: "
+                         f"pass the same n_prompts, or leave out reuse")
+    asked = probes(1, **probe_args)
+    for kind in ("weights", "attention"):
+        want = {QuantSpec.from_config(p.node).label for p in asked if p.kind == kind}
+        have = set(df.label[df.kind == kind])
+        if have and have != want:
+            raise ValueError(f"reuse={csv} swept {kind} as {sorted(have)}, not {sorted(want)}: pass the same "
+                             f"bits/attn_bits/group_size as that sweep, or leave out reuse")
+    return df
+
+
+def split_reused(carried: pd.DataFrame, jobs: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """The carried rows of jobs that still hold the model they were swept with (same folder and fingerprint: a
+    folder retrained since holds another model), and the jobs left to evaluate."""
+    if carried.empty:
+        return carried, list(jobs)
+    now = {(str(job), fingerprint(job)) for job in jobs}
+    kept = carried[[(r, f) in now for r, f in zip(carried.run_dir, carried.fingerprint)]]
+    return kept, [job for job in jobs if str(job) not in set(kept.run_dir)]
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -329,9 +395,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if not jobs:
             raise SystemExit(f"error: no trained job (config.yaml + a trained model) under {args.inputs}")
         guard = GuardRule.from_study() if args.guard else None
-        df = pd.concat([sweep_job(job, probe_args, args.n_prompts, args.margin, guard, source_of(job, args.inputs))
-                        for job in jobs], ignore_index=True)
-        what = f"{len(jobs)} job(s)"
+        carried = (reused_rows(Path(args.reuse), args.margin, probe_args, args.n_prompts) if args.reuse else
+                   pd.DataFrame(columns=["run_dir"]))
+        carried, fresh = split_reused(carried, jobs)
+        swept = [sweep_job(job, probe_args, args.n_prompts, args.margin, guard, source_of(job, args.inputs))
+                 for job in fresh]
+        kept = [carried.assign(learned=carried.learned if args.guard else True)] if len(carried) else []
+        df = pd.concat(kept + swept, ignore_index=True)
+        what = f"{len(jobs)} job(s)" + (f", {len(jobs) - len(fresh)} carried from {args.reuse}" if args.reuse else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "quant_sweep.csv", df, index=False)
@@ -347,25 +418,25 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
-    """Per source × task × variant × width kind: the breaking point read at the seed level where ``min_seeds`` or
-    more learned seeds exist, else each learned seed's own (its paired CI over prompts), with the seeds it rests on
-    and the seeds the guard left out."""
+    """Per source × recipe × task × variant × width kind: the breaking point read at the seed level where
+    ``min_seeds`` or more learned seeds exist, else each learned seed's own (its paired CI over prompts), with the
+    seeds it rests on and the seeds the guard left out."""
     df = with_guard_columns(df)
-    seeds = seeds.assign(source=seeds.get("source", ""))
     per_seed = breaking_points(df)
-    per_seed = per_seed.join(df.drop_duplicates("run_dir").set_index("run_dir")[["source", "learned"]], on="run_dir")
-    pooled = (breaking_points(seeds).rename(columns={"run_dir": "source"}) if len(seeds) else
-              pd.DataFrame(columns=["source", "task", "attn", "kind", "smallest_bits_inside"]))
+    per_seed = per_seed.join(df.drop_duplicates("run_dir").set_index("run_dir")[["source", "recipe", "learned"]],
+                             on="run_dir")
+    pooled = (breaking_points(seeds) if len(seeds) else
+              pd.DataFrame(columns=["run_dir", "task", "attn", "kind", "smallest_bits_inside"]))
     rows = []
-    for (source, task, attn, kind), everyone in per_seed.groupby(["source", "task", "attn", "kind"], sort=True):
+    for (source, recipe, task, attn, kind), everyone in per_seed.groupby([*ARM_KEYS, "kind"], sort=True):
         g = everyone[everyone.learned.astype(bool)]
         failed = everyone[~everyone.learned.astype(bool)]
         own = " ".join("–" if pd.isna(b) else str(int(b)) for b in g.smallest_bits_inside)
-        row = pooled[(pooled.source == source) & (pooled.task == task) & (pooled.attn == attn)
+        row = pooled[(pooled.run_dir == arm_id(source, recipe)) & (pooled.task == task) & (pooled.attn == attn)
                      & (pooled.kind == kind)]
         seed_level_read = len(g) >= min_seeds and len(row) == 1
         point = row.smallest_bits_inside.iat[0] if seed_level_read else float("nan")
-        rows.append({"source": source, "task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
+        rows.append({"source": source, "recipe": recipe, "task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
                      "seeds": " ".join(map(str, g.seed)), "float_error": " ".join(f"{e:.3f}" for e in g.float_error),
                      "rule": (f"t-interval over {len(g)} seeds" if seed_level_read else
                               "per seed (paired CI over prompts)" if len(g) else "no seed learned (study guard)"),
@@ -376,17 +447,17 @@ def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: in
 
 
 def sensitivity_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Per source × task × variant × block: each branch's paired difference (one block quantised) as mean over the
-    learned seeds and the range of their values."""
+    """Per source × recipe × task × variant × block: each branch's paired difference (one block quantised) as mean
+    over the learned seeds and the range of their values."""
     df = with_guard_columns(df)
     sens = df[(df.kind == "sensitivity") & df.learned.astype(bool)]
     if sens.empty:
         return pd.DataFrame()
     cell = lambda g: (f"{g.mean():+.3f} ({g.min():+.3f} … {g.max():+.3f})" if len(g) > 1 else f"{g.iat[0]:+.3f}")
     out = sens.assign(col=sens.branch + "@" + sens.bits.astype(str)).groupby(
-        ["source", "task", "attn", "block", "col"])["diff"].agg(cell).unstack("col").fillna("").reset_index()
-    n = sens.groupby(["source", "task", "attn"]).seed.nunique().rename("n_seeds").reset_index()
-    return out.merge(n, on=["source", "task", "attn"])
+        [*ARM_KEYS, "block", "col"])["diff"].agg(cell).unstack("col").fillna("").reset_index()
+    n = sens.groupby(ARM_KEYS).seed.nunique().rename("n_seeds").reset_index()
+    return out.merge(n, on=ARM_KEYS)
 
 
 def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> str:
@@ -396,8 +467,8 @@ def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> 
         return ""
     mark = {CONFIRMED: "✓", "refuted": "✗"}
     cell = lambda r: (f"{r['diff']:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}] {mark.get(r.verdict, '?')}"
-                      if np.isfinite(r.diff_high) else f"{r['diff']:+.3f} ?")  # one or no seed: no interval
-    wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=["source", "task", "attn", "seed", "kind"],
+                      if np.isfinite(r.diff_high) else f"{r['diff']:+.3f} {mark.get(r.verdict, '?')}")  # one seed: no interval
+    wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=[*ARM_KEYS, "seed", "kind"],
                                                                  columns="bits", values="c", aggfunc="first")
     wide = wide[sorted(wide.columns, reverse=True)].fillna("").reset_index()  # weights have no 16-bit probe
     points = variant_breaking_points(df, seeds, min_seeds)
