@@ -234,7 +234,7 @@ def find_jobs(inputs: list[str]) -> list[Path]:
                 continue
             # The trainer's last.ckpt and the store's copy are one model: the training fingerprint says so.
             # Per root and recipe: a model the store served to both arms of the study is swept in each.
-            key = (root, recipe(job), (JobDir(job).status().get("metrics") or {}).get("fingerprint") or ckpt.resolve())
+            key = (root, recipe(job), fingerprint(job) or ckpt.resolve())
             rank = (is_float_job(job), how == "last")  # the cell's float job, else the one that trained it, is kept
             if key not in by_ckpt or rank > by_ckpt[key][0]:
                 by_ckpt[key] = (rank, job)
