@@ -38,8 +38,9 @@ demo: install ## train + evaluate the smoke study (outputs/demo), then draw figu
 	$(MAKE) figures PY=$(PY) ARGS=
 
 TUNE ?= tune_shared
-study-tune: install ## train a study tuning sweep job by job, skipping dominated recipes; a rerun continues (TUNE=tune_shared)
-	$(PY) -m icl.lab.tuning_drive experiment=seed_study/$(TUNE) shared=$(if $(filter tune_shared,$(TUNE)),true,false) $(ARGS)
+SHARED ?= true
+study-tune: install ## train a study tuning sweep job by job, skipping dominated recipes; a rerun continues (TUNE=tune_shared SHARED=true)
+	$(PY) -m icl.lab.tuning_drive experiment=seed_study/$(TUNE) shared=$(SHARED) $(ARGS)
 
 TUNE_DIR = multirun/seed_study
 study-tuning: ## summarise the study's tuning sweeps into docs/study/tuning/{shared,tuned} (committed; the report shows them)

@@ -129,3 +129,15 @@ def test_the_summary_says_why_a_job_is_not_done_when_no_error_was_recorded(tmp_p
         JobDir(folder).write_status("running")
         text = summary(tmp_path, {"done": [], "failed": [Job(0, [], "busy", folder, {})]}, Options())
     assert f"1 job(s) failed: {folder} (running)" in text
+
+
+@pytest.mark.parametrize("tool", ["icl.lab.tuning", "icl.lab.tuning_drive"])
+def test_a_rank_other_than_worst_or_median_is_refused_in_one_line_by_both_tools(tool, capsys):
+    """One type (``Rank``) checks ``rank=`` for both tools, before any sweep is read or planned."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(tool).main(["rank=best", "sweeps=[nowhere]", "experiment=nowhere"])
+    message = str(exit_.value)
+    assert "\n" not in message and "rank" not in message.split(":")[0]
+    assert "'best'" in message and "worst, median" in message

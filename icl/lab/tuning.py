@@ -25,6 +25,7 @@ import numbers
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ CELL_KEYS = {**RECIPE_KEYS, "model.layer_scale": "layer_scale", "trainer.max_ste
 # check is paired instead: the lower end of the CI of (tuned − reference) must be ≤ 0 (not significantly worse).
 TARGET_ALL, TARGET_STRICT, STRICT = 0.15, 0.10, ("relu", "relu_causal", "sigmoid")
 SOFTMAX_BEFORE = 0.030
+
+
+class Rank(str, Enum):
+    """Which training seed's error ranks a recipe (never the luckiest seed, nor seed 0 alone). As the type of a
+    tool's option, the command line's parser refuses any other value in one line."""
+
+    worst = "worst"
+    median = "median"
+
+    def __str__(self) -> str:  # the word itself, in f-strings and --help, on every Python
+        return self.value
 
 
 def paired_to(job: str | Path, reference: str | Path, k: int, n_boot: int = 1000, ci: float = 0.95) -> tuple[float, ...]:
@@ -166,7 +178,7 @@ def candidates(cells: pd.DataFrame, reporting_seed: int = 0, by: str = "worst", 
 def rank_over_seeds(cells: pd.DataFrame, by: str, shared: bool) -> pd.DataFrame:
     """One row per recipe: the row of its worst (or median) training seed (and variant, when ``shared``), with
     ``jobs``, the number of distinct seeds (seed × variant pairs, when ``shared``) the recipe's jobs cover."""
-    if by not in ("worst", "median"):
+    if by not in set(Rank):
         raise ValueError(f"rank recipes by the worst or the median seed, got {by!r}")
     recipe = recipe_columns(cells, shared)
     keys = recipe_identity(cells, shared)
@@ -288,7 +300,7 @@ class Options:
     sweeps: list[str] = field(default=MISSING, metadata={"help": "sweep folders (searched recursively for job folders)"})
     reporting_seed: int = field(default=0, metadata={"help": "eval.seed the final numbers are reported on"})
     full_steps: int = field(default=15000, metadata={"help": "trainer.max_steps of the recipe's runs"})
-    rank: str = field(default="worst", metadata={"help": "rank a recipe by this seed: worst or median"})
+    rank: Rank = field(default=Rank.worst, metadata={"help": "rank a recipe by this seed: worst or median"})
     shared: bool = field(default=False, metadata={"help": "one recipe for every variant (its worst variant)"})
     out: str | None = field(default=None, metadata={"help": "write cells.{csv,md} and best.{csv,md} here"})
     final: bool = field(default=False, metadata={
@@ -299,8 +311,6 @@ class Options:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(Options, argv, "python -m icl.lab.tuning", __doc__)
-    if args.rank not in ("worst", "median"):
-        raise SystemExit(f"error: python -m icl.lab.tuning: rank={args.rank}: choose worst or median")
     out = Path(args.out) if args.out else None
     cells = load_cells(args.sweeps)
     if args.final:

@@ -30,7 +30,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
 from icl.analysis.results import flatten_config, load_config, read_status
-from icl.lab.tuning import candidate_status, candidates, cell_row, load_cells, recipe_identity, same_value
+from icl.lab.tuning import Rank, candidate_status, candidates, cell_row, load_cells, recipe_identity, same_value
 from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR, check_yaml
 from icl.run.spec import sweep_cells
@@ -44,7 +44,7 @@ class Options:
     """``python -m icl.lab.tuning_drive experiment=<tuning experiment> [override ...] [key=value ...]``."""
 
     shared: bool = field(default=False, metadata={"help": "one recipe for every variant (as icl.lab.tuning shared=)"})
-    rank: str = field(default="worst", metadata={"help": "rank a recipe by its worst or median seed (median: "
+    rank: Rank = field(default=Rank.worst, metadata={"help": "rank a recipe by its worst or median seed (median: "
                                                          "nothing is dominated, every job trains)"})
     reporting_seed: int = field(default=0, metadata={"help": "eval.seed of the reported numbers (never tuned on)"})
     dry_run: bool = field(default=False, metadata={"help": "list each job's state in order, train nothing"})
@@ -201,8 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     own, overrides = split_argv(sys.argv[1:] if argv is None else argv)
     options = parse(Options, own, PROG, __doc__)
-    if options.rank not in ("worst", "median"):
-        raise SystemExit(f"error: {PROG}: rank={options.rank}: choose worst or median")
     check_yaml()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
