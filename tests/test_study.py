@@ -3,6 +3,7 @@ study end to end (train → compact cells → report from the cells alone), and 
 show is tracked in git."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -85,6 +86,20 @@ def test_guard_rule():
     assert guard.learned(0.1, 0.05) and not guard.learned(0.6, 0.55) and not guard.learned(0.3, 0.1)
     with pytest.raises(ValueError, match="zero_fraction"):
         Guard(1.5, 0.1)
+    assert "AND" in guard.describe() and "0.1" in guard.describe()
+
+
+def test_the_study_guard_asks_whether_a_model_left_the_plateau_not_how_well_it_learned():
+    """Without a baseline margin a model far better than the zero estimator learned, however far it is from least
+    squares (sparse relu at 0.33 where least squares is exact); one near the plateau or non-finite did not."""
+    guard = Guard.from_config({"zero_fraction": 0.5, "baseline_margin": None})
+    assert guard.baseline_margin is None and "AND" not in guard.describe()
+    assert guard.learned(0.328, 0.0) and guard.learned(0.5, 0.0)
+    assert not guard.learned(0.51, 0.0) and not guard.learned(0.97, 0.9) and not guard.learned(math.nan, 0.0)
+    assert Guard.from_config({"zero_fraction": 0.5}) == guard  # absent: off, as null
+    assert Guard.from_config({"zero_fraction": 0.5, "baseline_margin": 0.1}) == Guard(0.5, 0.1)
+    with pytest.raises(ValueError, match="baseline_margin"):
+        Guard.from_config({"zero_fraction": 0.5, "baseline_margin": -0.1})
 
 
 # -- the guard treats both sides alike (synthetic cells) --------------------------------------------------------

@@ -117,8 +117,7 @@ class Study:
         self.cfg = cfg
         self.n_boot, self.ci, self.boot_seed = int(cfg["bootstrap"]), float(cfg["ci"]), int(cfg["seed"])
         self.min_seeds = int(cfg["min_seeds"])
-        g = cfg["guard"]
-        self.guard = Guard(float(g["zero_fraction"]), float(g["baseline_margin"]))
+        self.guard = Guard.from_config(cfg["guard"])
         self.arms = [a for a in cfg["grid"]["arms"] if any(c.meta["arm"] == a for c in cells)]
         self._learned: dict[tuple, tuple[bool, str]] = {}
         self._improving: dict[tuple, bool] = {}
