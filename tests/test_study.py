@@ -235,6 +235,28 @@ def test_a_claims_verdict_is_combined_per_task():
     assert verdicts == {"linear": ("confirmed", 2), "sparse_linear": ("not resolved at this scale", 1)}
 
 
+def test_verdicts_say_when_failed_seeds_would_change_them_and_which_arm_holds_the_same_models(tmp_path):
+    rows, study = rows_of(tmp_path, {"relu": 2})
+    (verdict,) = [v for v in claim_verdicts(rows, study) if v["claim"] == "a"]
+    assert verdict["with_failed"] == rows[0].with_failed != "" and verdict["same_models"] == ""  # one arm only
+    root = tmp_path / "cells"
+    for cell in sorted(root.iterdir()):  # the shared arm: the very same models (the same fingerprints)
+        twin = root / cell.name.replace("tuned-", "shared-")
+        shutil.copytree(cell, twin)
+        meta = json.loads((twin / CELL_JSON).read_text()) | {"cell": twin.name, "arm": "shared"}
+        (twin / CELL_JSON).write_text(json.dumps(meta))
+
+    def verdicts() -> dict:
+        both = Study(load_cells(root), study_cfg(root))
+        return {(v["claim"], v["arm"], v["subject"]): v["same_models"] for v in claim_verdicts(claim_rows(both), both)}
+    subject = rows[0].subject
+    assert verdicts()[("a", "shared", subject)] == "tuned" and verdicts()[("a", "tuned", subject)] == "shared"
+    meta = json.loads((root / "shared-linear-relu-seed3" / CELL_JSON).read_text()) | {"fingerprint": "y"}
+    (root / "shared-linear-relu-seed3" / CELL_JSON).write_text(json.dumps(meta))  # one seed retrained otherwise
+    now = verdicts()
+    assert now[("a", "shared", subject)] == "" and now[("b-U", "shared", "softmax")] == "tuned"
+
+
 # -- images in git -------------------------------------------------------------------------------------------------
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)|<img[^>]*src=\"([^\"]+)\"")
 

@@ -121,7 +121,7 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
     # bench_csv null: the preset tests no claim (f); a set path whose CSV is missing leaves (f) not resolved
     timing = timing_rows(bench, float(cfg["margins"]["time"])) if cfg.get("bench_csv") else []
     rows = C.claim_rows(study) + timing
-    verdicts = C.claim_verdicts(rows)
+    verdicts = C.claim_verdicts(rows, study)
     failures = C.failure_table(study)
     figs = figures(study, files_dir(cfg))
     overview = overview_rows(study)
@@ -150,7 +150,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
-                           for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted"])
+                           for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted",
+                                                "with_failed", "same_models"])
         if verdicts else NO_CLAIMS,
         "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
                                   {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
