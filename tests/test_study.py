@@ -425,3 +425,13 @@ def test_recipe_selection_section_checks_the_arm_against_its_chosen_recipe(tmp_p
     text = section(tmp_path, {"shared": {"tuning": "shared"}}, {"shared": [("relu", same)]}, table)
     assert "### shared (arm **shared**)" in text and "dominated" in text and "30 min of training" in text
     assert "| lr 0.001, qk_norm True, clip 1.0, warm-up 500 | 0.900 | — | 0.900 |" in text  # softmax: not trained
+
+
+def test_an_equivalence_whose_interval_excludes_zero_is_confirmed_and_flagged_as_a_measurable_change():
+    def row(points: list[float]) -> Row:
+        seeds = [SeedValue(i, p, p - 0.001, p + 0.001, True, False) for i, p in enumerate(points)]
+        return Row("e", "part", "tuned", "int8_weight", "stat", "equal", 0.05, seeds, task="linear").decide(0.95, 3)
+
+    shifted, centred = row([0.010, 0.011, 0.009, 0.010]), row([0.002, -0.003, 0.001, 0.0])
+    assert shifted.verdict == centred.verdict == "confirmed"
+    assert "measurable change" in shifted.flags and "measurable" not in centred.flags

@@ -18,6 +18,7 @@ import numpy as np
 
 from icl.lab.study.compact import Cell, Windows
 from icl.lab.study.inference import (
+    CONFIRMED,
     REFUTED,
     UNRESOLVED,
     Guard,
@@ -88,6 +89,14 @@ class Row:
         return self
 
     @property
+    def measurable_inside_margin(self) -> bool:
+        """An equivalence confirmed although its interval excludes 0: the change is real, just smaller than the
+        margin (the verdict is "equivalent within ±margin", not "no change")."""
+        iv = self.interval
+        return (self.kind == "equal" and self.verdict == CONFIRMED and iv is not None
+                and (iv.low > 0 or iv.high < 0))
+
+    @property
     def flags(self) -> str:
         failed = [s.seed for s in self.seeds if not s.learned]
         improving = [s.seed for s in self.seeds if s.improving]
@@ -98,6 +107,8 @@ class Row:
             out.append(f"still improving: seed {', '.join(map(str, improving))}")
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
+        if self.measurable_inside_margin:
+            out.append("a measurable change inside the margin (CI excludes 0)")
         if self.unpaired:
             out.append(f"one model only, left out: seed {', '.join(map(str, self.unpaired))}")
         return "; ".join(out)
