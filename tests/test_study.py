@@ -435,3 +435,15 @@ def test_an_equivalence_whose_interval_excludes_zero_is_confirmed_and_flagged_as
     shifted, centred = row([0.010, 0.011, 0.009, 0.010]), row([0.002, -0.003, 0.001, 0.0])
     assert shifted.verdict == centred.verdict == "confirmed"
     assert "measurable change" in shifted.flags and "measurable" not in centred.flags
+
+
+def test_a_row_with_no_seed_where_both_learned_still_shows_the_models_absolute_errors(tmp_path):
+    root = tmp_path / "cells"
+    for seed in range(3):
+        for attn in ("softmax", "relu"):
+            write_cell(root, attn, seed, 0.9)  # every model on the plateau
+    study = Study(load_cells(root), study_cfg(root))
+    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    assert row.interval.n == 0
+    assert row.absolute["relu (no seed learned: all seeds)"] == pytest.approx(0.9, abs=0.02)
+    assert row.absolute["softmax (no seed learned: all seeds)"] == pytest.approx(0.9, abs=0.02)

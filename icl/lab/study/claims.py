@@ -247,19 +247,24 @@ class Study:
     def absolute(self, arm: str, task: str, attns: Sequence[str], strategy: str, param: float | None,
                  ks: Sequence[int], quants: Sequence[str] = ("none",)) -> dict[str, float]:
         """Mean normalised error over ks of each model (attn × quant), over the seeds where every one of them
-        learned (the seeds a paired row's verdict uses), the best fitting baseline, and the zero estimator's raw
-        mean squared error (the normaliser)."""
+        learned (the seeds a paired row's verdict uses; none: over every seed, the names say so), the best fitting
+        baseline, and the zero estimator's raw mean squared error (the normaliser)."""
         out: dict[str, float] = {}
         models = [(attn, quant) for attn in attns for quant in quants]
-        seeds = []
+        present, seeds = [], []
         for sd in self.seeds(arm, task):
             cells = [(self.cell(arm, task, attn, sd), quant) for attn, quant in models]
-            if all(c is not None and self.learned(c, q)[0] for c, q in cells):
-                seeds.append(cells)
+            if all(c is not None for c, _ in cells):
+                present.append(cells)
+                if all(self.learned(c, q)[0] for c, q in cells):
+                    seeds.append(cells)
+        # no seed where all learned: the failed models' errors over every seed, said so (an absolute column is
+        # never left empty)
+        suffix = "" if seeds or not present else " (no seed learned: all seeds)"
         for i, (attn, quant) in enumerate(models):
             vals = [_mean([c.mean(q, strategy, param, "transformer", k) for k in ks]) for c, q in
-                    (cells[i] for cells in seeds)]
-            out[f"{attn}{'' if quant == 'none' else ' ' + quant}"] = float(np.mean(vals)) if vals else math.nan
+                    (cells[i] for cells in (seeds or present))]
+            out[f"{attn}{'' if quant == 'none' else ' ' + quant}{suffix}"] = float(np.mean(vals)) if vals else math.nan
         cell = next((c for c in self.cells.values() if c.meta["arm"] == arm and c.meta["task"] == task), None)
         if cell is not None:
             names = (self.cfg["guard"]["baselines"] or {}).get(task, [])
