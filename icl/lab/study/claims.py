@@ -393,6 +393,24 @@ def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, pa
     return factor * float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
 
 
+def _quant_row(study: Study, arm: str, task: str, attn: str, quant: str, strategy: str, param: float | None,
+               ks: Sequence[int], factor: float, beyond: bool) -> Row | None:
+    margin = quant_margin(study, arm, task, attn, strategy, param, ks, factor)
+    seeds = []
+    for sd in study.seeds(arm, task):
+        c = study.cell(arm, task, attn, sd)
+        seeds.append(None if c is None or quant not in c.meta["quants"] else
+                     study.difference((c, quant), (c, "none"), strategy, param, ks, sd))
+    what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
+    part = f"{attn} on {task}, {what}" + (f" beyond training ({window_text(ks)})" if beyond else "")
+    row = _row(study, "e", part, arm, quant, f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}",
+               "equal", margin, seeds,  # NaN: no margin, so neither verdict (nor with_failed) can resolve
+               study.absolute(arm, task, (attn,), strategy, param, ks, (quant, "none")), task, attns=(attn,))
+    if row is not None and math.isnan(margin):
+        row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
+    return row
+
+
 def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
     rows = []
     cells = [c for c in study.cells.values() if c.meta["arm"] == arm]
@@ -406,22 +424,10 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                 for tag in tags:
                     strategy, raw = tag.split("/")
                     param = float(raw) if raw else None
-                    ks = win.fit
-                    margin = quant_margin(study, arm, task, attn, strategy, param, ks, factor)
-                    seeds = []
-                    for sd in study.seeds(arm, task):
-                        c = study.cell(arm, task, attn, sd)
-                        seeds.append(None if c is None or quant not in c.meta["quants"] else
-                                     study.difference((c, quant), (c, "none"), strategy, param, ks, sd))
-                    what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
-                    row = _row(study, "e", f"{attn} on {task}, {what}", arm, quant,
-                               f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}", "equal",
-                               margin, seeds,  # NaN: no margin, so neither verdict (nor with_failed) can resolve
-                               study.absolute(arm, task, (attn,), strategy, param, ks, (quant, "none")), task,
-                               attns=(attn,))
-                    if row is not None and math.isnan(margin):
-                        row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
-                    rows.append(row)
+                    # long_context is distinctive past the training length: its late window too
+                    windows = [win.fit] + ([win.late] if strategy == "long_context" and win.late else [])
+                    for i, ks in enumerate(windows):
+                        rows.append(_quant_row(study, arm, task, attn, quant, strategy, param, ks, factor, i > 0))
     return rows
 
 
