@@ -1,4 +1,5 @@
-"""icl.analysis.pareto: the error-vs-cost chart from synthetic job folders and cost rows, and its Pareto front."""
+"""icl.analysis.pareto: the error-vs-cost chart from synthetic job folders and cost rows, its Pareto front, and the
+model size as stored (quant.json) marked by how it is stored."""
 
 from __future__ import annotations
 
@@ -6,11 +7,25 @@ import logging
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
 
 from icl.analysis.figures import make_figures
-from icl.analysis.pareto import COST_FILE, error_vs_cost_files, load_costs, pareto_front
+from icl.analysis.pareto import (
+    COST_FILE,
+    STORAGE,
+    error_vs_cost,
+    error_vs_cost_files,
+    job_sizes,
+    load_costs,
+    pareto_front,
+    plot_error_vs_cost,
+    storage_of,
+)
+from icl.analysis.results import load_results
+from icl.run.job import JobDir
 from tests.test_figures import make_job
 
 
@@ -67,3 +82,68 @@ def test_make_figures_draws_the_chart_when_cost_rows_exist(tmp_path):
     _costs(tmp_path / "outputs" / "bench", [("softmax", "none", 2.0, 300)])
     make_figures([tmp_path / "outputs"], tmp_path / "fig", formats=("png",))
     assert (tmp_path / "fig" / "error_vs_cost.png").stat().st_size > 0
+
+
+
+def _quant_json(job: Path, quant: str, stored: int, packed: int, float_bytes: int, dtype: str) -> None:
+    JobDir(job).write_quant({"quant": quant, "label": quant, "quantized_dtype": dtype, "bytes": stored,
+                             "bytes_packed": packed, "bytes_float": float_bytes})
+
+
+def test_size_as_stored_per_point_marked_by_how_it_is_stored(tmp_path, caplog):
+    root = tmp_path / "outputs"
+    stored = {  # eval.csv's quant label -> quant.json's (quant, bytes, bytes_packed, quantized_dtype); float: 600 kB
+        "none": ("none", 600_000, 600_000, "float32"), "int8_weight": ("int8_weight", 200_000, 200_000, "int8"),
+        "intx_weight_w4_g32": ("intx_weight", 210_000, 120_000, "int4"),
+        "attn_fq_a8_head": ("attn_fq", 600_064, 600_064, "float32")}  # + the wrappers' pickle metadata
+    for label, (quant, size, packed, dtype) in stored.items():
+        _quant_json(make_job(root / label, "linear", 3, quant=label), quant, size, packed, 600_000, dtype)
+    make_job(root / "relu_none", "linear", 3, attn="relu")  # no quant.json: its quantised sibling's bytes_float
+    _quant_json(make_job(root / "relu_int8", "linear", 3, attn="relu", quant="int8_weight"), "int8_weight",
+                200_300, 200_300, 600_500, "int8")
+    make_job(root / "relu_int4", "linear", 3, attn="relu", quant="intx_weight_w4_g32")  # no quant.json, no cost
+    _costs(root / "bench", [("softmax", "none", 2.0, 300), ("softmax", "int8_weight", 3.0, 300)])
+    with caplog.at_level(logging.WARNING):
+        error_vs_cost_files([root], tmp_path / "figures", ("png",))
+    assert "no size for model=tiny attn=relu quant=intx_weight_w4_g32" in caplog.text
+    points = pd.read_csv(tmp_path / "figures" / "error_vs_cost.csv").set_index(["attn", "quant"])
+    expected = {("softmax", "none"): (600_000, 600_000, "float32"), ("softmax", "int8_weight"): (200_000, 200_000, "real"),
+                ("softmax", "intx_weight_w4_g32"): (210_000, 120_000, "unpacked"),
+                ("softmax", "attn_fq_a8_head"): (600_000, 600_000, "simulated"),
+                ("relu", "none"): (600_500, 600_500, "float32"), ("relu", "int8_weight"): (200_300, 200_300, "real")}
+    # points with a size but no cost row are kept (their latency empty); a point with neither is not
+    assert points[["bytes_stored", "bytes_packed", "storage"]].apply(tuple, axis=1).to_dict() == expected
+    assert points.latency_ms.notna().to_dict() == {key: key[0] == "softmax" and key[1] in ("none", "int8_weight")
+                                                  for key in expected}
+    assert points.bytes_source.to_dict() == {key: "bytes_float of a sibling job" if key == ("relu", "none")
+                                             else "quant.json" for key in expected}
+    # equal errors on softmax: the smallest stored model alone is on the size front; relu's are worse and larger
+    assert points.index[points.front_bytes_stored].tolist() == [("softmax", "int8_weight")]
+
+    results = load_results([root], cfg_columns="varying")
+    fig = plot_error_vs_cost(error_vs_cost(results, load_costs([root]), job_sizes(results)))
+    size_panel = fig.axes[2]
+    simulated = [t for t in size_panel.texts if "simulated" in t.get_text()]
+    assert [(t.get_text(), t.xy[0]) for t in simulated] == [("softmax / attn_fq_a8_head (simulated)", 600_000)]
+    packed = [line for line in size_panel.lines if line.get_gid() == "packed"]
+    assert [line.get_xdata().tolist() for line in packed] == [[120_000]]  # only where bytes_packed < bytes
+    legend = [t.get_text() for t in size_panel.get_legend().get_texts()]
+    assert legend == [text for _, text in STORAGE.values()] + ["Pareto front"]
+    assert "size as stored" in size_panel.get_xlabel()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(("mode", "storage"), [({"name": "none"}, "float32"), ({"name": "int8_weight"}, "real"),
+                                               ({"name": "intx_weight", "bits": 4}, "unpacked"),
+                                               ({"name": "intx_weight", "bits": 8}, "real"),
+                                               ({"name": "attn_fq", "bits": 4}, "simulated")])
+def test_storage_of_a_real_quant_json(mode, storage):
+    from icl.quantize import QuantSpec, quantize_with_proof
+    from tests.test_quantize import prompts, tiny_model
+
+    _, report = quantize_with_proof(tiny_model(), QuantSpec.from_config(mode), *prompts())
+    assert storage_of(report) == storage
+    if storage == "float32":
+        assert report["bytes"] == report["bytes_packed"] == report["bytes_float"]
+    if storage == "simulated":  # the float weights, and the wrappers' metadata: drawn at the float size
+        assert 0 <= report["bytes"] - report["bytes_float"] < 1e-3 * report["bytes_float"]

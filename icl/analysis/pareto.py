@@ -3,8 +3,10 @@
 The error is the job's normalised error at k = 2d on standard prompts (eval.csv, 95% bootstrap CI; several seeds of
 one cell: their mean, with a normal interval over the seeds). The cost comes from the rows ``python -m
 icl.bench.mixers parts=[inference]`` writes (``inference_cost.csv``: CPU ms per prompt at k = 2d and the state / KV
-floats one sequence keeps), joined on (model, attn, quant, n_dims). A point is on the front when no other point
-is at most as costly and at most as wrong, and better in one of the two. ``make figures`` draws
+floats one sequence keeps), joined on (model, attn, quant, n_dims). The model's size as stored comes from each job's
+quant.json (``bytes``: ``torch.save`` of the quantised state dict) with how it is stored (``STORAGE``): a fake-quant
+width only simulates accuracy and is stored, and drawn, at the float size. A point is on the front when no other
+point is at most as costly and at most as wrong, and better in one of the two. ``make figures`` draws
 ``error_vs_cost.{png,pdf}`` and writes ``error_vs_cost.csv`` wherever both kinds of file are found. Pandas and
 matplotlib only: the analysis layer never imports torch.
 """
@@ -28,11 +30,20 @@ from icl.analysis.results import load_results
 from icl.analysis.styles import attn_color, quant_style
 from icl.contract import strategies
 from icl.files import atomic_write
+from icl.run.job import JobDir
 
 log = logging.getLogger(__name__)
 COST_FILE = "inference_cost.csv"  # written by icl.bench.mixers (part inference)
 JOIN = ["model", "attn", "quant", "n_dims"]
-COSTS = {"latency_ms": "CPU time per prompt at k = 2d (ms)", "state_floats": "state / KV floats per sequence"}
+COSTS = {"latency_ms": "CPU time per prompt at k = 2d (ms)", "state_floats": "state / KV floats per sequence",
+         "bytes_stored": "model size as stored (bytes, torch.save of the state dict)"}
+SIZE_COLUMNS = ["bytes_stored", "bytes_packed", "bytes_float"]
+STORAGE = {  # the ``storage`` column: how a point's model is stored -> (marker, legend text)
+    "float32": ("o", "float32, not quantised"),
+    "real": ("s", "real: weights stored at the mode's width"),
+    "unpacked": ("D", "real intN held one per int8 byte (hollow: bit-packed size, computed)"),
+    "simulated": ("X", "simulated width (fake quant): stored as float32"),
+}
 
 
 def load_costs(inputs: Sequence[str | Path]) -> pd.DataFrame:
@@ -63,6 +74,60 @@ def error_at_2d(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[*JOIN, "error", "error_low", "error_high", "jobs"])
 
 
+def storage_of(report: dict) -> str:
+    """How a job's model is stored (a ``STORAGE`` key), from the numbers of its quant.json."""
+    if report["quant"] == "none":
+        return "float32"
+    if report.get("quantized_dtype") == "float32":  # a mode that stores nothing narrower only simulates its width
+        return "simulated"
+    if report.get("bytes_packed", report["bytes"]) < report["bytes"]:
+        return "unpacked"
+    return "real"
+
+
+def job_sizes(results: pd.DataFrame) -> pd.DataFrame:
+    """Per job (``run_dir``) of ``results``: its model's bytes as stored, bit-packed and in float32, and how it is
+    stored, from its quant.json. A float job without one takes the ``bytes_float`` of a job with the same (model,
+    attn, n_dims) that has one (``bytes_source`` says so); any other job without one has no size."""
+    columns = ["run_dir", *JOIN, *SIZE_COLUMNS, "storage", "stored_dtype", "bytes_source"]
+    jobs = results.drop_duplicates("run_dir")[["run_dir", *JOIN]] if len(results) else pd.DataFrame(columns=["run_dir"])
+    rows = []
+    for job in jobs.itertuples(index=False):
+        report = JobDir(Path(job.run_dir)).read_quant()
+        row = {**job._asdict(), "bytes_source": "quant.json" if report else ""}
+        if report:
+            storage = storage_of(report)
+            # a simulated width deploys the float model (its quant.json's bytes add only the wrappers' metadata)
+            stored = report["bytes_float"] if storage == "simulated" else report["bytes"]
+            row.update(bytes_stored=stored, bytes_packed=report.get("bytes_packed", stored) if storage != "simulated"
+                       else stored, bytes_float=report["bytes_float"], storage=storage,
+                       stored_dtype=report.get("quantized_dtype", ""))
+        rows.append(row)
+    sizes = pd.DataFrame(rows, columns=columns).astype({"storage": object, "stored_dtype": object})
+    if sizes.empty:
+        return sizes
+    sizes["n_dims"] = sizes["n_dims"].astype(int)
+    known = sizes.dropna(subset=["bytes_float"]).groupby(["model", "attn", "n_dims"])["bytes_float"].first()
+    for i in sizes.index[sizes["bytes_stored"].isna() & (sizes["quant"] == "none")]:
+        float_bytes = known.get((sizes.at[i, "model"], sizes.at[i, "attn"], sizes.at[i, "n_dims"]))
+        if float_bytes is not None:
+            sizes.loc[i, [*SIZE_COLUMNS, "storage", "stored_dtype", "bytes_source"]] = [
+                float_bytes, float_bytes, float_bytes, "float32", "float32", "bytes_float of a sibling job"]
+    return sizes
+
+
+def cell_sizes(sizes: pd.DataFrame) -> pd.DataFrame:
+    """``job_sizes`` per (model, attn, quant, n_dims): the seeds of a cell share one architecture and mode, so one
+    size (their median, should a setting outside the key differ)."""
+    sizes = sizes.dropna(subset=["bytes_stored"])
+    if sizes.empty:
+        return pd.DataFrame(columns=[*JOIN, *SIZE_COLUMNS, "storage", "stored_dtype", "bytes_source"])
+    return sizes.groupby(JOIN, sort=True).agg(
+        **{c: (c, "median") for c in SIZE_COLUMNS}, storage=("storage", "first"),
+        stored_dtype=("stored_dtype", "first"),
+        bytes_source=("bytes_source", lambda s: "; ".join(sorted(set(s))))).reset_index()
+
+
 def pareto_front(cost: Sequence[float], error: Sequence[float]) -> np.ndarray:
     """True where no other point has cost <= and error <= with one of them strictly smaller."""
     c, e = np.asarray(cost, dtype=float), np.asarray(error, dtype=float)
@@ -71,33 +136,70 @@ def pareto_front(cost: Sequence[float], error: Sequence[float]) -> np.ndarray:
     return ~dominated.any(axis=1)
 
 
-def error_vs_cost(results: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, attn, quant, n_dims) that has both an error and a cost, with ``front_<cost>`` flags."""
+def error_vs_cost(results: pd.DataFrame, costs: pd.DataFrame, sizes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (model, attn, quant, n_dims) that has an error and a cost row or a size (``job_sizes``), with
+    ``front_<cost>`` flags (the front among the points that have that cost)."""
     errors = error_at_2d(results)
     if errors.empty or costs.empty:
         return pd.DataFrame()
     costs = costs.astype({"n_dims": int})
     points = errors.astype({"n_dims": int}).merge(costs.drop(columns=["k"], errors="ignore"), on=JOIN, how="left")
-    missing = points[points["latency_ms"].isna()]
-    for row in missing.itertuples():
+    points = points.merge(cell_sizes(sizes if sizes is not None else pd.DataFrame(columns=["bytes_stored"])),
+                          on=JOIN, how="left")
+    for row in points[points["latency_ms"].isna()].itertuples():
         log.warning("error-vs-cost: no cost row for model=%s attn=%s quant=%s n_dims=%s (run python -m "
                     "icl.bench.mixers parts=[inference])", row.model, row.attn, row.quant, row.n_dims)
-    points = points.dropna(subset=["latency_ms"]).reset_index(drop=True)
+    for row in points[points["bytes_stored"].isna()].itertuples():
+        log.warning("error-vs-cost: no size for model=%s attn=%s quant=%s n_dims=%s (no quant.json in its job "
+                    "folders)", row.model, row.attn, row.quant, row.n_dims)
+    points = points.dropna(subset=["latency_ms", "bytes_stored"], how="all").reset_index(drop=True)
+    points[SIZE_COLUMNS] = points[SIZE_COLUMNS].round().astype("Int64")  # whole bytes; none where no quant.json
     for cost in COSTS:
-        points[f"front_{cost}"] = pareto_front(points[cost], points["error"])
+        has = points[cost].notna().to_numpy()
+        points[f"front_{cost}"] = False
+        points.loc[has, f"front_{cost}"] = pareto_front(points.loc[has, cost], points.loc[has, "error"])
     return points
 
 
+def _error_bar(row: object) -> list[list[float]]:
+    return [[row.error - row.error_low], [row.error_high - row.error]]
+
+
+def _draw_size_point(ax: plt.Axes, row: object) -> None:
+    """One point at its size as stored, marked by how it is stored; an unpacked intN point's bit-packed size as a
+    hollow marker joined to it."""
+    marker, _ = STORAGE[row.storage]
+    color = attn_color(str(row.attn))
+    ax.errorbar(row.bytes_stored, row.error, yerr=_error_bar(row), fmt=marker, color=color, ms=7, capsize=2, lw=1)
+    if row.bytes_packed < row.bytes_stored:
+        ax.plot([row.bytes_packed, row.bytes_stored], [row.error, row.error], ls=":", color=color, lw=1)
+        ax.plot(row.bytes_packed, row.error, marker=marker, mfc="none", color=color, ms=7, ls="none", gid="packed")
+    ax.annotate(f"{row.attn}" + ("" if row.quant == "none" else f" / {row.quant}")
+                + (" (simulated)" if row.storage == "simulated" else "") + (" *" if row.front_bytes_stored else ""),
+                (row.bytes_stored, row.error), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+
+
+def _storage_legend(ax: plt.Axes, kinds: Sequence[str]) -> None:
+    handles = [plt.Line2D([], [], marker=STORAGE[k][0], color="grey", ls="none", label=STORAGE[k][1])
+               for k in STORAGE if k in set(kinds)]
+    ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], fontsize=6.5, loc="best")
+
+
 def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
-    """Two panels (latency, state memory): error at k = 2d with its CI per mixer × quant mode, the front joined."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    """Three panels (latency, state memory, size as stored): error at k = 2d with its CI per mixer × quant mode, the
+    front joined."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), sharey=True)
     for ax, (cost, label) in zip(axes, COSTS.items()):
-        for row in points.itertuples():
+        drawn = points[points[cost].notna()]
+        for row in drawn.itertuples():
+            if cost == "bytes_stored":
+                _draw_size_point(ax, row)
+                continue
             dashes, marker = quant_style(str(row.quant))
             x = getattr(row, cost)
             xerr = ([[x - row.latency_low_ms], [row.latency_high_ms - x]]
                     if cost == "latency_ms" and pd.notna(row.latency_low_ms) else None)
-            ax.errorbar(x, row.error, yerr=[[row.error - row.error_low], [row.error_high - row.error]], xerr=xerr,
+            ax.errorbar(x, row.error, yerr=_error_bar(row), xerr=xerr,
                         fmt=marker or "o", color=attn_color(str(row.attn)), ms=7, capsize=2, lw=1,
                         mfc="none" if row.quant != "none" else attn_color(str(row.attn)))
             on_front = getattr(row, f"front_{cost}")
@@ -105,17 +207,19 @@ def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
                 continue
             ax.annotate(f"{row.attn}" + ("" if row.quant == "none" else f" / {row.quant}") + (" *" if on_front else ""),
                         (x, row.error), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
-        front = points[points[f"front_{cost}"]].sort_values(cost)
+        front = drawn[drawn[f"front_{cost}"]].sort_values(cost)
         ax.step(front[cost], front["error"], where="post", color="k", lw=1.2, alpha=0.6, label="Pareto front")
         ax.set_xscale("log")
         ax.set_xlabel(label + " (log)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        if cost == "bytes_stored":
+            _storage_legend(ax, drawn["storage"])
+        else:
+            ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("normalised error at k = 2d (95% CI)")
-    axes[0].axhline(1.0, color="grey", ls=":", lw=1)
-    axes[1].axhline(1.0, color="grey", ls=":", lw=1)
-    fig.suptitle("error vs inference cost per mixer × quant mode (filled: float, hollow: quantized; * on the front)",
-                 fontsize=9)
+    fig.suptitle("error vs inference cost per mixer × quant mode (time, state: filled float, hollow quantized; size: "
+                 "marker = how it is stored; * on the front)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -125,7 +229,8 @@ def error_vs_cost_files(inputs: Sequence[str | Path], out_dir: Path, formats: Se
     costs = load_costs(inputs)
     if costs.empty:
         return []
-    points = error_vs_cost(load_results(inputs, cfg_columns="varying"), costs)
+    results = load_results(inputs, cfg_columns="varying")
+    points = error_vs_cost(results, costs, job_sizes(results))
     if points.empty:
         return []
     out_dir = Path(out_dir)
