@@ -52,7 +52,7 @@ def load_costs(inputs: Sequence[str | Path]) -> pd.DataFrame:
     files = sorted({p for root in inputs if Path(root).exists() for p in Path(root).rglob(COST_FILE)},
                    key=lambda p: p.stat().st_mtime)
     if not files:
-        return pd.DataFrame(columns=[*JOIN, *COSTS])
+        return pd.DataFrame(columns=[*JOIN, "latency_ms", "state_floats"])
     df = pd.concat([pd.read_csv(f).assign(cost_file=str(f)) for f in files], ignore_index=True)
     return df[df["note"].isna() | (df["note"] == "")].drop_duplicates(JOIN, keep="last")
 
@@ -85,25 +85,27 @@ def storage_of(report: dict) -> str:
     return "real"
 
 
+def size_of(report: dict) -> dict:
+    """A job's bytes as stored, bit-packed and in float32 and how it is stored, from its quant.json."""
+    storage = storage_of(report)
+    if storage == "simulated":  # the float model is what deploys: quant.json's bytes add only the wrappers' metadata
+        stored = packed = report["bytes_float"]
+    else:
+        stored, packed = report["bytes"], report.get("bytes_packed", report["bytes"])
+    return {"bytes_stored": stored, "bytes_packed": packed, "bytes_float": report["bytes_float"], "storage": storage,
+            "stored_dtype": report.get("quantized_dtype", ""), "bytes_source": "quant.json"}
+
+
 def job_sizes(results: pd.DataFrame) -> pd.DataFrame:
-    """Per job (``run_dir``) of ``results``: its model's bytes as stored, bit-packed and in float32, and how it is
-    stored, from its quant.json. A float job without one takes the ``bytes_float`` of a job with the same (model,
-    attn, n_dims) that has one (``bytes_source`` says so); any other job without one has no size."""
+    """Per job (``run_dir``) of ``results``: ``size_of`` its quant.json. A float job without one takes the
+    ``bytes_float`` of a job with the same (model, attn, n_dims) that has one (``bytes_source`` says so); any other
+    job without one has no size."""
     columns = ["run_dir", *JOIN, *SIZE_COLUMNS, "storage", "stored_dtype", "bytes_source"]
     jobs = results.drop_duplicates("run_dir")[["run_dir", *JOIN]] if len(results) else pd.DataFrame(columns=["run_dir"])
-    rows = []
-    for job in jobs.itertuples(index=False):
-        report = JobDir(Path(job.run_dir)).read_quant()
-        row = {**job._asdict(), "bytes_source": "quant.json" if report else ""}
-        if report:
-            storage = storage_of(report)
-            # a simulated width deploys the float model (its quant.json's bytes add only the wrappers' metadata)
-            stored = report["bytes_float"] if storage == "simulated" else report["bytes"]
-            row.update(bytes_stored=stored, bytes_packed=report.get("bytes_packed", stored) if storage != "simulated"
-                       else stored, bytes_float=report["bytes_float"], storage=storage,
-                       stored_dtype=report.get("quantized_dtype", ""))
-        rows.append(row)
-    sizes = pd.DataFrame(rows, columns=columns).astype({"storage": object, "stored_dtype": object})
+    rows = [{**job._asdict(), **(size_of(report) if (report := JobDir(Path(job.run_dir)).read_quant()) else {})}
+            for job in jobs.itertuples(index=False)]
+    sizes = pd.DataFrame(rows, columns=columns).astype({"storage": object, "stored_dtype": object,
+                                                        "bytes_source": object})
     if sizes.empty:
         return sizes
     sizes["n_dims"] = sizes["n_dims"].astype(int)
@@ -116,6 +118,10 @@ def job_sizes(results: pd.DataFrame) -> pd.DataFrame:
     return sizes
 
 
+def _sources(values: pd.Series) -> str:
+    return "; ".join(sorted(set(values)))
+
+
 def cell_sizes(sizes: pd.DataFrame) -> pd.DataFrame:
     """``job_sizes`` per (model, attn, quant, n_dims): the seeds of a cell share one architecture and mode, so one
     size (their median, should a setting outside the key differ)."""
@@ -124,8 +130,7 @@ def cell_sizes(sizes: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=[*JOIN, *SIZE_COLUMNS, "storage", "stored_dtype", "bytes_source"])
     return sizes.groupby(JOIN, sort=True).agg(
         **{c: (c, "median") for c in SIZE_COLUMNS}, storage=("storage", "first"),
-        stored_dtype=("stored_dtype", "first"),
-        bytes_source=("bytes_source", lambda s: "; ".join(sorted(set(s))))).reset_index()
+        stored_dtype=("stored_dtype", "first"), bytes_source=("bytes_source", _sources)).reset_index()
 
 
 def pareto_front(cost: Sequence[float], error: Sequence[float]) -> np.ndarray:
