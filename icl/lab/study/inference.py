@@ -45,14 +45,20 @@ def seed_interval(points: Sequence[float], ci: float = 0.95) -> SeedInterval:
     return SeedInterval(mean, mean - half, mean + half, len(x))
 
 
+def below_margin(high: float | np.ndarray, margin: float) -> bool | np.ndarray:
+    """Non-inferiority's one test, for a seed-level t-interval and a job's prompt CI alike (icl.bench.quant_sweep):
+    the interval's upper end is strictly below the margin; an interval reaching the margin has not excluded it."""
+    return np.less(high, margin)
+
+
 def verdict(kind: str, low: float, high: float, margin: float = 0.0, min_seeds: int = 2,
             n: int = 2) -> tuple[str, str]:
     """(verdict, why) from a seed-level interval [low, high].
 
     ``less``/``greater``: Δ claimed below/above 0 — confirmed when the interval is on that side of 0, refuted when
     it is on the other side. ``equal``: |Δ| < margin — confirmed inside ±margin, refuted entirely outside.
-    ``noninferior``: Δ < margin (A not worse than B by more than the margin) — confirmed when high < margin,
-    refuted when low > margin. Anything else, or fewer than ``min_seeds`` seeds: not resolved."""
+    ``noninferior``: Δ < margin (A not worse than B by more than the margin) — confirmed when
+    ``below_margin(high, margin)``, refuted when low > margin. Anything else, or fewer than ``min_seeds`` seeds: not resolved."""
     if kind not in KINDS:
         raise ValueError(f"claim kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if n < min_seeds or math.isnan(low) or math.isnan(high):
@@ -67,7 +73,7 @@ def verdict(kind: str, low: float, high: float, margin: float = 0.0, min_seeds: 
             return REFUTED, f"seed-level CI {shown} outside ±{margin:.3g}"
         return UNRESOLVED, f"seed-level CI {shown} crosses ±{margin:.3g}"
     if kind == "noninferior":
-        if high < margin:
+        if below_margin(high, margin):
             return CONFIRMED, f"seed-level CI {shown} below the margin {margin:+.3g}"
         if low > margin:
             return REFUTED, f"seed-level CI {shown} above the margin {margin:+.3g}"
