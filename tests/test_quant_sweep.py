@@ -178,8 +178,23 @@ def test_the_guard_is_the_studys_rule_on_the_sweeps_prompts():
     good = rule.check("linear", task, p, ls + 0.05 * zero, zero, 10, 16)  # 0.05 above least squares: learned
     assert good["learned"] and good["guard_baseline"] == "least_squares" and good["guard_k"] == 10
     assert good["guard_error"] == pytest.approx(float(ls[:, 10].sum() / zero[:, 10].sum()) + 0.05)
-    assert not rule.check("linear", task, p, ls + 0.2 * zero, zero, 10, 16)["learned"]  # 0.2 above: > margin 0.1
+    assert rule.check("linear", task, p, ls + 0.4 * zero, zero, 10, 16)["learned"]  # off the plateau: learned
+    assert not rule.check("linear", task, p, ls + 0.6 * zero, zero, 10, 16)["learned"]  # > zero_fraction 0.5
     assert not rule.check("linear", task, p, np.full_like(zero, np.nan), zero, 10, 16)["learned"]
+
+
+def test_carried_rows_are_judged_again_by_todays_guard_from_the_numbers_they_carry():
+    from icl.bench.quant_sweep import GuardRule, rejudged
+    from icl.lab.study.inference import Guard
+
+    carried = pd.DataFrame({"guard_error": [0.05, 0.3, 0.9, float("nan")], "guard_baseline_error": [0.0, 0.0, 0.0, 0.0],
+                            "learned": [True, False, False, True]})
+    margin = GuardRule(Guard(0.5, 0.1), {}, {})
+    plateau = GuardRule(Guard(0.5, None), {}, {})
+    assert list(rejudged(carried, margin)) == [True, False, False, True]  # no number: kept as judged
+    assert list(rejudged(carried, plateau)) == [True, True, False, True]
+    assert list(rejudged(carried, None)) == [True] * 4  # guard=false: every model counts
+    assert list(rejudged(carried.drop(columns=["guard_error", "guard_baseline_error"]), plateau)) == [True, False, False, True]
 
 
 def test_jobs_of_two_roots_are_found_with_their_root_and_a_store_model_relative_to_their_project(tmp_path):

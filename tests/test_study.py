@@ -3,6 +3,7 @@ study end to end (train → compact cells → report from the cells alone), and 
 show is tracked in git."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -85,6 +86,20 @@ def test_guard_rule():
     assert guard.learned(0.1, 0.05) and not guard.learned(0.6, 0.55) and not guard.learned(0.3, 0.1)
     with pytest.raises(ValueError, match="zero_fraction"):
         Guard(1.5, 0.1)
+    assert "AND" in guard.describe() and "0.1" in guard.describe()
+
+
+def test_the_study_guard_asks_whether_a_model_left_the_plateau_not_how_well_it_learned():
+    """Without a baseline margin a model far better than the zero estimator learned, however far it is from least
+    squares (sparse relu at 0.33 where least squares is exact); one near the plateau or non-finite did not."""
+    guard = Guard.from_config({"zero_fraction": 0.5, "baseline_margin": None})
+    assert guard.baseline_margin is None and "AND" not in guard.describe()
+    assert guard.learned(0.328, 0.0) and guard.learned(0.5, 0.0)
+    assert not guard.learned(0.51, 0.0) and not guard.learned(0.97, 0.9) and not guard.learned(math.nan, 0.0)
+    assert Guard.from_config({"zero_fraction": 0.5}) == guard  # absent: off, as null
+    assert Guard.from_config({"zero_fraction": 0.5, "baseline_margin": 0.1}) == Guard(0.5, 0.1)
+    with pytest.raises(ValueError, match="baseline_margin"):
+        Guard.from_config({"zero_fraction": 0.5, "baseline_margin": -0.1})
 
 
 # -- the guard treats both sides alike (synthetic cells) --------------------------------------------------------
@@ -218,6 +233,28 @@ def test_a_claims_verdict_is_combined_per_task():
             row("sparse_linear", [0.2, 0.1, 0.3], False)]
     verdicts = {v["task"]: (v["verdict"], v["rows"]) for v in claim_verdicts(rows)}
     assert verdicts == {"linear": ("confirmed", 2), "sparse_linear": ("not resolved at this scale", 1)}
+
+
+def test_verdicts_say_when_failed_seeds_would_change_them_and_which_arm_holds_the_same_models(tmp_path):
+    rows, study = rows_of(tmp_path, {"relu": 2})
+    (verdict,) = [v for v in claim_verdicts(rows, study) if v["claim"] == "a"]
+    assert verdict["with_failed"] == rows[0].with_failed != "" and verdict["same_models"] == ""  # one arm only
+    root = tmp_path / "cells"
+    for cell in sorted(root.iterdir()):  # the shared arm: the very same models (the same fingerprints)
+        twin = root / cell.name.replace("tuned-", "shared-")
+        shutil.copytree(cell, twin)
+        meta = json.loads((twin / CELL_JSON).read_text()) | {"cell": twin.name, "arm": "shared"}
+        (twin / CELL_JSON).write_text(json.dumps(meta))
+
+    def verdicts() -> dict:
+        both = Study(load_cells(root), study_cfg(root))
+        return {(v["claim"], v["arm"], v["subject"]): v["same_models"] for v in claim_verdicts(claim_rows(both), both)}
+    subject = rows[0].subject
+    assert verdicts()[("a", "shared", subject)] == "tuned" and verdicts()[("a", "tuned", subject)] == "shared"
+    meta = json.loads((root / "shared-linear-relu-seed3" / CELL_JSON).read_text()) | {"fingerprint": "y"}
+    (root / "shared-linear-relu-seed3" / CELL_JSON).write_text(json.dumps(meta))  # one seed retrained otherwise
+    now = verdicts()
+    assert now[("a", "shared", subject)] == "" and now[("b-U", "shared", "softmax")] == "tuned"
 
 
 # -- images in git -------------------------------------------------------------------------------------------------
@@ -388,3 +425,25 @@ def test_recipe_selection_section_checks_the_arm_against_its_chosen_recipe(tmp_p
     text = section(tmp_path, {"shared": {"tuning": "shared"}}, {"shared": [("relu", same)]}, table)
     assert "### shared (arm **shared**)" in text and "dominated" in text and "30 min of training" in text
     assert "| lr 0.001, qk_norm True, clip 1.0, warm-up 500 | 0.900 | — | 0.900 |" in text  # softmax: not trained
+
+
+def test_an_equivalence_whose_interval_excludes_zero_is_confirmed_and_flagged_as_a_measurable_change():
+    def row(points: list[float]) -> Row:
+        seeds = [SeedValue(i, p, p - 0.001, p + 0.001, True, False) for i, p in enumerate(points)]
+        return Row("e", "part", "tuned", "int8_weight", "stat", "equal", 0.05, seeds, task="linear").decide(0.95, 3)
+
+    shifted, centred = row([0.010, 0.011, 0.009, 0.010]), row([0.002, -0.003, 0.001, 0.0])
+    assert shifted.verdict == centred.verdict == "confirmed"
+    assert "measurable change" in shifted.flags and "measurable" not in centred.flags
+
+
+def test_a_row_with_no_seed_where_both_learned_still_shows_the_models_absolute_errors(tmp_path):
+    root = tmp_path / "cells"
+    for seed in range(3):
+        for attn in ("softmax", "relu"):
+            write_cell(root, attn, seed, 0.9)  # every model on the plateau
+    study = Study(load_cells(root), study_cfg(root))
+    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    assert row.interval.n == 0
+    assert row.absolute["relu (no seed learned: all seeds)"] == pytest.approx(0.9, abs=0.02)
+    assert row.absolute["softmax (no seed learned: all seeds)"] == pytest.approx(0.9, abs=0.02)

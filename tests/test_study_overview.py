@@ -122,7 +122,7 @@ def test_a_mixers_page_renders_with_or_without_claim_rows(tmp_path, levels, clai
     overview = text.split("## Overview", 1)[1].split("## Claim tables", 1)[0]
     assert "| linear | tuned | mamba | none | 10 | 3 of 3 | 0.077 [" in overview
     if not claims:
-        assert "| linear | tuned | retnet | none | 10 | 0 of 3 | — (no seed learned) |" in overview
+        assert "| linear | tuned | retnet | none | 10 | 0 of 3 | — (no seed learned; all 3: 0.970) |" in overview
     assert "seed 1" in overview                                       # mamba seed 1 still improving
     assert_no_empty_table(text)
     files = tmp_path / "docs" / "mixers" / "study"

@@ -129,7 +129,7 @@ class GuardRule:
     @classmethod
     def from_study(cls, path: Path = CONFIG_DIR / "study.yaml") -> GuardRule:
         g = OmegaConf.to_container(OmegaConf.load(path).guard)
-        return cls(Guard(float(g["zero_fraction"]), float(g["baseline_margin"])), dict(g.get("k") or {}),
+        return cls(Guard.from_config(g), dict(g.get("k") or {}),
                    {task: list(names) for task, names in (g.get("baselines") or {}).items()})
 
     def check(self, task_name: str, task: Any, p: prompts.Prompts, err: np.ndarray, zero: np.ndarray,
@@ -366,6 +366,18 @@ def reused_rows(csv: Path, margin: float, probe_args: dict[str, Any], n_prompts:
     return df
 
 
+def rejudged(carried: pd.DataFrame, guard: GuardRule | None) -> pd.Series:
+    """Carried rows' ``learned`` under today's rule, from the numbers they carry (the rule is config, the measured
+    errors are not): a changed ``guard`` in configs/study.yaml applies without sweeping again."""
+    if guard is None:
+        return pd.Series(True, index=carried.index)
+    if not {"guard_error", "guard_baseline_error"} <= set(carried.columns):
+        return carried.learned  # rows from before the guard's columns: as they were judged
+    judged = pd.Series([guard.guard.learned(float(e), float(b)) for e, b in
+                        zip(carried.guard_error, carried.guard_baseline_error)], index=carried.index)
+    return judged.where(carried.guard_error.notna(), carried.learned)  # no number (a guard-less sweep, NaN): as judged
+
+
 def split_reused(carried: pd.DataFrame, jobs: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
     """The carried rows of jobs that still hold the model they were swept with (same folder and fingerprint: a
     folder retrained since holds another model), and the jobs left to evaluate."""
@@ -388,19 +400,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for b in [*args.attn_bits, args.low_attn_bits]:
         QuantSpec.from_config({"name": "attn_fq", "bits": b})
     start = time.perf_counter()
+    guard = GuardRule.from_study() if args.guard else None
     if args.rescore:
-        df, what = rescored(Path(args.rescore), args.margin), f"rescored {args.rescore}"
+        df = with_guard_columns(rescored(Path(args.rescore), args.margin))
+        df, what = df.assign(learned=rejudged(df, guard)), f"rescored {args.rescore}"
     else:
         jobs = find_jobs(args.inputs)
         if not jobs:
             raise SystemExit(f"error: no trained job (config.yaml + a trained model) under {args.inputs}")
-        guard = GuardRule.from_study() if args.guard else None
         carried = (reused_rows(Path(args.reuse), args.margin, probe_args, args.n_prompts) if args.reuse else
                    pd.DataFrame(columns=["run_dir"]))
         carried, fresh = split_reused(carried, jobs)
         swept = [sweep_job(job, probe_args, args.n_prompts, args.margin, guard, source_of(job, args.inputs))
                  for job in fresh]
-        kept = [carried.assign(learned=carried.learned if args.guard else True)] if len(carried) else []
+        kept = [carried.assign(learned=rejudged(carried, guard))] if len(carried) else []
         df = pd.concat(kept + swept, ignore_index=True)
         what = f"{len(jobs)} job(s)" + (f", {len(jobs) - len(fresh)} carried from {args.reuse}" if args.reuse else "")
     out = Path(args.out)

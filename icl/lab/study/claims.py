@@ -18,6 +18,7 @@ import numpy as np
 
 from icl.lab.study.compact import Cell, Windows
 from icl.lab.study.inference import (
+    CONFIRMED,
     REFUTED,
     UNRESOLVED,
     Guard,
@@ -74,6 +75,7 @@ class Row:
     with_failed: str = ""   # the verdict when failed seeds are counted, when it differs
     task: str = ""          # the task the row tests: a claim's verdict is combined per task
     unpaired: list[int] = field(default_factory=list)   # seeds committed for one model of the pair only
+    attns: tuple[str, ...] = ()   # the variants whose models the row reads
 
     def decide(self, ci: float, min_seeds: int) -> "Row":
         learned = [s.point for s in self.seeds if s.learned]
@@ -87,6 +89,14 @@ class Row:
         return self
 
     @property
+    def measurable_inside_margin(self) -> bool:
+        """An equivalence confirmed although its interval excludes 0: the change is real, just smaller than the
+        margin (the verdict is "equivalent within ±margin", not "no change")."""
+        iv = self.interval
+        return (self.kind == "equal" and self.verdict == CONFIRMED and iv is not None
+                and (iv.low > 0 or iv.high < 0))
+
+    @property
     def flags(self) -> str:
         failed = [s.seed for s in self.seeds if not s.learned]
         improving = [s.seed for s in self.seeds if s.improving]
@@ -97,6 +107,8 @@ class Row:
             out.append(f"still improving: seed {', '.join(map(str, improving))}")
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
+        if self.measurable_inside_margin:
+            out.append("a measurable change inside the margin (CI excludes 0)")
         if self.unpaired:
             out.append(f"one model only, left out: seed {', '.join(map(str, self.unpaired))}")
         return "; ".join(out)
@@ -117,8 +129,7 @@ class Study:
         self.cfg = cfg
         self.n_boot, self.ci, self.boot_seed = int(cfg["bootstrap"]), float(cfg["ci"]), int(cfg["seed"])
         self.min_seeds = int(cfg["min_seeds"])
-        g = cfg["guard"]
-        self.guard = Guard(float(g["zero_fraction"]), float(g["baseline_margin"]))
+        self.guard = Guard.from_config(cfg["guard"])
         self.arms = [a for a in cfg["grid"]["arms"] if any(c.meta["arm"] == a for c in cells)]
         self._learned: dict[tuple, tuple[bool, str]] = {}
         self._improving: dict[tuple, bool] = {}
@@ -126,6 +137,15 @@ class Study:
     # -- cells ------------------------------------------------------------------------------------------------
     def cell(self, arm: str, task: str, attn: str, seed: int) -> Cell | None:
         return self.cells.get((arm, task, attn, seed))
+
+    def same_models(self, arm: str, task: str, attns: Sequence[str]) -> str:
+        """The other arms whose cells of ``attns`` on ``task`` have this arm's config fingerprints seed by seed (the
+        same trained models, so the same numbers); "" when none, or nothing of this arm is committed."""
+        def prints(a: str) -> dict[tuple[str, int], str]:
+            return {(c.meta["attn"], c.meta["seed"]): c.meta.get("fingerprint", "") for c in self.cells.values()
+                    if c.meta["arm"] == a and c.meta["task"] == task and c.meta["attn"] in attns}
+        mine = prints(arm)
+        return ", ".join(a for a in self.arms if a != arm and mine and all(mine.values()) and prints(a) == mine)
 
     def seeds(self, arm: str, task: str) -> list[int]:
         return sorted({k[3] for k in self.cells if k[0] == arm and k[1] == task})
@@ -227,19 +247,24 @@ class Study:
     def absolute(self, arm: str, task: str, attns: Sequence[str], strategy: str, param: float | None,
                  ks: Sequence[int], quants: Sequence[str] = ("none",)) -> dict[str, float]:
         """Mean normalised error over ks of each model (attn × quant), over the seeds where every one of them
-        learned (the seeds a paired row's verdict uses), the best fitting baseline, and the zero estimator's raw
-        mean squared error (the normaliser)."""
+        learned (the seeds a paired row's verdict uses; none: over every seed, the names say so), the best fitting
+        baseline, and the zero estimator's raw mean squared error (the normaliser)."""
         out: dict[str, float] = {}
         models = [(attn, quant) for attn in attns for quant in quants]
-        seeds = []
+        present, seeds = [], []
         for sd in self.seeds(arm, task):
             cells = [(self.cell(arm, task, attn, sd), quant) for attn, quant in models]
-            if all(c is not None and self.learned(c, q)[0] for c, q in cells):
-                seeds.append(cells)
+            if all(c is not None for c, _ in cells):
+                present.append(cells)
+                if all(self.learned(c, q)[0] for c, q in cells):
+                    seeds.append(cells)
+        # no seed where all learned: the failed models' errors over every seed, said so (an absolute column is
+        # never left empty)
+        suffix = "" if seeds or not present else " (no seed learned: all seeds)"
         for i, (attn, quant) in enumerate(models):
             vals = [_mean([c.mean(q, strategy, param, "transformer", k) for k in ks]) for c, q in
-                    (cells[i] for cells in seeds)]
-            out[f"{attn}{'' if quant == 'none' else ' ' + quant}"] = float(np.mean(vals)) if vals else math.nan
+                    (cells[i] for cells in (seeds or present))]
+            out[f"{attn}{'' if quant == 'none' else ' ' + quant}{suffix}"] = float(np.mean(vals)) if vals else math.nan
         cell = next((c for c in self.cells.values() if c.meta["arm"] == arm and c.meta["task"] == task), None)
         if cell is not None:
             names = (self.cfg["guard"]["baselines"] or {}).get(task, [])
@@ -262,12 +287,12 @@ def _mean(values: Sequence[float]) -> float:
 
 def _row(study: Study, claim: str, part: str, arm: str, subject: str, statistic: str, kind: str, margin: float,
          seeds: Sequence[SeedValue | None], absolute: dict[str, float], task: str = "linear",
-         unpaired: Sequence[int] = ()) -> Row | None:
+         unpaired: Sequence[int] = (), attns: Sequence[str] = ()) -> Row | None:
     kept = [s for s in seeds if s is not None]
     if not kept:
         return None
     return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute, task=task,
-               unpaired=list(unpaired)).decide(study.ci, study.min_seeds)
+               unpaired=list(unpaired), attns=tuple(attns)).decide(study.ci, study.min_seeds)
 
 
 def claim_rows(study: Study) -> list[Row]:
@@ -293,7 +318,7 @@ def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strate
         stat = (f"[Δ(c = {param:g}) − Δ(c = 1)], Δ = {relu} − softmax" if baseline else f"Δ = {relu} − softmax")
         rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu], f"{stat}, {task}, {what}, {window_text(ks)}",
                          kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks),
-                         task, unpaired))
+                         task, unpaired, (relu, REFERENCE)))
     return rows
 
 
@@ -324,12 +349,12 @@ def _accuracy_rows(study: Study, arm: str, noninferiority: float, zero_margin: f
             seeds = [study.within(study.cell(arm, "linear", attn, sd), sd, u_shape) for sd in study.seeds(arm, "linear")]
             rows.append(_row(study, "b-U", "U-shaped in c", arm, attn, f"min(err(c = {lo:g}), err(c = {hi:g})) − "
                              f"err(c = 1), linear, {window_text(lin.robust)}", "greater", 0.0, seeds,
-                             study.absolute(arm, "linear", (attn,), "scale_x", 1.0, lin.robust)))
+                             study.absolute(arm, "linear", (attn,), "scale_x", 1.0, lin.robust), attns=(attn,)))
             seeds = [study.within(study.cell(arm, "linear", attn, sd), sd, toward_zero)
                      for sd in study.seeds(arm, "linear")]
             rows.append(_row(study, "b-zero", f"c = {hi:g} → zero estimator", arm, attn, f"err(c = {hi:g}) − 1, "
                              f"linear, {window_text(lin.robust)}", "equal", zero_margin, seeds,
-                             study.absolute(arm, "linear", (attn,), "scale_x", hi, lin.robust)))
+                             study.absolute(arm, "linear", (attn,), "scale_x", hi, lin.robust), attns=(attn,)))
         if lin.beyond:
             early, late = lin.early, lin.late
             rows += _vs_softmax(study, arm, "d", "first worse (extended context)", "linear", "long_context", None,
@@ -346,7 +371,8 @@ def _accuracy_rows(study: Study, arm: str, noninferiority: float, zero_margin: f
                          for sd in study.seeds(arm, "linear")]
                 rows.append(_row(study, "d", "softmax degrades", arm, REFERENCE, f"err({window_text(late)}) − "
                                  f"err({window_text(lin.fit)}), softmax, linear, long_context", "greater", 0.0, seeds,
-                                 study.absolute(arm, "linear", (REFERENCE,), "long_context", None, late)))
+                                 study.absolute(arm, "linear", (REFERENCE,), "long_context", None, late),
+                                 attns=(REFERENCE,)))
     for claim, task in (("c-sparse", "sparse_linear"), ("c-trees", "decision_tree")):
         win = study.windows(task)
         if win is not None and study.seeds(arm, task):
@@ -367,6 +393,24 @@ def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, pa
     return factor * float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
 
 
+def _quant_row(study: Study, arm: str, task: str, attn: str, quant: str, strategy: str, param: float | None,
+               ks: Sequence[int], factor: float, beyond: bool) -> Row | None:
+    margin = quant_margin(study, arm, task, attn, strategy, param, ks, factor)
+    seeds = []
+    for sd in study.seeds(arm, task):
+        c = study.cell(arm, task, attn, sd)
+        seeds.append(None if c is None or quant not in c.meta["quants"] else
+                     study.difference((c, quant), (c, "none"), strategy, param, ks, sd))
+    what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
+    part = f"{attn} on {task}, {what}" + (f" beyond training ({window_text(ks)})" if beyond else "")
+    row = _row(study, "e", part, arm, quant, f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}",
+               "equal", margin, seeds,  # NaN: no margin, so neither verdict (nor with_failed) can resolve
+               study.absolute(arm, task, (attn,), strategy, param, ks, (quant, "none")), task, attns=(attn,))
+    if row is not None and math.isnan(margin):
+        row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
+    return row
+
+
 def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
     rows = []
     cells = [c for c in study.cells.values() if c.meta["arm"] == arm]
@@ -380,21 +424,10 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                 for tag in tags:
                     strategy, raw = tag.split("/")
                     param = float(raw) if raw else None
-                    ks = win.fit
-                    margin = quant_margin(study, arm, task, attn, strategy, param, ks, factor)
-                    seeds = []
-                    for sd in study.seeds(arm, task):
-                        c = study.cell(arm, task, attn, sd)
-                        seeds.append(None if c is None or quant not in c.meta["quants"] else
-                                     study.difference((c, quant), (c, "none"), strategy, param, ks, sd))
-                    what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
-                    row = _row(study, "e", f"{attn} on {task}, {what}", arm, quant,
-                               f"Δ = {quant} − none, {attn}, {task}, {what}, {window_text(ks)}", "equal",
-                               margin, seeds,  # NaN: no margin, so neither verdict (nor with_failed) can resolve
-                               study.absolute(arm, task, (attn,), strategy, param, ks, (quant, "none")), task)
-                    if row is not None and math.isnan(margin):
-                        row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
-                    rows.append(row)
+                    # long_context is distinctive past the training length: its late window too
+                    windows = [win.fit] + ([win.late] if strategy == "long_context" and win.late else [])
+                    for i, ks in enumerate(windows):
+                        rows.append(_quant_row(study, arm, task, attn, quant, strategy, param, ks, factor, i > 0))
     return rows
 
 
@@ -427,16 +460,25 @@ def failure_table(study: Study) -> list[dict[str, Any]]:
     return out
 
 
-def claim_verdicts(rows: Sequence[Row]) -> list[dict[str, Any]]:
+def claim_verdicts(rows: Sequence[Row], study: Study | None = None) -> list[dict[str, Any]]:
     """Per claim × arm × subject × task: the combined verdict of its rows (per task, so a task on which no model
-    learned leaves the claim open there without hiding its verdict on the others). (d)'s softmax-degrades row is
-    part of each ReLU subject's (d) too: the seed claims ReLU ends below a *degrading* softmax."""
+    learned leaves the claim open there without hiding its verdict on the others; (e) per variant too, so one
+    variant's open rows do not hide another's). (d)'s softmax-degrades row is part of each ReLU subject's (d) too:
+    the seed claims ReLU ends below a *degrading* softmax. ``with_failed``: the combined verdict when the failed
+    seeds are counted, where it differs; ``same_models``: the other arms whose cells hold the very models this
+    verdict reads (equal config fingerprints, seed by seed), so their verdict is no replication of this one."""
     out = []
-    keys = sorted({(r.claim, r.arm, r.subject, r.task) for r in rows},
+    subject = {id(r): f"{r.subject}, {r.attns[0]}" if r.claim == "e" and r.attns else r.subject for r in rows}
+    keys = sorted({(r.claim, r.arm, subject[id(r)], r.task) for r in rows},
                   key=lambda k: (list(CLAIMS).index(k[0]), k[1], k[2], k[3]))
-    for claim, arm, subject, task in keys:
-        words = [r.verdict for r in rows if (r.claim, r.arm, r.task) == (claim, arm, task)
-                 and (r.subject == subject or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
-        out.append({"claim": claim, "arm": arm, "subject": subject, "task": task, "verdict": combine(words),
-                    "rows": len(words), "refuted": words.count(REFUTED)})
+    for claim, arm, name, task in keys:
+        mine = [r for r in rows if (r.claim, r.arm, r.task) == (claim, arm, task)
+                and (subject[id(r)] == name or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
+        words = [r.verdict for r in mine]
+        counted = combine([r.with_failed or r.verdict for r in mine])
+        attns = sorted({a for r in mine for a in r.attns})
+        out.append({"claim": claim, "arm": arm, "subject": name, "task": task, "verdict": combine(words),
+                    "rows": len(words), "refuted": words.count(REFUTED),
+                    "with_failed": counted if counted != combine(words) else "",
+                    "same_models": study.same_models(arm, task, attns) if study is not None else ""})
     return out

@@ -12,8 +12,9 @@ as it should, and each Δ_s already carries its prompt noise, so the seed-level 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -97,22 +98,36 @@ def combine(verdicts: Sequence[str]) -> str:
 @dataclass(frozen=True)
 class Guard:
     """"Did this model learn?", one rule for every model: its normalised error at the guard's k is at most
-    ``zero_fraction`` (of the zero estimator's, = 1) AND at most ``baseline_margin`` above the best baseline that
-    can fit the task (the baselines the config lists for it)."""
+    ``zero_fraction`` of the zero estimator's (= 1), i.e. it left the zero estimator's plateau, and, only when
+    ``baseline_margin`` is set, at most that much above the best baseline that can fit the task (the baselines the
+    config lists for it). The margin is off in the study: an absolute margin about the size of the effects a claim
+    tests would count a model that learned worse as one that did not learn (docs/study.md, Guard)."""
 
     zero_fraction: float
-    baseline_margin: float
+    baseline_margin: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.zero_fraction <= 1 or self.baseline_margin < 0:
-            raise ValueError(f"guard: zero_fraction must be in (0, 1] and baseline_margin >= 0, got "
+        if not 0 < self.zero_fraction <= 1 or (self.baseline_margin is not None and self.baseline_margin < 0):
+            raise ValueError(f"guard: zero_fraction must be in (0, 1] and baseline_margin >= 0 or null, got "
                              f"{self.zero_fraction}, {self.baseline_margin}")
 
+    @classmethod
+    def from_config(cls, guard: Mapping[str, Any]) -> Guard:
+        """From a study config's ``guard:`` block (``baseline_margin`` absent or null: no baseline condition)."""
+        margin = guard.get("baseline_margin")
+        return cls(float(guard["zero_fraction"]), None if margin is None else float(margin))
+
     def learned(self, error: float, best_baseline: float) -> bool:
-        if math.isnan(error):
+        if math.isnan(error) or error > self.zero_fraction:
             return False
-        return error <= self.zero_fraction and (math.isnan(best_baseline)
-                                                or error <= best_baseline + self.baseline_margin)
+        return self.baseline_margin is None or math.isnan(best_baseline) or error <= best_baseline + self.baseline_margin
+
+    def describe(self) -> str:
+        """The rule in words, for the report."""
+        rule = f"its normalised error at the guard's k is ≤ {self.zero_fraction:g} of the zero estimator's"
+        if self.baseline_margin is not None:
+            rule += f" AND ≤ the best baseline that can fit the task + {self.baseline_margin:g}"
+        return rule
 
 
 def failure_rate(failed: int, n: int, ci: float = 0.95) -> tuple[float, float]:

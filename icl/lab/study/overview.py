@@ -59,6 +59,7 @@ def overview_rows(study: Study) -> list[dict[str, Any]]:
         rows.append({"task": task, "arm": arm, "variant": attn, "quant": quant, "k": k,
                      "learned": len(learned), "seeds": len(cells),
                      "mean": iv.mean, "low": iv.low, "high": iv.high,
+                     "mean_all": _finite_mean([c.mean(quant, "standard", None, "transformer", k) for c in cells]),
                      "baseline": "/".join(sorted(names)) or "—",
                      "baseline_error": _finite_mean([study.best_baseline(c, k)[1] for c in cells]),
                      "zero_raw_mse": float(np.mean(zeros)) if zeros else math.nan,
@@ -69,8 +70,8 @@ def overview_rows(study: Study) -> list[dict[str, Any]]:
 
 def _error_text(row: Mapping[str, Any], ci: float) -> str:
     n = row["learned"]
-    if n == 0:
-        return "— (no seed learned)"
+    if n == 0:  # the failed models' level still shown: how far from learning they are
+        return f"— (no seed learned; all {row['seeds']}: {row['mean_all']:.3f})"
     if n == 1:
         return f"{row['mean']:.3f} (one seed: no interval)"
     return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"

@@ -24,6 +24,7 @@ from icl.lab.study import claims as C
 from icl.lab.study.compact import cell_name, load_cells
 from icl.lab.study.figures import figures
 from icl.lab.study.grid import active
+from icl.lab.study.inference import Guard
 from icl.lab.study.overview import overview_frame_rows, overview_rows, overview_table
 from icl.lab.study.recipes import section as recipe_section
 from icl.lab.study.timing import read_bench, timing_rows
@@ -120,7 +121,7 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
     # bench_csv null: the preset tests no claim (f); a set path whose CSV is missing leaves (f) not resolved
     timing = timing_rows(bench, float(cfg["margins"]["time"])) if cfg.get("bench_csv") else []
     rows = C.claim_rows(study) + timing
-    verdicts = C.claim_verdicts(rows)
+    verdicts = C.claim_verdicts(rows, study)
     failures = C.failure_table(study)
     figs = figures(study, files_dir(cfg))
     overview = overview_rows(study)
@@ -145,11 +146,12 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "scale": scale, "machine": (cfg.get("machine") or "see each cell's cell.json") + f" ({versions})",
         "cost": cost_text(cells, cfg),
         "ci_pct": f"{float(cfg['ci']):.0%}", "bootstrap": cfg["bootstrap"], "min_seeds": cfg["min_seeds"],
-        "zero_fraction": g["zero_fraction"], "baseline_margin": g["baseline_margin"],
+        "guard_rule": Guard.from_config(g).describe(),
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
-                           for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted"])
+                           for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted",
+                                                "with_failed", "same_models"])
         if verdicts else NO_CLAIMS,
         "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
                                   {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
