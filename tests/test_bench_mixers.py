@@ -5,6 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from icl.bench.mixers import run
+from tests.helpers import CONFIGS
 
 CFG = {"parts": ["cost", "train_step"], "variants": ["softmax", "sliding_window", "mamba"], "lengths": [16, 32],
        "modes": ["forward", "forward_backward"], "batch": 1, "n_embd": 16, "n_head": 2, "dtype": "float32",
@@ -43,9 +44,10 @@ def test_inference_cost_rows_per_mixer_and_quant_mode():
     """CPU time per prompt at k = 2d and the whole model's state floats: the rows the error-vs-cost chart joins."""
     from icl.bench.mixers import inference_costs
 
-    rows = inference_costs(["softmax", "mamba"], ["none", "int8_dynamic"], batch=4, warmup=0, repeats=2)
-    assert list(zip(rows.attn, rows.quant)) == [("softmax", "none"), ("softmax", "int8_dynamic"),
-                                                ("mamba", "none"), ("mamba", "int8_dynamic")]
+    quants = list(OmegaConf.load(CONFIGS / "bench_mixers.yaml").quant)  # the shipped list, int8_fbgemm included
+    assert "int8_fbgemm" in quants
+    rows = inference_costs(["softmax", "mamba"], quants, batch=4, warmup=0, repeats=2)
+    assert list(zip(rows.attn, rows.quant)) == [(attn, q) for attn in ("softmax", "mamba") for q in quants]
     assert (rows.latency_ms > 0).all() and (rows.latency_low_ms <= rows.latency_high_ms).all()
     state = rows.set_index("attn").state_floats
     assert state["softmax"].iloc[0] == 3 * 2 * 64 * 22  # 3 layers' KV caches of 22 tokens

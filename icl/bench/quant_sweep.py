@@ -55,7 +55,7 @@ from icl import baselines, contract, prompts
 from icl.analysis.quant import WIDTH_KINDS, breaking_points, markdown, sweep_markdown
 from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
-from icl.lab.study.inference import CONFIRMED, Guard, seed_interval, verdict
+from icl.lab.study.inference import CONFIRMED, Guard, below_margin, seed_interval, verdict
 from icl.quantize import QuantSpec, check, float_model, quantize
 from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR
@@ -184,7 +184,7 @@ def sweep_job(path: Path, probe_args: dict[str, Any], n_prompts: int | None, mar
         rows.append({**labels, "kind": probe.kind, "bits": probe.bits, "block": probe.block, "branch": probe.branch,
                      "label": spec.label, "error": normalised(err_q[:, k], zero[:, k]), "diff": float(diff[0]),
                      "diff_low": float(low[0]), "diff_high": float(high[0]),
-                     "inside_margin": bool(high[0] <= margin), "seconds": seconds})
+                     "inside_margin": bool(below_margin(high[0], margin)), "seconds": seconds})
     log.info("swept %s: %d probes, %.1f s of evaluation%s", path, len(rows), sum(r["seconds"] for r in rows),
              "" if learned["learned"] else " (did not learn: left out of the seed level)")
     return pd.DataFrame(rows)
@@ -345,7 +345,7 @@ def rescored(csv: Path, margin: float) -> pd.DataFrame:
     df = pd.read_csv(csv, dtype={"branch": str, "source": str, "recipe": str, "run_dir": str, "fingerprint": str})
     for column in {"branch", "source", "recipe"} & set(df.columns):  # empty strings, not NaN, as the sweep wrote them
         df[column] = df[column].fillna("")
-    return df.assign(margin=margin, inside_margin=df.diff_high <= margin)
+    return df.assign(margin=margin, inside_margin=below_margin(df.diff_high.to_numpy(), margin))
 
 
 def reused_rows(csv: Path, margin: float, probe_args: dict[str, Any], n_prompts: int | None) -> pd.DataFrame:

@@ -188,7 +188,7 @@ class Study:
         if cell.key not in self._improving:
             conv, curve = self.cfg["convergence"], cell.curve()
             self._improving[cell.key] = still_improving(curve["step"], curve["loss_rel_zero"], float(conv["tail"]),
-                                                        float(conv["tolerance"]))
+                                                        float(conv["tolerance"]), self.ci)
         return self._improving[cell.key]
 
     # -- statistics -------------------------------------------------------------------------------------------

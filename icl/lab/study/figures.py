@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from icl.lab.study.inference import seed_interval
 
 ATTNS = (REFERENCE, SEED_MODEL, PROPOSED_FIX)
 WIDTH = 7.0  # inches at dpi 100: 700 px, the README's column
+Y_TOP = 1.4  # error_vs_k's linear range: learning happens below the zero estimator (1)
+ABOVE = 0.6  # axis units (on the linear range's scale) that means above Y_TOP get, however high they go
 
 
 def _save(fig, path: Path) -> Path:
@@ -28,7 +31,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _band(ax, x: Sequence[float], curves: list[tuple[np.ndarray, bool]], color, label: str, ci: float) -> None:
+def _band(ax, x: Sequence[float], curves: list[tuple[np.ndarray, bool]], color, label: str,
+          ci: float) -> list[float]:
+    """Draws the seeds and the seed-level band; returns the plotted mean (empty when no seed learned)."""
     for y, ok in curves:
         ax.plot(x, y, color=color, alpha=0.35 if ok else 0.6, linewidth=0.8, linestyle="-" if ok else "--",
                 marker=None if ok else "x", markersize=3)
@@ -39,8 +44,41 @@ def _band(ax, x: Sequence[float], curves: list[tuple[np.ndarray, bool]], color, 
         ax.plot(x, mean, color=color, linewidth=1.8, label=f"{label} ({len(good)}/{len(curves)} learned)")
         if len(good) > 1:
             ax.fill_between(x, [b.low for b in bounds], [b.high for b in bounds], color=color, alpha=0.18)
-    else:
-        ax.plot([], [], color=color, linestyle="--", label=f"{label} (0/{len(curves)} learned)")
+        return mean
+    ax.plot([], [], color=color, linestyle="--", label=f"{label} (0/{len(curves)} learned)")
+    return []
+
+
+def _squeeze(y, factor: float):
+    """The y scale: identity up to Y_TOP, ``factor`` times compressed above it."""
+    y = np.asarray(y, float)
+    return np.where(y <= Y_TOP, y, Y_TOP + (y - Y_TOP) / factor)
+
+
+def _unsqueeze(t, factor: float):
+    t = np.asarray(t, float)
+    return np.where(t <= Y_TOP, t, Y_TOP + (t - Y_TOP) * factor)
+
+
+def _fit_y(ax, means: Sequence[float]) -> None:
+    """0..Y_TOP linear; a mean above it (claim d's long_context curves) gets a compressed band on top, so every
+    plotted mean is on the axis and 0..Y_TOP keeps most of the height."""
+    from matplotlib.ticker import MaxNLocator
+
+    high = max([Y_TOP, *(m for m in means if math.isfinite(m))])
+    if high <= Y_TOP:
+        ax.set_ylim(0, Y_TOP)
+        return
+    top = Y_TOP + 1.05 * (high - Y_TOP)
+    factor = max(1.0, (top - Y_TOP) / ABOVE)
+    ax.set_yscale("function", functions=(partial(_squeeze, factor=factor), partial(_unsqueeze, factor=factor)))
+    ax.set_ylim(0, top)
+    above = [t for t in MaxNLocator(nbins=3).tick_values(Y_TOP, top) if Y_TOP < t <= top]
+    ax.set_yticks([*np.arange(0, Y_TOP + 1e-9, 0.2), *above])
+    ax.axhline(Y_TOP, color="grey", linewidth=0.6, linestyle=(0, (1, 2)))
+    if factor > 1:
+        ax.text(0.995, Y_TOP, f"scale above: ÷{factor:.2g}", transform=ax.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=6, color="grey")
 
 
 def _in_and_past_training(cell: Any, ks: Sequence[int]) -> np.ndarray:
@@ -59,6 +97,12 @@ def _attns(study: Study) -> list[str]:
 
 
 def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
+    fig = draw_error_vs_k(study, arm, task)
+    return None if fig is None else _save(fig, out / f"error_vs_k_{arm}_{task}.png")
+
+
+def draw_error_vs_k(study: Study, arm: str, task: str):
+    """The error-vs-k figure of one arm × task (None when it has no cell), not yet saved."""
     import matplotlib.pyplot as plt
 
     seeds = study.seeds(arm, task)
@@ -68,6 +112,7 @@ def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
     k_max = max(int(c.meta["n_positions"]) - 1 for c in cells)
     ks = list(range(k_max + 1))
     fig, ax = plt.subplots(figsize=(WIDTH, 3.2))
+    plotted: list[float] = []
     for attn in _attns(study):
         curves = []
         for sd in seeds:
@@ -75,20 +120,22 @@ def error_vs_k(study: Study, arm: str, task: str, out: Path) -> Path | None:
             if c is not None:
                 curves.append((_in_and_past_training(c, ks), study.learned(c)[0]))
         if curves:
-            _band(ax, ks, curves, attn_color(attn), attn, study.ci)
+            plotted += _band(ax, ks, curves, attn_color(attn), attn, study.ci)
     ref = cells[0]
     for name in (study.cfg["guard"]["baselines"] or {}).get(task, []):
         y = [ref.mean("none", "standard", None, name, k) for k in ks]
         if not all(math.isnan(v) for v in y):
             ax.plot(ks, y, color="grey", linewidth=1, linestyle=":", label=name)
+            plotted += y
     ax.axhline(1.0, color="black", linewidth=0.7, linestyle="-.", label="zero estimator")
     ax.axvline(int(ref.meta["k_train"]) + 0.5, color="black", linewidth=0.6)
-    ax.set(xlabel="k (in-context examples)", ylabel="normalised squared error", ylim=(0, 1.4),
+    _fit_y(ax, plotted)
+    ax.set(xlabel="k (in-context examples)", ylabel="normalised squared error",
            title=f"{task}, {arm} arm: each seed faint (dashed ×: did not learn), band: {study.ci:.0%} t-interval"
                  + ("; right of the line: long_context prompts" if k_max > int(ref.meta["k_train"]) else ""))
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, frameon=False, ncol=2)
-    return _save(fig, out / f"error_vs_k_{arm}_{task}.png")
+    return fig
 
 
 def training_curves(study: Study, arm: str, task: str, out: Path) -> Path | None:

@@ -46,14 +46,20 @@ def seed_interval(points: Sequence[float], ci: float = 0.95) -> SeedInterval:
     return SeedInterval(mean, mean - half, mean + half, len(x))
 
 
+def below_margin(high: float | np.ndarray, margin: float) -> bool | np.ndarray:
+    """Non-inferiority's one test, for a seed-level t-interval and a job's prompt CI alike (icl.bench.quant_sweep):
+    the interval's upper end is strictly below the margin; an interval reaching the margin has not excluded it."""
+    return np.less(high, margin)
+
+
 def verdict(kind: str, low: float, high: float, margin: float = 0.0, min_seeds: int = 2,
             n: int = 2) -> tuple[str, str]:
     """(verdict, why) from a seed-level interval [low, high].
 
     ``less``/``greater``: Δ claimed below/above 0 — confirmed when the interval is on that side of 0, refuted when
     it is on the other side. ``equal``: |Δ| < margin — confirmed inside ±margin, refuted entirely outside.
-    ``noninferior``: Δ < margin (A not worse than B by more than the margin) — confirmed when high < margin,
-    refuted when low > margin. Anything else, or fewer than ``min_seeds`` seeds: not resolved."""
+    ``noninferior``: Δ < margin (A not worse than B by more than the margin) — confirmed when
+    ``below_margin(high, margin)``, refuted when low > margin. Anything else, or fewer than ``min_seeds`` seeds: not resolved."""
     if kind not in KINDS:
         raise ValueError(f"claim kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if n < min_seeds or math.isnan(low) or math.isnan(high):
@@ -68,7 +74,7 @@ def verdict(kind: str, low: float, high: float, margin: float = 0.0, min_seeds: 
             return REFUTED, f"seed-level CI {shown} outside ±{margin:.3g}"
         return UNRESOLVED, f"seed-level CI {shown} crosses ±{margin:.3g}"
     if kind == "noninferior":
-        if high < margin:
+        if below_margin(high, margin):
             return CONFIRMED, f"seed-level CI {shown} below the margin {margin:+.3g}"
         if low > margin:
             return REFUTED, f"seed-level CI {shown} above the margin {margin:+.3g}"
@@ -132,17 +138,25 @@ def failure_rate(failed: int, n: int, ci: float = 0.95) -> tuple[float, float]:
     return float(out.low), float(out.high)
 
 
-def still_improving(steps: Sequence[float], losses: Sequence[float], tail: float, tolerance: float) -> bool:
-    """The plateau rule: over the last ``tail`` share of training, a least-squares line through the loss falls by
-    more than ``tolerance`` (relative to the tail's mean loss) from the tail's start to its end."""
+def still_improving(steps: Sequence[float], losses: Sequence[float], tail: float, tolerance: float,
+                    ci: float = 0.95) -> bool:
+    """The plateau rule, scale-free: over the last ``tail`` share of training a least-squares line through the loss
+    falls by more than ``tolerance`` × the whole run's fall (the mean over the first ``tail`` share minus the mean
+    over the last), and that fall is beyond the curve's noise (the slope's ``ci`` t-interval is below 0).
+
+    Relative to the run's fall, not to the loss: the loss includes an unlearnable floor (k < d) that would hide a
+    tail still falling; the noise clause keeps a flat curve's random tilt from being read as progress."""
     s, y = np.asarray(steps, float), np.asarray(losses, float)
     keep = np.isfinite(y)
     s, y = s[keep], y[keep]
     if len(s) < 3:
         return False
-    tail_mask = s >= s.max() - tail * (s.max() - s.min())
+    span = s.max() - s.min()
+    tail_mask, first_mask = s >= s.max() - tail * span, s <= s.min() + tail * span
     if tail_mask.sum() < 3:
         return False
-    slope = np.polyfit(s[tail_mask], y[tail_mask], 1)[0]
-    drop = -slope * (s[tail_mask].max() - s[tail_mask].min())
-    return bool(drop > tolerance * abs(y[tail_mask].mean()))
+    fit = sps.linregress(s[tail_mask], y[tail_mask])
+    fall = -fit.slope * (s[tail_mask].max() - s[tail_mask].min())
+    whole = y[first_mask].mean() - y[tail_mask].mean()
+    slope_high = fit.slope + sps.t.ppf(0.5 + ci / 2, tail_mask.sum() - 2) * fit.stderr
+    return bool(whole > 0 and fall > tolerance * whole and slope_high < 0)
