@@ -189,9 +189,9 @@ def test_carried_rows_are_judged_again_by_todays_guard_from_the_numbers_they_car
 
     carried = pd.DataFrame({"guard_error": [0.05, 0.3, 0.9, float("nan")], "guard_baseline_error": [0.0, 0.0, 0.0, 0.0],
                             "learned": [True, False, False, True]})
-    margin = GuardRule(Guard(0.5, 0.1), {}, {})
-    plateau = GuardRule(Guard(0.5, None), {}, {})
-    assert list(rejudged(carried, margin)) == [True, False, False, True]  # no number: kept as judged
+    strict = GuardRule(Guard(0.2, None), {}, {})
+    plateau = GuardRule(Guard(0.5, 0.1), {}, {})
+    assert list(rejudged(carried, strict)) == [True, False, False, True]  # no number: kept as judged
     assert list(rejudged(carried, plateau)) == [True, True, False, True]
     assert list(rejudged(carried, None)) == [True] * 4  # guard=false: every model counts
     assert list(rejudged(carried.drop(columns=["guard_error", "guard_baseline_error"]), plateau)) == [True, False, False, True]

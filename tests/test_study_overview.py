@@ -61,7 +61,8 @@ def test_a_preset_drops_arms_and_tasks_with_null_and_refuses_an_empty_grid():
         active({"grid": {**grid, "attns": ["mamba", "mamba"]}})
 
 
-LEVELS = {"softmax": [0.05, 0.07, 0.9], "mamba": [0.06, 0.09, 0.08]}   # softmax seed 2 does not learn (guard: <= 0.1)
+# softmax seed 2 does not learn (the guard: <= 0.5 here, least squares being 0); mamba seed 1 at 0.3 learned worse
+LEVELS = {"softmax": [0.05, 0.07, 0.9], "mamba": [0.06, 0.3, 0.08]}
 
 
 def write_cells(tmp_path: Path, levels: dict[str, list[float]]) -> Path:
@@ -83,7 +84,7 @@ def test_overview_rows_match_a_naive_computation(tmp_path):
     fit = Windows.of(5, 10, 28, 20).fit
     for attn, levels in LEVELS.items():
         row = rows[attn]
-        learned = [lv for lv in levels if lv <= 0.1]
+        learned = [lv for lv in levels if lv <= 0.5]
         mean, sd, n = np.mean(learned), np.std(learned, ddof=1), len(learned)
         half = sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
         assert (row["k"], row["learned"], row["seeds"], row["quant"]) == (10, n, 3, "none")
@@ -120,7 +121,7 @@ def test_a_mixers_page_renders_with_or_without_claim_rows(tmp_path, levels, clai
     assert ("No claim row" in text) != claims
     assert f"{3 * len(levels)} of 21 cells committed" in text
     overview = text.split("## Overview", 1)[1].split("## Claim tables", 1)[0]
-    assert "| linear | tuned | mamba | none | 10 | 3 of 3 | 0.077 [" in overview
+    assert "| linear | tuned | mamba | none | 10 | 3 of 3 | 0.147 [" in overview
     if not claims:
         assert "| linear | tuned | retnet | none | 10 | 0 of 3 | — (no seed learned; all 3: 0.970) |" in overview
     assert "seed 1" in overview                                       # mamba seed 1 still improving

@@ -19,20 +19,22 @@ Probes (``kind``):
 
 Every row holds the normalised error at k = 2d (``error``; float: ``float_error``), and the paired difference
 quantised − float on identical prompts (``diff``) with a paired percentile bootstrap CI (``icl.stats``); a width is
-inside the margin when the CI's upper end is ≤ ``margin`` (normalised-error units; the zero estimator scores 1).
+inside the margin when the CI's upper end is < ``margin`` (``below_margin``; normalised-error units, the zero
+estimator scores 1).
 The breaking point (``icl.analysis.quant.breaking_points``) is the smallest width with it and every wider width
 inside. ``seconds`` is the evaluation time of the probe (quantise + predict): the sweep's whole cost.
 
 With several training seeds of one variant × task, seeds are the unit (``seed_level``): per width the seed-level
 values Δ_s (each seed's paired difference) give the study's t-interval over seeds (``icl.lab.study.inference``), a
-width is inside when that interval's upper end is ≤ margin (the study's ``noninferior`` verdict, confirmed) with at
+width is inside when that interval's upper end is < margin (the study's ``noninferior`` verdict, confirmed) with at
 least ``min_seeds`` seeds, and the breaking point is computed from those verdicts by the same rule. Only finished jobs
 (status ``done``) are swept.
 
 A seed whose float model did not learn is left out of every seed-level interval, breaking point and sensitivity
 summary (its per-job rows stay, with ``learned`` false): the study's guard (``configs/study.yaml`` ``guard``,
-``icl.lab.study.inference.Guard``) on the float model's error at the guard's k against the best baseline the config
-lists for the task, computed on the sweep's prompts. Several input roots are kept apart: ``source`` (the root's
+``icl.lab.study.inference.Guard``) on the float model's error at the guard's k (and the best baseline the config
+lists for the task, which can only widen the bar), computed on the sweep's prompts. Several input roots are kept
+apart: ``source`` (the root's
 folder name) is part of every seed-level group, and so is ``recipe`` (the job config's ``recipe.name``), which keeps
 the study's arms apart within one root. ``reuse=<quant_sweep.csv>`` carries an earlier sweep's rows for the jobs it
 holds (same folder, same training fingerprint) and evaluates only the others: polling a root while it trains.
@@ -367,8 +369,9 @@ def reused_rows(csv: Path, margin: float, probe_args: dict[str, Any], n_prompts:
 
 
 def rejudged(carried: pd.DataFrame, guard: GuardRule | None) -> pd.Series:
-    """Carried rows' ``learned`` under today's rule, from the numbers they carry (the rule is config, the measured
-    errors are not): a changed ``guard`` in configs/study.yaml applies without sweeping again."""
+    """Carried rows' ``learned`` under today's ``zero_fraction`` and ``baseline_margin``, from the errors they carry
+    (the rule is config, the measured errors are not). A changed guard ``k`` or ``baselines`` is NOT applied: the
+    carried errors were measured at the old k against the old baselines, so that needs a sweep without ``reuse``."""
     if guard is None:
         return pd.Series(True, index=carried.index)
     if not {"guard_error", "guard_baseline_error"} <= set(carried.columns):

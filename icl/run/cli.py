@@ -47,4 +47,5 @@ def parse(options: type[T], argv: Sequence[str] | None, prog: str, doc: str) -> 
             raise SystemExit(f"error: {prog}: {', '.join(k + '=…' for k in missing)} is required (keys: {prog} --help)")
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        raise SystemExit(f"error: {prog}: {str(err).splitlines()[0]} (keys: {prog} --help)") from None
+        key = f"{err.full_key}: " if getattr(err, "full_key", None) else ""  # OmegaConf's line may not name it
+        raise SystemExit(f"error: {prog}: {key}{str(err).splitlines()[0]} (keys: {prog} --help)") from None

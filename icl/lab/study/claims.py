@@ -93,7 +93,7 @@ class Row:
         """An equivalence confirmed although its interval excludes 0: the change is real, just smaller than the
         margin (the verdict is "equivalent within ±margin", not "no change")."""
         iv = self.interval
-        return (self.kind == "equal" and self.verdict == CONFIRMED and iv is not None
+        return (self.claim == "e" and self.verdict == CONFIRMED and iv is not None
                 and (iv.low > 0 or iv.high < 0))
 
     @property
@@ -260,7 +260,7 @@ class Study:
                     seeds.append(cells)
         # no seed where all learned: the failed models' errors over every seed, said so (an absolute column is
         # never left empty)
-        suffix = "" if seeds or not present else " (no seed learned: all seeds)"
+        suffix = "" if seeds or not present else " (every seed: none where all learned)"
         for i, (attn, quant) in enumerate(models):
             vals = [_mean([c.mean(q, strategy, param, "transformer", k) for k in ks]) for c, q in
                     (cells[i] for cells in (seeds or present))]
@@ -394,8 +394,11 @@ def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, pa
 
 
 def _quant_row(study: Study, arm: str, task: str, attn: str, quant: str, strategy: str, param: float | None,
-               ks: Sequence[int], factor: float, beyond: bool) -> Row | None:
-    margin = quant_margin(study, arm, task, attn, strategy, param, ks, factor)
+               ks: Sequence[int], factor: float, fit: Sequence[int]) -> Row | None:
+    """One (e) row over ``ks``; its margin is always the fit window's (the training noise of in-range error: past the
+    training length the seeds' errors spread so far that their SD would make any margin meaningless)."""
+    beyond = list(ks) != list(fit)
+    margin = quant_margin(study, arm, task, attn, strategy, param, fit, factor)
     seeds = []
     for sd in study.seeds(arm, task):
         c = study.cell(arm, task, attn, sd)
@@ -426,8 +429,8 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                     param = float(raw) if raw else None
                     # long_context is distinctive past the training length: its late window too
                     windows = [win.fit] + ([win.late] if strategy == "long_context" and win.late else [])
-                    for i, ks in enumerate(windows):
-                        rows.append(_quant_row(study, arm, task, attn, quant, strategy, param, ks, factor, i > 0))
+                    for ks in windows:
+                        rows.append(_quant_row(study, arm, task, attn, quant, strategy, param, ks, factor, win.fit))
     return rows
 
 

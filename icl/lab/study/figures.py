@@ -73,10 +73,10 @@ def _fit_y(ax, means: Sequence[float]) -> None:
     factor = max(1.0, (top - Y_TOP) / ABOVE)
     ax.set_yscale("function", functions=(partial(_squeeze, factor=factor), partial(_unsqueeze, factor=factor)))
     ax.set_ylim(0, top)
-    above = [t for t in MaxNLocator(nbins=3).tick_values(Y_TOP, top) if Y_TOP < t <= top]
-    ax.set_yticks([*np.arange(0, Y_TOP + 1e-9, 0.2), *above])
-    ax.axhline(Y_TOP, color="grey", linewidth=0.6, linestyle=(0, (1, 2)))
-    if factor > 1:
+    above = [t for t in MaxNLocator(nbins=3).tick_values(Y_TOP, top) if Y_TOP + 0.15 * factor < t <= top]
+    ax.set_yticks([*np.arange(0, Y_TOP + 1e-9, 0.2), *above])  # no tick crowding Y_TOP's label
+    if factor > 1:  # a break only where the scale changes
+        ax.axhline(Y_TOP, color="grey", linewidth=0.6, linestyle=(0, (1, 2)))
         ax.text(0.995, Y_TOP, f"scale above: ÷{factor:.2g}", transform=ax.get_yaxis_transform(), ha="right",
                 va="bottom", fontsize=6, color="grey")
 
