@@ -24,7 +24,6 @@ from icl.lab.study import claims as C
 from icl.lab.study.compact import cell_name, load_cells
 from icl.lab.study.figures import figures
 from icl.lab.study.grid import active
-from icl.lab.study.inference import Guard
 from icl.lab.study.overview import overview_frame_rows, overview_rows, overview_table
 from icl.lab.study.recipes import section as recipe_section
 from icl.lab.study.timing import read_bench, timing_rows
@@ -146,7 +145,7 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "scale": scale, "machine": (cfg.get("machine") or "see each cell's cell.json") + f" ({versions})",
         "cost": cost_text(cells, cfg),
         "ci_pct": f"{float(cfg['ci']):.0%}", "bootstrap": cfg["bootstrap"], "min_seeds": cfg["min_seeds"],
-        "guard_rule": Guard.from_config(g).describe(),
+        "guard_rule": study.guard.describe(),
         "guard_note": f" *{g['note']}*" if g.get("note") else "",
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
