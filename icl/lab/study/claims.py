@@ -463,6 +463,11 @@ def failure_table(study: Study) -> list[dict[str, Any]]:
     return out
 
 
+def verdict_subject(row: Row) -> str:
+    """The subject a row's verdict is combined under: (e)'s per variant too (its rows name the variant first)."""
+    return f"{row.subject}, {row.attns[0]}" if row.claim == "e" and row.attns else row.subject
+
+
 def claim_verdicts(rows: Sequence[Row], study: Study | None = None) -> list[dict[str, Any]]:
     """Per claim × arm × subject × task: the combined verdict of its rows (per task, so a task on which no model
     learned leaves the claim open there without hiding its verdict on the others; (e) per variant too, so one
@@ -471,12 +476,11 @@ def claim_verdicts(rows: Sequence[Row], study: Study | None = None) -> list[dict
     seeds are counted, where it differs; ``same_models``: the other arms whose cells hold the very models this
     verdict reads (equal config fingerprints, seed by seed), so their verdict is no replication of this one."""
     out = []
-    subject = {id(r): f"{r.subject}, {r.attns[0]}" if r.claim == "e" and r.attns else r.subject for r in rows}
-    keys = sorted({(r.claim, r.arm, subject[id(r)], r.task) for r in rows},
+    keys = sorted({(r.claim, r.arm, verdict_subject(r), r.task) for r in rows},
                   key=lambda k: (list(CLAIMS).index(k[0]), k[1], k[2], k[3]))
     for claim, arm, name, task in keys:
         mine = [r for r in rows if (r.claim, r.arm, r.task) == (claim, arm, task)
-                and (subject[id(r)] == name or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
+                and (verdict_subject(r) == name or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
         words = [r.verdict for r in mine]
         counted = combine([r.with_failed or r.verdict for r in mine])
         attns = sorted({a for r in mine for a in r.attns})
