@@ -4,6 +4,7 @@ move a little; QAT trains through fake quantisation and converts to int8; bad se
 import copy
 import io
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -210,9 +211,14 @@ def test_qat_resume_continues_exactly(tmp_path, tiny_overrides):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_int4_on_cpu_fails_before_training_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="quant=int4_weight needs a CUDA GPU") as err:
-        build(compose_train(["quant=int4_weight"], tmp_path))
+        build(compose_train(["quant=int4_weight", "quant.group_size=16"], tmp_path))
     assert "\n" not in str(err.value)
     assert not (tmp_path / "checkpoints").exists()
+    # the refusal names the CPU way to int4 weights, with the job's group size; those overrides run here
+    suggested = re.search(r"on the CPU use (quant=intx_weight .*?), or trainer=gpu", str(err.value)).group(1).split()
+    assert suggested == ["quant=intx_weight", "quant.bits=4", "quant.group_size=16"]
+    spec = JobSpec.from_config(compose_train(suggested, tmp_path / "cpu"))
+    assert (spec.quant.name, spec.quant.bits, spec.quant.params["group_size"]) == ("intx_weight", 4, 16)
 
 
 @pytest.mark.parametrize("override, message", [
