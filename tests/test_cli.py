@@ -52,6 +52,27 @@ def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
     assert OmegaConf.load(tmp_path / "config.yaml").eval.n_prompts == 40
 
 
+def test_evaluation_under_another_quant_mode_is_a_job_of_its_own(workdir, tmp_path):
+    """`quant=MODE out_dir=…`: the trained float model under a post-training mode, self-described by its new folder;
+    the same into the job's own folder is refused before anything is written."""
+    (job,) = jobs(workdir / "outputs")
+    before = (job / "eval.csv").read_bytes()
+    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'w4'}", "quant=intx_weight", "quant.bits=4",
+         "quant.group_size=16"], workdir)
+    assert set(pd.read_csv(tmp_path / "w4" / "eval.csv").quant) == {"intx_weight_w4_g16"}
+    report = json.loads((tmp_path / "w4" / "quant.json").read_text())
+    assert report["quant"] == "intx_weight" and report["quantized_linears"] > 0
+    assert report["bytes_packed"] < report["bytes"] < report["bytes_float"]
+    assert OmegaConf.load(tmp_path / "w4" / "config.yaml").quant.bits == 4
+    assert json.loads((tmp_path / "w4" / "status.json").read_text())["metrics"]["evaluated_from"] == str(job)
+    proc = run(["-m", "icl.evaluate", f"run_dir={job}", "quant=int8_fbgemm"], workdir, check=False)
+    assert proc.returncode == 1 and "pass out_dir=<new folder>" in proc.stderr + proc.stdout
+    proc = run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'qat'}", "quant=qat_int8"], workdir,
+               check=False)
+    assert proc.returncode == 1 and "icl.evaluate applies post-training modes only" in proc.stderr + proc.stdout
+    assert not (tmp_path / "qat").exists() and (job / "eval.csv").read_bytes() == before
+
+
 def test_reevaluation_does_not_check_the_jobs_loggers(workdir, tmp_path):
     """Re-evaluation logs to no tracker, so a job trained with one that this machine lacks is still re-scored."""
     (job,) = jobs(workdir / "outputs")

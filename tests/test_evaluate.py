@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from icl import baselines, contract, prompts
 from icl.evaluation import COLUMNS, EvalConfig, failures, predict_model, predict_queries
-from icl.run.evaluate import evaluate_job
+from icl.run.evaluate import evaluate_job, replacing_quant
 from icl.run.job import JobDir
 from icl.run.spec import JobSpec
 from icl.tasks import build_task
@@ -224,3 +225,21 @@ def test_extreme_scale_x_gives_numbers_or_nan_never_a_crash(tmp_path, factor):
     if factor <= 1e9:  # least squares is scale-free: exact from k = d (float32 predictions at 1e9·x: ≈ 1e-7)
         assert (scaled.loc["least_squares"].error.loc[3:] < 1e-4).all()
         assert scaled.loc["ridge"].error.notna().all()
+
+
+@pytest.mark.parametrize("mode, trained, in_place, message", [
+    ("int8_fbgemm", "none", False, None),
+    ("intx_weight", "int8_dynamic", False, None),  # a post-training job's model is the float one
+    ("int8_fbgemm", "none", True, "pass out_dir=<new folder>"),
+    ("qat_intx", "none", False, "quant=qat_intx acts during training"),
+    ("int8_dynamic", "qat_int8", False, "the job was trained with quant=qat_int8"),
+])
+def test_evaluate_under_another_quant_mode_takes_post_training_modes_of_float_models(mode, trained, in_place,
+                                                                                    message):
+    quant, job_quant = OmegaConf.create({"name": mode}), OmegaConf.create({"name": trained})
+    if message is None:
+        assert replacing_quant(quant, job_quant, in_place) is quant
+        return
+    with pytest.raises(ValueError, match=message) as err:
+        replacing_quant(quant, job_quant, in_place)
+    assert "\n" not in str(err.value)

@@ -2,7 +2,8 @@
 
 ``quantize_job`` and ``evaluate_job`` are what training calls after fitting; ``main`` re-evaluates a finished job
 from its folder: ``python -m icl.evaluate run_dir=outputs/<date>/<time> [eval.n_prompts=…]`` — only the ``eval.*``
-keys given on the command line replace the job's saved settings.
+keys given on the command line replace the job's saved settings; ``quant=MODE out_dir=<folder>`` scores the trained
+model under another post-training quant mode, into a job folder of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from icl import contract, prompts
 from icl.contract import cap_k, failures
 from icl.evaluation import evaluate
-from icl.quantize import PROOF_PROMPTS, quantize_with_proof, summary
+from icl.quantize import PROOF_PROMPTS, QuantSpec, quantize_with_proof, summary
 from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
 from icl.run.job import JobDir, JobLocked
 from icl.run.spec import JobSpec
@@ -152,9 +153,16 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(1)
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     folders = [run, out] if run.is_job() else []  # not a job: load_job says so, and no .lock is left behind
-    out.path.mkdir(parents=True, exist_ok=True) if folders else None  # a new out_dir is locked as well
-    with refusals(FileNotFoundError, ValueError, JobLocked), locked(*folders):
-        reevaluate(cfg)
+    with refusals(FileNotFoundError, ValueError, JobLocked):
+        if cfg.get("quant") is not None and folders:  # refused before a new out_dir exists
+            replacing_quant(cfg.quant, run.load_config().quant, same_folder(run, out))
+        out.path.mkdir(parents=True, exist_ok=True) if folders else None  # a new out_dir is locked as well
+        with locked(*folders):
+            reevaluate(cfg)
+
+
+def same_folder(run: JobDir, out: JobDir) -> bool:
+    return out.path.resolve() == run.path.resolve()
 
 
 @contextmanager
@@ -179,10 +187,12 @@ def reevaluate(cfg: DictConfig) -> None:
     if strategies is not None:  # replaced, not merged key by key
         job_cfg.eval.strategies = strategies
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
-    if out.path.resolve() != run.path.resolve():
+    if cfg.get("quant") is not None:
+        job_cfg.quant = replacing_quant(cfg.quant, job_cfg.quant, same_folder(run, out))
+    if not same_folder(run, out):
         job_cfg.paths.output_dir = str(out.path)
     spec = JobSpec.from_config(job_cfg)  # the one parse of the (re-evaluated) job's config
-    if out.path.resolve() == run.path.resolve():
+    if same_folder(run, out):
         df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
     else:  # a folder of its own: self-describing (config, status) like any job, so figures and tuning can read it
         out.write_config(job_cfg, hydra_copy=True)
@@ -190,6 +200,21 @@ def reevaluate(cfg: DictConfig) -> None:
             df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
             metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df))
     print(summary_line(df))
+
+
+def replacing_quant(quant: DictConfig, job_quant: DictConfig, in_place: bool) -> DictConfig:
+    """``quant=MODE`` on the command line: a post-training mode for the job's trained float model, evaluated into a
+    folder of its own (the job's own eval.csv and quant.json stay those of its mode)."""
+    mode, trained = (QuantSpec.from_config(OmegaConf.to_container(q)) for q in (quant, job_quant))
+    if mode.mode.stage == "qat":
+        raise ValueError(f"quant={mode.name} acts during training: train with it (python -m icl.train "
+                         f"quant={mode.name}); icl.evaluate applies post-training modes only")
+    if trained.mode.stage == "qat":
+        raise ValueError(f"the job was trained with quant={trained.name}: its model is the fake-quantised one, not a "
+                         "float model to quantise again; evaluate a float job (quant=none or a post-training mode)")
+    if in_place:
+        raise ValueError(f"quant={mode.name} evaluates into a job of its own: pass out_dir=<new folder>")
+    return quant
 
 
 def cli() -> None:
