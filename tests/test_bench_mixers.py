@@ -5,6 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from icl.bench.mixers import run
+from icl.quantize import QuantSpec
 from tests.helpers import CONFIGS
 
 CFG = {"parts": ["cost", "train_step"], "variants": ["softmax", "sliding_window", "mamba"], "lengths": [16, 32],
@@ -44,10 +45,13 @@ def test_inference_cost_rows_per_mixer_and_quant_mode():
     """CPU time per prompt at k = 2d and the whole model's state floats: the rows the error-vs-cost chart joins."""
     from icl.bench.mixers import inference_costs
 
-    quants = list(OmegaConf.load(CONFIGS / "bench_mixers.yaml").quant)  # the shipped list, int8_fbgemm included
-    assert "int8_fbgemm" in quants
+    quants = list(OmegaConf.load(CONFIGS / "bench_mixers.yaml").quant)  # the shipped list
+    assert {"int8_fbgemm", "intx_weight"} <= set(quants)
     rows = inference_costs(["softmax", "mamba"], quants, batch=4, warmup=0, repeats=2)
-    assert list(zip(rows.attn, rows.quant)) == [(attn, q) for attn in ("softmax", "mamba") for q in quants]
+    # each row carries the label a job's eval.csv has for the mode at its defaults: what the chart joins on
+    labels = [QuantSpec.from_config({"name": q}).label for q in quants]
+    assert "intx_weight_w4_pc" in labels and set(rows.note.fillna("")) == {""}
+    assert list(zip(rows.attn, rows.quant)) == [(attn, q) for attn in ("softmax", "mamba") for q in labels]
     assert (rows.latency_ms > 0).all() and (rows.latency_low_ms <= rows.latency_high_ms).all()
     state = rows.set_index("attn").state_floats
     assert state["softmax"].iloc[0] == 3 * 2 * 64 * 22  # 3 layers' KV caches of 22 tokens

@@ -5,7 +5,8 @@ one cell: their mean, with a normal interval over the seeds). The cost comes fro
 icl.bench.mixers parts=[inference]`` writes (``inference_cost.csv``: CPU ms per prompt at k = 2d and the state / KV
 floats one sequence keeps), joined on (model, attn, quant, n_dims). The model's size as stored comes from each job's
 quant.json (``bytes``: ``torch.save`` of the quantised state dict) with how it is stored (``STORAGE``): a fake-quant
-width only simulates accuracy and is stored, and drawn, at the float size. A point is on the front when no other
+width only simulates accuracy and is stored, and drawn, at the float size; it has no time or state of its own (its
+cost row would time float kernels plus the rounding), so it is drawn in the size panel only. A point is on the front when no other
 point is at most as costly and at most as wrong, and better in one of the two. ``make figures`` draws
 ``error_vs_cost.{png,pdf}`` and writes ``error_vs_cost.csv`` wherever both kinds of file are found. Pandas and
 matplotlib only: the analysis layer never imports torch.
@@ -41,9 +42,10 @@ SIZE_COLUMNS = ["bytes_stored", "bytes_packed", "bytes_float"]
 STORAGE = {  # the ``storage`` column: how a point's model is stored -> (marker, legend text)
     "float32": ("o", "float32, not quantised"),
     "real": ("s", "real: weights stored at the mode's width"),
-    "unpacked": ("D", "real intN held one per int8 byte (hollow: bit-packed size, computed)"),
-    "simulated": ("X", "simulated width (fake quant): stored as float32"),
+    "unpacked": ("D", "real: intN held one per int8 byte (hollow: bit-packed size, computed)"),
+    "simulated": ("X", "simulated width (fake quant, accuracy only): stored as float32"),
 }
+SIMULATED_UNKNOWN = ["latency_ms", "latency_low_ms", "latency_high_ms", "state_floats"]  # blank for simulated widths
 
 
 def load_costs(inputs: Sequence[str | Path]) -> pd.DataFrame:
@@ -151,7 +153,9 @@ def error_vs_cost(results: pd.DataFrame, costs: pd.DataFrame, sizes: pd.DataFram
     points = errors.astype({"n_dims": int}).merge(costs.drop(columns=["k"], errors="ignore"), on=JOIN, how="left")
     points = points.merge(cell_sizes(sizes if sizes is not None else pd.DataFrame(columns=["bytes_stored"])),
                           on=JOIN, how="left")
-    for row in points[points["latency_ms"].isna()].itertuples():
+    simulated = points["storage"] == "simulated"
+    points.loc[simulated, SIMULATED_UNKNOWN] = np.nan  # float kernels plus rounding: no deployment's time or state
+    for row in points[points["latency_ms"].isna() & ~simulated].itertuples():
         log.warning("error-vs-cost: no cost row for model=%s attn=%s quant=%s n_dims=%s (run python -m "
                     "icl.bench.mixers parts=[inference])", row.model, row.attn, row.quant, row.n_dims)
     for row in points[points["bytes_stored"].isna()].itertuples():
@@ -224,7 +228,8 @@ def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
             ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("normalised error at k = 2d (95% CI)")
     fig.suptitle("error vs inference cost per mixer × quant mode (time, state: filled float, hollow quantized; size: "
-                 "marker = how it is stored; * on the front)", fontsize=9)
+                 "marker = how it is stored, real or simulated; simulated widths in the size panel only; * on the "
+                 "front)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -18,6 +18,7 @@ ATTN_COLORS: dict[str, tuple[float, float, float]] = {
 QUANT_STYLES: dict[str, tuple[tuple[float, ...], str]] = {
     "none": ((), "o"), "int8_weight": ((5, 2), "s"), "int8_dynamic": ((2, 1.5), "^"),
     "qat_int8": ((6, 2, 1.5, 2), "D"), "bf16": ((1, 1.5), "v"), "int4_weight": ((8, 2, 2, 2, 2, 2), "P"),
+    "int8_fbgemm": ((4, 1, 1, 1, 1, 1), "p"), "intx_weight": ((8, 1.5), "h"),
 }
 
 
@@ -30,4 +31,6 @@ def attn_color(name: str) -> tuple[float, float, float]:
 
 
 def quant_style(name: str) -> tuple[tuple[float, ...], str]:
-    return QUANT_STYLES.get(name, ((3, 1, 1, 1), "X"))
+    """A quant label's style: its own, else its mode's (``intx_weight_w4_pc`` → ``intx_weight``), else a default."""
+    mode = next((m for m in QUANT_STYLES if name.startswith(m + "_")), None)
+    return QUANT_STYLES.get(name) or QUANT_STYLES.get(mode, ((3, 1, 1, 1), "X"))

@@ -12,7 +12,9 @@ of medians to softmax's with a bootstrap interval.
 ``part=inference``: the inference cost per prompt of the smoke-scale model per mixer × quant mode (``quant``): CPU
 time of a forward pass over a batch of prompts at k = 2d (d = 5, 11 points), per prompt, interleaved, and the
 state / KV memory one sequence keeps in the whole model (every layer's ``state_floats``); the rows the error-vs-cost
-chart of ``make figures`` joins with the jobs' errors on (model, attn, quant, n_dims) (``icl.analysis.pareto``).
+chart of ``make figures`` joins with the jobs' errors on (model, attn, quant, n_dims) (``icl.analysis.pareto``). A
+row's ``quant`` is the mode's label at its default settings (``intx_weight`` → ``intx_weight_w4_pc``), the label a
+job's eval.csv carries for that mode.
 Writes ``mixers.csv``, ``mixers_slopes.csv``, ``mixers.md``, ``train_step.csv`` and ``inference_cost.csv`` under
 ``out_dir``.
 """
@@ -37,6 +39,7 @@ from icl.bench.latency import quantized
 from icl.bench.timing import interleaved, summarise
 from icl.files import write_csv, write_text
 from icl.mixers import MaskedSoftmax, build_mixer, check_mixer, family, mixer_names
+from icl.quantize import QuantSpec
 from icl.stats import bootstrap_median_ci, ratio_ci
 from icl.transformer import ICLTransformer, TransformerConfig
 
@@ -163,7 +166,8 @@ def inference_costs(names: list[str], quants: list[str], batch: int = 64, warmup
     for (name, quant), note in notes.items():
         per_prompt = [1e3 * t / batch for t in times.get((name, quant), [])]
         lo, hi = bootstrap_median_ci(per_prompt, 2000, 0.95, seed) if per_prompt and not note else (math.nan,) * 2
-        rows.append({"model": "tiny", "attn": name, "quant": quant, "family": family(name), "n_dims": n_dims,
+        rows.append({"model": "tiny", "attn": name, "quant": QuantSpec.from_config({"name": quant}).label,
+                     "family": family(name), "n_dims": n_dims,
                      "k": 2 * n_dims, "tokens": 2 * n_points, "batch": batch,
                      "latency_ms": summarise(per_prompt)["median"] if per_prompt and not note else math.nan,
                      "latency_low_ms": lo, "latency_high_ms": hi, "state_floats": state[name],
