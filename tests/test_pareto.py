@@ -98,6 +98,8 @@ def test_size_as_stored_per_point_marked_by_how_it_is_stored(tmp_path, caplog):
         "attn_fq_a8_head": ("attn_fq", 600_064, 600_064, "float32")}  # + the wrappers' pickle metadata
     for label, (quant, size, packed, dtype) in stored.items():
         _quant_json(make_job(root / label, "linear", 3, quant=label), quant, size, packed, 600_000, dtype)
+    simulated_eval = root / "attn_fq_a8_head" / "eval.csv"  # the most accurate point, yet off every front
+    pd.read_csv(simulated_eval).assign(error=lambda df: df.error - 0.01).to_csv(simulated_eval, index=False)
     make_job(root / "relu_none", "linear", 3, attn="relu")  # no quant.json: its quantised sibling's bytes_float
     _quant_json(make_job(root / "relu_int8", "linear", 3, attn="relu", quant="int8_weight"), "int8_weight",
                 200_300, 200_300, 600_500, "int8")
@@ -121,7 +123,9 @@ def test_size_as_stored_per_point_marked_by_how_it_is_stored(tmp_path, caplog):
                                                  for key in expected}
     assert points.bytes_source.to_dict() == {key: "bytes_float of a sibling job" if key == ("relu", "none")
                                              else "quant.json" for key in expected}
-    # equal errors on softmax: the smallest stored model alone is on the size front; relu's are worse and larger
+    # equal errors on softmax: the smallest stored model alone is on the size front; relu's are worse and larger;
+    # the simulated width, though most accurate, is no deployable model: on no front
+    assert points.error.idxmin() == ("softmax", "attn_fq_a8_head")
     assert points.index[points.front_bytes_stored].tolist() == [("softmax", "int8_weight")]
 
     results = load_results([root], cfg_columns="varying")

@@ -6,8 +6,9 @@ icl.bench.mixers parts=[inference]`` writes (``inference_cost.csv``: CPU ms per 
 floats one sequence keeps), joined on (model, attn, quant, n_dims). The model's size as stored comes from each job's
 quant.json (``bytes``: ``torch.save`` of the quantised state dict) with how it is stored (``STORAGE``): a fake-quant
 width only simulates accuracy and is stored, and drawn, at the float size; it has no time or state of its own (its
-cost row would time float kernels plus the rounding), so it is drawn in the size panel only. A point is on the front when no other
-point is at most as costly and at most as wrong, and better in one of the two. ``make figures`` draws
+cost row would time float kernels plus the rounding), so it is drawn in the size panel only, and on no front (its
+error is no deployable model's). A point is on the front when no other point is at most as costly and at most as
+wrong, and better in one of the two. ``make figures`` draws
 ``error_vs_cost.{png,pdf}`` and writes ``error_vs_cost.csv`` wherever both kinds of file are found. Pandas and
 matplotlib only: the analysis layer never imports torch.
 """
@@ -163,8 +164,9 @@ def error_vs_cost(results: pd.DataFrame, costs: pd.DataFrame, sizes: pd.DataFram
                     "folders)", row.model, row.attn, row.quant, row.n_dims)
     points = points.dropna(subset=["latency_ms", "bytes_stored"], how="all").reset_index(drop=True)
     points[SIZE_COLUMNS] = points[SIZE_COLUMNS].round().astype("Int64")  # whole bytes; none where no quant.json
+    simulated = (points["storage"] == "simulated").to_numpy()
     for cost in COSTS:
-        has = points[cost].notna().to_numpy()
+        has = points[cost].notna().to_numpy() & ~simulated  # a simulated width's error is no deployable model's
         points[f"front_{cost}"] = False
         points.loc[has, f"front_{cost}"] = pareto_front(points.loc[has, cost], points.loc[has, "error"])
     return points
