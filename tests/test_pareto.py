@@ -133,12 +133,14 @@ def test_size_as_stored_per_point_marked_by_how_it_is_stored(tmp_path, caplog):
     latency_panel, size_panel = fig.axes[0], fig.axes[2]
     assert not [t for t in latency_panel.texts if "attn_fq" in t.get_text()]
     simulated = [t for t in size_panel.texts if "simulated" in t.get_text()]
-    assert [(t.get_text(), t.xy[0]) for t in simulated] == [("softmax / attn_fq_a8_head (simulated)", 600_000)]
+    assert [(t.get_text(), t.xy[0]) for t in simulated] == [("attn_fq_a8_head (simulated)", 600_000)]
     packed = [line for line in size_panel.lines if line.get_gid() == "packed"]
     assert [line.get_xdata().tolist() for line in packed] == [[120_000]]  # only where bytes_packed < bytes
     legend = [t.get_text() for t in size_panel.get_legend().get_texts()]
     assert legend == [text for _, text in STORAGE.values()] + ["Pareto front"]
     assert "size as stored" in size_panel.get_xlabel()
+    # the latency panel's legend names the quant modes it draws (each its own marker), not the simulated one
+    assert [t.get_text() for t in latency_panel.get_legend().get_texts()] == ["none", "int8_weight", "Pareto front"]
     plt.close(fig)
 
 

@@ -185,21 +185,36 @@ def _draw_size_point(ax: plt.Axes, row: object) -> None:
     if row.bytes_packed < row.bytes_stored:
         ax.plot([row.bytes_packed, row.bytes_stored], [row.error, row.error], ls=":", color=color, lw=1)
         ax.plot(row.bytes_packed, row.error, marker=marker, mfc="none", color=color, ms=7, ls="none", gid="packed")
-    ax.annotate(f"{row.attn}" + ("" if row.quant == "none" else f" / {row.quant}")
-                + (" (simulated)" if row.storage == "simulated" else "") + (" *" if row.front_bytes_stored else ""),
-                (row.bytes_stored, row.error), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+    _annotate(ax, row, row.bytes_stored, row.front_bytes_stored)
+
+
+def _annotate(ax: plt.Axes, row: object, x: float, on_front: bool) -> None:
+    """A float point by its mixer, a quantised one by its mode (the colour says the mixer); * on the front."""
+    text = str(row.attn) if row.quant == "none" else str(row.quant)
+    text += (" (simulated)" if row.storage == "simulated" else "") + (" *" if on_front else "")
+    ax.annotate(text, (x, row.error), fontsize=6, xytext=(4, 3), textcoords="offset points")
+
+
+def _legend_below(ax: plt.Axes, handles: list) -> None:
+    ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], fontsize=6.5, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
 def _storage_legend(ax: plt.Axes, kinds: Sequence[str]) -> None:
-    handles = [plt.Line2D([], [], marker=STORAGE[k][0], color="grey", ls="none", label=STORAGE[k][1])
-               for k in STORAGE if k in set(kinds)]
-    ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], fontsize=6.5, loc="best")
+    _legend_below(ax, [plt.Line2D([], [], marker=STORAGE[k][0], color="grey", ls="none", label=STORAGE[k][1])
+                       for k in STORAGE if k in set(kinds)])
+
+
+def _quant_legend(ax: plt.Axes, quants: Sequence[str]) -> None:
+    ordered = sorted(set(quants), key=lambda q: (q != "none", q))  # float first
+    _legend_below(ax, [plt.Line2D([], [], marker=quant_style(q)[1] or "o", color="grey", ls="none",
+                                  mfc="grey" if q == "none" else "none", label=q) for q in ordered])
 
 
 def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
     """Three panels (latency, state memory, size as stored): error at k = 2d with its CI per mixer × quant mode, the
     front joined."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.6), sharey=True)
     for ax, (cost, label) in zip(axes, COSTS.items()):
         drawn = points[points[cost].notna()]
         for row in drawn.itertuples():
@@ -213,11 +228,9 @@ def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
             ax.errorbar(x, row.error, yerr=_error_bar(row), xerr=xerr,
                         fmt=marker or "o", color=attn_color(str(row.attn)), ms=7, capsize=2, lw=1,
                         mfc="none" if row.quant != "none" else attn_color(str(row.attn)))
-            on_front = getattr(row, f"front_{cost}")
             if cost == "state_floats" and row.quant != "none":  # a quant mode keeps the float state: same x, no label
                 continue
-            ax.annotate(f"{row.attn}" + ("" if row.quant == "none" else f" / {row.quant}") + (" *" if on_front else ""),
-                        (x, row.error), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+            _annotate(ax, row, x, getattr(row, f"front_{cost}"))
         front = drawn[drawn[f"front_{cost}"]].sort_values(cost)
         ax.step(front[cost], front["error"], where="post", color="k", lw=1.2, alpha=0.6, label="Pareto front")
         ax.set_xscale("log")
@@ -227,11 +240,11 @@ def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
         if cost == "bytes_stored":
             _storage_legend(ax, drawn["storage"])
         else:
-            ax.legend(fontsize=7, loc="upper right")
+            _quant_legend(ax, drawn["quant"])
     axes[0].set_ylabel("normalised error at k = 2d (95% CI)")
-    fig.suptitle("error vs inference cost per mixer × quant mode (time, state: filled float, hollow quantized; size: "
-                 "marker = how it is stored, real or simulated; simulated widths in the size panel only; * on the "
-                 "front)", fontsize=9)
+    fig.suptitle("error vs inference cost per mixer × quant mode, colour = mixer (time, state: filled float, hollow "
+                 "quantized; size: marker = how it is stored, real or simulated; simulated widths in the size panel "
+                 "only; * on the front)", fontsize=9)
     fig.tight_layout()
     return fig
 
