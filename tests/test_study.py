@@ -176,9 +176,12 @@ def test_report_from_synthetic_cells_is_reproducible_and_lists_missing_cells(tmp
     from icl.lab.study.report import report
 
     rows_of(tmp_path, {"relu": 2})
-    cfg = study_cfg(tmp_path / "cells") | {"out_dir": str(tmp_path / "docs"), "readme": None, "bench_csv": None}
+    bench = tmp_path / "bench.csv"
+    bench_rows("cpu (x86_64)", {"int8_fbgemm": 0.7, "int8_dynamic": 2.0}).to_csv(bench, index=False)
+    cfg = study_cfg(tmp_path / "cells") | {"out_dir": str(tmp_path / "docs"), "readme": None, "bench_csv": str(bench)}
     first = report(cfg).read_text()
     assert report(cfg).read_text() == first                          # same committed cells, same page
+    assert "- cpu (x86_64): **int8_fbgemm** at every k" in first      # (f)'s fastest int8 line, from the CSV
     assert "10 of 66 cells committed; missing: tuned-linear-relu_causal-seed0" in first
     assert "relu (÷ L: the seed's model)" in first and "did not learn: seed 2" in first
     assert (tmp_path / "docs" / "study" / "error_vs_k_tuned_linear.png").is_file()
@@ -391,6 +394,38 @@ def test_timing_rows_name_the_machine_and_kernel_and_judge_the_ratio():
     assert rows["relu/none"].verdict == CONFIRMED and rows["relu_causal/none"].verdict == REFUTED
     assert all(w in rows["relu/none"].statistic for w in ("cpu (x86_64)", "batch 256", "model tiny", "kernel"))
     assert timing_rows(None, 0.10)[0].verdict == UNRESOLVED
+
+
+def bench_rows(device: str, ratios: dict[str, float], ks: tuple[int, ...] = (10, 27), attn: str = "softmax",
+               half: float = 0.05) -> pd.DataFrame:
+    """Latency rows as icl.bench writes them: ``ratios`` (quant -> ratio to softmax/none) at every k, CI ± ``half``."""
+    rows = [{"device": device, "threads": 1, "part": "latency", "model": "tiny", "batch": 256, "attn": attn,
+             "quant": quant, "k": k, "ratio": ratio, "ratio_ci_low": ratio - half, "ratio_ci_high": ratio + half}
+            for k in ks for quant, ratio in {"none": 1.0, **ratios}.items()]
+    return pd.DataFrame(rows)
+
+
+def test_fastest_int8_backend_per_device_is_computed_from_the_bench_rows():
+    from icl.lab.study.timing import fastest_int8, fastest_int8_text
+
+    x86 = bench_rows("x86", {"int8_weight": 0.95, "int8_dynamic": 2.0, "int8_fbgemm": 0.70,
+                             "bf16": 0.5, "qat_int8": 0.1})                     # not int8 inference backends
+    other = pd.concat([bench_rows("arm", {"int8_weight": 0.90, "int8_dynamic": 1.3}, ks=(10,)),
+                       bench_rows("arm", {"int8_weight": 1.1, "int8_dynamic": 1.02}, ks=(27,), half=0.1)])
+    relu = bench_rows("x86", {"int8_dynamic": 0.1}, attn="relu")             # the ratio to float is softmax's
+    fastest = fastest_int8(pd.concat([x86, other, relu], ignore_index=True))
+    assert list(zip(fastest.device, fastest.k, fastest.quant)) == [
+        ("arm", 10, "int8_weight"), ("arm", 27, "int8_dynamic"), ("x86", 10, "int8_fbgemm"), ("x86", 27, "int8_fbgemm")]
+    x86_best = fastest[fastest.device == "x86"].iloc[0]
+    assert (x86_best.ratio, x86_best.runner_up) == (0.70, "int8_weight") and x86_best.runner_up_low == pytest.approx(0.9)
+    text = fastest_int8_text(fastest).splitlines()
+    assert text[1].startswith("- x86: **int8_fbgemm** at every k") and text[1].count("(faster than float; next "
+                                                                                    "int8_weight") == 2
+    assert "intervals apart" in text[1]                                          # 0.75 < 0.90
+    assert text[0].startswith("- arm: by k") and "k = 10: **int8_weight** 0.900" in text[0]
+    assert "k = 27: **int8_dynamic** 1.020 [0.920, 1.120] (not apart from float" in text[0]
+    assert "next int8_weight [1.000, 1.200], intervals overlap" in text[0]       # 1.12 > 1.00 at k = 27
+    assert fastest_int8_text(fastest_int8(None)) == "no int8 latency rows of softmax in the timing CSV"
 
 
 def test_an_option_added_later_at_null_keeps_a_cells_fingerprint():

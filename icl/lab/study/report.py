@@ -26,7 +26,7 @@ from icl.lab.study.figures import figures
 from icl.lab.study.grid import active
 from icl.lab.study.overview import overview_frame_rows, overview_rows, overview_table
 from icl.lab.study.recipes import section as recipe_section
-from icl.lab.study.timing import read_bench, timing_rows
+from icl.lab.study.timing import fastest_int8, fastest_int8_text, read_bench, timing_rows
 from icl.run.configs import HYDRA_CONFIGS, refusals, run_cli
 from icl.tables import markdown_table
 
@@ -157,6 +157,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
                                   {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
                                    for arm in grid["arms"]},
                                   table, float(cfg["guard"]["zero_fraction"])),
+        "fastest_int8": fastest_int8_text(fastest_int8(bench)) if cfg.get("bench_csv") else "no timing CSV "
+        "(bench_csv null)",
         "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
         "tables": claim_tables(rows, float(cfg["ci"])) or NO_CLAIMS,
         "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",

@@ -1,6 +1,6 @@
 """Claim (f): latency ratios to softmax/none from ``icl.bench``'s CSV (one process, interleaved rounds), worded as a
 measurement on the machine that ran it — hardware, model size, batch and kernel in every row — never as a
-replication of the seed paper's T4 table."""
+replication of the seed paper's T4 table; and per device the fastest int8 backend, from the same rows."""
 
 from __future__ import annotations
 
@@ -47,3 +47,50 @@ def timing_rows(bench: pd.DataFrame | None, time_margin: float) -> list[Row]:
         row.why = row.why.replace("seed-level CI", "log-ratio CI (interleaved rounds)")
         rows.append(row)
     return rows
+
+
+def is_int8(quant: str) -> bool:
+    """An int8 inference backend of the bench (int8_weight, int8_dynamic, int8_fbgemm; not the QAT training mode)."""
+    return quant.startswith("int8")
+
+
+def fastest_int8(bench: pd.DataFrame | None) -> pd.DataFrame:
+    """Per device and k: the int8 backend whose softmax model has the lowest latency ratio to softmax in float (the
+    bench's ratio column, same process and rounds), its CI, and the runner-up's, to say whether the two overlap."""
+    columns = ["device", "k", "quant", "ratio", "ratio_ci_low", "ratio_ci_high", "runner_up", "runner_up_low",
+               "runner_up_high"]
+    needed = {"part", "device", "attn", "quant", "k", "ratio", "ratio_ci_low", "ratio_ci_high"}
+    if bench is None or not needed <= set(bench.columns):
+        return pd.DataFrame(columns=columns)
+    rows = bench[(bench["part"] == "latency") & (bench["attn"] == REFERENCE) & bench["ratio"].notna()
+                 & bench["quant"].map(is_int8)]
+    out = []
+    for (device, k), at_k in rows.groupby(["device", "k"], sort=True):
+        ranked = at_k.sort_values("ratio")
+        best, second = ranked.iloc[0], (ranked.iloc[1] if len(ranked) > 1 else None)
+        out.append({"device": device, "k": int(k), **best[["quant", "ratio", "ratio_ci_low", "ratio_ci_high"]],
+                    "runner_up": None if second is None else second["quant"],
+                    "runner_up_low": math.nan if second is None else second["ratio_ci_low"],
+                    "runner_up_high": math.nan if second is None else second["ratio_ci_high"]})
+    return pd.DataFrame(out, columns=columns)
+
+
+def fastest_int8_text(fastest: pd.DataFrame) -> str:
+    """One line per device: the fastest int8 backend at each k, its latency ratio to float with CI, whether it is
+    faster than float (CI below 1) and apart from the runner-up (CIs disjoint)."""
+    if fastest.empty:
+        return "no int8 latency rows of softmax in the timing CSV"
+    lines = []
+    for device, rows in fastest.groupby("device", sort=True):
+        names, parts = sorted(set(rows["quant"])), []
+        for r in rows.itertuples():
+            speed = ("faster than float" if r.ratio_ci_high < 1 else
+                     "slower than float" if r.ratio_ci_low > 1 else "not apart from float")
+            apart = ("" if r.runner_up is None else
+                     f"; next {r.runner_up} [{r.runner_up_low:.3f}, {r.runner_up_high:.3f}], "
+                     + ("intervals apart" if r.ratio_ci_high < r.runner_up_low else "intervals overlap"))
+            name = "" if len(names) == 1 else f"**{r.quant}** "
+            parts.append(f"k = {r.k}: {name}{r.ratio:.3f} [{r.ratio_ci_low:.3f}, {r.ratio_ci_high:.3f}] ({speed}{apart})")
+        head = f"**{names[0]}** at every k" if len(names) == 1 else "by k"
+        lines.append(f"- {device}: {head} (softmax's latency under it ÷ in float, 95% CI) — " + "; ".join(parts))
+    return "\n".join(lines)
