@@ -115,7 +115,8 @@ def sweep_markdown(df: pd.DataFrame) -> str:
 # Reading sweeps: the one reader of the sweep's rows, and every sweep found under some folders combined
 
 ARM_KEYS = ["source", "recipe", "task", "attn"]  # one variant of one arm: the seeds pooled at the seed level
-SWEEP_COLUMNS = {"task", "attn", "seed", "kind", "bits", "label", "margin", "float_error", "diff", "diff_low", "diff_high"}
+SWEEP_COLUMNS = {"task", "attn", "seed", "kind", "bits", "block", "branch", "margin", "float_error", "diff", "diff_low",
+                 "diff_high"}  # the rows per job × probe; the seed-level rows (quant_sweep_seeds.csv) have no block, branch
 MIN_SEEDS = 3  # fewest learned seeds for a seed-level interval (and verdict)
 
 
@@ -133,7 +134,7 @@ def with_guard_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def is_sweep_csv(path: Path) -> bool:
-    """A CSV of the sweep's rows (one per job × probe), told by its header: the seed-level rows have no ``label``."""
+    """A CSV of the sweep's rows (one per job × probe), told by its header (``SWEEP_COLUMNS``)."""
     with open(path, encoding="utf-8") as f:
         return SWEEP_COLUMNS <= set(f.readline().strip().split(","))
 
