@@ -2,6 +2,13 @@
 breaking points, sensitivity tables and figures of ``icl.bench.quant_sweep``'s quant_sweep.csv.
 
 ``python -m icl.analysis.quant folders=[<sweep or job folder>,…]`` prints the table as markdown (docs/quantization.md's table).
+
+The figures (``quant_sweep_figures``, drawn by ``make figures``) read every sweep CSV under the inputs — a sweep's
+``quant_sweep.csv`` and the copies docs/quantization keeps (``sweep_*.csv``; ``make quant-figures`` redraws those) —
+through one reader (``read_sweep``), take each variant × arm from one file (``combine_sweeps``) and draw, per task,
+every variant's paired error − float against the width (``quant_sweep_<task>``) and one panel per variant of the
+blocks quantised one at a time (``quant_sensitivity_<task>``). Bars: the t-interval over the learned seeds, the one
+the breaking point is read from, or each seed's CI over prompts where fewer than ``MIN_SEEDS`` learned (``seed_bars``).
 """
 
 from __future__ import annotations
