@@ -161,18 +161,11 @@ def combine_sweeps(files: list[Path]) -> pd.DataFrame:
        the last file name — a ``reuse=`` pass carries the earlier pass's rows unchanged and adds the new seeds.
     Rows of a losing file that differ from the winner's on the same seed and probe are logged (two sets of models
     under one arm name), never drawn."""
-    frames = [with_guard_columns(read_sweep(f)).assign(file=str(f)) for f in files]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ARM_KEYS, "file"])
+    df = pd.concat([with_guard_columns(read_sweep(f)).assign(file=str(f)) for f in files], ignore_index=True)
     arms = (df.assign(learned_seed=df.seed.where(df.learned.astype(bool)))
             .groupby([*ARM_KEYS, "file"], sort=False)
             .agg(n_learned=("learned_seed", "nunique"), n_rows=("seed", "size")).reset_index())
-    with_recipe = arms[arms.recipe != ""]
-    covered = set(zip(with_recipe.source, with_recipe.task, with_recipe.attn, with_recipe.file))
-    superseded = [r.recipe == "" and any((r.source, r.task, r.attn) == c[:3] and c[3] != r.file for c in covered)
-                  for r in arms.itertuples()]
-    for r in arms[superseded].itertuples():
-        log.info("quant sweep %s %s (%s, no recipe): %s gives way to a file with recipes", r.task, r.attn, r.source, r.file)
-    arms = arms[~pd.Series(superseded, index=arms.index, dtype=bool)]
+    arms = arms[~_superseded(arms)]
     winners = (arms.sort_values(["n_learned", "n_rows", "file"]).groupby(ARM_KEYS, sort=False).tail(1)
                .set_index(ARM_KEYS).file)
     for key, g in arms.groupby(ARM_KEYS, sort=True):
@@ -181,6 +174,16 @@ def combine_sweeps(files: list[Path]) -> pd.DataFrame:
     chosen = pd.MultiIndex.from_frame(df[[*ARM_KEYS, "file"]]).isin(
         pd.MultiIndex.from_frame(winners.reset_index()[[*ARM_KEYS, "file"]]))
     return df[chosen].reset_index(drop=True)
+
+
+def _superseded(arms: pd.DataFrame) -> pd.Series:
+    """Per arm of a file: recipe-less, with another file sweeping its source × task × variant with a recipe."""
+    with_recipe = arms[arms.recipe != ""].groupby(["source", "task", "attn"]).file.agg(set)
+    out = pd.Series([r.recipe == "" and bool(with_recipe.get((r.source, r.task, r.attn), set()) - {r.file})
+                     for r in arms.itertuples()], index=arms.index, dtype=bool)
+    for r in arms[out].itertuples():
+        log.info("quant sweep %s %s (%s, no recipe): %s gives way to a file with recipes", r.task, r.attn, r.source, r.file)
+    return out
 
 
 PROBE_KEYS = ["seed", "kind", "bits", "label", "block", "branch"]
