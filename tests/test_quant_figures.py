@@ -19,7 +19,7 @@ from icl.analysis.quant import (
     seed_bars,
     with_guard_columns,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, run
 
 COMMITTED = REPO / "docs" / "quantization"
 
@@ -122,11 +122,13 @@ def test_the_sensitivity_figure_has_one_panel_per_variant():
     assert plot_sensitivity(df.assign(kind="weights"), "linear") is None
 
 
-def test_the_committed_sweeps_draw_every_task_and_their_bars_are_the_committed_seed_level_rows(tmp_path):
+def test_the_committed_sweeps_bars_are_their_committed_seed_level_rows():
     files = find_sweeps([COMMITTED])
     assert {"sweep_arms.csv", "sweep_linear_attn.csv"} <= {f.name for f in files}
     assert not any(f.name.endswith("_seeds.csv") for f in files)
-    for per_seed in (f for f in files if f.with_name(f.stem + "_seeds.csv").is_file()):
+    pairs = [f for f in files if f.with_name(f.stem + "_seeds.csv").is_file()]
+    assert len(pairs) >= 3
+    for per_seed in pairs:
         df = with_guard_columns(read_sweep(per_seed))
         df = df[df.learned.astype(bool)]
         committed = read_sweep(per_seed.with_name(per_seed.stem + "_seeds.csv"))
@@ -137,9 +139,15 @@ def test_the_committed_sweeps_draw_every_task_and_their_bars_are_the_committed_s
             want = g.set_index("bits").loc[bars.index, ["diff", "diff_low", "diff_high"]]
             assert (bars.series == g.seed.iat[0]).all(), (per_seed.name, attn, kind)  # "5 seeds"
             assert same_to_4_digits(bars[["diff", "low", "high"]].to_numpy(), want.to_numpy()), (per_seed.name, attn, kind)
-    written = quant_sweep_figures([COMMITTED], tmp_path, ("png",))
-    learned = combine_sweeps(files)
-    tasks = sorted(learned[learned.learned.astype(bool)].task.unique())
+
+
+@pytest.mark.slow
+def test_make_quant_figures_draws_the_committed_figures_from_the_committed_csvs(tmp_path):
+    run(["-m", "icl.figures", f"inputs=[{COMMITTED}]", f"out_dir={tmp_path}", "formats=[png]"], tmp_path)
+    df = combine_sweeps(find_sweeps([COMMITTED]))
+    tasks = sorted(df[df.learned.astype(bool)].task.unique())
     assert {"linear", "sparse_linear"} <= set(tasks)
-    assert [p.name for p in written] == [f"{stem}_{t}.png" for t in tasks for stem in ("quant_sweep", "quant_sensitivity")]
-    assert all(p.stat().st_size > 10_000 for p in written)
+    want = {f"{stem}_{t}.png" for t in tasks for stem in ("quant_sweep", "quant_sensitivity")}
+    assert {p.name for p in tmp_path.iterdir()} == want  # nothing else: docs/quantization holds no job folder
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in want)
+    assert want <= {p.name for p in COMMITTED.glob("*.png")}  # the committed figures are these (make quant-figures)
