@@ -151,3 +151,29 @@ def test_make_quant_figures_draws_the_committed_figures_from_the_committed_csvs(
     assert {p.name for p in tmp_path.iterdir()} == want  # nothing else: docs/quantization holds no job folder
     assert all((tmp_path / name).stat().st_size > 10_000 for name in want)
     assert want <= {p.name for p in COMMITTED.glob("*.png")}  # the committed figures are these (make quant-figures)
+
+
+def test_breaking_point_summary_reads_the_seed_level_bars_and_each_seed_below_three():
+    from icl.analysis.quant import breaking_point_summary
+
+    # 3 seeds: 8 and 6 bits inside (t-interval upper ends ≪ 0.05); 4 bits mean 0.03 ± 0.0657 (upper 0.096) outside
+    pooled = rows({8: [0.0, 0.001, 0.002], 6: [0.002, 0.003, 0.004], 4: [0.01, 0.02, 0.06]})
+    # 2 seeds, each on its own paired CI: seed 0 inside down to 4 bits, seed 1 outside already at 6 (and so at 4)
+    alone = rows({8: [0.0, 0.0], 6: [0.001, 0.06], 4: [0.02, 0.001]}, attn="softmax")
+    # a width inside below one outside does not count: the breaking point needs every wider width inside
+    gap = rows({8: [0.0, 0.0, 0.0], 6: [0.2, 0.2, 0.2], 4: [0.0, 0.0, 0.0]}, attn="linear")
+    df = with_guard_columns(pd.concat([pooled, alone, gap], ignore_index=True))
+    got = breaking_point_summary(df).set_index("attn")
+    assert got.at["relu", "breaking_point"] == "6 bits" and got.at["relu", "read"] == "t-interval over 3 seeds"
+    assert got.at["softmax", "breaking_point"] == "4 8 bits" and got.at["softmax", "read"].startswith("per seed")
+    assert got.at["linear", "breaking_point"] == "8 bits"
+    none = rows({8: [0.2, 0.2, 0.2]}, attn="sigmoid")
+    assert breaking_point_summary(with_guard_columns(none)).breaking_point.iat[0] == "–"
+
+
+def test_the_committed_breaking_point_summary_is_the_committed_rows():
+    from icl.analysis.quant import BREAKING_POINTS, breaking_point_summary
+
+    want = pd.read_csv(COMMITTED / f"{BREAKING_POINTS}.csv", dtype=str, keep_default_na=False)
+    got = breaking_point_summary(combine_sweeps(find_sweeps([COMMITTED]))).astype(str)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)

@@ -32,7 +32,7 @@ from omegaconf import MISSING
 from icl.analysis.results import find_jobs
 from icl.analysis.styles import QUANT_STYLES, attn_color
 from icl.contract import STANDARD, read_eval_csv
-from icl.files import save_figure
+from icl.files import atomic_write, save_figure
 from icl.run.cli import parse
 from icl.run.job import JobDir
 from icl.stats import error_at, seed_interval
@@ -364,7 +364,11 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
         return []
     df = combine_sweeps(files)
     learned = df[df.learned.astype(bool)]
-    written = []
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    summary = breaking_point_summary(df, min_seeds, ci)
+    written = [Path(out_dir) / f"{BREAKING_POINTS}.csv", Path(out_dir) / f"{BREAKING_POINTS}.md"]
+    atomic_write(written[0], lambda tmp: summary.to_csv(tmp, index=False))
+    atomic_write(written[1], lambda tmp: tmp.write_text(markdown(summary) + "\n", encoding="utf-8"))
     for task in sorted(learned.task.unique()):
         everyone = df[df.task == task]
         labels = pd.concat([everyone, variant_labels(everyone)], axis=1)
@@ -381,6 +385,35 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
                 written.append(path)
             plt.close(fig)
     return written
+
+
+BREAKING_POINTS = "quant_breaking_points"  # the summary table quant_sweep_figures writes beside the figures
+
+
+def breaking_point_summary(df: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> pd.DataFrame:
+    """Per arm (``ARM_KEYS``) × width kind of ``combine_sweeps``' rows: the breaking point — the smallest width
+    whose interval's upper end, and every wider width's, is inside the margin — read from the bars the figure draws
+    (``seed_bars``: the t-interval over ``min_seeds`` or more learned seeds, else each seed's own paired CI over
+    prompts, one breaking point per seed). ``–``: even the widest width is outside."""
+    rows = []
+    learned = df[df.learned.astype(bool) & df.kind.isin(WIDTH_KINDS)]
+    for (source, recipe, task, attn, kind), g in learned.groupby([*ARM_KEYS, "kind"], sort=True):
+        bars = seed_bars(g, ["bits"], min_seeds, ci)
+        points = []
+        for series, b in bars.groupby("series", sort=False):
+            b = b.sort_values("bits", ascending=False)
+            inside = (b.high <= g.margin.iat[0]).cummin()  # inside at this width and every wider one
+            points.append((series, int(b.bits[inside].iat[-1]) if inside.any() else None))
+        pooled = len(points) == 1 and points[0][0].endswith("seeds")
+        rows.append({"task": task, "attn": attn, "arm": f"{source} {recipe}".strip(), "kind": kind,
+                     "seeds": " ".join(map(str, sorted(g.seed.unique()))), "margin": g.margin.iat[0],
+                     "breaking_point": ("–" if all(p is None for _, p in points) else
+                                        " ".join("–" if p is None else f"{p}" for _, p in points) + " bits"),
+                     "read": (f"t-interval over {g.seed.nunique()} seeds" if pooled else
+                              "per seed (paired CI over prompts)"),
+                     "file": Path(g.file.iat[0]).name if "file" in g.columns else ""})
+    columns = ["task", "attn", "arm", "kind", "seeds", "margin", "breaking_point", "read", "file"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["task", "attn", "arm", "kind"], ignore_index=True)
 
 
 @dataclass
