@@ -17,7 +17,7 @@ STUDY_DIR = multirun/seed_study/$(STUDY)
 BENCH_CSV = $(if $(filter paper,$(STUDY)),bench_paper.csv,bench.csv)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo study study-tune study-tuning status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate quant-sweep clean
+.PHONY: help install demo study study-tune study-tuning status test test-fast lint figures bench-attn bench bench-overhead bench-eval bench-aggregate quant-sweep quant-figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ bench-overhead: install ## the smoke job's step vs a bare loop + tiny/standard t
 
 quant-sweep: install ## post-training width sweeps + one-block sensitivity on trained jobs (RUNS=folders; outputs/quant_sweep/)
 	$(PY) -m icl.bench.quant_sweep "inputs=[$(subst $(space),$(comma),$(or $(RUNS),outputs multirun))]" $(ARGS)
+
+quant-figures: ## redraw docs/quantization's breaking-point and sensitivity figures from its committed sweep CSVs
+	$(MAKE) figures PY=$(PY) ARGS="inputs=[docs/quantization] out_dir=docs/quantization formats=[png]"
 
 bench-eval: install ## old per-prompt loops vs batched baselines, interleaved (docs/baselines.md; ARGS=grid=true adds the sparse grid)
 	$(PY) -m icl.bench.eval $(ARGS)

@@ -7,6 +7,8 @@ Numpy and scipy only (no torch), so the analysis layer uses the very functions t
 - ``paired_bootstrap``: (Σ err − Σ ref) / Σ zero on the same prompts, resampled together — a paired difference.
 - ``bootstrap_median_ci``, ``ratio_ci``, ``mann_whitney_p``: timing samples (medians, ratios of medians, a rank test).
 - ``error_at``: the transformer's error at chosen k (e.g. d and 2d) from eval.csv rows, the one summary helper.
+- ``seed_interval``: the t-interval over training seeds of seed-level values (the study's claims, the quant sweep's
+  breaking points and its figures; why a t-interval: ``icl.lab.study.inference``).
 
 Resampling uses multinomial counts (n_boot, P) @ values (P, n), drawn once per (P, n_boot, seed) and shared by every
 predictor, strategy and job scored on P prompts; this never materialises n_boot copies of the data.
@@ -15,8 +17,10 @@ predictor, strategy and job scored on P prompts; this never materialises n_boot 
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -171,3 +175,27 @@ def error_at(df: pd.DataFrame, ks: Iterable[int], predictor: str = "transformer"
     """``predictor``'s error at each k of ``ks`` present in eval.csv rows (standard prompts by default)."""
     rows = df[(df["predictor"] == predictor) & (strategies(df) == strategy)].set_index("k")["error"]
     return {int(k): float(rows[k]) for k in ks if k in rows.index}
+
+
+@dataclass(frozen=True)
+class SeedInterval:
+    """A statistic over training seeds: mean, t-interval, how many seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def seed_interval(points: Sequence[float], ci: float = 0.95) -> SeedInterval:
+    """The t-interval of the seed-level values (NaNs dropped); fewer than 2 seeds give an unbounded interval."""
+    from scipy import stats as sps
+
+    x = np.asarray([p for p in points if not math.isnan(p)], float)
+    if len(x) == 0:
+        return SeedInterval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return SeedInterval(mean, -math.inf, math.inf, 1)
+    half = float(sps.t.ppf(0.5 + ci / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return SeedInterval(mean, mean - half, mean + half, len(x))

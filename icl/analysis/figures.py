@@ -9,7 +9,9 @@ through `icl.analysis.results`, so it works on any mix of single runs and sweeps
 2. `error_vs_scale_<task>_<strategy>.{png,pdf}` for scale_x, scale_y and shift_x: error vs the factor
    (log axis; shift distance linear), one panel per k in `scale_ks` that exists;
 3. `summary.{csv,md}`: per task × d × variant, error at k = d/2, d, 2d with CIs and the paired difference to
-   the reference; `paired.csv` (every paired difference); `jobs.csv` (every job and its status).
+   the reference; `paired.csv` (every paired difference); `jobs.csv` (every job and its status);
+4. `quant_sweep_<task>` and `quant_sensitivity_<task>` from every quant sweep's rows found under the inputs
+   (`icl.analysis.quant.quant_sweep_figures`; `make quant-figures` redraws docs/quantization's from its CSVs).
 
 Every figure uses one fixed colour per attention variant and one line style per quant mode (`ATTN_COLORS`,
 `QUANT_STYLES`), baselines in grey dashes, the zero estimator as the dotted line at 1, 95% CI bands.
@@ -355,7 +357,7 @@ def make_figures(inputs: Sequence[str | Path], out_dir: str | Path, formats: Seq
     report_jobs(jobs)
     out = Path(out_dir)
     bench = bench_figures(inputs, out, tuple(formats))  # latency vs length from any `make bench` output found
-    bench += quant_sweep_figures(inputs, out, tuple(formats))  # any `make quant-sweep` output found
+    bench += quant_sweep_figures(inputs, out, tuple(formats), ci=ci)  # every quant sweep's rows found (docs/ too)
     bench += curve_files(inputs, out, formats)  # training curves + diagnostics from every metrics.csv (curves)
     bench += algorithm_files(inputs, out, tuple(formats))  # closest learner vs k, read-out vs depth (algorithms.csv)
     bench += error_vs_cost_files(inputs, out, tuple(formats))  # error at k = 2d vs inference cost (pareto)

@@ -2,28 +2,43 @@
 breaking points, sensitivity tables and figures of ``icl.bench.quant_sweep``'s quant_sweep.csv.
 
 ``python -m icl.analysis.quant folders=[<sweep or job folder>,…]`` prints the table as markdown (docs/quantization.md's table).
+
+The figures (``quant_sweep_figures``, drawn by ``make figures``) read every sweep CSV under the inputs — a sweep's
+``quant_sweep.csv`` and the copies docs/quantization keeps (``sweep_*.csv``; ``make quant-figures`` redraws those) —
+through one reader (``read_sweep``), take each variant × arm from one file (``combine_sweeps``) and draw, per task,
+every variant's paired error − float against the width (``quant_sweep_<task>``) and one panel per variant of the
+blocks quantised one at a time (``quant_sensitivity_<task>``). Bars: the t-interval over the learned seeds, the one
+the breaking point is read from, or each seed's CI over prompts where fewer than ``MIN_SEEDS`` learned (``seed_bars``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import seaborn as sns
 from omegaconf import MISSING
 
 from icl.analysis.results import find_jobs
 from icl.analysis.styles import QUANT_STYLES, attn_color
 from icl.contract import STANDARD, read_eval_csv
-from icl.files import save_figure
+from icl.files import atomic_write, save_figure
 from icl.run.cli import parse
 from icl.run.job import JobDir
-from icl.stats import error_at
+from icl.stats import error_at, seed_interval
 from icl.tables import markdown_table
+
+log = logging.getLogger(__name__)
 
 
 def table(jobs: list[Path]) -> pd.DataFrame:
@@ -103,81 +118,302 @@ def sweep_markdown(df: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-ARM_STYLES = ("-", "--", ":", "-.")
-ARM_HATCHES = ("", "//", "..", "xx")  # the bars' mark of the same arm
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading sweeps: the one reader of the sweep's rows, and every sweep found under some folders combined
+
+ARM_KEYS = ["source", "recipe", "task", "attn"]  # one variant of one arm: the seeds pooled at the seed level
+SWEEP_COLUMNS = {"task", "attn", "seed", "kind", "bits", "block", "branch", "margin", "float_error", "diff", "diff_low",
+                 "diff_high"}  # the rows per job × probe; the seed-level rows (quant_sweep_seeds.csv) have no block, branch
+MIN_SEEDS = 3  # fewest learned seeds for a seed-level interval (and verdict)
+
+
+def read_sweep(csv: Path) -> pd.DataFrame:
+    """The rows of a quant_sweep.csv (or a copy of it in docs/), strings as the sweep wrote them (not NaN)."""
+    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "recipe": str, "run_dir": str, "fingerprint": str})
+    for column in {"branch", "source", "recipe"} & set(df.columns):
+        df[column] = df[column].fillna("")
+    return df
+
+
+def with_guard_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows from before the guard, the source and the recipe existed: every model learned, one source, one recipe."""
+    return df.assign(**{c: v for c, v in (("learned", True), ("source", ""), ("recipe", "")) if c not in df.columns})
+
+
+def is_sweep_csv(path: Path) -> bool:
+    """A CSV of the sweep's rows (one per job × probe), told by its header (``SWEEP_COLUMNS``)."""
+    with open(path, encoding="utf-8") as f:
+        return SWEEP_COLUMNS <= set(f.readline().strip().split(","))
+
+
+def find_sweeps(inputs: list[Path]) -> list[Path]:
+    """Every sweep CSV (``*sweep*.csv`` with the sweep's header) under the inputs, or an input that is one."""
+    found = {p for root in map(Path, inputs) for p in ([root] if root.is_file() else root.rglob("*sweep*.csv"))}
+    return sorted(p for p in found if p.suffix == ".csv" and is_sweep_csv(p))
+
+
+def combine_sweeps(files: list[Path]) -> pd.DataFrame:
+    """Every file's rows, each arm (``ARM_KEYS``) taken from ONE file (column ``file``), so none is drawn twice:
+
+    1. rows without a recipe (sweeps from before the study's arms) give way to a file that sweeps the same
+       source × task × variant with a recipe (a later pass over the same root);
+    2. of several files holding one arm, the one with the most learned seeds of it wins, then the most rows, then
+       the last file name — a ``reuse=`` pass carries the earlier pass's rows unchanged and adds the new seeds.
+    Rows of a losing file that differ from the winner's on the same seed and probe are logged (two sets of models
+    under one arm name), never drawn."""
+    df = pd.concat([with_guard_columns(read_sweep(f)).assign(file=str(f)) for f in files], ignore_index=True)
+    arms = (df.assign(learned_seed=df.seed.where(df.learned.astype(bool)))
+            .groupby([*ARM_KEYS, "file"], sort=False)
+            .agg(n_learned=("learned_seed", "nunique"), n_rows=("seed", "size")).reset_index())
+    arms = arms[~_superseded(arms)]
+    winners = (arms.sort_values(["n_learned", "n_rows", "file"]).groupby(ARM_KEYS, sort=False).tail(1)
+               .set_index(ARM_KEYS).file)
+    for key, g in arms.groupby(ARM_KEYS, sort=True):
+        for loser in set(g.file) - {winners[key]}:
+            _log_disagreement(df, key, winners[key], loser)
+    chosen = pd.MultiIndex.from_frame(df[[*ARM_KEYS, "file"]]).isin(
+        pd.MultiIndex.from_frame(winners.reset_index()[[*ARM_KEYS, "file"]]))
+    return df[chosen].reset_index(drop=True)
+
+
+def _superseded(arms: pd.DataFrame) -> pd.Series:
+    """Per arm of a file: recipe-less, with another file sweeping its source × task × variant with a recipe."""
+    with_recipe = arms[arms.recipe != ""].groupby(["source", "task", "attn"]).file.agg(set)
+    out = pd.Series([r.recipe == "" and bool(with_recipe.get((r.source, r.task, r.attn), set()) - {r.file})
+                     for r in arms.itertuples()], index=arms.index, dtype=bool)
+    for r in arms[out].itertuples():
+        log.info("quant sweep %s %s (%s, no recipe): %s gives way to a file with recipes", r.task, r.attn, r.source, r.file)
+    return out
+
+
+PROBE_KEYS = ["seed", "kind", "bits", "label", "block", "branch"]
+
+
+def _log_disagreement(df: pd.DataFrame, arm: tuple, winner: str, loser: str) -> None:
+    """Log when ``loser``'s rows of ``arm`` are not the winner's (4 significant digits: docs/ keeps that many)."""
+    rows = df[(df[ARM_KEYS] == list(arm)).all(axis=1)]
+    keys = [k for k in PROBE_KEYS if k in rows.columns]
+    both = (rows[rows.file == winner].merge(rows[rows.file == loser], on=keys, suffixes=("", "_other")))
+    same = np.isclose(both["diff"], both["diff_other"], rtol=1e-3, atol=0, equal_nan=True)
+    if len(both) and not same.all():
+        log.warning("quant sweep %s: %d of %d shared probes differ between %s (drawn) and %s", " ".join(map(str, arm)),
+                    int((~same).sum()), len(both), winner, loser)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Figures: the breaking point per task (every variant and arm), and per-block sensitivity (one panel per variant)
+
+ARM_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+ARM_MARKERS = ("o", "s", "^", "D", "v", "P")  # with the style: the mark of one arm in every panel
+BRANCHES = {"attn": "attention projections", "mlp": "MLP", "internals": "attention internals", "state": "recurrent state"}
 
 
 def variant_labels(df: pd.DataFrame) -> pd.DataFrame:
-    """Per row: the line it belongs to (``variant``: the attention, with its source and recipe when a sweep holds
-    several, e.g. two arms of the study) and that arm's line style (``style``)."""
+    """Per row: the line it belongs to (``variant``: the attention, with its source and recipe when the rows hold
+    several arms, e.g. the study's two) and that arm's line style and marker (``style``, ``marker``)."""
     arms = df[["source", "recipe"]].astype(object).fillna("").astype(str) if {"source", "recipe"} <= set(df.columns) else None
     if arms is None or len(arms.drop_duplicates()) < 2:
-        return pd.DataFrame({"variant": df.attn.astype(str), "style": ARM_STYLES[0]}, index=df.index)
+        return pd.DataFrame({"variant": df.attn.astype(str), "style": [ARM_STYLES[0]] * len(df),
+                             "marker": ARM_MARKERS[0]}, index=df.index)
     arm = arms.source.where(arms.recipe == "", arms.source + " " + arms.recipe).str.strip()
     order = {name: i for i, name in enumerate(sorted(arm.unique()))}
-    return pd.DataFrame({"variant": df.attn.astype(str) + " (" + arm + ")",
-                         "style": arm.map(lambda a: ARM_STYLES[order[a] % len(ARM_STYLES)])}, index=df.index)
+    return pd.DataFrame({"variant": df.attn.astype(str).where(arm == "", df.attn.astype(str) + " (" + arm + ")"),
+                         "style": arm.map(lambda a: ARM_STYLES[order[a] % len(ARM_STYLES)]),
+                         "marker": arm.map(lambda a: ARM_MARKERS[order[a] % len(ARM_MARKERS)])}, index=df.index)
 
 
-def plot_sweep(df: pd.DataFrame, task: str) -> plt.Figure:
-    """One task: error − float vs width per swept kind (weights, attention internals, recurrent state; mean over
-    seeds, CI bars of each seed's paired difference averaged), margin line; and per-block sensitivity per branch."""
-    sub = df[df.task == task]
-    sub = pd.concat([sub, variant_labels(sub)], axis=1)
-    kinds = [k for k in WIDTH_KINDS if (sub.kind == k).any()] or list(WIDTH_KINDS[:2])
-    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.4 * (len(kinds) + 1), 3.6), constrained_layout=True)
-    for ax, kind in zip(axes[:-1], kinds):
-        for (variant, attn, style), g in sub[sub.kind == kind].groupby(["variant", "attn", "style"], sort=True):
-            m = g.groupby("bits")[["diff", "diff_low", "diff_high"]].mean().sort_index()
-            ax.errorbar(m.index, m["diff"], yerr=[m["diff"] - m.diff_low, m.diff_high - m["diff"]], marker="o",
-                        capsize=3, color=attn_color(str(attn)), ls=style, label=variant)
-        ax.axhline(sub.margin.iat[0], color="grey", ls="--", lw=1, label="margin")
+def seed_bars(rows: pd.DataFrame, by: list[str], min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> pd.DataFrame:
+    """What a figure draws for one arm's learned rows, per group of ``by`` (e.g. a width): with ``min_seeds`` or
+    more seeds, the mean of their paired differences and its t-interval over seeds (``icl.stats.seed_interval``,
+    the interval the breaking point is read from: ``quant_sweep_seeds.csv``); with fewer, each seed on its own with
+    its paired CI over prompts. Columns: ``by``, ``series`` (``"N seeds"`` or ``"seed S"``), ``n``, ``diff``,
+    ``low``, ``high``; a non-finite difference (a quantised model predicting inf/nan) is inf throughout."""
+    out = []
+    for key, g in rows.groupby(by, sort=True):
+        at = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        n = g.seed.nunique()
+        if n >= min_seeds:
+            iv = seed_interval(g["diff"].tolist(), ci)
+            finite = bool(np.isfinite(g["diff"]).all())
+            out.append({**at, "series": f"{n} seeds", "n": n, **({"diff": iv.mean, "low": iv.low, "high": iv.high}
+                        if finite else dict.fromkeys(("diff", "low", "high"), math.inf))})
+            continue
+        for seed, r in g.groupby("seed", sort=True):
+            r = r.iloc[0]
+            finite = bool(np.isfinite([r["diff"], r.diff_low, r.diff_high]).all())
+            out.append({**at, "series": f"seed {seed}", "n": n, **({"diff": r["diff"], "low": r.diff_low,
+                        "high": r.diff_high} if finite else dict.fromkeys(("diff", "low", "high"), math.inf))})
+    return pd.DataFrame(out, columns=[*by, "series", "n", "diff", "low", "high"])
+
+
+def _arms(rows: pd.DataFrame) -> list[tuple[str, str, Any, str, pd.DataFrame]]:
+    """(variant, attn, style, marker, rows) per arm, in the variants' order."""
+    rows = pd.concat([rows, variant_labels(rows)], axis=1)
+    return [(v, str(g.attn.iat[0]), g["style"].iat[0], g.marker.iat[0], g) for v, g in rows.groupby("variant", sort=True)]
+
+
+def _what_bars(min_seeds: int, ci: float) -> str:
+    return (f"bars: {ci:.0%} t-interval over the learned seeds (≥ {min_seeds}: the interval the breaking point is "
+            f"read from); with fewer, each seed's own paired {ci:.0%} CI over prompts")
+
+
+def _series_label(variant: str, series: str, float_error: float) -> str:
+    return (f"{variant}: {series} (t-interval), float {float_error:.3f}" if series.endswith("seeds")
+            else f"{variant}: {series} (CI over prompts), float {float_error:.3f}")
+
+
+def _mark_not_finite(ax: plt.Axes, xs: list[float], color: Any, marker: str) -> None:
+    """A quantised model whose predictions were not finite: an open mark at the panel's top."""
+    if xs:
+        ax.scatter(xs, [0.97] * len(xs), transform=ax.get_xaxis_transform(), marker=marker, facecolors="none",
+                   edgecolors=[color], zorder=3)
+
+
+def plot_sweep(df: pd.DataFrame, task: str, min_seeds: int = MIN_SEEDS, ci: float = 0.95,
+               left_out: tuple[str, ...] = ()) -> plt.Figure:
+    """One task's breaking point: error − float vs width, one panel per swept kind (weights, attention internals,
+    recurrent state), one line per variant × arm (``seed_bars``), the margin; ``df``: learned rows only."""
+    sub = df[(df.task == task) & df.kind.isin(WIDTH_KINDS)]
+    kinds = [k for k in WIDTH_KINDS if (sub.kind == k).any()] or list(WIDTH_KINDS[:1])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.6), squeeze=False, constrained_layout=True)
+    arms = _arms(sub)
+    handles: dict[str, Any] = {}
+    for ax, kind in zip(axes[0], kinds):
+        for i, (variant, attn, style, marker, g) in enumerate(arms):
+            rows = g[g.kind == kind]
+            bars = seed_bars(rows, ["bits"], min_seeds, ci)
+            shift = 0.07 * (i - (len(arms) - 1) / 2)  # dodged, so that arms' bars at one width stay apart
+            for j, (series, b) in enumerate(bars.groupby("series", sort=True)):
+                x = b.bits + shift + 0.02 * j
+                ok = np.isfinite(b["diff"]).to_numpy()
+                line = ax.errorbar(x[ok], b["diff"][ok], yerr=[(b["diff"] - b.low)[ok], (b.high - b["diff"])[ok]],
+                                   color=attn_color(attn), ls=style, marker=marker, ms=4, capsize=2, lw=1.2)
+                _mark_not_finite(ax, list(x[~ok]), attn_color(attn), marker)
+                handles.setdefault(_series_label(variant, series, float(rows.float_error.mean())), line)
+        for margin in sorted(sub.margin.unique()):
+            ax.axhline(margin, color="grey", ls="--", lw=1)
         ax.axhline(0, color="black", lw=0.5)
-        ax.set(xlabel="bits", ylabel="error − float at k = 2d", title=f"{task}: {kind}", yscale="symlog")
+        ax.set(xlabel="bits", ylabel="error − float at k = 2d (paired)", title=f"{task}: {kind}")
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xticks(sorted(sub[sub.kind == kind].bits.unique()))  # the widths swept, not a float scale
         ax.invert_xaxis()
-    ax = axes[-1]
-    sens = sub[sub.kind == "sensitivity"]
-    branches = sorted(sens.branch.unique())
-    groups = list(sens.groupby(["variant", "attn", "style"], sort=True))
-    width = 0.8 / max(len(groups) * len(branches), 1)  # one slot per variant × branch inside each block
-    for i, ((variant, attn, style), g) in enumerate(groups):
-        m = g.groupby(["block", "branch"])["diff"].mean()
-        blocks = sorted(g.block.unique())
-        for j, branch in enumerate(branches):
-            slot = i * len(branches) + j
-            xs = [b - 0.4 + (slot + 0.5) * width for b in blocks]
-            ax.bar(xs, [m.get((b, branch), float("nan")) for b in blocks], width=0.9 * width,
-                   color=attn_color(str(attn)), alpha=0.4 + 0.6 * j / max(len(branches) - 1, 1),
-                   hatch=ARM_HATCHES[ARM_STYLES.index(style)], label=f"{variant} {branch}")
-    ax.set_xticks(sorted(sens.block.dropna().unique().astype(int)))
-    ax.set(xlabel="block (bars: " + ", ".join(branches) + ")", ylabel="error − float", title=f"{task}: one block at a time",
-           yscale="symlog")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    for a in axes[:-1]:
-        a.legend(fontsize=7)
-    outside = {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if len(groups) > 3 else {}  # many bars: no cover
-    axes[-1].legend(fontsize=6, **outside)
+    margins = ", ".join(f"{m:g}" for m in sorted(sub.margin.unique()))
+    note = f"grey dashes: the margin ({margins}); open marks at the top: predictions not finite. {_what_bars(min_seeds, ci)}"
+    if left_out:
+        note += "\nnot drawn (no seed passed the study's guard): " + ", ".join(left_out)
+    fig.suptitle(f"{task}: error − float at k = 2d by width, every variant swept", fontsize=10)
+    fig.supxlabel(textwrap.fill(note, 40 * len(kinds)), fontsize=8)
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=7)
     return fig
 
 
-def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """For ``make figures``: one sweep figure per task per ``quant_sweep.csv`` found under ``inputs``."""
-    written = []
-    for csv in sorted({p for root in inputs for p in Path(root).rglob("quant_sweep.csv")}):
-        df = pd.read_csv(csv)
-        if "learned" in df:  # the study guard's verdict per model: seeds that did not learn are left out, as in the tables
-            df = df[df.learned.astype(bool)]
+def plot_sensitivity(df: pd.DataFrame, task: str, min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> plt.Figure | None:
+    """One task's per-layer sensitivity: one panel per variant × arm, per block one bar per branch quantised alone
+    (its attention projections, MLP, attention internals, recurrent state; ``seed_bars``); ``df``: learned rows."""
+    sens = df[(df.task == task) & (df.kind == "sensitivity")]
+    if sens.empty:
+        return None
+    arms = _arms(sens)
+    branches = [b for b in BRANCHES if (sens.branch == b).any()]
+    bits = sens.groupby("branch").bits.agg(lambda b: "/".join(map(str, sorted(set(b)))))
+    colors = dict(zip(branches, sns.color_palette("colorblind", len(branches))))
+    cols = min(4, len(arms))
+    rows_n = math.ceil(len(arms) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.8 * cols, 3.1 * rows_n), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    for ax, (variant, attn, _, _, g) in zip(axes.flat, arms):
+        bars = seed_bars(g, ["block", "branch"], min_seeds, ci)
+        series = sorted(bars.series.unique())
+        width = 0.8 / (len(branches) * len(series))
+        for j, branch in enumerate(branches):
+            for si, name in enumerate(series):
+                b = bars[(bars.branch == branch) & (bars.series == name)]
+                x = b.block - 0.4 + (j * len(series) + si + 0.5) * width
+                ok = np.isfinite(b["diff"]).to_numpy()
+                ax.bar(x[ok], b["diff"][ok], width=0.9 * width, color=colors[branch],
+                       yerr=[(b["diff"] - b.low)[ok], (b.high - b["diff"])[ok]], capsize=2, error_kw={"lw": 0.8})
+                _mark_not_finite(ax, list(x[~ok]), colors[branch], "x")
+        n = g.seed.nunique()
+        what = f"{n} seeds, t-interval" if n >= min_seeds else f"{' '.join(series)}: CI over prompts"
+        ax.set_title(f"{variant}\n{what}", fontsize=9, color=attn_color(attn))
+        ax.set_xticks(sorted(g.block.dropna().unique().astype(int)))
+        ax.set(xlabel="block")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_yscale("symlog", linthresh=1e-3)
+    for ax in axes.flat[len(arms):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("error − float at k = 2d (paired)")
+    legend = [plt.Rectangle((0, 0), 1, 1, color=colors[b]) for b in branches]
+    fig.legend(legend, [f"{BRANCHES[b]} at {bits[b]} bits" for b in branches], loc="outside right center", fontsize=8)
+    fig.suptitle(f"{task}: one block and one branch quantised at a time", fontsize=10)
+    fig.supxlabel(textwrap.fill(_what_bars(min_seeds, ci), 45 * cols), fontsize=8)
+    return fig
+
+
+def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, ...] = ("png",),
+                        min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> list[Path]:
+    """For ``make figures``: every sweep CSV under ``inputs`` (``find_sweeps``; each arm from one file:
+    ``combine_sweeps``) → per task ``quant_sweep_<task>`` (breaking point, every variant) and
+    ``quant_sensitivity_<task>`` (one panel per variant); seeds that did not learn (the study's guard, column
+    ``learned``) are left out, as in the tables."""
+    if min_seeds < 2:
+        raise ValueError(f"min_seeds={min_seeds}: a seed-level t-interval needs at least 2 seeds")
+    files = find_sweeps(inputs)
+    if not files:
+        return []
+    df = combine_sweeps(files)
+    learned = df[df.learned.astype(bool)]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    summary = breaking_point_summary(df, min_seeds, ci)
+    written = [Path(out_dir) / f"{BREAKING_POINTS}.csv", Path(out_dir) / f"{BREAKING_POINTS}.md"]
+    atomic_write(written[0], lambda tmp: summary.to_csv(tmp, index=False))
+    atomic_write(written[1], lambda tmp: tmp.write_text(markdown(summary) + "\n", encoding="utf-8"))
+    for task in sorted(learned.task.unique()):
+        everyone = df[df.task == task]
+        labels = pd.concat([everyone, variant_labels(everyone)], axis=1)
+        left_out = tuple(sorted(set(labels.variant) - set(labels.variant[labels.learned.astype(bool)])))
+        figures = {f"quant_sweep_{task}": plot_sweep(learned, task, min_seeds, ci, left_out),
+                   f"quant_sensitivity_{task}": plot_sensitivity(learned, task, min_seeds, ci)}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        for task in sorted(df.task.unique()):
-            fig = plot_sweep(df, task)
+        for stem, fig in figures.items():
+            if fig is None:
+                continue
             for fmt in formats:
-                path = Path(out_dir) / f"quant_sweep_{csv.parent.name}_{task}.{fmt}"
+                path = Path(out_dir) / f"{stem}.{fmt}"
                 save_figure(path, fig, dpi=120)
                 written.append(path)
             plt.close(fig)
     return written
+
+
+BREAKING_POINTS = "quant_breaking_points"  # the summary table quant_sweep_figures writes beside the figures
+
+
+def breaking_point_summary(df: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> pd.DataFrame:
+    """Per arm (``ARM_KEYS``) × width kind of ``combine_sweeps``' rows: the breaking point — the smallest width
+    whose interval's upper end, and every wider width's, is inside the margin — read from the bars the figure draws
+    (``seed_bars``: the t-interval over ``min_seeds`` or more learned seeds, else each seed's own paired CI over
+    prompts, one breaking point per seed). ``–``: even the widest width is outside."""
+    rows = []
+    learned = df[df.learned.astype(bool) & df.kind.isin(WIDTH_KINDS)]
+    for (source, recipe, task, attn, kind), g in learned.groupby([*ARM_KEYS, "kind"], sort=True):
+        bars = seed_bars(g, ["bits"], min_seeds, ci)
+        points = []
+        for series, b in bars.groupby("series", sort=False):
+            b = b.sort_values("bits", ascending=False)
+            inside = (b.high <= g.margin.iat[0]).cummin()  # inside at this width and every wider one
+            points.append((series, int(b.bits[inside].iat[-1]) if inside.any() else None))
+        pooled = len(points) == 1 and points[0][0].endswith("seeds")
+        rows.append({"task": task, "attn": attn, "arm": f"{source} {recipe}".strip(), "kind": kind,
+                     "seeds": " ".join(map(str, sorted(g.seed.unique()))), "margin": g.margin.iat[0],
+                     "breaking_point": ("–" if all(p is None for _, p in points) else
+                                        " ".join("–" if p is None else f"{p}" for _, p in points) + " bits"),
+                     "read": (f"t-interval over {g.seed.nunique()} seeds" if pooled else
+                              "per seed (paired CI over prompts)"),
+                     "file": Path(g.file.iat[0]).name if "file" in g.columns else ""})
+    columns = ["task", "attn", "arm", "kind", "seeds", "margin", "breaking_point", "read", "file"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["task", "attn", "arm", "kind"], ignore_index=True)
 
 
 @dataclass

@@ -54,7 +54,16 @@ import torch
 from omegaconf import OmegaConf
 
 from icl import baselines, contract, prompts
-from icl.analysis.quant import WIDTH_KINDS, breaking_points, markdown, sweep_markdown
+from icl.analysis.quant import (
+    ARM_KEYS,
+    MIN_SEEDS,
+    WIDTH_KINDS,
+    breaking_points,
+    markdown,
+    read_sweep,
+    sweep_markdown,
+    with_guard_columns,
+)
 from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
 from icl.lab.study.inference import CONFIRMED, Guard, below_margin, seed_interval, verdict
@@ -266,14 +275,6 @@ def source_of(job: Path, inputs: list[str]) -> str:
     return ""
 
 
-def with_guard_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows from before the guard, the source and the recipe existed: every model learned, one source, one recipe."""
-    return df.assign(**{c: v for c, v in (("learned", True), ("source", ""), ("recipe", "")) if c not in df.columns})
-
-
-ARM_KEYS = ["source", "recipe", "task", "attn"]  # one variant of one arm: the seeds pooled at the seed level
-
-
 def arm_id(source: str, recipe: str) -> str:
     """The ``run_dir`` of a seed-level row: one per source × recipe, so ``breaking_points`` keeps two arms apart."""
     return f"{source}:{recipe}"
@@ -283,7 +284,7 @@ SEED_COLUMNS = ["source", "recipe", "task", "attn", "seed", "run_dir", "kind", "
                 "diff_low", "diff_high", "inside_margin", "verdict", "seeds"]
 
 
-def seed_level(df: pd.DataFrame, min_seeds: int = 3, ci: float = 0.95) -> pd.DataFrame:
+def seed_level(df: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> pd.DataFrame:
     """Per source × recipe × task × variant × width kind × width: the t-interval over the learned training seeds of
     the seed-level paired differences, and the study's non-inferiority verdict against the margin (module doc). One
     row each, shaped like the sweep's rows (``seed`` = how many seeds, ``run_dir`` = ``arm_id``), so
@@ -330,7 +331,7 @@ class Options:
     low_attn_bits: int = field(default=4, metadata={"help": "attention width of the sensitivity probes"})
     group_size: int = field(default=32, metadata={"help": "weights per scale (0: one per channel)"})
     margin: float = field(default=0.05, metadata={"help": "largest tolerated paired error increase"})
-    min_seeds: int = field(default=3, metadata={"help": "fewest seeds for a seed-level verdict"})
+    min_seeds: int = field(default=MIN_SEEDS, metadata={"help": "fewest seeds for a seed-level verdict"})
     n_prompts: Optional[int] = field(default=None, metadata={"help": "default: the job's eval.n_prompts"})
     rescore: Optional[str] = field(default=None, metadata={
         "help": "a quant_sweep.csv to read again at this margin instead of evaluating (inputs are then ignored)"})
@@ -344,9 +345,7 @@ def rescored(csv: Path, margin: float) -> pd.DataFrame:
     it, only which widths count as inside."""
     if not csv.is_file():
         raise ValueError(f"rescore={csv}: no such quant_sweep.csv (write one with inputs=[…] first)")
-    df = pd.read_csv(csv, dtype={"branch": str, "source": str, "recipe": str, "run_dir": str, "fingerprint": str})
-    for column in {"branch", "source", "recipe"} & set(df.columns):  # empty strings, not NaN, as the sweep wrote them
-        df[column] = df[column].fillna("")
+    df = read_sweep(csv)
     return df.assign(margin=margin, inside_margin=below_margin(df.diff_high.to_numpy(), margin))
 
 
@@ -433,7 +432,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     return df
 
 
-def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> pd.DataFrame:
+def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> pd.DataFrame:
     """Per source × recipe × task × variant × width kind: the breaking point read at the seed level where
     ``min_seeds`` or more learned seeds exist, else each learned seed's own (its paired CI over prompts), with the
     seeds it rests on and the seeds the guard left out."""
@@ -476,7 +475,7 @@ def sensitivity_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     return out.merge(n, on=ARM_KEYS)
 
 
-def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = 3) -> str:
+def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> str:
     """quant_sweep.md's seed-level part: per variant, each width's t-interval over seeds with its verdict
     (✓ inside the margin, ✗ outside, ? not resolved), and the breaking point per variant."""
     if seeds.empty:

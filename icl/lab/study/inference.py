@@ -19,31 +19,12 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from icl.stats import SeedInterval as SeedInterval  # re-exported: the study's modules read them here
+from icl.stats import seed_interval as seed_interval
+
 CONFIRMED, REFUTED, UNRESOLVED = "confirmed", "refuted", "not resolved at this scale"
 VERDICTS = (CONFIRMED, REFUTED, UNRESOLVED)
 KINDS = ("less", "greater", "equal", "noninferior")
-
-
-@dataclass(frozen=True)
-class SeedInterval:
-    """A claim statistic over training seeds: mean, t-interval, how many seeds."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-
-def seed_interval(points: Sequence[float], ci: float = 0.95) -> SeedInterval:
-    """The t-interval of the seed-level values (NaNs dropped); fewer than 2 seeds give an unbounded interval."""
-    x = np.asarray([p for p in points if not math.isnan(p)], float)
-    if len(x) == 0:
-        return SeedInterval(math.nan, math.nan, math.nan, 0)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return SeedInterval(mean, -math.inf, math.inf, 1)
-    half = float(sps.t.ppf(0.5 + ci / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return SeedInterval(mean, mean - half, mean + half, len(x))
 
 
 def below_margin(high: float | np.ndarray, margin: float) -> bool | np.ndarray:
