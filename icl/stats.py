@@ -187,6 +187,13 @@ class SeedInterval:
     n: int
 
 
+def below_margin(high: float | np.ndarray, margin: float) -> bool | np.ndarray:
+    """Non-inferiority's one test, for a seed-level t-interval and a job's prompt CI alike (icl.bench.quant_sweep,
+    the study, the sweep's figures): the interval's upper end is strictly below the margin; an interval reaching the
+    margin has not excluded it."""
+    return np.less(high, margin)
+
+
 def seed_interval(points: Sequence[float], ci: float = 0.95) -> SeedInterval:
     """The t-interval of the seed-level values (NaNs dropped); fewer than 2 seeds give an unbounded interval."""
     from scipy import stats as sps

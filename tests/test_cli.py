@@ -64,7 +64,15 @@ def test_evaluation_under_another_quant_mode_is_a_job_of_its_own(workdir, tmp_pa
     assert report["quant"] == "intx_weight" and report["quantized_linears"] > 0
     assert report["bytes_packed"] < report["bytes"] < report["bytes_float"]
     assert OmegaConf.load(tmp_path / "w4" / "config.yaml").quant.bits == 4
-    assert json.loads((tmp_path / "w4" / "status.json").read_text())["metrics"]["evaluated_from"] == str(job)
+    metrics = json.loads((tmp_path / "w4" / "status.json").read_text())["metrics"]
+    assert metrics["evaluated_from"] == str(job)
+    # the same model on the same prompts: the job's training fingerprint, so a sweep over both folders takes it once
+    assert metrics["fingerprint"] == json.loads((job / "status.json").read_text())["metrics"]["fingerprint"]
+    shutil.copytree(job, tmp_path / "other")  # another finished job as out_dir: refused, its results untouched
+    proc = run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'other'}", "quant=int8_weight"], workdir,
+               check=False)
+    assert proc.returncode == 1 and "holds another job: pick a new folder" in proc.stderr + proc.stdout
+    assert (tmp_path / "other" / "eval.csv").read_bytes() == before
     proc = run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'qat'}", "quant=qat_int8"], workdir,
                check=False)
     assert proc.returncode == 1 and "icl.evaluate applies post-training modes only" in proc.stderr + proc.stdout

@@ -148,7 +148,10 @@ def test_make_quant_figures_draws_the_committed_figures_from_the_committed_csvs(
     tasks = sorted(df[df.learned.astype(bool)].task.unique())
     assert {"linear", "sparse_linear"} <= set(tasks)
     want = {f"{stem}_{t}.png" for t in tasks for stem in ("quant_sweep", "quant_sensitivity")}
-    assert {p.name for p in tmp_path.iterdir()} == want  # nothing else: docs/quantization holds no job folder
+    tables = {"quant_breaking_points.csv", "quant_breaking_points.md"}
+    assert {p.name for p in tmp_path.iterdir()} == want | tables  # nothing else: docs/quantization holds no job folder
+    for name in tables:  # the committed summary is what make quant-figures writes
+        assert (tmp_path / name).read_text() == (COMMITTED / name).read_text(), name
     assert all((tmp_path / name).stat().st_size > 10_000 for name in want)
     assert want <= {p.name for p in COMMITTED.glob("*.png")}  # the committed figures are these (make quant-figures)
 
@@ -177,3 +180,17 @@ def test_the_committed_breaking_point_summary_is_the_committed_rows():
     want = pd.read_csv(COMMITTED / f"{BREAKING_POINTS}.csv", dtype=str, keep_default_na=False)
     got = breaking_point_summary(combine_sweeps(find_sweeps([COMMITTED]))).astype(str)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
+
+
+def test_the_breaking_point_needs_the_upper_end_strictly_below_the_margin_and_one_margin(tmp_path):
+    from icl.analysis.quant import breaking_point_summary
+
+    edge = rows({8: [0.0], 4: [0.01]}).assign(diff_high=[0.001, 0.05])  # 4 bits: upper end AT the margin
+    assert breaking_point_summary(with_guard_columns(edge)).breaking_point.iat[0] == "8 bits"
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    rows({8: [0.0, 0.0, 0.0]}).to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
+    rows({8: [0.0, 0.0, 0.0]}).round(4).to_csv(tmp_path / "a" / "quant_sweep_compact.csv", index=False)
+    assert find_sweeps([tmp_path]) == [tmp_path / "a" / "quant_sweep.csv"]  # its rounded copy is not a second file
+    rows({8: [0.0, 0.0, 0.0]}).assign(margin=0.01).to_csv(tmp_path / "b" / "quant_sweep.csv", index=False)
+    with pytest.raises(ValueError, match="margins \\[0.01, 0.05\\]: pass the files of one margin only"):
+        combine_sweeps(find_sweeps([tmp_path]))

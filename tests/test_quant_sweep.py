@@ -133,7 +133,8 @@ def test_cli_sweeps_a_trained_job_without_retraining(tmp_path, tiny_overrides):
     main([f"inputs=[{tmp_path}]", f"out={tmp_path / 'all'}", "bits=[8,2]", "attn_bits=[16,2]", "n_prompts=128",
           "guard=false"])
     assert [p.name for p in quant_sweep_figures([tmp_path / "all"], tmp_path / "fig")] == [
-        "quant_sweep_linear.png", "quant_sensitivity_linear.png"]  # quant_sweep.csv and its compact copy: drawn once
+        "quant_sweep_linear.png", "quant_sensitivity_linear.png", "quant_breaking_points.csv",
+        "quant_breaking_points.md"]  # quant_sweep.csv and its compact copy: drawn once
 
 
 def test_sensitivity_over_seeds_is_mean_and_range_per_block_and_branch():
@@ -250,6 +251,7 @@ def test_the_sweep_figure_leaves_out_seeds_that_did_not_learn(tmp_path):
         learned=lambda f: f.seed < 2, diff_low=lambda f: f["diff"] - 0.005, diff_high=lambda f: f["diff"] + 0.005)
     (tmp_path / "a").mkdir()
     rows.to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
-    assert [p.name for p in quant_sweep_figures([tmp_path / "a"], tmp_path / "fig")] == ["quant_sweep_linear.png"]
+    assert [p.name for p in quant_sweep_figures([tmp_path / "a"], tmp_path / "fig")] == [
+        "quant_sweep_linear.png", "quant_breaking_points.csv", "quant_breaking_points.md"]
     rows.assign(learned=False).to_csv(tmp_path / "a" / "quant_sweep.csv", index=False)
     assert quant_sweep_figures([tmp_path / "a"], tmp_path / "none") == []  # no learned model: nothing to draw

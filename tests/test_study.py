@@ -413,16 +413,19 @@ def test_fastest_int8_backend_per_device_is_computed_from_the_bench_rows():
     other = pd.concat([bench_rows("arm", {"int8_weight": 0.90, "int8_dynamic": 1.3}, ks=(10,)),
                        bench_rows("arm", {"int8_weight": 1.1, "int8_dynamic": 1.02}, ks=(27,), half=0.1)])
     relu = bench_rows("x86", {"int8_dynamic": 0.1}, attn="relu")             # the ratio to float is softmax's
-    fastest = fastest_int8(pd.concat([x86, other, relu], ignore_index=True))
+    standard = bench_rows("x86", {"int8_weight": 0.5}).assign(model="standard")  # another model: ranked apart
+    fastest = fastest_int8(pd.concat([x86, other, relu, standard], ignore_index=True))
+    assert list(fastest[fastest.model == "standard"].quant) == ["int8_weight", "int8_weight"]
+    fastest = fastest[fastest.model == "tiny"]
     assert list(zip(fastest.device, fastest.k, fastest.quant)) == [
         ("arm", 10, "int8_weight"), ("arm", 27, "int8_dynamic"), ("x86", 10, "int8_fbgemm"), ("x86", 27, "int8_fbgemm")]
     x86_best = fastest[fastest.device == "x86"].iloc[0]
     assert (x86_best.ratio, x86_best.runner_up) == (0.70, "int8_weight") and x86_best.runner_up_low == pytest.approx(0.9)
     text = fastest_int8_text(fastest).splitlines()
-    assert text[1].startswith("- x86: **int8_fbgemm** at every k") and text[1].count("(faster than float; next "
+    assert text[1].startswith("- x86, model tiny, batch 256, 1 thread(s): **int8_fbgemm** at every k") and text[1].count("(faster than float; next "
                                                                                     "int8_weight") == 2
     assert "intervals apart" in text[1]                                          # 0.75 < 0.90
-    assert text[0].startswith("- arm: by k") and "k = 10: **int8_weight** 0.900" in text[0]
+    assert text[0].startswith("- arm, model tiny, batch 256, 1 thread(s): by k") and "k = 10: **int8_weight** 0.900" in text[0]
     assert "k = 27: **int8_dynamic** 1.020 [0.920, 1.120] (not apart from float" in text[0]
     assert "next int8_weight [1.000, 1.200], intervals overlap" in text[0]       # 1.12 > 1.00 at k = 27
     assert fastest_int8_text(fastest_int8(None)) == "no int8 latency rows of softmax in the timing CSV"

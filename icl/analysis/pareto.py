@@ -67,6 +67,8 @@ def error_at_2d(results: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["k"] == 2 * rows["n_dims"].astype(int)]
     out = []
     for key, cell in rows.groupby(JOIN, sort=True):
+        if "seed" in cell.columns:  # a seed evaluated twice (a re-evaluation folder beside its job) is one seed
+            cell = cell.drop_duplicates("seed")
         n = cell["run_dir"].nunique()
         if n == 1:
             error, low, high = (float(cell[c].iloc[0]) for c in ("error", "ci_low", "ci_high"))

@@ -35,7 +35,7 @@ from icl.contract import STANDARD, read_eval_csv
 from icl.files import atomic_write, save_figure
 from icl.run.cli import parse
 from icl.run.job import JobDir
-from icl.stats import error_at, seed_interval
+from icl.stats import below_margin, error_at, seed_interval
 from icl.tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,8 @@ def is_sweep_csv(path: Path) -> bool:
 def find_sweeps(inputs: list[Path]) -> list[Path]:
     """Every sweep CSV (``*sweep*.csv`` with the sweep's header) under the inputs, or an input that is one."""
     found = {p for root in map(Path, inputs) for p in ([root] if root.is_file() else root.rglob("*sweep*.csv"))}
-    return sorted(p for p in found if p.suffix == ".csv" and is_sweep_csv(p))
+    copies = {p for p in found if p.name == "quant_sweep_compact.csv" and p.with_name("quant_sweep.csv") in found}
+    return sorted(p for p in found - copies if p.suffix == ".csv" and is_sweep_csv(p))  # a sweep's rounded copy: once
 
 
 def combine_sweeps(files: list[Path]) -> pd.DataFrame:
@@ -162,6 +163,11 @@ def combine_sweeps(files: list[Path]) -> pd.DataFrame:
     Rows of a losing file that differ from the winner's on the same seed and probe are logged (two sets of models
     under one arm name), never drawn."""
     df = pd.concat([with_guard_columns(read_sweep(f)).assign(file=str(f)) for f in files], ignore_index=True)
+    margins = df.groupby(ARM_KEYS).margin.nunique()
+    if (margins > 1).any():  # a rescore= copy at another margin would silently move the breaking points
+        arm = " ".join(map(str, margins[margins > 1].index[0]))
+        raise ValueError(f"quant sweep {arm}: its files were scored at margins {sorted(set(df.margin))}: pass the "
+                         f"files of one margin only")
     arms = (df.assign(learned_seed=df.seed.where(df.learned.astype(bool)))
             .groupby([*ARM_KEYS, "file"], sort=False)
             .agg(n_learned=("learned_seed", "nunique"), n_rows=("seed", "size")).reset_index())
@@ -364,11 +370,7 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
         return []
     df = combine_sweeps(files)
     learned = df[df.learned.astype(bool)]
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    summary = breaking_point_summary(df, min_seeds, ci)
-    written = [Path(out_dir) / f"{BREAKING_POINTS}.csv", Path(out_dir) / f"{BREAKING_POINTS}.md"]
-    atomic_write(written[0], lambda tmp: summary.to_csv(tmp, index=False))
-    atomic_write(written[1], lambda tmp: tmp.write_text(markdown(summary) + "\n", encoding="utf-8"))
+    written = []
     for task in sorted(learned.task.unique()):
         everyone = df[df.task == task]
         labels = pd.concat([everyone, variant_labels(everyone)], axis=1)
@@ -384,6 +386,12 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
                 save_figure(path, fig, dpi=120)
                 written.append(path)
             plt.close(fig)
+    if written:  # beside the figures: the breaking points they show, one row per arm × kind
+        summary = breaking_point_summary(df, min_seeds, ci)
+        tables = [Path(out_dir) / f"{BREAKING_POINTS}.csv", Path(out_dir) / f"{BREAKING_POINTS}.md"]
+        atomic_write(tables[0], lambda tmp: summary.to_csv(tmp, index=False))
+        atomic_write(tables[1], lambda tmp: tmp.write_text(markdown(summary) + "\n", encoding="utf-8"))
+        written += tables
     return written
 
 
@@ -398,13 +406,13 @@ def breaking_point_summary(df: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: flo
     rows = []
     learned = df[df.learned.astype(bool) & df.kind.isin(WIDTH_KINDS)]
     for (source, recipe, task, attn, kind), g in learned.groupby([*ARM_KEYS, "kind"], sort=True):
-        bars = seed_bars(g, ["bits"], min_seeds, ci)
+        pooled = g.groupby("bits").seed.nunique().min() >= min_seeds  # every width read at the seed level
+        bars = seed_bars(g, ["bits"], min_seeds if pooled else g.seed.nunique() + 1, ci)  # else every width per seed
         points = []
         for series, b in bars.groupby("series", sort=False):
             b = b.sort_values("bits", ascending=False)
-            inside = (b.high <= g.margin.iat[0]).cummin()  # inside at this width and every wider one
+            inside = pd.Series(below_margin(b.high.to_numpy(), g.margin.iat[0])).cummin().to_numpy()  # and all wider
             points.append((series, int(b.bits[inside].iat[-1]) if inside.any() else None))
-        pooled = len(points) == 1 and points[0][0].endswith("seeds")
         rows.append({"task": task, "attn": attn, "arm": f"{source} {recipe}".strip(), "kind": kind,
                      "seeds": " ".join(map(str, sorted(g.seed.unique()))), "margin": g.margin.iat[0],
                      "breaking_point": ("–" if all(p is None for _, p in points) else

@@ -154,11 +154,18 @@ def main(cfg: DictConfig) -> None:
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     folders = [run, out] if run.is_job() else []  # not a job: load_job says so, and no .lock is left behind
     with refusals(FileNotFoundError, ValueError, JobLocked):
+        if folders and not same_folder(run, out) and out.is_job() and evaluated_from(out) != str(run.path):
+            raise ValueError(f"out_dir={out.path} holds another job: pick a new folder (its results stay as they are)")
         if cfg.get("quant") is not None and folders:  # refused before a new out_dir exists
-            replacing_quant(cfg.quant, run.load_config().quant, same_folder(run, out))
+            replacing_quant(cfg.quant, OmegaConf.select(run.load_config(), "quant"), same_folder(run, out))
         out.path.mkdir(parents=True, exist_ok=True) if folders else None  # a new out_dir is locked as well
         with locked(*folders):
             reevaluate(cfg)
+
+
+def evaluated_from(job: JobDir) -> str | None:
+    """The job a re-evaluation folder scored (None for a job that trained its own model)."""
+    return (job.status().get("metrics") or {}).get("evaluated_from")
 
 
 def same_folder(run: JobDir, out: JobDir) -> bool:
@@ -188,7 +195,7 @@ def reevaluate(cfg: DictConfig) -> None:
         job_cfg.eval.strategies = strategies
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     if cfg.get("quant") is not None:
-        job_cfg.quant = replacing_quant(cfg.quant, job_cfg.quant, same_folder(run, out))
+        job_cfg.quant = replacing_quant(cfg.quant, OmegaConf.select(job_cfg, "quant"), same_folder(run, out))
     if not same_folder(run, out):
         job_cfg.paths.output_dir = str(out.path)
     spec = JobSpec.from_config(job_cfg)  # the one parse of the (re-evaluated) job's config
@@ -199,12 +206,15 @@ def reevaluate(cfg: DictConfig) -> None:
         with out.lifecycle() as metrics:
             df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
             metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df))
+            if not overrides and strategies is None and (fp := (run.status().get("metrics") or {}).get("fingerprint")):
+                metrics.update(fingerprint=fp)  # the same model on the same prompts: a sweep takes it once, not twice
     print(summary_line(df))
 
 
 def replacing_quant(quant: DictConfig, job_quant: DictConfig, in_place: bool) -> DictConfig:
     """``quant=MODE`` on the command line: a post-training mode for the job's trained float model, evaluated into a
     folder of its own (the job's own eval.csv and quant.json stay those of its mode)."""
+    job_quant = job_quant if job_quant is not None else OmegaConf.create({"name": "none"})  # jobs from before quant=
     mode, trained = (QuantSpec.from_config(OmegaConf.to_container(q)) for q in (quant, job_quant))
     if mode.mode.stage == "qat":
         raise ValueError(f"quant={mode.name} acts during training: train with it (python -m icl.train "

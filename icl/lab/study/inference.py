@@ -20,17 +20,12 @@ import numpy as np
 from scipy import stats as sps
 
 from icl.stats import SeedInterval as SeedInterval  # re-exported: the study's modules read them here
+from icl.stats import below_margin as below_margin
 from icl.stats import seed_interval as seed_interval
 
 CONFIRMED, REFUTED, UNRESOLVED = "confirmed", "refuted", "not resolved at this scale"
 VERDICTS = (CONFIRMED, REFUTED, UNRESOLVED)
 KINDS = ("less", "greater", "equal", "noninferior")
-
-
-def below_margin(high: float | np.ndarray, margin: float) -> bool | np.ndarray:
-    """Non-inferiority's one test, for a seed-level t-interval and a job's prompt CI alike (icl.bench.quant_sweep):
-    the interval's upper end is strictly below the margin; an interval reaching the margin has not excluded it."""
-    return np.less(high, margin)
 
 
 def verdict(kind: str, low: float, high: float, margin: float = 0.0, min_seeds: int = 2,

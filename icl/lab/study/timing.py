@@ -54,21 +54,25 @@ def is_int8(quant: str) -> bool:
     return quant.startswith("int8")
 
 
+SETTING = ["device", "model", "batch", "threads"]  # what a latency ratio is measured under: ranked within one
+
+
 def fastest_int8(bench: pd.DataFrame | None) -> pd.DataFrame:
     """Per device and k: the int8 backend whose softmax model has the lowest latency ratio to softmax in float (the
     bench's ratio column, same process and rounds), its CI, and the runner-up's, to say whether the two overlap."""
-    columns = ["device", "k", "quant", "ratio", "ratio_ci_low", "ratio_ci_high", "runner_up", "runner_up_low",
+    columns = [*SETTING, "k", "quant", "ratio", "ratio_ci_low", "ratio_ci_high", "runner_up", "runner_up_low",
                "runner_up_high"]
-    needed = {"part", "device", "attn", "quant", "k", "ratio", "ratio_ci_low", "ratio_ci_high"}
+    needed = {"part", *SETTING, "attn", "quant", "k", "ratio", "ratio_ci_low", "ratio_ci_high"}
     if bench is None or not needed <= set(bench.columns):
         return pd.DataFrame(columns=columns)
     rows = bench[(bench["part"] == "latency") & (bench["attn"] == REFERENCE) & bench["ratio"].notna()
                  & bench["quant"].map(is_int8)]
     out = []
-    for (device, k), at_k in rows.groupby(["device", "k"], sort=True):
+    for (*setting, k), at_k in rows.groupby([*SETTING, "k"], sort=True):  # never ranked across models or batches
         ranked = at_k.sort_values("ratio")
         best, second = ranked.iloc[0], (ranked.iloc[1] if len(ranked) > 1 else None)
-        out.append({"device": device, "k": int(k), **best[["quant", "ratio", "ratio_ci_low", "ratio_ci_high"]],
+        out.append({**dict(zip(SETTING, setting)), "k": int(k),
+                    **best[["quant", "ratio", "ratio_ci_low", "ratio_ci_high"]],
                     "runner_up": None if second is None else second["quant"],
                     "runner_up_low": math.nan if second is None else second["ratio_ci_low"],
                     "runner_up_high": math.nan if second is None else second["ratio_ci_high"]})
@@ -81,7 +85,7 @@ def fastest_int8_text(fastest: pd.DataFrame) -> str:
     if fastest.empty:
         return "no int8 latency rows of softmax in the timing CSV"
     lines = []
-    for device, rows in fastest.groupby("device", sort=True):
+    for (device, model, batch, threads), rows in fastest.groupby(SETTING, sort=True):
         names, parts = sorted(set(rows["quant"])), []
         for r in rows.itertuples():
             speed = ("faster than float" if r.ratio_ci_high < 1 else
@@ -92,5 +96,6 @@ def fastest_int8_text(fastest: pd.DataFrame) -> str:
             name = "" if len(names) == 1 else f"**{r.quant}** "
             parts.append(f"k = {r.k}: {name}{r.ratio:.3f} [{r.ratio_ci_low:.3f}, {r.ratio_ci_high:.3f}] ({speed}{apart})")
         head = f"**{names[0]}** at every k" if len(names) == 1 else "by k"
-        lines.append(f"- {device}: {head} (softmax's latency under it ÷ in float, 95% CI) — " + "; ".join(parts))
+        lines.append(f"- {device}, model {model}, batch {batch}, {threads} thread(s): {head} (softmax's latency under "
+                     f"it ÷ in float, 95% CI) — " + "; ".join(parts))
     return "\n".join(lines)
