@@ -194,3 +194,11 @@ def test_the_breaking_point_needs_the_upper_end_strictly_below_the_margin_and_on
     rows({8: [0.0, 0.0, 0.0]}).assign(margin=0.01).to_csv(tmp_path / "b" / "quant_sweep.csv", index=False)
     with pytest.raises(ValueError, match="margins \\[0.01, 0.05\\]: pass the files of one margin only"):
         combine_sweeps(find_sweeps([tmp_path]))
+
+
+def test_docs_quantization_shows_the_committed_breaking_point_summary_unchanged():
+    from icl.analysis.quant import BREAKING_POINTS
+
+    table = (COMMITTED / f"{BREAKING_POINTS}.md").read_text().strip()
+    assert table.startswith("| task | attn | arm | kind |")
+    assert "\n" + table + "\n" in (REPO / "docs" / "quantization.md").read_text()
