@@ -124,7 +124,7 @@ def test_the_sensitivity_figure_has_one_panel_per_variant():
 
 def test_the_committed_sweeps_bars_are_their_committed_seed_level_rows():
     files = find_sweeps([COMMITTED])
-    assert {"sweep_arms.csv", "sweep_linear_attn.csv"} <= {f.name for f in files}
+    assert {"sweep_arms.csv", "sweep_quant_models.csv"} <= {f.name for f in files}
     assert not any(f.name.endswith("_seeds.csv") for f in files)
     pairs = [f for f in files if f.with_name(f.stem + "_seeds.csv").is_file()]
     assert len(pairs) >= 3
