@@ -181,7 +181,8 @@ def test_report_from_synthetic_cells_is_reproducible_and_lists_missing_cells(tmp
     cfg = study_cfg(tmp_path / "cells") | {"out_dir": str(tmp_path / "docs"), "readme": None, "bench_csv": str(bench)}
     first = report(cfg).read_text()
     assert report(cfg).read_text() == first                          # same committed cells, same page
-    assert "- cpu (x86_64): **int8_fbgemm** at every k" in first      # (f)'s fastest int8 line, from the CSV
+    # (f)'s fastest int8 line, from the CSV
+    assert "- cpu (x86_64), model tiny, batch 256, 1 thread(s): **int8_fbgemm** at every k" in first
     assert "10 of 66 cells committed; missing: tuned-linear-relu_causal-seed0" in first
     assert "relu (÷ L: the seed's model)" in first and "did not learn: seed 2" in first
     assert (tmp_path / "docs" / "study" / "error_vs_k_tuned_linear.png").is_file()
