@@ -59,13 +59,33 @@ def test_seed_level_verdict_is_the_studys_t_interval_over_seeds():
     assert seeds.loc[4, "seed"] == "3 seeds" and seeds.loc[4, "seeds"] == "0 1 2"
     assert list(seeds.verdict) == ["refuted", "not resolved at this scale", "confirmed"]  # 2, 4 (CI spans 0.05), 8
     assert breaking_points(seeds.reset_index()).smallest_bits_inside.item() == 8
-    three = variant_breaking_points(seeds_frame(diffs), seeds.reset_index())
+    three = variant_breaking_points(seeds_frame(diffs))
     assert three.rule.item() == "t-interval over 3 seeds" and three.breaking_point.item() == "8 bits"
     assert three.per_seed.item() == "2 2 2"  # each seed alone: its prompt CI is inside at every width
     pair = seeds_frame({8: [0.0, 0.001], 4: [0.01, 0.01]})
     two = seed_level(pair)
     assert (two.verdict == "not resolved at this scale").all() and not two.inside_margin.any()  # < 3 seeds
-    assert variant_breaking_points(pair, two).rule.item() == "per seed (paired CI over prompts)"
+    assert variant_breaking_points(pair).rule.item() == "per seed (paired CI over prompts)"
+
+
+def test_the_sweeps_breaking_point_per_variant_is_the_figures_summary():
+    """One reading of a breaking point: the sweep's table per variant and the figures' summary agree on every arm,
+    where a width lacks a seed (read per seed) and on every committed sweep."""
+    from icl.analysis.quant import breaking_point_summary, combine_sweeps, find_sweeps, with_guard_columns
+    from tests.helpers import REPO
+
+    uneven = seeds_frame({8: [0.0, 0.001, 0.002], 4: [0.01, 0.02, 0.03]})
+    uneven = uneven[~((uneven.seed == 2) & (uneven.bits == 4))].assign(source="cpu", recipe="")  # 4 bits: 2 seeds
+    committed = combine_sweeps(find_sweeps([REPO / "docs" / "quantization"]))
+    for df in (uneven, committed):
+        table = variant_breaking_points(df)
+        table = table[table.n_seeds > 0]
+        summary = breaking_point_summary(with_guard_columns(df))
+        arm = (table.source + " " + table.recipe).str.strip()
+        mine = sorted(zip(table.task, table.attn, arm, table.kind, table.breaking_point, table.rule))
+        assert mine == sorted(zip(summary.task, summary.attn, summary.arm, summary.kind, summary.breaking_point,
+                                  summary.read))
+    assert variant_breaking_points(uneven).breaking_point.item() == "4 4 8 bits"  # seed 2 has no 4-bit row
 
 
 def test_only_finished_jobs_are_swept(tmp_path):
@@ -152,11 +172,11 @@ def test_two_roots_keep_their_seeds_apart_and_the_guard_leaves_out_seeds_that_di
     df = pd.concat([tuned, shared], ignore_index=True)
     seeds = seed_level(df)
     assert set(zip(seeds.source, seeds.seeds)) == {("cpu", "0 1 2"), ("tune_shared", "0 1 2")}
-    points = variant_breaking_points(df, seeds).set_index("source")
+    points = variant_breaking_points(df).set_index("source")
     assert points.loc["cpu", "breaking_point"] == "4 bits" and points.loc["cpu", "seeds"] == "0 1 2"
     assert points.loc["cpu", "did_not_learn"] == "3 (0.100)" and points.loc["tune_shared", "did_not_learn"] == ""
     assert points.loc["tune_shared", "breaking_point"] == "8 bits"
-    nobody = variant_breaking_points(tuned.assign(learned=False), seed_level(tuned.assign(learned=False)))
+    nobody = variant_breaking_points(tuned.assign(learned=False))
     assert nobody.rule.item() == "no seed learned (study guard)" and nobody.n_seeds.item() == 0
     sens = sensitivity_over_seeds(df.assign(kind="sensitivity", block=0, branch="mlp"))
     assert list(sens.n_seeds) == [3, 3]  # the failed seed is not averaged in

@@ -35,10 +35,10 @@ def test_two_recipes_in_one_root_are_two_arms_with_their_own_seeds_and_breaking_
     seeds = seed_level(df)
     assert set(zip(seeds.recipe, seeds.seeds)) == {("smoke", "0 1 2"), ("study_shared", "0 1 2")}
     assert seeds.set_index(["recipe", "bits"]).loc[("study_shared", 4), "diff"] == pytest.approx(0.25)  # seed 3 out
-    points = variant_breaking_points(df, seeds).set_index("recipe")
+    points = variant_breaking_points(df).set_index("recipe")
     assert points.loc["smoke", "breaking_point"] == "4 bits" and points.loc["study_shared", "breaking_point"] == "8 bits"
     assert points.loc["study_shared", "did_not_learn"] == "3 (0.040)" and points.loc["smoke", "did_not_learn"] == ""
-    pooled_together = variant_breaking_points(df.assign(recipe="x"), seed_level(df.assign(recipe="x")))
+    pooled_together = variant_breaking_points(df.assign(recipe="x"))
     assert pooled_together.breaking_point.item() == "8 bits" and pooled_together.n_seeds.item() == 6  # the bug kept out
     sens = sensitivity_over_seeds(df.assign(kind="sensitivity", block=0, branch="mlp"))
     assert list(sens.recipe) == ["smoke", "study_shared"] and list(sens.n_seeds) == [3, 3]

@@ -75,6 +75,15 @@ JOB_KEYS = ["task", "attn", "seed", "run_dir"]
 WIDTH_KINDS = ("weights", "attention", "state")  # probes swept over widths (state: linear-cost mixers only)
 
 
+def breaking_point(bits: np.ndarray, inside: np.ndarray) -> int | None:
+    """The breaking point's one rule: the smallest width that is inside the margin with every wider width inside
+    too (``bits`` in any order); None when even the widest is outside."""
+    bits = np.asarray(bits)
+    order = np.argsort(-bits, kind="stable")
+    ok = np.logical_and.accumulate(np.asarray(inside, dtype=bool)[order])  # inside here and at every wider width
+    return int(bits[order][ok][-1]) if ok.any() else None
+
+
 def breaking_points(df: pd.DataFrame) -> pd.DataFrame:
     """Per job and kind (``WIDTH_KINDS``): the smallest width whose paired difference to float, and every wider
     width's, has its CI's upper end inside the margin (``inside_margin``); NaN when even the widest is outside."""
@@ -82,9 +91,8 @@ def breaking_points(df: pd.DataFrame) -> pd.DataFrame:
     widths = df[df.kind.isin(WIDTH_KINDS)]
     for (task, attn, seed, run_dir, kind), g in widths.groupby([*JOB_KEYS, "kind"], sort=True):
         g = g.sort_values("bits", ascending=False)
-        inside = g.inside_margin.astype(bool).cummin()  # inside at this width and every wider one
-        ok = g[inside.to_numpy()]
-        best = ok.iloc[-1] if len(ok) else None
+        point = breaking_point(g.bits.to_numpy(), g.inside_margin.astype(bool).to_numpy())
+        best = None if point is None else g[g.bits == point].iloc[0]
         rows.append({"task": task, "attn": attn, "seed": seed, "kind": kind, "margin": g.margin.iat[0],
                      "float_error": g.float_error.iat[0],
                      "smallest_bits_inside": int(best.bits) if best is not None else float("nan"),
@@ -398,27 +406,46 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
 BREAKING_POINTS = "quant_breaking_points"  # the summary table quant_sweep_figures writes beside the figures
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One arm × width kind's breaking point as the figure's bars give it (``read_breaking_point``)."""
+
+    read: str  # how: "t-interval over N seeds" or "per seed (paired CI over prompts)"
+    points: tuple[int | None, ...]  # the seed-level one, or one per seed; None: even the widest width is outside
+
+    @property
+    def text(self) -> str:
+        """``"4 bits"``, ``"4 – 8 bits"`` (per seed), or ``"–"`` when no series has one."""
+        if all(p is None for p in self.points):
+            return "–"
+        return " ".join("–" if p is None else str(p) for p in self.points) + " bits"
+
+
+def read_breaking_point(rows: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: float = 0.95,
+                        per_seed: bool = False) -> Reading:
+    """The breaking point of one arm × width kind from its learned rows, read from the bars the figure draws
+    (``seed_bars``): the t-interval over the seeds where every width has ``min_seeds`` or more, else (or with
+    ``per_seed``) each seed's own paired CI over prompts, one breaking point per seed (``breaking_point`` on
+    ``below_margin`` of the upper ends). The one reading of the figures' summary and of ``icl.bench.quant_sweep``."""
+    pooled = not per_seed and rows.groupby("bits").seed.nunique().min() >= min_seeds  # every width at the seed level
+    bars = seed_bars(rows, ["bits"], min_seeds if pooled else rows.seed.nunique() + 1, ci)  # else every width per seed
+    margin = rows.margin.iat[0]
+    points = tuple(breaking_point(b.bits.to_numpy(), below_margin(b.high.to_numpy(), margin))
+                   for _, b in bars.groupby("series", sort=False))
+    return Reading(f"t-interval over {rows.seed.nunique()} seeds" if pooled else "per seed (paired CI over prompts)",
+                   points)
+
+
 def breaking_point_summary(df: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> pd.DataFrame:
-    """Per arm (``ARM_KEYS``) × width kind of ``combine_sweeps``' rows: the breaking point — the smallest width
-    whose interval's upper end, and every wider width's, is inside the margin — read from the bars the figure draws
-    (``seed_bars``: the t-interval over ``min_seeds`` or more learned seeds, else each seed's own paired CI over
-    prompts, one breaking point per seed). ``–``: even the widest width is outside."""
+    """Per arm (``ARM_KEYS``) × width kind of ``combine_sweeps``' rows: the breaking point of its learned rows
+    (``read_breaking_point``). ``–``: even the widest width is outside."""
     rows = []
     learned = df[df.learned.astype(bool) & df.kind.isin(WIDTH_KINDS)]
     for (source, recipe, task, attn, kind), g in learned.groupby([*ARM_KEYS, "kind"], sort=True):
-        pooled = g.groupby("bits").seed.nunique().min() >= min_seeds  # every width read at the seed level
-        bars = seed_bars(g, ["bits"], min_seeds if pooled else g.seed.nunique() + 1, ci)  # else every width per seed
-        points = []
-        for series, b in bars.groupby("series", sort=False):
-            b = b.sort_values("bits", ascending=False)
-            inside = pd.Series(below_margin(b.high.to_numpy(), g.margin.iat[0])).cummin().to_numpy()  # and all wider
-            points.append((series, int(b.bits[inside].iat[-1]) if inside.any() else None))
+        reading = read_breaking_point(g, min_seeds, ci)
         rows.append({"task": task, "attn": attn, "arm": f"{source} {recipe}".strip(), "kind": kind,
                      "seeds": " ".join(map(str, sorted(g.seed.unique()))), "margin": g.margin.iat[0],
-                     "breaking_point": ("–" if all(p is None for _, p in points) else
-                                        " ".join("–" if p is None else f"{p}" for _, p in points) + " bits"),
-                     "read": (f"t-interval over {g.seed.nunique()} seeds" if pooled else
-                              "per seed (paired CI over prompts)"),
+                     "breaking_point": reading.text, "read": reading.read,
                      "file": Path(g.file.iat[0]).name if "file" in g.columns else ""})
     columns = ["task", "attn", "arm", "kind", "seeds", "margin", "breaking_point", "read", "file"]
     return pd.DataFrame(rows, columns=columns).sort_values(["task", "attn", "arm", "kind"], ignore_index=True)

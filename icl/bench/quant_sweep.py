@@ -21,14 +21,15 @@ Every row holds the normalised error at k = 2d (``error``; float: ``float_error`
 quantised − float on identical prompts (``diff``) with a paired percentile bootstrap CI (``icl.stats``); a width is
 inside the margin when the CI's upper end is < ``margin`` (``below_margin``; normalised-error units, the zero
 estimator scores 1).
-The breaking point (``icl.analysis.quant.breaking_points``) is the smallest width with it and every wider width
-inside. ``seconds`` is the evaluation time of the probe (quantise + predict): the sweep's whole cost.
+The breaking point (``icl.analysis.quant.breaking_point``, the one rule) is the smallest width with it and every
+wider width inside. ``seconds`` is the evaluation time of the probe (quantise + predict): the sweep's whole cost.
 
 With several training seeds of one variant × task, seeds are the unit (``seed_level``): per width the seed-level
 values Δ_s (each seed's paired difference) give the study's t-interval over seeds (``icl.lab.study.inference``), a
 width is inside when that interval's upper end is < margin (the study's ``noninferior`` verdict, confirmed) with at
-least ``min_seeds`` seeds, and the breaking point is computed from those verdicts by the same rule. Only finished jobs
-(status ``done``) are swept.
+least ``min_seeds`` seeds. The breaking point per variant (``variant_breaking_points``) is read as the figures'
+summary reads it (``icl.analysis.quant.read_breaking_point``): from that t-interval where every width has
+``min_seeds`` or more learned seeds, else from each seed's own CI. Only finished jobs (status ``done``) are swept.
 
 A seed whose float model did not learn is left out of every seed-level interval, breaking point and sensitivity
 summary (its per-job rows stay, with ``learned`` false): the study's guard (``configs/study.yaml`` ``guard``,
@@ -60,6 +61,7 @@ from icl.analysis.quant import (
     WIDTH_KINDS,
     breaking_points,
     markdown,
+    read_breaking_point,
     read_sweep,
     sweep_markdown,
     with_guard_columns,
@@ -276,7 +278,7 @@ def source_of(job: Path, inputs: list[str]) -> str:
 
 
 def arm_id(source: str, recipe: str) -> str:
-    """The ``run_dir`` of a seed-level row: one per source × recipe, so ``breaking_points`` keeps two arms apart."""
+    """The ``run_dir`` of a seed-level row: one per source × recipe, so a table per run_dir keeps two arms apart."""
     return f"{source}:{recipe}"
 
 
@@ -426,38 +428,35 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     write_csv(out / "quant_sweep_seeds.csv", compact(seeds), index=False)
     write_text(out / "quant_sweep.md", sweep_markdown(df) + seed_markdown(df, seeds, args.min_seeds))
     print(breaking_points(df).to_string(index=False))
-    print(variant_breaking_points(df, seeds, args.min_seeds).to_string(index=False))
+    print(variant_breaking_points(df, args.min_seeds).to_string(index=False))
     print(f"{what}, {len(df)} probes, {time.perf_counter() - start:.1f} s (evaluation only) -> "
           f"{out / 'quant_sweep.csv'}")
     return df
 
 
-def variant_breaking_points(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> pd.DataFrame:
-    """Per source × recipe × task × variant × width kind: the breaking point read at the seed level where
-    ``min_seeds`` or more learned seeds exist, else each learned seed's own (its paired CI over prompts), with the
-    seeds it rests on and the seeds the guard left out."""
+def variant_breaking_points(df: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> pd.DataFrame:
+    """Per source × recipe × task × variant × width kind: the breaking point of the learned seeds as the figures'
+    summary reads it (``icl.analysis.quant.read_breaking_point``: at the seed level where every width has
+    ``min_seeds`` or more learned seeds, else each seed's own), each learned seed's own breaking point, the seeds it
+    rests on and the seeds the guard left out."""
     df = with_guard_columns(df)
-    per_seed = breaking_points(df)
-    per_seed = per_seed.join(df.drop_duplicates("run_dir").set_index("run_dir")[["source", "recipe", "learned"]],
-                             on="run_dir")
-    pooled = (breaking_points(seeds) if len(seeds) else
-              pd.DataFrame(columns=["run_dir", "task", "attn", "kind", "smallest_bits_inside"]))
     rows = []
-    for (source, recipe, task, attn, kind), everyone in per_seed.groupby([*ARM_KEYS, "kind"], sort=True):
-        g = everyone[everyone.learned.astype(bool)]
-        failed = everyone[~everyone.learned.astype(bool)]
-        own = " ".join("–" if pd.isna(b) else str(int(b)) for b in g.smallest_bits_inside)
-        row = pooled[(pooled.run_dir == arm_id(source, recipe)) & (pooled.task == task) & (pooled.attn == attn)
-                     & (pooled.kind == kind)]
-        seed_level_read = len(g) >= min_seeds and len(row) == 1
-        point = row.smallest_bits_inside.iat[0] if seed_level_read else float("nan")
-        rows.append({"source": source, "recipe": recipe, "task": task, "attn": attn, "kind": kind, "n_seeds": len(g),
-                     "seeds": " ".join(map(str, g.seed)), "float_error": " ".join(f"{e:.3f}" for e in g.float_error),
-                     "rule": (f"t-interval over {len(g)} seeds" if seed_level_read else
-                              "per seed (paired CI over prompts)" if len(g) else "no seed learned (study guard)"),
-                     "breaking_point": ("–" if pd.isna(point) else f"{int(point)} bits") if seed_level_read else own,
-                     "per_seed": own,
-                     "did_not_learn": " ".join(f"{s} ({e:.3f})" for s, e in zip(failed.seed, failed.float_error))})
+    for (source, recipe, task, attn, kind), everyone in df[df.kind.isin(WIDTH_KINDS)].groupby([*ARM_KEYS, "kind"],
+                                                                                            sort=True):
+        learned = everyone[everyone.learned.astype(bool)]
+        jobs = ["seed", "run_dir"] if "run_dir" in df.columns else ["seed"]  # docs/' compact copies have no paths
+        floats = learned.groupby(jobs, sort=True).float_error.first()
+        failed = everyone[~everyone.learned.astype(bool)].groupby(jobs, sort=True).float_error.first()
+        reading = read_breaking_point(learned, min_seeds, ci) if len(learned) else None
+        own = read_breaking_point(learned, per_seed=True).points if len(learned) else ()
+        rows.append({"source": source, "recipe": recipe, "task": task, "attn": attn, "kind": kind,
+                     "n_seeds": len(floats), "seeds": " ".join(map(str, floats.index.get_level_values("seed"))),
+                     "float_error": " ".join(f"{e:.3f}" for e in floats),
+                     "rule": reading.read if reading else "no seed learned (study guard)",
+                     "breaking_point": reading.text if reading else "",
+                     "per_seed": " ".join("–" if p is None else str(p) for p in own),
+                     "did_not_learn": " ".join(f"{s} ({e:.3f})" for s, e in
+                                               zip(failed.index.get_level_values("seed"), failed))})
     return pd.DataFrame(rows)
 
 
@@ -486,7 +485,7 @@ def seed_markdown(df: pd.DataFrame, seeds: pd.DataFrame, min_seeds: int = MIN_SE
     wide = seeds.assign(c=seeds.apply(cell, axis=1)).pivot_table(index=[*ARM_KEYS, "seed", "kind"],
                                                                  columns="bits", values="c", aggfunc="first")
     wide = wide[sorted(wide.columns, reverse=True)].fillna("").reset_index()  # weights have no 16-bit probe
-    points = variant_breaking_points(df, seeds, min_seeds)
+    points = variant_breaking_points(df, min_seeds)
     return ("\n## Seed level: mean paired difference over training seeds [t-interval] (✓ inside the margin, ✗ "
             "outside, ? not resolved: fewer seeds or the interval spans the margin; seeds whose float model did not "
             "learn, by the study's guard, left out)\n\n" + markdown(wide)
