@@ -22,8 +22,8 @@ from icl.analysis.pareto import (
     load_costs,
     pareto_front,
     plot_error_vs_cost,
-    storage_of,
 )
+from icl.analysis.quant import read_quant, stored_as, table
 from icl.analysis.results import load_results
 from icl.run.job import JobDir
 from tests.test_figures import make_job
@@ -153,7 +153,7 @@ def test_storage_of_a_real_quant_json(mode, storage):
     from tests.test_quantize import prompts, tiny_model
 
     _, report = quantize_with_proof(tiny_model(), QuantSpec.from_config(mode), *prompts())
-    assert storage_of(report) == storage
+    assert stored_as(report) == storage
     if storage == "float32":
         assert report["bytes"] == report["bytes_packed"] == report["bytes_float"]
     if storage == "simulated":  # the float weights, and the wrappers' metadata: drawn at the float size
@@ -182,3 +182,22 @@ def test_the_docs_int8_speed_ranges_are_the_committed_cost_rows():
                          ("intx_weight_w4_pc", "int4 {}–{}×")):
         low, high = ratio[quant].min(), ratio[quant].max()
         assert words.format(f"{low:.2f}", f"{high:.2f}") in text, (quant, low, high)
+
+
+def test_the_cost_chart_and_the_quant_table_read_quant_json_through_one_reader(tmp_path):
+    from icl.quantize import QuantSpec, quantize_with_proof
+    from tests.test_quantize import prompts, tiny_model
+
+    root = tmp_path / "outputs"
+    job = make_job(root / "w4", "linear", 3, quant="intx_weight_w4_g32")
+    _, report = quantize_with_proof(tiny_model(), QuantSpec.from_config({"name": "intx_weight", "bits": 4}), *prompts())
+    JobDir(job).write_quant({k: v for k, v in report.items() if k not in ("label", "bytes_packed", "storage")})  # older
+    results = load_results([root], cfg_columns="varying")
+    size, row = job_sizes(results).iloc[0], table([job]).iloc[0]
+    assert read_quant(job)["stored_as"] == size.storage == "real"  # no bytes_packed written: nothing packed
+    assert (size.bytes_stored, size.bytes_packed, size.bytes_float) == (row.bytes, row.bytes_packed, row.bytes_float)
+    assert (row.quant, row.storage) == ("intx_weight", "")
+    JobDir(job).write_quant({"quant": "intx_weight", "bytes_float": 100})  # no bytes: one line, from both readers
+    for read in (lambda: table([job]), lambda: job_sizes(results)):
+        with pytest.raises(ValueError, match=r"quant.json lacks \['bytes'\]: evaluate the job again"):
+            read()

@@ -4,8 +4,9 @@ The error is the job's normalised error at k = 2d on standard prompts (eval.csv,
 one cell: their mean, with a normal interval over the seeds). The cost comes from the rows ``python -m
 icl.bench.mixers parts=[inference]`` writes (``inference_cost.csv``: CPU ms per prompt at k = 2d and the state / KV
 floats one sequence keeps), joined on (model, attn, quant, n_dims). The model's size as stored comes from each job's
-quant.json (``bytes``: ``torch.save`` of the quantised state dict) with how it is stored (``STORAGE``): a fake-quant
-width only simulates accuracy and is stored, and drawn, at the float size; it has no time or state of its own (its
+quant.json, read by ``icl.analysis.quant.read_quant`` (``bytes``: ``torch.save`` of the quantised state dict), with
+how it is stored (``stored_as``, marked by ``STORAGE``): a fake-quant width only simulates accuracy and is stored,
+and drawn, at the float size; it has no time or state of its own (its
 cost row would time float kernels plus the rounding), so it is drawn in the size panel only, and on no front (its
 error is no deployable model's). A point is on the front when no other point is at most as costly and at most as
 wrong, and better in one of the two. ``make figures`` draws
@@ -28,11 +29,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from icl.analysis.quant import read_quant
 from icl.analysis.results import load_results
 from icl.analysis.styles import attn_color, quant_style
 from icl.contract import strategies
 from icl.files import atomic_write
-from icl.run.job import JobDir
 
 log = logging.getLogger(__name__)
 COST_FILE = "inference_cost.csv"  # written by icl.bench.mixers (part inference)
@@ -40,7 +41,7 @@ JOIN = ["model", "attn", "quant", "n_dims"]
 COSTS = {"latency_ms": "CPU time per prompt at k = 2d (ms)", "state_floats": "state / KV floats per sequence",
          "bytes_stored": "model size as stored (bytes, torch.save of the state dict)"}
 SIZE_COLUMNS = ["bytes_stored", "bytes_packed", "bytes_float"]
-STORAGE = {  # the ``storage`` column: how a point's model is stored -> (marker, legend text)
+STORAGE = {  # the ``storage`` column (``stored_as``): how a point's model is stored -> (marker, legend text)
     "float32": ("o", "float32, not quantised"),
     "real": ("s", "real: weights stored at the mode's width"),
     "unpacked": ("D", "real: intN held one per int8 byte (hollow: bit-packed size, computed)"),
@@ -79,24 +80,14 @@ def error_at_2d(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=[*JOIN, "error", "error_low", "error_high", "jobs"])
 
 
-def storage_of(report: dict) -> str:
-    """How a job's model is stored (a ``STORAGE`` key), from the numbers of its quant.json."""
-    if report["quant"] == "none":
-        return "float32"
-    if report.get("quantized_dtype") == "float32":  # a mode that stores nothing narrower only simulates its width
-        return "simulated"
-    if report.get("bytes_packed", report["bytes"]) < report["bytes"]:
-        return "unpacked"
-    return "real"
-
-
 def size_of(report: dict) -> dict:
-    """A job's bytes as stored, bit-packed and in float32 and how it is stored, from its quant.json."""
-    storage = storage_of(report)
+    """A job's bytes as stored, bit-packed and in float32 and how it is stored, from its quant.json (as
+    ``icl.analysis.quant.read_quant`` reads it)."""
+    storage = report["stored_as"]
     if storage == "simulated":  # the float model is what deploys: quant.json's bytes add only the wrappers' metadata
         stored = packed = report["bytes_float"]
     else:
-        stored, packed = report["bytes"], report.get("bytes_packed", report["bytes"])
+        stored, packed = report["bytes"], report["bytes_packed"]
     return {"bytes_stored": stored, "bytes_packed": packed, "bytes_float": report["bytes_float"], "storage": storage,
             "stored_dtype": report.get("quantized_dtype", ""), "bytes_source": "quant.json"}
 
@@ -107,7 +98,7 @@ def job_sizes(results: pd.DataFrame) -> pd.DataFrame:
     job without one has no size."""
     columns = ["run_dir", *JOIN, *SIZE_COLUMNS, "storage", "stored_dtype", "bytes_source"]
     jobs = results.drop_duplicates("run_dir")[["run_dir", *JOIN]] if len(results) else pd.DataFrame(columns=["run_dir"])
-    rows = [{**job._asdict(), **(size_of(report) if (report := JobDir(Path(job.run_dir)).read_quant()) else {})}
+    rows = [{**job._asdict(), **(size_of(report) if (report := read_quant(job.run_dir)) else {})}
             for job in jobs.itertuples(index=False)]
     sizes = pd.DataFrame(rows, columns=columns).astype({"storage": object, "stored_dtype": object,
                                                         "bytes_source": object})

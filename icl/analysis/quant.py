@@ -41,12 +41,43 @@ from icl.tables import markdown_table
 log = logging.getLogger(__name__)
 
 
+REPORT_KEYS = ("quant", "bytes", "bytes_float")  # what every reader of a quant.json needs from it
+
+
+def stored_as(report: dict[str, Any]) -> str:
+    """How a job's model is stored — float32 (not quantised), simulated (a fake-quantised width: float32 storage),
+    unpacked (intN held one per int8 byte: its bit-packed size only computed) or real — from its quant.json."""
+    if report["quant"] == "none":
+        return "float32"
+    if report.get("quantized_dtype") == "float32":  # a mode that stores nothing narrower only simulates its width
+        return "simulated"
+    if report.get("bytes_packed", report["bytes"]) < report["bytes"]:
+        return "unpacked"
+    return "real"
+
+
+def read_quant(job: Path | str) -> dict[str, Any] | None:
+    """The one reader of a job's quant.json (None without one), for the quant table and the cost chart: the report
+    with what reports from before a field existed lack filled in (``label`` = ``quant``, ``bytes_packed`` = ``bytes``,
+    ``storage`` = '') and ``stored_as`` (``stored_as``); a report without ``REPORT_KEYS`` is one ValueError line."""
+    folder = JobDir(job)
+    report = folder.read_quant()
+    if report is None:
+        return None
+    if missing := [key for key in REPORT_KEYS if key not in report]:
+        raise ValueError(f"{folder.quant_json} lacks {missing}: evaluate the job again to rewrite it (python -m "
+                         f"icl.evaluate run_dir={folder.path})")
+    report = {"label": report["quant"], "bytes_packed": report["bytes"], "storage": "", **report}
+    return {**report, "stored_as": stored_as(report)}
+
+
 def table(jobs: list[Path]) -> pd.DataFrame:
-    """One row per job: the quant.json figures and the transformer's normalised error at k = d and 2d (eval.csv)."""
+    """One row per job: the quant.json figures (``read_quant``) and the transformer's normalised error at k = d and
+    2d (eval.csv)."""
     rows = []
     for path in jobs:
         job = JobDir(path)
-        report = job.read_quant()
+        report = read_quant(path)
         if report is None or not job.eval_csv.is_file():
             continue
         df = read_eval_csv(job.eval_csv)
@@ -55,9 +86,9 @@ def table(jobs: list[Path]) -> pd.DataFrame:
         tf = df[(df.predictor == "transformer") & (df.strategy == STANDARD)].set_index("k")
         d = int(tf.n_dims.iloc[0])
         at = error_at(df, (d, 2 * d))
-        rows.append({"quant": report.get("label", report["quant"]), "bytes": report["bytes"],
-                     "bytes_packed": report.get("bytes_packed", report["bytes"]), "bytes_float": report["bytes_float"],
-                     "storage": report.get("storage", ""),
+        rows.append({"quant": report["label"], "bytes": report["bytes"],
+                     "bytes_packed": report["bytes_packed"], "bytes_float": report["bytes_float"],
+                     "storage": report["storage"],
                      "quantized_linears": f"{report['quantized_linears']}/{report['linear_layers']}",
                      "layer_bytes": report["layer_bytes"], "layer_bytes_float": report["layer_bytes_float"],
                      "rel_diff_max": report["rel_diff_max"], "rel_diff_mean": report["rel_diff_mean"],
