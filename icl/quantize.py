@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from icl.errors import first_line
 from icl.fakequant import GRANULARITIES, TENSORS, wrap_kernels
-from icl.registry import Registry
+from icl.quantize_modes import MODES as MODES  # the modes' facts, torch-free; re-exported: callers read them here
+from icl.quantize_modes import Mode as Mode
 from icl.statequant import STATE_TENSORS, wrap_mixers
 from icl.transformer import predict_model
 
@@ -55,29 +56,6 @@ LAYER_GROUPS: dict[str, str] = {  # layer group -> module names it covers (regex
 }
 DEFAULT_LAYERS = ("attn", "mlp")
 PROOF_PROMPTS = 256  # the fixed batch (the first evaluation prompts) for the output difference
-
-
-@dataclass(frozen=True)
-class Mode:
-    stage: str  # none | post (applied to the trained model) | qat (acts during training)
-    dtype: str  # how a quantised layer stores its weights ("intx": int<bits>)
-    cuda_only: bool = False
-    linears: bool = True  # False: the mode quantises no linear layer (attention internals only)
-    options: frozenset[str] = frozenset()  # the mode's own settings besides name, layers and blocks
-
-
-MODES: Registry[Mode] = Registry("quant mode", "quant")
-MODES.add("none", Mode("none", "float32"))
-MODES.add("int8_weight", Mode("post", "int8"))
-MODES.add("int8_dynamic", Mode("post", "int8"))
-MODES.add("qat_int8", Mode("qat", "int8"))
-MODES.add("bf16", Mode("post", "bfloat16"))
-MODES.add("int4_weight", Mode("post", "int4", cuda_only=True, options=frozenset({"group_size", "packing"})))
-MODES.add("intx_weight", Mode("post", "intx", options=frozenset({"bits", "group_size"})))
-MODES.add("qat_intx", Mode("qat", "intx", options=frozenset({"bits", "group_size"})))
-MODES.add("int8_fbgemm", Mode("post", "int8"))
-MODES.add("attn_fq", Mode("post", "float32", linears=False, options=frozenset({"bits", "granularity", "tensors"})))
-MODES.add("state_fq", Mode("post", "float32", linears=False, options=frozenset({"bits", "tensors"})))
 WEIGHT_BITS = range(2, 9)  # intx widths: int1 has no symmetric range
 ATTN_BITS = range(2, 33)
 DEFAULTS: dict[str, dict[str, Any]] = {  # a mode's settings when its config leaves them out

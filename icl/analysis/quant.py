@@ -33,6 +33,7 @@ from icl.analysis.results import find_jobs
 from icl.analysis.styles import QUANT_STYLES, attn_color
 from icl.contract import STANDARD, read_eval_csv
 from icl.files import atomic_write, save_figure
+from icl.quantize_modes import MODES
 from icl.run.cli import parse
 from icl.run.job import JobDir
 from icl.stats import below_margin, error_at, seed_interval
@@ -46,10 +47,12 @@ REPORT_KEYS = ("quant", "bytes", "bytes_float")  # what every reader of a quant.
 
 def stored_as(report: dict[str, Any]) -> str:
     """How a job's model is stored — float32 (not quantised), simulated (a fake-quantised width: float32 storage),
-    unpacked (intN held one per int8 byte: its bit-packed size only computed) or real — from its quant.json."""
-    if report["quant"] == "none":
+    unpacked (intN held one per int8 byte: its bit-packed size only computed) or real — from its quant.json: the
+    mode's facts (``icl.quantize_modes``) and the packed size."""
+    mode = MODES[report["quant"]]
+    if mode.stage == "none":
         return "float32"
-    if report.get("quantized_dtype") == "float32":  # a mode that stores nothing narrower only simulates its width
+    if mode.kind == "simulated":
         return "simulated"
     if report.get("bytes_packed", report["bytes"]) < report["bytes"]:
         return "unpacked"

@@ -70,6 +70,7 @@ from icl.evaluation import prompt_errors
 from icl.files import write_csv, write_text
 from icl.lab.study.inference import CONFIRMED, Guard, below_margin, seed_interval, verdict
 from icl.quantize import QuantSpec, check, float_model, quantize
+from icl.quantize_modes import MODES, is_int8_backend
 from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR
 from icl.run.evaluate import load_job
@@ -82,7 +83,7 @@ from icl.transformer import predict_model
 log = logging.getLogger(__name__)
 WEIGHT_BITS = (8, 6, 5, 4, 3, 2)
 ATTN_BITS = (16, 8, 6, 5, 4, 3, 2)
-INT8_BACKENDS = ("int8_weight", "int8_dynamic", "int8_fbgemm")  # is the fast CPU int8 as accurate as torchao's?
+INT8_BACKENDS = tuple(filter(is_int8_backend, MODES))  # is the fast CPU int8 as accurate as torchao's?
 
 
 @dataclass(frozen=True)

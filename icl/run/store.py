@@ -64,7 +64,7 @@ def _versions(qat: bool) -> dict[str, str]:
 
 
 def _source_hash(qat: bool) -> str:
-    return source_hash((*TRAINING_SOURCES, *(("icl.quantize",) if qat else ())))
+    return source_hash((*TRAINING_SOURCES, *(("icl.quantize", "icl.quantize_modes") if qat else ())))
 
 
 def training_config(cfg: DictConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from icl.lab.study.claims import REFERENCE, Row, SeedValue
 from icl.lab.study.inference import UNRESOLVED, SeedInterval, verdict
+from icl.quantize_modes import is_int8_backend
 
 KERNELS = {"softmax": "torch scaled_dot_product_attention (fused)", "relu": "masked matmul, ÷ L",
            "relu_causal": "masked matmul, ÷ tokens seen"}
@@ -49,11 +50,6 @@ def timing_rows(bench: pd.DataFrame | None, time_margin: float) -> list[Row]:
     return rows
 
 
-def is_int8(quant: str) -> bool:
-    """An int8 inference backend of the bench (int8_weight, int8_dynamic, int8_fbgemm; not the QAT training mode)."""
-    return quant.startswith("int8")
-
-
 SETTING = ["device", "model", "batch", "threads"]  # what a latency ratio is measured under: ranked within one
 
 
@@ -66,7 +62,7 @@ def fastest_int8(bench: pd.DataFrame | None) -> pd.DataFrame:
     if bench is None or not needed <= set(bench.columns):
         return pd.DataFrame(columns=columns)
     rows = bench[(bench["part"] == "latency") & (bench["attn"] == REFERENCE) & bench["ratio"].notna()
-                 & bench["quant"].map(is_int8)]
+                 & bench["quant"].map(is_int8_backend)]
     out = []
     for (*setting, k), at_k in rows.groupby([*SETTING, "k"], sort=True):  # never ranked across models or batches
         ranked = at_k.sort_values("ratio")
