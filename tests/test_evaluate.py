@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from icl import baselines, contract, prompts
 from icl.evaluation import COLUMNS, EvalConfig, failures, predict_model, predict_queries
-from icl.run.evaluate import evaluate_job, replacing_quant
+from icl.run.evaluate import evaluate_job, holds_another_job, replacing_quant
 from icl.run.job import JobDir
 from icl.run.spec import JobSpec
 from icl.tasks import build_task
@@ -243,3 +243,25 @@ def test_evaluate_under_another_quant_mode_takes_post_training_modes_of_float_mo
     with pytest.raises(ValueError, match=message) as err:
         replacing_quant(quant, job_quant, in_place)
     assert "\n" not in str(err.value)
+
+
+def test_out_dir_holding_another_job_is_told_by_folder_not_by_how_its_path_is_written(tmp_path, monkeypatch):
+    import json
+
+    def job_folder(path: Path, evaluated_from: str | None = None) -> JobDir:
+        (path / ".hydra").mkdir(parents=True)
+        (path / ".hydra" / "config.yaml").write_text("seed: 0\n")
+        metrics = {} if evaluated_from is None else {"evaluated_from": evaluated_from}
+        (path / "status.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
+        return JobDir(path)
+
+    monkeypatch.chdir(tmp_path)
+    run = job_folder(tmp_path / "out" / "x")
+    (tmp_path / "link").symlink_to(tmp_path / "out" / "x")
+    again = job_folder(tmp_path / "again", evaluated_from="out/x")  # a re-evaluation of run, written relative
+    for form in ("out/./x", "out/x/", str(tmp_path / "out" / "x"), "link", "out/../out/x"):
+        assert not holds_another_job(again, JobDir(form)), form
+        assert not holds_another_job(JobDir(form), run), form  # run_dir and out_dir one folder
+    assert not holds_another_job(JobDir(tmp_path / "new"), run)  # not a job yet
+    other = job_folder(tmp_path / "other")  # trained its own model
+    assert holds_another_job(other, run) and holds_another_job(again, other)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
@@ -154,7 +155,7 @@ def main(cfg: DictConfig) -> None:
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     folders = [run, out] if run.is_job() else []  # not a job: load_job says so, and no .lock is left behind
     with refusals(FileNotFoundError, ValueError, JobLocked):
-        if folders and not same_folder(run, out) and out.is_job() and evaluated_from(out) != str(run.path):
+        if folders and holds_another_job(out, run):
             raise ValueError(f"out_dir={out.path} holds another job: pick a new folder (its results stay as they are)")
         if cfg.get("quant") is not None and folders:  # refused before a new out_dir exists
             replacing_quant(cfg.quant, OmegaConf.select(run.load_config(), "quant"), same_folder(run, out))
@@ -169,7 +170,20 @@ def evaluated_from(job: JobDir) -> str | None:
 
 
 def same_folder(run: JobDir, out: JobDir) -> bool:
-    return out.path.resolve() == run.path.resolve()
+    return same_path(out.path, run.path)
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """One folder however it is written: relative or absolute, with ``.``/``..``, a trailing slash or a symlink."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def holds_another_job(out: JobDir, run: JobDir) -> bool:
+    """``out_dir`` is a job folder other than ``run_dir`` and other than an earlier re-evaluation of it."""
+    if same_folder(run, out) or not out.is_job():
+        return False
+    source = evaluated_from(out)
+    return source is None or not same_path(source, run.path)
 
 
 @contextmanager
