@@ -478,7 +478,9 @@ def check(spec: QuantSpec, model: nn.Module, on_gpu: bool, in_place: bool = Fals
         raise ValueError(f"quant=int8_fbgemm needs PyTorch's x86/FBGEMM quantized engine, which this build lacks "
                          f"(engines: {torch.backends.quantized.supported_engines}): use quant=int8_dynamic")
     if spec.mode.cuda_only and not (on_gpu and torch.cuda.is_available()):
-        cpu_way = "quant=intx_weight quant.bits=4" + (f" quant.group_size={group}" if group else "")
+        cpu_way = " ".join(["quant=intx_weight", "quant.bits=4", *([f"quant.group_size={group}"] if group else []),
+                            *([f"quant.layers=[{','.join(spec.layers)}]"] if spec.layers != DEFAULT_LAYERS else []),
+                            *([f"quant.blocks=[{','.join(map(str, spec.blocks))}]"] if spec.blocks is not None else [])])
         raise ValueError(f"quant={spec.name} needs a CUDA GPU (torchao's int4 kernels are CUDA-only) and this job runs "
                          f"on the CPU: for int4 weights on the CPU use {cpu_way}, or trainer=gpu on a machine with a "
                          "CUDA GPU")

@@ -221,6 +221,19 @@ def test_int4_on_cpu_fails_before_training_in_one_line(tmp_path):
     assert (spec.quant.name, spec.quant.bits, spec.quant.params["group_size"]) == ("intx_weight", 4, 16)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_int4_refusal_suggests_the_same_layers_and_blocks_on_the_cpu(tmp_path):
+    # int4_weight.yaml has no blocks key (+); intx_weight.yaml has one, so the suggestion sets it plainly
+    given = ["quant=int4_weight", "quant.group_size=16", "quant.layers=[mlp,read_out]", "+quant.blocks=[0]"]
+    with pytest.raises(ValueError, match="quant=int4_weight needs a CUDA GPU") as err:
+        JobSpec.from_config(compose_train(given, tmp_path))
+    suggested = re.search(r"on the CPU use (quant=intx_weight .*?), or trainer=gpu", str(err.value)).group(1).split()
+    assert suggested == ["quant=intx_weight", "quant.bits=4", "quant.group_size=16", "quant.layers=[mlp,read_out]",
+                         "quant.blocks=[0]"]
+    spec = JobSpec.from_config(compose_train(suggested, tmp_path / "cpu")).quant
+    assert (spec.name, spec.bits, spec.layers, spec.blocks) == ("intx_weight", 4, ("mlp", "read_out"), (0,))
+
+
 @pytest.mark.parametrize("override, message", [
     ("quant.layers=[attn,ffn]", r"unknown quant.layers \['ffn'\]"),
     ("quant.layers=[]", "quantises nothing"),
