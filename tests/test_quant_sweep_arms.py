@@ -47,6 +47,23 @@ def test_two_recipes_in_one_root_are_two_arms_with_their_own_seeds_and_breaking_
     assert "| cpu | study_shared | linear | relu | weights | 3 |" in text
 
 
+def test_a_variant_left_out_of_the_figure_is_named_as_it_would_be_drawn():
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from icl.analysis.quant import task_figures
+
+    never = arm_rows("study_shared", {8: [0.0, 0.0], 4: [0.2, 0.3]}, learned=(False, False))  # no seed learned
+    df = pd.concat([arm_rows("smoke", {8: [0.0, 0.001, 0.0], 4: [0.01, 0.02, 0.015]}), never], ignore_index=True)
+    fig = task_figures(df, "linear")["quant_sweep_linear"]
+    drawn = {t.get_text().split(":")[0] for t in fig.legends[0].get_texts()}
+    note = next(" ".join(t.get_text().split()) for t in fig.findobj(Text) if "not drawn" in t.get_text())
+    left_out = note.split("not drawn (no seed passed the study's guard): ")[1].split(", ")
+    assert drawn == {"relu (cpu smoke)"} and left_out == ["relu (cpu study_shared)"]
+    assert drawn | set(left_out) == set(variant_labels(df).variant)  # one naming for both
+    plt.close("all")
+
+
 def test_the_figure_draws_each_arm_as_its_own_line():
     df = two_arms()
     labels = variant_labels(df)

@@ -270,6 +270,12 @@ def variant_labels(df: pd.DataFrame) -> pd.DataFrame:
                          "marker": arm.map(lambda a: ARM_MARKERS[order[a] % len(ARM_MARKERS)])}, index=df.index)
 
 
+def labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` beside their ``variant_labels``, or as they are when already labelled: labelled once, over every
+    row of a task, a line drawn and a variant left out are named by the same call."""
+    return rows if "variant" in rows.columns else pd.concat([rows, variant_labels(rows)], axis=1)
+
+
 def seed_bars(rows: pd.DataFrame, by: list[str], min_seeds: int = MIN_SEEDS, ci: float = 0.95) -> pd.DataFrame:
     """What a figure draws for one arm's learned rows, per group of ``by`` (e.g. a width): with ``min_seeds`` or
     more seeds, the mean of their paired differences and its t-interval over seeds (``icl.stats.seed_interval``,
@@ -296,7 +302,7 @@ def seed_bars(rows: pd.DataFrame, by: list[str], min_seeds: int = MIN_SEEDS, ci:
 
 def _arms(rows: pd.DataFrame) -> list[tuple[str, str, Any, str, pd.DataFrame]]:
     """(variant, attn, style, marker, rows) per arm, in the variants' order."""
-    rows = pd.concat([rows, variant_labels(rows)], axis=1)
+    rows = labelled(rows)
     return [(v, str(g.attn.iat[0]), g["style"].iat[0], g.marker.iat[0], g) for v, g in rows.groupby("variant", sort=True)]
 
 
@@ -411,14 +417,9 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
     if not files:
         return []
     df = combine_sweeps(files)
-    learned = df[df.learned.astype(bool)]
     written = []
-    for task in sorted(learned.task.unique()):
-        everyone = df[df.task == task]
-        labels = pd.concat([everyone, variant_labels(everyone)], axis=1)
-        left_out = tuple(sorted(set(labels.variant) - set(labels.variant[labels.learned.astype(bool)])))
-        figures = {f"quant_sweep_{task}": plot_sweep(learned, task, min_seeds, ci, left_out),
-                   f"quant_sensitivity_{task}": plot_sensitivity(learned, task, min_seeds, ci)}
+    for task in sorted(df[df.learned.astype(bool)].task.unique()):
+        figures = task_figures(df, task, min_seeds, ci)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for stem, fig in figures.items():
             if fig is None:
@@ -435,6 +436,17 @@ def quant_sweep_figures(inputs: list[Path], out_dir: Path, formats: tuple[str, .
         atomic_write(tables[1], lambda tmp: tmp.write_text(markdown(summary) + "\n", encoding="utf-8"))
         written += tables
     return written
+
+
+def task_figures(df: pd.DataFrame, task: str, min_seeds: int = MIN_SEEDS,
+                 ci: float = 0.95) -> dict[str, plt.Figure | None]:
+    """One task's ``quant_sweep_<task>`` and ``quant_sensitivity_<task>`` from ``combine_sweeps``' rows: the learned
+    rows drawn, the variants none of whose seeds learned named in the caption — both labelled in one call."""
+    rows = labelled(df[df.task == task])
+    learned = rows[rows.learned.astype(bool)]
+    left_out = tuple(sorted(set(rows.variant) - set(learned.variant)))
+    return {f"quant_sweep_{task}": plot_sweep(learned, task, min_seeds, ci, left_out),
+            f"quant_sensitivity_{task}": plot_sensitivity(learned, task, min_seeds, ci)}
 
 
 BREAKING_POINTS = "quant_breaking_points"  # the summary table quant_sweep_figures writes beside the figures
