@@ -441,11 +441,11 @@ def variant_breaking_points(df: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: fl
     ``min_seeds`` or more learned seeds, else each seed's own), each learned seed's own breaking point, the seeds it
     rests on and the seeds the guard left out."""
     df = with_guard_columns(df)
+    jobs = ["seed", "run_dir"] if "run_dir" in df.columns else ["seed"]  # docs/' compact copies have no paths
     rows = []
     for (source, recipe, task, attn, kind), everyone in df[df.kind.isin(WIDTH_KINDS)].groupby([*ARM_KEYS, "kind"],
                                                                                             sort=True):
         learned = everyone[everyone.learned.astype(bool)]
-        jobs = ["seed", "run_dir"] if "run_dir" in df.columns else ["seed"]  # docs/' compact copies have no paths
         floats = learned.groupby(jobs, sort=True).float_error.first()
         failed = everyone[~everyone.learned.astype(bool)].groupby(jobs, sort=True).float_error.first()
         reading = read_breaking_point(learned, min_seeds, ci) if len(learned) else None
