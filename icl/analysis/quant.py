@@ -474,7 +474,8 @@ def read_breaking_point(rows: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: floa
     ``per_seed``) each seed's own paired CI over prompts, one breaking point per seed (``breaking_point`` on
     ``below_margin`` of the upper ends). The one reading of the figures' summary and of ``icl.bench.quant_sweep``."""
     pooled = not per_seed and rows.groupby("bits").seed.nunique().min() >= min_seeds  # every width at the seed level
-    bars = seed_bars(rows, ["bits"], min_seeds if pooled else rows.seed.nunique() + 1, ci)  # else every width per seed
+    needed = rows[["bits", "seed", "diff", "diff_low", "diff_high"]]  # a narrow frame: seed_bars' groups slice fast
+    bars = seed_bars(needed, ["bits"], min_seeds if pooled else rows.seed.nunique() + 1, ci)  # else every width per seed
     margin = rows.margin.iat[0]
     points = tuple(breaking_point(b.bits.to_numpy(), below_margin(b.high.to_numpy(), margin))
                    for _, b in bars.groupby("series", sort=False))
