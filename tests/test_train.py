@@ -1,6 +1,7 @@
 """Training in-process through the real configs: loss goes down, resume is exact, errors are clear."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -66,6 +67,28 @@ def test_resume_continues_exactly(tmp_path, tiny_overrides):
     assert list(m_split.step) == list(m_straight.step)
     torch.testing.assert_close(torch.tensor(m_split["train/loss"].to_numpy()),
                                torch.tensor(m_straight["train/loss"].to_numpy()))
+
+
+class SlowSteps(CrashAt):
+    """Each step sleeps ``pause`` seconds, then the job crashes at ``step``: a slow first segment of a resumed job."""
+
+    def __init__(self, step: int, pause: float) -> None:
+        super().__init__(step)
+        self.pause = pause
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        time.sleep(self.pause)
+        super().on_train_batch_end(trainer, *args)
+
+
+def test_a_resumed_jobs_training_time_counts_the_segment_before_the_resume(tmp_path, tiny_overrides):
+    """status.json's train_seconds (the study's cost line) is the training's whole time, not its last segment."""
+    overrides = [*tiny_overrides, "trainer.max_steps=16", "callbacks.model_checkpoint.every_n_train_steps=4"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_train(overrides, tmp_path), callbacks=[SlowSteps(14, pause=0.1)])  # last.ckpt at 12: >= 1.2 s
+    metrics = train(compose_train(overrides, tmp_path))  # steps 13-16, fast
+    assert metrics["train_seconds"] >= 1.2, metrics["train_seconds"]
+    assert json.loads((tmp_path / "status.json").read_text())["metrics"]["train_seconds"] >= 1.2
 
 
 def test_nan_loss_fails_with_a_clear_line(tmp_path, tiny_overrides):

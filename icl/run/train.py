@@ -30,7 +30,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -129,11 +129,13 @@ def check_launch(strategy: str) -> None:
 
 
 def make_trainer(cfg: DictConfig, extra: Sequence[L.Callback] = ()) -> L.Trainer:
-    """The Lightning trainer of the config (plus ``extra`` callbacks), with atomic checkpoints, RNG state in them
-    and a save on SIGTERM."""
+    """The Lightning trainer of the config (plus ``extra`` callbacks), with atomic checkpoints, RNG state and the
+    training time so far in them, and a save on SIGTERM."""
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra)
     if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` wins over the callback
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not any(isinstance(c, Timer) for c in callbacks):  # its state rides in checkpoints: a resumed job's time
+        callbacks.append(Timer(verbose=False))  # counts the segments before the resume too
     callbacks += [RngState(), CheckpointOnSigterm()]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -270,11 +272,16 @@ def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckp
     """Train (resuming from ``ckpt`` if given), leave last.ckpt as the final model; the final training metrics."""
     if ckpt:
         log.info("resuming from %s", ckpt)
-    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-    train_s = time.perf_counter() - start
     save_last(trainer)
-    return {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": train_s}
+    return {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": training_seconds(trainer)}
+
+
+def training_seconds(trainer: L.Trainer) -> float:
+    """Wall seconds of training up to the last step, across resumes (the Timer's offset is the time a resumed
+    checkpoint had trained; steps after that checkpoint that a stop lost are counted once, when re-run)."""
+    (timer, *_) = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    return float(timer.time_elapsed("train"))
 
 
 @contextmanager
