@@ -23,7 +23,7 @@ class Mode:
 
     @property
     def bits(self) -> int | None:
-        """The width the mode stores or simulates; None where ``quant.bits`` sets it."""
+        """The width the mode stores; None for a simulated mode (``quant.bits`` sets its width) and for ``intx``."""
         return None if self.kind == "simulated" else DTYPE_BITS.get(self.dtype)
 
 

@@ -202,3 +202,17 @@ def test_docs_quantization_shows_the_committed_breaking_point_summary_unchanged(
     table = (COMMITTED / f"{BREAKING_POINTS}.md").read_text().strip()
     assert table.startswith("| task | attn | arm | kind |")
     assert "\n" + table + "\n" in (REPO / "docs" / "quantization.md").read_text()
+
+
+def test_a_per_seed_reading_lists_the_seeds_in_order_when_one_lacks_the_narrowest_width():
+    """Seed 0 was not probed at 2 bits: its point must still come first (seed_bars groups by width first)."""
+    from icl.analysis.quant import read_breaking_point
+
+    def row(seed, bits, diff):
+        return {"seed": seed, "bits": bits, "diff": diff, "diff_low": diff - 0.01, "diff_high": diff + 0.01,
+                "margin": 0.05}
+
+    rows = pd.DataFrame([row(0, 4, 0.2), row(0, 6, 0.0), row(0, 8, 0.0),  # seed 0 breaks at 6
+                         row(1, 2, 0.3), row(1, 4, 0.0), row(1, 6, 0.0), row(1, 8, 0.0)])  # seed 1 at 4
+    reading = read_breaking_point(rows, min_seeds=3)
+    assert reading.points == (6, 4) and reading.text == "6 4 bits"

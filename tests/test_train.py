@@ -84,11 +84,20 @@ class SlowSteps(CrashAt):
 def test_a_resumed_jobs_training_time_counts_the_segment_before_the_resume(tmp_path, tiny_overrides):
     """status.json's train_seconds (the study's cost line) is the training's whole time, not its last segment."""
     overrides = [*tiny_overrides, "trainer.max_steps=16", "callbacks.model_checkpoint.every_n_train_steps=4"]
+    start = time.perf_counter()
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(compose_train(overrides, tmp_path), callbacks=[SlowSteps(14, pause=0.1)])  # last.ckpt at 12: >= 1.2 s
     metrics = train(compose_train(overrides, tmp_path))  # steps 13-16, fast
-    assert metrics["train_seconds"] >= 1.2, metrics["train_seconds"]
+    assert 1.2 <= metrics["train_seconds"] <= time.perf_counter() - start, metrics["train_seconds"]  # counted once
     assert json.loads((tmp_path / "status.json").read_text())["metrics"]["train_seconds"] >= 1.2
+
+
+def test_max_time_still_stops_training(tmp_path, tiny_overrides):
+    """Our Timer (for train_seconds) must not displace Lightning's ``trainer.max_time`` one."""
+    cfg = compose_train([*tiny_overrides, "trainer.max_steps=5000", "+trainer.max_time='00:00:00:02'"], tmp_path)
+    metrics = train(cfg)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert 0 < state["global_step"] < 5000 and metrics["train_seconds"] >= 2
 
 
 def test_nan_loss_fails_with_a_clear_line(tmp_path, tiny_overrides):

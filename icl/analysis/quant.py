@@ -467,6 +467,11 @@ class Reading:
         return " ".join("–" if p is None else str(p) for p in self.points) + " bits"
 
 
+def _seed_of(series: str) -> int:
+    """A ``seed_bars`` series' seed (``"seed S"``); -1 for the seed-level series (``"N seeds"``)."""
+    return int(series.split()[1]) if series.startswith("seed ") else -1
+
+
 def read_breaking_point(rows: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: float = 0.95,
                         per_seed: bool = False) -> Reading:
     """The breaking point of one arm × width kind from its learned rows, read from the bars the figure draws
@@ -477,8 +482,9 @@ def read_breaking_point(rows: pd.DataFrame, min_seeds: int = MIN_SEEDS, ci: floa
     needed = rows[["bits", "seed", "diff", "diff_low", "diff_high"]]  # a narrow frame: seed_bars' groups slice fast
     bars = seed_bars(needed, ["bits"], min_seeds if pooled else rows.seed.nunique() + 1, ci)  # else every width per seed
     margin = rows.margin.iat[0]
-    points = tuple(breaking_point(b.bits.to_numpy(), below_margin(b.high.to_numpy(), margin))
-                   for _, b in bars.groupby("series", sort=False))
+    series = sorted(bars.groupby("series", sort=False), key=lambda kv: _seed_of(kv[0]))  # in seed order: a seed
+    points = tuple(breaking_point(b.bits.to_numpy(), below_margin(b.high.to_numpy(), margin))  # missing at the
+                   for _, b in series)  # narrowest width would otherwise come last
     return Reading(f"t-interval over {rows.seed.nunique()} seeds" if pooled else "per seed (paired CI over prompts)",
                    points)
 

@@ -134,8 +134,8 @@ def make_trainer(cfg: DictConfig, extra: Sequence[L.Callback] = ()) -> L.Trainer
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra)
     if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` wins over the callback
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if not any(isinstance(c, Timer) for c in callbacks):  # its state rides in checkpoints: a resumed job's time
-        callbacks.append(Timer(verbose=False))  # counts the segments before the resume too
+    if cfg.trainer.get("max_time") is None and not any(isinstance(c, Timer) for c in callbacks):
+        callbacks.append(Timer(verbose=False))  # in checkpoints: a resumed job's time counts the earlier segments
     callbacks += [RngState(), CheckpointOnSigterm()]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -272,16 +272,21 @@ def fit(trainer: L.Trainer, module: ICLModule, datamodule: PromptDataModule, ckp
     """Train (resuming from ``ckpt`` if given), leave last.ckpt as the final model; the final training metrics."""
     if ckpt:
         log.info("resuming from %s", ckpt)
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    this_run = time.perf_counter() - start
     save_last(trainer)
-    return {**{k: float(v) for k, v in trainer.callback_metrics.items()}, "train_seconds": training_seconds(trainer)}
+    return {**{k: float(v) for k, v in trainer.callback_metrics.items()},
+            "train_seconds": max(this_run, training_seconds(trainer))}
 
 
 def training_seconds(trainer: L.Trainer) -> float:
-    """Wall seconds of training up to the last step, across resumes (the Timer's offset is the time a resumed
-    checkpoint had trained; steps after that checkpoint that a stop lost are counted once, when re-run)."""
-    (timer, *_) = [c for c in trainer.callbacks if isinstance(c, Timer)]
-    return float(timer.time_elapsed("train"))
+    """Wall seconds of training across resumes, from the trainer's Timer (``trainer.max_time``'s or ours): its
+    offset is the time the resumed checkpoint had trained (steps a stop lost after it count once, when re-run; a
+    ``ckpt_path`` into another job's checkpoint counts that job's time too). 0 where the Timer ran in spawned
+    processes (``ddp_spawn``): ``fit`` then falls back on this run's wall time."""
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    return float(timers[0].time_elapsed("train")) if timers else 0.0
 
 
 @contextmanager
