@@ -50,6 +50,19 @@ def test_mixers_preset_plans_exactly_its_cells_and_skips_a_committed_one(tmp_pat
         assert {n for n, *_ in plan(cfg)} == wanted - {name}
 
 
+def test_only_trains_the_named_cells_and_refuses_a_name_outside_the_grid(tmp_path):
+    from icl.lab.study.make import plan
+
+    mine = ["tuned-linear-mamba-seed2", "tuned-linear-softmax-seed0"]
+    cfg = study_cfg(tmp_path, "study=mixers", f"only=[{','.join(mine)}]")
+    typo = study_cfg(tmp_path, "study=mixers", "only=[shared-linear-mamba-seed0]")  # an arm the preset drops
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        assert [t.name for t in plan(cfg)] == ["tuned-linear-softmax-seed0", "tuned-linear-mamba-seed2"]
+        # a typo trains nothing silently: one line naming it
+        with pytest.raises(ValueError, match="only: shared-linear-mamba-seed0 not in the grid's cells"):
+            plan(typo)
+
+
 def test_a_preset_drops_arms_and_tasks_with_null_and_refuses_an_empty_grid():
     grid = {"arms": {"tuned": {"overrides": []}, "shared": None}, "tasks": {"linear": {"seeds": 3}, "trees": None},
             "attns": ["softmax"], "quants": ["none"]}

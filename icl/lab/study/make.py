@@ -70,10 +70,10 @@ class Todo(NamedTuple):
 
 
 def plan(cfg: Mapping[str, Any]) -> list[Todo]:
-    """Every cell to (re)train; the rest match their config."""
+    """Every cell to (re)train (of ``only``'s cells where set); the rest match their config."""
     cfg = active(cfg)
     grid, cells = cfg["grid"], Path(cfg["cells"])
-    todo = []
+    todo, grid_names = [], []
     for arm in grid["arms"]:
         for task, spec in grid["tasks"].items():
             for attn in grid["attns"]:
@@ -85,7 +85,20 @@ def plan(cfg: Mapping[str, Any]) -> list[Todo]:
                     have = committed_fingerprint(cells, name)
                     if have != want:
                         todo.append(Todo(name, arm, overrides, "missing" if have is None else "config changed", want))
-    return todo
+                    grid_names.append(name)
+    return only(todo, cfg.get("only"), grid_names)
+
+
+def only(todo: list[Todo], names: Sequence[str] | None, grid_names: Sequence[str]) -> list[Todo]:
+    """The cells of ``todo`` named in ``names`` (``only=[...]``: this sitting's share, another core or machine
+    taking the rest); None: all. A name outside the grid is one error line (a typo would otherwise train nothing)."""
+    if names is None:
+        return todo
+    unknown = sorted(set(names) - set(grid_names))
+    if unknown:
+        raise ValueError(f"only: {', '.join(unknown)} not in the grid's cells ({len(grid_names)}: e.g. "
+                         f"{grid_names[0]}); name cells as <arm>-<task>-<attn>-seed<s>, or drop the grid's overrides")
+    return [t for t in todo if t.name in set(names)]
 
 
 def run_cell(cfg: Mapping[str, Any], cell: Todo) -> Path:
