@@ -201,3 +201,7 @@ def test_the_cost_chart_and_the_quant_table_read_quant_json_through_one_reader(t
     for read in (lambda: table([job]), lambda: job_sizes(results)):
         with pytest.raises(ValueError, match=r"quant.json lacks \['bytes'\]: evaluate the job again"):
             read()
+    JobDir(job).write_quant({**report, "quant": "int3_gone"})  # a mode renamed since: the file named, not a KeyError
+    for read in (lambda: table([job]), lambda: job_sizes(results)):
+        with pytest.raises(ValueError, match=r"w4.*quant.json: quant mode 'int3_gone' is not one of"):
+            read()

@@ -70,6 +70,9 @@ def read_quant(job: Path | str) -> dict[str, Any] | None:
     if missing := [key for key in REPORT_KEYS if key not in report]:
         raise ValueError(f"{folder.quant_json} lacks {missing}: evaluate the job again to rewrite it (python -m "
                          f"icl.evaluate run_dir={folder.path})")
+    if report["quant"] not in MODES:  # a mode renamed or dropped since the job ran
+        raise ValueError(f"{folder.quant_json}: quant mode {report['quant']!r} is not one of {sorted(MODES)}: "
+                         f"evaluate the job again (python -m icl.evaluate run_dir={folder.path}) or move it away")
     report = {"label": report["quant"], "bytes_packed": report["bytes"], "storage": "", **report}
     return {**report, "stored_as": stored_as(report)}
 
