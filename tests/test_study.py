@@ -140,7 +140,7 @@ def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 
                         arrays.update({f"{q}/{strategy}/{p}/transformer/{name}": sums * 1.001 for q in quants})
     np.savez_compressed(out / ERRORS, **arrays)
     means = {"standard/": {"transformer": [level] * 11, "least_squares": [0.0] * 11}}
-    (out / CURVE).write_text("step,loss_rel_zero\n" + "".join(f"{s},{level}\n" for s in range(0, 1000, 100)))
+    (out / CURVE).write_text("step,loss_rel_zero\n" + "".join(f"{s},{level}\n" for s in range(0, 1000, 20)))
     (out / CELL_JSON).write_text(json.dumps({
         "cell": out.name, "arm": "tuned", "task": "linear", "attn": attn, "seed": seed, "fingerprint": "x",
         "n_dims": 5, "k_train": 10, "n_positions": 28, "steps": 1000, "model": "tiny",

@@ -141,3 +141,54 @@ def test_a_mixers_page_renders_with_or_without_claim_rows(tmp_path, levels, clai
     assert_no_empty_table(text)
     files = tmp_path / "docs" / "mixers" / "study"
     assert (files / "overview.csv").is_file() and not (tmp_path / "docs" / "study").exists()
+
+
+def rising_curve() -> str:
+    """curve.csv of a model whose loss falls to 0.5 by step ~3300 and then rises by 0.12 (tuned sparse_linear
+    relu_causal seed 0's shape)."""
+    return "step,loss_rel_zero\n" + "".join(f"{s},{0.5 + 0.5 * math.exp(-s / 600) + max(0, s - 3300) / 1e5}\n"
+                                            for s in range(75, 15001, 75))
+
+
+def test_a_missing_curve_is_unknown_and_a_rising_one_flagged_in_the_overview_page_and_captions(tmp_path):
+    from icl.lab.study.report import report
+
+    root = write_cells(tmp_path, LEVELS)
+    (root / "tuned-linear-softmax-seed0" / CURVE).write_text(rising_curve())
+    (root / "tuned-linear-mamba-seed2" / CURVE).write_text("step,loss_rel_zero\n")   # header only: no curve
+    # 10 points: 2 in the last 20 %, too few for a line (read as converged before)
+    (root / "tuned-linear-softmax-seed1" / CURVE).write_text(
+        "step,loss_rel_zero\n" + "".join(f"{s},{1 - s / 1000}\n" for s in range(0, 1000, 100)))
+    cfg = study_cfg(tmp_path, "study=mixers")
+    rows = {r["variant"]: r for r in overview_rows(Study(load_cells(root), cfg))}
+    assert (rows["softmax"]["rose"], rows["softmax"]["unknown"], rows["softmax"]["improving"]) == ([0], [1], [])
+    assert (rows["mamba"]["rose"], rows["mamba"]["unknown"], rows["mamba"]["improving"]) == ([], [2], [1])
+    text = report(cfg).read_text()
+    overview = text.split("## Overview", 1)[1].split("## Claim tables", 1)[0]
+    assert "| loss rose: seed 0; curve too short: seed 1 |" in overview
+    assert "| still improving: seed 1; no curve: seed 2 |" in overview
+    assert ("Convergence unknown: tuned-linear-mamba-seed2 (no curve), tuned-linear-softmax-seed1 (curve too short)."
+            in text)
+    # each figure has its generated caption under it: the seeds that did not learn, the flags, the guard's k
+    figures = text.split("## Figures", 1)[1]
+    vs_k = figures.split("![error_vs_k_tuned_linear]", 1)[1].split("\n\n")[1]
+    curves = figures.split("![curves_tuned_linear]", 1)[1].split("\n\n")[1]
+    assert "The guard reads k = 10." in vs_k and "Did not learn (dashed ×, outside the band): softmax seed 2." in vs_k
+    assert "Did not learn (dashed, ×): softmax seed 2." in curves
+    assert ("softmax, loss rose: seed 0; softmax, curve too short: seed 1; mamba, still improving: seed 1; "
+            "mamba, no curve: seed 2." in curves)
+
+
+def test_claim_rows_flag_a_model_without_a_curve_and_one_whose_loss_rose(tmp_path):
+    from tests.test_study import study_cfg as seed_study_cfg
+
+    root = tmp_path / "cells"
+    for seed in range(5):
+        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
+            write_cell(root, attn, seed, level)
+    (root / "tuned-linear-relu-seed1" / CURVE).write_text("step,loss_rel_zero\n")
+    (root / "tuned-linear-softmax-seed3" / CURVE).write_text(rising_curve())
+    study = Study(load_cells(root), seed_study_cfg(root))
+    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    assert {s.seed: s.convergence for s in row.seeds} == {0: (), 1: ("no curve",), 2: (), 3: ("loss rose",), 4: ()}
+    assert "loss rose: seed 3; no curve: seed 1" in row.flags and "still improving" not in row.flags

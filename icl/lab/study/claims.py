@@ -21,12 +21,14 @@ from icl.lab.study.inference import (
     CONFIRMED,
     REFUTED,
     UNRESOLVED,
+    Convergence,
     Guard,
     SeedInterval,
     combine,
+    convergence,
+    convergence_flags,
     failure_rate,
     seed_interval,
-    still_improving,
     verdict,
 )
 from icl.stats import percentile_interval, ratio_replicates
@@ -56,6 +58,7 @@ class SeedValue:
     learned: bool         # every model of the comparison passed the guard
     improving: bool       # a model of the comparison was still improving at the end of training
     note: str = ""
+    convergence: tuple[str, ...] = ()   # the comparison's models' convergence flags (no curve, loss rose, ...)
 
 
 @dataclass
@@ -99,12 +102,10 @@ class Row:
     @property
     def flags(self) -> str:
         failed = [s.seed for s in self.seeds if not s.learned]
-        improving = [s.seed for s in self.seeds if s.improving]
         out = []
         if failed:
             out.append(f"did not learn: seed {', '.join(map(str, failed))}")
-        if improving:
-            out.append(f"still improving: seed {', '.join(map(str, improving))}")
+        out += convergence_flags([(s.seed, s.convergence) for s in self.seeds])
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
         if self.measurable_inside_margin:
@@ -132,7 +133,7 @@ class Study:
         self.guard = Guard.from_config(cfg["guard"])
         self.arms = [a for a in cfg["grid"]["arms"] if any(c.meta["arm"] == a for c in cells)]
         self._learned: dict[tuple, tuple[bool, str]] = {}
-        self._improving: dict[tuple, bool] = {}
+        self._convergence: dict[tuple, Convergence] = {}
 
     # -- cells ------------------------------------------------------------------------------------------------
     def cell(self, arm: str, task: str, attn: str, seed: int) -> Cell | None:
@@ -183,13 +184,16 @@ class Study:
                                   + ("" if finite else ", non-finite errors on some prompt"))
         return self._learned[key]
 
-    def improving(self, cell: Cell) -> bool:
-        """The plateau rule on the cell's training curve (read once)."""
-        if cell.key not in self._improving:
+    def convergence(self, cell: Cell) -> Convergence:
+        """The convergence rules on the cell's training curve (read once); unknown when it has no curve."""
+        if cell.key not in self._convergence:
             conv, curve = self.cfg["convergence"], cell.curve()
-            self._improving[cell.key] = still_improving(curve["step"], curve["loss_rel_zero"], float(conv["tail"]),
-                                                        float(conv["tolerance"]), self.ci)
-        return self._improving[cell.key]
+            self._convergence[cell.key] = convergence(curve["step"], curve["loss_rel_zero"], float(conv["tail"]),
+                                                      float(conv["tolerance"]), self.ci)
+        return self._convergence[cell.key]
+
+    def improving(self, cell: Cell) -> bool:
+        return self.convergence(cell).improving
 
     # -- statistics -------------------------------------------------------------------------------------------
     def _norm(self, cell: Cell, quant: str, strategy: str, param: float | None,
@@ -211,7 +215,8 @@ class Study:
         low, high = percentile_interval(boots, self.ci) if np.isfinite(boots).all() else (math.nan, math.nan)
         return SeedValue(seed, float(point), float(low), float(high), all(ok for ok, _ in checks),
                          any(self.improving(c) for c, _ in models),
-                         "; ".join(why for ok, why in checks if not ok))
+                         "; ".join(why for ok, why in checks if not ok),
+                         tuple(dict.fromkeys(f for c, _ in models for f in self.convergence(c).flags)))
 
     def _same_prompts(self, a: Cell, b: Cell, strategy: str, param: float | None, ks: Sequence[int]) -> None:
         za, zb = a.window("none", strategy, param, ks, "zero"), b.window("none", strategy, param, ks, "zero")

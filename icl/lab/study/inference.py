@@ -1,5 +1,5 @@
 """The study's inference rules, pure and unit-tested: seed-level intervals, verdict words, the guard, the
-training-failure table and the still-improving rule.
+training-failure table and the convergence rules (still improving, loss rose, or unknown without a curve).
 
 Training seeds are the unit of inference. Each seed s gives one paired statistic Δ_s (pooled over prompts and a
 k window, with its own bootstrap CI over prompts: that seed's precision). A claim's interval is the t-interval
@@ -142,3 +142,81 @@ def still_improving(steps: Sequence[float], losses: Sequence[float], tail: float
     whole = y[first_mask].mean() - y[tail_mask].mean()
     slope_high = fit.slope + sps.t.ppf(0.5 + ci / 2, tail_mask.sum() - 2) * fit.stderr
     return bool(whole > 0 and fall > tolerance * whole and slope_high < 0)
+
+
+def loss_rose(steps: Sequence[float], losses: Sequence[float], tail: float, tolerance: float,
+              ci: float = 0.95) -> bool:
+    """The overfitting / divergence rule: the last ``tail`` share of training's mean loss is above the lowest mean of
+    any window of as many points by more than ``tolerance`` × the run's fall to that lowest window (the mean over the
+    first ``tail`` share minus it), and by more than the noise (the ``ci`` t-quantile × √2 × the tail's standard
+    error about its fitted line).
+
+    The fall is measured to the lowest window, not to the end: a curve that rises back above its first share's mean
+    has no fall to the end, yet is exactly the curve this rule is for. The noise clause keeps the lowest of many
+    windows of a flat, noisy curve (biased low by the choice) from reading as a rise."""
+    s, y = np.asarray(steps, float), np.asarray(losses, float)
+    keep = np.isfinite(y)
+    s, y = s[keep], y[keep]
+    if len(s) < 3:
+        return False
+    span = s.max() - s.min()
+    tail_mask, first_mask = s >= s.max() - tail * span, s <= s.min() + tail * span
+    width = int(tail_mask.sum())
+    if width < 3:
+        return False
+    lowest = np.convolve(y, np.ones(width) / width, "valid").min()
+    rise, fall = y[tail_mask].mean() - lowest, y[first_mask].mean() - lowest
+    fit = sps.linregress(s[tail_mask], y[tail_mask])
+    residual_sd = np.std(y[tail_mask] - (fit.intercept + fit.slope * s[tail_mask]), ddof=2)
+    noise = sps.t.ppf(0.5 + ci / 2, width - 2) * math.sqrt(2) * residual_sd / math.sqrt(width)
+    rounding = 1e-9 * float(np.abs(y).mean())  # a constant curve's window means differ by float rounding only
+    return bool(rise > max(tolerance * fall, noise, rounding))
+
+
+IMPROVING, ROSE, NO_CURVE, SHORT = "still improving", "loss rose", "no curve", "curve too short"
+CONVERGENCE_FLAGS = (IMPROVING, ROSE, NO_CURVE, SHORT)  # the order the report lists them in
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """How a model's training ended, read off its curve: ``known`` False when the curve has too few points for the
+    rules (unknown, never "converged": no curve below 3 finite points, else too short); else converged unless still
+    improving and/or its loss rose."""
+
+    known: bool
+    improving: bool = False
+    rose: bool = False
+    points: int = 0   # the curve's finite points
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        if not self.known:
+            return (NO_CURVE if self.points < 3 else SHORT,)
+        return tuple(word for word, on in ((IMPROVING, self.improving), (ROSE, self.rose)) if on)
+
+    @property
+    def state(self) -> str:
+        """One word for a table cell or a CSV: converged, unknown, or the flags joined."""
+        if not self.known:
+            return "unknown"
+        return ", ".join(self.flags) or "converged"
+
+
+def convergence(steps: Sequence[float], losses: Sequence[float], tail: float, tolerance: float,
+                ci: float = 0.95) -> Convergence:
+    """Both rules on one curve (configs/study.yaml ``convergence:``); a curve whose last ``tail`` share holds fewer
+    than 3 finite points (a header-only curve.csv) is unknown: the rules fit a line to that share."""
+    if not 0 < tail <= 0.5 or tolerance < 0:
+        raise ValueError(f"convergence: tail must be in (0, 0.5] and tolerance >= 0, got {tail}, {tolerance}")
+    s, y = np.asarray(steps, float), np.asarray(losses, float)
+    s = s[np.isfinite(y)]
+    if len(s) < 3 or (s >= s.max() - tail * (s.max() - s.min())).sum() < 3:
+        return Convergence(known=False, points=len(s))
+    return Convergence(True, still_improving(steps, losses, tail, tolerance, ci),
+                       loss_rose(steps, losses, tail, tolerance, ci), len(s))
+
+
+def convergence_flags(seeds: Sequence[tuple[int, Sequence[str]]]) -> list[str]:
+    """``[(seed, flags)]`` → one phrase per flag any seed carries, e.g. "loss rose: seed 0, 2", in the report's order."""
+    return [f"{word}: seed {', '.join(str(sd) for sd, flags in seeds if word in flags)}"
+            for word in CONVERGENCE_FLAGS if any(word in flags for _, flags in seeds)]

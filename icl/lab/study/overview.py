@@ -5,7 +5,8 @@ not its grid holds a pair a claim compares.
 Computed from the committed cells alone (``icl.lab.study.compact``, read through ``claims.Study``): the mean
 normalised error at the guard's k over the seeds that learned, with the seed-level t-interval
 (``icl.lab.study.inference.seed_interval``), k of n seeds that learned, the best fitting baseline's error and the
-zero estimator's raw error beside it, and the seeds still improving at the end of training.
+zero estimator's raw error beside it, and how training ended per seed: still improving, loss rose after its
+minimum, or unknown (no curve); converged otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from icl.lab.study.claims import Study
 from icl.lab.study.compact import Cell
-from icl.lab.study.inference import seed_interval
+from icl.lab.study.inference import convergence_flags, seed_interval
 
 
 def _groups(study: Study) -> dict[tuple[str, str, str, str], list[Cell]]:
@@ -64,7 +65,11 @@ def overview_rows(study: Study) -> list[dict[str, Any]]:
                      "baseline_error": _finite_mean([study.best_baseline(c, k)[1] for c in cells]),
                      "zero_raw_mse": float(np.mean(zeros)) if zeros else math.nan,
                      "zero_window": f"k = {win.fit[0]}…{win.fit[-1]}" if win is not None and win.fit else "",
-                     "improving": [int(c.meta["seed"]) for c in cells if study.improving(c)]})
+                     "improving": [int(c.meta["seed"]) for c in cells if study.improving(c)],
+                     "rose": [int(c.meta["seed"]) for c in cells if study.convergence(c).rose],
+                     "unknown": [int(c.meta["seed"]) for c in cells if not study.convergence(c).known],
+                     "end": "; ".join(convergence_flags([(int(c.meta["seed"]), study.convergence(c).flags)
+                                                          for c in cells])) or "converged"})
     return rows
 
 
@@ -88,11 +93,11 @@ def overview_table(rows: Sequence[Mapping[str, Any]], ci: float, table: Any) -> 
               "best fitting baseline": "—" if math.isnan(r["baseline_error"]) else
               f"{r['baseline']} {r['baseline_error']:.3f}",
               "zero (raw MSE)": "—" if math.isnan(r["zero_raw_mse"]) else f"{r['zero_raw_mse']:.3f} ({r['zero_window']})",
-              "still improving": ("seed " + ", ".join(map(str, r["improving"]))) if r["improving"] else "—"}
+              "end of training": r["end"]}
              for r in rows]
     return table(lines, list(lines[0]))
 
 
 def overview_frame_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The rows as CSV records (the still-improving seeds joined)."""
-    return [{**r, "improving": " ".join(map(str, r["improving"]))} for r in rows]
+    """The rows as CSV records (the flagged seeds joined)."""
+    return [{**r, **{key: " ".join(map(str, r[key])) for key in ("improving", "rose", "unknown")}} for r in rows]

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from icl.files import atomic_write
 from icl.lab.study import claims as C
 from icl.lab.study.compact import cell_name, load_cells
-from icl.lab.study.figures import figures
+from icl.lab.study.figures import Figure, figures
 from icl.lab.study.grid import active
 from icl.lab.study.overview import overview_frame_rows, overview_rows, overview_table
 from icl.lab.study.recipes import section as recipe_section
@@ -91,6 +91,14 @@ def status_text(cfg: Mapping[str, Any], present: set[str]) -> str:
             "missing cells (any order, any sitting) and exports each one as it finishes.")
 
 
+def no_curve_text(study: C.Study) -> str:
+    """The models whose committed curve.csv the convergence rules cannot read: unknown, never read as converged."""
+    names = [f"{c.dir.name} ({study.convergence(c).flags[0]})" for c in study.cells.values()
+             if not study.convergence(c).known]
+    return (f"Convergence unknown: {', '.join(sorted(names))}." if names
+            else "Every committed model has a training curve the rules can read.")
+
+
 def cost_text(cells: Sequence[Any], cfg: Mapping[str, Any]) -> str:
     # every job of a cell: the one that trained its model may be a quant job (launched first); the others load it (0 s)
     train = sum((q.get("train_seconds") or 0) for c in cells for q in c.meta["quants"].values())
@@ -107,7 +115,7 @@ def files_dir(cfg: Mapping[str, Any]) -> Path:
     return Path(cfg["out_dir"]) / files
 
 
-def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[Path]]:
+def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[Figure]]:
     cfg = active(cfg)
     cells_dir, out_dir = Path(cfg["cells"]), Path(cfg["out_dir"])
     cells = load_cells(cells_dir)
@@ -148,6 +156,7 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "guard_rule": study.guard.describe(),
         "guard_note": f" *{g['note']}*" if g.get("note") else "",
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
+        "no_curve": no_curve_text(study),
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
                            for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted",
@@ -163,14 +172,15 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "tables": claim_tables(rows, float(cfg["ci"])) or NO_CLAIMS,
         "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",
                                           "rel_diff_max", "proof_prompts"]) if C.proofs(study) else "none committed",
-        "figures": "\n\n".join(f"![{p.stem}]({relative(p, out_dir)})" for p in figs),
+        "figures": "\n\n".join(f"![{f.path.stem}]({relative(f.path, out_dir)})\n\n{f.caption}" for f in figs),
     }
     text = Template(TEMPLATE.read_text()).substitute(fields)
     frames = {"claims": pd.DataFrame([{"claim": r.claim, "arm": r.arm, "subject": r.subject, "task": r.task,
                                        "part": r.part,
                                        "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
                                        "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
-                                       "improving": s.improving, "verdict": r.verdict, "with_failed": r.with_failed}
+                                       "improving": s.improving, "convergence": " | ".join(s.convergence),
+                                       "verdict": r.verdict, "with_failed": r.with_failed}
                                       for r in rows for s in r.seeds]),
               "verdicts": pd.DataFrame(verdicts), "failures": pd.DataFrame(failures),
               "overview": pd.DataFrame(overview_frame_rows(overview))}
@@ -194,9 +204,9 @@ def report(cfg: Mapping[str, Any]) -> Path:
     return path
 
 
-def update_readme(readme: Path, page: Path, figs: Sequence[Path], complete: bool) -> None:
-    """The README's study block: a link to the page and the dense-linear figure of the first arm; until every
-    cell is committed it says the study is being rebuilt."""
+def update_readme(readme: Path, page: Path, figs: Sequence[Figure], complete: bool) -> None:
+    """The README's study block: a link to the page and the dense-linear figure of the first arm with its short
+    caption; until every cell is committed it says the study is being rebuilt."""
     if not readme.is_file():
         return
     text = readme.read_text()
@@ -204,13 +214,14 @@ def update_readme(readme: Path, page: Path, figs: Sequence[Path], complete: bool
         log.warning("%s has no %s … %s block: not updated", readme, README_BEGIN, README_END)
         return
     base = readme.resolve().parent
-    shown = [p for p in figs if p.name.startswith("error_vs_k_") and "_linear" in p.name][:1]
+    shown = [f for f in figs if f.path.name.startswith("error_vs_k_") and "_linear" in f.path.name][:1]
     state = ("is complete: [its page]({}) gives every claim's verdict, computed from the committed cells"
              if complete else "is being rebuilt cell by cell: [its page]({}) says which cells are committed and "
              "computes every verdict from them")
     block = [README_BEGIN, "The seed study v2 (seeds as the unit of inference, one guard for both sides, two recipe "
              f"arms) {state.format(relative(page, base))}.", ""]
-    block += [f"![{p.stem}]({relative(p, base)})" for p in shown] + [README_END]
+    block += [line for f in shown for line in (f"![{f.path.stem}]({relative(f.path, base)})", "", f.short)]
+    block += [README_END]
     head, rest = text.split(README_BEGIN, 1)
     atomic_write(readme, lambda tmp: tmp.write_text(head + "\n".join(block) + rest.split(README_END, 1)[1]))
 
