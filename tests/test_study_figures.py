@@ -67,3 +67,28 @@ def test_an_axis_whose_means_fit_keeps_the_fixed_range(tmp_path):
     ax = draw_error_vs_k(study, "tuned", "linear").axes[0]
     assert ax.get_ylim() == (0, Y_TOP) and ax.get_yscale() == "linear"
     assert plotted_means(ax).max() <= Y_TOP
+
+
+def test_captions_say_what_a_compressed_band_means_and_which_seeds_lack_a_curve(tmp_path):
+    from icl.lab.study.figures import figures
+    from icl.lab.study.report import update_readme
+
+    study = study_of(tmp_path / "cells", {"softmax": 0.8, "relu": 12.0, "relu_causal": 0.3})
+    drawn = {f.path.name: f for f in figures(study, tmp_path / "out")}
+    vs_k, curves = drawn["error_vs_k_tuned_linear.png"], drawn["curves_tuned_linear.png"]
+    # the factor the caption names is the one written on the axis
+    (label,) = [t.get_text() for t in draw_error_vs_k(study, "tuned", "linear").axes[0].texts]
+    factor = label.split("÷", 1)[1]
+    assert f"Above {Y_TOP:g} (dotted line) the y scale is compressed ÷{factor}: a unit of height there is {factor} " \
+           "units of error" in vs_k.caption
+    assert "The guard reads k = 10." in vs_k.caption and "dotted grey: least_squares" in vs_k.caption
+    assert "Not committed: softmax seed 3, 4; relu seed 3, 4; relu_causal seed 3, 4." in vs_k.caption  # 5 in the grid
+    # two points per curve: too few for the rules, so every seed's convergence is unknown, never "converged"
+    assert all(f"{attn}, no curve: seed 0, 1, 2" in curves.caption for attn in ("softmax", "relu", "relu_causal"))
+    # the README block: the figure and its short caption, with the band
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- study:begin -->\n<!-- study:end -->\n")
+    update_readme(readme, tmp_path / "out" / "page.md", list(drawn.values()), complete=False)
+    block = readme.read_text().split("<!-- study:begin -->", 1)[1]
+    assert "![error_vs_k_tuned_linear](out/error_vs_k_tuned_linear.png)\n\n*linear, tuned arm:" in block
+    assert f"compressed ÷{factor}" in block and "Did not learn: none." in block
