@@ -207,3 +207,32 @@ def test_cost_counts_the_training_of_whichever_job_of_a_cell_trained_its_model()
     by_float_job = SimpleNamespace(meta={"quants": {"none": {"train_seconds": 300.0, "eval_seconds": 6.0},
                                                     "int8_weight": {"train_seconds": None, "eval_seconds": 6.0}}})
     assert cost_text([by_quant_job, by_float_job], {}).startswith("training 15.0 min and evaluation 0.4 min")
+
+
+# -- the claims' sensitivity (review of the study page, 2026-12-07) ------------------------------------------------
+def test_a_verdict_resting_on_seeds_that_passed_the_guard_only_by_its_baseline_clause_says_what_dropping_them_gives(
+        tmp_path):
+    """relu seeds 0-1 at 0.52 pass only as within the best baseline (0.45) + 0.1 (the tuned relu trees at 0.501/0.521
+    beside xgboost 0.686): the row names them and gives the verdict without them; the failure table names them."""
+    from icl.lab.study.claims import REFUTED, UNRESOLVED, Study, claim_rows, claim_verdicts, failure_table
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(4):
+        write_cell(root, "softmax", seed, 0.05)
+        level = 0.52 if seed < 2 else 0.3
+        write_cell(root, "relu", seed, level, means={"least_squares": [0.45] * 11})
+    study = Study(load_cells(root), study_cfg(root))
+    rows = claim_rows(study)
+    (row,) = [r for r in rows if r.claim == "a" and r.subject.startswith("relu ")]
+    assert all(s.learned for s in row.seeds) and row.interval.n == 4 and row.verdict == REFUTED
+    assert row.baseline_only == [0, 1] and row.plateau_only == UNRESOLVED             # 2 seeds left, 3 needed
+    assert "learned only by the guard's baseline clause: seed 0, 1; dropping them: not resolved" in row.flags
+    assert not row.with_failed                                                      # no seed failed
+    softmax_u = next(r for r in rows if r.claim == "b-U" and r.subject == "softmax")
+    assert softmax_u.baseline_only == [] and softmax_u.plateau_only == "" and "baseline clause" not in softmax_u.flags
+    (verdict,) = [v for v in claim_verdicts(rows, study) if v["claim"] == "a"]
+    assert (verdict["verdict"], verdict["plateau_only"]) == (REFUTED, UNRESOLVED)
+    table = {(r["attn"], r["quant"]): r["baseline_clause_only"] for r in failure_table(study)}
+    assert table[("relu", "none")] == "seed 0, seed 1" and table[("softmax", "none")] == "—"

@@ -4,7 +4,9 @@ and arm, computed from committed cells (``icl.lab.study.compact``) alone.
 Per row and training seed: a paired statistic on the same prompts (normalised error: Σ_p Σ_k err / Σ_p Σ_k zero),
 its bootstrap CI over prompts (that seed's precision), whether both models passed the guard and whether either was
 still improving at the end of training. The row's verdict comes from the seed-level t-interval over the seeds where
-both models learned (``icl.lab.study.inference``); the row also says what counting the failed seeds would give.
+both models learned (``icl.lab.study.inference``); the row also says what counting the failed seeds would give, and
+what dropping the seeds that learned only through the guard's baseline clause would give (the guard's two
+directions of sensitivity).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class SeedValue:
     learned: bool         # every model of the comparison passed the guard
     improving: bool       # a model of the comparison was still improving at the end of training
     note: str = ""
+    baseline_only: bool = False   # learned, but a model of the comparison only through the guard's baseline clause
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Row:
     verdict: str = UNRESOLVED
     why: str = ""
     with_failed: str = ""   # the verdict when failed seeds are counted, when it differs
+    plateau_only: str = ""  # the verdict when baseline-clause-only seeds are dropped too, when it differs
     task: str = ""          # the task the row tests: a claim's verdict is combined per task
     unpaired: list[int] = field(default_factory=list)   # seeds committed for one model of the pair only
     attns: tuple[str, ...] = ()   # the variants whose models the row reads
@@ -86,7 +90,17 @@ class Row:
         alt, _ = verdict(self.kind, every.low, every.high, self.margin, min_seeds, every.n)
         if any(not s.learned for s in self.seeds) and alt != self.verdict:
             self.with_failed = alt
+        # the other direction: a seed that passed the guard only by being near a poor baseline (trees) is dropped
+        strict = seed_interval([s.point for s in self.seeds if s.learned and not s.baseline_only], ci)
+        alt, _ = verdict(self.kind, strict.low, strict.high, self.margin, min_seeds, strict.n)
+        if self.baseline_only and alt != self.verdict:
+            self.plateau_only = alt
         return self
+
+    @property
+    def baseline_only(self) -> list[int]:
+        """The seeds the verdict uses where a model learned only through the guard's baseline clause."""
+        return [s.seed for s in self.seeds if s.learned and s.baseline_only]
 
     @property
     def measurable_inside_margin(self) -> bool:
@@ -107,6 +121,9 @@ class Row:
             out.append(f"still improving: seed {', '.join(map(str, improving))}")
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
+        if self.baseline_only:
+            out.append(f"learned only by the guard's baseline clause: seed {', '.join(map(str, self.baseline_only))}"
+                       + (f"; dropping them: {self.plateau_only}" if self.plateau_only else ""))
         if self.measurable_inside_margin:
             out.append("a measurable change inside the margin (CI excludes 0)")
         if self.unpaired:
@@ -183,6 +200,13 @@ class Study:
                                   + ("" if finite else ", non-finite errors on some prompt"))
         return self._learned[key]
 
+    def baseline_only(self, cell: Cell, quant: str = "none") -> bool:
+        """Learned, but only through the guard's baseline clause (error above ``zero_fraction``, within the best
+        baseline + margin): such a model is as good as the fitters without having left the plateau by the guard's
+        first test, so a verdict resting on it is reported with and without it (``Row.plateau_only``)."""
+        err = cell.mean(quant, "standard", None, "transformer", self.guard_k(cell))
+        return self.learned(cell, quant)[0] and not err <= self.guard.zero_fraction
+
     def improving(self, cell: Cell) -> bool:
         """The plateau rule on the cell's training curve (read once)."""
         if cell.key not in self._improving:
@@ -211,7 +235,8 @@ class Study:
         low, high = percentile_interval(boots, self.ci) if np.isfinite(boots).all() else (math.nan, math.nan)
         return SeedValue(seed, float(point), float(low), float(high), all(ok for ok, _ in checks),
                          any(self.improving(c) for c, _ in models),
-                         "; ".join(why for ok, why in checks if not ok))
+                         "; ".join(why for ok, why in checks if not ok),
+                         any(self.baseline_only(c, q) for c, q in models))
 
     def _same_prompts(self, a: Cell, b: Cell, strategy: str, param: float | None, ks: Sequence[int]) -> None:
         za, zb = a.window("none", strategy, param, ks, "zero"), b.window("none", strategy, param, ks, "zero")
@@ -448,18 +473,21 @@ def proofs(study: Study) -> list[dict[str, Any]]:
 
 
 def failure_table(study: Study) -> list[dict[str, Any]]:
-    """k of n seeds that did not learn, per arm × task × variant × quant mode, with a Clopper–Pearson CI."""
+    """k of n seeds that did not learn, per arm × task × variant × quant mode, with a Clopper–Pearson CI, and the
+    seeds that learned only through the guard's baseline clause (named: the verdicts resting on them say so)."""
     out = []
-    groups: dict[tuple, list[bool]] = {}
+    groups: dict[tuple, list[tuple[int, bool, bool]]] = {}
     for cell in study.cells.values():
         for quant in cell.meta["quants"]:
             groups.setdefault((cell.meta["arm"], cell.meta["task"], cell.meta["attn"], quant), []).append(
-                study.learned(cell, quant)[0])
+                (int(cell.meta["seed"]), study.learned(cell, quant)[0], study.baseline_only(cell, quant)))
     for (arm, task, attn, quant), flags in sorted(groups.items()):
-        failed = flags.count(False)
+        failed = [learned for _, learned, _ in flags].count(False)
         low, high = failure_rate(failed, len(flags), study.ci)
+        by_baseline = sorted(seed for seed, _, only in flags if only)
         out.append({"arm": arm, "task": task, "attn": attn, "quant": quant, "failed": failed, "seeds": len(flags),
-                    "ci_low": low, "ci_high": high})
+                    "ci_low": low, "ci_high": high,
+                    "baseline_clause_only": ", ".join(f"seed {s}" for s in by_baseline) or "—"})
     return out
 
 
@@ -473,7 +501,8 @@ def claim_verdicts(rows: Sequence[Row], study: Study | None = None) -> list[dict
     learned leaves the claim open there without hiding its verdict on the others; (e) per variant too, so one
     variant's open rows do not hide another's). (d)'s softmax-degrades row is part of each ReLU subject's (d) too:
     the seed claims ReLU ends below a *degrading* softmax. ``with_failed``: the combined verdict when the failed
-    seeds are counted, where it differs; ``same_models``: the other arms whose cells hold the very models this
+    seeds are counted, where it differs; ``plateau_only``: when the seeds that learned only through the guard's
+    baseline clause are dropped, where it differs; ``same_models``: the other arms whose cells hold the very models this
     verdict reads (equal config fingerprints, seed by seed), so their verdict is no replication of this one."""
     out = []
     keys = sorted({(r.claim, r.arm, verdict_subject(r), r.task) for r in rows},
@@ -483,9 +512,11 @@ def claim_verdicts(rows: Sequence[Row], study: Study | None = None) -> list[dict
                 and (verdict_subject(r) == name or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
         words = [r.verdict for r in mine]
         counted = combine([r.with_failed or r.verdict for r in mine])
+        strict = combine([r.plateau_only or r.verdict for r in mine])
         attns = sorted({a for r in mine for a in r.attns})
         out.append({"claim": claim, "arm": arm, "subject": name, "task": task, "verdict": combine(words),
                     "rows": len(words), "refuted": words.count(REFUTED),
                     "with_failed": counted if counted != combine(words) else "",
+                    "plateau_only": strict if strict != combine(words) else "",
                     "same_models": study.same_models(arm, task, attns) if study is not None else ""})
     return out

@@ -146,12 +146,14 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "cost": cost_text(cells, cfg),
         "ci_pct": f"{float(cfg['ci']):.0%}", "bootstrap": cfg["bootstrap"], "min_seeds": cfg["min_seeds"],
         "guard_rule": study.guard.describe(),
+        "zero_fraction": f"{study.guard.zero_fraction:g}",
+        "baseline_margin": "—" if study.guard.baseline_margin is None else f"{study.guard.baseline_margin:g}",
         "guard_note": f" *{g['note']}*" if g.get("note") else "",
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
                            for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted",
-                                                "with_failed", "same_models"])
+                                                "with_failed", "plateau_only", "same_models"])
         if verdicts else NO_CLAIMS,
         "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
                                   {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
@@ -159,7 +161,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
                                   table, float(cfg["guard"]["zero_fraction"])),
         "fastest_int8": fastest_int8_text(fastest_int8(bench)) if cfg.get("bench_csv") else "no timing CSV "
         "(bench_csv null)",
-        "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
+        "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high",
+                                      "baseline_clause_only"]),
         "tables": claim_tables(rows, float(cfg["ci"])) or NO_CLAIMS,
         "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",
                                           "rel_diff_max", "proof_prompts"]) if C.proofs(study) else "none committed",
@@ -170,7 +173,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
                                        "part": r.part,
                                        "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
                                        "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
-                                       "improving": s.improving, "verdict": r.verdict, "with_failed": r.with_failed}
+                                       "improving": s.improving, "baseline_only": s.baseline_only, "verdict": r.verdict,
+                                       "with_failed": r.with_failed, "plateau_only": r.plateau_only}
                                       for r in rows for s in r.seeds]),
               "verdicts": pd.DataFrame(verdicts), "failures": pd.DataFrame(failures),
               "overview": pd.DataFrame(overview_frame_rows(overview))}
