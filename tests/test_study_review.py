@@ -236,3 +236,23 @@ def test_a_verdict_resting_on_seeds_that_passed_the_guard_only_by_its_baseline_c
     assert (verdict["verdict"], verdict["plateau_only"]) == (REFUTED, UNRESOLVED)
     table = {(r["attn"], r["quant"]): r["baseline_clause_only"] for r in failure_table(study)}
     assert table[("relu", "none")] == "seed 0, seed 1" and table[("softmax", "none")] == "—"
+
+
+def test_timing_claim_f_compares_the_variants_in_float_and_the_int8_rows_are_their_own_group():
+    """8 of (f)'s 11 verdicts were int8 rows (softmax int8 vs softmax float among them: no variant comparison)."""
+    from icl.lab.study.claims import CLAIMS, REFUTED, claim_verdicts
+    from icl.lab.study.timing import timing_rows
+    from tests.test_study import bench_rows
+
+    bench = pd.concat([bench_rows("x86", {"int8_fbgemm": 0.7, "int8_dynamic": 2.0}),
+                       bench_rows("x86", {"none": 1.01, "int8_dynamic": 2.1}, attn="relu")], ignore_index=True)
+    rows = timing_rows(bench, 0.10)
+    f = {(r.subject, r.part.rsplit("= ", 1)[1]) for r in rows if r.claim == "f"}
+    assert f == {("relu/none", "10"), ("relu/none", "27")}                     # variants, in float
+    quantised = {r.subject for r in rows if r.claim == "f-q"}
+    assert quantised == {"softmax/int8_fbgemm", "softmax/int8_dynamic", "relu/int8_dynamic"}
+    assert all(w in r.statistic for r in rows for w in ("x86", "model tiny", "batch 256", "kernel"))
+    assert "int8" in CLAIMS["f-q"] and "not a variant comparison" in CLAIMS["f-q"]
+    verdicts = {(v["claim"], v["subject"]): v["verdict"] for v in claim_verdicts(rows)}
+    assert verdicts[("f", "relu/none")] == "confirmed" and verdicts[("f-q", "softmax/int8_dynamic")] == REFUTED
+    assert [v["claim"] for v in claim_verdicts(rows)][-1] == "f-q"             # the group follows (f)
