@@ -256,3 +256,30 @@ def test_timing_claim_f_compares_the_variants_in_float_and_the_int8_rows_are_the
     verdicts = {(v["claim"], v["subject"]): v["verdict"] for v in claim_verdicts(rows)}
     assert verdicts[("f", "relu/none")] == "confirmed" and verdicts[("f-q", "softmax/int8_dynamic")] == REFUTED
     assert [v["claim"] for v in claim_verdicts(rows)][-1] == "f-q"             # the group follows (f)
+
+
+def test_an_int8_row_shows_its_margin_and_largest_shift_and_flags_a_margin_one_off_seed_made_wide(tmp_path):
+    """tuned softmax linear c = 1/8: float errors 0.417, 1.876, 0.276, 0.308, 0.329 (SD 0.692 > ½ × mean 0.641), so a
+    +0.089 shift read "confirmed"; elsewhere the SD is tiny beside the error."""
+    from icl.lab.study.claims import Study, claim_rows, claim_verdicts
+    from icl.lab.study.compact import load_cells
+    from icl.lab.study.report import claim_tables
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed, level in enumerate((0.417, 1.876, 0.276, 0.308, 0.329)):  # the guard reads 0.05: every seed learned
+        write_cell(root, "softmax", seed, level, quants=("int8_weight",), means={"transformer": [0.05] * 11})
+        write_cell(root, "relu", seed, 0.05 + 0.01 * seed, quants=("int8_weight",))
+    study = Study(load_cells(root), study_cfg(root))
+    rows = [r for r in claim_rows(study) if r.claim == "e" and r.part.endswith("standard")]
+    wide, narrow = (next(r for r in rows if r.attns == (attn,)) for attn in ("softmax", "relu"))
+    assert wide.margin == pytest.approx(np.std([0.417, 1.876, 0.276, 0.308, 0.329], ddof=1), rel=0.05)
+    assert wide.noise_mean == pytest.approx(0.641, rel=0.05) and wide.margin_wide
+    assert "margin wide: noise dominates" in wide.flags and "margin wide" not in narrow.flags
+    assert not narrow.margin_wide and narrow.margin < 0.5 * narrow.noise_mean
+    shift = wide.largest_shift                                   # int8 = float × 1.001: largest on the worst seed
+    assert shift.seed == 1 and abs(shift.point) == pytest.approx(0.001 * 1.876, rel=0.1)
+    text = claim_tables(rows, 0.95)
+    assert f"±{wide.margin:.3g} (float mean {wide.noise_mean:.3g})" in text and f"{abs(shift.point):.3g} (s1)" in text
+    counts = {v["subject"]: v["margin_wide"] for v in claim_verdicts(rows, study)}
+    assert counts["int8_weight, softmax"] == "1 of 1 rows" and counts["int8_weight, relu"] == ""

@@ -61,6 +61,14 @@ def _seeds_text(row: C.Row) -> str:
                      for s in row.seeds) or "—"
 
 
+def _noise_margin_text(row: C.Row) -> dict[str, str]:
+    """(e)'s margin (± value, the float model's mean error beside it) and the largest per-seed |Δ| with its seed."""
+    shift = row.largest_shift
+    mean = "" if math.isnan(row.noise_mean) else f" (float mean {row.noise_mean:.3g})"
+    return {"margin": "—" if math.isnan(row.margin) else f"±{row.margin:.3g}{mean}",
+            "largest per-seed \\|Δ\\|": "—" if shift is None else f"{abs(shift.point):.3g} (s{shift.seed})"}
+
+
 def claim_tables(rows: Sequence[C.Row], ci: float) -> str:
     out = []
     for claim, text in C.CLAIMS.items():
@@ -72,10 +80,12 @@ def claim_tables(rows: Sequence[C.Row], ci: float) -> str:
             iv = r.interval
             seed_ci = "—" if iv is None or iv.n == 0 else f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] (n = {iv.n})"
             absolute = ", ".join(f"{k} {v:.3f}" for k, v in r.absolute.items() if not math.isnan(v)) or "—"
-            lines.append({"arm": r.arm, "subject": r.subject, "part": r.part, "statistic": r.statistic,
-                          f"seed-level {ci:.0%} t-interval": seed_ci, "per seed [prompt CI]": _seeds_text(r),
-                          "absolute (normalised; zero: raw)": absolute, "verdict": f"**{r.verdict}**",
-                          "why": r.why, "flags": r.flags or "—"})
+            line = {"arm": r.arm, "subject": r.subject, "part": r.part, "statistic": r.statistic,
+                    f"seed-level {ci:.0%} t-interval": seed_ci, "per seed [prompt CI]": _seeds_text(r),
+                    "absolute (normalised; zero: raw)": absolute}
+            if claim == "e":  # how wide the noise margin is beside the shifts it judges
+                line |= _noise_margin_text(r)
+            lines.append(line | {"verdict": f"**{r.verdict}**", "why": r.why, "flags": r.flags or "—"})
         out += [f"### ({claim}) {text}", "", table(lines, list(lines[0])), ""]
     return "\n".join(out)
 
@@ -151,9 +161,10 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "guard_note": f" *{g['note']}*" if g.get("note") else "",
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
+        "quant_wide": m["quant_wide"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
                            for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted",
-                                                "with_failed", "plateau_only", "same_models"])
+                                                "with_failed", "plateau_only", "margin_wide", "same_models"])
         if verdicts else NO_CLAIMS,
         "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
                                   {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
