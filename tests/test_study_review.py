@@ -283,3 +283,49 @@ def test_an_int8_row_shows_its_margin_and_largest_shift_and_flags_a_margin_one_o
     assert f"±{wide.margin:.3g} (float mean {wide.noise_mean:.3g})" in text and f"{abs(shift.point):.3g} (s1)" in text
     counts = {v["subject"]: v["margin_wide"] for v in claim_verdicts(rows, study)}
     assert counts["int8_weight, softmax"] == "1 of 1 rows" and counts["int8_weight, relu"] == ""
+
+
+def sparse_cells(root, levels: dict[str, list[float]], seeds: int = 3) -> None:
+    """sparse_linear cells (d = 10, k_train 20) whose cell.json means are ``levels[attn]`` below d (+ 0.01 per seed
+    for relu) and 0.1 from k = d on; errors.npz at 0.05 for every model (its windows cannot show k < d)."""
+    import json
+
+    from icl.lab.study.compact import CELL_JSON
+    from tests.test_study import write_cell
+
+    for seed in range(seeds):
+        for attn, below in levels.items():
+            below = [v + (0.01 * seed if attn == "relu" else 0.0) for v in below]
+            means = {"transformer": below + [0.1] * 11, "least_squares": [0.3] * 10 + [0.0] * 11,
+                     "lasso_0.1": [0.1] * 10 + [0.02] * 11}
+            write_cell(root, attn, seed, 0.05, means=means)
+            folder = root / f"tuned-sparse_linear-{attn}-seed{seed}"
+            (root / f"tuned-linear-{attn}-seed{seed}").rename(folder)
+            meta = json.loads((folder / CELL_JSON).read_text())
+            meta |= {"cell": folder.name, "task": "sparse_linear", "n_dims": 10, "k_train": 20, "n_positions": 21}
+            (folder / CELL_JSON).write_text(json.dumps(meta))
+
+
+def test_sparse_claim_is_also_tested_below_d_from_the_per_k_means(tmp_path):
+    """The fit window k = d … k_train is where least squares is already exact: (c-sparse-early) reads k = 5…9 (d = 10)
+    from cell.json's per-k means, with the seed-level t-interval and no prompt CI, Lasso and least squares beside."""
+    from icl.lab.study.claims import CONFIRMED, Study, claim_rows, claim_verdicts, sparse_early_window
+    from icl.lab.study.compact import load_cells
+    from icl.lab.study.report import claim_tables
+    from tests.test_study import study_cfg
+
+    root = tmp_path / "cells"
+    sparse_cells(root, {"softmax": [1.0] * 5 + [0.2] * 5, "relu": [1.0] * 5 + [0.4] * 5})
+    cfg = study_cfg(root)
+    study = Study(load_cells(root), cfg)
+    assert sparse_early_window(study) == [5, 6, 7, 8, 9]
+    (row,) = [r for r in claim_rows(study) if r.claim == "c-sparse-early" and r.subject.startswith("relu ")]
+    assert [s.point for s in row.seeds] == pytest.approx([0.2, 0.21, 0.22])   # not errors.npz's 0 difference
+    assert all(s.learned and math.isnan(s.low) for s in row.seeds) and row.interval.n == 3
+    assert row.verdict == CONFIRMED and "k = 5…9" in row.statistic and "no prompt CI" in row.statistic
+    assert row.absolute["lasso_0.1"] == pytest.approx(0.1) and row.absolute["least_squares"] == pytest.approx(0.3)
+    assert row.absolute["relu"] == pytest.approx(0.41) and row.absolute["softmax"] == pytest.approx(0.2)
+    assert "s0: +0.200 (no prompt CI)" in claim_tables([row], 0.95)
+    assert {v["claim"] for v in claim_verdicts([row], study)} == {"c-sparse-early"}
+    with pytest.raises(ValueError, match="sparse_early must be in"):
+        sparse_early_window(Study(load_cells(root), cfg | {"sparse_early": 1.5}))

@@ -42,6 +42,8 @@ CLAIMS: dict[str, str] = {
     "b-U": "error vs the input scale c is U-shaped (each model)",
     "b-zero": "large c drives the models toward the zero estimator (each model)",
     "c-sparse": "ReLU is worse on sparse linear regression",
+    "c-sparse-early": "ReLU is worse on sparse linear regression below d examples (k < d, where sparsity pays: "
+                      "Lasso's regime; least squares is exact from k = d on)",
     "c-trees": "ReLU is worse on depth-4 decision trees",
     "d": "at extended context ReLU is first worse, then better than a degrading softmax",
     "e": "int8 post-training quantization changes no accuracy (every evaluated strategy)",
@@ -276,6 +278,18 @@ class Study:
             return out[0]
         return self._seed_value(seed, [a, b], stat)
 
+    def mean_difference(self, a: tuple[Cell | None, str], b: tuple[Cell | None, str], strategy: str,
+                        param: float | None, ks: Sequence[int], seed: int) -> SeedValue | None:
+        """Δ = mean over ``ks`` of a's per-k mean normalised error − b's, from cell.json's means (eval.csv's, index =
+        k): for a window errors.npz does not store (it holds the claims' windows only). The means carry no
+        per-prompt values, so the seed has no prompt CI (NaN); the seed-level t-interval is computed as for any row."""
+        def stat() -> tuple[float, np.ndarray] | None:
+            per_k = [[m.mean(q, strategy, param, "transformer", k) for k in ks] for m, q in (a, b)]
+            if not ks or any(math.isnan(v) for values in per_k for v in values):
+                return None
+            return float(np.mean(per_k[0]) - np.mean(per_k[1])), np.array([math.nan])
+        return self._seed_value(seed, [a, b], stat)
+
     def within(self, cell: Cell | None, seed: int, stat: Callable[[Callable], tuple[float, np.ndarray] | None]
                ) -> SeedValue | None:
         if cell is None:
@@ -284,10 +298,11 @@ class Study:
             lambda strategy, param, ks: self._norm(cell, "none", strategy, param, ks)))
 
     def absolute(self, arm: str, task: str, attns: Sequence[str], strategy: str, param: float | None,
-                 ks: Sequence[int], quants: Sequence[str] = ("none",)) -> dict[str, float]:
+                 ks: Sequence[int], quants: Sequence[str] = ("none",), also: Sequence[str] = ()) -> dict[str, float]:
         """Mean normalised error over ks of each model (attn × quant), over the seeds where every one of them
         learned (the seeds a paired row's verdict uses; none: over every seed, the names say so), the best fitting
-        baseline, and the zero estimator's raw mean squared error (the normaliser)."""
+        baseline (and the baselines ``also`` names), and the zero estimator's raw mean squared error (the
+        normaliser)."""
         out: dict[str, float] = {}
         models = [(attn, quant) for attn in attns for quant in quants]
         present, seeds = [], []
@@ -312,6 +327,10 @@ class Study:
             if per:
                 name = min(per, key=per.get)
                 out[name] = float(per[name])
+            for name in also:
+                value = _mean([cell.mean("none", strategy, param, name, k) for k in ks])
+                if name not in out and not math.isnan(value):
+                    out[name] = value
             zero = cell.window("none", strategy, param, ks, "zero")
             if zero is not None:
                 out["zero (raw MSE)"] = float(zero.mean() / len(ks))
@@ -345,18 +364,25 @@ def claim_rows(study: Study) -> list[Row]:
 
 
 def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strategy: str, param: float | None,
-                ks: Sequence[int], kind: str, margin: float = 0.0, baseline: tuple[float | None, ...] = ()) -> list[Row]:
+                ks: Sequence[int], kind: str, margin: float = 0.0, baseline: tuple[float | None, ...] = (),
+                from_means: bool = False, also: Sequence[str] = ()) -> list[Row]:
+    """Each ReLU variant against softmax; ``from_means``: the seed values from cell.json's per-k means
+    (``Study.mean_difference``) for a window errors.npz does not store."""
     rows = []
     for relu in (SEED_MODEL, PROPOSED_FIX):
-        seeds = [study.difference((study.cell(arm, task, relu, sd), "none"), (study.cell(arm, task, REFERENCE, sd),
-                                                                              "none"), strategy, param, ks, sd,
-                                  baseline) for sd in study.seeds(arm, task)]
+        pairs = [((study.cell(arm, task, relu, sd), "none"), (study.cell(arm, task, REFERENCE, sd), "none"), sd)
+                 for sd in study.seeds(arm, task)]
+        seeds = [study.mean_difference(a, b, strategy, param, ks, sd) if from_means else
+                 study.difference(a, b, strategy, param, ks, sd, baseline) for a, b, sd in pairs]
         unpaired = [sd for sd in study.seeds(arm, task)
                      if (study.cell(arm, task, relu, sd) is None) != (study.cell(arm, task, REFERENCE, sd) is None)]
         what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
         stat = (f"[Δ(c = {param:g}) − Δ(c = 1)], Δ = {relu} − softmax" if baseline else f"Δ = {relu} − softmax")
-        rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu], f"{stat}, {task}, {what}, {window_text(ks)}",
-                         kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks),
+        source = (" (mean over k of cell.json's per-k mean normalised errors: no prompt CI per seed)"
+                  if from_means else "")
+        rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu],
+                         f"{stat}, {task}, {what}, {window_text(ks)}{source}", kind, margin, seeds,
+                         study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks, also=also),
                          task, unpaired, (relu, REFERENCE)))
     return rows
 
@@ -416,7 +442,24 @@ def _accuracy_rows(study: Study, arm: str, noninferiority: float, zero_margin: f
         win = study.windows(task)
         if win is not None and study.seeds(arm, task):
             rows += _vs_softmax(study, arm, claim, f"worse on {task}", task, "standard", None, win.fit, "greater")
+    early = sparse_early_window(study)
+    if early and study.seeds(arm, "sparse_linear"):
+        rows += _vs_softmax(study, arm, "c-sparse-early", "worse on sparse_linear below d", "sparse_linear",
+                            "standard", None, early, "greater", from_means=True, also=("least_squares",))
     return rows
+
+
+def sparse_early_window(study: Study) -> list[int]:
+    """(c-sparse-early)'s k = ceil(``sparse_early`` × d) … d − 1: the fit window starts at k = d, where least
+    squares is already exact on a sparse task; sparsity pays below d (Lasso's regime), so the claim is tested there."""
+    cell = next((c for c in study.cells.values() if c.meta["task"] == "sparse_linear"), None)
+    if cell is None:
+        return []
+    share = float(study.cfg["sparse_early"])
+    if not 0 < share < 1:
+        raise ValueError(f"study: sparse_early must be in (0, 1) (the window's start as a share of d), got {share}")
+    d = int(cell.meta["n_dims"])
+    return list(range(math.ceil(share * d), min(d, int(cell.meta["k_train"]) + 1)))
 
 
 def float_errors(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,

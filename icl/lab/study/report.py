@@ -57,8 +57,9 @@ def relative(path: Path, base: Path) -> str:
 
 
 def _seeds_text(row: C.Row) -> str:
-    return "; ".join(f"s{s.seed}: {s.point:+.3f} [{s.low:+.3f}, {s.high:+.3f}]{'' if s.learned else ' ×'}"
-                     for s in row.seeds) or "—"
+    def ci(s: C.SeedValue) -> str:  # a value from per-k means has no prompt CI
+        return "(no prompt CI)" if math.isnan(s.low) else f"[{s.low:+.3f}, {s.high:+.3f}]"
+    return "; ".join(f"s{s.seed}: {s.point:+.3f} {ci(s)}{'' if s.learned else ' ×'}" for s in row.seeds) or "—"
 
 
 def _noise_margin_text(row: C.Row) -> dict[str, str]:
@@ -161,7 +162,7 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[P
         "guard_note": f" *{g['note']}*" if g.get("note") else "",
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
-        "quant_wide": m["quant_wide"],
+        "quant_wide": m["quant_wide"], "sparse_early": cfg["sparse_early"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
                            for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted",
                                                 "with_failed", "plateau_only", "margin_wide", "same_models"])
