@@ -239,7 +239,7 @@ def test_a_verdict_resting_on_seeds_that_passed_the_guard_only_by_its_baseline_c
 
 
 def test_timing_claim_f_compares_the_variants_in_float_and_the_int8_rows_are_their_own_group():
-    """8 of (f)'s 11 verdicts were int8 rows (softmax int8 vs softmax float among them: no variant comparison)."""
+    """9 of (f)'s 11 verdicts were int8 rows (softmax int8 vs softmax float among them: no variant comparison)."""
     from icl.lab.study.claims import CLAIMS, REFUTED, claim_verdicts
     from icl.lab.study.timing import timing_rows
     from tests.test_study import bench_rows
@@ -259,8 +259,8 @@ def test_timing_claim_f_compares_the_variants_in_float_and_the_int8_rows_are_the
 
 
 def test_an_int8_row_shows_its_margin_and_largest_shift_and_flags_a_margin_one_off_seed_made_wide(tmp_path):
-    """tuned softmax linear c = 1/8: float errors 0.417, 1.876, 0.276, 0.308, 0.329 (SD 0.692 > ½ × mean 0.641), so a
-    +0.089 shift read "confirmed"; elsewhere the SD is tiny beside the error."""
+    """Like tuned softmax linear c = 1/8 (float errors 0.414, 1.874, 0.275, 0.307, 0.328: SD 0.692 > ½ × mean 0.639),
+    where int8's +0.090 on seed 1 read "confirmed"; elsewhere the SD is small beside the error."""
     from icl.lab.study.claims import Study, claim_rows, claim_verdicts
     from icl.lab.study.compact import load_cells
     from icl.lab.study.report import claim_tables
