@@ -121,9 +121,11 @@ def synthetic_errors(seed: int, level: float, n_prompts: int = 200) -> tuple[np.
     return zero * level * rng.uniform(0.9, 1.1, zero.shape), zero
 
 
-def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 200, quants: tuple = ()) -> None:
+def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 200, quants: tuple = (),
+               means: dict[str, list[float]] | None = None) -> None:
     """A linear float cell whose transformer error is ``level`` × the zero estimator's on every prompt and k; each
-    of ``quants`` 0.1 % above it."""
+    of ``quants`` 0.1 % above it. ``means``: cell.json's per-k standard means by predictor (the guard reads them),
+    in place of ``level`` for the transformer and 0 for least squares."""
     model, zero = synthetic_errors(seed, level, n_prompts)
     out = root / f"tuned-linear-{attn}-seed{seed}"
     out.mkdir(parents=True)
@@ -139,7 +141,7 @@ def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 
                     if predictor == "transformer":
                         arrays.update({f"{q}/{strategy}/{p}/transformer/{name}": sums * 1.001 for q in quants})
     np.savez_compressed(out / ERRORS, **arrays)
-    means = {"standard/": {"transformer": [level] * 11, "least_squares": [0.0] * 11}}
+    means = {"standard/": {"transformer": [level] * 11, "least_squares": [0.0] * 11, **(means or {})}}
     (out / CURVE).write_text("step,loss_rel_zero\n" + "".join(f"{s},{level}\n" for s in range(0, 1000, 20)))
     (out / CELL_JSON).write_text(json.dumps({
         "cell": out.name, "arm": "tuned", "task": "linear", "attn": attn, "seed": seed, "fingerprint": "x",

@@ -207,3 +207,125 @@ def test_cost_counts_the_training_of_whichever_job_of_a_cell_trained_its_model()
     by_float_job = SimpleNamespace(meta={"quants": {"none": {"train_seconds": 300.0, "eval_seconds": 6.0},
                                                     "int8_weight": {"train_seconds": None, "eval_seconds": 6.0}}})
     assert cost_text([by_quant_job, by_float_job], {}).startswith("training 15.0 min and evaluation 0.4 min")
+
+
+# -- the claims' sensitivity (review of the study page, 2026-12-07) ------------------------------------------------
+def test_a_verdict_resting_on_seeds_that_passed_the_guard_only_by_its_baseline_clause_says_what_dropping_them_gives(
+        tmp_path):
+    """relu seeds 0-1 at 0.52 pass only as within the best baseline (0.45) + 0.1 (the tuned relu trees at 0.501/0.521
+    beside xgboost 0.686): the row names them and gives the verdict without them; the failure table names them."""
+    from icl.lab.study.claims import REFUTED, UNRESOLVED, Study, claim_rows, claim_verdicts, failure_table
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(4):
+        write_cell(root, "softmax", seed, 0.05)
+        level = 0.52 if seed < 2 else 0.3
+        write_cell(root, "relu", seed, level, means={"least_squares": [0.45] * 11})
+    study = Study(load_cells(root), study_cfg(root))
+    rows = claim_rows(study)
+    (row,) = [r for r in rows if r.claim == "a" and r.subject.startswith("relu ")]
+    assert all(s.learned for s in row.seeds) and row.interval.n == 4 and row.verdict == REFUTED
+    assert row.baseline_only == [0, 1] and row.plateau_only == UNRESOLVED             # 2 seeds left, 3 needed
+    assert "learned only by the guard's baseline clause: seed 0, 1; dropping them: not resolved" in row.flags
+    assert not row.with_failed                                                      # no seed failed
+    softmax_u = next(r for r in rows if r.claim == "b-U" and r.subject == "softmax")
+    assert softmax_u.baseline_only == [] and softmax_u.plateau_only == "" and "baseline clause" not in softmax_u.flags
+    (verdict,) = [v for v in claim_verdicts(rows, study) if v["claim"] == "a"]
+    assert (verdict["verdict"], verdict["plateau_only"]) == (REFUTED, UNRESOLVED)
+    table = {(r["attn"], r["quant"]): r["baseline_clause_only"] for r in failure_table(study)}
+    assert table[("relu", "none")] == "seed 0, seed 1" and table[("softmax", "none")] == "—"
+
+
+def test_timing_claim_f_compares_the_variants_in_float_and_the_int8_rows_are_their_own_group():
+    """9 of (f)'s 11 verdicts were int8 rows (softmax int8 vs softmax float among them: no variant comparison)."""
+    from icl.lab.study.claims import CLAIMS, REFUTED, claim_verdicts
+    from icl.lab.study.timing import timing_rows
+    from tests.test_study import bench_rows
+
+    bench = pd.concat([bench_rows("x86", {"int8_fbgemm": 0.7, "int8_dynamic": 2.0}),
+                       bench_rows("x86", {"none": 1.01, "int8_dynamic": 2.1}, attn="relu")], ignore_index=True)
+    rows = timing_rows(bench, 0.10)
+    f = {(r.subject, r.part.rsplit("= ", 1)[1]) for r in rows if r.claim == "f"}
+    assert f == {("relu/none", "10"), ("relu/none", "27")}                     # variants, in float
+    quantised = {r.subject for r in rows if r.claim == "f-q"}
+    assert quantised == {"softmax/int8_fbgemm", "softmax/int8_dynamic", "relu/int8_dynamic"}
+    assert all(w in r.statistic for r in rows for w in ("x86", "model tiny", "batch 256", "kernel"))
+    assert "int8" in CLAIMS["f-q"] and "not a variant comparison" in CLAIMS["f-q"]
+    verdicts = {(v["claim"], v["subject"]): v["verdict"] for v in claim_verdicts(rows)}
+    assert verdicts[("f", "relu/none")] == "confirmed" and verdicts[("f-q", "softmax/int8_dynamic")] == REFUTED
+    assert [v["claim"] for v in claim_verdicts(rows)][-1] == "f-q"             # the group follows (f)
+
+
+def test_an_int8_row_shows_its_margin_and_largest_shift_and_flags_a_margin_one_off_seed_made_wide(tmp_path):
+    """Like tuned softmax linear c = 1/8 (float errors 0.414, 1.874, 0.275, 0.307, 0.328: SD 0.692 > ½ × mean 0.639),
+    where int8's +0.090 on seed 1 read "confirmed"; elsewhere the SD is small beside the error."""
+    from icl.lab.study.claims import Study, claim_rows, claim_verdicts
+    from icl.lab.study.compact import load_cells
+    from icl.lab.study.report import claim_tables
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed, level in enumerate((0.417, 1.876, 0.276, 0.308, 0.329)):  # the guard reads 0.05: every seed learned
+        write_cell(root, "softmax", seed, level, quants=("int8_weight",), means={"transformer": [0.05] * 11})
+        write_cell(root, "relu", seed, 0.05 + 0.01 * seed, quants=("int8_weight",))
+    study = Study(load_cells(root), study_cfg(root))
+    rows = [r for r in claim_rows(study) if r.claim == "e" and r.part.endswith("standard")]
+    wide, narrow = (next(r for r in rows if r.attns == (attn,)) for attn in ("softmax", "relu"))
+    assert wide.margin == pytest.approx(np.std([0.417, 1.876, 0.276, 0.308, 0.329], ddof=1), rel=0.05)
+    assert wide.noise_mean == pytest.approx(0.641, rel=0.05) and wide.margin_wide
+    assert "margin wide: noise dominates" in wide.flags and "margin wide" not in narrow.flags
+    assert not narrow.margin_wide and narrow.margin < 0.5 * narrow.noise_mean
+    shift = wide.largest_shift                                   # int8 = float × 1.001: largest on the worst seed
+    assert shift.seed == 1 and abs(shift.point) == pytest.approx(0.001 * 1.876, rel=0.1)
+    text = claim_tables(rows, 0.95)
+    assert f"±{wide.margin:.3g} (float mean {wide.noise_mean:.3g})" in text and f"{abs(shift.point):.3g} (s1)" in text
+    counts = {v["subject"]: v["margin_wide"] for v in claim_verdicts(rows, study)}
+    assert counts["int8_weight, softmax"] == "1 of 1 rows" and counts["int8_weight, relu"] == ""
+
+
+def sparse_cells(root, levels: dict[str, list[float]], seeds: int = 3) -> None:
+    """sparse_linear cells (d = 10, k_train 20) whose cell.json means are ``levels[attn]`` below d (+ 0.01 per seed
+    for relu) and 0.1 from k = d on; errors.npz at 0.05 for every model (its windows cannot show k < d)."""
+    import json
+
+    from icl.lab.study.compact import CELL_JSON
+    from tests.test_study import write_cell
+
+    for seed in range(seeds):
+        for attn, below in levels.items():
+            below = [v + (0.01 * seed if attn == "relu" else 0.0) for v in below]
+            means = {"transformer": below + [0.1] * 11, "least_squares": [0.3] * 10 + [0.0] * 11,
+                     "lasso_0.1": [0.1] * 10 + [0.02] * 11}
+            write_cell(root, attn, seed, 0.05, means=means)
+            folder = root / f"tuned-sparse_linear-{attn}-seed{seed}"
+            (root / f"tuned-linear-{attn}-seed{seed}").rename(folder)
+            meta = json.loads((folder / CELL_JSON).read_text())
+            meta |= {"cell": folder.name, "task": "sparse_linear", "n_dims": 10, "k_train": 20, "n_positions": 21}
+            (folder / CELL_JSON).write_text(json.dumps(meta))
+
+
+def test_sparse_claim_is_also_tested_below_d_from_the_per_k_means(tmp_path):
+    """The fit window k = d … k_train is where least squares is already exact: (c-sparse-early) reads k = 5…9 (d = 10)
+    from cell.json's per-k means, with the seed-level t-interval and no prompt CI, Lasso and least squares beside."""
+    from icl.lab.study.claims import CONFIRMED, Study, claim_rows, claim_verdicts, sparse_early_window
+    from icl.lab.study.compact import load_cells
+    from icl.lab.study.report import claim_tables
+    from tests.test_study import study_cfg
+
+    root = tmp_path / "cells"
+    sparse_cells(root, {"softmax": [1.0] * 5 + [0.2] * 5, "relu": [1.0] * 5 + [0.4] * 5})
+    cfg = study_cfg(root)
+    study = Study(load_cells(root), cfg)
+    assert sparse_early_window(study) == [5, 6, 7, 8, 9]
+    (row,) = [r for r in claim_rows(study) if r.claim == "c-sparse-early" and r.subject.startswith("relu ")]
+    assert [s.point for s in row.seeds] == pytest.approx([0.2, 0.21, 0.22])   # not errors.npz's 0 difference
+    assert all(s.learned and math.isnan(s.low) for s in row.seeds) and row.interval.n == 3
+    assert row.verdict == CONFIRMED and "k = 5…9" in row.statistic and "no prompt CI" in row.statistic
+    assert row.absolute["lasso_0.1"] == pytest.approx(0.1) and row.absolute["least_squares"] == pytest.approx(0.3)
+    assert row.absolute["relu"] == pytest.approx(0.41) and row.absolute["softmax"] == pytest.approx(0.2)
+    assert "s0: +0.200 (no prompt CI)" in claim_tables([row], 0.95)
+    assert {v["claim"] for v in claim_verdicts([row], study)} == {"c-sparse-early"}
+    with pytest.raises(ValueError, match="sparse_early must be in"):
+        sparse_early_window(Study(load_cells(root), cfg | {"sparse_early": 1.5}))

@@ -4,7 +4,9 @@ and arm, computed from committed cells (``icl.lab.study.compact``) alone.
 Per row and training seed: a paired statistic on the same prompts (normalised error: Σ_p Σ_k err / Σ_p Σ_k zero),
 its bootstrap CI over prompts (that seed's precision), whether both models passed the guard and whether either was
 still improving at the end of training. The row's verdict comes from the seed-level t-interval over the seeds where
-both models learned (``icl.lab.study.inference``); the row also says what counting the failed seeds would give.
+both models learned (``icl.lab.study.inference``); the row also says what counting the failed seeds would give, and
+what dropping the seeds that learned only through the guard's baseline clause would give (the guard's two
+directions of sensitivity).
 """
 
 from __future__ import annotations
@@ -42,10 +44,15 @@ CLAIMS: dict[str, str] = {
     "b-U": "error vs the input scale c is U-shaped (each model)",
     "b-zero": "large c drives the models toward the zero estimator (each model)",
     "c-sparse": "ReLU is worse on sparse linear regression",
+    "c-sparse-early": "ReLU is worse on sparse linear regression below d examples (k < d, where sparsity pays: "
+                      "Lasso's regime; least squares is exact from k = d on)",
     "c-trees": "ReLU is worse on depth-4 decision trees",
     "d": "at extended context ReLU is first worse, then better than a degrading softmax",
     "e": "int8 post-training quantization changes no accuracy (every evaluated strategy)",
-    "f": "the variants' inference times do not differ significantly (a measurement on this machine)",
+    "f": "the variants' inference times do not differ significantly (in float, vs softmax; a measurement on this "
+         "machine)",
+    "f-q": "int8 kernels vs float: a quantised model's inference time vs softmax in float (the int8 kernels' cost, "
+           "not a variant comparison; a measurement on this machine)",
 }
 
 
@@ -58,6 +65,7 @@ class SeedValue:
     learned: bool         # every model of the comparison passed the guard
     improving: bool       # a model of the comparison was still improving at the end of training
     note: str = ""
+    baseline_only: bool = False   # learned, but a model of the comparison only through the guard's baseline clause
     convergence: tuple[str, ...] = ()   # the comparison's models' convergence flags (no curve, loss rose, ...)
 
 
@@ -76,9 +84,12 @@ class Row:
     verdict: str = UNRESOLVED
     why: str = ""
     with_failed: str = ""   # the verdict when failed seeds are counted, when it differs
+    plateau_only: str = ""  # the verdict when baseline-clause-only seeds are dropped too, when it differs
     task: str = ""          # the task the row tests: a claim's verdict is combined per task
     unpaired: list[int] = field(default_factory=list)   # seeds committed for one model of the pair only
     attns: tuple[str, ...] = ()   # the variants whose models the row reads
+    noise_mean: float = math.nan  # (e): the float model's mean error over the seeds its margin's SD is taken over
+    margin_wide: bool = False     # (e): the margin exceeds the configured share of that mean (noise dominates)
 
     def decide(self, ci: float, min_seeds: int) -> "Row":
         learned = [s.point for s in self.seeds if s.learned]
@@ -89,7 +100,17 @@ class Row:
         alt, _ = verdict(self.kind, every.low, every.high, self.margin, min_seeds, every.n)
         if any(not s.learned for s in self.seeds) and alt != self.verdict:
             self.with_failed = alt
+        # the other direction: a seed that passed the guard only by being near a poor baseline (trees) is dropped
+        strict = seed_interval([s.point for s in self.seeds if s.learned and not s.baseline_only], ci)
+        alt, _ = verdict(self.kind, strict.low, strict.high, self.margin, min_seeds, strict.n)
+        if self.baseline_only and alt != self.verdict:
+            self.plateau_only = alt
         return self
+
+    @property
+    def baseline_only(self) -> list[int]:
+        """The seeds the verdict uses where a model learned only through the guard's baseline clause."""
+        return [s.seed for s in self.seeds if s.learned and s.baseline_only]
 
     @property
     def measurable_inside_margin(self) -> bool:
@@ -100,6 +121,12 @@ class Row:
                 and (iv.low > 0 or iv.high < 0))
 
     @property
+    def largest_shift(self) -> SeedValue | None:
+        """The seed with the largest |statistic| among those the verdict uses (every seed when none learned)."""
+        used = [s for s in self.seeds if s.learned] or self.seeds
+        return max(used, key=lambda s: abs(s.point)) if used else None
+
+    @property
     def flags(self) -> str:
         failed = [s.seed for s in self.seeds if not s.learned]
         out = []
@@ -108,8 +135,14 @@ class Row:
         out += convergence_flags([(s.seed, s.convergence) for s in self.seeds])
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
+        if self.baseline_only:
+            out.append(f"learned only by the guard's baseline clause: seed {', '.join(map(str, self.baseline_only))}"
+                       + (f"; dropping them: {self.plateau_only}" if self.plateau_only else ""))
         if self.measurable_inside_margin:
             out.append("a measurable change inside the margin (CI excludes 0)")
+        if self.margin_wide:
+            out.append(f"margin wide: noise dominates (±{self.margin:.3g} against the float model's mean error "
+                       f"{self.noise_mean:.3g})")
         if self.unpaired:
             out.append(f"one model only, left out: seed {', '.join(map(str, self.unpaired))}")
         return "; ".join(out)
@@ -184,6 +217,13 @@ class Study:
                                   + ("" if finite else ", non-finite errors on some prompt"))
         return self._learned[key]
 
+    def baseline_only(self, cell: Cell, quant: str = "none") -> bool:
+        """Learned, but only through the guard's baseline clause (error above ``zero_fraction``, within the best
+        baseline + margin): such a model is as good as the fitters without having left the plateau by the guard's
+        first test, so a verdict resting on it is reported with and without it (``Row.plateau_only``)."""
+        err = cell.mean(quant, "standard", None, "transformer", self.guard_k(cell))
+        return self.learned(cell, quant)[0] and not err <= self.guard.zero_fraction
+
     def convergence(self, cell: Cell) -> Convergence:
         """The convergence rules on the cell's training curve (read once); unknown when it has no curve."""
         if cell.key not in self._convergence:
@@ -216,7 +256,9 @@ class Study:
         return SeedValue(seed, float(point), float(low), float(high), all(ok for ok, _ in checks),
                          any(self.improving(c) for c, _ in models),
                          "; ".join(why for ok, why in checks if not ok),
-                         tuple(dict.fromkeys(f for c, _ in models for f in self.convergence(c).flags)))
+                         any(self.baseline_only(c, q) for c, q in models),
+                         convergence=tuple(dict.fromkeys(f for c, _ in models
+                                                         for f in self.convergence(c).flags)))
 
     def _same_prompts(self, a: Cell, b: Cell, strategy: str, param: float | None, ks: Sequence[int]) -> None:
         za, zb = a.window("none", strategy, param, ks, "zero"), b.window("none", strategy, param, ks, "zero")
@@ -242,6 +284,18 @@ class Study:
             return out[0]
         return self._seed_value(seed, [a, b], stat)
 
+    def mean_difference(self, a: tuple[Cell | None, str], b: tuple[Cell | None, str], strategy: str,
+                        param: float | None, ks: Sequence[int], seed: int) -> SeedValue | None:
+        """Δ = mean over ``ks`` of a's per-k mean normalised error − b's, from cell.json's means (eval.csv's, index =
+        k): for a window errors.npz does not store (it holds the claims' windows only). The means carry no
+        per-prompt values, so the seed has no prompt CI (NaN); the seed-level t-interval is computed as for any row."""
+        def stat() -> tuple[float, np.ndarray] | None:
+            per_k = [[m.mean(q, strategy, param, "transformer", k) for k in ks] for m, q in (a, b)]
+            if not ks or any(math.isnan(v) for values in per_k for v in values):
+                return None
+            return float(np.mean(per_k[0]) - np.mean(per_k[1])), np.array([math.nan])
+        return self._seed_value(seed, [a, b], stat)
+
     def within(self, cell: Cell | None, seed: int, stat: Callable[[Callable], tuple[float, np.ndarray] | None]
                ) -> SeedValue | None:
         if cell is None:
@@ -250,10 +304,11 @@ class Study:
             lambda strategy, param, ks: self._norm(cell, "none", strategy, param, ks)))
 
     def absolute(self, arm: str, task: str, attns: Sequence[str], strategy: str, param: float | None,
-                 ks: Sequence[int], quants: Sequence[str] = ("none",)) -> dict[str, float]:
+                 ks: Sequence[int], quants: Sequence[str] = ("none",), also: Sequence[str] = ()) -> dict[str, float]:
         """Mean normalised error over ks of each model (attn × quant), over the seeds where every one of them
         learned (the seeds a paired row's verdict uses; none: over every seed, the names say so), the best fitting
-        baseline, and the zero estimator's raw mean squared error (the normaliser)."""
+        baseline (and the baselines ``also`` names), and the zero estimator's raw mean squared error (the
+        normaliser)."""
         out: dict[str, float] = {}
         models = [(attn, quant) for attn in attns for quant in quants]
         present, seeds = [], []
@@ -278,6 +333,10 @@ class Study:
             if per:
                 name = min(per, key=per.get)
                 out[name] = float(per[name])
+            for name in also:
+                value = _mean([cell.mean("none", strategy, param, name, k) for k in ks])
+                if name not in out and not math.isnan(value):
+                    out[name] = value
             zero = cell.window("none", strategy, param, ks, "zero")
             if zero is not None:
                 out["zero (raw MSE)"] = float(zero.mean() / len(ks))
@@ -306,23 +365,30 @@ def claim_rows(study: Study) -> list[Row]:
     margins = study.cfg["margins"]
     for arm in study.arms:
         rows += _accuracy_rows(study, arm, float(margins["noninferiority"]), float(margins["zero"]))
-        rows += _quant_rows(study, arm, float(margins["quant_noise_factor"]))
+        rows += _quant_rows(study, arm, float(margins["quant_noise_factor"]), float(margins["quant_wide"]))
     return [r for r in rows if r is not None]  # a row none of whose cells is committed is left out
 
 
 def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strategy: str, param: float | None,
-                ks: Sequence[int], kind: str, margin: float = 0.0, baseline: tuple[float | None, ...] = ()) -> list[Row]:
+                ks: Sequence[int], kind: str, margin: float = 0.0, baseline: tuple[float | None, ...] = (),
+                from_means: bool = False, also: Sequence[str] = ()) -> list[Row]:
+    """Each ReLU variant against softmax; ``from_means``: the seed values from cell.json's per-k means
+    (``Study.mean_difference``) for a window errors.npz does not store."""
     rows = []
     for relu in (SEED_MODEL, PROPOSED_FIX):
-        seeds = [study.difference((study.cell(arm, task, relu, sd), "none"), (study.cell(arm, task, REFERENCE, sd),
-                                                                              "none"), strategy, param, ks, sd,
-                                  baseline) for sd in study.seeds(arm, task)]
+        pairs = [((study.cell(arm, task, relu, sd), "none"), (study.cell(arm, task, REFERENCE, sd), "none"), sd)
+                 for sd in study.seeds(arm, task)]
+        seeds = [study.mean_difference(a, b, strategy, param, ks, sd) if from_means else
+                 study.difference(a, b, strategy, param, ks, sd, baseline) for a, b, sd in pairs]
         unpaired = [sd for sd in study.seeds(arm, task)
                      if (study.cell(arm, task, relu, sd) is None) != (study.cell(arm, task, REFERENCE, sd) is None)]
         what = f"{strategy}{'' if param is None else f' c = {param:g}'}"
         stat = (f"[Δ(c = {param:g}) − Δ(c = 1)], Δ = {relu} − softmax" if baseline else f"Δ = {relu} − softmax")
-        rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu], f"{stat}, {task}, {what}, {window_text(ks)}",
-                         kind, margin, seeds, study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks),
+        source = (" (mean over k of cell.json's per-k mean normalised errors: no prompt CI per seed)"
+                  if from_means else "")
+        rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu],
+                         f"{stat}, {task}, {what}, {window_text(ks)}{source}", kind, margin, seeds,
+                         study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks, also=also),
                          task, unpaired, (relu, REFERENCE)))
     return rows
 
@@ -382,12 +448,29 @@ def _accuracy_rows(study: Study, arm: str, noninferiority: float, zero_margin: f
         win = study.windows(task)
         if win is not None and study.seeds(arm, task):
             rows += _vs_softmax(study, arm, claim, f"worse on {task}", task, "standard", None, win.fit, "greater")
+    early = sparse_early_window(study)
+    if early and study.seeds(arm, "sparse_linear"):
+        rows += _vs_softmax(study, arm, "c-sparse-early", "worse on sparse_linear below d", "sparse_linear",
+                            "standard", None, early, "greater", from_means=True, also=("least_squares",))
     return rows
 
 
-def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,
-                 ks: Sequence[int], factor: float) -> float:
-    """(e)'s margin, tied to measured noise: ``factor`` × the seed-to-seed SD of the float model's error here."""
+def sparse_early_window(study: Study) -> list[int]:
+    """(c-sparse-early)'s k = ceil(``sparse_early`` × d) … d − 1: the fit window starts at k = d, where least
+    squares is already exact on a sparse task; sparsity pays below d (Lasso's regime), so the claim is tested there."""
+    cell = next((c for c in study.cells.values() if c.meta["task"] == "sparse_linear"), None)
+    if cell is None:
+        return []
+    share = float(study.cfg["sparse_early"])
+    if not 0 < share < 1:
+        raise ValueError(f"study: sparse_early must be in (0, 1) (the window's start as a share of d), got {share}")
+    d = int(cell.meta["n_dims"])
+    return list(range(math.ceil(share * d), min(d, int(cell.meta["k_train"]) + 1)))
+
+
+def float_errors(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,
+                 ks: Sequence[int]) -> list[float]:
+    """The float model's normalised error over ``ks``, one value per seed where it learned."""
     values = []
     for sd in study.seeds(arm, task):
         c = study.cell(arm, task, attn, sd)
@@ -395,15 +478,25 @@ def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, pa
             out = study._norm(c, "none", strategy, param, ks)
             if out is not None:
                 values.append(out[0])
+    return values
+
+
+def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,
+                 ks: Sequence[int], factor: float) -> float:
+    """(e)'s margin, tied to measured noise: ``factor`` × the seed-to-seed SD of the float model's error here."""
+    values = float_errors(study, arm, task, attn, strategy, param, ks)
     return factor * float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
 
 
 def _quant_row(study: Study, arm: str, task: str, attn: str, quant: str, strategy: str, param: float | None,
-               ks: Sequence[int], factor: float, fit: Sequence[int]) -> Row | None:
+               ks: Sequence[int], factor: float, fit: Sequence[int], wide: float) -> Row | None:
     """One (e) row over ``ks``; its margin is always the fit window's (the training noise of in-range error: past the
-    training length the seeds' errors spread so far that their SD would make any margin meaningless)."""
+    training length the seeds' errors spread so far that their SD would make any margin meaningless). A margin above
+    ``wide`` × the float model's mean error there is flagged: one off seed inflates an SD over 3-5 seeds until any
+    shift reads as equivalent (the margin rule itself is kept: it is what the issue asks, a margin tied to noise)."""
     beyond = list(ks) != list(fit)
     margin = quant_margin(study, arm, task, attn, strategy, param, fit, factor)
+    noise = float_errors(study, arm, task, attn, strategy, param, fit)
     seeds = []
     for sd in study.seeds(arm, task):
         c = study.cell(arm, task, attn, sd)
@@ -416,10 +509,13 @@ def _quant_row(study: Study, arm: str, task: str, attn: str, quant: str, strateg
                study.absolute(arm, task, (attn,), strategy, param, ks, (quant, "none")), task, attns=(attn,))
     if row is not None and math.isnan(margin):
         row.verdict, row.why = UNRESOLVED, "no margin: fewer than 2 learned float seeds"
+    if row is not None and noise:
+        row.noise_mean = float(np.mean(noise))
+        row.margin_wide = margin > wide * row.noise_mean
     return row
 
 
-def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
+def _quant_rows(study: Study, arm: str, factor: float, wide: float) -> list[Row]:
     rows = []
     cells = [c for c in study.cells.values() if c.meta["arm"] == arm]
     quants = sorted({q for c in cells for q in c.meta["quants"] if q != "none"})
@@ -435,7 +531,8 @@ def _quant_rows(study: Study, arm: str, factor: float) -> list[Row]:
                     # long_context is distinctive past the training length: its late window too
                     windows = [win.fit] + ([win.late] if strategy == "long_context" and win.late else [])
                     for ks in windows:
-                        rows.append(_quant_row(study, arm, task, attn, quant, strategy, param, ks, factor, win.fit))
+                        rows.append(_quant_row(study, arm, task, attn, quant, strategy, param, ks, factor, win.fit,
+                                               wide))
     return rows
 
 
@@ -453,18 +550,21 @@ def proofs(study: Study) -> list[dict[str, Any]]:
 
 
 def failure_table(study: Study) -> list[dict[str, Any]]:
-    """k of n seeds that did not learn, per arm × task × variant × quant mode, with a Clopper–Pearson CI."""
+    """k of n seeds that did not learn, per arm × task × variant × quant mode, with a Clopper–Pearson CI, and the
+    seeds that learned only through the guard's baseline clause (named: the verdicts resting on them say so)."""
     out = []
-    groups: dict[tuple, list[bool]] = {}
+    groups: dict[tuple, list[tuple[int, bool, bool]]] = {}
     for cell in study.cells.values():
         for quant in cell.meta["quants"]:
             groups.setdefault((cell.meta["arm"], cell.meta["task"], cell.meta["attn"], quant), []).append(
-                study.learned(cell, quant)[0])
+                (int(cell.meta["seed"]), study.learned(cell, quant)[0], study.baseline_only(cell, quant)))
     for (arm, task, attn, quant), flags in sorted(groups.items()):
-        failed = flags.count(False)
+        failed = [learned for _, learned, _ in flags].count(False)
         low, high = failure_rate(failed, len(flags), study.ci)
+        by_baseline = sorted(seed for seed, _, only in flags if only)
         out.append({"arm": arm, "task": task, "attn": attn, "quant": quant, "failed": failed, "seeds": len(flags),
-                    "ci_low": low, "ci_high": high})
+                    "ci_low": low, "ci_high": high,
+                    "baseline_clause_only": ", ".join(f"seed {s}" for s in by_baseline) or "—"})
     return out
 
 
@@ -478,7 +578,9 @@ def claim_verdicts(rows: Sequence[Row], study: Study | None = None) -> list[dict
     learned leaves the claim open there without hiding its verdict on the others; (e) per variant too, so one
     variant's open rows do not hide another's). (d)'s softmax-degrades row is part of each ReLU subject's (d) too:
     the seed claims ReLU ends below a *degrading* softmax. ``with_failed``: the combined verdict when the failed
-    seeds are counted, where it differs; ``same_models``: the other arms whose cells hold the very models this
+    seeds are counted, where it differs; ``margin_wide``: (e)'s rows whose noise margin is flagged wide;
+    ``plateau_only``: when the seeds that learned only through the guard's
+    baseline clause are dropped, where it differs; ``same_models``: the other arms whose cells hold the very models this
     verdict reads (equal config fingerprints, seed by seed), so their verdict is no replication of this one."""
     out = []
     keys = sorted({(r.claim, r.arm, verdict_subject(r), r.task) for r in rows},
@@ -488,9 +590,13 @@ def claim_verdicts(rows: Sequence[Row], study: Study | None = None) -> list[dict
                 and (verdict_subject(r) == name or (claim == "d" and r.subject == REFERENCE))]  # (d): "a degrading softmax"
         words = [r.verdict for r in mine]
         counted = combine([r.with_failed or r.verdict for r in mine])
+        strict = combine([r.plateau_only or r.verdict for r in mine])
         attns = sorted({a for r in mine for a in r.attns})
+        wide = sum(r.margin_wide for r in mine)
         out.append({"claim": claim, "arm": arm, "subject": name, "task": task, "verdict": combine(words),
                     "rows": len(words), "refuted": words.count(REFUTED),
                     "with_failed": counted if counted != combine(words) else "",
+                    "plateau_only": strict if strict != combine(words) else "",
+                    "margin_wide": f"{wide} of {len(mine)} rows" if wide else "",
                     "same_models": study.same_models(arm, task, attns) if study is not None else ""})
     return out

@@ -57,8 +57,17 @@ def relative(path: Path, base: Path) -> str:
 
 
 def _seeds_text(row: C.Row) -> str:
-    return "; ".join(f"s{s.seed}: {s.point:+.3f} [{s.low:+.3f}, {s.high:+.3f}]{'' if s.learned else ' ×'}"
-                     for s in row.seeds) or "—"
+    def ci(s: C.SeedValue) -> str:  # a value from per-k means has no prompt CI
+        return "(no prompt CI)" if math.isnan(s.low) else f"[{s.low:+.3f}, {s.high:+.3f}]"
+    return "; ".join(f"s{s.seed}: {s.point:+.3f} {ci(s)}{'' if s.learned else ' ×'}" for s in row.seeds) or "—"
+
+
+def _noise_margin_text(row: C.Row) -> dict[str, str]:
+    """(e)'s margin (± value, the float model's mean error beside it) and the largest per-seed |Δ| with its seed."""
+    shift = row.largest_shift
+    mean = "" if math.isnan(row.noise_mean) else f" (float mean {row.noise_mean:.3g})"
+    return {"margin": "—" if math.isnan(row.margin) else f"±{row.margin:.3g}{mean}",
+            "largest per-seed \\|Δ\\|": "—" if shift is None else f"{abs(shift.point):.3g} (s{shift.seed})"}
 
 
 def claim_tables(rows: Sequence[C.Row], ci: float) -> str:
@@ -72,10 +81,12 @@ def claim_tables(rows: Sequence[C.Row], ci: float) -> str:
             iv = r.interval
             seed_ci = "—" if iv is None or iv.n == 0 else f"{iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] (n = {iv.n})"
             absolute = ", ".join(f"{k} {v:.3f}" for k, v in r.absolute.items() if not math.isnan(v)) or "—"
-            lines.append({"arm": r.arm, "subject": r.subject, "part": r.part, "statistic": r.statistic,
-                          f"seed-level {ci:.0%} t-interval": seed_ci, "per seed [prompt CI]": _seeds_text(r),
-                          "absolute (normalised; zero: raw)": absolute, "verdict": f"**{r.verdict}**",
-                          "why": r.why, "flags": r.flags or "—"})
+            line = {"arm": r.arm, "subject": r.subject, "part": r.part, "statistic": r.statistic,
+                    f"seed-level {ci:.0%} t-interval": seed_ci, "per seed [prompt CI]": _seeds_text(r),
+                    "absolute (normalised; zero: raw)": absolute}
+            if claim == "e":  # how wide the noise margin is beside the shifts it judges
+                line |= _noise_margin_text(r)
+            lines.append(line | {"verdict": f"**{r.verdict}**", "why": r.why, "flags": r.flags or "—"})
         out += [f"### ({claim}) {text}", "", table(lines, list(lines[0])), ""]
     return "\n".join(out)
 
@@ -154,13 +165,16 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[F
         "cost": cost_text(cells, cfg),
         "ci_pct": f"{float(cfg['ci']):.0%}", "bootstrap": cfg["bootstrap"], "min_seeds": cfg["min_seeds"],
         "guard_rule": study.guard.describe(),
+        "zero_fraction": f"{study.guard.zero_fraction:g}",
+        "baseline_margin": "—" if study.guard.baseline_margin is None else f"{study.guard.baseline_margin:g}",
         "guard_note": f" *{g['note']}*" if g.get("note") else "",
         "tolerance": f"{float(conv['tolerance']):.0%}", "tail_pct": f"{float(conv['tail']):.0%}",
         "no_curve": no_curve_text(study),
         "noninferiority": m["noninferiority"], "quant_factor": m["quant_noise_factor"], "zero_margin": m["zero"],
+        "quant_wide": m["quant_wide"], "sparse_early": cfg["sparse_early"],
         "verdicts": table([{**v, "claim": f"({v['claim']}) {C.CLAIMS[v['claim']]}", "task": v["task"] or "—"}
                            for v in verdicts], ["claim", "arm", "subject", "task", "verdict", "rows", "refuted",
-                                                "with_failed", "same_models"])
+                                                "with_failed", "plateau_only", "margin_wide", "same_models"])
         if verdicts else NO_CLAIMS,
         "recipes": recipe_section(Path(cfg["tuning"]) if cfg.get("tuning") else None, grid["arms"],
                                   {arm: [(c.meta["attn"], c.meta["recipe"]) for c in cells if c.meta["arm"] == arm]
@@ -168,7 +182,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[F
                                   table, float(cfg["guard"]["zero_fraction"])),
         "fastest_int8": fastest_int8_text(fastest_int8(bench)) if cfg.get("bench_csv") else "no timing CSV "
         "(bench_csv null)",
-        "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high"]),
+        "failures": table(failures, ["arm", "task", "attn", "quant", "failed", "seeds", "ci_low", "ci_high",
+                                      "baseline_clause_only"]),
         "tables": claim_tables(rows, float(cfg["ci"])) or NO_CLAIMS,
         "proofs": table(C.proofs(study), ["cell", "quant", "quantized_linears", "linear_layers", "rel_diff_mean",
                                           "rel_diff_max", "proof_prompts"]) if C.proofs(study) else "none committed",
@@ -180,7 +195,8 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[F
                                        "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
                                        "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
                                        "improving": s.improving, "convergence": " | ".join(s.convergence),
-                                       "verdict": r.verdict, "with_failed": r.with_failed}
+                                       "baseline_only": s.baseline_only, "verdict": r.verdict,
+                                       "with_failed": r.with_failed, "plateau_only": r.plateau_only}
                                       for r in rows for s in r.seeds]),
               "verdicts": pd.DataFrame(verdicts), "failures": pd.DataFrame(failures),
               "overview": pd.DataFrame(overview_frame_rows(overview))}
