@@ -99,3 +99,6 @@ def test_flags_are_listed_per_word_with_their_seeds():
     seeds = [(0, (ROSE,)), (1, ()), (2, (NO_CURVE,)), (3, (ROSE,))]
     assert convergence_flags(seeds) == ["loss rose: seed 0, 3", "no curve: seed 2"]
     assert convergence_flags([(0, ())]) == []
+    # a flag naming its model sorts by its word, in the report's order
+    assert convergence_flags([(0, ("no curve (softmax)",)), (1, ("loss rose (relu)", "no curve (softmax)"))]) == [
+        "loss rose (relu): seed 1", "no curve (softmax): seed 0, 1"]

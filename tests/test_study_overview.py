@@ -190,5 +190,6 @@ def test_claim_rows_flag_a_model_without_a_curve_and_one_whose_loss_rose(tmp_pat
     (root / "tuned-linear-softmax-seed3" / CURVE).write_text(rising_curve())
     study = Study(load_cells(root), seed_study_cfg(root))
     (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
-    assert {s.seed: s.convergence for s in row.seeds} == {0: (), 1: ("no curve",), 2: (), 3: ("loss rose",), 4: ()}
-    assert "loss rose: seed 3; no curve: seed 1" in row.flags and "still improving" not in row.flags
+    assert {s.seed: s.convergence for s in row.seeds} == {
+        0: (), 1: ("no curve (relu)",), 2: (), 3: ("loss rose (softmax)",), 4: ()}  # whose curve: the row names it
+    assert "loss rose (softmax): seed 3; no curve (relu): seed 1" in row.flags and "still improving" not in row.flags

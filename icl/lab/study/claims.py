@@ -257,8 +257,14 @@ class Study:
                          any(self.improving(c) for c, _ in models),
                          "; ".join(why for ok, why in checks if not ok),
                          any(self.baseline_only(c, q) for c, q in models),
-                         convergence=tuple(dict.fromkeys(f for c, _ in models
-                                                         for f in self.convergence(c).flags)))
+                         convergence=self._convergence_labels(models))
+
+    def _convergence_labels(self, models: Sequence[tuple[Cell, str]]) -> tuple[str, ...]:
+        """The comparison's models' convergence flags, each naming its variant where the models differ in it (a
+        relu − softmax row's "no curve" must say whose curve is missing)."""
+        several = len({c.meta["attn"] for c, _ in models}) > 1
+        return tuple(dict.fromkeys(f"{flag} ({c.meta['attn']})" if several else flag
+                                   for c, _ in models for flag in self.convergence(c).flags))
 
     def _same_prompts(self, a: Cell, b: Cell, strategy: str, param: float | None, ks: Sequence[int]) -> None:
         za, zb = a.window("none", strategy, param, ks, "zero"), b.window("none", strategy, param, ks, "zero")

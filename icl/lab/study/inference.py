@@ -217,6 +217,8 @@ def convergence(steps: Sequence[float], losses: Sequence[float], tail: float, to
 
 
 def convergence_flags(seeds: Sequence[tuple[int, Sequence[str]]]) -> list[str]:
-    """``[(seed, flags)]`` → one phrase per flag any seed carries, e.g. "loss rose: seed 0, 2", in the report's order."""
-    return [f"{word}: seed {', '.join(str(sd) for sd, flags in seeds if word in flags)}"
-            for word in CONVERGENCE_FLAGS if any(word in flags for _, flags in seeds)]
+    """``[(seed, flags)]`` → one phrase per flag any seed carries, e.g. "loss rose: seed 0, 2", in the report's order
+    (a flag may name its model after the word: "no curve (softmax)")."""
+    labels = dict.fromkeys(flag for _, flags in seeds for flag in flags)
+    order = sorted(labels, key=lambda flag: CONVERGENCE_FLAGS.index(flag.split(" (")[0]))
+    return [f"{label}: seed {', '.join(str(sd) for sd, flags in seeds if label in flags)}" for label in order]
