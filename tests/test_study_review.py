@@ -329,3 +329,157 @@ def test_sparse_claim_is_also_tested_below_d_from_the_per_k_means(tmp_path):
     assert {v["claim"] for v in claim_verdicts([row], study)} == {"c-sparse-early"}
     with pytest.raises(ValueError, match="sparse_early must be in"):
         sparse_early_window(Study(load_cells(root), cfg | {"sparse_early": 1.5}))
+
+
+# -- the claims' code review (2026-12-07, second pass) -------------------------------------------------------------
+def quant_cells(root, float_levels: list[float], guard: list[float], shifts: list[float]) -> None:
+    """softmax cells with an int8_weight model: the float model's errors.npz at ``float_levels`` (its noise margin),
+    the guard reading ``guard`` (least squares 0.65: above 0.5 and ≤ 0.75 is the baseline clause), int8 = float +
+    ``shifts`` × the zero estimator (so Δ = int8 − none is the shift exactly)."""
+    import json
+
+    from icl.lab.study.compact import CELL_JSON, ERRORS
+    from tests.test_study import write_cell
+
+    for seed, (level, read, shift) in enumerate(zip(float_levels, guard, shifts)):
+        write_cell(root, "softmax", seed, level, means={"transformer": [read] * 11, "least_squares": [0.65] * 11})
+        folder = root / f"tuned-linear-softmax-seed{seed}"
+        arrays = dict(np.load(folder / ERRORS))
+        arrays |= {"int8_weight" + k[4:]: v + shift * arrays[k.replace("/transformer/", "/zero/")]
+                   for k, v in arrays.items() if k.startswith("none/") and "/transformer/" in k}
+        np.savez_compressed(folder / ERRORS, **arrays)
+        meta = json.loads((folder / CELL_JSON).read_text())
+        meta["quants"]["int8_weight"] = meta["quants"]["none"]
+        (folder / CELL_JSON).write_text(json.dumps(meta))
+
+
+def test_dropping_baseline_clause_only_seeds_from_an_int8_row_drops_them_from_its_noise_margin_too(tmp_path):
+    """Like tuned decision_tree relu_causal (float errors 0.557, 0.703 (seed 1, baseline clause only), 0.400): seed 1
+    inflates the float SD. Without seed 1 the shifts 0.09-0.11 are judged against the SD of the seeds left (≈ 0.08),
+    not the SD with seed 1 (≈ 0.13), inside which they would read as equivalent."""
+    from icl.lab.study.claims import CONFIRMED, UNRESOLVED, Study, claim_rows
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg
+
+    root = tmp_path / "cells"
+    levels = [0.557, 0.703, 0.400, 0.45]
+    quant_cells(root, levels, [0.3, 0.6, 0.3, 0.3], [0.09, 0.10, 0.10, 0.11])
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "e" and r.part.endswith("standard")]
+    assert row.baseline_only == [1] and row.verdict == CONFIRMED
+    assert row.margin == pytest.approx(np.std(levels, ddof=1), rel=0.05)
+    assert row.strict_margin == pytest.approx(np.std([0.557, 0.400, 0.45], ddof=1), rel=0.05)
+    assert row.plateau_only == UNRESOLVED          # the Δ interval [≈0.075, ≈0.125] crosses ±0.08, not ±0.13
+    assert f"dropping them: {UNRESOLVED} (margin ±{row.strict_margin:.3g} over the float seeds left)" in row.flags
+
+
+def test_a_baseline_clause_only_seed_that_inflates_nothing_leaves_the_int8_rows_plateau_verdict_alone(tmp_path):
+    from icl.lab.study.claims import CONFIRMED, Study, claim_rows
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg
+
+    root = tmp_path / "cells"
+    quant_cells(root, [0.557, 0.703, 0.400, 0.45], [0.3, 0.6, 0.3, 0.3], [0.001, 0.002, 0.0, 0.001])
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "e" and r.part.endswith("standard")]
+    assert row.verdict == CONFIRMED and row.baseline_only == [1] and row.plateau_only == ""
+    assert "dropping them" not in row.flags
+
+
+@pytest.mark.parametrize("kept, plateau", [((0.06, 0.061, 0.062), "confirmed"), ((0.3, 0.31, 0.32), "")])
+def test_dropping_two_of_five_seeds_leaves_three_and_the_verdict_follows_their_values(tmp_path, kept, plateau):
+    """relu seeds 0-1 at 0.52 pass only by the baseline clause: without them 3 seeds (enough) decide. Seeds 2-4 just
+    above softmax: all five read not resolved, the three confirm non-inferiority; far above: both refute (no flip)."""
+    from icl.lab.study.claims import REFUTED, UNRESOLVED, Study, claim_rows
+    from icl.lab.study.compact import load_cells
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed, level in enumerate((0.52, 0.52, *kept)):
+        write_cell(root, "softmax", seed, 0.05)
+        write_cell(root, "relu", seed, level, means={"least_squares": [0.45] * 11})
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "a" and r.subject.startswith("relu ")]
+    assert row.baseline_only == [0, 1] and row.interval.n == 5
+    assert row.verdict == (UNRESOLVED if plateau else REFUTED) and row.plateau_only == plateau
+    assert ("dropping them" in row.flags) == bool(plateau)
+
+
+def test_the_early_sparse_rows_refuse_cells_scored_on_other_prompts(tmp_path):
+    """(c-sparse-early) reads cell.json's means, which cannot show the prompts: the fit window's zero sums can."""
+    from icl.lab.study.claims import Study
+    from icl.lab.study.compact import ERRORS, load_cells
+    from tests.test_study import study_cfg
+
+    root = tmp_path / "cells"
+    sparse_cells(root, {"softmax": [1.0] * 5 + [0.2] * 5, "relu": [1.0] * 5 + [0.4] * 5})
+    fit = np.arange(10, 21)   # the sparse cells' fit window (d = 10, k_train 20)
+    for folder in root.iterdir():
+        arrays = dict(np.load(folder / ERRORS))
+        zero = np.linspace(1.0, 2.0, 200)
+        if folder.name == "tuned-sparse_linear-relu-seed1":
+            zero = zero[::-1].copy()
+        arrays |= {"ks/standard//sparse": fit, "none/standard//zero/sparse": zero,
+                   "none/standard//transformer/sparse": 0.1 * zero}
+        np.savez_compressed(folder / ERRORS, **arrays)
+    study = Study(load_cells(root), study_cfg(root))
+    early = [5, 6, 7, 8, 9]
+    pair = [(study.cell("tuned", "sparse_linear", attn, 1), "none") for attn in ("relu", "softmax")]
+    with pytest.raises(ValueError, match="different standard prompts"):
+        study.mean_difference(*pair, "standard", None, early, 1)
+    same = [(study.cell("tuned", "sparse_linear", attn, 0), "none") for attn in ("relu", "softmax")]
+    assert study.mean_difference(*same, "standard", None, early, 0).point == pytest.approx(0.2)
+
+
+def test_an_early_sparse_seed_without_a_mean_at_some_k_is_named_not_dropped(tmp_path):
+    import json
+
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import CELL_JSON, load_cells
+    from icl.lab.study.report import claim_tables
+    from tests.test_study import study_cfg
+
+    root = tmp_path / "cells"
+    sparse_cells(root, {"softmax": [1.0] * 5 + [0.2] * 5, "relu": [1.0] * 5 + [0.4] * 5}, seeds=4)
+    path = root / "tuned-sparse_linear-relu-seed1" / CELL_JSON
+    meta = json.loads(path.read_text())
+    meta["quants"]["none"]["means"]["standard/"]["transformer"][7] = None   # no finite prompt at k = 7
+    path.write_text(json.dumps(meta))
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "c-sparse-early" and r.subject.startswith("relu ")]
+    assert [s.seed for s in row.seeds] == [0, 1, 2, 3] and row.interval.n == 3
+    (gone,) = [s for s in row.seeds if s.seed == 1]
+    assert not gone.learned and math.isnan(gone.point) and gone.missing == "no per-k mean: relu at k = 7"
+    assert "no value (no per-k mean: relu at k = 7): seed 1" in row.flags and "did not learn" not in row.flags
+    assert "s1: no value (no per-k mean: relu at k = 7) ×" in claim_tables([row], 0.95)
+
+
+def test_a_seed_whose_bootstrap_is_not_finite_is_not_labelled_as_having_no_prompt_ci():
+    from icl.lab.study.claims import Row, SeedValue
+    from icl.lab.study.report import claim_tables
+
+    seeds = [SeedValue(0, 0.1, math.nan, math.nan, True, False), SeedValue(1, 0.2, 0.1, 0.3, True, False)]
+    row = Row("a", "part", "tuned", "relu", "stat", "noninferior", 0.02, seeds).decide(0.95, 2)
+    assert "s0: +0.100 (CI not finite); s1: +0.200 [+0.100, +0.300]" in claim_tables([row], 0.95)
+    row.from_means = True
+    assert "s0: +0.100 (no prompt CI)" in claim_tables([row], 0.95)
+
+
+def test_the_claims_csv_says_unknown_where_a_models_convergence_is_unknown(tmp_path):
+    """A model without a readable curve is neither improving nor converged: the CSV must not write False for it."""
+    from icl.lab.study.claims import Study, claim_rows
+    from icl.lab.study.compact import CURVE, load_cells
+    from icl.lab.study.report import claims_frame
+    from tests.test_study import study_cfg, write_cell
+
+    root = tmp_path / "cells"
+    for seed in range(3):
+        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
+            write_cell(root, attn, seed, level)
+    (root / "tuned-linear-relu-seed1" / CURVE).write_text("step,loss_rel_zero\n")
+    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
+              if r.claim == "a" and r.subject.startswith("relu ")]
+    assert [s.known for s in row.seeds] == [True, False, True]
+    frame = claims_frame([row])
+    assert frame["improving"].tolist() == [False, "unknown", False]
+    assert "no curve (relu): seed 1" in row.flags                   # the page's wording is unchanged

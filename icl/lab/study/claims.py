@@ -67,6 +67,8 @@ class SeedValue:
     note: str = ""
     baseline_only: bool = False   # learned, but a model of the comparison only through the guard's baseline clause
     convergence: tuple[str, ...] = ()   # the comparison's models' convergence flags (no curve, loss rose, ...)
+    known: bool = True    # every model's convergence is known (False and not improving: unknown, never converged)
+    missing: str = ""     # why the seed has no value although its models were committed (then not learned, point NaN)
 
 
 @dataclass
@@ -90,6 +92,9 @@ class Row:
     attns: tuple[str, ...] = ()   # the variants whose models the row reads
     noise_mean: float = math.nan  # (e): the float model's mean error over the seeds its margin's SD is taken over
     margin_wide: bool = False     # (e): the margin exceeds the configured share of that mean (noise dominates)
+    from_means: bool = False      # the seed values come from per-k means: no prompt CI by construction
+    strict_margin: float = math.nan   # (e): the margin over the float seeds left once the baseline-clause-only seeds
+    strict_wide: bool = False         # are dropped (NaN: not recomputed), and whether that margin is wide
 
     def decide(self, ci: float, min_seeds: int) -> "Row":
         learned = [s.point for s in self.seeds if s.learned]
@@ -100,12 +105,17 @@ class Row:
         alt, _ = verdict(self.kind, every.low, every.high, self.margin, min_seeds, every.n)
         if any(not s.learned for s in self.seeds) and alt != self.verdict:
             self.with_failed = alt
-        # the other direction: a seed that passed the guard only by being near a poor baseline (trees) is dropped
-        strict = seed_interval([s.point for s in self.seeds if s.learned and not s.baseline_only], ci)
-        alt, _ = verdict(self.kind, strict.low, strict.high, self.margin, min_seeds, strict.n)
-        if self.baseline_only and alt != self.verdict:
-            self.plateau_only = alt
+        self.drop_baseline_only(ci, min_seeds)
         return self
+
+    def drop_baseline_only(self, ci: float, min_seeds: int, margin: float | None = None) -> None:
+        """The other direction: a seed that passed the guard only by being near a poor baseline (trees) is dropped
+        (``plateau_only``). ``margin``: the margin measured without those seeds, where the margin is measured on the
+        seeds too ((e)'s float seed-to-seed SD): dropping them from the interval only would be asymmetric."""
+        strict = seed_interval([s.point for s in self.seeds if s.learned and not s.baseline_only], ci)
+        alt, _ = verdict(self.kind, strict.low, strict.high, self.margin if margin is None else margin, min_seeds,
+                         strict.n)
+        self.plateau_only = alt if self.baseline_only and alt != self.verdict else ""
 
     @property
     def baseline_only(self) -> list[int]:
@@ -123,21 +133,29 @@ class Row:
     @property
     def largest_shift(self) -> SeedValue | None:
         """The seed with the largest |statistic| among those the verdict uses (every seed when none learned)."""
-        used = [s for s in self.seeds if s.learned] or self.seeds
+        used = [s for s in self.seeds if s.learned] or [s for s in self.seeds if not math.isnan(s.point)]
         return max(used, key=lambda s: abs(s.point)) if used else None
 
     @property
+    def _strict_margin_text(self) -> str:
+        if math.isnan(self.strict_margin):
+            return ""
+        return f" (margin ±{self.strict_margin:.3g} over the float seeds left{', wide' if self.strict_wide else ''})"
+
+    @property
     def flags(self) -> str:
-        failed = [s.seed for s in self.seeds if not s.learned]
+        failed = [s.seed for s in self.seeds if not s.learned and not s.missing]
         out = []
         if failed:
             out.append(f"did not learn: seed {', '.join(map(str, failed))}")
+        out += [f"no value ({s.missing}): seed {s.seed}" for s in self.seeds if s.missing]
         out += convergence_flags([(s.seed, s.convergence) for s in self.seeds])
         if self.with_failed:
             out.append(f"counting failed seeds: {self.with_failed}")
         if self.baseline_only:
             out.append(f"learned only by the guard's baseline clause: seed {', '.join(map(str, self.baseline_only))}"
-                       + (f"; dropping them: {self.plateau_only}" if self.plateau_only else ""))
+                       + (f"; dropping them: {self.plateau_only}{self._strict_margin_text}" if self.plateau_only
+                          else ""))
         if self.measurable_inside_margin:
             out.append("a measurable change inside the margin (CI excludes 0)")
         if self.margin_wide:
@@ -257,7 +275,8 @@ class Study:
                          any(self.improving(c) for c, _ in models),
                          "; ".join(why for ok, why in checks if not ok),
                          any(self.baseline_only(c, q) for c, q in models),
-                         convergence=self._convergence_labels(models))
+                         convergence=self._convergence_labels(models),
+                         known=all(self.convergence(c).known for c, _ in models))
 
     def _convergence_labels(self, models: Sequence[tuple[Cell, str]]) -> tuple[str, ...]:
         """The comparison's models' convergence flags, each naming its variant where the models differ in it (a
@@ -294,13 +313,24 @@ class Study:
                         param: float | None, ks: Sequence[int], seed: int) -> SeedValue | None:
         """Δ = mean over ``ks`` of a's per-k mean normalised error − b's, from cell.json's means (eval.csv's, index =
         k): for a window errors.npz does not store (it holds the claims' windows only). The means carry no
-        per-prompt values, so the seed has no prompt CI (NaN); the seed-level t-interval is computed as for any row."""
-        def stat() -> tuple[float, np.ndarray] | None:
-            per_k = [[m.mean(q, strategy, param, "transformer", k) for k in ks] for m, q in (a, b)]
-            if not ks or any(math.isnan(v) for values in per_k for v in values):
-                return None
-            return float(np.mean(per_k[0]) - np.mean(per_k[1])), np.array([math.nan])
-        return self._seed_value(seed, [a, b], stat)
+        per-prompt values, so the seed has no prompt CI (NaN); the seed-level t-interval is computed as for any row.
+        The prompts are checked on the fit window's zero sums (errors.npz), as ``difference`` does. A model without
+        a mean at some k of the window gives a seed with no value (not learned, named), never a silently dropped one."""
+        if not ks or a[0] is None or b[0] is None:
+            return None
+        win = self.windows(a[0].meta["task"])
+        if win is not None:
+            self._same_prompts(a[0], b[0], strategy, param, win.fit)
+        per_k = [[m.mean(q, strategy, param, "transformer", k) for k in ks] for m, q in (a, b)]
+        absent = [f"{m.meta['attn']} at k = {', '.join(str(k) for k, v in zip(ks, values) if math.isnan(v))}"
+                  for (m, _), values in zip((a, b), per_k) if any(math.isnan(v) for v in values)]
+        if absent:
+            value = self._seed_value(seed, [a, b], lambda: (math.nan, np.array([math.nan])))
+            if value is not None:
+                value.learned, value.missing = False, f"no per-k mean: {'; '.join(absent)}"
+            return value
+        return self._seed_value(seed, [a, b], lambda: (float(np.mean(per_k[0]) - np.mean(per_k[1])),
+                                                       np.array([math.nan])))
 
     def within(self, cell: Cell | None, seed: int, stat: Callable[[Callable], tuple[float, np.ndarray] | None]
                ) -> SeedValue | None:
@@ -357,12 +387,12 @@ def _mean(values: Sequence[float]) -> float:
 
 def _row(study: Study, claim: str, part: str, arm: str, subject: str, statistic: str, kind: str, margin: float,
          seeds: Sequence[SeedValue | None], absolute: dict[str, float], task: str = "linear",
-         unpaired: Sequence[int] = (), attns: Sequence[str] = ()) -> Row | None:
+         unpaired: Sequence[int] = (), attns: Sequence[str] = (), from_means: bool = False) -> Row | None:
     kept = [s for s in seeds if s is not None]
     if not kept:
         return None
     return Row(claim, part, arm, subject, statistic, kind, margin, kept, absolute, task=task,
-               unpaired=list(unpaired), attns=tuple(attns)).decide(study.ci, study.min_seeds)
+               unpaired=list(unpaired), attns=tuple(attns), from_means=from_means).decide(study.ci, study.min_seeds)
 
 
 def claim_rows(study: Study) -> list[Row]:
@@ -395,7 +425,7 @@ def _vs_softmax(study: Study, arm: str, claim: str, part: str, task: str, strate
         rows.append(_row(study, claim, part, arm, SUBJECT_NAMES[relu],
                          f"{stat}, {task}, {what}, {window_text(ks)}{source}", kind, margin, seeds,
                          study.absolute(arm, task, (relu, REFERENCE), strategy, param, ks, also=also),
-                         task, unpaired, (relu, REFERENCE)))
+                         task, unpaired, (relu, REFERENCE), from_means))
     return rows
 
 
@@ -494,6 +524,30 @@ def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, pa
     return factor * float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
 
 
+def float_errors_by_seed(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,
+                         ks: Sequence[int]) -> dict[int, float]:
+    """``float_errors`` keyed by seed: the margin recomputed without some seeds (``Row.drop_baseline_only``)."""
+    values = {}
+    for sd in study.seeds(arm, task):
+        c = study.cell(arm, task, attn, sd)
+        out = study._norm(c, "none", strategy, param, ks) if c is not None and study.learned(c)[0] else None
+        if out is not None:
+            values[sd] = out[0]
+    return values
+
+
+def _drop_baseline_only_noise(study: Study, row: Row, noise: Mapping[int, float], factor: float,
+                              wide: float) -> None:
+    """(e) without the baseline-clause-only seeds: the margin (and its wide flag) over the float seeds left, so the
+    interval and the margin it is judged against lose the same seeds (evidence: tuned decision_tree relu_causal, float
+    errors 0.557, 0.703 (seed 1, baseline clause only), 0.400: SD 0.152 with seed 1, 0.111 without)."""
+    dropped = {s.seed for s in row.seeds if s.baseline_only}
+    left = [v for sd, v in noise.items() if sd not in dropped]
+    row.strict_margin = factor * float(np.std(left, ddof=1)) if len(left) >= 2 else math.nan
+    row.strict_wide = bool(left) and row.strict_margin > wide * float(np.mean(left))
+    row.drop_baseline_only(study.ci, study.min_seeds, row.strict_margin)
+
+
 def _quant_row(study: Study, arm: str, task: str, attn: str, quant: str, strategy: str, param: float | None,
                ks: Sequence[int], factor: float, fit: Sequence[int], wide: float) -> Row | None:
     """One (e) row over ``ks``; its margin is always the fit window's (the training noise of in-range error: past the
@@ -518,6 +572,9 @@ def _quant_row(study: Study, arm: str, task: str, attn: str, quant: str, strateg
     if row is not None and noise:
         row.noise_mean = float(np.mean(noise))
         row.margin_wide = margin > wide * row.noise_mean
+    if row is not None and row.baseline_only:
+        _drop_baseline_only_noise(study, row, float_errors_by_seed(study, arm, task, attn, strategy, param, fit),
+                                  factor, wide)
     return row
 
 

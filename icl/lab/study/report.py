@@ -57,9 +57,31 @@ def relative(path: Path, base: Path) -> str:
 
 
 def _seeds_text(row: C.Row) -> str:
-    def ci(s: C.SeedValue) -> str:  # a value from per-k means has no prompt CI
-        return "(no prompt CI)" if math.isnan(s.low) else f"[{s.low:+.3f}, {s.high:+.3f}]"
-    return "; ".join(f"s{s.seed}: {s.point:+.3f} {ci(s)}{'' if s.learned else ' ×'}" for s in row.seeds) or "—"
+    def ci(s: C.SeedValue) -> str:  # a value from per-k means has no prompt CI; a bootstrap may be non-finite
+        if not math.isnan(s.low):
+            return f"[{s.low:+.3f}, {s.high:+.3f}]"
+        return "(no prompt CI)" if row.from_means else "(CI not finite)"
+
+    def value(s: C.SeedValue) -> str:
+        return f"no value ({s.missing})" if s.missing else f"{s.point:+.3f} {ci(s)}"
+    return "; ".join(f"s{s.seed}: {value(s)}{'' if s.learned else ' ×'}" for s in row.seeds) or "—"
+
+
+def improving_cell(s: C.SeedValue) -> bool | str:
+    """The claims CSV's improving column: "unknown" where a model's convergence is unknown and none was seen still
+    improving, so a reader never takes a model without a readable curve as converged."""
+    return s.improving if s.improving or s.known else "unknown"
+
+
+def claims_frame(rows: Sequence[C.Row]) -> pd.DataFrame:
+    """claims.csv: one line per row and seed."""
+    return pd.DataFrame([{"claim": r.claim, "arm": r.arm, "subject": r.subject, "task": r.task, "part": r.part,
+                          "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
+                          "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
+                          "improving": improving_cell(s), "convergence": " | ".join(s.convergence),
+                          "baseline_only": s.baseline_only, "verdict": r.verdict,
+                          "with_failed": r.with_failed, "plateau_only": r.plateau_only}
+                         for r in rows for s in r.seeds])
 
 
 def _noise_margin_text(row: C.Row) -> dict[str, str]:
@@ -190,14 +212,7 @@ def render(cfg: Mapping[str, Any]) -> tuple[str, dict[str, pd.DataFrame], list[F
         "figures": "\n\n".join(f"![{f.path.stem}]({relative(f.path, out_dir)})\n\n{f.caption}" for f in figs),
     }
     text = Template(TEMPLATE.read_text()).substitute(fields)
-    frames = {"claims": pd.DataFrame([{"claim": r.claim, "arm": r.arm, "subject": r.subject, "task": r.task,
-                                       "part": r.part,
-                                       "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
-                                       "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
-                                       "improving": s.improving, "convergence": " | ".join(s.convergence),
-                                       "baseline_only": s.baseline_only, "verdict": r.verdict,
-                                       "with_failed": r.with_failed, "plateau_only": r.plateau_only}
-                                      for r in rows for s in r.seeds]),
+    frames = {"claims": claims_frame(rows),
               "verdicts": pd.DataFrame(verdicts), "failures": pd.DataFrame(failures),
               "overview": pd.DataFrame(overview_frame_rows(overview))}
     return text, frames, figs
