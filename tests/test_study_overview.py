@@ -56,11 +56,16 @@ def test_only_trains_the_named_cells_and_refuses_a_name_outside_the_grid(tmp_pat
     mine = ["tuned-linear-mamba-seed2", "tuned-linear-softmax-seed0"]
     cfg = study_cfg(tmp_path, "study=mixers", f"only=[{','.join(mine)}]")
     typo = study_cfg(tmp_path, "study=mixers", "only=[shared-linear-mamba-seed0]")  # an arm the preset drops
+    bare, empty = (study_cfg(tmp_path, "study=mixers", o) for o in ("only=tuned-linear-mamba-seed2", "only=[]"))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         assert [t.name for t in plan(cfg)] == ["tuned-linear-softmax-seed0", "tuned-linear-mamba-seed2"]
         # a typo trains nothing silently: one line naming it
         with pytest.raises(ValueError, match="only: shared-linear-mamba-seed0 not in the grid's cells"):
             plan(typo)
+        # one cell without brackets is that cell (not its characters); an empty list is refused, not a silent no-op
+        assert [t.name for t in plan(bare)] == ["tuned-linear-mamba-seed2"]
+        with pytest.raises(ValueError, match="only: an empty list trains nothing"):
+            plan(empty)
 
 
 def test_a_preset_drops_arms_and_tasks_with_null_and_refuses_an_empty_grid():

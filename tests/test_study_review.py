@@ -329,6 +329,10 @@ def test_sparse_claim_is_also_tested_below_d_from_the_per_k_means(tmp_path):
     assert {v["claim"] for v in claim_verdicts([row], study)} == {"c-sparse-early"}
     with pytest.raises(ValueError, match="sparse_early must be in"):
         sparse_early_window(Study(load_cells(root), cfg | {"sparse_early": 1.5}))
+    with pytest.raises(ValueError, match=r"sparse_early=0.95 leaves 0 k value\(s\) below d = 10"):  # ceil(9.5) = 10
+        sparse_early_window(Study(load_cells(root), cfg | {"sparse_early": 0.95}))
+    with pytest.raises(ValueError, match="margins.quant_wide must be > 0"):   # 0 would flag every (e) row as wide
+        claim_rows(Study(load_cells(root), cfg | {"margins": {**cfg["margins"], "quant_wide": 0}}))
 
 
 # -- the claims' code review (2026-12-07, second pass) -------------------------------------------------------------

@@ -51,8 +51,9 @@ CLAIMS: dict[str, str] = {
     "e": "int8 post-training quantization changes no accuracy (every evaluated strategy)",
     "f": "the variants' inference times do not differ significantly (in float, vs softmax; a measurement on this "
          "machine)",
-    "f-q": "an int8 model's inference time equals softmax's in float (the int8 kernels' cost, not a variant "
-           "comparison; a measurement on this machine)",
+    "f-q": "an int8 model's inference time equals softmax's in float (the int8 kernels' cost, plus the "
+           "variant's own for relu and relu_causal: softmax's rows alone are not a variant comparison; a "
+           "measurement on this machine)",
 }
 
 
@@ -401,6 +402,9 @@ def claim_rows(study: Study) -> list[Row]:
     margins = study.cfg["margins"]
     for arm in study.arms:
         rows += _accuracy_rows(study, arm, float(margins["noninferiority"]), float(margins["zero"]))
+        if not float(margins["quant_wide"]) > 0:  # <= 0 would flag every (e) row as noise-dominated
+            raise ValueError(f"study: margins.quant_wide must be > 0 (a share of the float model's mean error), "
+                             f"got {margins['quant_wide']}")
         rows += _quant_rows(study, arm, float(margins["quant_noise_factor"]), float(margins["quant_wide"]))
     return [r for r in rows if r is not None]  # a row none of whose cells is committed is left out
 
@@ -501,7 +505,11 @@ def sparse_early_window(study: Study) -> list[int]:
     if not 0 < share < 1:
         raise ValueError(f"study: sparse_early must be in (0, 1) (the window's start as a share of d), got {share}")
     d = int(cell.meta["n_dims"])
-    return list(range(math.ceil(share * d), min(d, int(cell.meta["k_train"]) + 1)))
+    window = list(range(math.ceil(share * d), min(d, int(cell.meta["k_train"]) + 1)))
+    if len(window) < 2:  # else the claim would leave the page without a word
+        raise ValueError(f"study: sparse_early={share} leaves {len(window)} k value(s) below d = {d} "
+                         f"(k = ceil(sparse_early × d) … d − 1): lower it, e.g. sparse_early=0.5")
+    return window
 
 
 def float_errors(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,

@@ -89,11 +89,16 @@ def plan(cfg: Mapping[str, Any]) -> list[Todo]:
     return only(todo, cfg.get("only"), grid_names)
 
 
-def only(todo: list[Todo], names: Sequence[str] | None, grid_names: Sequence[str]) -> list[Todo]:
+def only(todo: list[Todo], names: Sequence[str] | str | None, grid_names: Sequence[str]) -> list[Todo]:
     """The cells of ``todo`` named in ``names`` (``only=[...]``: this sitting's share, another core or machine
     taking the rest); None: all. A name outside the grid is one error line (a typo would otherwise train nothing)."""
     if names is None:
         return todo
+    if isinstance(names, str):  # only=<one cell> without brackets
+        names = [names]
+    if not names:
+        raise ValueError("only: an empty list trains nothing: name cells (only=[<arm>-<task>-<attn>-seed<s>]) or "
+                         "drop only= for every planned cell")
     unknown = sorted(set(names) - set(grid_names))
     if unknown:
         raise ValueError(f"only: {', '.join(unknown)} not in the grid's cells ({len(grid_names)}: e.g. "
