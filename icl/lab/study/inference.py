@@ -120,6 +120,20 @@ def failure_rate(failed: int, n: int, ci: float = 0.95) -> tuple[float, float]:
     return float(out.low), float(out.high)
 
 
+def _curve_shares(steps: Sequence[float], losses: Sequence[float],
+                  tail: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The curve's finite points (steps, losses) and the masks of its last and first ``tail`` share of the steps;
+    None when the curve or its last share has fewer than 3 points (no line can be fitted there)."""
+    s, y = np.asarray(steps, float), np.asarray(losses, float)
+    keep = np.isfinite(y)
+    s, y = s[keep], y[keep]
+    if len(s) < 3:
+        return None
+    span = s.max() - s.min()
+    tail_mask, first_mask = s >= s.max() - tail * span, s <= s.min() + tail * span
+    return (s, y, tail_mask, first_mask) if tail_mask.sum() >= 3 else None
+
+
 def still_improving(steps: Sequence[float], losses: Sequence[float], tail: float, tolerance: float,
                     ci: float = 0.95) -> bool:
     """The plateau rule, scale-free: over the last ``tail`` share of training a least-squares line through the loss
@@ -128,15 +142,10 @@ def still_improving(steps: Sequence[float], losses: Sequence[float], tail: float
 
     Relative to the run's fall, not to the loss: the loss includes an unlearnable floor (k < d) that would hide a
     tail still falling; the noise clause keeps a flat curve's random tilt from being read as progress."""
-    s, y = np.asarray(steps, float), np.asarray(losses, float)
-    keep = np.isfinite(y)
-    s, y = s[keep], y[keep]
-    if len(s) < 3:
+    shares = _curve_shares(steps, losses, tail)
+    if shares is None:
         return False
-    span = s.max() - s.min()
-    tail_mask, first_mask = s >= s.max() - tail * span, s <= s.min() + tail * span
-    if tail_mask.sum() < 3:
-        return False
+    s, y, tail_mask, first_mask = shares
     fit = sps.linregress(s[tail_mask], y[tail_mask])
     fall = -fit.slope * (s[tail_mask].max() - s[tail_mask].min())
     whole = y[first_mask].mean() - y[tail_mask].mean()
@@ -154,16 +163,11 @@ def loss_rose(steps: Sequence[float], losses: Sequence[float], tail: float, tole
     The fall is measured to the lowest window, not to the end: a curve that rises back above its first share's mean
     has no fall to the end, yet is exactly the curve this rule is for. The noise clause keeps the lowest of many
     windows of a flat, noisy curve (biased low by the choice) from reading as a rise."""
-    s, y = np.asarray(steps, float), np.asarray(losses, float)
-    keep = np.isfinite(y)
-    s, y = s[keep], y[keep]
-    if len(s) < 3:
+    shares = _curve_shares(steps, losses, tail)
+    if shares is None:
         return False
-    span = s.max() - s.min()
-    tail_mask, first_mask = s >= s.max() - tail * span, s <= s.min() + tail * span
+    s, y, tail_mask, first_mask = shares
     width = int(tail_mask.sum())
-    if width < 3:
-        return False
     lowest = np.convolve(y, np.ones(width) / width, "valid").min()
     rise, fall = y[tail_mask].mean() - lowest, y[first_mask].mean() - lowest
     fit = sps.linregress(s[tail_mask], y[tail_mask])
@@ -208,12 +212,10 @@ def convergence(steps: Sequence[float], losses: Sequence[float], tail: float, to
     than 3 finite points (a header-only curve.csv) is unknown: the rules fit a line to that share."""
     if not 0 < tail <= 0.5 or tolerance < 0:
         raise ValueError(f"convergence: tail must be in (0, 0.5] and tolerance >= 0, got {tail}, {tolerance}")
-    s, y = np.asarray(steps, float), np.asarray(losses, float)
-    s = s[np.isfinite(y)]
-    if len(s) < 3 or (s >= s.max() - tail * (s.max() - s.min())).sum() < 3:
-        return Convergence(known=False, points=len(s))
+    if _curve_shares(steps, losses, tail) is None:
+        return Convergence(known=False, points=int(np.isfinite(np.asarray(losses, float)).sum()))
     return Convergence(True, still_improving(steps, losses, tail, tolerance, ci),
-                       loss_rose(steps, losses, tail, tolerance, ci), len(s))
+                       loss_rose(steps, losses, tail, tolerance, ci), int(np.isfinite(np.asarray(losses, float)).sum()))
 
 
 def convergence_flags(seeds: Sequence[tuple[int, Sequence[str]]]) -> list[str]:
