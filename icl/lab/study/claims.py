@@ -515,14 +515,7 @@ def sparse_early_window(study: Study) -> list[int]:
 def float_errors(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,
                  ks: Sequence[int]) -> list[float]:
     """The float model's normalised error over ``ks``, one value per seed where it learned."""
-    values = []
-    for sd in study.seeds(arm, task):
-        c = study.cell(arm, task, attn, sd)
-        if c is not None and study.learned(c)[0]:
-            out = study._norm(c, "none", strategy, param, ks)
-            if out is not None:
-                values.append(out[0])
-    return values
+    return list(float_errors_by_seed(study, arm, task, attn, strategy, param, ks).values())
 
 
 def quant_margin(study: Study, arm: str, task: str, attn: str, strategy: str, param: float | None,
