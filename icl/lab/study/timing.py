@@ -2,7 +2,8 @@
 measurement on the machine that ran it — hardware, model size, batch and kernel in every row — never as a
 replication of the seed paper's T4 table. (f) proper compares the variants in float; the quantised models' rows are
 their own group (f-q): an int8 model's ratio to softmax in float times the int8 kernel (torchao's slow, fbgemm's
-fast), and for relu and relu_causal the variant with it (the CSV holds ratios to softmax in float only). Per device the fastest int8 backend, from the same rows."""
+fast), and for relu and relu_causal the variant with it (the CSV holds ratios to softmax in float only). Per
+device the fastest int8 backend, from the same rows."""
 
 from __future__ import annotations
 
