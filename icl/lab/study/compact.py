@@ -161,6 +161,12 @@ def _means(eval_csv: pd.DataFrame) -> dict[str, dict[str, list[float | None]]]:
     return out
 
 
+def _versions(job: Path) -> dict[str, Any]:
+    """``job``'s versions.json (seed, threads, library versions, git commit); {} without one."""
+    path = job / contract.VERSIONS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def export(jobs: Sequence[Path], cells: Path, arm: str, paper_d: int) -> list[Path]:
     """Write one cell per training among ``jobs`` (grouped by task, attention, seed); returns the cell folders.
     Per-prompt errors of every evaluated strategy are kept on the claims' k windows (``Windows.ks``)."""
@@ -221,8 +227,8 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
     if out.exists():
         shutil.rmtree(out)
     (out / QUANT_DIR).mkdir(parents=True)
-    versions_path = float_job / contract.VERSIONS
-    versions = json.loads(versions_path.read_text()) if versions_path.is_file() else {}
+    versions = _versions(float_job)
+    trainer = trained_by(float_job)
     cell = {
         "cell": out.name, "arm": arm, "task": task, "attn": attn, "seed": seed,
         "fingerprint": fingerprint, "n_dims": d, "k_train": k_train, "n_positions": n_pos,
@@ -231,10 +237,12 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
                    "batch": flat.get("data.batch_size")},
         "n_prompts": int(next(iter(arrays.values())).shape[0]) if arrays else 0,
         "quants": summary, "versions": versions.get("versions", {}),
-        "trained_by": None if trained_by(float_job) == float_job else "/".join(trained_by(float_job).parts[-2:]),
+        "trained_by": None if trainer == float_job else "/".join(trainer.parts[-2:]),
+        # a retraining is bit-identical only with the same torch threads (and host CPU): neither is in the fingerprint
+        "training": {key: _versions(trainer).get(key) for key in ("threads", "git_commit")},
     }
     write_npz(out / ERRORS, arrays)
-    write_csv(out / CURVE, _curve(trained_by(float_job)), index=False, float_format="%.5g")
+    write_csv(out / CURVE, _curve(trainer), index=False, float_format="%.5g")
     for quant, job, _ in members:
         if (job / contract.QUANT).is_file():
             write_text(out / QUANT_DIR / f"{quant}.json", (job / contract.QUANT).read_text())
