@@ -150,15 +150,27 @@ def write_cell(root: Path, attn: str, seed: int, level: float, n_prompts: int = 
         "n_prompts": n_prompts, "quants": {q: {"means": means} for q in ("none", *quants)}, "versions": {}}))
 
 
+def pair_cells(root: Path, seeds: int, failed: dict[str, int] | None = None) -> Path:
+    """softmax (0.05 × the zero estimator) and relu (0.08 ×) linear float cells for ``seeds`` seeds; ``failed``:
+    variant → the seed where it did not learn (0.9 ×)."""
+    for seed in range(seeds):
+        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
+            write_cell(root, attn, seed, 0.9 if (failed or {}).get(attn) == seed else level)
+    return root
+
+
+def relu_rows(source: Path | Study) -> list:
+    """Claim (a)'s rows for relu vs softmax, of a Study or of the cells under a folder."""
+    study = source if isinstance(source, Study) else Study(load_cells(source), study_cfg(source))
+    return [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+
+
 def rows_of(tmp_path: Path, failed: dict[str, int]) -> list:
     """(a)'s rows for relu vs softmax, 5 seeds; ``failed``: variant → the seed where it did not learn."""
     root = tmp_path / "cells"
     shutil.rmtree(root, ignore_errors=True)
-    for seed in range(5):
-        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
-            write_cell(root, attn, seed, 0.9 if failed.get(attn) == seed else level)
-    study = Study(load_cells(root), study_cfg(root))
-    return [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")], study
+    study = Study(load_cells(pair_cells(root, 5, failed)), study_cfg(root))
+    return relu_rows(study), study
 
 
 def test_the_guard_drops_a_seed_whichever_side_failed(tmp_path):
@@ -491,7 +503,7 @@ def test_a_row_with_no_seed_where_both_learned_still_shows_the_models_absolute_e
         write_cell(root, "softmax", seed, 0.05)  # softmax learned on every seed, relu on none
         write_cell(root, "relu", seed, 0.9)
     study = Study(load_cells(root), study_cfg(root))
-    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(study)
     assert row.interval.n == 0
     assert row.absolute["relu (every seed: none where all learned)"] == pytest.approx(0.9, abs=0.02)
     assert row.absolute["softmax (every seed: none where all learned)"] == pytest.approx(0.05, abs=0.01)

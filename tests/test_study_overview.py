@@ -17,7 +17,7 @@ from icl.lab.study.compact import CELL_JSON, CURVE, Windows, cell_name, load_cel
 from icl.lab.study.grid import active
 from icl.lab.study.overview import overview_rows
 from icl.run.configs import CONFIG_DIR
-from tests.test_study import synthetic_errors, write_cell
+from tests.test_study import pair_cells, relu_rows, synthetic_errors, write_cell
 
 MIXERS = ["softmax", "mamba", "mamba2", "deltanet", "retnet", "sliding_window", "bigbird"]
 
@@ -187,14 +187,11 @@ def test_a_missing_curve_is_unknown_and_a_rising_one_flagged_in_the_overview_pag
 def test_claim_rows_flag_a_model_without_a_curve_and_one_whose_loss_rose(tmp_path):
     from tests.test_study import study_cfg as seed_study_cfg
 
-    root = tmp_path / "cells"
-    for seed in range(5):
-        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
-            write_cell(root, attn, seed, level)
+    root = pair_cells(tmp_path / "cells", 5)
     (root / "tuned-linear-relu-seed1" / CURVE).write_text("step,loss_rel_zero\n")
     (root / "tuned-linear-softmax-seed3" / CURVE).write_text(rising_curve())
     study = Study(load_cells(root), seed_study_cfg(root))
-    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(study)
     assert {s.seed: s.convergence for s in row.seeds} == {
         0: (), 1: ("no curve (relu)",), 2: (), 3: ("loss rose (softmax)",), 4: ()}  # whose curve: the row names it
     assert "loss rose (softmax): seed 3; no curve (relu): seed 1" in row.flags and "still improving" not in row.flags

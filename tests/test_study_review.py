@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.test_study import pair_cells, relu_rows
 from tests.test_tuning import cell_job
 
 
@@ -84,21 +85,18 @@ def test_a_difference_in_differences_refuses_cells_scored_on_other_prompts_at_th
 
 
 def test_a_model_with_non_finite_errors_is_a_failed_seed_not_a_silently_dropped_one(tmp_path):
-    from icl.lab.study.claims import Study, claim_rows, failure_table
+    from icl.lab.study.claims import Study, failure_table
     from icl.lab.study.compact import ERRORS, load_cells
-    from tests.test_study import study_cfg, write_cell
+    from tests.test_study import study_cfg
 
-    root = tmp_path / "cells"
-    for seed in range(5):
-        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
-            write_cell(root, attn, seed, level)
+    root = pair_cells(tmp_path / "cells", 5)
     path = root / "tuned-linear-relu-seed1" / ERRORS   # relu seed 1: NaN on one prompt (eval.csv's mean skips it)
     arrays = dict(np.load(path))
     for key in [k for k in arrays if "/transformer/" in k]:
         arrays[key][3] = np.nan
     np.savez_compressed(path, **arrays)
     study = Study(load_cells(root), study_cfg(root))
-    (row,) = [r for r in claim_rows(study) if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(study)
     assert [s.seed for s in row.seeds if not s.learned] == [1] and "did not learn: seed 1" in row.flags
     assert row.interval.n == 4
     table = {(r["attn"], r["quant"]): r["failed"] for r in failure_table(study)}
@@ -142,17 +140,14 @@ def test_median_rank_survives_a_recipe_with_no_error_at_2d_on_any_seed(tmp_path)
 
 
 def test_a_seed_committed_for_one_model_of_a_pair_only_is_named_in_the_row(tmp_path):
-    from icl.lab.study.claims import Study, claim_rows
-    from icl.lab.study.compact import load_cells
-    from tests.test_study import study_cfg, write_cell
+    from tests.test_study import write_cell
 
     root = tmp_path / "cells"
     for seed in range(4):
         write_cell(root, "relu", seed, 0.08)
         if seed != 3:
             write_cell(root, "softmax", seed, 0.05)
-    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
-              if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(root)
     assert row.interval.n == 3 and "one model only, left out: seed 3" in row.flags
 
 
@@ -182,16 +177,13 @@ def test_a_timing_row_shows_the_interval_its_verdict_comes_from():
 
 
 def test_the_absolute_errors_beside_a_paired_row_use_the_seeds_its_verdict_uses(tmp_path):
-    from icl.lab.study.claims import Study, claim_rows
-    from icl.lab.study.compact import load_cells
-    from tests.test_study import study_cfg, write_cell
+    from tests.test_study import write_cell
 
     root = tmp_path / "cells"
     for seed in range(5):
         write_cell(root, "relu", seed, 0.05 + 0.01 * seed)
         write_cell(root, "softmax", seed, 0.9 if seed == 3 else 0.05)   # softmax seed 3 did not learn
-    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
-              if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(root)
     assert row.absolute["relu"] == pytest.approx(np.mean([0.05, 0.06, 0.07, 0.09]))   # seeds 0, 1, 2, 4
     assert row.absolute["relu"] - row.absolute["softmax"] == pytest.approx(row.interval.mean, abs=2e-3)
 
@@ -225,7 +217,7 @@ def test_a_verdict_resting_on_seeds_that_passed_the_guard_only_by_its_baseline_c
         write_cell(root, "relu", seed, level, means={"least_squares": [0.45] * 11})
     study = Study(load_cells(root), study_cfg(root))
     rows = claim_rows(study)
-    (row,) = [r for r in rows if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(study)
     assert all(s.learned for s in row.seeds) and row.interval.n == 4 and row.verdict == REFUTED
     assert row.baseline_only == [0, 1] and row.plateau_only == UNRESOLVED             # 2 seeds left, 3 needed
     assert "learned only by the guard's baseline clause: seed 0, 1; dropping them: not resolved" in row.flags
@@ -394,16 +386,14 @@ def test_a_baseline_clause_only_seed_that_inflates_nothing_leaves_the_int8_rows_
 def test_dropping_two_of_five_seeds_leaves_three_and_the_verdict_follows_their_values(tmp_path, kept, plateau):
     """relu seeds 0-1 at 0.52 pass only by the baseline clause: without them 3 seeds (enough) decide. Seeds 2-4 just
     above softmax: all five read not resolved, the three confirm non-inferiority; far above: both refute (no flip)."""
-    from icl.lab.study.claims import REFUTED, UNRESOLVED, Study, claim_rows
-    from icl.lab.study.compact import load_cells
-    from tests.test_study import study_cfg, write_cell
+    from icl.lab.study.claims import REFUTED, UNRESOLVED
+    from tests.test_study import write_cell
 
     root = tmp_path / "cells"
     for seed, level in enumerate((0.52, 0.52, *kept)):
         write_cell(root, "softmax", seed, 0.05)
         write_cell(root, "relu", seed, level, means={"least_squares": [0.45] * 11})
-    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
-              if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(root)
     assert row.baseline_only == [0, 1] and row.interval.n == 5
     assert row.verdict == (UNRESOLVED if plateau else REFUTED) and row.plateau_only == plateau
     assert ("dropping them" in row.flags) == bool(plateau)
@@ -471,18 +461,12 @@ def test_a_seed_whose_bootstrap_is_not_finite_is_not_labelled_as_having_no_promp
 
 def test_the_claims_csv_says_unknown_where_a_models_convergence_is_unknown(tmp_path):
     """A model without a readable curve is neither improving nor converged: the CSV must not write False for it."""
-    from icl.lab.study.claims import Study, claim_rows
-    from icl.lab.study.compact import CURVE, load_cells
+    from icl.lab.study.compact import CURVE
     from icl.lab.study.report import claims_frame
-    from tests.test_study import study_cfg, write_cell
 
-    root = tmp_path / "cells"
-    for seed in range(3):
-        for attn, level in (("softmax", 0.05), ("relu", 0.08)):
-            write_cell(root, attn, seed, level)
+    root = pair_cells(tmp_path / "cells", 3)
     (root / "tuned-linear-relu-seed1" / CURVE).write_text("step,loss_rel_zero\n")
-    (row,) = [r for r in claim_rows(Study(load_cells(root), study_cfg(root)))
-              if r.claim == "a" and r.subject.startswith("relu ")]
+    (row,) = relu_rows(root)
     assert [s.known for s in row.seeds] == [True, False, True]
     frame = claims_frame([row])
     assert frame["improving"].tolist() == [False, "unknown", False]
