@@ -367,6 +367,9 @@ def test_dropping_baseline_clause_only_seeds_from_an_int8_row_drops_them_from_it
     assert row.strict_margin == pytest.approx(np.std([0.557, 0.400, 0.45], ddof=1), rel=0.05)
     assert row.plateau_only == UNRESOLVED          # the Δ interval [≈0.075, ≈0.125] crosses ±0.08, not ±0.13
     assert f"dropping them: {UNRESOLVED} (margin ±{row.strict_margin:.3g} over the float seeds left)" in row.flags
+    from icl.lab.study.report import claims_frame
+
+    assert set(claims_frame([row])["plateau_only_margin"]) == {row.strict_margin}   # claims.csv has it, not just the flag
 
 
 def test_a_baseline_clause_only_seed_that_inflates_nothing_leaves_the_int8_rows_plateau_verdict_alone(tmp_path):

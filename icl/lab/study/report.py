@@ -74,13 +74,15 @@ def improving_cell(s: C.SeedValue) -> bool | str:
 
 
 def claims_frame(rows: Sequence[C.Row]) -> pd.DataFrame:
-    """claims.csv: one line per row and seed."""
+    """claims.csv: one line per row and seed. ``plateau_only_margin``: (e)'s margin over the float seeds left when the
+    baseline-clause-only seeds are dropped (the ``plateau_only`` verdict's; empty where that margin is the row's)."""
     return pd.DataFrame([{"claim": r.claim, "arm": r.arm, "subject": r.subject, "task": r.task, "part": r.part,
                           "statistic": r.statistic, "kind": r.kind, "margin": r.margin, "seed": s.seed,
                           "point": s.point, "low": s.low, "high": s.high, "learned": s.learned,
                           "improving": improving_cell(s), "convergence": " | ".join(s.convergence),
                           "baseline_only": s.baseline_only, "verdict": r.verdict,
-                          "with_failed": r.with_failed, "plateau_only": r.plateau_only}
+                          "with_failed": r.with_failed, "plateau_only": r.plateau_only,
+                          "plateau_only_margin": r.strict_margin}
                          for r in rows for s in r.seeds])
 
 
