@@ -195,3 +195,12 @@ def test_claim_rows_flag_a_model_without_a_curve_and_one_whose_loss_rose(tmp_pat
     assert {s.seed: s.convergence for s in row.seeds} == {
         0: (), 1: ("no curve (relu)",), 2: (), 3: ("loss rose (softmax)",), 4: ()}  # whose curve: the row names it
     assert "loss rose (softmax): seed 3; no curve (relu): seed 1" in row.flags and "still improving" not in row.flags
+
+
+def test_make_refuses_an_unquoted_list_override_in_one_line_saying_how_to_quote(caplog):
+    """``train_overrides=[threads=1]`` is outside Hydra's grammar: one line with the quoted form, no traceback."""
+    from icl.lab.study.make import main
+
+    assert main(["train_overrides=[threads=1]"]) == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "\n" not in line and "train_overrides=['threads=1']" in line

@@ -17,12 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import OmegaConf, open_dict
 
 from icl.analysis.results import find_jobs
 from icl.lab.study.compact import CELL_JSON, cell_name, config_fingerprint, export
 from icl.lab.study.grid import active
-from icl.run.configs import CONFIG_DIR, check_yaml
+from icl.run.configs import CONFIG_DIR, check_yaml, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          resolve=True)
             todo = plan(cfg)
             build(cfg, todo)
-    except (ValueError, subprocess.CalledProcessError) as err:
+    except OverrideParseException as err:  # Hydra's grammar: an override inside a list needs quotes
+        log.error("error: %s (quote a list's overrides: \"train_overrides=['threads=1']\")",
+                  str(err).splitlines()[0])
+        return 1
+    except (ValueError, HydraException, subprocess.CalledProcessError) as err:
         log.error("error: %s", err)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(lambda: sys.exit(main()))
