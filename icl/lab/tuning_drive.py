@@ -32,7 +32,7 @@ from omegaconf import OmegaConf, open_dict
 from icl.analysis.results import flatten_config, load_config, read_status
 from icl.lab.tuning import Rank, candidate_status, candidates, cell_row, load_cells, recipe_identity, same_value
 from icl.run.cli import parse
-from icl.run.configs import CONFIG_DIR, check_yaml
+from icl.run.configs import CONFIG_DIR, check_yaml, run_cli
 from icl.run.spec import sweep_cells
 
 log = logging.getLogger(__name__)
@@ -214,4 +214,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(lambda: sys.exit(main()))  # run_cli: the joblib launcher's schema warning silenced, as in icl.train
