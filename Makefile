@@ -58,11 +58,15 @@ status: ## each job under SWEEP (a sweep folder): done/running/failed/interrupte
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: run 'make install' first"; exit 1; }
 	$(PY) -m icl.run.status sweep=$(SWEEP) $(ARGS)
 
-test: install ## run the whole test suite (what CI runs, after lint)
-	$(PY) -m pytest $(ARGS)
+# One pytest worker per core, a test file per worker at a time (module fixtures train once), each worker one torch
+# thread (tests/conftest.py): most slow tests wait on a CLI subprocess's start-up, so 2 workers on 2 cores roughly
+# halve the wall time. ARGS=-n0 runs them in one process.
+XDIST = -n auto --dist loadfile
+test: install ## run the whole test suite (what CI runs, after lint), one worker per core
+	$(PY) -m pytest $(XDIST) $(ARGS)
 
 test-fast: install ## the tests without the slow end-to-end ones (CLI, launchers, DDP)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(ARGS)
 
 lint: install ## ruff check (configured in pyproject.toml)
 	$(PY) -m ruff check .

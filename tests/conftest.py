@@ -1,5 +1,11 @@
 """Fixtures; the helpers they build on are in tests/helpers.py (import those, never this file)."""
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: one worker per core, so one torch thread each (set before
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch is imported; the CLI jobs a test starts inherit it, so
+    os.environ.setdefault("MKL_NUM_THREADS", "1")  # in-process and CLI runs still sum in the same order)
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

@@ -91,7 +91,8 @@ def test_reevaluation_does_not_check_the_jobs_loggers(workdir, tmp_path):
 
 
 def test_make_figures_on_the_produced_folders(workdir):
-    proc = subprocess.run(["make", "-f", str(REPO / "Makefile"), "figures", f"PY={sys.executable}"],
+    # ARGS= : under `make test ARGS=...` the outer make's ARGS reaches this make through MAKEFLAGS
+    proc = subprocess.run(["make", "-f", str(REPO / "Makefile"), "figures", f"PY={sys.executable}", "ARGS="],
                           cwd=workdir, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for task in ("linear", "sparse_linear"):
