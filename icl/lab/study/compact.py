@@ -119,7 +119,8 @@ def cell_name(arm: str, task: str, attn: str, seed: int) -> str:
     return f"{arm}-{task}-{attn}-seed{seed}"
 
 
-def _resolved(job: Path) -> dict[str, Any]:
+def resolved_config(job: Path) -> dict[str, Any]:
+    """The job's resolved config.yaml, as a plain dict."""
     import yaml
 
     return yaml.safe_load((job / contract.CONFIG).read_text())
@@ -217,10 +218,10 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
         metrics = JobDir(job).status().get("metrics") or {}
         summary[quant] = {"means": _means(eval_csv), "train_seconds": metrics.get("train_seconds"),
                           "eval_seconds": metrics.get("eval_seconds")}
-    config = _resolved(float_job)
+    config = resolved_config(float_job)
     fingerprint = config_fingerprint(config)
     for quant, job, _ in members:  # a cell is one training: every quant mode's job must be of the float job's config
-        if quant != "none" and config_fingerprint(_resolved(job)) != fingerprint:
+        if quant != "none" and config_fingerprint(resolved_config(job)) != fingerprint:
             raise ValueError(f"cell {task}/{attn}/seed {seed}: {job} was run with another config than the float job "
                              f"{float_job} (an older job folder?): move it away and rerun the cell")
     out = cells / cell_name(arm, task, attn, seed)
@@ -229,6 +230,9 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
     (out / QUANT_DIR).mkdir(parents=True)
     versions = _versions(float_job)
     trainer = trained_by(float_job)
+    by = (JobDir(float_job).status().get("metrics") or {}).get("trained_by")
+    # the publisher of a store model gone from this machine: who trained it, with what, is unknown (not this job)
+    made = {} if by and not Path(by).is_dir() else _versions(trainer)
     cell = {
         "cell": out.name, "arm": arm, "task": task, "attn": attn, "seed": seed,
         "fingerprint": fingerprint, "n_dims": d, "k_train": k_train, "n_positions": n_pos,
@@ -239,7 +243,7 @@ def write_cell(cells: Path, arm: str, task: str, attn: str, seed: int, members: 
         "quants": summary, "versions": versions.get("versions", {}),
         "trained_by": None if trainer == float_job else "/".join(trainer.parts[-2:]),
         # a retraining is bit-identical only with the same torch threads (and host CPU): neither is in the fingerprint
-        "training": {key: _versions(trainer).get(key) for key in ("threads", "git_commit")},
+        "training": {key: made.get(key) for key in ("threads", "git_commit")},
     }
     write_npz(out / ERRORS, arrays)
     write_csv(out / CURVE, _curve(trainer), index=False, float_format="%.5g")

@@ -152,16 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    check_yaml()
+    check_yaml()  # also when main() is called directly, not through run_cli
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = OmegaConf.to_container(compose("study", overrides=list(sys.argv[1:] if argv is None else argv)),
-                                         resolve=True)
+            cfg = OmegaConf.to_container(compose("study", overrides=words), resolve=True)
             todo = plan(cfg)
             build(cfg, todo)
     except OverrideParseException as err:  # Hydra's grammar: an override inside a list needs quotes
-        log.error("error: %s (quote a list's overrides: \"train_overrides=['threads=1']\")",
-                  str(err).splitlines()[0])
+        unquoted = any("=[" in w and "=" in w.split("=[", 1)[1] and "'" not in w for w in words)
+        log.error("error: %s%s", str(err).splitlines()[0],
+                  " (quote a list's overrides: \"train_overrides=['threads=1']\")" if unquoted else "")
         return 1
     except (ValueError, HydraException, subprocess.CalledProcessError) as err:
         log.error("error: %s", err)
