@@ -3,12 +3,12 @@
 ``python -m icl.lab.learned sweeps=[<dir>,…] [out=<file.md>]``
 
 Per job: its transformer's normalised error on standard prompts at the guard's k (the task's ``guard.k``, else
-min(2d, the last k scored)), the best baseline that can fit the task at that k (``guard.baselines``), the guard's bar
-and whether the model learned; then per task × variant × quant mode: k of n seeds that did not learn with a
-Clopper–Pearson interval — the study's training-failure table for a sweep that is not a study cell (e.g. the demo's
+min(2d, the last trained k), as the study's), the best baseline that can fit the task at that k
+(``guard.baselines``), the guard's bar and whether the model learned; then per config: k of n seeds that did not
+learn with a Clopper–Pearson interval — the study's training-failure table for a sweep that is not a study cell (e.g. the demo's
 config over training seeds: "the smoke recipe must learn on every seed tried"). The verdict is this rule's, the same
 one every study comparison uses, never a reading of the numbers by eye. As in the study, a model with a
-non-finite error on any standard prompt (``errors.npz``; eval.csv's means skip such a prompt) did not learn. Jobs are
+non-finite error on any prompt (``errors.npz``, every strategy; eval.csv's means skip such a prompt) did not learn. Jobs are
 counted together only when their configs differ in the training seed alone (``config`` in the tables: a
 fingerprint of the rest); ``study=paper`` judges by the paper preset's guard. Reads job folders only (no torch).
 """
