@@ -1,6 +1,7 @@
 """logger=wandb (offline) and logger=mlflow (file store) with the real libraries: curves, summary, eval.csv, figures."""
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -37,11 +38,23 @@ def wandb_records(path: Path) -> list:
     return records
 
 
+def written_records(path: Path, timeout: float = 60.0) -> list:
+    """``wandb_records`` once the run's exit record is in the file: W&B's service process writes the offline file
+    after ``wandb.finish()`` returns, so under load (CI: two test workers on two cores) an early read can find the
+    file still empty of records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def test_wandb_offline_run_holds_curves_summary_table_and_figures(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     metrics = train(tiny_cfg(*STEPS, "logger=wandb"))
     (run_dir,) = sorted((tmp_path / "wandb").glob("offline-run-*"))  # one offline run, under <job>/wandb
-    records = wandb_records(next(run_dir.glob("run-*.wandb")))
+    records = written_records(next(run_dir.glob("run-*.wandb")))
     kinds = [r.WhichOneof("record_type") for r in records]
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.display_name == f"{tmp_path.parent.name}/{tmp_path.name}"  # no Hydra here: the folder names the run
