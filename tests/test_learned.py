@@ -29,13 +29,13 @@ def test_each_job_is_judged_by_the_studys_guard_and_failures_are_counted_with_an
     sweep = tmp_path / "sweep"
     for seed, error in enumerate([0.04, 0.03, 0.92, 0.05]):   # seed 2 sits on the zero estimator's plateau
         job(sweep / f"seed{seed}", seed, error, least_squares=0.0, shifted=0.01)
-    guard, block = guard_of()
-    rows = [job_row(j, guard, block) for j in sorted(sweep.iterdir())]
+    guard = guard_of()
+    rows = [job_row(j, guard) for j in sorted(sweep.iterdir())]
     assert [r["learned"] for r in rows] == [True, True, False, True]
     assert {r["k"] for r in rows} == {10} and abs(rows[0]["error"] - 0.04) < 1e-9
     assert (rows[0]["baseline"], rows[0]["baseline_error"], rows[0]["bar"]) == ("least_squares", 0.0, guard.zero_fraction)
     assert len({r["config"] for r in rows}) == 1                        # only the seed differs: one config
-    assert guard_of("paper")[1]["k"]["decision_tree"] == 100 and block["k"]["decision_tree"] == 40  # the preset's k
+    assert guard_of("paper").k["decision_tree"] == 100 and guard.k["decision_tree"] == 40  # the preset's k
     (row,) = failures(rows, 0.95)
     assert (row["failed"], row["seeds"], row["did not learn"]) == (1, 4, "seed 2")
     assert 0 < row["ci_low"] < 0.25 < 0.8 < row["ci_high"] < 1 and not math.isnan(row["ci_low"])
@@ -52,15 +52,15 @@ def test_a_non_finite_prompt_fails_the_model_and_other_configs_are_counted_apart
         job(sweep / f"a{seed}", seed, 0.05)
         job(sweep / f"b{seed}", seed, 0.05, lr=3e-4)
     np.savez(sweep / "a1" / "errors.npz", **{"standard//transformer": np.array([[0.1, np.nan]])})
-    guard, block = guard_of()
-    rows = [job_row(j, guard, block) for j in sorted(sweep.iterdir())]
+    guard = guard_of()
+    rows = [job_row(j, guard) for j in sorted(sweep.iterdir())]
     assert [r["learned"] for r in rows] == [True, False, True, True]   # a1: eval.csv's mean skipped the NaN prompt
     fails = failures(rows, 0.95)
     assert sorted((f["seeds"], f["failed"]) for f in fails) == [(2, 0), (2, 1)]   # lr 1e-3 and 3e-4 apart
     job(tmp_path / "twice" / "x", 0, 0.05)
     job(tmp_path / "twice" / "y", 0, 0.06)
     with pytest.raises(ValueError, match="seed 0 in more than one job"):
-        failures([job_row(j, guard, block) for j in sorted((tmp_path / "twice").iterdir())], 0.95)
+        failures([job_row(j, guard) for j in sorted((tmp_path / "twice").iterdir())], 0.95)
 
 
 def test_a_guard_k_the_job_never_scored_is_an_error_not_a_failed_model(tmp_path, capsys):

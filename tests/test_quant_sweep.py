@@ -193,7 +193,7 @@ def test_the_guard_is_the_studys_rule_on_the_sweeps_prompts():
     from icl.tasks import build_task
 
     rule = GuardRule.from_study()
-    assert rule.baselines["linear"] == ["least_squares"] and rule.guard.zero_fraction == 0.5
+    assert list(rule.guard.baselines["linear"]) == ["least_squares"] and rule.guard.zero_fraction == 0.5
     task = build_task("linear", 5, None)
     p = prompts.make_prompts("standard", task, 64, 11, 0)
     ls, zero = prompt_errors(task, baselines.predict("least_squares", p.xs, p.ys), p.targets)
@@ -211,8 +211,8 @@ def test_carried_rows_are_judged_again_by_todays_guard_from_the_numbers_they_car
 
     carried = pd.DataFrame({"guard_error": [0.05, 0.3, 0.9, float("nan")], "guard_baseline_error": [0.0, 0.0, 0.0, 0.0],
                             "learned": [True, False, False, True]})
-    strict = GuardRule(Guard(0.2, None), {}, {})
-    plateau = GuardRule(Guard(0.5, 0.1), {}, {})
+    strict = GuardRule(Guard(0.2, None))
+    plateau = GuardRule(Guard(0.5, 0.1))
     assert list(rejudged(carried, strict)) == [True, False, False, True]  # no number: kept as judged
     assert list(rejudged(carried, plateau)) == [True, True, False, True]
     assert list(rejudged(carried, None)) == [True] * 4  # guard=false: every model counts

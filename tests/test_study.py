@@ -91,6 +91,19 @@ def test_guard_rule():
     assert "0.1" in guard.describe() and "higher" in guard.describe()
 
 
+def test_the_guards_k_and_baselines_are_one_rule_for_the_study_sweeps_and_job_folders():
+    """Guard.k_for / best_baseline serve Study, icl.lab.learned and the quant sweep alike (one place for the rule)."""
+    guard = Guard.from_config({"zero_fraction": 0.5, "baseline_margin": 0.1, "k": {"decision_tree": 40},
+                               "baselines": {"linear": ["least_squares", "averaging"], "decision_tree": ["xgboost"]}})
+    assert guard.k_for("decision_tree", 5, 10) == 40  # the config's k wins, even past the trained k
+    assert guard.k_for("linear", 5, 40) == 10 and guard.k_for("linear", 20, 12) == 12  # min(2d, last trained k)
+    errors = {"least_squares": 0.2, "averaging": 0.1}
+    assert guard.best_baseline("linear", errors.__getitem__) == ("averaging", 0.1)
+    assert guard.best_baseline("linear", {"least_squares": 0.2, "averaging": math.nan}.__getitem__) == ("least_squares", 0.2)
+    name, value = guard.best_baseline("relu_2nn", errors.__getitem__)  # no fitting baseline listed
+    assert name == "—" and math.isnan(value) and guard.bar(value) == 0.5
+
+
 def test_the_study_guard_asks_whether_a_model_left_the_plateau_not_how_well_it_learned():
     """A model far better than the zero estimator learned however far it is from least squares (sparse relu at 0.33
     where least squares is exact): the baseline margin only widens the bar, never narrows it."""

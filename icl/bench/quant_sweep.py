@@ -134,29 +134,27 @@ def normalised(err: np.ndarray, zero: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class GuardRule:
-    """The study's "did this model learn?" rule as configs/study.yaml states it (``guard``)."""
+    """The study's "did this model learn?" rule as configs/study.yaml states it (``guard``: the bar, its k per task
+    and the baselines that can fit each task), on a sweep's own prompts."""
 
     guard: Guard
-    k: dict[str, int]  # the guard's k per task; unlisted: the sweep's k
-    baselines: dict[str, list[str]]  # the baselines that can fit each task
 
     @classmethod
     def from_study(cls, path: Path = CONFIG_DIR / "study.yaml") -> GuardRule:
-        g = OmegaConf.to_container(OmegaConf.load(path).guard)
-        return cls(Guard.from_config(g), dict(g.get("k") or {}),
-                   {task: list(names) for task, names in (g.get("baselines") or {}).items()})
+        return cls(Guard.from_config(OmegaConf.to_container(OmegaConf.load(path).guard)))
 
     def check(self, task_name: str, task: Any, p: prompts.Prompts, err: np.ndarray, zero: np.ndarray,
               k: int, slow_prompts: int) -> dict[str, Any]:
-        """The guard on a float model whose per-prompt errors on ``p`` are ``err``: its columns of a sweep row."""
-        k = min(int(self.k.get(task_name, k)), err.shape[1] - 1)
-        best_name, best = "—", float("nan")
-        for name in self.baselines.get(task_name, []):
+        """The guard on a float model whose per-prompt errors on ``p`` are ``err``: its columns of a sweep row (``k``:
+        the sweep's, for a task the guard lists no k for)."""
+        k = min(int(self.guard.k.get(task_name, k)), err.shape[1] - 1)
+
+        def baseline_error(name: str) -> float:
             n = slow_prompts if baselines.is_slow(name) else len(p.xs)  # per-prompt fits: capped as in evaluation
             b_err, b_zero = prompt_errors(task, baselines.predict(name, p.xs[:n], p.ys[:n], task=task), p.targets[:n])
-            value = normalised(b_err[:, k], b_zero[:, k])
-            if not best <= value:  # the first, or a better one
-                best_name, best = name, value
+            return normalised(b_err[:, k], b_zero[:, k])
+
+        best_name, best = self.guard.best_baseline(task_name, baseline_error)
         error = normalised(err[:, k], zero[:, k])
         return {"guard_k": k, "guard_error": error, "guard_baseline": best_name, "guard_baseline_error": best,
                 "learned": self.guard.learned(error, best)}

@@ -47,18 +47,17 @@ class Options:
     study: str | None = None      # a configs/study/ preset whose guard: is the rule (e.g. paper); null: the CPU study's
 
 
-def guard_of(preset: str | None = None) -> tuple[Guard, Mapping[str, Any]]:
-    """The study's guard and its ``guard:`` block (k per task, the baselines that can fit each task), composed as
+def guard_of(preset: str | None = None) -> Guard:
+    """The study's guard (with its k per task and the baselines that can fit each task), composed as
     ``python -m icl.study [study=<preset>]`` composes it."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("study", overrides=[f"study={preset}"] if preset else [])
-    block = OmegaConf.to_container(cfg.guard, resolve=True)
-    return Guard.from_config(block), block
+    return Guard.from_config(OmegaConf.to_container(cfg.guard, resolve=True))
 
 
-def job_row(job: Path, guard: Guard, block: Mapping[str, Any]) -> dict[str, Any]:
+def job_row(job: Path, guard: Guard) -> dict[str, Any]:
     """One job's guard reading, from its config, eval.csv and errors.npz (a ValueError names what is missing)."""
     config = resolved_config(job)
     flat = flatten_config(config)
@@ -71,14 +70,12 @@ def job_row(job: Path, guard: Guard, block: Mapping[str, Any]) -> dict[str, Any]
     if frame is None:
         raise ValueError(f"{job}: no readable eval.csv (finish or re-evaluate the job first)")
     std = frame[(frame["strategy"] == "standard") & (frame["param"].isna())]
-    k = (block.get("k") or {}).get(task)
-    k = int(k) if k is not None else min(2 * d, k_train)   # the study's guard_k
+    k = guard.k_for(task, d, k_train)
     at_k = std[std["k"] == k].set_index("predictor")["error"]
     if "transformer" not in at_k.index:
         raise ValueError(f"{job}: no transformer error at k = {k} on standard prompts (the guard's k for {task}; "
                          f"scored: k = {int(std['k'].min()) if len(std) else '—'}…{int(std['k'].max()) if len(std) else '—'})")
-    fitting = [(n, float(at_k[n])) for n in (block.get("baselines") or {}).get(task, []) if n in at_k.index]
-    name, base = min(fitting, key=lambda nv: nv[1]) if fitting else ("—", math.nan)
+    name, base = guard.best_baseline(task, lambda n: float(at_k.get(n, math.nan)))
     error = float(at_k["transformer"])
     errors = load_errors(job) or {}
     # as Study.learned: a non-finite error on any prompt of any strategy (eval.csv's means skip the prompt)
@@ -132,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {PROG}: no job folders under {', '.join(opts.sweeps)}", file=sys.stderr)
         return 1
     try:
-        guard, block = guard_of(opts.study)
-        rows = sorted((job_row(j, guard, block) for j in jobs),
+        guard = guard_of(opts.study)
+        rows = sorted((job_row(j, guard) for j in jobs),
                       key=lambda r: (r["task"], r["attn"], r["quant"], r["config"], r["seed"]))
         text = tables(rows, failures(rows, opts.ci), guard)
     except (ValueError, HydraException) as err:

@@ -211,15 +211,11 @@ class Study:
         return Windows.of(int(m["n_dims"]), int(m["k_train"]), int(m["n_positions"]), int(self.cfg["paper_d"]))
 
     def guard_k(self, cell: Cell) -> int:
-        chosen = (self.cfg["guard"].get("k") or {}).get(cell.meta["task"])
-        return int(chosen) if chosen is not None else min(2 * int(cell.meta["n_dims"]), int(cell.meta["k_train"]))
+        return self.guard.k_for(cell.meta["task"], int(cell.meta["n_dims"]), int(cell.meta["k_train"]))
 
     def best_baseline(self, cell: Cell, k: int, quant: str = "none") -> tuple[str, float]:
         """The lowest error at k among the baselines the config says can fit the task."""
-        names = (self.cfg["guard"]["baselines"] or {}).get(cell.meta["task"], [])
-        values = [(n, cell.mean(quant, "standard", None, n, k)) for n in names]
-        values = [(n, v) for n, v in values if not math.isnan(v)]
-        return min(values, key=lambda nv: nv[1]) if values else ("—", math.nan)
+        return self.guard.best_baseline(cell.meta["task"], lambda n: cell.mean(quant, "standard", None, n, k))
 
     def learned(self, cell: Cell, quant: str = "none") -> tuple[bool, str]:
         """The guard on one model (the cell's float model, or one of its quant modes)."""

@@ -12,8 +12,8 @@ as it should, and each Δ_s already carries its prompt noise, so the seed-level 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,8 @@ class Guard:
 
     zero_fraction: float
     baseline_margin: float | None = None
+    k: Mapping[str, int] = field(default_factory=dict)   # the guard's k per task; unlisted: min(2d, last trained k)
+    baselines: Mapping[str, Sequence[str]] = field(default_factory=dict)   # the baselines that can fit each task
 
     def __post_init__(self) -> None:
         if not 0 < self.zero_fraction <= 1 or (self.baseline_margin is not None and self.baseline_margin < 0):
@@ -92,7 +94,21 @@ class Guard:
     def from_config(cls, guard: Mapping[str, Any]) -> Guard:
         """From a study config's ``guard:`` block (``baseline_margin`` absent or null: the plateau test alone)."""
         margin = guard.get("baseline_margin")
-        return cls(float(guard["zero_fraction"]), None if margin is None else float(margin))
+        return cls(float(guard["zero_fraction"]), None if margin is None else float(margin),
+                   {str(task): int(k) for task, k in (guard.get("k") or {}).items()},
+                   {str(task): tuple(names) for task, names in (guard.get("baselines") or {}).items()})
+
+    def k_for(self, task: str, n_dims: int, k_train: int) -> int:
+        """The k a model of ``task`` is judged at: the config's, else min(2d, the last trained k)."""
+        chosen = self.k.get(task)
+        return int(chosen) if chosen is not None else min(2 * int(n_dims), int(k_train))
+
+    def best_baseline(self, task: str, error_of: Callable[[str], float]) -> tuple[str, float]:
+        """The lowest error among the baselines that can fit ``task`` (``error_of(name)``, NaN: not scored);
+        ("—", NaN) when none was scored."""
+        values = [(name, float(error_of(name))) for name in self.baselines.get(task, ())]
+        values = [(name, v) for name, v in values if not math.isnan(v)]
+        return min(values, key=lambda nv: nv[1]) if values else ("—", math.nan)
 
     def bar(self, best_baseline: float) -> float:
         """The largest normalised error that still counts as learned."""
