@@ -109,6 +109,11 @@ def test_shipped_yaml_parses_and_broken_yaml_is_one_line(tmp_path):
     (tmp_path / "model" / "tiny.yaml").write_text("name: tiny\nn_embd: 64\n  n_layer: 3\n")
     with pytest.raises(SystemExit, match=r"broken YAML at .*model/tiny.yaml:3:10: .*\(fix that file\)"):
         check_yaml(tmp_path)
+    (tmp_path / "model" / "tiny.yaml").write_text("name: tiny\nn_embd: 64\n")
+    check_yaml(tmp_path)  # fixed: passes, and is remembered as passed ...
+    (tmp_path / "model" / "tiny.yaml").write_text("name: tiny\n  n_layer: 3\n  n_embd: 64\n")  # ... until edited
+    with pytest.raises(SystemExit, match=r"broken YAML at .*model/tiny.yaml"):
+        check_yaml(tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema")  # see icl/train.py __main__

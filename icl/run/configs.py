@@ -31,9 +31,18 @@ CONFIG_DIR = _config_dir()
 HYDRA_CONFIGS = str(CONFIG_DIR)  # config_path of every @hydra.main (an absolute path)
 
 
+_PASSED: set[tuple[tuple[str, int, int], ...]] = set()  # config trees already parsed whole in this process
+
+
 def check_yaml(root: Path = CONFIG_DIR) -> None:
-    """Parse every ``*.yaml`` under ``root``; exit with one line naming file, line and column on the first error."""
-    for path in sorted(Path(root).rglob("*.yaml")):
+    """Parse every ``*.yaml`` under ``root``; exit with one line naming file, line and column on the first error.
+    A tree already checked in this process, unchanged (same files, sizes and modification times), is not parsed
+    again: entry points call this both through ``run_cli`` and from their ``main``."""
+    paths = sorted(Path(root).rglob("*.yaml"))
+    state = tuple((str(p), (st := p.stat()).st_mtime_ns, st.st_size) for p in paths)
+    if state in _PASSED:
+        return
+    for path in paths:
         try:
             yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
@@ -41,6 +50,7 @@ def check_yaml(root: Path = CONFIG_DIR) -> None:
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise SystemExit(f"error: broken YAML at {where}: {problem} (fix that file)") from None
+    _PASSED.add(state)
 
 
 def run_cli(main: Callable[[], object]) -> None:
