@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import platform
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from icl.attention import ATTENTION
 from icl.bench.attention import device_name, pick_device, variant_params
 from icl.bench.entry import hydra_cli
 from icl.bench.flops import forward_flops, matmul_peak, train_flops
+from icl.bench.gemm import GemmCall, gemm_flops, record_gemms
 from icl.bench.targets import check as check_targets
 from icl.bench.targets import markdown as targets_markdown
 from icl.bench.targets import verdicts
@@ -134,10 +136,10 @@ class Peak:
     joins every round of every cell, so on a shared machine the bound is taken under the same load as the model
     timings it bounds (the fastest product seen so far counts). int8 goes through ``torch._int_mm``."""
 
-    def __init__(self, device: torch.device, size: int) -> None:
+    def __init__(self, device: torch.device, size: int, dtypes: tuple[str, ...] = ("float32", "bfloat16", "int8")) -> None:
         self.size, self.device, self.best = size, device, {}
         self.operands: dict[str, tuple[Tensor, Tensor]] = {}
-        for dtype in ("float32", "bfloat16", "int8"):
+        for dtype in dtypes:
             try:  # an initial measurement, also proving the dtype's matmul runs here
                 self.best[dtype] = 2 * size ** 3 / matmul_peak(device, getattr(torch, dtype), size, repeats=3)
             except (RuntimeError, NotImplementedError, AttributeError):
@@ -316,7 +318,10 @@ def versus_reference(cfg: DictConfig, model_name: str, device: torch.device, pea
         else:
             calls = {"ours": forward_call(ours.eval(), xs, ys, device, amp),
                      "reference": forward_call(ref.eval(), xs, ys, device, None)}
-        times, failed = interleaved(calls, device, int(cfg.warmup), int(cfg.repeats[model_name]), peak)
+        gemms = record_gemms(calls["ours"]) if part == "train" and cfg.get("gemm") else Counter()
+        replays = {("gemm", i): g.replay(device) for i, g in enumerate(gemms)}  # timed in the same rounds
+        times, failed = interleaved({**calls, **replays}, device, int(cfg.warmup), int(cfg.repeats[model_name]),
+                                    peak)
         if cfg.get("profile_dir"):
             for impl, call in calls.items():
                 write_profile(call, Path(cfg.profile_dir) / f"profile_{part}_{model_name}_{impl}.txt")
@@ -332,8 +337,31 @@ def versus_reference(cfg: DictConfig, model_name: str, device: torch.device, pea
                 row.update(flops_per_prompt=flops[part, impl], work_flops=flops[part, impl] * batch)
                 # reference time / ours: > 1 means ours is faster
                 row.update(compare(times["reference"], seconds, int(cfg.n_boot), float(cfg.ci)))
+                if impl == "ours" and gemms:
+                    row.update(gemm_columns(gemms, times, row["median_ms"]))
             rows.append(row)
     return rows
+
+
+def gemm_columns(gemms: Counter[GemmCall], times: dict[Any, list[float]], step_ms: float) -> dict[str, Any]:
+    """The step's matrix products replayed alone (``icl.bench.gemm``): their summed median time per step, its share
+    of the step's median, their FLOPs per step, and the slowest product's share of that time."""
+    per_call = {g: float(np.median(times[("gemm", i)])) * 1e3 * n for i, (g, n) in enumerate(gemms.items())}
+    gemm_ms = sum(per_call.values())
+    slowest = max(per_call, key=per_call.__getitem__)
+    return {"gemm_ms": gemm_ms, "gemm_share": gemm_ms / step_ms, "gemm_flops": gemm_flops(gemms),
+            "gemm_calls": sum(gemms.values()), "gemm_shapes": len(gemms),
+            "gemm_slowest": f"{slowest.describe()} ×{gemms[slowest]}: {per_call[slowest] / gemm_ms:.0%}"}
+
+
+def add_gemm_bound(df: pd.DataFrame, peak: dict[str, float]) -> pd.DataFrame:
+    """The replayed GEMMs' fraction of the float32 peak, and the step's bound if everything but its GEMMs were
+    free (its counted FLOPs over the GEMMs' time alone)."""
+    if "gemm_ms" not in df:
+        return df
+    seconds = df["gemm_ms"] * 1e-3
+    return df.assign(gemm_frac_of_peak=df["gemm_flops"] / seconds / peak["float32"],
+                     bound_frac_of_peak=df["work_flops"] / seconds / peak["float32"])
 
 
 def write_profile(call: Callable[[], None], path: Path) -> None:
@@ -389,6 +417,17 @@ def markdown(df: pd.DataFrame, header: str) -> str:
                          f"{ratio if r.impl == 'ours' else '1'} |")
         parts.append("**Ours vs Garg et al.'s GPT2Model reference** (batch of prompts per step; "
                      "reference / ours > 1: ours faster)\n\n" + "\n".join(lines))
+    if "gemm_ms" in df and df["gemm_ms"].notna().any():
+        lines = ["| model | step ms | its GEMMs alone: ms (share of the step) | GEMMs' GFLOP/s (of peak) | the rest: ms | "
+                 "step's % of peak if only its GEMMs took time | slowest GEMM (share of GEMM time) |", "|" + "---|" * 7]
+        for _, r in df[df["gemm_ms"].notna()].iterrows():
+            lines.append(f"| {r.model} | {r.median_ms:.4g} | {r.gemm_ms:.4g} ({r.gemm_share:.0%}) | "
+                         f"{r.gemm_flops / r.gemm_ms / 1e6:.3g} ({r.gemm_frac_of_peak:.0%}) | "
+                         f"{r.median_ms - r.gemm_ms:.4g} | {r.bound_frac_of_peak:.0%} | {r.gemm_slowest} |")
+        parts.append("**Where ours' training step goes** (`throughput.gemm`: each matrix product of the step, forward "
+                     "and backward, replayed alone on fresh operands of its shapes and layout in the same rounds; "
+                     "median × count; the rest = fused attention, elementwise ops, normalisation, optimiser)\n\n"
+                     + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
@@ -437,7 +476,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    peak = Peak(device, int(cfg.peak_size))
+    # Only the latency grid's quant modes are bounded by the bf16 / int8 peaks; on a CPU without bf16 / VNNI units
+    # one 2048² product of those takes seconds to tens of seconds, every round.
+    peak = Peak(device, int(cfg.peak_size), ("float32", "bfloat16", "int8") if "latency" in cfg.parts else ("float32",))
     rows: list[dict[str, Any]] = []
     if "latency" in cfg.parts:
         lat = with_common(cfg, cfg.latency)
@@ -462,7 +503,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         sections.append(section)
     log.info("matmul peak on %s: %s", device_name(device),
              {k: f"{v / 1e9:.1f} GFLOP/s" for k, v in peak.flops().items()})
-    df = add_sanity(pd.DataFrame(rows), peak.flops())
+    df = add_gemm_bound(add_sanity(pd.DataFrame(rows), peak.flops()), peak.flops())
     df.insert(0, "device", device_name(device))
     df["threads"] = torch.get_num_threads() if device.type == "cpu" else np.nan
     df["torch"] = torch.__version__
