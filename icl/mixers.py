@@ -380,22 +380,28 @@ class Mamba2(nn.Module):
 
 
 class _HeadsMixer(nn.Module):
-    """q, k, v projections split into heads, an output projection; subclasses mix (B, nh, T, hs) in ``mix``."""
+    """q, k, v projections split into heads, an output projection; subclasses mix (B, nh, T, hs) in ``forward``.
+    ``d_conv``: a short causal depthwise conv of that width, then SiLU, on q, k, v (Yang et al.'s ShortConvolution);
+    None: neither."""
 
-    def __init__(self, n_embd: int, n_head: int) -> None:
+    def __init__(self, n_embd: int, n_head: int, d_conv: int | None = None) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
         self.n_head, self.head_size = n_head, n_embd // n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
+        self.d_conv = d_conv or 1
+        self.conv = (nn.Conv1d(3 * n_embd, 3 * n_embd, d_conv, groups=3 * n_embd, padding=d_conv - 1)
+                     if d_conv is not None else None)
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, C = x.shape
-        return tuple(t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+        qkv = self.qkv(x) if self.conv is None else F.silu(_causal_conv(self.conv, self.qkv(x)))
+        return tuple(t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in qkv.split(C, dim=2))
 
     def state_floats(self, T: int) -> int:
-        return self.n_head * self.head_size * self.head_size
+        return self.n_head * self.head_size * self.head_size + 3 * self.qkv.in_features * (self.d_conv - 1)
 
 
 @MIXERS.register("deltanet", family="recurrent")
@@ -408,20 +414,10 @@ class DeltaNet(_HeadsMixer):
 
     def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, d_conv: int = 4, qk_norm: bool = False,
                  pos: str = "none") -> None:
-        super().__init__(n_embd, n_head)
+        super().__init__(n_embd, n_head, positive("attn.d_conv", d_conv))  # a conv even at width 1 (then a scale)
         self.chunk_size = positive("attn.chunk_size", chunk_size)
-        self.d_conv = positive("attn.d_conv", d_conv)
-        self.conv = nn.Conv1d(3 * n_embd, 3 * n_embd, d_conv, groups=3 * n_embd, padding=d_conv - 1)
         self.beta = nn.Linear(n_embd, n_head)
         self.norm = nn.RMSNorm(self.head_size)
-
-    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        B, T, C = x.shape
-        qkv = F.silu(_causal_conv(self.conv, self.qkv(x)))
-        return tuple(t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in qkv.split(C, dim=2))
-
-    def state_floats(self, T: int) -> int:
-        return super().state_floats(T) + 3 * self.qkv.in_features * (self.d_conv - 1)
 
     def kernel_flops(self, T: int) -> int:
         """The delta rule per token and head: S·k (2hs²), v − Sk (hs), β·(…) (hs), S += u·kᵀ (2hs²), S·q (2hs²)."""
@@ -443,11 +439,14 @@ class RetNet(_HeadsMixer):
     o_t = Σ_{j≤t} γ_h^(t−j) (q_t·k_j/√hs) v_j (the recurrence S_t = γ_h S_{t−1} + k_t v_tᵀ, chunked:
     ``decay_linear_attention``), GroupNorm per head, gated by SiLU(W_g x), out-projection. ``rotate``: q and k
     rotated by position as in xPos (its rotation, RoPE, without xPos's length scaling), so a head can single out the
-    previous token (an x and its y are adjacent); the decay alone cannot. State: nh·hs² floats."""
+    previous token (an x and its y are adjacent); the decay alone cannot. ``d_conv`` > 1: DeltaNet's short causal
+    conv (and SiLU) on q, k, v first, so a y token's key and value carry its x (not part of RetNet as published;
+    1 = none, the published form and the default). State: nh·hs² + 3·C·(d_conv − 1) floats."""
 
-    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, rotate: bool = True, qk_norm: bool = False,
-                 pos: str = "none") -> None:
-        super().__init__(n_embd, n_head)
+    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, rotate: bool = True, d_conv: int = 1,
+                 qk_norm: bool = False, pos: str = "none") -> None:
+        # no conv at d_conv = 1: a checkpoint of the published form has no conv weights
+        super().__init__(n_embd, n_head, d_conv if positive("attn.d_conv", d_conv) > 1 else None)
         self.chunk_size = positive("attn.chunk_size", chunk_size)
         if not isinstance(rotate, bool):
             raise ValueError(f"attn.rotate must be true or false, got {rotate!r}")

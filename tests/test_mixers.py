@@ -250,7 +250,7 @@ MODELS = [{"attn": name} for name in NEW] + [
     {"attn": a, "pos": p} for a in ("softmax", "relu", "bigbird") for p in ("rope", "none")] + [
     {"attn": a, "pos": "alibi"} for a in ("softmax", "sliding_window", "bigbird")] + [
     {"attn": "softmax", "pattern": ["mamba", "softmax"]}, {"attn": "deltanet", "pattern": ["deltanet", "retnet"]},
-    {"attn": "retnet", "attn_params": {"rotate": False}}]
+    {"attn": "retnet", "attn_params": {"rotate": False}}, {"attn": "retnet", "attn_params": {"d_conv": 4}}]
 
 
 @pytest.mark.parametrize("options", MODELS, ids=lambda o: "-".join(map(str, o.values())))
@@ -293,6 +293,26 @@ def test_state_floats_per_sequence():
     assert build_mixer("mamba", C, 2, {"d_state": 4}).state_floats(T) == 2 * C * (4 + 3)
     deltanet = build_mixer("deltanet", C, 2, {"d_conv": 4})
     assert deltanet.state_floats(T) == deltanet.state_floats(4 * T) == 2 * 8 * 8 + 3 * C * 3
+    assert build_mixer("retnet", C, 2).state_floats(T) == 2 * 8 * 8
+    assert build_mixer("retnet", C, 2, {"d_conv": 4}).state_floats(T) == 2 * 8 * 8 + 3 * C * 3
+
+
+def test_retnet_short_conv_is_deltanets_and_off_by_default():
+    """d_conv = 1 is the published RetNet (no conv weights: its checkpoints load as before); d_conv > 1 puts the
+    same short conv + SiLU as DeltaNet's before the retention: the mixer equals retention on those q, k, v."""
+    import torch.nn.functional as F
+
+    from icl.mixers import _causal_conv
+    from icl.scans import decay_linear_attention
+
+    assert build_mixer("retnet", 16, 2).conv is None and not any("conv" in k for k in build_mixer("retnet", 16, 2).state_dict())
+    torch.manual_seed(0)
+    m, x = build_mixer("retnet", 16, 2, {"d_conv": 3, "rotate": False}), torch.randn(2, 7, 16)
+    qkv = F.silu(_causal_conv(m.conv, m.qkv(x)))
+    q, k, v = (t.view(2, 7, 2, 8).transpose(1, 2) for t in qkv.split(16, dim=2))
+    o = decay_linear_attention(q * 8 ** -0.5, k, v, m.log_decay, 64)
+    expected = m.proj(m.norm(o.transpose(1, 2).reshape(14, 16)).view(2, 7, 16) * F.silu(m.gate(x)))
+    torch.testing.assert_close(m(x), expected)
 
 
 @pytest.mark.parametrize("make, message", [
@@ -303,6 +323,7 @@ def test_state_floats_per_sequence():
     (lambda: build_mixer("mamba2", 16, 2, {"head_dim": 5}), r"attn.head_dim \(5\) must divide expand·n_embd \(32\)"),
     (lambda: build_mixer("bigbird", 16, 2, {"n_random": -1}), "attn.n_random must be an integer >= 0, got -1"),
     (lambda: build_mixer("retnet", 16, 2, {"rotate": "yes"}), "attn.rotate must be true or false, got 'yes'"),
+    (lambda: build_mixer("retnet", 16, 2, {"d_conv": 0}), "attn.d_conv must be a positive integer, got 0"),
     (lambda: build_mixer("relu", 16, 2, pos="alibi"), "model.pos=alibi needs a softmax kernel"),
     (lambda: TransformerConfig(n_dims=4, pos="sinusoid"), None),
     (lambda: ICLTransformer(TransformerConfig(n_dims=4, pos="sinusoid")), "unknown model.pos 'sinusoid'; choose"),

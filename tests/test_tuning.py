@@ -106,6 +106,17 @@ def test_an_attention_option_in_a_recipe_row_reaches_the_variant():
     assert compose_train(["experiment=smoke", "attn=nystrom", "recipe=none"]).attn.ridge == 0.0
     assert compose_train(["attn=nystrom"]).attn.ridge == 0.0  # no recipe: the exact Nyström form
     assert "ridge" not in compose_train(["experiment=smoke", "attn=softmax"]).attn
+    assert compose_train(["experiment=smoke", "attn=retnet"]).attn.d_conv == 1  # no row: the published RetNet
+    assert compose_train(["attn=retnet", "attn.d_conv=4"]).attn.d_conv == 4
+
+
+def test_a_row_sets_only_the_attention_options_its_variant_reads_from_the_recipe():
+    """mamba's d_conv is its own file's constant, retnet's comes from its row: only retnet's row carries it."""
+    best = pd.DataFrame([{"attn": a, "lr": 1e-3, "warmup_steps": 500, "qk_norm": False, "gradient_clip_val": 1.0,
+                          "full_warmup_steps": 500, "d_conv": 4, "ridge": None} for a in ("mamba", "retnet")])
+    rows = recipe_yaml(best)
+    assert "retnet: {lr: 1.0e-03, warmup_steps: 500, qk_norm: false, gradient_clip_val: 1.0, d_conv: 4}" in rows
+    assert "mamba: {lr: 1.0e-03, warmup_steps: 500, qk_norm: false, gradient_clip_val: 1.0}" in rows
 
 
 def test_every_variant_has_a_tuned_smoke_recipe():

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from icl.analysis.results import find_jobs, flatten_config, load_config, load_errors, read_status
 from icl.contract import EVAL, STANDARD, STATUS, cap_k, errors_key, read_eval_csv, strategies
 from icl.files import write_csv, write_text
 from icl.run.cli import parse
+from icl.run.configs import CONFIG_DIR
 from icl.stats import paired_bootstrap
 from icl.tables import markdown_table
 
@@ -43,8 +44,12 @@ from icl.tables import markdown_table
 RECIPE_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk_norm": "qk_norm",
                "trainer.gradient_clip_val": "gradient_clip_val"}
 # The options a cell is made of: the recipe's, then what else a tuning sweep may vary, and the training seed.
-CELL_KEYS = {**RECIPE_KEYS, "model.layer_scale": "layer_scale", "trainer.max_steps": "max_steps",
-             "attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge", "seed": "seed"}
+# Attention options a sweep may search (config key -> column): a recipe row sets one where the variant's
+# configs/attn/<name>.yaml reads it from the recipe (nystrom's ridge, retnet's d_conv).
+ATTN_KEYS = {"attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge", "attn.d_conv": "d_conv"}
+ATTN_OPTIONS = tuple(ATTN_KEYS.values())
+CELL_KEYS = {**RECIPE_KEYS, "model.layer_scale": "layer_scale", "trainer.max_steps": "max_steps", **ATTN_KEYS,
+             "seed": "seed"}
 # Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
 # than before its tuning: 0.030 [0.025, 0.035] (README "Every attention variant on the smoke study", 15k steps,
 # shared recipe lr 1e-3, eval.seed 0) — "not worse" = that value lies at or above the lower end of softmax's CI.
@@ -214,7 +219,7 @@ def recipe_columns(cells: pd.DataFrame, shared: bool) -> list[str]:
     """The cell columns that tell recipes apart: every ``CELL_KEYS`` option but the seed (and, for one shared recipe,
     but the attention options, which only some variants have)."""
     return [c for c in CELL_KEYS.values() if c in cells and c != "seed"
-            and not (shared and c in ("num_landmarks", "ridge"))]
+            and not (shared and c in ATTN_OPTIONS)]
 
 
 def candidate_status(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool) -> str | None:
@@ -255,10 +260,18 @@ def recipe_yaml(best: pd.DataFrame) -> str:
     for _, row in best.iterrows():
         values = {col: row[col] for col in RECIPE_KEYS.values()}
         values |= {"warmup_steps": int(row["full_warmup_steps"]), "qk_norm": bool(row["qk_norm"])}
-        values |= {key: row[key] for key in ("num_landmarks", "ridge") if key in row and pd.notna(row[key])
+        values |= {key: row[key] for key in recipe_options(str(row["attn"])) if key in row and pd.notna(row[key])
                    and row[key]}  # attention options a row sets (configs/attn/<name>.yaml reads them)
         lines.append(f"    {row['attn']}: {{" + ", ".join(f"{k}: {fmt(v)}" for k, v in values.items()) + "}")
     return "\n".join(lines) + "\n"
+
+
+def recipe_options(attn: str) -> list[str]:
+    """The attention options (``ATTN_OPTIONS``) that configs/attn/<attn>.yaml takes from its recipe row."""
+    path = CONFIG_DIR / "attn" / f"{attn}.yaml"
+    node = OmegaConf.load(path) if path.is_file() else OmegaConf.create()
+    return [key for key in ATTN_OPTIONS if key in node
+            and "recipe.variants" in str(OmegaConf.to_container(node, resolve=False)[key])]
 
 
 def markdown(cells: pd.DataFrame, columns: Sequence[str]) -> str:
@@ -290,7 +303,7 @@ def verdict(final: pd.DataFrame, reporting_seed: int = 0, softmax_reference: str
 
 def varying(cells: pd.DataFrame) -> list[str]:
     """The optional cell columns (attention options, training seed) worth a table column: set in some job."""
-    return [c for c in ("num_landmarks", "ridge", "seed") if c in cells and cells[c].fillna(0).nunique() > 1]
+    return [c for c in (*ATTN_OPTIONS, "seed") if c in cells and cells[c].fillna(0).nunique() > 1]
 
 
 @dataclass
