@@ -276,7 +276,12 @@ def recipe_options(attn: str) -> list[str]:
 
 def markdown(cells: pd.DataFrame, columns: Sequence[str]) -> str:
     """A Markdown table of ``columns`` plus error [95% CI]."""
-    rows = ([*(row[c] for c in columns), f"{row['error']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"]
+    def shown(column: str, value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return "—"  # an option this variant does not have
+        return int(value) if column in ATTN_OPTIONS and isinstance(value, float) and value.is_integer() else value
+
+    rows = ([*(shown(c, row[c]) for c in columns), f"{row['error']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"]
             for _, row in cells.iterrows())
     return markdown_table([*columns, "error at k = 2d [95% CI]"], rows) + "\n"
 
