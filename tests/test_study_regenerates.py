@@ -13,8 +13,10 @@ TABLES = ("claims.csv", "failures.csv", "overview.csv", "verdicts.csv")
 
 
 def repo_state() -> str:
-    return subprocess.run(["git", "status", "--porcelain", "--", "docs", "README.md"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout
+    """git's view of what `icl.study` would write in the repository (only those paths: an edit elsewhere in docs/
+    while the test runs is not the study's write)."""
+    return subprocess.run(["git", "status", "--porcelain", "--", "docs/RESULTS_STUDY.md", "docs/study", "README.md"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.slow
