@@ -441,12 +441,14 @@ class RetNet(_HeadsMixer):
     rotated by position as in xPos (its rotation, RoPE, without xPos's length scaling), so a head can single out the
     previous token (an x and its y are adjacent); the decay alone cannot. ``d_conv`` > 1: DeltaNet's short causal
     conv (and SiLU) on q, k, v first, so a y token's key and value carry its x (not part of RetNet as published;
-    1 = none, the published form and the default). State: nh·hs² + 3·C·(d_conv − 1) floats."""
+    None or 1 = none, the published form; None is the default, so a config written before the option keeps its
+    fingerprint). State: nh·hs² + 3·C·(d_conv − 1) floats."""
 
-    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, rotate: bool = True, d_conv: int = 1,
-                 qk_norm: bool = False, pos: str = "none") -> None:
+    def __init__(self, n_embd: int, n_head: int, chunk_size: int = 64, rotate: bool = True,
+                 d_conv: int | None = None, qk_norm: bool = False, pos: str = "none") -> None:
         # no conv at d_conv = 1: a checkpoint of the published form has no conv weights
-        super().__init__(n_embd, n_head, d_conv if positive("attn.d_conv", d_conv) > 1 else None)
+        conv = d_conv is not None and positive("attn.d_conv", d_conv) > 1
+        super().__init__(n_embd, n_head, d_conv if conv else None)
         self.chunk_size = positive("attn.chunk_size", chunk_size)
         if not isinstance(rotate, bool):
             raise ValueError(f"attn.rotate must be true or false, got {rotate!r}")

@@ -305,7 +305,8 @@ def test_retnet_short_conv_is_deltanets_and_off_by_default():
     from icl.mixers import _causal_conv
     from icl.scans import decay_linear_attention
 
-    assert build_mixer("retnet", 16, 2).conv is None and not any("conv" in k for k in build_mixer("retnet", 16, 2).state_dict())
+    for published in (build_mixer("retnet", 16, 2), build_mixer("retnet", 16, 2, {"d_conv": 1})):
+        assert published.conv is None and not any("conv" in k for k in published.state_dict())
     torch.manual_seed(0)
     m, x = build_mixer("retnet", 16, 2, {"d_conv": 3, "rotate": False}), torch.randn(2, 7, 16)
     qkv = F.silu(_causal_conv(m.conv, m.qkv(x)))

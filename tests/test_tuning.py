@@ -106,17 +106,32 @@ def test_an_attention_option_in_a_recipe_row_reaches_the_variant():
     assert compose_train(["experiment=smoke", "attn=nystrom", "recipe=none"]).attn.ridge == 0.0
     assert compose_train(["attn=nystrom"]).attn.ridge == 0.0  # no recipe: the exact Nyström form
     assert "ridge" not in compose_train(["experiment=smoke", "attn=softmax"]).attn
-    assert compose_train(["experiment=smoke", "attn=retnet"]).attn.d_conv == 1  # no row: the published RetNet
+    assert compose_train(["experiment=smoke", "attn=retnet"]).attn.d_conv is None  # no row: the published RetNet
     assert compose_train(["attn=retnet", "attn.d_conv=4"]).attn.d_conv == 4
 
 
 def test_a_row_sets_only_the_attention_options_its_variant_reads_from_the_recipe():
     """mamba's d_conv is its own file's constant, retnet's comes from its row: only retnet's row carries it."""
     best = pd.DataFrame([{"attn": a, "lr": 1e-3, "warmup_steps": 500, "qk_norm": False, "gradient_clip_val": 1.0,
-                          "full_warmup_steps": 500, "d_conv": 4, "ridge": None} for a in ("mamba", "retnet")])
-    rows = recipe_yaml(best)
+                          "full_warmup_steps": 500, "d_conv": d, "ridge": None}
+                         for a, d in (("mamba", 4), ("retnet", 4), ("softmax", None))])  # NaN: the column is float
+    assert best["d_conv"].dtype == float
+    rows = recipe_yaml(best)  # 4, not 4.0: the mixer takes a positive integer
     assert "retnet: {lr: 1.0e-03, warmup_steps: 500, qk_norm: false, gradient_clip_val: 1.0, d_conv: 4}" in rows
     assert "mamba: {lr: 1.0e-03, warmup_steps: 500, qk_norm: false, gradient_clip_val: 1.0}" in rows
+    assert "softmax: {lr: 1.0e-03, warmup_steps: 500, qk_norm: false, gradient_clip_val: 1.0}" in rows
+
+
+def test_an_old_retnet_job_without_d_conv_is_the_same_cell_and_fingerprint_as_one_composed_now():
+    """attn.d_conv defaults to null: a retnet config written before the option has the same config fingerprint and
+    tuning cell (the drive does not refuse its finished job as another cell's)."""
+    from icl.lab.study.compact import config_fingerprint
+    from icl.lab.tuning import CELL_KEYS
+
+    attn = OmegaConf.to_container(compose_train(["attn=retnet"]).attn, resolve=True)
+    now, before = {"seed": 0, "attn": attn}, {"seed": 0, "attn": {k: v for k, v in attn.items() if k != "d_conv"}}
+    assert attn["d_conv"] is None and config_fingerprint(now) == config_fingerprint(before)
+    assert "attn.d_conv" in CELL_KEYS
 
 
 def test_every_variant_has_a_tuned_smoke_recipe():

@@ -48,6 +48,7 @@ RECIPE_KEYS = {"optim.lr": "lr", "optim.warmup_steps": "warmup_steps", "model.qk
 # configs/attn/<name>.yaml reads it from the recipe (nystrom's ridge, retnet's d_conv).
 ATTN_KEYS = {"attn.num_landmarks": "num_landmarks", "attn.ridge": "ridge", "attn.d_conv": "d_conv"}
 ATTN_OPTIONS = tuple(ATTN_KEYS.values())
+INT_OPTIONS = ("num_landmarks", "d_conv")  # integers in the YAML (a column with NaN for other variants is float)
 CELL_KEYS = {**RECIPE_KEYS, "model.layer_scale": "layer_scale", "trainer.max_steps": "max_steps", **ATTN_KEYS,
              "seed": "seed"}
 # Issue 14's targets for the smoke task at k = 2d: every variant <= 0.15, these three <= 0.10, and softmax not worse
@@ -260,8 +261,8 @@ def recipe_yaml(best: pd.DataFrame) -> str:
     for _, row in best.iterrows():
         values = {col: row[col] for col in RECIPE_KEYS.values()}
         values |= {"warmup_steps": int(row["full_warmup_steps"]), "qk_norm": bool(row["qk_norm"])}
-        values |= {key: row[key] for key in recipe_options(str(row["attn"])) if key in row and pd.notna(row[key])
-                   and row[key]}  # attention options a row sets (configs/attn/<name>.yaml reads them)
+        values |= {key: int(row[key]) if key in INT_OPTIONS else row[key] for key in recipe_options(str(row["attn"]))
+                   if key in row and pd.notna(row[key]) and row[key]}  # options configs/attn/<name>.yaml reads
         lines.append(f"    {row['attn']}: {{" + ", ".join(f"{k}: {fmt(v)}" for k, v in values.items()) + "}")
     return "\n".join(lines) + "\n"
 
@@ -279,7 +280,7 @@ def markdown(cells: pd.DataFrame, columns: Sequence[str]) -> str:
     def shown(column: str, value: Any) -> Any:
         if isinstance(value, float) and math.isnan(value):
             return "—"  # an option this variant does not have
-        return int(value) if column in ATTN_OPTIONS and isinstance(value, float) and value.is_integer() else value
+        return int(value) if column in INT_OPTIONS and isinstance(value, float) and value.is_integer() else value
 
     rows = ([*(shown(c, row[c]) for c in columns), f"{row['error']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"]
             for _, row in cells.iterrows())

@@ -51,6 +51,7 @@ def overview_rows(study: Study) -> list[dict[str, Any]]:
             raise ValueError(f"cells of {arm}/{task}/{attn} have different guard k {sorted(ks)}: export every seed "
                              "at the same scale")
         (k,) = ks
+        errors = [c.mean(quant, "standard", None, "transformer", k) for c in cells]
         learned = [c for c in cells if study.learned(c, quant)[0]]
         iv = seed_interval([c.mean(quant, "standard", None, "transformer", k) for c in learned], study.ci)
         names = {study.best_baseline(c, k)[0] for c in cells} - {"—"}
@@ -60,7 +61,8 @@ def overview_rows(study: Study) -> list[dict[str, Any]]:
         rows.append({"task": task, "arm": arm, "variant": attn, "quant": quant, "k": k,
                      "learned": len(learned), "seeds": len(cells),
                      "mean": iv.mean, "low": iv.low, "high": iv.high,
-                     "mean_all": _finite_mean([c.mean(quant, "standard", None, "transformer", k) for c in cells]),
+                     "mean_all": _finite_mean(errors),
+                     **target_columns(errors, study.cfg.get("overview_target"), study.ci),
                      "baseline": "/".join(sorted(names)) or "—",
                      "baseline_error": _finite_mean([study.best_baseline(c, k)[1] for c in cells]),
                      "zero_raw_mse": float(np.mean(zeros)) if zeros else math.nan,
@@ -71,6 +73,26 @@ def overview_rows(study: Study) -> list[dict[str, Any]]:
                      "end": "; ".join(convergence_flags([(int(c.meta["seed"]), study.convergence(c).flags)
                                                           for c in cells])) or "converged"})
     return rows
+
+
+def target_columns(errors: Sequence[float], target: float | None, ci: float) -> dict[str, Any]:
+    """The preset's error target at the guard's k (``overview_target``; issue 26: ≤ 0.15 at k = 2d), judged on every
+    seed, failed ones included (a failed training counts against the variant, as in every comparison): met when the
+    mean over all seeds is at most the target (a non-finite seed: not met), clear when the upper end of their
+    t-interval is too. No target: no columns."""
+    if target is None:
+        return {}
+    iv = seed_interval(errors, ci)
+    finite = len(errors) > 0 and all(math.isfinite(e) for e in errors)
+    return {"target": float(target), "target_mean": iv.mean, "target_low": iv.low, "target_high": iv.high,
+            "target_met": finite and iv.mean <= target, "target_clear": finite and iv.high <= target}
+
+
+def _target_text(row: Mapping[str, Any]) -> str:
+    verdict = "yes" if row["target_met"] else "**no**"
+    interval = "" if math.isinf(row["target_high"]) else f" [{row['target_low']:.3f}, {row['target_high']:.3f}]"
+    clear = ", CI clear" if row["target_clear"] else ""
+    return f"{verdict}{clear}: {row['target_mean']:.3f}{interval}"
 
 
 def _error_text(row: Mapping[str, Any], ci: float) -> str:
@@ -93,7 +115,9 @@ def overview_table(rows: Sequence[Mapping[str, Any]], ci: float, table: Any) -> 
               "best fitting baseline": "—" if math.isnan(r["baseline_error"]) else
               f"{r['baseline']} {r['baseline_error']:.3f}",
               "zero (raw MSE)": "—" if math.isnan(r["zero_raw_mse"]) else f"{r['zero_raw_mse']:.3f} ({r['zero_window']})",
-              "end of training": r["end"]}
+              "end of training": r["end"],
+              **({f"≤ {r['target']:g}? (mean of all seeds [{ci:.0%} t-interval])": _target_text(r)}
+                 if "target" in r else {})}
              for r in rows]
     return table(lines, list(lines[0]))
 
