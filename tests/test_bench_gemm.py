@@ -47,9 +47,26 @@ def test_the_benchmark_reports_where_the_train_step_goes(tmp_path):
     df = run(bench_cfg(tmp_path, "parts=[throughput]", "throughput.modes=[train]", "throughput.gemm=true"))
     ours = df[(df.part == "train") & (df.impl == "ours")].iloc[0]
     assert ours.gemm_ms > 0 and ours.gemm_calls >= ours.gemm_shapes > 0 and 0 < ours.gemm_flops <= ours.work_flops
+    assert ours.gemm_dtype == "float32"
     assert abs(ours.gemm_share - ours.gemm_ms / ours.median_ms) < 1e-12
     assert abs(ours.bound_frac_of_peak - ours.frac_of_peak / ours.gemm_share) < 1e-9  # counted FLOPs ÷ GEMM time alone
     assert df[df.impl == "reference"].gemm_ms.isna().all()
     text = (tmp_path / "bench.md").read_text()
     assert "Where ours' training step goes" in text
     assert "float32" in text.splitlines()[0] and "bfloat16" not in text.splitlines()[0]  # no latency grid: no bf16 peak
+
+
+def test_a_broadcast_operand_replays_and_a_peak_not_measured_leaves_the_fraction_unknown():
+    import numpy as np
+    import pandas as pd
+
+    from icl.bench.latency import add_gemm_bound
+
+    row = torch.randn(1, 5).expand(4, 5)  # stride 0 in the first dimension
+    (call,) = record_gemms(lambda: torch.mm(row, torch.randn(5, 3)))
+    assert call.operands[0][1][0] == 0 and call.replay(torch.device("cpu"))().shape == (4, 3)
+    df = pd.DataFrame({"gemm_ms": [1.0, 1.0], "gemm_flops": [1e9, 1e9], "work_flops": [2e9, 2e9],
+                       "gemm_dtype": ["float32", "bfloat16"]})
+    out = add_gemm_bound(df, {"float32": 2e12})  # a bf16 step's GEMMs are not judged against float32's peak
+    assert out.gemm_frac_of_peak.iloc[0] == 0.5 and out.bound_frac_of_peak.iloc[0] == 1.0
+    assert np.isnan(out.gemm_frac_of_peak.iloc[1]) and np.isnan(out.bound_frac_of_peak.iloc[1])

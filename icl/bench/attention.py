@@ -34,7 +34,8 @@ MODES = ("forward", "forward_backward")
 
 def variant_params(name: str) -> dict[str, Any]:
     """The variant's settings as a training job without a recipe gets them (its YAML resolved, minus the name):
-    options a recipe row may set (nystrom's ridge) take their defaults, which do not change a kernel's cost."""
+    options a recipe row may set take their defaults: nystrom's ridge (no change to its cost) and retnet's d_conv
+    (none: the published RetNet, without the short conv a row may add)."""
     params = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "attn" / f"{name}.yaml"), resolve=True)
     params.pop("name", None)
     return params

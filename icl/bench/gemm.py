@@ -41,12 +41,18 @@ class GemmCall:
         return 2 * batch * a[-2] * a[-1] * b[-1]
 
     def replay(self, device: torch.device) -> Callable[[], torch.Tensor]:
-        """The same product on fresh random operands with the recorded shapes, strides and dtypes."""
+        """The same product on fresh random operands with the recorded shapes, strides and dtypes (a view of a
+        filled buffer, so a broadcast (stride 0) or overlapping layout is reproduced too)."""
         args = []
         for shape, stride, dtype in self.operands:
-            t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-            args.append(t.normal_() if t.is_floating_point() else t.zero_())
+            size = 1 + sum((n - 1) * st for n, st in zip(shape, stride)) if all(shape) else 0
+            flat = torch.randn(size, device=device).to(dtype)
+            args.append(flat.as_strided(shape, stride))
         return lambda: self.op(*args)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.operands[GEMM_OPS[self.op][0]][2]
 
     def describe(self) -> str:
         return f"{self.op.__name__}({', '.join('×'.join(map(str, s)) for s, _, _ in self.operands)})"
@@ -65,7 +71,11 @@ class _Recorder(TorchDispatchMode):
 
 
 def record_gemms(call: Callable[[], object]) -> Counter[GemmCall]:
-    """Every matrix product ``call`` dispatches (forward and autograd's backward), counted by shape and layout."""
+    """Every matrix product ``call`` dispatches (forward and autograd's backward), counted by shape and layout.
+    Eager products: a ``torch.compile``d model is not compiled while a dispatch mode is active, so its recorded
+    products are the eager model's. Each replay is timed as one call (with the device synchronised around it): on a
+    CPU at these sizes the per-call cost is microseconds against milliseconds; on a GPU small products are
+    launch-bound and the replayed time overstates them."""
     recorder = _Recorder()
     with recorder:
         call()

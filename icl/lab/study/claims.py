@@ -360,7 +360,7 @@ class Study:
             out[f"{attn}{'' if quant == 'none' else ' ' + quant}{suffix}"] = float(np.mean(vals)) if vals else math.nan
         cell = next((c for c in self.cells.values() if c.meta["arm"] == arm and c.meta["task"] == task), None)
         if cell is not None:
-            names = (self.cfg["guard"]["baselines"] or {}).get(task, [])
+            names = self.guard.baselines.get(task, ())
             per = {n: _mean([cell.mean("none", strategy, param, n, k) for k in ks]) for n in names}
             per = {n: v for n, v in per.items() if not math.isnan(v)}
             if per:

@@ -174,7 +174,7 @@ def _draw_error_vs_k(study: Study, arm: str, task: str):
         if curves:
             plotted += _band(ax, ks, curves, attn_color(attn), attn, study.ci)
     ref, baselines = cells[0], []
-    for name in (study.cfg["guard"]["baselines"] or {}).get(task, []):
+    for name in study.guard.baselines.get(task, ()):
         y = [ref.mean("none", "standard", None, name, k) for k in ks]
         if not all(math.isnan(v) for v in y):
             ax.plot(ks, y, color="grey", linewidth=1, linestyle=":", label=name)

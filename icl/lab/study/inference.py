@@ -82,8 +82,10 @@ class Guard:
 
     zero_fraction: float
     baseline_margin: float | None = None
-    k: Mapping[str, int] = field(default_factory=dict)   # the guard's k per task; unlisted: min(2d, last trained k)
-    baselines: Mapping[str, Sequence[str]] = field(default_factory=dict)   # the baselines that can fit each task
+    # the guard's k per task (unlisted: min(2d, last trained k)) and the baselines that can fit each task; left out
+    # of the hash (a dict is unhashable), so a Guard stays hashable as a frozen dataclass
+    k: Mapping[str, int] = field(default_factory=dict, hash=False)
+    baselines: Mapping[str, Sequence[str]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.zero_fraction <= 1 or (self.baseline_margin is not None and self.baseline_margin < 0):
