@@ -23,11 +23,11 @@ def composed_cells(experiment: str) -> list:
     return jobs
 
 
-def test_tune_mixers_grid_is_six_mixers_by_two_lrs_on_validation_prompts():
+def test_tune_mixers_grid_is_six_mixers_by_two_lrs_by_two_seeds_on_validation_prompts():
     cells = composed_cells("tune_mixers")
     grid = Counter((c.attn.name, c.optim.lr, c.seed) for c in cells)
     mixers = {"mamba", "mamba2", "deltanet", "retnet", "sliding_window", "bigbird"}
-    assert set(grid) == {(m, lr, 0) for m in mixers for lr in (3e-4, 1e-3)} and max(grid.values()) == 1
+    assert set(grid) == {(m, lr, s) for m in mixers for lr in (3e-4, 1e-3) for s in (0, 1)} and max(grid.values()) == 1
     for c in cells:
         assert c.trainer.max_steps == 15000 and c.eval.seed == 1000 and c.task.name == "linear"
         assert (c.task.n_dims, c.task.curriculum.points.end, c.model.name) == (5, 11, "tiny")  # the smoke scale

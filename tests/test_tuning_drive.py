@@ -44,6 +44,27 @@ def test_seed_major_order_gives_every_recipe_its_first_seed_first():
     assert [j.subdir for j in seed_major(shared, shared=True)] == ["softmax-0", "relu-0", "softmax-1", "relu-1"]
 
 
+def test_a_later_seed_goes_to_the_best_recipe_so_far_first(tmp_path):
+    """After seed 0 (lr 1e-3 best, then 3e-4, then 1e-4), seed 1 trains in that order, not the sweep's; and once
+    the leader is complete over the grid, a runner-up whose seed 0 is worse than the leader's worst is dominated."""
+    from icl.lab.tuning_drive import best_first
+
+    for lr, error in ((1e-4, 0.09), (1e-3, 0.03), (3e-4, 0.05)):
+        cell_job(tmp_path / f"{lr}-0", "relu", lr, True, 1000, error, seed=0)
+    base = load_cells([tmp_path]).iloc[0].to_dict()  # a job's cell as cell_row reads it
+    jobs = [Job(n, [], f"{lr}-{seed}", Path(str(n)), {**base, "lr": lr, "seed": seed})
+            for n, (lr, seed) in enumerate((lr, seed) for lr in (1e-4, 1e-3, 3e-4) for seed in (0, 1))]
+    pending = seed_major(jobs, shared=False)
+    assert [j.subdir for j in best_first(pending, None, False)][:3] == ["0.0001-0", "0.001-0", "0.0003-0"]
+    grid = pd.DataFrame([j.cell for j in jobs])
+    ranked = candidates(load_cells([tmp_path]), grid=grid)
+    later = [j for j in pending if j.cell["seed"] == 1]
+    assert [j.subdir for j in best_first(later, ranked, False)] == ["0.001-1", "0.0003-1", "0.0001-1"]
+    cell_job(tmp_path / "1e-3-1", "relu", 1e-3, True, 1000, 0.06, seed=1)  # the leader's worst is now 0.06
+    status = dict(zip(*(lambda r: (r["lr"], r["status"]))(candidates(load_cells([tmp_path]), grid=grid))))
+    assert status == {1e-3: "chosen", 3e-4: "incomplete", 1e-4: "dominated"}  # 0.05 < 0.06 < 0.09
+
+
 SMALL = ["model.n_layer=1", "trainer.max_steps=5", "optim.warmup_steps=0", "optim.schedule=constant",
          "regime.linear={n_dims: 2, dims: [2, 2, 1, 2000], points: [5, 5, 1, 2000], n_positions: 5}",
          "eval.n_prompts=64", "eval.bootstrap=20", "eval.baselines=[zero,least_squares]",

@@ -223,13 +223,20 @@ def recipe_columns(cells: pd.DataFrame, shared: bool) -> list[str]:
             and not (shared and c in ATTN_OPTIONS)]
 
 
-def candidate_status(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool) -> str | None:
-    """The ``status`` ``candidates`` gave the recipe of ``cell`` (a ``cell_row``), None if none of its jobs is in."""
+def candidate_position(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool) -> int | None:
+    """The row of ``candidates``' table (best first) holding the recipe of ``cell`` (a ``cell_row``), None if none
+    of its jobs is in."""
     names = recipe_identity(ranked, shared)
     same = pd.Series(True, index=ranked.index)
     for name in names:
         same &= ranked[name].map(lambda value, want=cell.get(name): same_value(value, want))
-    return str(ranked.loc[same, "status"].iat[0]) if same.any() else None
+    return int(same.to_numpy().argmax()) if same.any() else None
+
+
+def candidate_status(ranked: pd.DataFrame, cell: Mapping[str, Any], shared: bool) -> str | None:
+    """The ``status`` ``candidates`` gave the recipe of ``cell`` (a ``cell_row``), None if none of its jobs is in."""
+    row = candidate_position(ranked, cell, shared)
+    return None if row is None else str(ranked["status"].iat[row])
 
 
 def same_value(a: Any, b: Any) -> bool:

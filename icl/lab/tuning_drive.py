@@ -6,8 +6,10 @@
 The sweep is the one ``python -m icl.train -m <overrides>`` would run: the experiment's ``hydra.sweeper.params``,
 the command line's values winning, each job in the folder Hydra would give it (``hydra.sweep.dir`` / ``subdir``;
 the sweep folder must not change with the time, so a rerun finds it). The jobs run seed-major — every recipe's
-first seed, then the next seed, … — so each recipe gets an early verdict, each job as a one-job ``icl.train -m``
-(the sweep's own checks and failure report apply). Before each job the finished ones are ranked as
+first seed, then the next seed, … — so each recipe gets an early verdict, and a later seed goes to the recipes
+ranked best so far first, so that a runner-up's next seed is trained only if the leader's did not already dominate
+it (``seed=0,1``: tune on seed 0, confirm the winner on seed 1); each job as a one-job ``icl.train -m`` (the sweep's
+own checks and failure report apply). Before each job the finished ones are ranked as
 ``python -m icl.lab.tuning`` ranks them (``icl.lab.tuning.candidates``, with the whole grid as the measure of a
 complete recipe): a job whose recipe is dominated — one of its jobs is worse than the worst job of a recipe
 complete over the grid, so it cannot win whatever its other jobs score — is not trained. A job done in its folder
@@ -18,6 +20,7 @@ The selection itself is then ``python -m icl.lab.tuning sweeps=[<sweep folder>] 
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,7 +33,16 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
 from icl.analysis.results import flatten_config, load_config, read_status
-from icl.lab.tuning import Rank, candidate_status, candidates, cell_row, load_cells, recipe_identity, same_value
+from icl.lab.tuning import (
+    Rank,
+    candidate_position,
+    candidate_status,
+    candidates,
+    cell_row,
+    load_cells,
+    recipe_identity,
+    same_value,
+)
 from icl.run.cli import parse
 from icl.run.configs import CONFIG_DIR, check_yaml, run_cli
 from icl.run.spec import sweep_cells
@@ -125,13 +137,22 @@ def seed_major(jobs: Sequence[Job], shared: bool) -> list[Job]:
     return [jobs[i] for i in order]
 
 
-def verdict(job: Job, sweep: Path, grid: pd.DataFrame, options: Options) -> str | None:
-    """``candidates``' status of the job's recipe from the sweep's finished jobs (None: none of its jobs is in)."""
+def ranking(sweep: Path, grid: pd.DataFrame, options: Options) -> pd.DataFrame | None:
+    """``candidates``' table (best first, with each recipe's status) of the sweep's finished jobs; None if none."""
     cells = load_cells([sweep])
-    if cells.empty:
-        return None
-    ranked = candidates(cells, options.reporting_seed, options.rank, options.shared, grid=grid)
-    return candidate_status(ranked, job.cell, options.shared)
+    return None if cells.empty else candidates(cells, options.reporting_seed, options.rank, options.shared, grid=grid)
+
+
+def best_first(pending: Sequence[Job], ranked: pd.DataFrame | None, shared: bool) -> list[Job]:
+    """``pending`` (in ``seed_major`` order) by training seed, then by where its recipe ranks now (recipes without a
+    finished job after those with one, in their order): a later seed goes to the best recipe first, so the
+    runner-up's next seed is trained only if the leader's did not dominate it — ``seed=0,1`` is "tune on seed 0,
+    confirm the winner on seed 1" without a second command."""
+    def position(job: Job) -> float:
+        row = None if ranked is None else candidate_position(ranked, job.cell, shared)
+        return math.inf if row is None else row
+    return [job for _, _, job in sorted(((job.cell.get("seed") or 0, position(job), i), i, job)
+                                            for i, job in enumerate(pending))]
 
 
 def launch(job: Job, sweep: Path) -> None:
@@ -161,11 +182,15 @@ def drive(sweep: Path, jobs: Sequence[Job], options: Options) -> dict[str, list[
     check_done_folders(jobs)
     grid = pd.DataFrame([j.cell for j in jobs])
     outcome: dict[str, list[Job]] = {k: [] for k in ("done", "trained", "dominated", "failed", "planned")}
-    for job in seed_major(jobs, options.shared):
+    pending = seed_major(jobs, options.shared)
+    while pending:
+        ranked = ranking(sweep, grid, options)
+        job = best_first(pending, ranked, options.shared)[0]
+        pending.remove(job)
         if read_status(job.folder)["status"] == "done":
             outcome["done"].append(job)
             continue
-        if verdict(job, sweep, grid, options) == "dominated":
+        if ranked is not None and candidate_status(ranked, job.cell, options.shared) == "dominated":
             log.info("skipping job %d (%s): its recipe is dominated", job.number, job.subdir)
             outcome["dominated"].append(job)
             continue
