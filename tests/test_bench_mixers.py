@@ -57,3 +57,16 @@ def test_inference_cost_rows_per_mixer_and_quant_mode():
     assert state["softmax"].iloc[0] == 3 * 2 * 64 * 22  # 3 layers' KV caches of 22 tokens
     assert state["mamba"].iloc[0] == 3 * 128 * (16 + 3)  # 3 layers' SSM states and conv buffers
     assert set(rows.n_dims) == {5} and set(rows.k) == {10} and set(rows.model) == {"tiny"}
+
+
+def test_the_mixers_bench_costs_the_model_its_smoke_recipe_row_trains():
+    """variant_params(name, recipe): an option the recipe row sets reaches the benchmarked model (nystrom's ridge
+    here; retnet's d_conv once its row sets one), without a recipe the file's default."""
+    from icl.bench.attention import variant_params
+    from icl.bench.mixers import smoke_model
+
+    rows = OmegaConf.load(CONFIGS / "recipe" / "smoke.yaml").recipe.variants
+    assert variant_params("nystrom")["ridge"] == 0.0 and variant_params("nystrom", "smoke")["ridge"] == rows.nystrom.ridge
+    want = rows.get("retnet", {}).get("d_conv")
+    assert variant_params("retnet", "smoke")["d_conv"] == want and variant_params("retnet")["d_conv"] is None
+    assert (smoke_model("retnet").blocks[0].attn.conv is None) == (want is None or want == 1)

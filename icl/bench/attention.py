@@ -32,11 +32,16 @@ log = logging.getLogger(__name__)
 MODES = ("forward", "forward_backward")
 
 
-def variant_params(name: str) -> dict[str, Any]:
-    """The variant's settings as a training job without a recipe gets them (its YAML resolved, minus the name):
-    options a recipe row may set take their defaults: nystrom's ridge (no change to its cost) and retnet's d_conv
-    (none: the published RetNet, without the short conv a row may add)."""
-    params = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "attn" / f"{name}.yaml"), resolve=True)
+def variant_params(name: str, recipe: str | None = None) -> dict[str, Any]:
+    """The variant's settings (its YAML resolved, minus the name) as a training job with ``recipe``
+    (configs/recipe/<recipe>.yaml) gets them: an option the variant's row sets (nystrom's ridge, retnet's d_conv)
+    takes the row's value; ``None``: as a job without a recipe, every option at its file's default (the published
+    RetNet, the exact Nyström form)."""
+    node = OmegaConf.load(CONFIG_DIR / "attn" / f"{name}.yaml")
+    if recipe is not None:  # the attn file reads its row through ${oc.select:recipe.variants.<name>...}
+        rows = OmegaConf.load(CONFIG_DIR / "recipe" / f"{recipe}.yaml").recipe
+        node = OmegaConf.merge({"recipe": rows}, {"attn": node}).attn
+    params = OmegaConf.to_container(node, resolve=True)
     params.pop("name", None)
     return params
 

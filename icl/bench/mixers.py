@@ -69,7 +69,7 @@ def cost_rows(cfg: DictConfig, names: list[str], T: int, device: torch.device) -
     grad = torch.randn(cfg.batch, T, cfg.n_embd, generator=gen).to(device, dtype)
     calls, mixers = {}, {}
     for name in names:
-        mixers[name] = mixer = build_mixer(name, cfg.n_embd, cfg.n_head, variant_params(name)).to(device, dtype)
+        mixers[name] = mixer = build_mixer(name, cfg.n_embd, cfg.n_head, variant_params(name, "smoke")).to(device, dtype)
         for mode in cfg.modes:
             if mode == "forward":
                 calls[(name, mode)] = lambda m=mixer: _no_grad(m, x)
@@ -105,10 +105,11 @@ def cost_markdown(df: pd.DataFrame, slope_df: pd.DataFrame, mode: str) -> str:
 
 
 def smoke_model(name: str, seed: int = 0) -> ICLTransformer:
-    """The smoke study's model (d = 5, 11 points, the tiny size) with ``name``'s YAML options."""
+    """The smoke study's model (d = 5, 11 points, the tiny size) with ``name``'s options as its smoke recipe row
+    trains it (retnet's d_conv, when its row sets one)."""
     torch.manual_seed(seed)
     return ICLTransformer(TransformerConfig(n_dims=5, n_positions=11, n_embd=64, n_layer=3, n_head=2, attn=name,
-                                            attn_params=variant_params(name)))
+                                            attn_params=variant_params(name, "smoke")))
 
 
 def train_step_ratios(names: list[str], batch: int = 64, warmup: int = 3, repeats: int = 30,
