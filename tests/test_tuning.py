@@ -137,8 +137,11 @@ def test_an_old_retnet_job_without_d_conv_is_the_same_cell_and_fingerprint_as_on
 def test_every_variant_has_a_tuned_smoke_recipe():
     from icl.attention import ATTENTION
 
+    from icl.mixers import mixer_names
+
     rows = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "recipe" / "smoke.yaml").recipe.variants
-    assert set(rows) == set(ATTENTION)
+    assert set(ATTENTION) <= set(rows)  # every attention kernel tuned
+    assert set(rows) <= set(mixer_names())  # a sequence mixer's row once tune_mixers chose it; no row for a typo
 
 
 def test_verdict_is_computed_against_the_targets(tmp_path):
