@@ -106,7 +106,9 @@ def test_an_attention_option_in_a_recipe_row_reaches_the_variant():
     assert compose_train(["experiment=smoke", "attn=nystrom", "recipe=none"]).attn.ridge == 0.0
     assert compose_train(["attn=nystrom"]).attn.ridge == 0.0  # no recipe: the exact Nyström form
     assert "ridge" not in compose_train(["experiment=smoke", "attn=softmax"]).attn
-    assert compose_train(["experiment=smoke", "attn=retnet"]).attn.d_conv is None  # no row: the published RetNet
+    assert compose_train(["experiment=smoke", "attn=retnet"]).attn.d_conv == 4  # its row: RetNet with the short conv
+    assert compose_train(["experiment=smoke", "attn=retnet", "attn.d_conv=null"]).attn.d_conv is None  # the published
+    assert compose_train(["attn=retnet"]).attn.d_conv is None  # no recipe: the published RetNet
     assert compose_train(["attn=retnet", "attn.d_conv=4"]).attn.d_conv == 4
 
 
@@ -136,7 +138,6 @@ def test_an_old_retnet_job_without_d_conv_is_the_same_cell_and_fingerprint_as_on
 
 def test_every_variant_has_a_tuned_smoke_recipe():
     from icl.attention import ATTENTION
-
     from icl.mixers import mixer_names
 
     rows = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "recipe" / "smoke.yaml").recipe.variants
