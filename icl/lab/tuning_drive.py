@@ -151,8 +151,8 @@ def best_first(pending: Sequence[Job], ranked: pd.DataFrame | None, shared: bool
     def position(job: Job) -> float:
         row = None if ranked is None else candidate_position(ranked, job.cell, shared)
         return math.inf if row is None else row
-    return [job for _, _, job in sorted(((job.cell.get("seed") or 0, position(job), i), i, job)
-                                            for i, job in enumerate(pending))]
+    order = sorted(range(len(pending)), key=lambda i: (pending[i].cell.get("seed") or 0, position(pending[i]), i))
+    return [pending[i] for i in order]
 
 
 def launch(job: Job, sweep: Path) -> None:
