@@ -24,3 +24,23 @@ def test_the_study_names_and_checks_recipes_by_the_tuning_protocol_s_keys(monkey
         "lr 0.0001, qk_norm True, clip 1.0, warm-up 500, layer_scale None"]
     assert "does not use its selection" in arm_check(chosen, trained)
     assert recipe_text({**base, "layer_scale": 0.1}).endswith("layer_scale 0.1")
+
+
+def test_attention_options_split_recipes_and_a_variant_outside_the_selection_is_named_not_flagged():
+    base = {"task": "linear", "n_dims": 5, "lr": 1e-3, "qk_norm": False, "gradient_clip_val": 1.0,
+            "warmup_steps": 500, "eval_seed": 1000}
+    cells = pd.DataFrame([{**base, "attn": "retnet", "seed": 0, "d_conv": None, "error": 1.0},
+                          {**base, "attn": "retnet", "seed": 0, "d_conv": 4.0, "error": 0.02},
+                          {**base, "attn": "mamba", "seed": 0, "d_conv": 4.0, "error": 0.04}])
+    rows = {r["recipe"]: r for r in job_table(cells)}
+    assert sorted(rows) == ["lr 0.001, qk_norm False, clip 1.0, warm-up 500",
+                            "lr 0.001, qk_norm False, clip 1.0, warm-up 500, d_conv 4"]
+    assert rows["lr 0.001, qk_norm False, clip 1.0, warm-up 500"]["retnet s0"] == 1.0  # not overwritten by the conv
+    assert rows["lr 0.001, qk_norm False, clip 1.0, warm-up 500, d_conv 4"]["worst"] == 0.04
+    chosen = cells.iloc[1:].assign(jobs=1, status="chosen", selection="per variant")
+    recipe = {k: base[k] for k in ("lr", "qk_norm", "gradient_clip_val", "warmup_steps")}
+    text = arm_check(chosen, [("retnet", recipe), ("mamba", recipe), ("softmax", {**recipe, "lr": 3e-4})])
+    assert "retnet: lr 0.001, qk_norm False, clip 1.0, warm-up 500, d_conv 4" in text
+    assert "all 2 committed cells trained with it; softmax: not tuned by this selection" in text
+    assert "does not use" in arm_check(chosen, [("mamba", {**recipe, "lr": 3e-4}), ("softmax", recipe)])
+    assert "no cell trained with it is committed yet; softmax" in arm_check(chosen, [("softmax", recipe)])

@@ -40,13 +40,21 @@ def _value(name: str, v: Any) -> Any:
     return float(f"{float(v):.3g}")
 
 
+def attn_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The attention options (``icl.lab.tuning.ATTN_OPTIONS``, e.g. retnet's d_conv) ``values`` sets: shown and
+    grouped by, not checked against the cells (a cell.json's recipe records the recipe keys only)."""
+    return {name: _value(name, values.get(name)) for name in tuning.ATTN_OPTIONS
+            if _value(name, values.get(name)) is not None}
+
+
 def recipe_text(values: Mapping[str, Any]) -> str:
     def shown(name: str, v: Any) -> str:
         if name == "warmup_steps":
             return str(int(v)) if v is not None else "—"
-        return f"{v:g}" if name == "lr" else str(v)
+        return f"{v:g}" if name in ("lr", *tuning.ATTN_OPTIONS) else str(v)
 
-    return ", ".join(f"{LABELS.get(name, name)} {shown(name, v)}" for name, v in zip(recipe_columns(), _key(values)))
+    named = [*zip(recipe_columns(), _key(values)), *attn_options(values).items()]
+    return ", ".join(f"{LABELS.get(name, name)} {shown(name, v)}" for name, v in named)
 
 
 def load(tuning_dir: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -58,9 +66,11 @@ def load(tuning_dir: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
 
 
 def job_table(cells: pd.DataFrame) -> list[dict[str, Any]]:
-    """One row per recipe: each variant × seed's validation error at k = 2d, and the recipe's worst job."""
+    """One row per recipe: each variant × seed's validation error at k = 2d, and the recipe's worst job. The
+    attention options a sweep varied are part of a recipe here (retnet with and without its short conv are two)."""
     rows = []
-    for _, sub in cells.groupby(recipe_columns(), dropna=False, sort=True):
+    by = [*recipe_columns(), *(c for c in tuning.ATTN_OPTIONS if c in cells.columns and cells[c].notna().any())]
+    for _, sub in cells.groupby(by, dropna=False, sort=True):
         first = sub.iloc[0].to_dict()
         row: dict[str, Any] = {"recipe": recipe_text(first)}
         for _, job in sub.sort_values(["attn", "seed"]).iterrows():
@@ -88,22 +98,28 @@ def chosen(candidates: pd.DataFrame) -> dict[str, dict[str, Any]]:
 def arm_check(candidates: pd.DataFrame, trained: Sequence[tuple[str, Mapping[str, Any]]],
               learn_bound: float = math.inf) -> str:
     """Whether every cell trained under this selection used the recipe chosen for it (``trained``: each committed
-    cell's (variant, recipe)); a chosen recipe whose worst job is above ``learn_bound`` (the guard's fraction of the
-    zero estimator) is named as one that did not learn on every seed: the best there is, not a working recipe."""
+    cell's (variant, recipe); a variant a per-variant selection never tuned, e.g. the mixers grid's softmax, which
+    the seed study's selection chose, is named and not checked); a chosen recipe whose worst job is above
+    ``learn_bound`` (the guard's fraction of the zero estimator) is named as one that did not learn on every seed:
+    the best there is, not a working recipe."""
     best = chosen(candidates)
     if not best:
         return "No complete recipe yet: nothing chosen"
     text = "; ".join(f"{'' if attn == '*' else attn + ': '}{recipe_text(row)}" + (
         f" (**did not learn on every seed**: {row['attn']} seed {int(row['seed'])} at {float(row['error']):.3f})"
         if not float(row["error"]) <= learn_bound else "") for attn, row in best.items())
+    outside = sorted({attn for attn, _ in trained if "*" not in best and attn not in best})
+    trained = [(attn, r) for attn, r in trained if attn not in outside]
+    elsewhere = (f"; {', '.join(outside)}: not tuned by this selection (its cells' recipes are not checked here)"
+                 if outside else "")
     if not trained:
-        return f"Chosen: {text}; no cell trained with it is committed yet"
+        return f"Chosen: {text}; no cell trained with it is committed yet{elsewhere}"
     wrong = [(attn, r) for attn, r in trained if _key(r) != _key(best.get("*", best.get(attn, {})))]
     if wrong:
         attn, r = wrong[0]
         return (f"Chosen: {text}; but {len(wrong)} of {len(trained)} cells trained with another recipe (e.g. {attn}: "
-                f"{recipe_text(r)}): **the arm does not use its selection**")
-    return f"Chosen: {text}; all {len(trained)} committed cells trained with it"
+                f"{recipe_text(r)}): **the arm does not use its selection**{elsewhere}")
+    return f"Chosen: {text}; all {len(trained)} committed cells trained with it{elsewhere}"
 
 
 def section(tuning_dir: Path | None, arms: Mapping[str, Mapping[str, Any]],
