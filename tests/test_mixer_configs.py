@@ -1,6 +1,7 @@
-"""The run configs of issue 26 the study runner queues (configs/experiment/tune_mixers.yaml and
-extended_context_pos.yaml): each composes, and its sweep has the cells, steps and evaluation prompts it promises;
-every cell's spec is checked as a launch would (``icl.run.spec.validate``), nothing is trained."""
+"""The run configs of issue 26 the study runner queues (configs/experiment/tune_mixers.yaml,
+extended_context_pos.yaml and extended_context_pos_recurrent.yaml): each composes, and its sweep has the cells,
+steps and evaluation prompts it promises; every cell's spec is checked as a launch would
+(``icl.run.spec.validate``), nothing is trained."""
 
 from collections import Counter
 
@@ -49,3 +50,26 @@ def test_extended_context_pos_grid_pairs_every_pos_with_learned_on_the_reporting
         assert list(c.eval.strategies.long_context) == [None]
         if c.seed == 0:  # a launch's checks, once per mixer and pos (the seed changes none of them)
             validate(c)
+
+
+def test_extended_context_recurrent_arm_pairs_none_with_learned_and_shares_the_grid_s_models(tmp_path):
+    from icl.run.store import fingerprint
+    from tests.helpers import compose_train
+
+    cells = composed_cells("extended_context_pos_recurrent")
+    grid = Counter((c.attn.name, c.model.pos, c.seed) for c in cells)
+    assert set(grid) == {(a, p, s) for a in ("mamba", "mamba2", "deltanet", "retnet") for p in ("learned", "none")
+                         for s in (0, 1)} and max(grid.values()) == 1
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):  # one folder with the attention arm
+        sweep = compose("train", overrides=["experiment=extended_context_pos_recurrent"], return_hydra_config=True)
+    assert sweep.hydra.sweep.dir == "multirun/extended_context_pos"
+    for c in cells:
+        assert c.trainer.max_steps == 15000 and c.eval.seed == 0 and c.model.n_positions == 28
+        assert list(c.eval.strategies.long_context) == [None]
+    # the default-pos jobs of both arms are the mixers grid's cells (study=mixers): the same trained model
+    extended = {(c.attn.name, c.model.pos, c.seed): c for c in [*cells, *composed_cells("extended_context_pos")]}
+    for attn, pos in (("mamba", "none"), ("retnet", "none"), ("softmax", "learned"), ("bigbird", "learned")):
+        grid_cell = compose_train(["experiment=seed_study/cpu_cell", "recipe=smoke", "task=linear", f"attn={attn}",
+                                   "seed=1"], tmp_path)
+        assert fingerprint(extended[(attn, pos, 1)]) == fingerprint(grid_cell), attn
+    assert fingerprint(extended[("mamba", "learned", 1)]) != fingerprint(extended[("mamba", "none", 1)])

@@ -35,6 +35,13 @@ def test_what_changes_the_weights_changes_the_fingerprint(tmp_path, different):
     assert fp(tmp_path, different) != fp(tmp_path)
 
 
+def test_a_pos_named_as_its_mixers_default_is_the_default(tmp_path):
+    """softmax attends (default learned), mamba does not (default none): naming the default trains the same model."""
+    assert fp(tmp_path, "model.pos=learned") == fp(tmp_path) != fp(tmp_path, "model.pos=none")
+    assert fp(tmp_path, "attn=mamba", "model.pos=none") == fp(tmp_path, "attn=mamba")
+    assert fp(tmp_path, "attn=mamba", "model.pos=learned") != fp(tmp_path, "attn=mamba")
+
+
 def test_qat_layers_are_part_of_the_fingerprint(tmp_path):
     assert fp(tmp_path, "quant=qat_int8", "quant.layers=[mlp]") != fp(tmp_path, "quant=qat_int8")
 

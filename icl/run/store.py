@@ -5,7 +5,8 @@ cannot change them (where results go, evaluation, logging, callbacks, post-train
 number of data-loader workers, progress-bar and log cadence), plus the torch/Lightning versions and the
 source of the modules that define training (tasks, curriculum, data, attention, transformer, module;
 icl/quantize.py and torchao too for QAT). Changing the code therefore retrains rather than reusing a model
-the current code would not reproduce.
+the current code would not reproduce. A ``model.pos`` that names its mixers' default is hashed as the default
+(null): both build the same model.
 
 A job claims ``<paths.store>/<fingerprint>/`` with an exclusive ``fcntl.flock`` on its ``lock`` file. The
 operating system drops the lock when its holder exits or dies, so a crashed trainer never blocks the others.
@@ -78,7 +79,22 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
         if group and isinstance(config.get(group), dict):
             config[group] = {k: v for k, v in config[group].items() if k not in keys}
     config["quant"] = QuantSpec.from_config(container.get("quant")).training_part
+    _default_pos_as_null(config)
     return config
+
+
+def _default_pos_as_null(config: dict[str, Any]) -> None:
+    """``model.pos`` set to its mixers' default is the default (null): one model, one fingerprint, so a sweep that
+    names ``pos=learned`` for softmax reuses the model a job with ``pos: null`` trained."""
+    from icl.mixers import default_pos
+    from icl.transformer import layer_mixers
+
+    model, attn = config.get("model"), config.get("attn")
+    if not (isinstance(model, dict) and isinstance(attn, dict) and model.get("pos") is not None):
+        return
+    names = layer_mixers(attn["name"], model.get("pattern"), int(model["n_layer"]))
+    if model["pos"] == default_pos(names):
+        model["pos"] = None
 
 
 def training_identity(cfg: DictConfig) -> dict[str, Any]:
