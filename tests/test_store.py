@@ -40,6 +40,8 @@ def test_a_pos_named_as_its_mixers_default_is_the_default(tmp_path):
     assert fp(tmp_path, "model.pos=learned") == fp(tmp_path) != fp(tmp_path, "model.pos=none")
     assert fp(tmp_path, "attn=mamba", "model.pos=none") == fp(tmp_path, "attn=mamba")
     assert fp(tmp_path, "attn=mamba", "model.pos=learned") != fp(tmp_path, "attn=mamba")
+    # the hybrid (mamba, softmax, softmax) ships pos=none, not its layers' default (learned): a different model
+    assert fp(tmp_path, "model=hybrid") != fp(tmp_path, "model=hybrid", "model.pos=null")
 
 
 def test_qat_layers_are_part_of_the_fingerprint(tmp_path):

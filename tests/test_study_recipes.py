@@ -44,3 +44,8 @@ def test_attention_options_split_recipes_and_a_variant_outside_the_selection_is_
     assert "all 2 committed cells trained with it; softmax: not tuned by this selection" in text
     assert "does not use" in arm_check(chosen, [("mamba", {**recipe, "lr": 3e-4}), ("softmax", recipe)])
     assert "no cell trained with it is committed yet; softmax" in arm_check(chosen, [("softmax", recipe)])
+    # a variant the selection searched without choosing (every recipe incomplete) is not "not tuned"
+    searching = pd.concat([chosen, cells.iloc[:1].assign(attn="deltanet", jobs=1, status="incomplete",
+                                                         selection="per variant")])
+    text = arm_check(searching, [("mamba", recipe), ("deltanet", recipe)])
+    assert "deltanet: **no recipe chosen yet**" in text and "deltanet: not tuned" not in text

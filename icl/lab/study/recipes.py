@@ -108,10 +108,14 @@ def arm_check(candidates: pd.DataFrame, trained: Sequence[tuple[str, Mapping[str
     text = "; ".join(f"{'' if attn == '*' else attn + ': '}{recipe_text(row)}" + (
         f" (**did not learn on every seed**: {row['attn']} seed {int(row['seed'])} at {float(row['error']):.3f})"
         if not float(row["error"]) <= learn_bound else "") for attn, row in best.items())
-    outside = sorted({attn for attn, _ in trained if "*" not in best and attn not in best})
-    trained = [(attn, r) for attn, r in trained if attn not in outside]
+    searched = set() if "*" in best else set(candidates["attn"].astype(str))
+    outside = sorted({attn for attn, _ in trained if "*" not in best and attn not in searched})
+    open_search = sorted({attn for attn, _ in trained if attn in searched and attn not in best})
+    trained = [(attn, r) for attn, r in trained if attn not in outside and attn not in open_search]
     elsewhere = (f"; {', '.join(outside)}: not tuned by this selection (its cells' recipes are not checked here)"
                  if outside else "")
+    elsewhere += (f"; {', '.join(open_search)}: **no recipe chosen yet** (its search is incomplete), yet cells "
+                  "trained" if open_search else "")
     if not trained:
         return f"Chosen: {text}; no cell trained with it is committed yet{elsewhere}"
     wrong = [(attn, r) for attn, r in trained if _key(r) != _key(best.get("*", best.get(attn, {})))]
