@@ -41,13 +41,14 @@ def test_multirun_gives_one_folder_per_job(workdir):
 
 def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
     (job,) = jobs(workdir / "outputs")
-    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path}", "eval.n_prompts=40"], workdir)
+    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path}", "eval.n_prompts=40", "threads=1"], workdir)
     df = pd.read_csv(tmp_path / "eval.csv")
     assert df.n_prompts.max() == 40 and "transformer" in set(df.predictor)
     assert not (workdir / "outputs" / "evaluate").exists()
     # the new folder describes itself like a job (config + status), so make figures and icl.lab.tuning read it
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "done" and status["metrics"]["evaluated_from"] == str(job)
+    assert status["metrics"]["threads"] == 1  # threads=1: one torch thread (the default is every core)
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
     assert OmegaConf.load(tmp_path / "config.yaml").eval.n_prompts == 40
 

@@ -152,6 +152,8 @@ def main(cfg: DictConfig) -> None:
     if not cfg.run_dir:
         log.error("pass the job folder to evaluate: python -m icl.evaluate run_dir=outputs/<date>/<time>")
         raise SystemExit(1)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     folders = [run, out] if run.is_job() else []  # not a job: load_job says so, and no .lock is left behind
     with refusals(FileNotFoundError, ValueError, JobLocked):
@@ -219,7 +221,7 @@ def reevaluate(cfg: DictConfig) -> None:
         out.write_config(job_cfg, hydra_copy=True)
         with out.lifecycle() as metrics:
             df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
-            metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df))
+            metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df), threads=torch.get_num_threads())
             if not overrides and strategies is None and (fp := (run.status().get("metrics") or {}).get("fingerprint")):
                 metrics.update(fingerprint=fp)  # the same model on the same prompts: a sweep takes it once, not twice
     print(summary_line(df))
