@@ -28,6 +28,7 @@ from icl.run.configs import CONFIG_DIR, HYDRA_CONFIGS, refusals, run_cli
 from icl.run.job import JobDir, JobLocked
 from icl.run.spec import JobSpec
 from icl.run.store import Entry
+from icl.run.threads import set_threads
 from icl.stats import error_at
 
 if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
@@ -152,8 +153,7 @@ def main(cfg: DictConfig) -> None:
     if not cfg.run_dir:
         log.error("pass the job folder to evaluate: python -m icl.evaluate run_dir=outputs/<date>/<time>")
         raise SystemExit(1)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     folders = [run, out] if run.is_job() else []  # not a job: load_job says so, and no .lock is left behind
     with refusals(FileNotFoundError, ValueError, JobLocked):

@@ -45,6 +45,7 @@ from icl.run.job import INTERRUPTED, STALE, JobDir, JobLocked, failure_message
 from icl.run.loggers import last_logged_step
 from icl.run.spec import JobSpec
 from icl.run.store import Entry, claim, fingerprint, training_differences, training_identity
+from icl.run.threads import set_threads
 from icl.run.tracking import log_evaluation
 
 log = logging.getLogger(__name__)
@@ -91,31 +92,6 @@ def save_last(trainer: L.Trainer) -> None:
     callback = trainer.checkpoint_callback
     if callback is not None and callback.save_last and callback.dirpath:
         trainer.save_checkpoint(Path(callback.dirpath) / contract.LAST_CKPT)
-
-
-def launcher_threads() -> int | None:
-    """Threads per job the Hydra launcher leaves room for: cores // joblib's ``n_jobs``, or submitit's
-    ``cpus_per_task``; None for a single run or the basic launcher (one job at a time)."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    launcher, cores = HydraConfig.get().launcher, os.cpu_count() or 1
-    if launcher.get("cpus_per_task"):
-        return int(launcher.cpus_per_task)
-    n_jobs = launcher.get("n_jobs")
-    if not n_jobs:
-        return None
-    n_jobs = min(cores, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores
-    return max(1, cores // n_jobs)
-
-
-def set_threads(threads: int | None) -> int:
-    """torch threads for this job: ``threads``, else what the launcher leaves each job (so a joblib sweep does
-    not oversubscribe: two jobs of 2 threads on 2 cores run several times slower than 1 thread each)."""
-    if threads is None:
-        threads = launcher_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    return torch.get_num_threads()
 
 
 def check_launch(strategy: str) -> None:

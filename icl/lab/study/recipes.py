@@ -43,8 +43,7 @@ def _value(name: str, v: Any) -> Any:
 def attn_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """The attention options (``icl.lab.tuning.ATTN_OPTIONS``, e.g. retnet's d_conv) ``values`` sets: shown and
     grouped by, not checked against the cells (a cell.json's recipe records the recipe keys only)."""
-    return {name: _value(name, values.get(name)) for name in tuning.ATTN_OPTIONS
-            if _value(name, values.get(name)) is not None}
+    return {name: v for name in tuning.ATTN_OPTIONS if (v := _value(name, values.get(name))) is not None}
 
 
 def recipe_text(values: Mapping[str, Any]) -> str:
