@@ -53,6 +53,21 @@ def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
     assert OmegaConf.load(tmp_path / "config.yaml").eval.n_prompts == 40
 
 
+def test_reevaluation_strategies_replace_or_add_as_written(workdir, tmp_path):
+    """'eval.strategies={…}' is the whole set (it was merged into configs/eval/default.yaml's 35 settings by Hydra);
+    'eval.strategies.NAME=[…]' adds one strategy to the job's own set (it was dropped)."""
+    (job,) = jobs(workdir / "outputs")
+    assert set(pd.read_csv(job / "eval.csv").strategy) == {"standard"}  # the job's own set (eval=quick)
+    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'only'}", "eval.strategies={scale_x:[2]}",
+         "threads=1"], workdir)
+    assert set(pd.read_csv(tmp_path / "only" / "eval.csv").strategy) == {"scale_x"}
+    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'added'}", "eval.strategies.scale_x=[2]",
+         "eval.n_prompts=40", "threads=1"], workdir)
+    df = pd.read_csv(tmp_path / "added" / "eval.csv")
+    assert set(df.strategy) == {"standard", "scale_x"} and set(df[df.strategy == "scale_x"].param) == {2}
+    assert df.n_prompts.max() == 40
+
+
 def test_evaluation_under_another_quant_mode_is_a_job_of_its_own(workdir, tmp_path):
     """`quant=MODE out_dir=…`: the trained float model under a post-training mode, self-described by its new folder;
     a mode it cannot apply is refused before any folder is made (the other refusals: tests/test_evaluate.py)."""

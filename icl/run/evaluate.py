@@ -18,6 +18,7 @@ import hydra
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from icl import contract, prompts
@@ -138,12 +139,14 @@ def load_job(job: JobDir, ckpt: str = "last") -> tuple[DictConfig, "ICLModule"]:
     return cfg, ICLModule.load_from_checkpoint(path, map_location="cpu")
 
 
-def eval_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """The ``eval.*`` keys given on the command line, with their (parsed) values: what replaces the job's."""
-    given = [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
-    keys = [k.removeprefix("eval.") for k in given if k.startswith("eval.")]
-    values = {k: OmegaConf.select(cfg.eval, k) for k in keys if "." not in k}
-    return {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
+def eval_overrides() -> dict[str, Any]:
+    """The ``eval.*`` keys given on the command line (dotted below ``eval``) with their values as given: what
+    replaces the job's. Read from the overrides, not the composed config: Hydra merges a mapping given on the command
+    line into configs/eval/default.yaml's, so 'eval.strategies={standard:[null]}' came back as the whole default grid
+    (35 strategy settings for one asked: minutes per re-evaluation), and a dotted key was dropped."""
+    parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return {o.key_or_group.removeprefix("eval."): o.value() for o in parsed
+            if o.key_or_group.startswith("eval.") and not o.is_delete()}
 
 
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="evaluate")
@@ -201,14 +204,15 @@ def locked(*jobs: JobDir) -> Iterator[None]:
 def reevaluate(cfg: DictConfig) -> None:
     """Score ``run_dir``'s model with its saved settings (``eval.*`` on the command line replacing them)."""
     job_cfg, module = load_job(JobDir(cfg.run_dir), cfg.ckpt)
-    overrides = eval_overrides(cfg)
+    overrides = eval_overrides()
     strategies = overrides.pop("strategies", None)
     if cfg.get("strategies_from"):  # e.g. `default`: an older job evaluated on today's full strategy grid
         strategies = OmegaConf.load(CONFIG_DIR / "eval" / f"{cfg.strategies_from}.yaml").strategies
-    job_cfg.eval = OmegaConf.merge(job_cfg.eval, overrides)
     job_cfg.logger = None  # re-evaluation logs to no tracker: the job's need not be installed here
     if strategies is not None:  # replaced, not merged key by key
         job_cfg.eval.strategies = strategies
+    for key, value in overrides.items():  # eval.n_prompts=…, eval.strategies.scale_x=[…] (one strategy's settings)
+        OmegaConf.update(job_cfg.eval, key, value, merge=True)
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     if cfg.get("quant") is not None:
         job_cfg.quant = replacing_quant(cfg.quant, OmegaConf.select(job_cfg, "quant"), same_folder(run, out))
