@@ -55,7 +55,8 @@ def test_standalone_evaluation_of_a_checkpoint(workdir, tmp_path):
 
 def test_reevaluation_strategies_replace_or_add_as_written(workdir, tmp_path):
     """'eval.strategies={…}' is the whole set (it was merged into configs/eval/default.yaml's 35 settings by Hydra);
-    'eval.strategies.NAME=[…]' adds one strategy to the job's own set (it was dropped)."""
+    'eval.strategies.NAME=[…]' adds one strategy to the job's own set and '~eval.strategies.NAME' removes one (both
+    were dropped)."""
     (job,) = jobs(workdir / "outputs")
     assert set(pd.read_csv(job / "eval.csv").strategy) == {"standard"}  # the job's own set (eval=quick)
     run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'only'}", "eval.strategies={scale_x:[2]}",
@@ -66,6 +67,9 @@ def test_reevaluation_strategies_replace_or_add_as_written(workdir, tmp_path):
     df = pd.read_csv(tmp_path / "added" / "eval.csv")
     assert set(df.strategy) == {"standard", "scale_x"} and set(df[df.strategy == "scale_x"].param) == {2}
     assert df.n_prompts.max() == 40
+    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'swapped'}", "eval.strategies.scale_x=[2]",
+         "~eval.strategies.standard", "threads=1"], workdir)
+    assert set(pd.read_csv(tmp_path / "swapped" / "eval.csv").strategy) == {"scale_x"}
 
 
 def test_evaluation_under_another_quant_mode_is_a_job_of_its_own(workdir, tmp_path):

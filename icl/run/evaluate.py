@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # imported lazily at run time: icl.module pulls in Lightning
     from icl.module import ICLModule
 
 log = logging.getLogger(__name__)
+DELETED = object()  # '~eval.KEY' on the command line: the key is removed from the job's saved eval
 
 
 def quantize_job(spec: JobSpec | DictConfig, model: torch.nn.Module, job: JobDir) -> torch.nn.Module:
@@ -145,8 +146,20 @@ def eval_overrides() -> dict[str, Any]:
     line into configs/eval/default.yaml's, so 'eval.strategies={standard:[null]}' came back as the whole default grid
     (35 strategy settings for one asked: minutes per re-evaluation), and a dotted key was dropped."""
     parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
-    return {o.key_or_group.removeprefix("eval."): o.value() for o in parsed
-            if o.key_or_group.startswith("eval.") and not o.is_delete()}
+    return {o.key_or_group.removeprefix("eval."): DELETED if o.is_delete() else o.value() for o in parsed
+            if o.key_or_group.startswith("eval.")}
+
+
+def apply_eval_overrides(job_eval: DictConfig, overrides: dict[str, Any]) -> None:
+    """Set (or, for '~eval.KEY', delete) each dotted key in the job's saved ``eval``, a mapping merged key by key."""
+    for key, value in overrides.items():
+        if value is DELETED:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(job_eval, parent) if parent else job_eval
+            if isinstance(node, DictConfig):
+                node.pop(leaf, None)
+        else:
+            OmegaConf.update(job_eval, key, value, merge=True)
 
 
 @hydra.main(version_base="1.3", config_path=HYDRA_CONFIGS, config_name="evaluate")
@@ -211,8 +224,7 @@ def reevaluate(cfg: DictConfig) -> None:
     job_cfg.logger = None  # re-evaluation logs to no tracker: the job's need not be installed here
     if strategies is not None:  # replaced, not merged key by key
         job_cfg.eval.strategies = strategies
-    for key, value in overrides.items():  # eval.n_prompts=…, eval.strategies.scale_x=[…] (one strategy's settings)
-        OmegaConf.update(job_cfg.eval, key, value, merge=True)
+    apply_eval_overrides(job_cfg.eval, overrides)  # eval.n_prompts=…, eval.strategies.scale_x=[…], ~eval.strategies.X
     run, out = JobDir(cfg.run_dir), JobDir(cfg.out_dir or cfg.run_dir)
     if cfg.get("quant") is not None:
         job_cfg.quant = replacing_quant(cfg.quant, OmegaConf.select(job_cfg, "quant"), same_folder(run, out))
