@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures are written to files; never open a window
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
 
@@ -183,10 +184,26 @@ def _draw_size_point(ax: plt.Axes, row: object) -> None:
 
 
 def _annotate(ax: plt.Axes, row: object, x: float, on_front: bool) -> None:
-    """A float point by its mixer, a quantised one by its mode (the colour says the mixer); * on the front."""
-    text = str(row.attn) if row.quant == "none" else str(row.quant)
-    text += (" (simulated)" if row.storage == "simulated" else "") + (" *" if on_front else "")
+    """A float point by its mixer, a quantised one on the front by its mode (the colour says the mixer, the marker
+    the mode: labelling every quantised point buried the chart of seven mixers × five modes); * on the front."""
+    if row.quant != "none" and not on_front:
+        return
+    text = (str(row.attn) if row.quant == "none" else str(row.quant)) + (" *" if on_front else "")
     ax.annotate(text, (x, row.error), fontsize=6, xytext=(4, 3), textcoords="offset points")
+
+
+def _log_ticks(ax: plt.Axes) -> None:
+    """Plain numbers at 1, 2 and 5 × 10^k: matplotlib's minor labels on a log axis spanning under two decades
+    overlapped."""
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.10g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _mixer_legend(fig: plt.Figure, mixers: Sequence[str]) -> None:
+    handles = [plt.Line2D([], [], marker="o", color=attn_color(m), ls="none", label=m) for m in mixers]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.95), ncol=len(handles), fontsize=7.5,
+               frameon=False, title="colour = mixer", title_fontsize=7.5)
 
 
 def _legend_below(ax: plt.Axes, handles: list) -> None:
@@ -228,18 +245,21 @@ def plot_error_vs_cost(points: pd.DataFrame) -> plt.Figure:
         front = drawn[drawn[f"front_{cost}"]].sort_values(cost)
         ax.step(front[cost], front["error"], where="post", color="k", lw=1.2, alpha=0.6, label="Pareto front")
         ax.set_xscale("log")
+        _log_ticks(ax)
         ax.set_xlabel(label + " (log)")
         ax.grid(alpha=0.3, which="both")
-        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        if points["error_high"].max() > 0.5:  # the zero estimator's line where errors come near it, not a fixed 0–1
+            ax.axhline(1.0, color="grey", ls=":", lw=1)
         if cost == "bytes_stored":
             _storage_legend(ax, drawn["storage"])
         else:
             _quant_legend(ax, drawn["quant"])
     axes[0].set_ylabel("normalised error at k = 2d (95% CI)")
-    fig.suptitle("error vs inference cost per mixer × quant mode, colour = mixer (time, state: filled float, hollow "
-                 "quantized; size: marker = how it is stored, real or simulated; simulated widths in the size panel "
-                 "only; * on the front)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("error vs inference cost per mixer × quant mode (time, state: filled float, hollow quantized, "
+                 "marker = mode; size: marker = how it is stored, real or simulated; simulated widths in the size "
+                 "panel only; * on the front)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    _mixer_legend(fig, list(dict.fromkeys(points.sort_values("error")["attn"].astype(str))))
     return fig
 
 
