@@ -176,15 +176,17 @@ def test_a_quant_label_takes_its_modes_style():
 
 
 def test_the_docs_int8_speed_ranges_are_the_committed_cost_rows():
-    """docs/mixers.md's ranges (ratio of the medians to each mixer's float time, same process) and its claim that
-    int8_fbgemm is the fastest mode for every mixer come from the committed docs/mixers/inference_cost.csv."""
+    """docs/mixers.md's ranges (ratio of the medians to each mixer's float time, same process) and its counts of the
+    mixers where int8_fbgemm is the fastest quantised mode and beats float come from the committed
+    docs/mixers/inference_cost.csv."""
     from tests.helpers import REPO
 
     cost = pd.read_csv(REPO / "docs" / "mixers" / "inference_cost.csv")
     ratio = cost.pivot_table(index="attn", columns="quant", values="latency_ms").pipe(lambda t: t.div(t["none"], axis=0))
     text = " ".join((REPO / "docs" / "mixers.md").read_text().split())
-    assert (ratio.drop(columns="none").idxmin(axis=1) == "int8_fbgemm").all()
-    assert f"every one of the {len(ratio)} mixers" in text
+    n, fastest = len(ratio), (ratio.drop(columns="none").idxmin(axis=1) == "int8_fbgemm").sum()
+    assert f"the fastest quantised mode for {fastest} of the {n} mixers" in text
+    assert f"below the float time for {(ratio['int8_fbgemm'] < 1).sum()} of the {n}" in text
     for quant, words in (("int8_fbgemm", "{}–{}× the float time"), ("int8_dynamic", "costs {}–{}×"),
                          ("intx_weight_w4_pc", "int4 {}–{}×")):
         low, high = ratio[quant].min(), ratio[quant].max()
