@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from icl.analysis.extrapolation import extended_context, extended_context_files
+from icl.analysis.extrapolation import extended_context, extended_context_files, summary
 from icl.analysis.results import load_results
 
 N_TRAIN, N_POSITIONS, PROMPTS = 4, 10, 16  # trained on 4 points (k <= 3), scored to k = 9
 
 
-def make_job(folder: Path, attn: str, pos: str | None, error_at) -> Path:
+def make_job(folder: Path, attn: str, pos: str | None, error_at, seed: int = 0) -> Path:
     """A finished job with standard rows up to the training length and long_context rows to n_positions."""
     cfg = {"task": {"name": "linear", "n_dims": 2, "curriculum": {"points": {"end": N_TRAIN}}},
            "model": {"name": "tiny", "pos": pos, "n_positions": N_POSITIONS}, "attn": {"name": attn},
-           "quant": {"name": "none"}, "seed": 0}
+           "quant": {"name": "none"}, "seed": seed}
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
     frames, arrays = [], {}
@@ -27,7 +27,7 @@ def make_job(folder: Path, attn: str, pos: str | None, error_at) -> Path:
     for strategy, n in (("standard", N_TRAIN), ("long_context", N_POSITIONS)):
         ks = np.arange(n)
         err = np.array([error_at(k) for k in ks])
-        frames.append(pd.DataFrame({"task": "linear", "attn": attn, "quant": "none", "model": "tiny", "seed": 0,
+        frames.append(pd.DataFrame({"task": "linear", "attn": attn, "quant": "none", "model": "tiny", "seed": seed,
                                     "strategy": strategy, "param": np.nan, "k": ks, "predictor": "transformer",
                                     "kind": "transformer", "metric": "squared_error", "error": err,
                                     "ci_low": 0.9 * err, "ci_high": 1.1 * err, "n_dims": 2, "n_prompts": PROMPTS}))
@@ -62,6 +62,23 @@ def test_extended_context_rows_pairs_and_verdicts(tmp_path):
 def test_files_only_where_jobs_were_scored_past_their_training_length(tmp_path):
     assert extended_context_files([tmp_path / "nothing"], tmp_path / "fig") == []
     written = extended_context_files([_jobs(tmp_path / "outputs")], tmp_path / "fig", n_boot=200)
-    assert [p.name for p in written] == ["extended_context.csv", "extended_context.md"]
-    text = written[1].read_text()
+    assert [p.name for p in written] == ["extended_context.csv", "extended_context_summary.csv", "extended_context.md"]
+    text = written[2].read_text()
     assert "| softmax | rope | none | 0 | 0.200 [0.180, 0.220] |" in text and "k = 9" in text
+    assert "| softmax | rope | none | 1 | 0.200 | 0.200 | 1 of 1 | 1 / 0 of 1 | extrapolates |" in text
+
+
+def test_the_summary_counts_seeds(tmp_path):
+    """Two seeds per mixer × pos: rope extrapolates on one and degrades on the other (mixed), learned on neither;
+    the paired difference to learned is counted per seed (better on seed 0, worse on seed 1)."""
+    root = tmp_path / "outputs"
+    for seed in (0, 1):
+        make_job(root / f"learned{seed}", "softmax", "learned", lambda k: 0.2 if k < N_TRAIN else 0.2 + 0.1 * (k - 3),
+                 seed=seed)
+    make_job(root / "rope0", "softmax", "rope", lambda k: 0.2, seed=0)
+    make_job(root / "rope1", "softmax", "rope", lambda k: 0.2 if k < N_TRAIN else 0.3 + 0.2 * (k - 3), seed=1)
+    pooled = summary(extended_context(load_results([root]), n_boot=200)).set_index("pos")
+    assert pooled.loc["learned", "verdict"] == "does not extrapolate" and pooled.loc["learned", "seeds"] == 2
+    rope = pooled.loc["rope"]
+    assert rope.verdict == "mixed (1 of 2 seeds)" and (rope.better_than_learned, rope.worse_than_learned) == (1, 1)
+    assert np.isclose(rope.error_long, (0.2 + 0.3 + 0.2 * 6) / 2)

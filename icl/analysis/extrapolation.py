@@ -8,7 +8,8 @@ paired difference at the longest k to the job of the same mixer, quant mode and 
 same prompts: paired bootstrap over them). ``pos: null`` (the mixer's default: learned when it attends, none for
 the recurrent mixers) is labelled ``default``. A row *extrapolates* when its error at the
 longest k is not above its error at the last trained k: the lower end of the first CI at most the upper end of
-the second. ``make figures`` writes ``extended_context.{csv,md}``. Pandas only: never imports torch.
+the second. ``summary`` pools the seeds of each mixer × pos × quant (counts of seeds, never one seed's verdict).
+``make figures`` writes ``extended_context.{csv,md}`` and ``extended_context_summary.csv``. Pandas only: never imports torch.
 """
 
 from __future__ import annotations
@@ -76,6 +77,37 @@ def extended_context(results: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(KEYS, ignore_index=True)
 
 
+SUMMARY = ["task", "n_dims", "model", "attn", "pos", "quant", "seeds", "error_trained", "error_long",
+           "extrapolate", "better_than_learned", "worse_than_learned", "verdict"]
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per mixer × pos × quant, over its training seeds (the unit of replication): the mean errors at the last
+    trained and the longest k, on how many seeds the row extrapolates, and on how many its paired difference to
+    pos=learned at the longest k is below 0 / above 0 (CI clear of 0). The verdict counts seeds: *extrapolates*
+    on every seed, *does not* on none, else *mixed*."""
+    rows = []
+    for key, group in table.groupby([c for c in KEYS if c != "seed"], sort=True, dropna=False):
+        n, ok = len(group), int(group["extrapolates"].sum())
+        verdict = "extrapolates" if ok == n else "does not extrapolate" if ok == 0 else f"mixed ({ok} of {n} seeds)"
+        rows.append({**dict(zip([c for c in KEYS if c != "seed"], key)), "seeds": n,
+                     "error_trained": group["error_trained"].mean(), "error_long": group["error_long"].mean(),
+                     "extrapolate": ok, "better_than_learned": int((group["diff_high"] < 0).sum()),
+                     "worse_than_learned": int((group["diff_low"] > 0).sum()), "verdict": verdict})
+    return pd.DataFrame(rows, columns=SUMMARY)
+
+
+def summary_markdown(table: pd.DataFrame, first: pd.Series) -> str:
+    rows = [[r.attn, r.pos, r.quant, r.seeds, f"{r.error_trained:.3f}", f"{r.error_long:.3f}",
+             f"{r.extrapolate} of {r.seeds}",
+             "—" if r.pos == "learned" else f"{r.better_than_learned} / {r.worse_than_learned} of {r.seeds}",
+             r.verdict] for r in table.itertuples()]
+    return markdown_table(["mixer", "pos", "quant", "seeds", f"mean error at k = {first.k_trained}",
+                           f"mean at k = {first.k_long}", "seeds that extrapolate",
+                           "seeds better / worse than learned at the longest k (paired CI clear of 0)", "verdict"],
+                          rows)
+
+
 def _ci(value: float, low: float, high: float) -> str:
     return "—" if pd.isna(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
@@ -102,6 +134,10 @@ def extended_context_files(inputs: Sequence[str | Path], out_dir: Path, n_boot: 
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    pooled = summary(table)
     write_csv(out_dir / "extended_context.csv", table, index=False)
-    write_text(out_dir / "extended_context.md", markdown(table) + "\n")
-    return [out_dir / "extended_context.csv", out_dir / "extended_context.md"]
+    write_csv(out_dir / "extended_context_summary.csv", pooled, index=False)
+    write_text(out_dir / "extended_context.md", "Per mixer and pos, over training seeds:\n\n"
+               + summary_markdown(pooled, table.iloc[0]) + "\n\nPer job:\n\n" + markdown(table) + "\n")
+    return [out_dir / "extended_context.csv", out_dir / "extended_context_summary.csv",
+            out_dir / "extended_context.md"]
