@@ -70,6 +70,15 @@ def test_reevaluation_strategies_replace_or_add_as_written(workdir, tmp_path):
     run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'swapped'}", "eval.strategies.scale_x=[2]",
          "~eval.strategies.standard", "threads=1"], workdir)
     assert set(pd.read_csv(tmp_path / "swapped" / "eval.csv").strategy) == {"scale_x"}
+    # other prompts than the job's: not its fingerprint (a sweep must not drop it as the same evaluation)
+    assert "fingerprint" not in json.loads((tmp_path / "swapped" / "status.json").read_text())["metrics"]
+    run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'ckpt'}", f"ckpt={job}/checkpoints/last.ckpt",
+         "threads=1"], workdir)  # a checkpoint named by path may be another model than the one trained: no fingerprint
+    assert "fingerprint" not in json.loads((tmp_path / "ckpt" / "status.json").read_text())["metrics"]
+    for bad, says in (("~eval.strategies", "must name at least one strategy"), ("eval=quick", "not eval=NAME")):
+        proc = run(["-m", "icl.evaluate", f"run_dir={job}", f"out_dir={tmp_path / 'bad'}", bad], workdir, check=False)
+        assert proc.returncode == 1 and says in proc.stderr + proc.stdout, proc.stderr[-400:]
+        assert not (tmp_path / "bad").exists()  # refused before the folder is made
 
 
 def test_evaluation_under_another_quant_mode_is_a_job_of_its_own(workdir, tmp_path):

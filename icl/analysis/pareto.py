@@ -54,11 +54,12 @@ SIMULATED_UNKNOWN = ["latency_ms", "latency_low_ms", "latency_high_ms", "state_f
 def load_costs(inputs: Sequence[str | Path]) -> pd.DataFrame:
     """Every ``inference_cost.csv`` under ``inputs``; a (model, attn, quant, n_dims) measured twice keeps the newest
     file's row."""
-    files = sorted({p for root in inputs if Path(root).exists() for p in Path(root).rglob(COST_FILE)},
-                   key=lambda p: p.stat().st_mtime)
+    found = {p: Path(root).name / p.relative_to(root) for root in inputs if Path(root).exists()
+             for p in Path(root).rglob(COST_FILE)}  # named from its input folder: no machine's absolute path
+    files = sorted(found, key=lambda p: p.stat().st_mtime)
     if not files:
         return pd.DataFrame(columns=[*JOIN, "latency_ms", "state_floats"])
-    df = pd.concat([pd.read_csv(f).assign(cost_file=str(f)) for f in files], ignore_index=True)
+    df = pd.concat([pd.read_csv(f).assign(cost_file=str(found[f])) for f in files], ignore_index=True)
     return df[df["note"].isna() | (df["note"] == "")].drop_duplicates(JOIN, keep="last")
 
 
@@ -184,8 +185,9 @@ def _draw_size_point(ax: plt.Axes, row: object) -> None:
 
 
 def _annotate(ax: plt.Axes, row: object, x: float, on_front: bool) -> None:
-    """A float point by its mixer, a quantised one on the front by its mode (the colour says the mixer, the marker
-    the mode: labelling every quantised point buried the chart of seven mixers × five modes); * on the front."""
+    """A float point by its mixer, a quantised one on the front by its mode; * on the front. Labelling every
+    quantised point buried the chart of seven mixers × five modes: the colour says the mixer, the marker the mode
+    (the size panel's marker says how a point is stored), error_vs_cost.csv names every point."""
     if row.quant != "none" and not on_front:
         return
     text = (str(row.attn) if row.quant == "none" else str(row.quant)) + (" *" if on_front else "")

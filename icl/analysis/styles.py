@@ -15,8 +15,9 @@ ATTN_COLORS: dict[str, tuple[float, float, float]] = {
     name: _PALETTE[i] for name, i in [("softmax", 0), ("relu", 1), ("relu_causal", 2), ("linear", 3),
                                       ("sigmoid", 4), ("performer", 5), ("nystrom", 6), ("combiner", 9)]}
 _DARK = sns.color_palette("dark", 10)
-ATTN_COLORS |= {  # the sequence mixers: fixed too (from their name's hash, deltanet and sliding_window shared one)
-    "mamba": _DARK[5], "mamba2": _PALETTE[8], "deltanet": _DARK[0], "retnet": _DARK[1],
+ATTN_COLORS |= {  # the sequence mixers: fixed too (from their name's hash, deltanet and sliding_window shared one),
+    # and far from softmax's blue and from each other: they share the mixers' chart
+    "mamba": _DARK[5], "mamba2": _PALETTE[8], "deltanet": _DARK[3], "retnet": _DARK[6],
     "sliding_window": _DARK[4], "bigbird": _DARK[2]}
 # One line style (dashes) and marker per quant mode; "" = solid.
 QUANT_STYLES: dict[str, tuple[tuple[float, ...], str]] = {
@@ -30,7 +31,8 @@ def attn_color(name: str) -> tuple[float, float, float]:
     """The fixed colour of an attention variant (unknown names: a stable extra colour from their hash)."""
     if name in ATTN_COLORS:
         return ATTN_COLORS[name]
-    extra = [_PALETTE[8], *_DARK[:7]]
+    extra = [c for c in (*_DARK, *sns.color_palette("pastel", 10))
+             if c not in ATTN_COLORS.values() and max(c) - min(c) > 0.05]  # no greys: those are the baselines'
     return extra[sum(map(ord, name)) % len(extra)]
 
 

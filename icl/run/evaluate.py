@@ -146,8 +146,14 @@ def eval_overrides() -> dict[str, Any]:
     line into configs/eval/default.yaml's, so 'eval.strategies={standard:[null]}' came back as the whole default grid
     (35 strategy settings for one asked: minutes per re-evaluation), and a dotted key was dropped."""
     parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
-    return {o.key_or_group.removeprefix("eval."): DELETED if o.is_delete() else o.value() for o in parsed
-            if o.key_or_group.startswith("eval.")}
+    if any(o.key_or_group == "eval" for o in parsed):  # a group choice would only change the unused default
+        raise ValueError("icl.evaluate keeps the job's eval settings: give eval.KEY=… to replace one, or "
+                         "strategies_from=NAME for the strategies of configs/eval/NAME.yaml (not eval=NAME)")
+    found = {o.key_or_group.removeprefix("eval."): DELETED if o.is_delete() else o.value() for o in parsed
+             if o.key_or_group.startswith("eval.")}
+    if "strategies" in found and (found["strategies"] is DELETED or not found["strategies"]):
+        raise ValueError("eval.strategies must name at least one strategy, e.g. 'eval.strategies={standard:[null]}'")
+    return found
 
 
 def apply_eval_overrides(job_eval: DictConfig, overrides: dict[str, Any]) -> None:
@@ -177,9 +183,10 @@ def main(cfg: DictConfig) -> None:
             raise ValueError(f"out_dir={out.path} holds another job: pick a new folder (its results stay as they are)")
         if cfg.get("quant") is not None and folders:  # refused before a new out_dir exists
             replacing_quant(cfg.quant, OmegaConf.select(run.load_config(), "quant"), same_folder(run, out))
+        overrides = eval_overrides()  # a bad one is refused before a new out_dir exists, too
         out.path.mkdir(parents=True, exist_ok=True) if folders else None  # a new out_dir is locked as well
         with locked(*folders):
-            reevaluate(cfg)
+            reevaluate(cfg, overrides)
 
 
 def evaluated_from(job: JobDir) -> str | None:
@@ -214,10 +221,11 @@ def locked(*jobs: JobDir) -> Iterator[None]:
         yield
 
 
-def reevaluate(cfg: DictConfig) -> None:
-    """Score ``run_dir``'s model with its saved settings (``eval.*`` on the command line replacing them)."""
+def reevaluate(cfg: DictConfig, overrides: dict[str, Any]) -> None:
+    """Score ``run_dir``'s model with its saved settings (``overrides``: the ``eval.*`` keys on the command line,
+    replacing them)."""
     job_cfg, module = load_job(JobDir(cfg.run_dir), cfg.ckpt)
-    overrides = eval_overrides()
+    overrides = dict(overrides)
     strategies = overrides.pop("strategies", None)
     if cfg.get("strategies_from"):  # e.g. `default`: an older job evaluated on today's full strategy grid
         strategies = OmegaConf.load(CONFIG_DIR / "eval" / f"{cfg.strategies_from}.yaml").strategies
@@ -238,7 +246,8 @@ def reevaluate(cfg: DictConfig) -> None:
         with out.lifecycle() as metrics:
             df = evaluate_job(spec, quantize_job(spec, module.model, out), out)
             metrics.update(evaluated_from=str(run.path), error_at_2d=error_at_2d(df), threads=torch.get_num_threads())
-            if not overrides and strategies is None and (fp := (run.status().get("metrics") or {}).get("fingerprint")):
+            same = not overrides and strategies is None and cfg.ckpt == "last"  # another checkpoint: another model
+            if same and (fp := (run.status().get("metrics") or {}).get("fingerprint")):
                 metrics.update(fingerprint=fp)  # the same model on the same prompts: a sweep takes it once, not twice
     print(summary_line(df))
 
