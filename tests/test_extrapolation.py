@@ -65,7 +65,10 @@ def test_files_only_where_jobs_were_scored_past_their_training_length(tmp_path):
     assert [p.name for p in written] == ["extended_context.csv", "extended_context_summary.csv", "extended_context.md"]
     text = written[2].read_text()
     assert "| softmax | rope | none | 0 | 0.200 [0.180, 0.220] |" in text and "k = 9" in text
-    assert "| softmax | rope | none | 1 | 0.200 | 0.200 | 1 of 1 | 1 / 0 of 1 | extrapolates |" in text
+    assert "| softmax | rope | none | 1 | 0.200 | k = 9: 0.200 | 1 of 1 | 1 / 0 of 1 | extrapolates |" in text
+    assert "| softmax | learned | none | 1 | 0.200 | k = 9: 0.800 | 0 of 1 | — | does not extrapolate |" in text
+    assert "| mamba | default | none | 1 | 0.100 | k = 9: 0.100 | 1 of 1 | — | extrapolates |" in text  # no twin
+    assert set(pd.read_csv(written[0]).run_dir) == {"outputs/learned", "outputs/rope", "outputs/mamba"}
 
 
 def test_the_summary_counts_seeds(tmp_path):
@@ -81,4 +84,9 @@ def test_the_summary_counts_seeds(tmp_path):
     assert pooled.loc["learned", "verdict"] == "does not extrapolate" and pooled.loc["learned", "seeds"] == 2
     rope = pooled.loc["rope"]
     assert rope.verdict == "mixed (1 of 2 seeds)" and (rope.better_than_learned, rope.worse_than_learned) == (1, 1)
-    assert np.isclose(rope.error_long, (0.2 + 0.3 + 0.2 * 6) / 2)
+    assert np.isclose(rope.error_long, (0.2 + 0.3 + 0.2 * 6) / 2) and rope.paired == 2
+    assert pd.isna(pooled.loc["learned", "better_than_learned"]) and pooled.loc["learned", "paired"] == 0
+    # the same seed found twice (overlapping inputs) counts once
+    twice = extended_context(load_results([root]), n_boot=200)
+    twice = pd.concat([twice, twice[twice.pos == "rope"].assign(run_dir="elsewhere")], ignore_index=True)
+    assert summary(twice).set_index("pos").loc["rope", "seeds"] == 2

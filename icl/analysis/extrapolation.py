@@ -77,35 +77,54 @@ def extended_context(results: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(KEYS, ignore_index=True)
 
 
-SUMMARY = ["task", "n_dims", "model", "attn", "pos", "quant", "seeds", "error_trained", "error_long",
-           "extrapolate", "better_than_learned", "worse_than_learned", "verdict"]
+SUMMARY = ["task", "n_dims", "model", "attn", "pos", "quant", "n_train", "k_long", "seeds", "error_trained",
+           "error_long", "extrapolate", "paired", "better_than_learned", "worse_than_learned", "verdict"]
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per mixer × pos × quant, over its training seeds (the unit of replication): the mean errors at the last
-    trained and the longest k, on how many seeds the row extrapolates, and on how many its paired difference to
-    pos=learned at the longest k is below 0 / above 0 (CI clear of 0). The verdict counts seeds: *extrapolates*
-    on every seed, *does not* on none, else *mixed*."""
+    """Per mixer × pos × quant (and training / scored length), over its training seeds (the unit of replication):
+    the mean errors at the last trained and the longest k, on how many seeds the row extrapolates, and, of the seeds
+    with a pos=learned twin (``paired``), on how many the paired difference at the longest k is below 0 / above 0
+    (CI clear of 0; empty where no seed has a twin). The verdict counts seeds: *extrapolates* on every seed, *does
+    not* on none, else *mixed*. A seed found twice (overlapping inputs) counts once."""
+    keys = [c for c in KEYS if c != "seed"] + ["n_train", "k_long"]
     rows = []
-    for key, group in table.groupby([c for c in KEYS if c != "seed"], sort=True, dropna=False):
+    for key, group in table.groupby(keys, sort=True, dropna=False):
+        if group["seed"].duplicated().any():
+            log.warning("%s: a seed appears in more than one job folder; each seed counted once", key)
+            group = group.drop_duplicates("seed")
         n, ok = len(group), int(group["extrapolates"].sum())
+        paired = group[group["diff_vs_learned"].notna()]
         verdict = "extrapolates" if ok == n else "does not extrapolate" if ok == 0 else f"mixed ({ok} of {n} seeds)"
-        rows.append({**dict(zip([c for c in KEYS if c != "seed"], key)), "seeds": n,
-                     "error_trained": group["error_trained"].mean(), "error_long": group["error_long"].mean(),
-                     "extrapolate": ok, "better_than_learned": int((group["diff_high"] < 0).sum()),
-                     "worse_than_learned": int((group["diff_low"] > 0).sum()), "verdict": verdict})
+        rows.append({**dict(zip(keys, key)), "seeds": n, "error_trained": group["error_trained"].mean(),
+                     "error_long": group["error_long"].mean(), "extrapolate": ok, "paired": len(paired),
+                     "better_than_learned": int((paired["diff_high"] < 0).sum()) if len(paired) else None,
+                     "worse_than_learned": int((paired["diff_low"] > 0).sum()) if len(paired) else None,
+                     "verdict": verdict})
     return pd.DataFrame(rows, columns=SUMMARY)
 
 
-def summary_markdown(table: pd.DataFrame, first: pd.Series) -> str:
-    rows = [[r.attn, r.pos, r.quant, r.seeds, f"{r.error_trained:.3f}", f"{r.error_long:.3f}",
+def summary_markdown(table: pd.DataFrame) -> str:
+    rows = [[r.attn, r.pos, r.quant, r.seeds, f"{r.error_trained:.3f}", f"k = {r.k_long}: {r.error_long:.3f}",
              f"{r.extrapolate} of {r.seeds}",
-             "—" if r.pos == "learned" else f"{r.better_than_learned} / {r.worse_than_learned} of {r.seeds}",
+             "—" if not r.paired else f"{r.better_than_learned:.0f} / {r.worse_than_learned:.0f} of {r.paired}",
              r.verdict] for r in table.itertuples()]
-    return markdown_table(["mixer", "pos", "quant", "seeds", f"mean error at k = {first.k_trained}",
-                           f"mean at k = {first.k_long}", "seeds that extrapolate",
+    return markdown_table(["mixer", "pos", "quant", "seeds", "mean error at the last trained k",
+                           "mean error at the longest k", "seeds that extrapolate",
                            "seeds better / worse than learned at the longest k (paired CI clear of 0)", "verdict"],
                           rows)
+
+
+def _relative(run_dirs: pd.Series, inputs: Sequence[str | Path]) -> pd.Series:
+    """Each job folder named from the input folder it was found under: no machine's absolute path in a table."""
+    roots = [Path(root).resolve() for root in inputs]
+
+    def name(run_dir: str) -> str:
+        path = Path(run_dir).resolve()
+        root = next((r for r in roots if path.is_relative_to(r)), None)
+        return str(root.name / path.relative_to(root)) if root is not None else run_dir
+
+    return run_dirs.map(name)
 
 
 def _ci(value: float, low: float, high: float) -> str:
@@ -135,9 +154,9 @@ def extended_context_files(inputs: Sequence[str | Path], out_dir: Path, n_boot: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pooled = summary(table)
-    write_csv(out_dir / "extended_context.csv", table, index=False)
+    write_csv(out_dir / "extended_context.csv", table.assign(run_dir=_relative(table["run_dir"], inputs)), index=False)
     write_csv(out_dir / "extended_context_summary.csv", pooled, index=False)
     write_text(out_dir / "extended_context.md", "Per mixer and pos, over training seeds:\n\n"
-               + summary_markdown(pooled, table.iloc[0]) + "\n\nPer job:\n\n" + markdown(table) + "\n")
+               + summary_markdown(pooled) + "\n\nPer job:\n\n" + markdown(table) + "\n")
     return [out_dir / "extended_context.csv", out_dir / "extended_context_summary.csv",
             out_dir / "extended_context.md"]
