@@ -107,3 +107,13 @@ def source_hash(modules: tuple[str, ...]) -> str:
             raise ModuleNotFoundError(f"source_hash: no module {name} (update the list that names it)")
         digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def input_relative(path: str | Path, inputs: Any) -> str:
+    """``path`` named from the input folder it lies under (``<folder name>/<rest>``), so a committed table carries no
+    machine's absolute path; unchanged when it lies under none of ``inputs``."""
+    resolved = Path(path).resolve()
+    for root in (Path(r).resolve() for r in inputs):
+        if resolved.is_relative_to(root):
+            return str(root.name / resolved.relative_to(root))
+    return str(path)

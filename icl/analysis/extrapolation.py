@@ -23,7 +23,7 @@ import pandas as pd
 
 from icl.analysis.results import load_results, paired_differences
 from icl.contract import strategies
-from icl.files import write_csv, write_text
+from icl.files import input_relative, write_csv, write_text
 from icl.tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -115,18 +115,6 @@ def summary_markdown(table: pd.DataFrame) -> str:
                           rows)
 
 
-def _relative(run_dirs: pd.Series, inputs: Sequence[str | Path]) -> pd.Series:
-    """Each job folder named from the input folder it was found under: no machine's absolute path in a table."""
-    roots = [Path(root).resolve() for root in inputs]
-
-    def name(run_dir: str) -> str:
-        path = Path(run_dir).resolve()
-        root = next((r for r in roots if path.is_relative_to(r)), None)
-        return str(root.name / path.relative_to(root)) if root is not None else run_dir
-
-    return run_dirs.map(name)
-
-
 def _ci(value: float, low: float, high: float) -> str:
     return "—" if pd.isna(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
@@ -154,7 +142,8 @@ def extended_context_files(inputs: Sequence[str | Path], out_dir: Path, n_boot: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pooled = summary(table)
-    write_csv(out_dir / "extended_context.csv", table.assign(run_dir=_relative(table["run_dir"], inputs)), index=False)
+    named = table.assign(run_dir=[input_relative(d, inputs) for d in table["run_dir"]])
+    write_csv(out_dir / "extended_context.csv", named, index=False)
     write_csv(out_dir / "extended_context_summary.csv", pooled, index=False)
     write_text(out_dir / "extended_context.md", "Per mixer and pos, over training seeds:\n\n"
                + summary_markdown(pooled) + "\n\nPer job:\n\n" + markdown(table) + "\n")

@@ -33,7 +33,7 @@ from icl.analysis.quant import read_quant
 from icl.analysis.results import load_results
 from icl.analysis.styles import attn_color, quant_style
 from icl.contract import strategies
-from icl.files import atomic_write
+from icl.files import atomic_write, input_relative
 from icl.stats import seed_interval
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,11 @@ SIMULATED_UNKNOWN = ["latency_ms", "latency_low_ms", "latency_high_ms", "state_f
 def load_costs(inputs: Sequence[str | Path]) -> pd.DataFrame:
     """Every ``inference_cost.csv`` under ``inputs``; a (model, attn, quant, n_dims) measured twice keeps the newest
     file's row."""
-    found = {p: Path(root).name / p.relative_to(root) for root in inputs if Path(root).exists()
-             for p in Path(root).rglob(COST_FILE)}  # named from its input folder: no machine's absolute path
-    files = sorted(found, key=lambda p: p.stat().st_mtime)
+    files = sorted({p for root in inputs if Path(root).exists() for p in Path(root).rglob(COST_FILE)},
+                   key=lambda p: p.stat().st_mtime)
     if not files:
         return pd.DataFrame(columns=[*JOIN, "latency_ms", "state_floats"])
-    df = pd.concat([pd.read_csv(f).assign(cost_file=str(found[f])) for f in files], ignore_index=True)
+    df = pd.concat([pd.read_csv(f).assign(cost_file=input_relative(f, inputs)) for f in files], ignore_index=True)
     return df[df["note"].isna() | (df["note"] == "")].drop_duplicates(JOIN, keep="last")
 
 
