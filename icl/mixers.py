@@ -283,8 +283,8 @@ class Mamba(nn.Module):
     """The selective SSM block (Gu & Dao 2023): in-projection to (u, z), causal depthwise conv + SiLU on u,
     input-dependent Δ (softplus, low rank), B and C; h_t = exp(Δ_t A) h_{t−1} + Δ_t B_t u_t per channel
     (d_state states each, A = −exp(A_log) diagonal), y = C_t·h_t + D·u, gated by SiLU(z), out-projection.
-    State per sequence: D·(d_state + d_conv − 1) floats, D = expand·C. ``scan``: 'fused' (token by token with a
-    hand-written backward: fastest on a CPU at our lengths) or 'parallel' (log-depth, materialises more)."""
+    State per sequence: D·(d_state + d_conv − 1) floats, D = expand·C. ``scan``: 'fused' (token by token: a compiled
+    kernel on a CPU, else a PyTorch loop with a hand-written backward; the fastest) or 'parallel' (log-depth)."""
 
     SCANS = {"fused": selective_scan_fused, "parallel": selective_scan}
 

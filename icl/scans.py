@@ -6,7 +6,8 @@ least float32 whatever the input dtype (long products of decays and sums in bflo
 
 - ``selective_scan``: Mamba's diagonal recurrence h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t x_t (per channel and state),
   by a log-depth (Hillis–Steele) scan of the affine maps (a, b): h ↦ a·h + b; ``selective_scan_fused`` is the same
-  recurrence token by token with a hand-written backward (one (batch, D, N) state in cache per step instead of
+  recurrence token by token: on a CPU the compiled kernel of ``icl.scan_kernel``, else ``selective_scan_loop``, a
+  PyTorch loop with a hand-written backward (one (batch, D, N) state in cache per step instead of
   (batch, T, D, N) tensors per pass, the states the only such tensor it keeps: the faster one on a CPU at short
   lengths).
 - ``decay_linear_attention``: S_t = a_t S_{t−1} + k_t v_tᵀ, o_t = S_tᵀ q_t with one scalar decay a_t per head and
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from icl import scan_kernel
 from icl.routing import recurrence
 
 
@@ -143,7 +145,15 @@ def _decay(delta_t: Tensor, A2: Tensor, out: Tensor) -> Tensor:
 
 @recurrence("selective_scan")
 def selective_scan_fused(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-    """``selective_scan`` token by token with a hand-written backward: O(T · D · N) time, one state in flight."""
+    """``selective_scan`` token by token with a hand-written backward: O(T · D · N) time, one state in flight. On a
+    CPU the compiled kernel of ``icl.scan_kernel`` where it builds, else (and on other devices) the PyTorch loop."""
+    if x.device.type == "cpu" and scan_kernel.load() is not None:
+        return scan_kernel.KernelSelectiveScan.apply(*(_wide(t).contiguous() for t in (x, delta, A, B, C)))
+    return selective_scan_loop(x, delta, A, B, C)
+
+
+def selective_scan_loop(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """The fused scan's PyTorch form: ``_FusedSelectiveScan`` on time-major copies of the inputs."""
     x, delta, B, C = (_wide(t).transpose(0, 1).contiguous() for t in (x, delta, B, C))
     return _FusedSelectiveScan.apply(x, delta, _wide(A), B, C).transpose(0, 1)
 

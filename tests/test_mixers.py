@@ -20,7 +20,7 @@ from icl.mixers import (
 )
 from icl.run.configs import CONFIG_DIR
 from icl.run.train import train
-from icl.scans import decay_linear_attention, delta_rule, selective_scan, selective_scan_fused
+from icl.scans import decay_linear_attention, delta_rule, selective_scan, selective_scan_fused, selective_scan_loop
 from icl.transformer import ICLTransformer, TransformerConfig
 from tests.helpers import assert_model_causal, compose_train
 
@@ -99,7 +99,8 @@ def mamba2_reference(m, x):
 
 
 @pytest.mark.parametrize("T", [1, 2, 13])
-@pytest.mark.parametrize("scan", [selective_scan, selective_scan_fused], ids=["parallel", "fused"])
+@pytest.mark.parametrize("scan", [selective_scan, selective_scan_fused, selective_scan_loop],
+                         ids=["parallel", "fused", "loop"])
 def test_selective_scan_matches_its_recurrence(scan, T):
     x, delta, B, C = randn(2, T, 6, seed=1), F.softplus(randn(2, T, 6, seed=2)), randn(2, T, 4, seed=3), \
         randn(2, T, 4, seed=4)
