@@ -7,10 +7,12 @@ the kernel keeps one sequence's state in cache and passes over it once per token
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cpp"
 _lock = threading.Lock()
 _state: dict[str, ModuleType | None] = {}
+STALE_LOCK_S = 600  # a build takes 30–40 s here
 
 
 def _build_options() -> tuple[str, list[str]]:
@@ -32,6 +35,23 @@ def _build_options() -> tuple[str, list[str]]:
     if capability.startswith(("avx2", "avx512")):
         flags += ["-mavx2", "-mfma"]
     return f"icl_selective_scan_{capability}", flags
+
+
+def build_folder(name: str) -> Path:
+    """Where the kernel is built: torch's cache folder (``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``),
+    one subfolder per torch version (torch rebuilds when the source or flags change, not when torch itself does:
+    an old build would not load). A build lock older than ``STALE_LOCK_S`` is removed: a build killed mid-way (a
+    timeout, SIGKILL) leaves it behind, and torch would wait on it forever."""
+    base = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    folder = base / f"icl-torch-{torch.__version__}" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            warnings.warn(f"removing the stale build lock {lock} (a build that did not finish)", RuntimeWarning,
+                          stacklevel=4)
+            lock.unlink(missing_ok=True)
+    return folder
 
 
 def load() -> ModuleType | None:
@@ -50,7 +70,8 @@ def _build() -> ModuleType | None:
     name, flags = _build_options()
     log.info("loading the selective-scan CPU kernel %s (built once, about 30 s)", name)
     try:
-        return build_extension(name, [str(SOURCE)], extra_cflags=flags, verbose=False)
+        folder = build_folder(name)
+        return build_extension(name, [str(SOURCE)], extra_cflags=flags, build_directory=str(folder), verbose=False)
     # no compiler, no ninja, a read-only cache: the PyTorch token loop still runs
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as err:
         warnings.warn(f"the selective-scan CPU kernel did not build ({type(err).__name__}: {str(err)[:200]}); "

@@ -4,6 +4,7 @@ thread sums its own part of A's gradient), odd sizes (D not a multiple of the ve
 fused scan's fallback to its PyTorch loop when the kernel is switched off or does not build."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -85,3 +86,17 @@ def test_a_kernel_that_does_not_build_warns_once_and_the_loop_runs(monkeypatch, 
         scans.selective_scan_fused(*leaves)
     assert len(record) == 1 and scan_kernel.load() is None
     torch.testing.assert_close(out, scans.selective_scan(*leaves))
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    """A build killed mid-way leaves torch's lock file behind, and torch would wait on it forever."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = scan_kernel.build_folder("icl_lock_test")
+    lock = folder / "lock"
+    lock.touch()
+    assert scan_kernel.build_folder("icl_lock_test") == folder and lock.exists()  # a build under way: kept
+    old = time.time() - scan_kernel.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="stale build lock"):
+        scan_kernel.build_folder("icl_lock_test")
+    assert not lock.exists() and folder.parent.name == f"icl-torch-{torch.__version__}"
