@@ -19,6 +19,7 @@ least float32 whatever the input dtype (long products of decays and sums in bflo
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -147,8 +148,9 @@ def _decay(delta_t: Tensor, A2: Tensor, out: Tensor) -> Tensor:
 def selective_scan_fused(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """``selective_scan`` token by token with a hand-written backward: O(T · D · N) time, one state in flight. On a
     CPU the compiled kernel of ``icl.scan_kernel`` where it builds, else (and on other devices) the PyTorch loop."""
-    if x.device.type == "cpu" and scan_kernel.load() is not None:
-        return scan_kernel.KernelSelectiveScan.apply(*(_wide(t).contiguous() for t in (x, delta, A, B, C)))
+    if scan_kernel.runs(x):  # one dtype for all five (Mamba passes A and Δ in float32 whatever x is)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (x, delta, A, B, C)), torch.float32)
+        return scan_kernel.KernelSelectiveScan.apply(*(t.to(dtype).contiguous() for t in (x, delta, A, B, C)))
     return selective_scan_loop(x, delta, A, B, C)
 
 

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -30,7 +31,7 @@ inline float exp2_approx(float v) {
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(r) + 127) << 23;
+  const int32_t bits = (static_cast<int32_t>(r == r ? r : 0.f) + 127) << 23;  // NaN: p carries it (no UB cast)
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
@@ -48,7 +49,8 @@ std::vector<S> transposed(const S* A, int64_t D, int64_t N, S scale) {
   return out;
 }
 
-// One sequence forward from h = 0; writes y (T, D) and, when `states` is given, every h_t into states (T, N, D).
+// One sequence forward from h = 0; writes y (T, D) when given and, when `states` is given, every h_t into states
+// (T, N, D).
 template <typename S>
 void run_sequence(const S* x, const S* dl, const S* A2, const S* B, const S* C, int64_t T, int64_t D, int64_t N,
                   S* h, S* dx, S* y, S* states) {
@@ -56,18 +58,24 @@ void run_sequence(const S* x, const S* dl, const S* A2, const S* B, const S* C, 
   for (int64_t t = 0; t < T; ++t) {
     const S* delta = dl + t * D;
     const S* xt = x + t * D;
-    S* yt = y + t * D;
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) { dx[d] = delta[d] * xt[d]; yt[d] = S(0); }
+    for (int64_t d = 0; d < D; ++d) dx[d] = delta[d] * xt[d];
+    S* yt = y ? y + t * D : nullptr;
+    if (yt) std::fill(yt, yt + D, S(0));
     for (int64_t n = 0; n < N; ++n) {
       const S b = B[t * N + n], c = C[t * N + n];
       const S* a2 = A2 + n * D;
       S* hn = h + n * D;
+      if (yt) {
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        const S v = exp2_approx(delta[d] * a2[d]) * hn[d] + dx[d] * b;
-        hn[d] = v;
-        yt[d] += v * c;
+        for (int64_t d = 0; d < D; ++d) {
+          const S v = exp2_approx(delta[d] * a2[d]) * hn[d] + dx[d] * b;
+          hn[d] = v;
+          yt[d] += v * c;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) hn[d] = exp2_approx(delta[d] * a2[d]) * hn[d] + dx[d] * b;
       }
     }
     if (states) std::copy(h, h + N * D, states + t * N * D);
@@ -91,19 +99,20 @@ template <typename S>
 void backward_impl(const S* dy, const S* x, const S* dl, const S* A, const S* B, const S* C, S* gx, S* gdl, S* gA,
                    S* gB, S* gC, int64_t batch, int64_t T, int64_t D, int64_t N) {
   const std::vector<S> A2 = transposed(A, D, N, S(kLog2E)), At = transposed(A, D, N, S(1));
-  const int64_t threads = at::get_num_threads();
-  std::vector<S> gA_parts(threads * N * D, S(0));  // ∂loss/∂A per thread, (N, D)
+  // ∂loss/∂A per sequence, (N, D) each, summed in a fixed order after: the same bits at any thread count
+  std::vector<S> gA_parts(batch * N * D, S(0));
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    S* gAt = gA_parts.data() + at::get_thread_num() * N * D;
-    std::vector<S> h(N * D), dx(D), y(T * D), states(T * N * D), g(N * D), gdx(D), gdecay(D);
+    std::vector<S> h(N * D), dx(D), g(N * D), gdx(D), gdecay(D);
+    std::unique_ptr<S[]> states(new S[T * N * D]);  // every entry written by run_sequence before it is read
     for (int64_t b = b0; b < b1; ++b) {
+      S* gAt = gA_parts.data() + b * N * D;
       const S *xb = x + b * T * D, *db = dl + b * T * D, *dyb = dy + b * T * D, *Bb = B + b * T * N,
               *Cb = C + b * T * N;
-      run_sequence(xb, db, A2.data(), Bb, Cb, T, D, N, h.data(), dx.data(), y.data(), states.data());
+      run_sequence(xb, db, A2.data(), Bb, Cb, T, D, N, h.data(), dx.data(), static_cast<S*>(nullptr), states.get());
       std::fill(g.begin(), g.end(), S(0));
       for (int64_t t = T - 1; t >= 0; --t) {
         const S *delta = db + t * D, *xt = xb + t * D, *dyt = dyb + t * D;
-        const S* ht = states.data() + t * N * D;
+        const S* ht = states.get() + t * N * D;
         const S* hp = t ? ht - N * D : nullptr;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) { dx[d] = delta[d] * xt[d]; gdx[d] = S(0); gdecay[d] = S(0); }
@@ -149,12 +158,11 @@ void backward_impl(const S* dy, const S* x, const S* dl, const S* A, const S* B,
       }
     }
   });
+  std::vector<S> sum(N * D, S(0));
+  for (int64_t b = 0; b < batch; ++b)  // in batch order, contiguous
+    for (int64_t i = 0; i < N * D; ++i) sum[i] += gA_parts[b * N * D + i];
   for (int64_t d = 0; d < D; ++d)
-    for (int64_t n = 0; n < N; ++n) {
-      S sum = 0;
-      for (int64_t p = 0; p < threads; ++p) sum += gA_parts[(p * N + n) * D + d];
-      gA[d * N + n] = sum;
-    }
+    for (int64_t n = 0; n < N; ++n) gA[d * N + n] = sum[n * D + d];
 }
 
 void check(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
@@ -199,7 +207,16 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x, cons
   return {gx, gdl, gA, gB, gC};
 }
 
+bool openmp() {  // whether at::parallel_for can run threads here (built with -fopenmp)
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("openmp", &openmp, "built with OpenMP: at::parallel_for runs on torch's intra-op threads");
   m.def("forward", &forward, "selective scan forward: y (batch, T, D)");
   m.def("backward", &backward, "selective scan backward: grads of x, delta, A, B, C");
 }
