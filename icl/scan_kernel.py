@@ -1,6 +1,6 @@
 """Mamba's selective scan as a compiled CPU kernel (icl/csrc/selective_scan.cpp), built once on first use with
 ``torch.utils.cpp_extension`` (a C++ compiler with OpenMP and ninja on the PATH; about 30–40 s, then cached in torch's
-extensions folder, ``~/.cache/torch_extensions``, under ``icl-<python>-torch-<version>/``) and called through
+extensions folder, ``~/.cache/torch_extensions``, under ``icl-<python>-torch-<version>/<name>-<checkout hash>``) and called through
 ``KernelSelectiveScan``. Where it cannot be built, or with ``ICL_SCAN_KERNEL=0`` (or false/no/off) in the environment
 when a process first needs it, ``load()`` returns None and ``icl.scans.selective_scan_fused`` runs its PyTorch token
 loop instead (one warning says why). Why a kernel: the token loop's elementwise ops each pass the (batch, D, N)
@@ -10,6 +10,7 @@ states through memory; the kernel keeps one sequence's state in cache and passes
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -50,11 +51,14 @@ def _build_options() -> tuple[str, list[str], list[str]]:
 
 def build_folder(name: str) -> Path:
     """Where the kernel is built: torch's extensions folder (``TORCH_EXTENSIONS_DIR``, else under
-    ``XDG_CACHE_HOME`` or ``~/.cache``), one subfolder per Python and torch version: torch rebuilds when the
-    source or flags change, not when Python or torch do, and an old build would not load."""
+    ``XDG_CACHE_HOME`` or ``~/.cache``), one subfolder per Python and torch version (torch rebuilds when the
+    source or flags change, not when Python or torch do, and an old build would not load) and per checkout and
+    environment (its build file names both: two checkouts sharing one folder would rebuild each other's)."""
     from torch.utils.cpp_extension import get_default_build_root
 
-    folder = Path(get_default_build_root()) / f"icl-{sys.implementation.cache_tag}-torch-{torch.__version__}" / name
+    base = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    where = hashlib.sha256(f"{SOURCE.resolve()}\0{sys.prefix}".encode()).hexdigest()[:10]
+    folder = base / f"icl-{sys.implementation.cache_tag}-torch-{torch.__version__}" / f"{name}-{where}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -68,7 +72,11 @@ def build_lock(folder: Path) -> Iterator[None]:
         yield
         return
     with open(folder / "icl.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process builds (or holds the lock while stopped): say why this waits
+            log.warning("waiting for another process's build of the selective-scan kernel in %s", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             stale = folder / "lock"
             if stale.exists():

@@ -10,11 +10,16 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -207,16 +212,25 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x, cons
   return {gx, gdl, gA, gB, gC};
 }
 
-bool openmp() {  // whether at::parallel_for can run threads here (built with -fopenmp)
+// The size of the thread team at::parallel_for runs here (1 without OpenMP: it is compiled from headers, serial
+// unless built with -fopenmp; or a runtime other than torch's that ignores torch.set_num_threads).
+int64_t parallel_threads() {
+  std::atomic<int64_t> most{1};
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
 #ifdef _OPENMP
-  return true;
+    const int64_t team = omp_get_num_threads();
 #else
-  return false;
+    const int64_t team = 1;
 #endif
+    int64_t seen = most.load();
+    while (team > seen && !most.compare_exchange_weak(seen, team)) {
+    }
+  });
+  return most.load();
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("openmp", &openmp, "built with OpenMP: at::parallel_for runs on torch's intra-op threads");
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for runs on here");
   m.def("forward", &forward, "selective scan forward: y (batch, T, D)");
   m.def("backward", &backward, "selective scan backward: grads of x, delta, A, B, C");
 }
