@@ -1,12 +1,11 @@
 """Mamba's selective scan as a compiled CPU kernel (icl/csrc/selective_scan.cpp), built once on first use with
-``torch.utils.cpp_extension`` (a C++ compiler with OpenMP and ninja on the PATH; about 30–40 s, then cached in torch's
-extensions folder, ``~/.cache/torch_extensions``, under ``icl-<python>-torch-<version>/<name>-<checkout hash>``)
-and called through
-``KernelSelectiveScan``. Where it cannot be built, or with ``ICL_SCAN_KERNEL=0`` (or false/no/off) in the environment
-when a process first needs it, ``load()`` returns None and ``icl.scans.selective_scan_fused`` runs its PyTorch token
-loop instead (one warning says why). Why a kernel: the token loop's elementwise ops each pass the (batch, D, N)
-states through memory; the kernel keeps one sequence's state in cache and passes over it once per token
-(docs/mixers.md)."""
+``torch.utils.cpp_extension`` (a C++ compiler with OpenMP and ninja on the PATH; about 30–40 s, then cached in
+torch's extensions folder, ``~/.cache/torch_extensions``, under ``icl-<python>-torch-<version>/<name>-<checkout>``)
+and called through ``KernelSelectiveScan``. Where it cannot be built, or with ``ICL_SCAN_KERNEL=0`` (or
+false/no/off) in the environment when a process first needs it, ``load()`` returns None and
+``icl.scans.selective_scan_fused`` runs its PyTorch token loop instead (one warning says why). Why a kernel: the
+token loop's elementwise ops each pass the (batch, D, N) states through memory; the kernel keeps one sequence's
+state in cache and passes over it once per token (docs/mixers.md)."""
 
 from __future__ import annotations
 
