@@ -13,7 +13,7 @@ import importlib.util
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def source_hash(modules: tuple[str, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
-def input_relative(path: str | Path, inputs: Any) -> str:
+def input_relative(path: str | Path, inputs: Iterable[str | Path]) -> str:
     """``path`` named from the input folder it lies under (``<folder name>/<rest>``), so a committed table carries no
     machine's absolute path; unchanged when it lies under none of ``inputs``."""
     resolved = Path(path).resolve()

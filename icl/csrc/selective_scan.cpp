@@ -115,10 +115,11 @@ void backward_impl(const S* dy, const S* x, const S* dl, const S* A, const S* B,
               *Cb = C + b * T * N;
       run_sequence(xb, db, A2.data(), Bb, Cb, T, D, N, h.data(), dx.data(), static_cast<S*>(nullptr), states.get());
       std::fill(g.begin(), g.end(), S(0));
+      std::fill(h.begin(), h.end(), S(0));  // h_{−1} = 0: at t = 0 nothing flows to the decay's gradients
       for (int64_t t = T - 1; t >= 0; --t) {
         const S *delta = db + t * D, *xt = xb + t * D, *dyt = dyb + t * D;
         const S* ht = states.get() + t * N * D;
-        const S* hp = t ? ht - N * D : nullptr;
+        const S* hp = t ? ht - N * D : h.data();
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) { dx[d] = delta[d] * xt[d]; gdx[d] = S(0); gdecay[d] = S(0); }
         for (int64_t n = 0; n < N; ++n) {
@@ -128,28 +129,18 @@ void backward_impl(const S* dy, const S* x, const S* dl, const S* A, const S* B,
           S* gn = g.data() + n * D;
           S* gAn = gAt + n * D;
           S dB = 0, dC = 0;
-          if (hp) {
-            const S* hpn = hp + n * D;
+          const S* hpn = hp + n * D;
 #pragma omp simd reduction(+ : dB, dC)
-            for (int64_t d = 0; d < D; ++d) {
-              const S gv = gn[d] + dyt[d] * cn;  // ∂loss/∂h_t
-              gdx[d] += bn * gv;
-              dB += dx[d] * gv;
-              dC += dyt[d] * htn[d];
-              const S ga = gv * exp2_approx(delta[d] * a2[d]);  // ∂loss/∂h_{t−1}
-              const S gla = ga * hpn[d];                       // ∂loss/∂(Δ_t A) at (d, n)
-              gAn[d] += gla * delta[d];
-              gdecay[d] += gla * an[d];
-              gn[d] = ga;
-            }
-          } else {  // t = 0: h_{−1} = 0, nothing flows further back
-#pragma omp simd reduction(+ : dB, dC)
-            for (int64_t d = 0; d < D; ++d) {
-              const S gv = gn[d] + dyt[d] * cn;
-              gdx[d] += bn * gv;
-              dB += dx[d] * gv;
-              dC += dyt[d] * htn[d];
-            }
+          for (int64_t d = 0; d < D; ++d) {
+            const S gv = gn[d] + dyt[d] * cn;  // ∂loss/∂h_t
+            gdx[d] += bn * gv;
+            dB += dx[d] * gv;
+            dC += dyt[d] * htn[d];
+            const S ga = gv * exp2_approx(delta[d] * a2[d]);  // ∂loss/∂h_{t−1}
+            const S gla = ga * hpn[d];                       // ∂loss/∂(Δ_t A) at (d, n)
+            gAn[d] += gla * delta[d];
+            gdecay[d] += gla * an[d];
+            gn[d] = ga;
           }
           gB[(b * T + t) * N + n] = dB;
           gC[(b * T + t) * N + n] = dC;
